@@ -1,0 +1,911 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The hot path: guest memory translation, split virtqueues, FUSE request framing and the
+READ/WRITE fast path.
+
+One ``Virtqueue`` is served by one thread.  The thread sleeps on the queue's kick eventfd with the
+GIL released, walks descriptor chains and performs READ and WRITE (preadv/pwritev straight into
+and out of guest memory) without touching a Python object; every other opcode is handed to the
+Python FUSE engine with the GIL held, and its reply is scattered back into the chain's writable
+buffers.  Every address the guest gives is translated through ``MemoryTable`` with bounds checks.
+
+Spec references: virtio 1.2 section 2.7 (split virtqueues), include/uapi/linux/virtio_ring.h,
+include/uapi/linux/fuse.h.
+"""
+
+import sys
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX
+from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free
+from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EINVAL, EIO, ENOMEM, ERANGE
+
+if sys.byteorder != "little":
+    raise ImportError("fastvfs assumes a little-endian host (virtio 1.x rings are little-endian)")
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t preadv(int fd, const iovec *iov, int iovcnt, long offset)
+    ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long offset)
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int PROT_READ
+    int PROT_WRITE
+    int MAP_SHARED
+    void *MAP_FAILED
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_read "read"(int fd, void *buf, size_t count)
+    ssize_t c_write "write"(int fd, const void *buf, size_t count)
+    int c_close "close"(int fd)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+
+cdef extern from *:
+    """
+    /* Ring memory ordering (virtio 1.2 section 2.7.13): read the avail index, then an acquire
+       fence before reading ring entries and descriptors; a release fence between writing a used
+       element and publishing the used index; a full fence between publishing (used index or
+       avail_event) and reading the driver's notification suppression fields. */
+    #define fastvfs_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+    #define fastvfs_release() __atomic_thread_fence(__ATOMIC_RELEASE)
+    #define fastvfs_full_barrier() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+    #define fastvfs_load16(p) (*(volatile uint16_t *)(p))
+    #define fastvfs_store16(p, v) (*(volatile uint16_t *)(p) = (uint16_t)(v))
+    """
+    void fastvfs_acquire() nogil
+    void fastvfs_release() nogil
+    void fastvfs_full_barrier() nogil
+    uint16_t fastvfs_load16(const void *p) nogil
+    void fastvfs_store16(void *p, uint16_t v) nogil
+
+cdef enum:
+    MAX_REGIONS = 64
+    # A chain may name every descriptor of a 32768-entry ring, and a buffer may split where
+    # guest memory regions meet; beyond this many pieces the request is refused.
+    MAX_IOV = 2048
+    VRING_DESC_F_NEXT = 1
+    VRING_DESC_F_WRITE = 2
+    VRING_DESC_F_INDIRECT = 4
+    VRING_AVAIL_F_NO_INTERRUPT = 1
+    IN_HEADER_SIZE = 40
+    OUT_HEADER_SIZE = 16
+    FUSE_READ = 15
+    FUSE_WRITE = 16
+    READ_IN_SIZE = 40
+    WRITE_IN_SIZE = 40
+    # Largest request body the Python engine copies out of guest memory (SETXATTR values are
+    # bounded by 64 KiB, names by PATH_MAX); WRITE data never takes this path.
+    SLOW_REQUEST_MAX = 1 << 20
+
+# Engine-level constants the Python side needs to agree with.
+MAX_CHAIN_IOV = MAX_IOV
+
+
+# --------------------------------------------------------------------------- guest memory
+
+cdef struct Region:
+    uint64_t gpa
+    uint64_t size
+    uint64_t uaddr
+    uint8_t *host
+    void *map_base
+    size_t map_len
+
+
+cdef class MemoryTable:
+    """The frontend's memory regions (SET_MEM_TABLE / ADD_MEM_REG), mapped into this process.
+
+    Translation works on two address spaces: guest-physical addresses (descriptor buffers) and
+    the frontend's own virtual addresses (``userspace_addr``, used by SET_VRING_ADDR).
+    """
+    cdef Region regions[MAX_REGIONS]
+    cdef int nregions
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.nregions):
+            munmap(self.regions[i].map_base, self.regions[i].map_len)
+        self.nregions = 0
+
+    def add_region(self, uint64_t gpa, uint64_t size, uint64_t uaddr, uint64_t mmap_offset, int fd):
+        """Map ``size`` bytes of ``fd`` from ``mmap_offset``; the caller checked the file is large
+        enough (touching past its end would raise SIGBUS in this process)."""
+        cdef int i
+        cdef Region *r
+        if self.nregions >= MAX_REGIONS:
+            raise ValueError("too many memory regions")
+        if size == 0 or gpa + size < gpa or uaddr + size < uaddr or mmap_offset + size < mmap_offset:
+            raise ValueError("memory region wraps around")
+        if mmap_offset + size > <uint64_t>INT64_MAX:
+            raise ValueError("memory region too large")
+        for i in range(self.nregions):
+            r = &self.regions[i]
+            if gpa < r.gpa + r.size and r.gpa < gpa + size:
+                raise ValueError("memory regions overlap in guest-physical space")
+            if uaddr < r.uaddr + r.size and r.uaddr < uaddr + size:
+                raise ValueError("memory regions overlap in frontend address space")
+        cdef size_t map_len = mmap_offset + size
+        cdef void *base
+        with nogil:
+            base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if base == MAP_FAILED:
+            raise OSError(errno, "mmap of guest memory failed")
+        r = &self.regions[self.nregions]
+        r.gpa = gpa
+        r.size = size
+        r.uaddr = uaddr
+        r.map_base = base
+        r.map_len = map_len
+        r.host = <uint8_t *>base + mmap_offset
+        self.nregions += 1
+
+    def remove_region(self, uint64_t gpa, uint64_t size, uint64_t uaddr):
+        """Unmap the region that matches exactly; returns whether one did."""
+        cdef int i
+        for i in range(self.nregions):
+            r = &self.regions[i]
+            if r.gpa == gpa and r.size == size and r.uaddr == uaddr:
+                munmap(r.map_base, r.map_len)
+                self.regions[i] = self.regions[self.nregions - 1]
+                self.nregions -= 1
+                return True
+        return False
+
+    def describe(self):
+        """(gpa, size, uaddr) of every region, for logs and tests."""
+        return [(self.regions[i].gpa, self.regions[i].size, self.regions[i].uaddr)
+                for i in range(self.nregions)]
+
+    def __len__(self):
+        return self.nregions
+
+    cdef uint8_t *uaddr_to_host(self, uint64_t uaddr, uint64_t length) noexcept nogil:
+        """A pointer to ``length`` contiguous bytes at frontend address ``uaddr``, or NULL."""
+        cdef int i
+        cdef Region *r
+        for i in range(self.nregions):
+            r = &self.regions[i]
+            if uaddr >= r.uaddr and uaddr - r.uaddr <= r.size and length <= r.size - (uaddr - r.uaddr):
+                return r.host + (uaddr - r.uaddr)
+        return NULL
+
+    cdef uint8_t *gpa_to_host(self, uint64_t gpa, uint64_t length) noexcept nogil:
+        """A pointer to ``length`` contiguous bytes at guest-physical ``gpa``, or NULL."""
+        cdef int i
+        cdef Region *r
+        for i in range(self.nregions):
+            r = &self.regions[i]
+            if gpa >= r.gpa and gpa - r.gpa <= r.size and length <= r.size - (gpa - r.gpa):
+                return r.host + (gpa - r.gpa)
+        return NULL
+
+    cdef int gpa_to_iov(self, uint64_t gpa, uint64_t length, iovec *iov, int room) noexcept nogil:
+        """Translate a guest buffer into iovecs, splitting where regions meet.
+
+        Returns the number of iovecs written, or -1 when any byte lies outside guest memory or
+        ``room`` is too small.
+        """
+        cdef int i, n = 0
+        cdef Region *r
+        cdef uint64_t chunk
+        cdef bint found
+        if gpa + length < gpa:
+            return -1
+        while length > 0:
+            found = False
+            for i in range(self.nregions):
+                r = &self.regions[i]
+                if gpa >= r.gpa and gpa - r.gpa < r.size:
+                    if n >= room:
+                        return -1
+                    chunk = r.size - (gpa - r.gpa)
+                    if chunk > length:
+                        chunk = length
+                    iov[n].iov_base = r.host + (gpa - r.gpa)
+                    iov[n].iov_len = chunk
+                    n += 1
+                    gpa += chunk
+                    length -= chunk
+                    found = True
+                    break
+            if not found:
+                return -1
+        return n
+
+
+# --------------------------------------------------------------------------- file handles
+
+cdef struct HandleSlot:
+    int fd
+    uint32_t generation
+    uint32_t refs
+    bint live
+    bint in_use
+
+
+cdef class HandleTable:
+    """File handles (``fh``) the guest holds, visible to the fast path without the GIL.
+
+    ``fh`` = generation << 32 | slot + 1, so a stale or forged handle never reaches a reused slot.
+    A slot's fd is closed when it has been removed and no request is using it any more: a
+    hostile guest may RELEASE a handle while its READ is still running on another queue.
+    Lock order: the table mutex is a leaf lock; nothing is called while holding it.
+    """
+    cdef HandleSlot *slots
+    cdef uint32_t capacity
+    cdef uint32_t free_hint
+    cdef pthread_mutex_t lock
+    cdef readonly uint32_t count
+
+    def __cinit__(self, uint32_t capacity=65536):
+        self.slots = <HandleSlot *>malloc(capacity * sizeof(HandleSlot))
+        if self.slots == NULL:
+            raise MemoryError()
+        cdef uint32_t i
+        for i in range(capacity):
+            self.slots[i].fd = -1
+            self.slots[i].generation = 1
+            self.slots[i].refs = 0
+            self.slots[i].live = False
+            self.slots[i].in_use = False
+        self.capacity = capacity
+        self.free_hint = 0
+        self.count = 0
+        pthread_mutex_init(&self.lock, NULL)
+
+    def __dealloc__(self):
+        if self.slots != NULL:
+            self.clear()
+            free(self.slots)
+            self.slots = NULL
+        pthread_mutex_destroy(&self.lock)
+
+    def add(self, int fd):
+        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full."""
+        cdef uint32_t i, idx
+        cdef uint64_t fh = 0
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            for i in range(self.capacity):
+                idx = (self.free_hint + i) % self.capacity
+                if not self.slots[idx].in_use:
+                    self.slots[idx].in_use = True
+                    self.slots[idx].live = True
+                    self.slots[idx].fd = fd
+                    self.slots[idx].refs = 0
+                    self.free_hint = idx + 1
+                    self.count += 1
+                    fh = (<uint64_t>self.slots[idx].generation << 32) | (idx + 1)
+                    break
+            pthread_mutex_unlock(&self.lock)
+        if fh == 0:
+            raise OSError(24, "handle table full")
+        return fh
+
+    cdef int acquire(self, uint64_t fh) noexcept nogil:
+        """The fd behind ``fh`` with a reference held, or -1 if ``fh`` is not a live handle."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef int fd = -1
+        if idx >= self.capacity:
+            return -1
+        pthread_mutex_lock(&self.lock)
+        if self.slots[idx].live and self.slots[idx].generation == (fh >> 32):
+            self.slots[idx].refs += 1
+            fd = self.slots[idx].fd
+        pthread_mutex_unlock(&self.lock)
+        return fd
+
+    cdef void release(self, uint64_t fh) noexcept nogil:
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef int fd = -1
+        pthread_mutex_lock(&self.lock)
+        self.slots[idx].refs -= 1
+        if self.slots[idx].refs == 0 and not self.slots[idx].live and self.slots[idx].in_use:
+            fd = self._free_slot(idx)
+        pthread_mutex_unlock(&self.lock)
+        if fd >= 0:
+            c_close(fd)
+
+    cdef int _free_slot(self, uint64_t idx) noexcept nogil:
+        cdef int fd = self.slots[idx].fd
+        self.slots[idx].fd = -1
+        self.slots[idx].in_use = False
+        self.slots[idx].generation += 1
+        if self.slots[idx].generation == 0:
+            self.slots[idx].generation = 1
+        self.count -= 1
+        return fd
+
+    def get(self, uint64_t fh):
+        """The fd behind ``fh`` for a request served with the GIL held; raises OSError(EBADF).
+
+        Use ``borrow`` when the fd is used by a call that could race with a RELEASE.
+        """
+        cdef int fd = self.acquire(fh)
+        if fd < 0:
+            raise OSError(EBADF, "bad file handle")
+        self.release(fh)
+        return fd
+
+    def borrow(self, uint64_t fh):
+        """Context manager holding a reference to the fd behind ``fh`` while it is used."""
+        return _Borrow(self, fh)
+
+    def remove(self, uint64_t fh):
+        """Drop ``fh``; its fd is closed now or when the last request using it finishes."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef int fd = -1
+        cdef bint ok = False
+        if idx >= self.capacity:
+            raise OSError(EBADF, "bad file handle")
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if self.slots[idx].live and self.slots[idx].generation == (fh >> 32):
+                ok = True
+                self.slots[idx].live = False
+                if self.slots[idx].refs == 0:
+                    fd = self._free_slot(idx)
+            pthread_mutex_unlock(&self.lock)
+            if fd >= 0:
+                c_close(fd)
+        if not ok:
+            raise OSError(EBADF, "bad file handle")
+
+    def clear(self):
+        """Drop every handle (session end)."""
+        cdef uint32_t i
+        for i in range(self.capacity):
+            if self.slots[i].in_use and self.slots[i].live:
+                self.remove((<uint64_t>self.slots[i].generation << 32) | (i + 1))
+
+
+cdef class _Borrow:
+    cdef HandleTable table
+    cdef uint64_t fh
+    cdef int fd
+
+    def __cinit__(self, HandleTable table, uint64_t fh):
+        self.table = table
+        self.fh = fh
+        self.fd = -1
+
+    def __enter__(self):
+        self.fd = self.table.acquire(self.fh)
+        if self.fd < 0:
+            raise OSError(EBADF, "bad file handle")
+        return self.fd
+
+    def __exit__(self, *exc):
+        self.table.release(self.fh)
+        return False
+
+
+# --------------------------------------------------------------------------- split virtqueue
+
+cdef struct vring_desc:
+    uint64_t addr
+    uint32_t len
+    uint16_t flags
+    uint16_t next
+
+
+cdef struct Chain:
+    uint16_t head
+    int nin            # device-readable iovecs: iov[0:nin]
+    int nout           # device-writable iovecs: iov[nin:nin+nout]
+    uint64_t in_len
+    uint64_t out_len
+
+
+cdef inline uint64_t _gather(const iovec *iov, int cnt, uint64_t skip, uint8_t *dst,
+                             uint64_t length) noexcept nogil:
+    """Copy ``length`` bytes starting ``skip`` bytes into an iovec list; returns bytes copied."""
+    cdef int i
+    cdef uint64_t done = 0, take, avail
+    for i in range(cnt):
+        if done == length:
+            break
+        if skip >= iov[i].iov_len:
+            skip -= iov[i].iov_len
+            continue
+        avail = iov[i].iov_len - skip
+        take = length - done if length - done < avail else avail
+        memcpy(dst + done, <uint8_t *>iov[i].iov_base + skip, take)
+        done += take
+        skip = 0
+    return done
+
+
+cdef inline uint64_t _scatter(const iovec *iov, int cnt, uint64_t skip, const uint8_t *src,
+                              uint64_t length) noexcept nogil:
+    cdef int i
+    cdef uint64_t done = 0, take, avail
+    for i in range(cnt):
+        if done == length:
+            break
+        if skip >= iov[i].iov_len:
+            skip -= iov[i].iov_len
+            continue
+        avail = iov[i].iov_len - skip
+        take = length - done if length - done < avail else avail
+        memcpy(<uint8_t *>iov[i].iov_base + skip, src + done, take)
+        done += take
+        skip = 0
+    return done
+
+
+cdef inline int _slice(const iovec *iov, int cnt, uint64_t skip, uint64_t length,
+                       iovec *out) noexcept nogil:
+    """The iovecs covering ``length`` bytes from ``skip``; returns their count."""
+    cdef int i, n = 0
+    cdef uint64_t avail
+    for i in range(cnt):
+        if length == 0:
+            break
+        if skip >= iov[i].iov_len:
+            skip -= iov[i].iov_len
+            continue
+        avail = iov[i].iov_len - skip
+        out[n].iov_base = <uint8_t *>iov[i].iov_base + skip
+        out[n].iov_len = length if length < avail else avail
+        length -= out[n].iov_len
+        n += 1
+        skip = 0
+    return n
+
+
+cdef class Virtqueue:
+    """Device side of one split virtqueue (virtio 1.2 section 2.7).
+
+    Built by the control plane once the ring's size, addresses and eventfds are known; ``run``
+    serves it until ``stop``.  ``last_avail_idx`` is what GET_VRING_BASE reports.
+    """
+    cdef readonly int index
+    cdef readonly uint16_t num
+    cdef readonly uint16_t last_avail_idx
+    cdef readonly uint16_t used_idx
+    cdef readonly uint64_t requests
+    cdef readonly uint64_t bad_chains
+    cdef readonly bint broken
+    cdef MemoryTable mem
+    cdef HandleTable handles
+    cdef vring_desc *desc
+    cdef uint8_t *avail
+    cdef uint8_t *used
+    cdef bint event_idx
+    cdef bint indirect
+    cdef bint fast_io
+    cdef uint16_t signalled_used
+    cdef bint signalled_used_valid
+    cdef int kick_fd
+    cdef int call_fd
+    cdef int stop_fd
+    cdef volatile int stopping
+    cdef uint32_t max_io
+    cdef iovec *iov
+    cdef iovec *scratch_iov
+    cdef Chain chain
+    cdef uint8_t hdr[IN_HEADER_SIZE + WRITE_IN_SIZE]
+
+    def __cinit__(self):
+        self.iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
+        self.scratch_iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
+        if self.iov == NULL or self.scratch_iov == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.iov)
+        free(self.scratch_iov)
+
+    def __init__(self, int index, MemoryTable mem, HandleTable handles, uint16_t num,
+                 uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
+                 uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
+                 bint event_idx, bint indirect, uint32_t max_io=1 << 20):
+        if num == 0 or num & (num - 1) or num > 32768:
+            raise ValueError(f"queue size {num} is not a power of two up to 32768")
+        # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
+        if desc_uaddr % 16 or avail_uaddr % 2 or used_uaddr % 4:
+            raise ValueError("misaligned ring address")
+        self.desc = <vring_desc *>mem.uaddr_to_host(desc_uaddr, 16 * <uint64_t>num)
+        self.avail = mem.uaddr_to_host(avail_uaddr, 6 + 2 * <uint64_t>num)
+        self.used = mem.uaddr_to_host(used_uaddr, 6 + 8 * <uint64_t>num)
+        if self.desc == NULL or self.avail == NULL or self.used == NULL:
+            raise ValueError("ring address outside guest memory")
+        self.index = index
+        self.mem = mem
+        self.handles = handles
+        self.num = num
+        self.last_avail_idx = last_avail_idx
+        # The used index lives in guest memory and survives a stop/start of the ring; taking it
+        # from there (rather than assuming last_avail_idx) keeps both sides in step.
+        self.used_idx = fastvfs_load16(self.used + 2)
+        self.kick_fd = kick_fd
+        self.call_fd = call_fd
+        self.stop_fd = stop_fd
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.max_io = max_io
+        self.fast_io = False
+        self.signalled_used_valid = False
+        self.stopping = 0
+
+    def set_fast_io(self, bint enabled):
+        """READ/WRITE are served in C only between FUSE_INIT and the session's end."""
+        self.fast_io = enabled
+
+    def set_call_fd(self, int fd):
+        self.call_fd = fd
+
+    # -- ring access (no GIL) ----------------------------------------------------------------
+
+    cdef int _pop(self) noexcept nogil:
+        """Take the next available head into ``self.chain.head``: 1 taken, 0 ring empty,
+        -1 ring broken (the driver claimed more buffers than the ring holds)."""
+        cdef uint16_t avail_idx = fastvfs_load16(self.avail + 2)
+        if avail_idx == self.last_avail_idx:
+            if not self.event_idx:
+                return 0
+            # Ask for a kick once anything past last_avail_idx is published, then look again
+            # so a buffer published meanwhile is not missed (section 2.7.10).
+            fastvfs_store16(self.used + 4 + 8 * <uint32_t>self.num, self.last_avail_idx)
+            fastvfs_full_barrier()
+            avail_idx = fastvfs_load16(self.avail + 2)
+            if avail_idx == self.last_avail_idx:
+                return 0
+        if <uint16_t>(avail_idx - self.last_avail_idx) > self.num:
+            self.broken = True
+            return -1
+        fastvfs_acquire()
+        self.chain.head = fastvfs_load16(self.avail + 4 + 2 * (self.last_avail_idx % self.num))
+        self.last_avail_idx += 1
+        if self.chain.head >= self.num:
+            # No used element can name this head; the ring cannot be trusted any more.
+            self.broken = True
+            return -1
+        return 1
+
+    cdef int _walk(self) noexcept nogil:
+        """Resolve the chain at ``self.chain.head`` into iovecs; 0 or -errno if malformed."""
+        cdef vring_desc d
+        cdef vring_desc *table = self.desc
+        cdef uint32_t table_len = self.num
+        cdef uint32_t idx = self.chain.head
+        cdef uint32_t seen = 0
+        cdef bint in_indirect = False
+        cdef int n
+        cdef iovec *iov = self.iov
+        self.chain.nin = 0
+        self.chain.nout = 0
+        self.chain.in_len = 0
+        self.chain.out_len = 0
+        while True:
+            if idx >= table_len:
+                return -EINVAL
+            seen += 1
+            if seen > table_len:   # a loop: more descriptors than the table holds
+                return -EINVAL
+            # Copy the descriptor once: the guest may rewrite it while we look at it.
+            memcpy(&d, &table[idx], sizeof(vring_desc))
+            if d.flags & VRING_DESC_F_INDIRECT:
+                # Section 2.7.5.3: indirect only if negotiated, never nested, never with NEXT,
+                # a whole number of descriptors.
+                if not self.indirect or in_indirect or d.flags & VRING_DESC_F_NEXT:
+                    return -EINVAL
+                if d.len == 0 or d.len % sizeof(vring_desc):
+                    return -EINVAL
+                table = <vring_desc *>self.mem.gpa_to_host(d.addr, d.len)
+                if table == NULL:
+                    return -EINVAL
+                table_len = d.len // sizeof(vring_desc)
+                idx = 0
+                seen = 0
+                in_indirect = True
+                continue
+            if d.len:
+                n = self.chain.nin + self.chain.nout
+                if d.flags & VRING_DESC_F_WRITE:
+                    n = self.mem.gpa_to_iov(d.addr, d.len, iov + n, MAX_IOV - n)
+                    if n < 0:
+                        return -EINVAL
+                    self.chain.nout += n
+                    self.chain.out_len += d.len
+                else:
+                    # Section 2.7.4.2: readable descriptors come before writable ones.
+                    if self.chain.nout:
+                        return -EINVAL
+                    n = self.mem.gpa_to_iov(d.addr, d.len, iov + n, MAX_IOV - n)
+                    if n < 0:
+                        return -EINVAL
+                    self.chain.nin += n
+                    self.chain.in_len += d.len
+            if not d.flags & VRING_DESC_F_NEXT:
+                return 0
+            idx = d.next
+
+    cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
+        cdef uint8_t *elem = self.used + 4 + 8 * <uint32_t>(self.used_idx % self.num)
+        cdef uint32_t id32 = head
+        memcpy(elem, &id32, 4)
+        memcpy(elem + 4, &length, 4)
+        fastvfs_release()
+        self.used_idx += 1
+        fastvfs_store16(self.used + 2, self.used_idx)
+        self.requests += 1
+
+    cdef void _notify(self) noexcept nogil:
+        """Signal the call eventfd unless the driver suppressed it (section 2.7.7/2.7.10)."""
+        cdef uint16_t used_event, old, new = self.used_idx
+        cdef bint need
+        cdef uint64_t one = 1
+        fastvfs_full_barrier()
+        if self.event_idx:
+            old = self.signalled_used
+            if self.signalled_used_valid and old == new:
+                return
+            used_event = fastvfs_load16(self.avail + 4 + 2 * <uint32_t>self.num)
+            need = (not self.signalled_used_valid or
+                    <uint16_t>(new - used_event - 1) < <uint16_t>(new - old))
+            self.signalled_used = new
+            self.signalled_used_valid = True
+        else:
+            need = not (fastvfs_load16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT)
+        if need and self.call_fd >= 0:
+            c_write(self.call_fd, &one, 8)
+
+    # -- replies -------------------------------------------------------------------------------
+
+    cdef void _reply(self, uint64_t unique, int32_t error, const uint8_t *payload,
+                     uint32_t length) noexcept nogil:
+        """Write fuse_out_header (+ payload) into the writable buffers and return the chain."""
+        cdef uint8_t out[OUT_HEADER_SIZE]
+        cdef uint32_t total = OUT_HEADER_SIZE + length
+        cdef iovec *w = self.iov + self.chain.nin
+        if self.chain.out_len < total:
+            if self.chain.out_len < OUT_HEADER_SIZE:
+                self._push_used(self.chain.head, 0)
+                return
+            error = -ERANGE
+            length = 0
+            total = OUT_HEADER_SIZE
+        memcpy(out, &total, 4)
+        memcpy(out + 4, &error, 4)
+        memcpy(out + 8, &unique, 8)
+        _scatter(w, self.chain.nout, 0, out, OUT_HEADER_SIZE)
+        if length:
+            _scatter(w, self.chain.nout, OUT_HEADER_SIZE, payload, length)
+        self._push_used(self.chain.head, total)
+
+    # -- request handling ----------------------------------------------------------------------
+
+    cdef int _serve_fast(self) noexcept nogil:
+        """Serve the popped chain if C can: 1 done, 0 it needs the Python engine."""
+        cdef uint32_t hlen, opcode
+        cdef uint64_t unique
+        cdef uint64_t got
+        if self._walk() < 0:
+            self.bad_chains += 1
+            self._reply(0, -EINVAL, NULL, 0)
+            return 1
+        got = _gather(self.iov, self.chain.nin, 0, self.hdr, IN_HEADER_SIZE + WRITE_IN_SIZE)
+        if got < IN_HEADER_SIZE:
+            self.bad_chains += 1
+            self._reply(0, -EINVAL, NULL, 0)
+            return 1
+        memcpy(&hlen, self.hdr, 4)
+        memcpy(&opcode, self.hdr + 4, 4)
+        memcpy(&unique, self.hdr + 8, 8)
+        # Never trust fuse_in_header.len over the buffers really given.
+        if hlen < IN_HEADER_SIZE or hlen > self.chain.in_len:
+            self.bad_chains += 1
+            self._reply(unique, -EINVAL, NULL, 0)
+            return 1
+        if self.fast_io:
+            if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
+                self._do_read(unique)
+                return 1
+            if opcode == FUSE_WRITE and hlen >= IN_HEADER_SIZE + WRITE_IN_SIZE:
+                self._do_write(unique, hlen)
+                return 1
+        return 0
+
+    cdef void _do_read(self, uint64_t unique) noexcept nogil:
+        cdef uint64_t fh, offset
+        cdef uint32_t size
+        cdef const uint8_t *body = self.hdr + IN_HEADER_SIZE
+        memcpy(&fh, body, 8)
+        memcpy(&offset, body + 8, 8)
+        memcpy(&size, body + 16, 4)
+        if offset > <uint64_t>INT64_MAX:
+            self._reply(unique, -EINVAL, NULL, 0)
+            return
+        if self.chain.out_len < OUT_HEADER_SIZE:
+            self._push_used(self.chain.head, 0)
+            return
+        if size > self.max_io:
+            size = self.max_io
+        if size > self.chain.out_len - OUT_HEADER_SIZE:
+            size = <uint32_t>(self.chain.out_len - OUT_HEADER_SIZE)
+        cdef int fd = self.handles.acquire(fh)
+        if fd < 0:
+            self._reply(unique, -EBADF, NULL, 0)
+            return
+        cdef int n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
+                            self.scratch_iov)
+        cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, False)
+        self.handles.release(fh)
+        if done < 0:
+            self._reply(unique, <int32_t>done, NULL, 0)
+            return
+        cdef uint8_t out[OUT_HEADER_SIZE]
+        cdef uint32_t total = OUT_HEADER_SIZE + <uint32_t>done
+        cdef int32_t zero = 0
+        memcpy(out, &total, 4)
+        memcpy(out + 4, &zero, 4)
+        memcpy(out + 8, &unique, 8)
+        _scatter(self.iov + self.chain.nin, self.chain.nout, 0, out, OUT_HEADER_SIZE)
+        self._push_used(self.chain.head, total)
+
+    cdef void _do_write(self, uint64_t unique, uint32_t hlen) noexcept nogil:
+        cdef uint64_t fh, offset
+        cdef uint32_t size
+        cdef const uint8_t *body = self.hdr + IN_HEADER_SIZE
+        memcpy(&fh, body, 8)
+        memcpy(&offset, body + 8, 8)
+        memcpy(&size, body + 16, 4)
+        if (offset > <uint64_t>INT64_MAX or size > self.max_io or
+                size != hlen - IN_HEADER_SIZE - WRITE_IN_SIZE):
+            self._reply(unique, -EINVAL, NULL, 0)
+            return
+        cdef int fd = self.handles.acquire(fh)
+        if fd < 0:
+            self._reply(unique, -EBADF, NULL, 0)
+            return
+        cdef int n = _slice(self.iov, self.chain.nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
+                            self.scratch_iov)
+        cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, True)
+        self.handles.release(fh)
+        if done < 0:
+            self._reply(unique, <int32_t>done, NULL, 0)
+            return
+        cdef uint32_t out[2]
+        out[0] = <uint32_t>done
+        out[1] = 0
+        self._reply(unique, 0, <uint8_t *>out, 8)
+
+    cdef int _serve_slow(self, handler) except -1:
+        """Hand the request to the Python engine: ``handler(request, out_size)`` returns None
+        (no reply, e.g. FORGET) or ``(error, payload)``; it must not raise."""
+        cdef uint32_t hlen
+        cdef uint64_t unique
+        memcpy(&hlen, self.hdr, 4)
+        memcpy(&unique, self.hdr + 8, 8)
+        if hlen > SLOW_REQUEST_MAX:
+            self._reply(unique, -EINVAL, NULL, 0)
+            return 0
+        request = PyBytes_FromStringAndSize(NULL, hlen)
+        _gather(self.iov, self.chain.nin, 0, <uint8_t *>PyBytes_AS_STRING(request), hlen)
+        out_size = self.chain.out_len - OUT_HEADER_SIZE if self.chain.out_len >= OUT_HEADER_SIZE else 0
+        try:
+            result = handler(request, out_size)
+        except BaseException:
+            result = (-EIO, b"")
+        if result is None:
+            self._push_used(self.chain.head, 0)
+            return 0
+        cdef int32_t error = result[0]
+        payload = result[1]
+        cdef const uint8_t[::1] view
+        if not payload:
+            with nogil:
+                self._reply(unique, error, NULL, 0)
+            return 0
+        view = payload
+        with nogil:
+            self._reply(unique, error, &view[0], <uint32_t>view.shape[0])
+        return 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, handler):
+        """Serve the queue until ``stop``: sleep on the kick eventfd with the GIL released,
+        drain the ring, notify.  Returns when the stop eventfd fires."""
+        cdef pollfd fds[2]
+        cdef uint64_t counter
+        cdef int rc
+        fds[0].fd = self.kick_fd
+        fds[0].events = POLLIN
+        fds[1].fd = self.stop_fd
+        fds[1].events = POLLIN
+        # Buffers may already be waiting (a ring restarted after GET_VRING_BASE).
+        self._drain(handler)
+        while not self.stopping:
+            with nogil:
+                rc = poll(fds, 2, -1)
+                if rc > 0 and fds[0].revents:
+                    c_read(self.kick_fd, &counter, 8)
+            if rc < 0 and errno != EINTR:
+                raise OSError(errno, "poll on kick eventfd failed")
+            if rc > 0 and fds[1].revents:
+                break
+            self._drain(handler)
+
+    cdef int _drain(self, handler) except -1:
+        cdef int got, done, batch = 0
+        while not self.stopping and not self.broken:
+            with nogil:
+                # Serve consecutive fast-path requests without taking the GIL.
+                while True:
+                    got = self._pop()
+                    if got <= 0:
+                        break
+                    done = self._serve_fast()
+                    if not done:
+                        break
+                    batch += 1
+                    if batch >= 64:   # bound the guest's wait for a completion signal
+                        self._notify()
+                        batch = 0
+                if got <= 0:
+                    self._notify()
+            if got <= 0:
+                return 0
+            self._serve_slow(handler)
+            batch += 1
+        with nogil:
+            self._notify()
+        return 0
+
+    def stop(self):
+        """Ask ``run`` to return; the caller joins the thread and then reads last_avail_idx."""
+        cdef uint64_t one = 1
+        self.stopping = 1
+        c_write(self.stop_fd, &one, 8)
+
+
+cdef int64_t _full_io(int fd, iovec *iov, int cnt, int64_t offset, uint64_t size,
+                      bint writing) noexcept nogil:
+    """preadv/pwritev until ``size`` bytes moved, EOF, or an error (-errno)."""
+    cdef uint64_t done = 0
+    cdef ssize_t n
+    cdef int i = 0
+    while done < size and i < cnt:
+        if writing:
+            n = pwritev(fd, iov + i, cnt - i, offset + done)
+        else:
+            n = preadv(fd, iov + i, cnt - i, offset + done)
+        if n < 0:
+            if errno == EINTR or errno == EAGAIN:
+                continue
+            if done:
+                break
+            return -errno
+        if n == 0:
+            break
+        done += n
+        # Step past what moved; a short transfer leaves us inside one iovec.
+        while i < cnt and <size_t>n >= iov[i].iov_len:
+            n -= iov[i].iov_len
+            i += 1
+        if i < cnt and n:
+            iov[i].iov_base = <uint8_t *>iov[i].iov_base + n
+            iov[i].iov_len -= n
+    return done

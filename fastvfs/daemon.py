@@ -1,0 +1,79 @@
+"""Wires the layers together and runs the daemon: one frontend connection, then exit."""
+
+import logging
+import os
+import signal
+import socket
+import stat
+
+from . import _ring
+from .fs.passthrough import PassthroughFs
+from .fuse.engine import FuseEngine
+from .vhost_user.connection import Connection
+from .vhost_user.device import VhostUserFsDevice
+
+log = logging.getLogger("fastvfs")
+
+
+class Shutdown(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT."""
+
+
+def _on_signal(signum, frame):
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def listen(socket_path):
+    """Create the listening socket, replacing a stale one left by a dead daemon."""
+    try:
+        if stat.S_ISSOCK(os.lstat(socket_path).st_mode):
+            os.unlink(socket_path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(socket_path)
+    sock.listen(1)
+    return sock
+
+
+def run(options):
+    """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
+    os.umask(0)  # the guest already applied its umask to the modes it sends
+    handles = _ring.HandleTable()
+    fs = PassthroughFs(options.shared_dir, handles)
+    engine = FuseEngine(fs, options.cache)
+    device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
+                               on_reset=engine.reset)
+    engine.on_session = device.set_fast_io
+
+    if options.fd is not None:
+        listener = socket.socket(fileno=options.fd)
+        socket_path = None
+    else:
+        listener = listen(options.socket_path)
+        socket_path = options.socket_path
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        log.info("waiting for a frontend on %s", socket_path or f"fd {options.fd}")
+        conn_sock, _ = listener.accept()
+        # One frontend per daemon, as the reference daemons do: stop listening at once.
+        listener.close()
+        if socket_path:
+            os.unlink(socket_path)
+            socket_path = None
+        log.info("frontend connected; serving %s (cache=%s)", fs.root_path, options.cache)
+        device.serve(Connection(conn_sock))
+        conn_sock.close()
+    except Shutdown as exc:
+        log.info("%s: shutting down", exc)
+        device.reset()
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        listener.close()
+        if socket_path:
+            try:
+                os.unlink(socket_path)
+            except FileNotFoundError:
+                pass
+    return 0

@@ -1,0 +1,495 @@
+"""Passthrough file system: every FUSE node is an inode of the shared directory on the host.
+
+Contract with the FUSE engine (``fastvfs.fuse.engine``):
+
+* Node ids are opaque integers; ``FUSE_ROOT_ID`` (1) is the shared directory.  Every method that
+  returns an entry (``lookup``, ``mknod``, ``mkdir``, ``symlink``, ``link``, ``create``) adds one
+  to that inode's lookup count; ``forget`` takes counts away and the inode is dropped at zero.
+  The root is never dropped.
+* Names arrive as ``bytes`` straight from the guest and are validated here: no ``/``, no NUL,
+  at most NAME_MAX bytes; ``.`` and ``..`` are never created, removed or renamed.
+* Errors are raised as ``OSError`` with the errno the guest should see.
+* Objects are created with the caller's fsuid/fsgid (per-thread credentials), so new files
+  belong to the guest user who made them; everything else runs as the daemon.
+* File handles come from a shared ``HandleTable`` so the hot path can serve READ and WRITE on
+  them without calling back into Python.
+
+Safety: each inode holds an ``O_PATH | O_NOFOLLOW`` descriptor and every name is resolved one
+component at a time relative to its parent's descriptor with ``O_NOFOLLOW``, so no guest-chosen
+name or planted symlink can lead outside the shared directory.  Files are reopened for I/O
+through ``/proc/self/fd`` only after checking they are regular files or directories: FIFOs,
+devices and sockets are never opened.
+"""
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+
+from . import _sys
+
+NAME_MAX = 255
+FUSE_ROOT_ID = 1
+O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# Open flags a guest may pass through.  O_CREAT/O_EXCL only reach the host through ``create``;
+# O_DIRECT is dropped because guest buffers carry no alignment promise; O_NOFOLLOW and
+# O_CLOEXEC are always added.
+OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC |
+                      os.O_DSYNC | os.O_NOATIME | os.O_LARGEFILE)
+RENAME_FLAGS_ALLOWED = 0x7  # NOREPLACE | EXCHANGE | WHITEOUT
+
+
+def check_name(name):
+    """Validate a single path component from the guest (raises OSError)."""
+    if not name or b"/" in name or b"\0" in name:
+        raise OSError(errno.EINVAL, "invalid name")
+    if len(name) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, "name too long")
+    if name in (b".", b".."):
+        raise OSError(errno.EINVAL, "'.' and '..' cannot be created, removed or renamed")
+    return name
+
+
+def _proc_path(fd):
+    return f"/proc/self/fd/{fd}"
+
+
+class Inode:
+    __slots__ = ("nodeid", "fd", "key", "nlookup", "mode")
+
+    def __init__(self, nodeid, fd, key, mode):
+        self.nodeid = nodeid
+        self.fd = fd
+        self.key = key
+        self.nlookup = 0
+        self.mode = mode
+
+
+class InodeStore:
+    """Node id -> Inode and (st_dev, st_ino, mount id) -> Inode.
+
+    One lock guards both maps and every lookup count; it is a leaf lock (no I/O or other lock
+    is taken while holding it).
+    """
+
+    def __init__(self, root_fd, root_st):
+        self.lock = threading.Lock()
+        self.root = Inode(FUSE_ROOT_ID, root_fd, root_st.key, root_st.st_mode)
+        self.root.nlookup = 1
+        self.by_id = {FUSE_ROOT_ID: self.root}
+        self.by_key = {root_st.key: self.root}
+        self.next_id = FUSE_ROOT_ID + 1
+
+    def get(self, nodeid):
+        inode = self.by_id.get(nodeid)
+        if inode is None:
+            raise OSError(errno.ENOENT, "unknown node id")
+        return inode
+
+    def adopt(self, fd, st):
+        """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``."""
+        with self.lock:
+            inode = self.by_key.get(st.key)
+            if inode is None:
+                inode = Inode(self.next_id, fd, st.key, st.st_mode)
+                self.next_id += 1
+                self.by_id[inode.nodeid] = inode
+                self.by_key[st.key] = inode
+                fd = -1
+            inode.nlookup += 1
+        if fd >= 0:
+            os.close(fd)
+        return inode
+
+    def forget(self, nodeid, count):
+        with self.lock:
+            inode = self.by_id.get(nodeid)
+            if inode is None or inode is self.root:
+                return
+            # A hostile guest may forget more than it looked up: never underflow.
+            inode.nlookup -= min(count, inode.nlookup)
+            if inode.nlookup:
+                return
+            del self.by_id[nodeid]
+            if self.by_key.get(inode.key) is inode:
+                del self.by_key[inode.key]
+        os.close(inode.fd)
+
+    def clear(self):
+        """Drop every inode but the root (a session ended)."""
+        with self.lock:
+            dropped = [i for i in self.by_id.values() if i is not self.root]
+            self.by_id = {FUSE_ROOT_ID: self.root}
+            self.by_key = {self.root.key: self.root}
+        for inode in dropped:
+            os.close(inode.fd)
+
+    def __len__(self):
+        return len(self.by_id)
+
+
+class DirHandle:
+    __slots__ = ("fd", "entries")
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.entries = None
+
+
+class DirEntry:
+    """One readdir result: name, host inode number, d_type and its offset cookie."""
+    __slots__ = ("name", "ino", "dtype", "off")
+
+    def __init__(self, name, ino, dtype, off):
+        self.name = name
+        self.ino = ino
+        self.dtype = dtype
+        self.off = off
+
+
+@contextlib.contextmanager
+def caller_credentials(uid, gid):
+    """Run the body with this thread's fsuid/fsgid set to the guest caller's."""
+    old_uid, old_gid = _sys.set_fs_creds(uid, gid)
+    try:
+        yield
+    finally:
+        _sys.set_fs_creds(old_uid, old_gid)
+
+
+class PassthroughFs:
+    """The shared directory, served inode by inode (see the module docstring for the contract)."""
+
+    def __init__(self, root, handles):
+        self.root_path = os.path.abspath(root)
+        root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
+        self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd))
+        self.handles = handles
+        self.dirs = {}
+        self.dirs_lock = threading.Lock()
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def _entry_at(self, parent, name):
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        try:
+            st = _sys.fstatx(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.adopt(fd, st), st
+
+    def lookup(self, parent_id, name):
+        """Find ``name`` in directory ``parent_id``; returns (nodeid, Statx), counting a lookup."""
+        parent = self.inodes.get(parent_id)
+        if name == b".":
+            return self._relookup(parent)
+        if name == b"..":
+            return self._lookup_dotdot(parent)
+        check_name(name)
+        inode, st = self._entry_at(parent, name)
+        return inode.nodeid, st
+
+    def _relookup(self, inode):
+        st = _sys.fstatx(inode.fd)
+        with self.inodes.lock:
+            inode.nlookup += 1
+        return inode.nodeid, st
+
+    def _lookup_dotdot(self, parent):
+        # The root's parent is the root: the guest must not see above the shared directory.
+        if parent is self.inodes.root:
+            return self._relookup(parent)
+        fd = os.open("..", O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=parent.fd)
+        try:
+            st = _sys.fstatx(fd)
+            if not self._is_under_root(fd, st):
+                raise OSError(errno.EACCES, "parent lies outside the shared directory")
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.adopt(fd, st).nodeid, st
+
+    def _is_under_root(self, fd, st):
+        """Walk up from a directory until the shared root (True) or the host's / (False): a
+        directory moved out of the share by the host must not be a way out."""
+        root_key = self.inodes.root.key
+        fds = []
+        try:
+            while st.key != root_key:
+                up = os.open("..", O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
+                fds.append(up)
+                up_st = _sys.fstatx(up)
+                if up_st.key == st.key:
+                    return False
+                fd, st = up, up_st
+            return True
+        finally:
+            for f in fds:
+                os.close(f)
+
+    def forget(self, nodeid, count):
+        self.inodes.forget(nodeid, count)
+
+    def getattr(self, nodeid):
+        return _sys.fstatx(self.inodes.get(nodeid).fd)
+
+    # -- attributes -------------------------------------------------------------------------
+
+    def setattr(self, nodeid, *, fh=None, mode=None, uid=None, gid=None, size=None,
+                atime_ns=_sys.OMIT, mtime_ns=_sys.OMIT):
+        """Change what is given, in the order chmod, chown, truncate, utimes.
+
+        ``atime_ns``/``mtime_ns`` take nanoseconds since the epoch, ``_sys.NOW`` or
+        ``_sys.OMIT``.  Returns the new attributes.
+        """
+        inode = self.inodes.get(nodeid)
+        is_link = stat.S_ISLNK(inode.mode)
+        with contextlib.ExitStack() as stack:
+            fd = stack.enter_context(self.handles.borrow(fh)) if fh is not None else None
+            if mode is not None:
+                if is_link:
+                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own")
+                if fd is not None:
+                    os.fchmod(fd, mode)
+                else:
+                    os.chmod(_proc_path(inode.fd), mode)
+            if uid is not None or gid is not None:
+                _sys.chown(inode.fd, b"", 0xFFFFFFFF if uid is None else uid,
+                           0xFFFFFFFF if gid is None else gid,
+                           _sys.EMPTY_PATH | _sys.SYMLINK_NOFOLLOW)
+            if size is not None:
+                if fd is not None:
+                    os.ftruncate(fd, size)
+                elif not stat.S_ISREG(inode.mode):
+                    raise OSError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL,
+                                  "only regular files can be truncated")
+                else:
+                    os.truncate(_proc_path(inode.fd), size)
+            if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
+                _sys.utimens(inode.fd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
+        return _sys.fstatx(inode.fd)
+
+    def readlink(self, nodeid):
+        inode = self.inodes.get(nodeid)
+        if not stat.S_ISLNK(inode.mode):
+            raise OSError(errno.EINVAL, "not a symlink")
+        return os.readlink(b"", dir_fd=inode.fd)
+
+    def statfs(self, nodeid):
+        return os.fstatvfs(self.inodes.get(nodeid).fd)
+
+    def access(self, nodeid, mask, uid, gid):
+        inode = self.inodes.get(nodeid)
+        with caller_credentials(uid, gid):
+            ok = os.access(_proc_path(inode.fd), mask, effective_ids=True)
+        if not ok:
+            raise OSError(errno.EACCES, "access denied")
+
+    # -- creating and removing names --------------------------------------------------------
+
+    def mknod(self, parent_id, name, mode, rdev, uid, gid):
+        parent = self.inodes.get(parent_id)
+        check_name(name)
+        with caller_credentials(uid, gid):
+            os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        return self._created(parent, name)
+
+    def mkdir(self, parent_id, name, mode, uid, gid):
+        parent = self.inodes.get(parent_id)
+        check_name(name)
+        with caller_credentials(uid, gid):
+            os.mkdir(name, mode, dir_fd=parent.fd)
+        return self._created(parent, name)
+
+    def symlink(self, parent_id, name, target, uid, gid):
+        parent = self.inodes.get(parent_id)
+        check_name(name)
+        if not target or b"\0" in target or len(target) >= 4096:
+            raise OSError(errno.EINVAL, "invalid symlink target")
+        with caller_credentials(uid, gid):
+            os.symlink(target, name, dir_fd=parent.fd)
+        return self._created(parent, name)
+
+    def link(self, nodeid, newparent_id, newname):
+        inode = self.inodes.get(nodeid)
+        newparent = self.inodes.get(newparent_id)
+        check_name(newname)
+        if stat.S_ISDIR(inode.mode):
+            raise OSError(errno.EPERM, "hard links to directories are not allowed")
+        # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the very inode the
+        # O_PATH descriptor holds (symlinks included), with no path lookup the guest controls.
+        os.link(_proc_path(inode.fd), newname, dst_dir_fd=newparent.fd, follow_symlinks=True)
+        return self._created(newparent, newname)
+
+    def _created(self, parent, name):
+        inode, st = self._entry_at(parent, name)
+        return inode.nodeid, st
+
+    def unlink(self, parent_id, name):
+        parent = self.inodes.get(parent_id)
+        os.unlink(check_name(name), dir_fd=parent.fd)
+
+    def rmdir(self, parent_id, name):
+        parent = self.inodes.get(parent_id)
+        os.rmdir(check_name(name), dir_fd=parent.fd)
+
+    def rename(self, parent_id, name, newparent_id, newname, flags=0):
+        parent = self.inodes.get(parent_id)
+        newparent = self.inodes.get(newparent_id)
+        check_name(name)
+        check_name(newname)
+        if flags & ~RENAME_FLAGS_ALLOWED:
+            raise OSError(errno.EINVAL, "unknown rename flags")
+        if flags:
+            _sys.rename2(parent.fd, name, newparent.fd, newname, flags)
+        else:
+            os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def open(self, nodeid, flags):
+        """Open a regular file for I/O; returns a handle."""
+        inode = self.inodes.get(nodeid)
+        if not stat.S_ISREG(inode.mode):
+            raise OSError(errno.ELOOP if stat.S_ISLNK(inode.mode) else
+                          errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EACCES,
+                          "only regular files are opened for I/O")
+        fd = os.open(_proc_path(inode.fd), (flags & OPEN_FLAGS_ALLOWED) | os.O_CLOEXEC)
+        return self._add_handle(fd)
+
+    def create(self, parent_id, name, mode, flags, uid, gid):
+        """Create and open ``name``; returns (nodeid, Statx, fh)."""
+        parent = self.inodes.get(parent_id)
+        check_name(name)
+        flags = (flags & (OPEN_FLAGS_ALLOWED | os.O_EXCL)) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        with caller_credentials(uid, gid):
+            fd = os.open(name, flags, mode, dir_fd=parent.fd)
+        try:
+            nodeid, st = self._created(parent, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return nodeid, st, self._add_handle(fd)
+
+    def _add_handle(self, fd):
+        try:
+            return self.handles.add(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read(self, fh, offset, size):
+        with self.handles.borrow(fh) as fd:
+            return os.pread(fd, size, offset)
+
+    def write(self, fh, offset, data):
+        with self.handles.borrow(fh) as fd:
+            return os.pwrite(fd, data, offset)
+
+    def flush(self, fh):
+        # Closing a duplicate gives the host file system its close-time hook (and drops POSIX
+        # locks the way a close in the guest would) while the handle stays open.
+        with self.handles.borrow(fh) as fd:
+            os.close(os.dup(fd))
+
+    def release(self, fh):
+        self.handles.remove(fh)
+
+    def fsync(self, fh, datasync):
+        with self.handles.borrow(fh) as fd:
+            (os.fdatasync if datasync else os.fsync)(fd)
+
+    def fallocate(self, fh, mode, offset, length):
+        with self.handles.borrow(fh) as fd:
+            _sys.fallocate_range(fd, mode, offset, length)
+
+    def lseek(self, fh, offset, whence):
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, "bad whence")
+        with self.handles.borrow(fh) as fd:
+            return os.lseek(fd, offset, whence)
+
+    # -- directories ------------------------------------------------------------------------
+
+    def opendir(self, nodeid):
+        inode = self.inodes.get(nodeid)
+        if not stat.S_ISDIR(inode.mode):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
+        fh = self._add_handle(fd)
+        with self.dirs_lock:
+            self.dirs[fh] = DirHandle(fd)
+        return fh
+
+    def _dir(self, fh):
+        handle = self.dirs.get(fh)
+        if handle is None:
+            raise OSError(errno.EBADF, "bad directory handle")
+        return handle
+
+    def readdir(self, nodeid, fh, offset):
+        """Entries from cookie ``offset`` on.  Offset 0 takes a fresh snapshot (rewinddir)."""
+        handle = self._dir(fh)
+        if offset == 0 or handle.entries is None:
+            handle.entries = self._list(nodeid, fh)
+        if offset < 0 or offset > len(handle.entries):
+            return []
+        return handle.entries[offset:]
+
+    def _list(self, nodeid, fh):
+        inode = self.inodes.get(nodeid)
+        st = _sys.fstatx(inode.fd)
+        dotdot = st.st_ino
+        if inode is not self.inodes.root:
+            with contextlib.suppress(OSError):
+                dotdot = _sys.fstatx(inode.fd, b"..", _sys.SYMLINK_NOFOLLOW).st_ino
+        entries = [DirEntry(b".", st.st_ino, stat.S_IFDIR >> 12, 1),
+                   DirEntry(b"..", dotdot, stat.S_IFDIR >> 12, 2)]
+        with self.handles.borrow(fh) as fd:
+            with os.scandir(fd) as it:
+                for e in it:
+                    name = os.fsencode(e.name)
+                    try:
+                        dtype = _dtype(e)
+                    except OSError:
+                        continue
+                    entries.append(DirEntry(name, e.inode(), dtype, len(entries) + 1))
+        return entries
+
+    def releasedir(self, fh):
+        with self.dirs_lock:
+            self.dirs.pop(fh, None)
+        self.handles.remove(fh)
+
+    def fsyncdir(self, fh, datasync):
+        self._dir(fh)
+        self.fsync(fh, datasync)
+
+    # -- whole file system ------------------------------------------------------------------
+
+    def syncfs(self):
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.root.fd)
+        try:
+            _sys.sync_fs(fd)
+        finally:
+            os.close(fd)
+
+    def destroy(self):
+        """End of a session: every inode but the root and every handle is dropped."""
+        with self.dirs_lock:
+            self.dirs.clear()
+        self.handles.clear()
+        self.inodes.clear()
+
+
+def _dtype(entry):
+    """d_type of a scandir entry without a stat call for the common types."""
+    if entry.is_symlink():
+        return stat.S_IFLNK >> 12
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR >> 12
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG >> 12
+    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12

@@ -1,0 +1,391 @@
+"""FUSE engine: decodes requests, runs them on the file system, encodes replies.
+
+The hot path calls ``FuseEngine.handle(request, out_size)`` for every request it does not serve
+itself; ``request`` is the whole request (fuse_in_header included, exactly ``len`` bytes) and
+``out_size`` the room for the reply payload after fuse_out_header.  It returns ``None`` when
+the opcode takes no reply (FORGET, BATCH_FORGET) or ``(error, payload)`` with ``error`` a
+negative errno or 0.  It never raises: a bad request is an error reply, and the daemon serves on.
+"""
+
+import errno
+import logging
+import os
+import struct
+import threading
+
+from . import abi
+from .abi import Opcode
+from ..fs import _sys
+
+log = logging.getLogger("fastvfs.fuse")
+
+MAX_WRITE = 1 << 20
+MAX_PAGES = 256
+MAX_BACKGROUND = 256
+CONGESTION_THRESHOLD = 192
+# Capabilities offered at INIT; the reply carries those the guest also offered.
+WANTED_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_ATOMIC_O_TRUNC | abi.FUSE_BIG_WRITES |
+                abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO | abi.FUSE_PARALLEL_DIROPS |
+                abi.FUSE_ASYNC_DIO | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT)
+
+
+class CachePolicy:
+    """Timeouts and open flags of one cache mode, named as the reference daemons name them.
+
+    never: nothing is cached in the guest (timeouts 0, direct I/O), every change by anyone is
+    seen at once.  auto: 1 s metadata timeouts, page cache kept until the next open
+    (close-to-open).  always: long timeouts and kept caches: for a single writer.
+    """
+
+    MODES = {"never": (0.0, abi.FOPEN_DIRECT_IO, 0),
+             "auto": (1.0, 0, 0),
+             "always": (86400.0, abi.FOPEN_KEEP_CACHE, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR)}
+    ALIASES = {"none": "never"}
+
+    def __init__(self, mode="auto"):
+        mode = self.ALIASES.get(mode, mode)
+        if mode not in self.MODES:
+            raise ValueError(f"unknown cache mode {mode!r}")
+        self.mode = mode
+        timeout, self.open_flags, self.opendir_flags = self.MODES[mode]
+        self.timeout = abi.split_timeout(timeout)
+        self.auto_inval = mode == "auto"
+
+
+def _errno(exc):
+    return -(exc.errno or errno.EIO)
+
+
+class FuseEngine:
+    """One FUSE session over a file system; safe to call from several queue threads."""
+
+    def __init__(self, fs, cache="auto", on_session=None):
+        self.fs = fs
+        self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
+        self.on_session = on_session
+        self.initialized = False
+        self.minor = abi.FUSE_KERNEL_MINOR_VERSION
+        self.counts = [0] * 64
+        self.init_lock = threading.Lock()
+        self.table = {}
+        for op in Opcode:
+            method = getattr(self, f"do_{op.name.lower()}", None)
+            if method is not None:
+                self.table[int(op)] = method
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def handle(self, request, out_size):
+        if len(request) < abi.IN_HEADER_SIZE:
+            return -errno.EINVAL, b""
+        _, opcode, _, nodeid, uid, gid, pid, extlen, _ = abi.in_header.unpack_from(request)
+        if opcode < len(self.counts):
+            self.counts[opcode] += 1
+        body = memoryview(request)[abi.IN_HEADER_SIZE:]
+        if extlen:
+            # Request extensions (security context, supplementary groups) trail the body;
+            # none is negotiated, so a request carrying one is malformed.
+            return -errno.EINVAL, b""
+        method = self.table.get(opcode)
+        if method is None:
+            return -errno.ENOSYS, b""
+        if not self.initialized and opcode != Opcode.INIT:
+            return -errno.EIO, b""
+        try:
+            result = method(nodeid, body, out_size, (uid, gid, pid))
+        except OSError as exc:
+            return _errno(exc), b""
+        except (struct.error, ValueError, OverflowError, UnicodeError):
+            return -errno.EINVAL, b""
+        except Exception:
+            log.exception("opcode %d failed", opcode)
+            return -errno.EIO, b""
+        if result is None:
+            return None
+        return 0, result
+
+    # -- encoding helpers ----------------------------------------------------------------------
+
+    def _entry(self, nodeid, st):
+        sec, nsec = self.cache.timeout
+        return abi.entry_out_head.pack(nodeid, 0, sec, sec, nsec, nsec) + abi.pack_attr(st)
+
+    def _attr(self, st):
+        sec, nsec = self.cache.timeout
+        return abi.attr_out_head.pack(sec, nsec, 0) + abi.pack_attr(st)
+
+    @staticmethod
+    def _name(body, offset=0):
+        """A NUL-terminated name at ``offset`` of the body; returns (name, end offset)."""
+        end = bytes(body[offset:]).find(b"\0")
+        if end < 0:
+            raise OSError(errno.EINVAL, "name without NUL")
+        return bytes(body[offset:offset + end]), offset + end + 1
+
+    # -- session -------------------------------------------------------------------------------
+
+    def do_init(self, nodeid, body, out_size, ctx):
+        major, minor, max_readahead, flags = struct.unpack_from("<IIII", body)
+        if major < abi.FUSE_KERNEL_VERSION:
+            raise OSError(errno.EPROTO, "protocol too old")
+        if major > abi.FUSE_KERNEL_VERSION:
+            # The kernel retries with our major when the reply carries only the version.
+            return abi.init_out.pack(abi.FUSE_KERNEL_VERSION, abi.FUSE_KERNEL_MINOR_VERSION,
+                                     *([0] * 9))
+        if minor < abi.FUSE_MIN_MINOR_VERSION:
+            raise OSError(errno.EPROTO, "protocol too old")
+        if flags & abi.FUSE_INIT_EXT and len(body) >= abi.init_in.size:
+            flags |= abi.init_in.unpack_from(body)[4] << 32
+        with self.init_lock:
+            if self.initialized:
+                # A new INIT without DESTROY: the guest rebooted or the driver reloaded.
+                self._end_session()
+            wanted = WANTED_FLAGS
+            if self.cache.auto_inval:
+                wanted |= abi.FUSE_AUTO_INVAL_DATA
+            reply_flags = flags & wanted
+            self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
+            self.initialized = True
+            if self.on_session:
+                self.on_session(True)
+        log.info("FUSE session started: protocol 7.%d, flags %#x", self.minor, reply_flags)
+        return abi.init_out.pack(
+            abi.FUSE_KERNEL_VERSION, self.minor, max_readahead, reply_flags & 0xFFFFFFFF,
+            MAX_BACKGROUND, CONGESTION_THRESHOLD, MAX_WRITE, 1, MAX_PAGES, 0,
+            reply_flags >> 32)
+
+    def _end_session(self):
+        self.initialized = False
+        if self.on_session:
+            self.on_session(False)
+        self.fs.destroy()
+
+    def do_destroy(self, nodeid, body, out_size, ctx):
+        with self.init_lock:
+            self._end_session()
+        log.info("FUSE session destroyed")
+        return b""
+
+    def reset(self):
+        """The device was reset or the frontend went away: forget the session."""
+        with self.init_lock:
+            if self.initialized:
+                self._end_session()
+
+    # -- inodes --------------------------------------------------------------------------------
+
+    def do_lookup(self, nodeid, body, out_size, ctx):
+        name, _ = self._name(body)
+        return self._entry(*self.fs.lookup(nodeid, name))
+
+    def do_forget(self, nodeid, body, out_size, ctx):
+        (nlookup,) = abi.forget_in.unpack_from(body)
+        self.fs.forget(nodeid, nlookup)
+        return None
+
+    def do_batch_forget(self, nodeid, body, out_size, ctx):
+        count, _ = abi.batch_forget_in.unpack_from(body)
+        # The count is the guest's word: only entries really present are read.
+        count = min(count, (len(body) - abi.batch_forget_in.size) // abi.forget_one.size)
+        for i in range(count):
+            fnode, nlookup = abi.forget_one.unpack_from(
+                body, abi.batch_forget_in.size + i * abi.forget_one.size)
+            self.fs.forget(fnode, nlookup)
+        return None
+
+    def do_getattr(self, nodeid, body, out_size, ctx):
+        return self._attr(self.fs.getattr(nodeid))
+
+    def do_setattr(self, nodeid, body, out_size, ctx):
+        (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid,
+         _) = abi.setattr_in.unpack_from(body)
+        kw = {}
+        if valid & abi.FATTR_FH:
+            kw["fh"] = fh
+        if valid & abi.FATTR_MODE:
+            kw["mode"] = mode & 0o7777
+        if valid & abi.FATTR_UID:
+            kw["uid"] = uid
+        if valid & abi.FATTR_GID:
+            kw["gid"] = gid
+        if valid & abi.FATTR_SIZE:
+            if size > 0x7FFFFFFFFFFFFFFF:
+                raise OSError(errno.EINVAL, "size out of range")
+            kw["size"] = size
+        kw["atime_ns"] = _time_arg(valid, abi.FATTR_ATIME, abi.FATTR_ATIME_NOW, atime, atimensec)
+        kw["mtime_ns"] = _time_arg(valid, abi.FATTR_MTIME, abi.FATTR_MTIME_NOW, mtime, mtimensec)
+        return self._attr(self.fs.setattr(nodeid, **kw))
+
+    def do_readlink(self, nodeid, body, out_size, ctx):
+        target = self.fs.readlink(nodeid)
+        if len(target) > out_size:
+            raise OSError(errno.ERANGE, "link target larger than the reply buffer")
+        return target
+
+    def do_symlink(self, nodeid, body, out_size, ctx):
+        name, end = self._name(body)
+        target, _ = self._name(body, end)
+        return self._entry(*self.fs.symlink(nodeid, name, target, ctx[0], ctx[1]))
+
+    def do_mknod(self, nodeid, body, out_size, ctx):
+        mode, rdev, _, _ = abi.mknod_in.unpack_from(body)
+        name, _ = self._name(body, abi.mknod_in.size)
+        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, ctx[0], ctx[1]))
+
+    def do_mkdir(self, nodeid, body, out_size, ctx):
+        mode, _ = abi.mkdir_in.unpack_from(body)
+        name, _ = self._name(body, abi.mkdir_in.size)
+        return self._entry(*self.fs.mkdir(nodeid, name, mode, ctx[0], ctx[1]))
+
+    def do_unlink(self, nodeid, body, out_size, ctx):
+        self.fs.unlink(nodeid, self._name(body)[0])
+        return b""
+
+    def do_rmdir(self, nodeid, body, out_size, ctx):
+        self.fs.rmdir(nodeid, self._name(body)[0])
+        return b""
+
+    def do_rename(self, nodeid, body, out_size, ctx):
+        (newdir,) = abi.rename_in.unpack_from(body)
+        name, end = self._name(body, abi.rename_in.size)
+        newname, _ = self._name(body, end)
+        self.fs.rename(nodeid, name, newdir, newname, 0)
+        return b""
+
+    def do_rename2(self, nodeid, body, out_size, ctx):
+        newdir, flags, _ = abi.rename2_in.unpack_from(body)
+        name, end = self._name(body, abi.rename2_in.size)
+        newname, _ = self._name(body, end)
+        self.fs.rename(nodeid, name, newdir, newname, flags)
+        return b""
+
+    def do_link(self, nodeid, body, out_size, ctx):
+        (oldnodeid,) = abi.link_in.unpack_from(body)
+        newname, _ = self._name(body, abi.link_in.size)
+        return self._entry(*self.fs.link(oldnodeid, nodeid, newname))
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def do_open(self, nodeid, body, out_size, ctx):
+        flags, _ = abi.open_in.unpack_from(body)
+        fh = self.fs.open(nodeid, flags)
+        return abi.open_out.pack(fh, self.cache.open_flags, 0)
+
+    def do_create(self, nodeid, body, out_size, ctx):
+        flags, mode, _, _ = abi.create_in.unpack_from(body)
+        name, _ = self._name(body, abi.create_in.size)
+        child, st, fh = self.fs.create(nodeid, name, mode, flags, ctx[0], ctx[1])
+        return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
+
+    def do_read(self, nodeid, body, out_size, ctx):
+        fh, offset, size, _, _, _, _ = abi.read_in.unpack_from(body)
+        return self.fs.read(fh, offset, min(size, out_size, MAX_WRITE))
+
+    def do_write(self, nodeid, body, out_size, ctx):
+        fh, offset, size, _, _, _, _ = abi.write_in.unpack_from(body)
+        data = body[abi.write_in.size:]
+        if size != len(data) or size > MAX_WRITE:
+            raise OSError(errno.EINVAL, "write size disagrees with the request")
+        return abi.write_out.pack(self.fs.write(fh, offset, data), 0)
+
+    def do_statfs(self, nodeid, body, out_size, ctx):
+        s = self.fs.statfs(nodeid)
+        return abi.kstatfs.pack(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
+                                s.f_bsize, s.f_namemax, s.f_frsize, 0)
+
+    def do_release(self, nodeid, body, out_size, ctx):
+        fh, _, _, _ = abi.release_in.unpack_from(body)
+        self.fs.release(fh)
+        return b""
+
+    def do_fsync(self, nodeid, body, out_size, ctx):
+        fh, flags, _ = abi.fsync_in.unpack_from(body)
+        self.fs.fsync(fh, bool(flags & abi.FUSE_FSYNC_FDATASYNC))
+        return b""
+
+    def do_flush(self, nodeid, body, out_size, ctx):
+        fh, _, _, _ = abi.flush_in.unpack_from(body)
+        self.fs.flush(fh)
+        return b""
+
+    def do_fallocate(self, nodeid, body, out_size, ctx):
+        fh, offset, length, mode, _ = abi.fallocate_in.unpack_from(body)
+        if offset > 0x7FFFFFFFFFFFFFFF or length > 0x7FFFFFFFFFFFFFFF:
+            raise OSError(errno.EINVAL, "range out of bounds")
+        self.fs.fallocate(fh, mode, offset, length)
+        return b""
+
+    def do_lseek(self, nodeid, body, out_size, ctx):
+        fh, offset, whence, _ = abi.lseek_in.unpack_from(body)
+        if offset > 0x7FFFFFFFFFFFFFFF:
+            raise OSError(errno.EINVAL, "offset out of range")
+        return abi.lseek_out.pack(self.fs.lseek(fh, offset, whence))
+
+    def do_access(self, nodeid, body, out_size, ctx):
+        mask, _ = abi.access_in.unpack_from(body)
+        self.fs.access(nodeid, mask, ctx[0], ctx[1])
+        return b""
+
+    # -- directories ---------------------------------------------------------------------------
+
+    def do_opendir(self, nodeid, body, out_size, ctx):
+        fh = self.fs.opendir(nodeid)
+        return abi.open_out.pack(fh, self.cache.opendir_flags, 0)
+
+    def do_readdir(self, nodeid, body, out_size, ctx):
+        return self._readdir(nodeid, body, out_size, plus=False)
+
+    def do_readdirplus(self, nodeid, body, out_size, ctx):
+        return self._readdir(nodeid, body, out_size, plus=True)
+
+    def _readdir(self, nodeid, body, out_size, plus):
+        fh, offset, size, _, _, _, _ = abi.read_in.unpack_from(body)
+        size = min(size, out_size)
+        out = bytearray()
+        head = abi.ENTRY_OUT_SIZE if plus else 0
+        for e in self.fs.readdir(nodeid, fh, offset):
+            reclen = abi.rec_align(head + abi.dirent_head.size + len(e.name))
+            if len(out) + reclen > size:
+                break
+            if plus:
+                if e.name in (b".", b".."):
+                    # No lookup for these: the kernel does not count them (nodeid 0 = no entry).
+                    out += bytes(abi.ENTRY_OUT_SIZE)
+                else:
+                    try:
+                        out += self._entry(*self.fs.lookup(nodeid, e.name))
+                    except OSError:
+                        continue  # removed since the listing was taken
+            out += abi.dirent_head.pack(e.ino, e.off, len(e.name), e.dtype) + e.name
+            out += bytes(abi.rec_align(len(out)) - len(out))
+        return bytes(out)
+
+    def do_releasedir(self, nodeid, body, out_size, ctx):
+        fh, _, _, _ = abi.release_in.unpack_from(body)
+        self.fs.releasedir(fh)
+        return b""
+
+    def do_fsyncdir(self, nodeid, body, out_size, ctx):
+        fh, flags, _ = abi.fsync_in.unpack_from(body)
+        self.fs.fsyncdir(fh, bool(flags & abi.FUSE_FSYNC_FDATASYNC))
+        return b""
+
+    def do_syncfs(self, nodeid, body, out_size, ctx):
+        self.fs.syncfs()
+        return b""
+
+    def do_interrupt(self, nodeid, body, out_size, ctx):
+        # Requests are served synchronously, so there is never one to interrupt; no reply.
+        return None
+
+
+def _time_arg(valid, set_bit, now_bit, sec, nsec):
+    if valid & now_bit:
+        return _sys.NOW
+    if valid & set_bit:
+        if nsec >= 1_000_000_000:
+            raise OSError(errno.EINVAL, "nanoseconds out of range")
+        if sec >= 1 << 63:
+            sec -= 1 << 64
+        return sec * 1_000_000_000 + nsec
+    return _sys.OMIT

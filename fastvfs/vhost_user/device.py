@@ -1,0 +1,430 @@
+"""The vhost-user-fs backend state machine: answers the frontend's requests and starts and stops
+one hot-path worker thread per virtqueue.
+
+Follows QEMU's docs/interop/vhost-user.rst: with VHOST_USER_F_PROTOCOL_FEATURES negotiated a
+ring starts disabled and runs once it has a kick fd and SET_VRING_ENABLE 1; without it a ring
+runs from its kick.  GET_VRING_BASE stops a ring.  Every message is validated before it changes
+any state; an invalid one is answered with a failure (REPLY_ACK) or an empty reply (GET_*),
+never with a crash.
+"""
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+
+from .. import _ring
+from . import protocol
+from .connection import Connection, ProtocolError
+from .protocol import ProtocolFeature as PF
+from .protocol import Request
+
+log = logging.getLogger("fastvfs.vhost_user")
+
+OFFERED_FEATURES = ((1 << protocol.VIRTIO_F_VERSION_1) |
+                    (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC) |
+                    (1 << protocol.VIRTIO_RING_F_EVENT_IDX) |
+                    (1 << protocol.VHOST_USER_F_PROTOCOL_FEATURES))
+OFFERED_PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.RESET_DEVICE) |
+                             (1 << PF.CONFIGURE_MEM_SLOTS))
+MAX_MEM_SLOTS = 32
+
+
+class BadRequest(Exception):
+    """A well-framed message whose content is invalid: answered with a failure."""
+
+
+class VringState:
+    """What the frontend told us about one ring, and its worker while it runs."""
+
+    def __init__(self, index):
+        self.index = index
+        self.num = 0
+        self.addr = None          # (desc, used, avail) frontend user addresses
+        self.base = 0             # next avail index to serve
+        self.kick_fd = None
+        self.call_fd = None
+        self.err_fd = None
+        self.enabled = False
+        self.queue = None         # _ring.Virtqueue while running
+        self.thread = None
+        self.stop_fd = None
+
+    @property
+    def running(self):
+        return self.queue is not None
+
+
+class VhostUserFsDevice:
+    """Serves one frontend connection.
+
+    ``handler(request, out_size)`` answers the FUSE requests the hot path does not serve itself;
+    ``on_reset()`` is called when the device is reset or the frontend goes away.
+    """
+
+    def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20):
+        if num_queues < 2:
+            raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
+        self.handler = handler
+        self.handles = handles
+        self.num_queues = num_queues
+        self.on_reset = on_reset
+        self.max_io = max_io
+        self.fast_io = False
+        self.lock = threading.Lock()
+        self._reset_state()
+        self.table = {}
+        for req in Request:
+            method = getattr(self, "do_" + req.name.lower(), None)
+            if method is not None:
+                self.table[int(req)] = method
+
+    def _reset_state(self):
+        self.features = 0
+        self.protocol_features = 0
+        self.status = 0
+        self.memory = _ring.MemoryTable()
+        self.vrings = [VringState(i) for i in range(self.num_queues)]
+
+    # -- serving a connection -----------------------------------------------------------------
+
+    def serve(self, conn: Connection):
+        """Answer requests until the frontend disconnects; then stop every ring."""
+        try:
+            while True:
+                try:
+                    msg = conn.recv()
+                except ProtocolError as exc:
+                    log.error("closing the connection: %s", exc)
+                    break
+                if msg is None:
+                    log.info("frontend disconnected")
+                    break
+                self._dispatch(conn, msg)
+        finally:
+            self.reset()
+
+    def _dispatch(self, conn, msg):
+        method = self.table.get(msg.request)
+        name = Request(msg.request).name if msg.request in Request._value2member_map_ else msg.request
+        log.debug("request %s (%d bytes, %d fds)", name, len(msg.payload), len(msg.fds))
+        ok = True
+        reply = None
+        try:
+            if method is None:
+                raise BadRequest(f"unsupported request {name}")
+            reply = method(msg)
+        except (BadRequest, ValueError, OSError) as exc:
+            log.warning("request %s refused: %s", name, exc)
+            ok = False
+        finally:
+            msg.close_fds()
+        if msg.request in _GET_REQUESTS:
+            # A GET_* always gets its reply; an empty one signals failure.
+            conn.send(msg.request, reply if ok and reply is not None else b"")
+        elif msg.need_reply and self.protocol_features & (1 << PF.REPLY_ACK):
+            conn.send(msg.request, protocol.u64.pack(0 if ok else 1))
+
+    def reset(self):
+        """Stop every ring and forget the frontend's state (RESET_DEVICE, disconnect)."""
+        with self.lock:
+            for vring in self.vrings:
+                self._stop(vring)
+                for name in ("kick_fd", "call_fd", "err_fd"):
+                    fd = getattr(vring, name)
+                    if fd is not None:
+                        os.close(fd)
+            self._reset_state()
+        if self.on_reset:
+            self.on_reset()
+
+    def set_fast_io(self, enabled):
+        """Called by the FUSE engine when a session starts or ends."""
+        self.fast_io = enabled
+        for vring in self.vrings:
+            if vring.queue is not None:
+                vring.queue.set_fast_io(enabled)
+
+    # -- ring lifecycle -----------------------------------------------------------------------
+
+    def _ready(self, vring):
+        protocol_mode = self.features & (1 << protocol.VHOST_USER_F_PROTOCOL_FEATURES)
+        return (vring.kick_fd is not None and vring.num and vring.addr is not None and
+                len(self.memory) and (vring.enabled or not protocol_mode))
+
+    def _start(self, vring):
+        if vring.running or not self._ready(vring):
+            return
+        desc, used, avail = vring.addr
+        stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            queue = _ring.Virtqueue(
+                vring.index, self.memory, self.handles, vring.num, desc, avail, used,
+                vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
+                stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
+                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io)
+        except BaseException:
+            os.close(stop_fd)
+            raise
+        queue.set_fast_io(self.fast_io)
+        vring.queue = queue
+        vring.stop_fd = stop_fd
+        vring.thread = threading.Thread(target=self._worker, args=(queue,),
+                                        name=f"fastvfs-vq{vring.index}", daemon=True)
+        vring.thread.start()
+        log.debug("ring %d started: size %d, base %d", vring.index, vring.num, vring.base)
+
+    def _worker(self, queue):
+        try:
+            queue.run(self.handler)
+        except Exception:
+            log.exception("ring %d worker failed", queue.index)
+        if queue.broken:
+            log.error("ring %d stopped: the driver published an invalid avail index or head",
+                      queue.index)
+
+    def _stop(self, vring):
+        if not vring.running:
+            return
+        vring.queue.stop()
+        vring.thread.join()
+        vring.base = vring.queue.last_avail_idx
+        if vring.queue.bad_chains:
+            log.warning("ring %d returned %d malformed chains", vring.index,
+                        vring.queue.bad_chains)
+        vring.queue = None
+        vring.thread = None
+        os.close(vring.stop_fd)
+        vring.stop_fd = None
+
+    def _vring(self, index):
+        if index >= self.num_queues:
+            raise BadRequest(f"ring index {index} out of range")
+        return self.vrings[index]
+
+    def _replace_fd(self, vring, name, fd):
+        """Swap one of a ring's eventfds; a running ring is paused around the swap so its worker
+        never writes to a closed (maybe reused) descriptor."""
+        was_running = vring.running
+        self._stop(vring)
+        old = getattr(vring, name)
+        if old is not None:
+            os.close(old)
+        setattr(vring, name, fd)
+        if was_running:
+            self._start(vring)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _body(msg, st):
+        if len(msg.payload) < st.size:
+            raise BadRequest(f"payload of {len(msg.payload)} bytes, expected {st.size}")
+        return st.unpack_from(msg.payload)
+
+    def do_get_features(self, msg):
+        return protocol.u64.pack(OFFERED_FEATURES)
+
+    def do_set_features(self, msg):
+        (features,) = self._body(msg, protocol.u64)
+        if features & ~OFFERED_FEATURES:
+            raise BadRequest(f"features {features & ~OFFERED_FEATURES:#x} were not offered")
+        self.features = features
+
+    def do_get_protocol_features(self, msg):
+        return protocol.u64.pack(OFFERED_PROTOCOL_FEATURES)
+
+    def do_set_protocol_features(self, msg):
+        (features,) = self._body(msg, protocol.u64)
+        if features & ~OFFERED_PROTOCOL_FEATURES:
+            raise BadRequest("protocol features that were not offered")
+        self.protocol_features = features
+
+    def do_get_queue_num(self, msg):
+        return protocol.u64.pack(self.num_queues)
+
+    def do_get_max_mem_slots(self, msg):
+        return protocol.u64.pack(MAX_MEM_SLOTS)
+
+    def do_set_owner(self, msg):
+        pass
+
+    def do_reset_owner(self, msg):
+        self.reset()
+
+    def do_reset_device(self, msg):
+        self.reset()
+
+    def do_set_status(self, msg):
+        (self.status,) = self._body(msg, protocol.u64)
+
+    def do_get_status(self, msg):
+        return protocol.u64.pack(self.status)
+
+    def do_set_mem_table(self, msg):
+        nregions, _ = self._body(msg, protocol.memory_header)
+        if not 0 < nregions <= protocol.VHOST_MEMORY_BASELINE_NREGIONS:
+            raise BadRequest(f"{nregions} memory regions")
+        if len(msg.payload) != protocol.memory_header.size + nregions * protocol.memory_region.size:
+            raise BadRequest("SET_MEM_TABLE size disagrees with its region count")
+        if len(msg.fds) != nregions:
+            raise BadRequest(f"{len(msg.fds)} fds for {nregions} regions")
+        table = _ring.MemoryTable()
+        for i in range(nregions):
+            gpa, size, uaddr, offset = protocol.memory_region.unpack_from(
+                msg.payload, protocol.memory_header.size + i * protocol.memory_region.size)
+            _map_region(table, gpa, size, uaddr, offset, msg.fds[i])
+        self._swap_memory(table)
+        log.info("memory table: %s", ", ".join(f"{g:#x}+{s:#x}" for g, s, _ in table.describe()))
+
+    def _region_body(self, msg):
+        if len(msg.payload) != protocol.single_memory_region.size + protocol.memory_region.size:
+            raise BadRequest("memory region message of the wrong size")
+        return protocol.memory_region.unpack_from(msg.payload, protocol.single_memory_region.size)
+
+    def do_add_mem_reg(self, msg):
+        gpa, size, uaddr, offset = self._region_body(msg)
+        if len(msg.fds) != 1:
+            raise BadRequest("ADD_MEM_REG needs exactly one fd")
+        if len(self.memory) >= MAX_MEM_SLOTS:
+            raise BadRequest("no free memory slot")
+        with self._rings_paused():
+            _map_region(self.memory, gpa, size, uaddr, offset, msg.fds[0])
+
+    def do_rem_mem_reg(self, msg):
+        gpa, size, uaddr, _ = self._region_body(msg)
+        with self._rings_paused():
+            if not self.memory.remove_region(gpa, size, uaddr):
+                raise BadRequest("no such memory region")
+
+    def _swap_memory(self, table):
+        with self._rings_paused():
+            self.memory = table
+
+    @contextlib.contextmanager
+    def _rings_paused(self):
+        """Stop the running rings around a memory table change (their workers read the table
+        without locks) and restart them on the new table, re-translating their addresses."""
+        running = [v for v in self.vrings if v.running]
+        for vring in running:
+            self._stop(vring)
+        try:
+            yield
+        finally:
+            for vring in running:
+                try:
+                    self._start(vring)
+                except ValueError as exc:
+                    log.error("ring %d cannot restart: %s", vring.index, exc)
+
+    def do_set_log_base(self, msg):
+        raise BadRequest("dirty logging (LOG_SHMFD) was not offered")
+
+    def do_set_log_fd(self, msg):
+        raise BadRequest("dirty logging (LOG_SHMFD) was not offered")
+
+    def do_set_vring_num(self, msg):
+        index, num = self._body(msg, protocol.vring_state)
+        vring = self._vring(index)
+        if num == 0 or num & (num - 1) or num > 32768:
+            raise BadRequest(f"queue size {num}")
+        if vring.running:
+            raise BadRequest("queue size changed while the ring runs")
+        vring.num = num
+
+    def do_set_vring_addr(self, msg):
+        index, flags, desc, used, avail, _ = self._body(msg, protocol.vring_addr)
+        vring = self._vring(index)
+        if flags & protocol.VHOST_VRING_F_LOG:
+            raise BadRequest("ring logging was not negotiated")
+        if vring.running:
+            raise BadRequest("ring addresses changed while the ring runs")
+        vring.addr = (desc, used, avail)
+
+    def do_set_vring_base(self, msg):
+        index, num = self._body(msg, protocol.vring_state)
+        vring = self._vring(index)
+        if num > 0xFFFF:
+            raise BadRequest("avail index out of range")
+        if vring.running:
+            raise BadRequest("ring base changed while the ring runs")
+        vring.base = num
+
+    def do_get_vring_base(self, msg):
+        index, _ = self._body(msg, protocol.vring_state)
+        vring = self._vring(index)
+        self._stop(vring)
+        # The ring is stopped until the next kick fd (vhost-user.rst "Starting and stopping
+        # rings"), and a protocol-features ring is disabled again.
+        if vring.kick_fd is not None:
+            os.close(vring.kick_fd)
+            vring.kick_fd = None
+        vring.enabled = False
+        return protocol.vring_state.pack(index, vring.base)
+
+    def _vring_fd(self, msg):
+        (value,) = self._body(msg, protocol.u64)
+        vring = self._vring(value & protocol.VHOST_USER_VRING_IDX_MASK)
+        if value & protocol.VHOST_USER_VRING_NOFD_MASK:
+            return vring, None
+        fd = msg.take_fd()
+        if fd is None:
+            raise BadRequest("eventfd missing")
+        if not stat.S_ISREG(os.fstat(fd).st_mode) and _is_eventfd(fd):
+            return vring, fd
+        os.close(fd)
+        raise BadRequest("not an eventfd")
+
+    def do_set_vring_kick(self, msg):
+        vring, fd = self._vring_fd(msg)
+        if fd is None:
+            raise BadRequest("polling mode without a kick fd is not supported")
+        self._replace_fd(vring, "kick_fd", fd)
+        self._start(vring)
+
+    def do_set_vring_call(self, msg):
+        vring, fd = self._vring_fd(msg)
+        self._replace_fd(vring, "call_fd", fd)
+
+    def do_set_vring_err(self, msg):
+        vring, fd = self._vring_fd(msg)
+        self._replace_fd(vring, "err_fd", fd)
+
+    def do_set_vring_enable(self, msg):
+        index, enable = self._body(msg, protocol.vring_state)
+        vring = self._vring(index)
+        if enable > 1:
+            raise BadRequest("SET_VRING_ENABLE takes 0 or 1")
+        vring.enabled = bool(enable)
+        if enable:
+            self._start(vring)
+        else:
+            self._stop(vring)
+
+    def do_get_config(self, msg):
+        raise BadRequest("the device configuration belongs to the frontend (CONFIG not offered)")
+
+
+_GET_REQUESTS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+                           Request.GET_QUEUE_NUM, Request.GET_VRING_BASE, Request.GET_CONFIG,
+                           Request.GET_INFLIGHT_FD, Request.GET_MAX_MEM_SLOTS,
+                           Request.GET_STATUS})
+
+
+def _map_region(table, gpa, size, uaddr, offset, fd):
+    """Map one region after checking the file really holds it: touching a page past the end of
+    a memfd raises SIGBUS, which would kill the daemon."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_size < offset + size:
+        raise BadRequest(f"memory region {gpa:#x}+{size:#x} is larger than its file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadRequest("memory region fd is not a regular file or memfd")
+    table.add_region(gpa, size, uaddr, offset, fd)
+
+
+def _is_eventfd(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
