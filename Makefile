@@ -1,0 +1,43 @@
+# fastvfs: set-up, tests and the demo.  Every target installs what it needs on a fresh
+# Debian 12 machine (run as root).
+PYTHON ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
+APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv
+PYTEST_ARGS ?=
+
+.PHONY: deps venv build test test-all demo clean
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+# Rebuild the extensions in place after editing a .pyx file.
+build: venv
+	$(PY) setup.py -q build_ext --inplace
+
+# The test command: unit and integration tests, and the real-guest tests (QEMU + Debian kernel).
+test: build
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Everything, including the slow guest suites left out of CI.
+test-all: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The main job: serve a directory to a real Linux guest and show it working.
+demo: build
+	$(PY) -m fastvfs.testing.demo $(DEMO_ARGS)
+
+clean:
+	rm -rf build $(VENV) fastvfs/*.so fastvfs/*/*.so fastvfs/*.c fastvfs/*/*.c *.egg-info
