@@ -22,6 +22,8 @@ def parser():
                    help="guest caching: never (coherent), auto (1 s, close-to-open), always")
     p.add_argument("--request-queues", type=int, default=16, metavar="N",
                    help="most request queues offered to the frontend (default 16)")
+    p.add_argument("--rlimit-nofile", type=int, default=1_000_000, metavar="N",
+                   help="raise the open-file limit to N (default 1000000, capped by the system)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user backend capabilities as JSON and exit")

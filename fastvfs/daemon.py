@@ -2,6 +2,7 @@
 
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -36,9 +37,38 @@ def listen(socket_path):
     return sock
 
 
+def raise_fd_limit(wanted):
+    """Every inode the guest knows holds an O_PATH descriptor: lift RLIMIT_NOFILE as far as the
+    system allows (up to ``wanted``) so a large tree does not run the daemon out of fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except OSError:
+        ceiling = hard
+    target = min(wanted, ceiling)
+    for limit in ((target, target), (min(target, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            return limit[0]
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def drop_supplementary_groups():
+    """The daemon's own supplementary groups would count in permission checks made with a
+    guest user's fsuid/fsgid (a guest user in the host's root group): drop them."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+
+
 def run(options):
     """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
     os.umask(0)  # the guest already applied its umask to the modes it sends
+    nofile = raise_fd_limit(options.rlimit_nofile)
+    drop_supplementary_groups()
+    log.debug("RLIMIT_NOFILE %d", nofile)
     handles = _ring.HandleTable()
     fs = PassthroughFs(options.shared_dir, handles)
     engine = FuseEngine(fs, options.cache)
