@@ -1,0 +1,320 @@
+"""FUSE decoding and dispatch: the engine over a passthrough file system on a temp directory,
+fed raw request bytes as the hot path hands them over."""
+
+import errno
+import os
+import stat
+import struct
+
+import pytest
+
+from fastvfs import _ring
+from fastvfs.fs.passthrough import PassthroughFs
+from fastvfs.fuse import abi
+from fastvfs.fuse.abi import Opcode
+from fastvfs.fuse.engine import FuseEngine
+
+ROOT = abi.FUSE_ROOT_ID
+
+
+class Session:
+    def __init__(self, root, cache="never"):
+        self.handles = _ring.HandleTable(256)
+        self.fs = PassthroughFs(root, self.handles)
+        self.engine = FuseEngine(self.fs, cache)
+        self.unique = 0
+
+    def raw(self, opcode, nodeid=ROOT, body=b"", out_size=1 << 20, uid=0, gid=0, length=None):
+        self.unique += 1
+        total = abi.IN_HEADER_SIZE + len(body)
+        req = abi.in_header.pack(total if length is None else length, opcode, self.unique,
+                                 nodeid, uid, gid, 1, 0, 0) + body
+        return self.engine.handle(req, out_size)
+
+    def ok(self, *args, **kw):
+        result = self.raw(*args, **kw)
+        assert result is not None and result[0] == 0, result
+        return result[1]
+
+    def err(self, *args, **kw):
+        result = self.raw(*args, **kw)
+        assert result is not None and result[0] < 0, result
+        return -result[0]
+
+    def init(self, major=7, minor=38, flags=0xFFFFFFFF):
+        return self.ok(Opcode.INIT, 0, abi.init_in.pack(major, minor, 1 << 17, flags, 0))
+
+    def lookup(self, name, parent=ROOT):
+        data = self.ok(Opcode.LOOKUP, parent, name + b"\0")
+        return entry(data)
+
+    def create(self, name, mode=0o644, flags=os.O_RDWR, parent=ROOT, uid=0, gid=0):
+        data = self.ok(Opcode.CREATE, parent, abi.create_in.pack(flags, mode, 0, 0) + name + b"\0",
+                       uid=uid, gid=gid)
+        nodeid, st = entry(data)
+        fh, _, _ = abi.open_out.unpack_from(data, abi.ENTRY_OUT_SIZE)
+        return nodeid, st, fh
+
+
+def entry(data):
+    nodeid = abi.entry_out_head.unpack_from(data)[0]
+    return nodeid, abi.attr.unpack_from(data, abi.entry_out_head.size)
+
+
+def attr_of(data):
+    return abi.attr.unpack_from(data, abi.attr_out_head.size)
+
+
+@pytest.fixture
+def s(tmp_path):
+    session = Session(tmp_path)
+    session.init()
+    return session
+
+
+def test_requests_before_init_fail_with_eio(tmp_path):
+    sess = Session(tmp_path)
+    assert sess.err(Opcode.GETATTR, ROOT, bytes(16)) == errno.EIO
+
+
+def test_init_negotiates_protocol_and_capabilities(tmp_path):
+    sess = Session(tmp_path)
+    out = abi.init_out.unpack(sess.init(minor=38, flags=abi.FUSE_ASYNC_READ | abi.FUSE_POSIX_LOCKS))
+    major, minor, _, flags, _, _, max_write, time_gran, max_pages, _, _ = out
+    assert (major, minor) == (7, 38)
+    assert flags == abi.FUSE_ASYNC_READ  # never more than the guest offered
+    assert max_write == 1 << 20 and max_pages == 256 and time_gran == 1
+
+
+def test_init_accepts_7_27_and_refuses_older(tmp_path):
+    sess = Session(tmp_path)
+    assert abi.init_out.unpack(sess.init(minor=27))[1] == 27
+    old = Session(tmp_path)
+    assert old.err(Opcode.INIT, 0, abi.init_in.pack(7, 26, 0, 0, 0)) == errno.EPROTO
+
+
+def test_init_with_newer_major_gets_our_version(tmp_path):
+    sess = Session(tmp_path)
+    out = abi.init_out.unpack(sess.ok(Opcode.INIT, 0, abi.init_in.pack(8, 0, 0, 0, 0)))
+    assert out[:2] == (7, 38)
+    assert not sess.engine.initialized
+
+
+def test_unknown_opcodes_get_enosys(s):
+    for opcode in (0, 7, 19, 39, 47, 48, 99, 4096, 2 ** 32 - 1):
+        assert s.err(opcode, ROOT, bytes(64)) == errno.ENOSYS
+
+
+@pytest.mark.parametrize("opcode", [Opcode.LOOKUP, Opcode.SETATTR, Opcode.MKDIR, Opcode.RENAME2,
+                                    Opcode.CREATE, Opcode.READ, Opcode.INIT])
+def test_bodies_shorter_than_the_op_struct_are_einval(s, opcode):
+    assert s.err(opcode, ROOT, b"\x01\x02") == errno.EINVAL
+
+
+@pytest.mark.parametrize("name", [b"a/b", b"..", b".", b"", b"x" * 256])
+def test_invalid_names_refused_for_creation(s, name):
+    code = s.err(Opcode.MKDIR, ROOT, abi.mkdir_in.pack(0o755, 0) + name + b"\0")
+    assert code in (errno.EINVAL, errno.ENAMETOOLONG)
+
+
+def test_name_without_nul_refused(s):
+    assert s.err(Opcode.LOOKUP, ROOT, b"abc") == errno.EINVAL
+
+
+def test_dotdot_of_root_is_root(s, tmp_path):
+    nodeid, attr = s.lookup(b"..")
+    assert nodeid == ROOT
+    assert attr[0] == os.stat(tmp_path).st_ino
+
+
+def test_lookup_counts_and_forget(s, tmp_path):
+    (tmp_path / "f").write_text("x")
+    a, _ = s.lookup(b"f")
+    b, _ = s.lookup(b"f")
+    assert a == b and s.fs.inodes.get(a).nlookup == 2
+    assert s.raw(Opcode.FORGET, a, struct.pack("<Q", 1)) is None
+    assert s.fs.inodes.get(a).nlookup == 1
+    # Over-forgetting never underflows; the inode simply goes.
+    s.raw(Opcode.FORGET, a, struct.pack("<Q", 10))
+    assert s.err(Opcode.GETATTR, a, bytes(16)) == errno.ENOENT
+    assert s.raw(Opcode.FORGET, ROOT, struct.pack("<Q", 10**9)) is None
+    assert s.ok(Opcode.GETATTR, ROOT, bytes(16))
+
+
+def test_batch_forget_with_a_lying_count(s, tmp_path):
+    (tmp_path / "f").write_text("x")
+    a, _ = s.lookup(b"f")
+    body = abi.batch_forget_in.pack(2 ** 32 - 1, 0) + abi.forget_one.pack(a, 1)
+    assert s.raw(Opcode.BATCH_FORGET, 0, body) is None
+    assert s.err(Opcode.GETATTR, a, bytes(16)) == errno.ENOENT
+
+
+def test_create_write_read_with_caller_ownership(s, tmp_path):
+    os.chmod(tmp_path, 0o777)  # the caller's credentials are what the host checks
+    nodeid, attr, fh = s.create(b"new", 0o640, uid=1234, gid=5678)
+    st = os.stat(tmp_path / "new")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    body = abi.write_in.pack(fh, 0, 5, 0, 0, 0, 0) + b"hello"
+    assert abi.write_out.unpack(s.ok(Opcode.WRITE, nodeid, body))[0] == 5
+    assert s.ok(Opcode.READ, nodeid, abi.read_in.pack(fh, 1, 100, 0, 0, 0, 0)) == b"ello"
+    s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, 0, 0))
+    assert s.err(Opcode.READ, nodeid, abi.read_in.pack(fh, 0, 1, 0, 0, 0, 0)) == errno.EBADF
+
+
+def test_create_denied_where_the_caller_may_not_write(s, tmp_path):
+    os.chmod(tmp_path, 0o755)
+    assert s.err(Opcode.MKDIR, ROOT, abi.mkdir_in.pack(0o755, 0) + b"d\0", uid=77, gid=88) == errno.EACCES
+    assert not (tmp_path / "d").exists()
+
+
+def test_mkdir_symlink_mknod_owned_by_caller(s, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    s.ok(Opcode.MKDIR, ROOT, abi.mkdir_in.pack(0o750, 0) + b"d\0", uid=77, gid=88)
+    s.ok(Opcode.SYMLINK, ROOT, b"l\0target\0", uid=77, gid=88)
+    s.ok(Opcode.MKNOD, ROOT, abi.mknod_in.pack(stat.S_IFIFO | 0o600, 0, 0, 0) + b"p\0",
+         uid=77, gid=88)
+    for name in ("d", "l", "p"):
+        st = os.lstat(tmp_path / name)
+        assert (st.st_uid, st.st_gid) == (77, 88), name
+    assert os.readlink(tmp_path / "l") == "target"
+    nodeid, _ = s.lookup(b"l")
+    assert s.ok(Opcode.READLINK, nodeid) == b"target"
+
+
+def test_setattr_mode_owner_size_times(s, tmp_path):
+    (tmp_path / "f").write_bytes(b"0123456789")
+    nodeid, _ = s.lookup(b"f")
+    valid = (abi.FATTR_MODE | abi.FATTR_UID | abi.FATTR_GID | abi.FATTR_SIZE | abi.FATTR_ATIME |
+             abi.FATTR_MTIME)
+    body = abi.setattr_in.pack(valid, 0, 0, 4, 0, 1_000_000_000, 1_500_000_000, 0, 123, 456789, 0,
+                               0o4711, 0, 42, 43, 0)
+    attr = attr_of(s.ok(Opcode.SETATTR, nodeid, body))
+    st = os.stat(tmp_path / "f")
+    assert st.st_size == 4 and attr[1] == 4
+    assert (st.st_uid, st.st_gid) == (42, 43)
+    assert stat.S_IMODE(st.st_mode) == 0o711  # chown after chmod clears setuid, as on the host
+    assert st.st_atime_ns == 1_000_000_000 * 10**9 + 123
+    assert st.st_mtime_ns == 1_500_000_000 * 10**9 + 456789
+    now = abi.FATTR_MTIME | abi.FATTR_MTIME_NOW
+    s.ok(Opcode.SETATTR, nodeid, abi.setattr_in.pack(now, *([0] * 15)))
+    assert os.stat(tmp_path / "f").st_mtime > 1_600_000_000
+
+
+def test_rename2_flags(s, tmp_path):
+    (tmp_path / "a").write_text("A")
+    (tmp_path / "b").write_text("B")
+    noreplace = abi.rename2_in.pack(ROOT, abi.RENAME_NOREPLACE, 0) + b"a\0b\0"
+    assert s.err(Opcode.RENAME2, ROOT, noreplace) == errno.EEXIST
+    s.ok(Opcode.RENAME2, ROOT, abi.rename2_in.pack(ROOT, abi.RENAME_EXCHANGE, 0) + b"a\0b\0")
+    assert (tmp_path / "a").read_text() == "B" and (tmp_path / "b").read_text() == "A"
+    s.ok(Opcode.RENAME, ROOT, abi.rename_in.pack(ROOT) + b"a\0c\0")
+    assert (tmp_path / "c").read_text() == "B" and not (tmp_path / "a").exists()
+    assert s.err(Opcode.RENAME2, ROOT, abi.rename2_in.pack(ROOT, 1 << 5, 0) + b"c\0d\0") == errno.EINVAL
+
+
+def test_link_unlink_rmdir(s, tmp_path):
+    (tmp_path / "f").write_text("x")
+    os.mkdir(tmp_path / "d")
+    (tmp_path / "d" / "inner").write_text("y")
+    nodeid, _ = s.lookup(b"f")
+    _, attr = entry(s.ok(Opcode.LINK, ROOT, abi.link_in.pack(nodeid) + b"g\0"))
+    assert attr[10] == 2  # nlink
+    s.ok(Opcode.UNLINK, ROOT, b"f\0")
+    assert s.err(Opcode.RMDIR, ROOT, b"d\0") == errno.ENOTEMPTY
+    assert s.err(Opcode.UNLINK, ROOT, b"missing\0") == errno.ENOENT
+
+
+def test_readdir_and_readdirplus(s, tmp_path):
+    names = {f"file{i:03d}".encode() for i in range(50)}
+    for n in names:
+        (tmp_path / n.decode()).write_text("")
+    fh = abi.open_out.unpack(s.ok(Opcode.OPENDIR, ROOT, abi.open_in.pack(0, 0)))[0]
+    seen, offset = [], 0
+    while True:
+        data = s.ok(Opcode.READDIR, ROOT, abi.read_in.pack(fh, offset, 512, 0, 0, 0, 0))
+        if not data:
+            break
+        pos = 0
+        while pos < len(data):
+            ino, off, namelen, _ = abi.dirent_head.unpack_from(data, pos)
+            seen.append(data[pos + 24:pos + 24 + namelen])
+            offset = off
+            pos += abi.rec_align(24 + namelen)
+    assert set(seen) == names | {b".", b".."} and len(seen) == len(names) + 2
+    data = s.ok(Opcode.READDIRPLUS, ROOT, abi.read_in.pack(fh, 0, 1 << 16, 0, 0, 0, 0))
+    pos, looked_up = 0, 0
+    while pos < len(data):
+        nodeid = abi.entry_out_head.unpack_from(data, pos)[0]
+        _, _, namelen, _ = abi.dirent_head.unpack_from(data, pos + abi.ENTRY_OUT_SIZE)
+        name = data[pos + abi.ENTRY_OUT_SIZE + 24:pos + abi.ENTRY_OUT_SIZE + 24 + namelen]
+        assert (nodeid == 0) == (name in (b".", b".."))
+        looked_up += nodeid != 0
+        pos += abi.rec_align(abi.ENTRY_OUT_SIZE + 24 + namelen)
+    assert looked_up == len(names)
+    s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
+
+
+def test_symlinks_are_never_followed_out_of_the_share(s, tmp_path):
+    outside = tmp_path.parent / (tmp_path.name + "-outside")
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    os.symlink(outside, tmp_path / "escape")
+    os.symlink(outside / "secret", tmp_path / "secretlink")
+    esc, attr = s.lookup(b"escape")
+    assert stat.S_ISLNK(attr[9])
+    # A lookup beneath a symlink is a lookup in a non-directory.
+    assert s.err(Opcode.LOOKUP, esc, b"secret\0") in (errno.ENOTDIR, errno.ENOENT)
+    link, _ = s.lookup(b"secretlink")
+    assert s.err(Opcode.OPEN, link, abi.open_in.pack(os.O_RDONLY, 0)) == errno.ELOOP
+    assert s.err(Opcode.OPENDIR, esc, abi.open_in.pack(0, 0)) == errno.ENOTDIR
+
+
+def test_special_files_are_never_opened(s, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    nodeid, _ = s.lookup(b"fifo")
+    # Opening a FIFO with no writer would block the daemon forever; it must be refused.
+    assert s.err(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_RDONLY, 0)) == errno.EACCES
+
+
+def test_statfs_access_fsync_fallocate_lseek(s, tmp_path):
+    blocks, _, _, _, _, bsize, namelen, _, _ = abi.kstatfs.unpack(s.ok(Opcode.STATFS, ROOT))
+    assert blocks > 0 and bsize > 0 and namelen == 255
+    s.ok(Opcode.ACCESS, ROOT, abi.access_in.pack(os.R_OK, 0))
+    nodeid, _, fh = s.create(b"f")
+    s.ok(Opcode.FALLOCATE, nodeid, abi.fallocate_in.pack(fh, 0, 1 << 20, 0, 0))
+    assert os.stat(tmp_path / "f").st_size == 1 << 20
+    s.ok(Opcode.WRITE, nodeid, abi.write_in.pack(fh, 4096, 1, 0, 0, 0, 0) + b"x")
+    s.ok(Opcode.FSYNC, nodeid, abi.fsync_in.pack(fh, 1, 0))
+    s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 0))
+    assert abi.lseek_out.unpack(s.ok(Opcode.LSEEK, nodeid, abi.lseek_in.pack(fh, 0, os.SEEK_DATA, 0)))[0] == os.lseek(
+        os.open(tmp_path / "f", os.O_RDONLY), 0, os.SEEK_DATA)
+    assert s.err(Opcode.LSEEK, nodeid, abi.lseek_in.pack(fh, 0, 77, 0)) == errno.EINVAL
+    s.ok(Opcode.SYNCFS, ROOT, bytes(8))
+
+
+def test_new_init_resets_the_session(s, tmp_path):
+    nodeid, _, fh = s.create(b"f")
+    assert s.handles.count == 1
+    s.init()
+    assert s.handles.count == 0
+    assert s.err(Opcode.GETATTR, nodeid, bytes(16)) == errno.ENOENT
+    s.ok(Opcode.DESTROY)
+    assert s.err(Opcode.GETATTR, ROOT, bytes(16)) == errno.EIO
+
+
+def test_extensions_not_negotiated_are_refused(s):
+    req = abi.in_header.pack(48, Opcode.GETATTR, 1, ROOT, 0, 0, 0, 1, 0) + bytes(8)
+    assert s.engine.handle(req, 4096)[0] == -errno.EINVAL
+
+
+def test_cache_policy_timeouts_and_open_flags(tmp_path):
+    (tmp_path / "f").write_text("x")
+    for mode, timeout, flags in (("never", 0, abi.FOPEN_DIRECT_IO), ("auto", 1, 0),
+                                 ("always", 86400, abi.FOPEN_KEEP_CACHE)):
+        sess = Session(tmp_path, mode)
+        sess.init()
+        data = sess.ok(Opcode.LOOKUP, ROOT, b"f\0")
+        assert abi.entry_out_head.unpack_from(data)[2:4] == (timeout, timeout)
+        nodeid = abi.entry_out_head.unpack_from(data)[0]
+        assert abi.open_out.unpack(sess.ok(Opcode.OPEN, nodeid, abi.open_in.pack(0, 0)))[1] == flags

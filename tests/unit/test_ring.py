@@ -1,0 +1,389 @@
+"""The hot path's split virtqueue, driven in-process by the driver-side virtqueue.
+
+No vhost-user here: the test maps the driver's memfd regions into a ``MemoryTable`` and runs a
+``Virtqueue`` worker thread on them, with a stub engine that records what it was handed.
+"""
+
+import os
+import struct
+import threading
+
+import pytest
+
+from fastvfs import _ring
+from fastvfs.fuse import abi
+from fastvfs.testing.guestmem import GuestMemory
+from fastvfs.testing.virtq import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+                                   DriverVirtqueue)
+
+TIMEOUT = 5.0
+
+
+def request(opcode, body=b"", unique=7, nodeid=1, length=None):
+    total = abi.IN_HEADER_SIZE + len(body)
+    return abi.in_header.pack(total if length is None else length, opcode, unique, nodeid,
+                              1000, 1000, 42, 0, 0) + body
+
+
+class Harness:
+    """A device-side Virtqueue served by a thread, and the driver-side queue feeding it."""
+
+    def __init__(self, *, size=16, base=0, event_idx=True, indirect=True, regions=None,
+                 reply=None):
+        self.mem = GuestMemory(regions) if regions else GuestMemory()
+        self.table = _ring.MemoryTable()
+        for r in self.mem.regions:
+            self.table.add_region(r.guest_phys_addr, r.memory_size, r.userspace_addr,
+                                  r.mmap_offset, r.fd)
+        self.dq = DriverVirtqueue(self.mem, 1, size, event_idx=event_idx, indirect_desc=indirect,
+                                  base=base)
+        self.handles = _ring.HandleTable(64)
+        self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.seen = []
+        self.done = set()
+        self.reply = reply or (lambda req, out_size: (0, b"R" * min(8, out_size)))
+        u = self.mem.userspace_addr
+        self.vq = _ring.Virtqueue(1, self.table, self.handles, size, u(self.dq.desc_addr),
+                                  u(self.dq.avail_addr), u(self.dq.used_addr), base,
+                                  self.dq.kick_fd, self.dq.call_fd, self.stop_fd, event_idx,
+                                  indirect)
+        self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
+        self.thread.start()
+
+    def _handler(self, req, out_size):
+        self.seen.append((bytes(req), out_size))
+        return self.reply(req, out_size)
+
+    def roundtrip(self, readable, writable_lens, indirect=False):
+        head = self.dq.add_chain(readable, writable_lens, indirect=indirect)
+        self.dq.publish()
+        return self.wait_for(head)
+
+    def wait_for(self, head):
+        while head not in self.done:
+            for h, _ in self.dq.get_used():
+                self.done.add(h)
+            if head not in self.done:
+                assert self.dq.wait_call(TIMEOUT), "no completion signalled"
+        self.done.discard(head)
+        contents = self.dq.detach(head)
+        return b"".join(contents)
+
+    def close(self):
+        self.vq.stop()
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive()
+        os.close(self.stop_fd)
+        self.dq.close()
+
+
+@pytest.fixture
+def harness():
+    made = []
+
+    def make(**kw):
+        h = Harness(**kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def out_header(data):
+    return abi.out_header.unpack_from(data)
+
+
+def test_request_reaches_engine_and_reply_comes_back(harness):
+    h = harness()
+    req = request(abi.Opcode.GETATTR, bytes(16))
+    data = h.roundtrip([req], [16, 200])
+    length, error, unique = out_header(data)
+    assert (length, error, unique) == (24, 0, 7)
+    assert data[16:24] == b"R" * 8
+    assert h.seen == [(req, 200)]
+
+
+def test_request_split_over_many_descriptors(harness):
+    h = harness(size=64)
+    req = request(abi.Opcode.LOOKUP, b"some-name\0")
+    pieces = [req[i:i + 3] for i in range(0, len(req), 3)]
+    data = h.roundtrip(pieces, [5, 5, 6, 64])
+    assert out_header(data) == (24, 0, 7)
+    assert h.seen[0][0] == req
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_many_requests_in_flight_and_index_wraparound(harness, event_idx):
+    h = harness(size=16, base=0xFFF0, event_idx=event_idx)
+    for round_ in range(6):
+        heads = [h.dq.add_chain([request(abi.Opcode.GETATTR, bytes(16), unique=round_ * 10 + i)],
+                                [64]) for i in range(8)]
+        h.dq.publish()
+        uniques = {out_header(h.wait_for(head))[2] for head in heads}
+        assert uniques == {round_ * 10 + i for i in range(8)}
+    # 48 requests from 0xFFF0 crossed 0xFFFF -> 0.
+    assert h.vq.last_avail_idx == (0xFFF0 + 48) & 0xFFFF
+    assert h.vq.used_idx == h.vq.last_avail_idx
+
+
+def test_event_idx_suppresses_kicks_while_busy_and_rearms(harness):
+    h = harness(event_idx=True)
+    h.roundtrip([request(abi.Opcode.GETATTR, bytes(16))], [64])
+    # After draining, the device asked to be kicked for the next entry (avail_event = idx).
+    assert h.dq.add_chain([request(abi.Opcode.GETATTR, bytes(16))], [64]) is not None
+    assert h.dq.publish() is True
+
+
+def test_indirect_descriptors(harness):
+    h = harness(indirect=True)
+    req = request(abi.Opcode.GETATTR, bytes(16))
+    data = h.roundtrip([req[:20], req[20:]], [16, 100], indirect=True)
+    assert out_header(data) == (24, 0, 7)
+
+
+def test_indirect_refused_when_not_negotiated(harness):
+    h = harness(indirect=False)
+    # The driver may still build one by hand: the device must refuse it, not follow it.
+    table = h.mem.alloc(32, 16)
+    req = request(abi.Opcode.GETATTR, bytes(16))
+    buf = h.mem.alloc(len(req))
+    h.mem.write(buf, req)
+    out = h.mem.alloc(64)
+    h.dq.write_desc(0, buf, len(req), VRING_DESC_F_NEXT, 1, table=table)
+    h.dq.write_desc(1, out, 64, VRING_DESC_F_WRITE, table=table)
+    (slot,) = h.dq.alloc_desc(1)
+    h.dq.write_desc(slot, table, 32, VRING_DESC_F_INDIRECT)
+    h.dq.publish_raw([slot])
+    _wait_raw(h, slot)
+    assert h.seen == []
+    assert h.vq.bad_chains == 1
+
+
+def _wait_raw(h, head):
+    for _ in range(50):
+        if any(hh == head for hh, _ in h.dq.get_used()):
+            return
+        h.dq.wait_call(0.1)
+    raise AssertionError("malformed chain was never returned")
+
+
+def _raw_chain(h, descs):
+    """Write ``descs`` [(addr, len, flags, next)] into fresh table slots; returns the head."""
+    slots = h.dq.alloc_desc(len(descs))
+    for slot, (addr, length, flags, nxt) in zip(slots, descs):
+        h.dq.write_desc(slot, addr, length, flags, slots[nxt] if nxt is not None else 0)
+    return slots[0]
+
+
+@pytest.mark.parametrize("shape", ["loop", "next_out_of_range", "address_outside_memory",
+                                   "readable_after_writable", "length_overflows_memory",
+                                   "short_header", "header_len_too_big", "nested_indirect"])
+def test_malformed_chains_are_returned_and_service_continues(harness, shape):
+    h = harness()
+    req = request(abi.Opcode.GETATTR, bytes(16))
+    buf = h.mem.alloc(len(req))
+    h.mem.write(buf, req)
+    out = h.mem.alloc(64)
+    N, W, I = VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT
+    if shape == "loop":
+        head = _raw_chain(h, [(buf, len(req), N, 1), (out, 64, W | N, 0)])
+    elif shape == "next_out_of_range":
+        (head,) = h.dq.alloc_desc(1)
+        h.dq.write_desc(head, buf, len(req), N, 999)
+    elif shape == "address_outside_memory":
+        head = _raw_chain(h, [(1 << 50, len(req), N, 1), (out, 64, W, None)])
+    elif shape == "readable_after_writable":
+        head = _raw_chain(h, [(out, 64, W | N, 1), (buf, len(req), 0, None)])
+    elif shape == "length_overflows_memory":
+        head = _raw_chain(h, [(buf, 0xFFFFFFFF, N, 1), (out, 64, W, None)])
+    elif shape == "short_header":
+        head = _raw_chain(h, [(buf, 20, N, 1), (out, 64, W, None)])
+    elif shape == "header_len_too_big":
+        h.mem.write(buf, request(abi.Opcode.GETATTR, bytes(16), length=4096))
+        head = _raw_chain(h, [(buf, len(req), N, 1), (out, 64, W, None)])
+    elif shape == "nested_indirect":
+        inner = h.mem.alloc(16, 16)
+        outer = h.mem.alloc(16, 16)
+        h.dq.write_desc(0, buf, len(req), 0, table=inner)
+        h.dq.write_desc(0, inner, 16, I, table=outer)
+        (head,) = h.dq.alloc_desc(1)
+        h.dq.write_desc(head, outer, 16, I)
+    h.dq.publish_raw([head])
+    _wait_raw(h, head)
+    assert h.seen == []
+    assert h.vq.bad_chains == 1
+    # The next well-formed request is served normally.
+    data = h.roundtrip([req], [64])
+    assert out_header(data) == (24, 0, 7)
+    assert not h.vq.broken
+
+
+def test_error_reply_when_chain_is_malformed_but_header_readable(harness):
+    h = harness()
+    h.reply = lambda req, out: (0, b"")
+    req = request(abi.Opcode.GETATTR, bytes(16), length=4096)
+    data = h.roundtrip([req], [64])
+    assert out_header(data) == (16, -22, 7)
+
+
+def test_avail_index_jump_marks_ring_broken(harness):
+    h = harness(size=8)
+    # Claim 100 new buffers in an 8-entry ring.
+    struct.pack_into("<H", h.dq._avail_map, h.dq._avail_off + 2, 100)
+    h.dq.kick()
+    h.thread.join(0.5)
+    for _ in range(50):
+        if h.vq.broken:
+            break
+        h.dq.wait_call(0.05)
+    assert h.vq.broken
+
+
+def test_reply_larger_than_writable_space_becomes_erange(harness):
+    h = harness(reply=lambda req, out: (0, b"x" * 100))
+    data = h.roundtrip([request(abi.Opcode.GETATTR, bytes(16))], [40])
+    assert out_header(data) == (16, -34, 7)
+
+
+def test_no_reply_opcodes_return_the_chain_empty(harness):
+    h = harness(reply=lambda req, out: None)
+    head = h.dq.add_chain([request(abi.Opcode.FORGET, struct.pack("<Q", 1))], [])
+    h.dq.publish()
+    assert h.wait_for(head) == b""
+
+
+def test_multi_region_memory_and_buffers_across_regions(harness):
+    h = harness(regions=[(0, 16 << 20), (4 << 30, 16 << 20, 2 << 20)])
+    high = 4 << 30
+    req = request(abi.Opcode.GETATTR, bytes(16))
+    h.mem.write(high + 4096, req)
+    data = h.roundtrip([(high + 4096, len(req))], [64])
+    assert out_header(data) == (24, 0, 7)
+    assert h.seen[0][0] == req
+
+
+class TestFastPath:
+    """READ and WRITE served in C once the session enabled them."""
+
+    @pytest.fixture
+    def file_harness(self, harness, tmp_path):
+        h = harness()
+        h.vq.set_fast_io(True)
+        path = tmp_path / "data"
+        path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+        fd = os.open(path, os.O_RDWR)
+        fh = h.handles.add(fd)
+        return h, fh, path
+
+    def test_read_into_guest_buffers(self, file_harness):
+        h, fh, path = file_harness
+        body = abi.read_in.pack(fh, 100, 5000, 0, 0, 0, 0)
+        data = h.roundtrip([request(abi.Opcode.READ, body)], [16, 1000, 4000])
+        assert out_header(data) == (16 + 5000, 0, 7)
+        assert data[16:] == path.read_bytes()[100:5100]
+        assert h.seen == []  # served without the engine
+
+    def test_short_read_at_eof(self, file_harness):
+        h, fh, path = file_harness
+        body = abi.read_in.pack(fh, 16384 - 10, 4096, 0, 0, 0, 0)
+        data = h.roundtrip([request(abi.Opcode.READ, body)], [16, 4096])
+        assert out_header(data)[:2] == (26, 0)
+        assert data[16:] == path.read_bytes()[-10:]
+
+    def test_write_from_guest_buffers(self, file_harness):
+        h, fh, path = file_harness
+        payload = os.urandom(3000)
+        body = abi.write_in.pack(fh, 50, len(payload), 0, 0, 0, 0)
+        req = request(abi.Opcode.WRITE, body, length=80 + len(payload))
+        data = h.roundtrip([req, payload[:1000], payload[1000:]], [32])
+        assert out_header(data) == (24, 0, 7)
+        assert struct.unpack_from("<I", data, 16)[0] == 3000
+        assert path.read_bytes()[50:3050] == payload
+
+    def test_write_size_disagreeing_with_request_is_refused(self, file_harness):
+        h, fh, path = file_harness
+        before = path.read_bytes()
+        body = abi.write_in.pack(fh, 0, 5000, 0, 0, 0, 0)
+        data = h.roundtrip([request(abi.Opcode.WRITE, body, length=180), b"x" * 100], [32])
+        assert out_header(data)[1] == -22
+        assert path.read_bytes() == before
+
+    def test_unknown_and_stale_handles(self, file_harness):
+        h, fh, path = file_harness
+        for bad in (fh + 1, fh ^ (1 << 40), 0, 2 ** 64 - 1):
+            body = abi.read_in.pack(bad, 0, 10, 0, 0, 0, 0)
+            data = h.roundtrip([request(abi.Opcode.READ, body)], [64])
+            assert out_header(data)[1] == -9
+        h.handles.remove(fh)
+        body = abi.read_in.pack(fh, 0, 10, 0, 0, 0, 0)
+        assert out_header(h.roundtrip([request(abi.Opcode.READ, body)], [64]))[1] == -9
+
+    def test_reads_go_to_the_engine_before_init(self, harness):
+        h = harness()
+        body = abi.read_in.pack(1, 0, 10, 0, 0, 0, 0)
+        h.roundtrip([request(abi.Opcode.READ, body)], [64])
+        assert len(h.seen) == 1
+
+
+class TestMemoryTable:
+    def test_overlapping_regions_refused(self):
+        fd = os.memfd_create("t")
+        os.ftruncate(fd, 1 << 20)
+        t = _ring.MemoryTable()
+        t.add_region(0, 1 << 20, 0x10000000, 0, fd)
+        with pytest.raises(ValueError):
+            t.add_region(4096, 1 << 20, 0x20000000, 0, fd)
+        with pytest.raises(ValueError):
+            t.add_region(1 << 30, 1 << 20, 0x10000000 + 4096, 0, fd)
+        with pytest.raises(ValueError):
+            t.add_region(2 ** 64 - 4096, 8192, 0x30000000, 0, fd)
+        assert len(t) == 1
+        assert t.remove_region(0, 1 << 20, 0x10000000)
+        assert len(t) == 0
+        os.close(fd)
+
+    def test_ring_outside_memory_refused(self):
+        fd = os.memfd_create("t")
+        os.ftruncate(fd, 1 << 20)
+        t = _ring.MemoryTable()
+        t.add_region(0, 1 << 20, 0x10000000, 0, fd)
+        os.close(fd)
+        e = os.eventfd(0)
+        with pytest.raises(ValueError):
+            _ring.Virtqueue(0, t, _ring.HandleTable(4), 256, 0x10000000 + (1 << 20) - 64,
+                            0x10000000, 0x10001000, 0, e, e, e, True, True)
+        with pytest.raises(ValueError):
+            _ring.Virtqueue(0, t, _ring.HandleTable(4), 100, 0x10000000, 0x10001000,
+                            0x10002000, 0, e, e, e, True, True)
+        os.close(e)
+
+
+class TestHandleTable:
+    def test_handles_are_unique_and_generations_catch_reuse(self):
+        t = _ring.HandleTable(4)
+        fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]
+        handles = [t.add(fd) for fd in fds]
+        assert len(set(handles)) == 4
+        with pytest.raises(OSError):
+            t.add(os.open("/dev/null", os.O_RDONLY))
+        t.remove(handles[0])
+        new = t.add(os.open("/dev/null", os.O_RDONLY))
+        assert new != handles[0] and (new & 0xFFFFFFFF) == (handles[0] & 0xFFFFFFFF)
+        with pytest.raises(OSError):
+            t.get(handles[0])
+        with pytest.raises(OSError):
+            t.remove(handles[0])
+        t.clear()
+        assert t.count == 0
+
+    def test_borrowed_fd_survives_remove_until_returned(self):
+        t = _ring.HandleTable(4)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        fh = t.add(fd)
+        with t.borrow(fh) as borrowed:
+            t.remove(fh)
+            os.fstat(borrowed)  # still open
+        with pytest.raises(OSError):
+            os.fstat(fd)
