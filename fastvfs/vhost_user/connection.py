@@ -22,6 +22,10 @@ class Message:
         self.fds = fds
 
     @property
+    def version_ok(self):
+        return self.flags & protocol.VHOST_USER_VERSION_MASK == protocol.VHOST_USER_VERSION
+
+    @property
     def need_reply(self):
         return bool(self.flags & protocol.VHOST_USER_NEED_REPLY_MASK)
 
@@ -56,8 +60,6 @@ class Connection:
                 raise ProtocolError("more file descriptors than any request carries")
             data += self._recv_exact(HEADER_SIZE - len(data))
             request, flags, size = protocol.header.unpack(data)
-            if flags & protocol.VHOST_USER_VERSION_MASK != protocol.VHOST_USER_VERSION:
-                raise ProtocolError(f"unsupported vhost-user version in flags {flags:#x}")
             if size > protocol.MAX_PAYLOAD:
                 raise ProtocolError(f"payload of {size} bytes is larger than any request")
             payload = self._recv_exact(size)

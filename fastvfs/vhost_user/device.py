@@ -112,11 +112,17 @@ class VhostUserFsDevice:
         ok = True
         reply = None
         try:
+            if not msg.version_ok:
+                raise BadRequest(f"unsupported vhost-user version in flags {msg.flags:#x}")
             if method is None:
                 raise BadRequest(f"unsupported request {name}")
             reply = method(msg)
         except (BadRequest, ValueError, OSError) as exc:
             log.warning("request %s refused: %s", name, exc)
+            ok = False
+        except Exception:
+            # A bug of ours, not the frontend's: report it loudly, but keep serving.
+            log.exception("request %s failed", name)
             ok = False
         finally:
             msg.close_fds()
