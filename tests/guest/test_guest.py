@@ -1,0 +1,200 @@
+"""End-to-end tests: a Linux guest uses the backend's virtio-fs device for real.
+
+The central check runs the same workload (workload.py) in the guest on the shared filesystem and
+on the host in a plain directory, and requires identical manifests. Slow under TCG: boot takes a
+few seconds, the full workload about half a minute.
+"""
+
+import difflib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+from fastvfs.testing import guest
+from tests.guest import workload
+
+pytestmark = pytest.mark.guest
+
+WORKLOAD = Path(workload.__file__)
+GUEST_TIMEOUT = 480  # below the suite-wide pytest timeout, so the console log gets shown
+# The guest sees the host's tree at the same paths, so it runs this checkout's workload.py.
+GUEST_WORKLOAD_SCRIPT = (f'exec "$FASTVFS_PYTHON" {shlex.quote(str(WORKLOAD))} '
+                         '"$FASTVFS_MNT/work" "$FASTVFS_RESULTS/manifest.json"\n')
+
+
+def flatten(value, prefix=""):
+    """Nested JSON as sorted 'a.b.c = value' lines, for a readable diff."""
+    if isinstance(value, dict):
+        return [line for key in sorted(value) for line in flatten(value[key], f"{prefix}.{key}")]
+    return [f"{prefix.lstrip('.')} = {json.dumps(value)}"]
+
+
+def assert_same(expected, actual, what):
+    if expected != actual:
+        diff = list(difflib.unified_diff(flatten(expected), flatten(actual), "host", "guest",
+                                         lineterm="", n=0))
+        shown = "\n".join(diff[:200]) + ("\n..." if len(diff) > 200 else "")
+        pytest.fail(f"{what} differ (- host, + guest):\n{shown}", pytrace=False)
+
+
+def run_workload_on_host(directory, env):
+    out = directory.parent / f"{directory.name}.json"
+    subprocess.run([sys.executable, str(WORKLOAD), str(directory), str(out)],
+                   env={**os.environ, **env}, check=True, timeout=600)
+    return json.loads(out.read_text())
+
+
+def run_workload_in_guest(guest_images, socket_path, results_dir, env):
+    kernel, initramfs = guest_images
+    result = guest.run_guest(GUEST_WORKLOAD_SCRIPT, vhost_user_socket=socket_path,
+                             results_dir=results_dir, env=env, kernel=kernel,
+                             initramfs=initramfs, timeout=GUEST_TIMEOUT)
+    assert result.returncode == 0, f"workload failed in the guest:\n{result.stderr}"
+    manifest = json.loads((results_dir / "manifest.json").read_text())
+    print(f"guest: script started {result.boot_time:.1f}s after QEMU, workload ran "
+          f"{result.boots[0].script_time:.1f}s; step times {manifest['volatile']['durations']}")
+    return manifest
+
+
+def assert_backend_exits(backend, timeout=10):
+    status = backend.wait_exit(timeout)
+    assert status is not None, f"backend still running {timeout}s after QEMU exited"
+    if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") == "fastvfs":
+        assert status == 0, f"backend exited with {status}:\n{backend.log}"
+        assert not backend.socket_path.exists(), "socket left behind"
+    leftovers = backend.session_processes()
+    assert not leftovers, f"backend left processes behind: {leftovers}"
+
+
+def compare_workloads(guest_images, start_backend, tmp_path, env, cache="auto"):
+    """Run the workload in the guest and on the host; everything observable must match."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared, cache)
+    in_guest = run_workload_in_guest(guest_images, backend.socket_path, tmp_path / "results", env)
+    on_host = run_workload_on_host(tmp_path / "host", env)
+    if cache == "never" and "mmap_io" in in_guest["steps"]:
+        # Files are opened with FOPEN_DIRECT_IO in this mode, and the 6.1 guest kernel refuses
+        # shared mappings of direct-I/O files (FUSE_DIRECT_IO_ALLOW_MMAP arrived in 7.39).
+        assert in_guest["steps"].pop("mmap_io") == {"unexpected_error": "ENODEV"}
+        on_host["steps"].pop("mmap_io")
+    assert_same(on_host["steps"], in_guest["steps"], "workload results")
+    assert_same(on_host["tree"], in_guest["tree"], "final trees (as the guest saw its own)")
+    # What the guest left behind, seen directly on the host: content, modes and owners.
+    assert_same(on_host["tree"], workload.tree_manifest(shared / "work"),
+                "final trees (guest's, read on the host)")
+    assert_backend_exits(backend)
+    return on_host, in_guest
+
+
+@pytest.mark.parametrize("cache", ["never", "auto", "always"])
+def test_workload_matches_host(guest_images, start_backend, tmp_path, cache):
+    on_host, in_guest = compare_workloads(guest_images, start_backend, tmp_path, {}, cache)
+    assert in_guest["volatile"]["errors"] == {}
+    # Free space is live data; both runs used the same host filesystem, so it must be close.
+    host_free = on_host["volatile"]["statvfs"]["bfree_bytes"]
+    guest_free = in_guest["volatile"]["statvfs"]["bfree_bytes"]
+    assert abs(host_free - guest_free) < max(1 << 30, host_free // 100)
+
+
+def test_stdlib_subset_copy(guest_images, start_backend, tmp_path):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    trees = os.pathsep.join(str(stdlib / name) for name in ("json", "email", "asyncio"))
+    _, in_guest = compare_workloads(guest_images, start_backend, tmp_path,
+                                    {"WORKLOAD_STEPS": "copytree", "WORKLOAD_SRC_TREE": trees})
+    copies = in_guest["steps"]["copytree"]
+    assert sorted(copies) == ["asyncio", "email", "json"]
+    for name, copy in copies.items():
+        assert copy["mismatches"] == [], f"{name}: copy differs from its source"
+        assert copy["entries"] > 0
+
+
+@pytest.mark.slow
+def test_full_stdlib_copy(guest_images, start_backend, tmp_path):
+    stdlib = sysconfig.get_paths()["stdlib"]
+    _, in_guest = compare_workloads(guest_images, start_backend, tmp_path,
+                                    {"WORKLOAD_STEPS": "copytree", "WORKLOAD_SRC_TREE": stdlib})
+    (copy,) = in_guest["steps"]["copytree"].values()
+    assert copy["mismatches"] == []
+
+
+REBOOT_SCRIPT = """set -e
+case "$FASTVFS_BOOT" in
+0) echo "written in boot 0" >"$FASTVFS_MNT/boot0.txt" ;;
+1) cat "$FASTVFS_MNT/boot0.txt"
+   echo "written in boot 1" >"$FASTVFS_MNT/boot1.txt" ;;
+esac
+"""
+
+
+def test_reboot_keeps_serving(guest_images, start_backend, tmp_path):
+    """A guest reboot resets the device with QEMU alive: the backend must serve the new session."""
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared)
+    with guest.start_guest(REBOOT_SCRIPT, vhost_user_socket=backend.socket_path, reboots=1,
+                           kernel=kernel, initramfs=initramfs) as vm:
+        vm.wait_for_script(boot=1, timeout=300)
+        assert backend.process.poll() is None, "backend exited at the guest's reboot"
+        result = vm.wait(timeout=300)
+    assert [b.returncode for b in result.boots] == [0, 0], result.stderr
+    assert result.boots[1].stdout == "written in boot 0\n"
+    assert (shared / "boot0.txt").read_text() == "written in boot 0\n"
+    assert (shared / "boot1.txt").read_text() == "written in boot 1\n"
+    assert_backend_exits(backend)
+
+
+BUSY_SCRIPT = """i=0
+while :; do
+    i=$((i + 1))
+    dd if=/dev/zero of="$FASTVFS_MNT/f$((i % 8))" bs=64k count=16 conv=fsync 2>/dev/null
+    ls -l "$FASTVFS_MNT" >/dev/null
+    echo $i >"$FASTVFS_RESULTS/progress"
+done
+"""
+
+
+def test_killing_qemu_leaves_no_backend(guest_images, start_backend, tmp_path):
+    """SIGKILL QEMU mid-I/O: the backend must notice the hang-up and exit, leaving nothing."""
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared)
+    results = tmp_path / "results"
+    with guest.start_guest(BUSY_SCRIPT, vhost_user_socket=backend.socket_path,
+                           results_dir=results, kernel=kernel, initramfs=initramfs) as vm:
+        vm.wait_for_script(timeout=300)
+        deadline = time.monotonic() + 60
+        while not (results / "progress").exists() or int(
+                (results / "progress").read_text() or 0) < 3:
+            assert time.monotonic() < deadline, "the guest made no progress:\n" + vm.console
+            time.sleep(0.1)
+        vm.kill()
+        vm.process.wait()
+    status = backend.wait_exit(5)
+    assert status is not None, "backend still running 5 s after QEMU was killed"
+    leftovers = backend.session_processes()
+    assert not leftovers, f"backend left processes behind: {leftovers}"
+
+
+def test_ninep_baseline_share(guest_images, tmp_path):
+    """The 9p mode (for baseline benchmarks) mounts the directory at $FASTVFS_MNT too."""
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host").write_text("host data\n")
+    result = guest.run_guest('cat "$FASTVFS_MNT/from-host"; echo guest >"$FASTVFS_MNT/from-guest"'
+                             '; grep " $FASTVFS_MNT " /proc/mounts',
+                             ninep_dir=shared, kernel=kernel, initramfs=initramfs, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("host data\n")
+    assert " 9p " in result.stdout
+    assert (shared / "from-guest").read_text() == "guest\n"
