@@ -80,9 +80,12 @@ class VhostUserFsDevice:
             if method is not None:
                 self.table[int(req)] = method
 
-    def _reset_state(self):
+    def _reset_state(self, keep_protocol_features=False):
         self.features = 0
-        self.protocol_features = 0
+        if not keep_protocol_features:
+            # Negotiated once per connection: a RESET_DEVICE keeps them (vhost-user.rst), and
+            # its own reply depends on REPLY_ACK still being in force.
+            self.protocol_features = 0
         self.status = 0
         self.memory = _ring.MemoryTable()
         self.vrings = [VringState(i) for i in range(self.num_queues)]
@@ -132,7 +135,7 @@ class VhostUserFsDevice:
         elif msg.need_reply and self.protocol_features & (1 << PF.REPLY_ACK):
             conn.send(msg.request, protocol.u64.pack(0 if ok else 1))
 
-    def reset(self):
+    def reset(self, keep_protocol_features=False):
         """Stop every ring and forget the frontend's state (RESET_DEVICE, disconnect)."""
         with self.lock:
             for vring in self.vrings:
@@ -141,7 +144,7 @@ class VhostUserFsDevice:
                     fd = getattr(vring, name)
                     if fd is not None:
                         os.close(fd)
-            self._reset_state()
+            self._reset_state(keep_protocol_features)
         if self.on_reset:
             self.on_reset()
 
@@ -257,10 +260,10 @@ class VhostUserFsDevice:
         pass
 
     def do_reset_owner(self, msg):
-        self.reset()
+        self.reset(keep_protocol_features=True)
 
     def do_reset_device(self, msg):
-        self.reset()
+        self.reset(keep_protocol_features=True)
 
     def do_set_status(self, msg):
         (self.status,) = self._body(msg, protocol.u64)
