@@ -12,6 +12,7 @@ Usage: workload.py DIR [OUTPUT.json]     (DIR must not exist or be empty; must r
 
 Environment:
   WORKLOAD_STEPS         comma-separated subset of steps to run (default: all)
+  WORKLOAD_SKIP          comma-separated steps to leave out
   WORKLOAD_BIGDIR_COUNT  entries in the big directory (default 10000)
   WORKLOAD_SRC_TREE      directories (os.pathsep-separated) for the "copytree" step (default: skip)
 """
@@ -705,6 +706,8 @@ def run(root):
         raise SystemExit(f"{root} is not empty")
     selected = os.environ.get("WORKLOAD_STEPS", "").split(",") if os.environ.get(
         "WORKLOAD_STEPS") else list(STEPS)
+    skipped = set(filter(None, os.environ.get("WORKLOAD_SKIP", "").split(",")))
+    selected = [name for name in selected if name not in skipped]
     results = {}
     for name in selected:
         d = os.path.join(root, name)
