@@ -1,5 +1,6 @@
 """Wires the layers together and runs the daemon: one frontend connection, then exit."""
 
+import contextlib
 import logging
 import os
 import resource
@@ -25,15 +26,27 @@ def _on_signal(signum, frame):
 
 
 def listen(socket_path):
-    """Create the listening socket, replacing a stale one left by a dead daemon."""
+    """Create the listening socket, replacing a stale one left by a dead daemon.
+
+    The socket is bound under a temporary name and renamed into place once it listens, so a
+    frontend that sees the path can connect at once (QEMU tries exactly once).
+    """
     try:
         if stat.S_ISSOCK(os.lstat(socket_path).st_mode):
             os.unlink(socket_path)
     except FileNotFoundError:
         pass
+    staging = f"{socket_path}.{os.getpid()}.tmp"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(socket_path)
-    sock.listen(1)
+    try:
+        sock.bind(staging)
+        sock.listen(1)
+        os.rename(staging, socket_path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
     return sock
 
 
