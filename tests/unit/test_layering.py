@@ -1,0 +1,72 @@
+"""Each layer imports only the layers below it (README, "Layout").
+
+Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> _ring (hot path) and
+fuse (FUSE engine) -> fs (file system backend).  The testing package is a client of all of them
+and nothing in the product imports it.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "fastvfs"
+
+# layer -> layers it must not import
+FORBIDDEN = {
+    "fs": {"fuse", "vhost_user", "_ring", "daemon", "cli", "testing"},
+    "fuse": {"vhost_user", "_ring", "daemon", "cli", "testing"},
+    "_ring": {"fuse", "fs", "vhost_user", "daemon", "cli", "testing"},
+    "vhost_user": {"fuse", "fs", "daemon", "cli", "testing"},
+    "daemon": {"testing", "cli"},
+}
+
+
+def layer_of(path):
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py").removesuffix(".pyx")
+
+
+def imported_layers(path):
+    tree = ast.parse(path.read_text()) if path.suffix == ".py" else None
+    names = set()
+    if tree is None:
+        # Cython sources: look at plain import lines only.
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("import", "from", "cimport"):
+                names.add(words[1])
+    else:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = "." * node.level + (node.module or "")
+                sep = "" if base.endswith(".") else "."
+                names.add(base)
+                names.update(base + sep + alias.name for alias in node.names)
+    layers = set()
+    own = layer_of(path)
+    for name in names:
+        if name.startswith("fastvfs."):
+            layers.add(name.split(".")[1])
+        elif name.startswith(".."):
+            layers.add(name.lstrip(".").split(".")[0])
+        elif name.startswith(".") and own in ("cli", "daemon", "__main__", "__init__"):
+            layers.add(name.lstrip(".").split(".")[0])
+    return {layer for layer in layers if layer}
+
+
+SOURCES = sorted(p for p in PACKAGE.rglob("*") if p.suffix in (".py", ".pyx"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path):
+    layer = layer_of(path)
+    bad = imported_layers(path) & FORBIDDEN.get(layer, set())
+    assert not bad, f"{path.relative_to(PACKAGE)} ({layer}) imports {sorted(bad)}"
+
+
+def test_the_check_sees_imports():
+    # Guard against a checker that finds nothing: the daemon wires every layer.
+    assert {"fs", "fuse", "vhost_user", "_ring"} <= imported_layers(PACKAGE / "daemon.py")
