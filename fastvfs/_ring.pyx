@@ -95,6 +95,7 @@ cdef enum:
     # Largest request body the Python engine copies out of guest memory (SETXATTR values are
     # bounded by 64 KiB, names by PATH_MAX); WRITE data never takes this path.
     SLOW_REQUEST_MAX = 1 << 20
+    NOTIFY_BATCH = 64
 
 # Engine-level constants the Python side needs to agree with.
 MAX_CHAIN_IOV = MAX_IOV
@@ -849,11 +850,16 @@ cdef class Virtqueue:
             self._drain(handler)
 
     cdef int _drain(self, handler) except -1:
-        cdef int got, done, batch = 0
+        """Serve everything available, then notify.  Completions are also signalled every
+        NOTIFY_BATCH requests so a long burst does not hold back the guest's first replies."""
+        cdef int got = 0, done, batch = 0
         while not self.stopping and not self.broken:
             with nogil:
                 # Serve consecutive fast-path requests without taking the GIL.
                 while True:
+                    if batch >= NOTIFY_BATCH:
+                        self._notify()
+                        batch = 0
                     got = self._pop()
                     if got <= 0:
                         break
@@ -861,13 +867,8 @@ cdef class Virtqueue:
                     if not done:
                         break
                     batch += 1
-                    if batch >= 64:   # bound the guest's wait for a completion signal
-                        self._notify()
-                        batch = 0
-                if got <= 0:
-                    self._notify()
             if got <= 0:
-                return 0
+                break
             self._serve_slow(handler)
             batch += 1
         with nogil:
