@@ -27,9 +27,25 @@ def sockdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+_spawned = []
+
+
+@pytest.fixture(autouse=True)
+def reap_daemons():
+    """A failing test must not leave a daemon waiting for a frontend forever."""
+    yield
+    while _spawned:
+        proc = _spawned.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def spawn(*args, **kw):
-    return subprocess.Popen([*DAEMON, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*DAEMON, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             **kw)
+    _spawned.append(proc)
+    return proc
 
 
 def wait_for(path, proc, timeout=15):
