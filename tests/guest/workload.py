@@ -409,6 +409,38 @@ def chown(d):
 
 
 @step
+def other_user(d):
+    """Objects made by an unprivileged user belong to that user, and that user is refused where
+    the permissions say so; done in a child process that drops to uid 4321 / gid 1234.  The
+    child works relative to its cwd, so the directories above ``d`` need not be searchable."""
+    os.chmod(d, 0o777)
+    os.mkdir(os.path.join(d, "closed"), 0o755)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(d)
+            os.setgroups([])
+            os.setgid(1234)
+            os.setuid(4321)
+            write("file", b"mine")
+            os.mkdir("dir")
+            os.symlink("file", "link")
+            os.mkfifo("fifo")
+            os.link("file", "hardlink")
+            write("denied", attempt(os.mkdir, "closed/x").encode())
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    r = {"child_status": status}
+    for name in ("file", "dir", "link", "fifo", "hardlink", "denied"):
+        r[name] = stat_or_errno(os.path.join(d, name), follow=False)
+    r["denied_result"] = read(os.path.join(d, "denied")).decode()
+    return r
+
+
+@step
 def utime(d):
     p = os.path.join(d, "file")
     write(p, b"x")
