@@ -197,3 +197,23 @@ def test_ninep_baseline_share(guest_images, tmp_path):
     assert result.stdout.startswith("host data\n")
     assert " 9p " in result.stdout
     assert (shared / "from-guest").read_text() == "guest\n"
+
+
+def test_several_request_queues(guest_images, start_backend, tmp_path):
+    """QEMU's num-request-queues=2: hiprio plus two request queues; the guest mounts and works."""
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared)
+    script = ('set -e; cd "$FASTVFS_MNT"; for i in $(seq 1 40); do echo "$i" >"f$i"; done; '
+              'cat f* | wc -l; dd if=/dev/urandom of=big bs=1M count=4 2>/dev/null; '
+              'sha256sum big')
+    result = guest.run_guest(script, vhost_user_socket=backend.socket_path, num_request_queues=2,
+                             kernel=kernel, initramfs=initramfs, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0].strip() == "40"
+    assert lines[1].split()[0] == workload.sha((shared / "big").read_bytes())
+    assert sorted(p.name for p in shared.iterdir() if p.name != "big") == \
+        sorted(f"f{i}" for i in range(1, 41))
+    assert_backend_exits(backend)
