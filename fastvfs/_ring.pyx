@@ -417,11 +417,13 @@ cdef struct Chain:
     uint64_t out_len
 
 
-cdef inline uint64_t _gather(const iovec *iov, int cnt, uint64_t skip, uint8_t *dst,
-                             uint64_t length) noexcept nogil:
-    """Copy ``length`` bytes starting ``skip`` bytes into an iovec list; returns bytes copied."""
+cdef inline uint64_t _copy_iov(const iovec *iov, int cnt, uint64_t skip, uint8_t *buf,
+                               uint64_t length, bint into_iov) noexcept nogil:
+    """Copy ``length`` bytes between ``buf`` and an iovec list, starting ``skip`` bytes into the
+    list (towards the iovecs when ``into_iov``); returns the bytes copied."""
     cdef int i
     cdef uint64_t done = 0, take, avail
+    cdef uint8_t *p
     for i in range(cnt):
         if done == length:
             break
@@ -430,28 +432,24 @@ cdef inline uint64_t _gather(const iovec *iov, int cnt, uint64_t skip, uint8_t *
             continue
         avail = iov[i].iov_len - skip
         take = length - done if length - done < avail else avail
-        memcpy(dst + done, <uint8_t *>iov[i].iov_base + skip, take)
+        p = <uint8_t *>iov[i].iov_base + skip
+        if into_iov:
+            memcpy(p, buf + done, take)
+        else:
+            memcpy(buf + done, p, take)
         done += take
         skip = 0
     return done
+
+
+cdef inline uint64_t _gather(const iovec *iov, int cnt, uint64_t skip, uint8_t *dst,
+                             uint64_t length) noexcept nogil:
+    return _copy_iov(iov, cnt, skip, dst, length, False)
 
 
 cdef inline uint64_t _scatter(const iovec *iov, int cnt, uint64_t skip, const uint8_t *src,
                               uint64_t length) noexcept nogil:
-    cdef int i
-    cdef uint64_t done = 0, take, avail
-    for i in range(cnt):
-        if done == length:
-            break
-        if skip >= iov[i].iov_len:
-            skip -= iov[i].iov_len
-            continue
-        avail = iov[i].iov_len - skip
-        take = length - done if length - done < avail else avail
-        memcpy(<uint8_t *>iov[i].iov_base + skip, src + done, take)
-        done += take
-        skip = 0
-    return done
+    return _copy_iov(iov, cnt, skip, <uint8_t *>src, length, True)
 
 
 cdef inline int _slice(const iovec *iov, int cnt, uint64_t skip, uint64_t length,
