@@ -8,8 +8,10 @@ import sys
 
 from . import __version__
 
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-              "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 1}
+# The reference daemons' spellings: trace/debug/info/warn/error/off, and err.
+LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+              "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
+              "err": logging.ERROR, "off": logging.CRITICAL + 1}
 
 
 def parser():
