@@ -20,8 +20,18 @@ def parser():
     where.add_argument("--socket-path", help="vhost-user Unix socket to create and listen on")
     where.add_argument("--fd", type=int, help="an already listening socket inherited as fd N")
     p.add_argument("--shared-dir", help="directory to share with the guest")
-    p.add_argument("--cache", default="auto", choices=["never", "none", "auto", "always"],
-                   help="guest caching: never (coherent), auto (1 s, close-to-open), always")
+    p.add_argument("--cache", default="auto",
+                   choices=["never", "none", "auto", "metadata", "always"],
+                   help="guest caching: never (coherent), auto (1 s, close-to-open), "
+                        "metadata (metadata cached, data not), always (single writer)")
+    p.add_argument("--writeback", action="store_true",
+                   help="let the guest cache writes (FUSE_WRITEBACK_CACHE)")
+    p.add_argument("--allow-direct-io", action="store_true",
+                   help="honour the guest's O_DIRECT on the host")
+    p.add_argument("--no-readdirplus", action="store_true",
+                   help="do not offer READDIRPLUS (listings then carry no attributes)")
+    p.add_argument("--xattr", action=argparse.BooleanOptionalAction, default=False,
+                   help="serve extended attributes (default off)")
     p.add_argument("--request-queues", type=int, default=16, metavar="N",
                    help="most request queues offered to the frontend (default 16)")
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000, metavar="N",

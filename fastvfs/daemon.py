@@ -83,8 +83,10 @@ def run(options):
     drop_supplementary_groups()
     log.debug("RLIMIT_NOFILE %d", nofile)
     handles = _ring.HandleTable()
-    fs = PassthroughFs(options.shared_dir, handles)
-    engine = FuseEngine(fs, options.cache)
+    fs = PassthroughFs(options.shared_dir, handles, writeback=options.writeback,
+                       allow_direct_io=options.allow_direct_io)
+    engine = FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
+                        readdirplus=not options.no_readdirplus)
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
                                on_reset=engine.reset)
     engine.on_session = device.set_fast_io

@@ -159,9 +159,16 @@ def caller_credentials(uid, gid):
 
 
 class PassthroughFs:
-    """The shared directory, served inode by inode (see the module docstring for the contract)."""
+    """The shared directory, served inode by inode (see the module docstring for the contract).
 
-    def __init__(self, root, handles):
+    ``writeback``: the guest caches writes (FUSE_WRITEBACK_CACHE), so it may read a file it
+    opened write-only (to fill partial pages) and it computes append offsets itself: files are
+    opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
+    """
+
+    def __init__(self, root, handles, *, writeback=False, allow_direct_io=False):
+        self.writeback = writeback
+        self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd))
@@ -356,14 +363,23 @@ class PassthroughFs:
             raise OSError(errno.ELOOP if stat.S_ISLNK(inode.mode) else
                           errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EACCES,
                           "only regular files are opened for I/O")
-        fd = os.open(_proc_path(inode.fd), (flags & OPEN_FLAGS_ALLOWED) | os.O_CLOEXEC)
+        fd = os.open(_proc_path(inode.fd), self._open_flags(flags) | os.O_CLOEXEC)
         return self._add_handle(fd)
+
+    def _open_flags(self, flags):
+        flags &= self.open_flags_allowed
+        if self.writeback:
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
 
     def create(self, parent_id, name, mode, flags, uid, gid):
         """Create and open ``name``; returns (nodeid, Statx, fh)."""
         parent = self.inodes.get(parent_id)
         check_name(name)
-        flags = (flags & (OPEN_FLAGS_ALLOWED | os.O_EXCL)) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = (self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW |
+                 os.O_CLOEXEC)
         with caller_credentials(uid, gid):
             fd = os.open(name, flags, mode, dir_fd=parent.fd)
         try:
@@ -372,6 +388,28 @@ class PassthroughFs:
             os.close(fd)
             raise
         return nodeid, st, self._add_handle(fd)
+
+    def tmpfile(self, parent_id, mode, flags, uid, gid):
+        """An unnamed file in directory ``parent_id`` (O_TMPFILE); returns (nodeid, Statx, fh).
+        It can be given a name later with ``link``."""
+        parent = self.inodes.get(parent_id)
+        flags = self._open_flags(flags) | os.O_TMPFILE | os.O_CLOEXEC
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EINVAL, "O_TMPFILE needs write access")
+        with caller_credentials(uid, gid):
+            fd = os.open(".", flags, mode, dir_fd=parent.fd)
+        try:
+            path_fd = os.open(_proc_path(fd), O_PATH_FLAGS & ~os.O_NOFOLLOW)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            st = _sys.fstatx(path_fd)
+        except BaseException:
+            os.close(path_fd)
+            os.close(fd)
+            raise
+        return self.inodes.adopt(path_fd, st).nodeid, st, self._add_handle(fd)
 
     def _add_handle(self, fd):
         try:
@@ -410,6 +448,26 @@ class PassthroughFs:
             raise OSError(errno.EINVAL, "bad whence")
         with self.handles.borrow(fh) as fd:
             return os.lseek(fd, offset, whence)
+
+    # -- extended attributes ----------------------------------------------------------------
+    # The calls name the inode as /proc/self/fd/N of its O_PATH descriptor: the kernel resolves
+    # that magic link to the very inode, symlinks included (no second follow), and nothing is
+    # opened, so FIFOs and devices are safe too.
+
+    def getxattr(self, nodeid, name):
+        return os.getxattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name))
+
+    def listxattr(self, nodeid):
+        names = os.listxattr(_proc_path(self.inodes.get(nodeid).fd))
+        return b"".join(os.fsencode(n) + b"\0" for n in names)
+
+    def setxattr(self, nodeid, name, value, flags):
+        if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
+            raise OSError(errno.EINVAL, "unknown setxattr flags")
+        os.setxattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name), value, flags)
+
+    def removexattr(self, nodeid, name):
+        os.removexattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name))
 
     # -- directories ------------------------------------------------------------------------
 
@@ -482,6 +540,12 @@ class PassthroughFs:
             self.dirs.clear()
         self.handles.clear()
         self.inodes.clear()
+
+
+def _xattr_name(name):
+    if not name or b"\0" in name or len(name) > 255:
+        raise OSError(errno.ERANGE if len(name) > 255 else errno.EINVAL, "invalid xattr name")
+    return name
 
 
 def _dtype(entry):

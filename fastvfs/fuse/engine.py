@@ -34,11 +34,13 @@ class CachePolicy:
 
     never: nothing is cached in the guest (timeouts 0, direct I/O), every change by anyone is
     seen at once.  auto: 1 s metadata timeouts, page cache kept until the next open
-    (close-to-open).  always: long timeouts and kept caches: for a single writer.
+    (close-to-open).  metadata: long metadata timeouts, file data not cached (direct I/O).
+    always: long timeouts and kept caches: for a single writer.
     """
 
     MODES = {"never": (0.0, abi.FOPEN_DIRECT_IO, 0),
              "auto": (1.0, 0, 0),
+             "metadata": (86400.0, abi.FOPEN_DIRECT_IO, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR),
              "always": (86400.0, abi.FOPEN_KEEP_CACHE, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR)}
     ALIASES = {"none": "never"}
 
@@ -59,10 +61,19 @@ def _errno(exc):
 class FuseEngine:
     """One FUSE session over a file system; safe to call from several queue threads."""
 
-    def __init__(self, fs, cache="auto", on_session=None):
+    def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
+                 readdirplus=True):
         self.fs = fs
         self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
         self.on_session = on_session
+        self.xattr = xattr
+        self.wanted_flags = WANTED_FLAGS
+        if writeback:
+            self.wanted_flags |= abi.FUSE_WRITEBACK_CACHE
+        if not readdirplus:
+            self.wanted_flags &= ~(abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO)
+        if self.cache.auto_inval:
+            self.wanted_flags |= abi.FUSE_AUTO_INVAL_DATA
         self.initialized = False
         self.minor = abi.FUSE_KERNEL_MINOR_VERSION
         self.counts = [0] * 64
@@ -140,10 +151,7 @@ class FuseEngine:
             if self.initialized:
                 # A new INIT without DESTROY: the guest rebooted or the driver reloaded.
                 self._end_session()
-            wanted = WANTED_FLAGS
-            if self.cache.auto_inval:
-                wanted |= abi.FUSE_AUTO_INVAL_DATA
-            reply_flags = flags & wanted
+            reply_flags = flags & self.wanted_flags
             self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
             self.initialized = True
             if self.on_session:
@@ -277,6 +285,11 @@ class FuseEngine:
         child, st, fh = self.fs.create(nodeid, name, mode, flags, ctx[0], ctx[1])
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
+    def do_tmpfile(self, nodeid, body, out_size, ctx):
+        flags, mode, _, _ = abi.create_in.unpack_from(body)
+        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, ctx[0], ctx[1])
+        return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
+
     def do_read(self, nodeid, body, out_size, ctx):
         fh, offset, size, _, _, _, _ = abi.read_in.unpack_from(body)
         return self.fs.read(fh, offset, min(size, out_size, MAX_WRITE))
@@ -324,6 +337,48 @@ class FuseEngine:
     def do_access(self, nodeid, body, out_size, ctx):
         mask, _ = abi.access_in.unpack_from(body)
         self.fs.access(nodeid, mask, ctx[0], ctx[1])
+        return b""
+
+    # -- extended attributes -------------------------------------------------------------------
+    # Off unless asked for (--xattr), as in the reference daemons: ENOSYS tells the guest kernel
+    # to stop asking, and applications then see EOPNOTSUPP.
+
+    def _sized_reply(self, value, size, out_size):
+        """GETXATTR/LISTXATTR: size 0 asks for the length; too small a size is ERANGE."""
+        if size == 0:
+            return abi.getxattr_out.pack(len(value), 0)
+        if len(value) > size or len(value) > out_size:
+            raise OSError(errno.ERANGE, "value larger than the buffer")
+        return value
+
+    def _require_xattr(self):
+        if not self.xattr:
+            raise OSError(errno.ENOSYS, "extended attributes are off (--xattr)")
+
+    def do_getxattr(self, nodeid, body, out_size, ctx):
+        self._require_xattr()
+        size, _ = abi.getxattr_in.unpack_from(body)
+        name, _ = self._name(body, abi.getxattr_in.size)
+        return self._sized_reply(self.fs.getxattr(nodeid, name), size, out_size)
+
+    def do_listxattr(self, nodeid, body, out_size, ctx):
+        self._require_xattr()
+        size, _ = abi.getxattr_in.unpack_from(body)
+        return self._sized_reply(self.fs.listxattr(nodeid), size, out_size)
+
+    def do_setxattr(self, nodeid, body, out_size, ctx):
+        self._require_xattr()
+        size, flags = abi.setxattr_in.unpack_from(body)
+        name, end = self._name(body, abi.setxattr_in.size)
+        value = bytes(body[end:end + size])
+        if len(value) != size:
+            raise OSError(errno.EINVAL, "value shorter than its size")
+        self.fs.setxattr(nodeid, name, value, flags)
+        return b""
+
+    def do_removexattr(self, nodeid, body, out_size, ctx):
+        self._require_xattr()
+        self.fs.removexattr(nodeid, self._name(body)[0])
         return b""
 
     # -- directories ---------------------------------------------------------------------------

@@ -57,18 +57,19 @@ def guest_images():
 
 @pytest.fixture(scope="session")
 def backend_cmd():
-    """``backend_cmd(socket_path, shared_dir, cache="auto") -> argv`` for the backend under test."""
+    """``backend_cmd(socket_path, shared_dir, cache="auto", extra=()) -> argv`` for the backend
+    under test; ``extra`` options are the project daemon's and ignored for the reference."""
     choice = os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs")
     if choice == "reference":
         if not os.access(REFERENCE_BACKEND, os.X_OK):
             pytest.skip(f"{REFERENCE_BACKEND} not installed")
-        return lambda sock, shared, cache="auto": [
+        return lambda sock, shared, cache="auto", extra=(): [
             REFERENCE_BACKEND, f"--socket-path={sock}", "-o", f"source={shared}",
             "-o", f"cache={'none' if cache == 'never' else cache}"]
     if choice == "fastvfs":
-        return lambda sock, shared, cache="auto": [
+        return lambda sock, shared, cache="auto", extra=(): [
             sys.executable, "-m", "fastvfs", "--socket-path", str(sock), "--shared-dir",
-            str(shared), "--cache", cache]
+            str(shared), "--cache", cache, *extra]
     raise pytest.UsageError(f"FASTVFS_GUEST_BACKEND={choice!r}: use 'fastvfs' or 'reference'")
 
 
@@ -135,15 +136,15 @@ class Backend:
 
 @pytest.fixture
 def start_backend(backend_cmd, tmp_path):
-    """``start_backend(shared_dir, cache="auto") -> Backend``, listening on a fresh socket;
-    killed at teardown."""
+    """``start_backend(shared_dir, cache="auto", extra=()) -> Backend``, listening on a fresh
+    socket; killed at teardown."""
     # sun_path holds 107 bytes; pytest's tmp_path can be longer than that.
     sockdir = Path(tempfile.mkdtemp(prefix="fastvfs-sock-"))
     started = []
 
-    def start(shared_dir, cache="auto"):
+    def start(shared_dir, cache="auto", extra=()):
         sock = sockdir / f"vfs{len(started)}.sock"
-        backend = Backend(backend_cmd(sock, shared_dir, cache), sock,
+        backend = Backend(backend_cmd(sock, shared_dir, cache, extra), sock,
                           tmp_path / f"backend{len(started)}.log")
         started.append(backend)
         backend.wait_ready()

@@ -73,11 +73,11 @@ def assert_backend_exits(backend, timeout=10):
     assert not leftovers, f"backend left processes behind: {leftovers}"
 
 
-def compare_workloads(guest_images, start_backend, tmp_path, env, cache="auto"):
+def compare_workloads(guest_images, start_backend, tmp_path, env, cache="auto", extra=()):
     """Run the workload in the guest and on the host; everything observable must match."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    backend = start_backend(shared, cache)
+    backend = start_backend(shared, cache, extra)
     if cache == "never":
         # Files are opened with FOPEN_DIRECT_IO in this mode, and the 6.1 guest kernel refuses
         # shared mappings of direct-I/O files (FUSE_DIRECT_IO_ALLOW_MMAP came with 7.39).
@@ -93,9 +93,13 @@ def compare_workloads(guest_images, start_backend, tmp_path, env, cache="auto"):
     return on_host, in_guest
 
 
-@pytest.mark.parametrize("cache", ["never", "auto", "always"])
-def test_workload_matches_host(guest_images, start_backend, tmp_path, cache):
-    on_host, in_guest = compare_workloads(guest_images, start_backend, tmp_path, {}, cache)
+@pytest.mark.parametrize("cache,extra", [("never", ()), ("auto", ()), ("always", ()),
+                                         ("auto", ("--writeback",))],
+                         ids=["never", "auto", "always", "auto-writeback"])
+def test_workload_matches_host(guest_images, start_backend, tmp_path, cache, extra):
+    if extra and os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
+        pytest.skip("fastvfs options")
+    on_host, in_guest = compare_workloads(guest_images, start_backend, tmp_path, {}, cache, extra)
     assert in_guest["volatile"]["errors"] == {}
     # Free space is live data; both runs used the same host filesystem, so it must be close.
     host_free = on_host["volatile"]["statvfs"]["bfree_bytes"]
@@ -216,4 +220,38 @@ def test_several_request_queues(guest_images, start_backend, tmp_path):
     assert lines[1].split()[0] == workload.sha((shared / "big").read_bytes())
     assert sorted(p.name for p in shared.iterdir() if p.name != "big") == \
         sorted(f"f{i}" for i in range(1, 41))
+    assert_backend_exits(backend)
+
+
+XATTR_SCRIPT = r'''set -e
+"$FASTVFS_PYTHON" - <<'PY'
+import os
+m = os.environ["FASTVFS_MNT"]
+p = os.path.join(m, "f")
+open(p, "w").close()
+os.setxattr(p, "user.color", b"blue")
+os.setxattr(p, "trusted.level", b"7")
+print(sorted(os.listxattr(p)), os.getxattr(p, "user.color").decode())
+os.removexattr(p, "trusted.level")
+try:
+    os.getxattr(p, "trusted.level")
+except OSError as exc:
+    print("removed", exc.errno == 61)
+PY
+'''
+
+
+def test_extended_attributes(guest_images, start_backend, tmp_path):
+    if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
+        pytest.skip("run with --xattr: a fastvfs option")
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared, extra=["--xattr"])
+    result = guest.run_guest(XATTR_SCRIPT, vhost_user_socket=backend.socket_path, kernel=kernel,
+                             initramfs=initramfs, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['trusted.level', 'user.color'] blue", "removed True"]
+    assert os.getxattr(shared / "f", "user.color") == b"blue"
+    assert "trusted.level" not in os.listxattr(shared / "f")
     assert_backend_exits(backend)

@@ -311,6 +311,7 @@ def test_extensions_not_negotiated_are_refused(s):
 def test_cache_policy_timeouts_and_open_flags(tmp_path):
     (tmp_path / "f").write_text("x")
     for mode, timeout, flags in (("never", 0, abi.FOPEN_DIRECT_IO), ("auto", 1, 0),
+                                 ("metadata", 86400, abi.FOPEN_DIRECT_IO),
                                  ("always", 86400, abi.FOPEN_KEEP_CACHE)):
         sess = Session(tmp_path, mode)
         sess.init()
@@ -318,3 +319,83 @@ def test_cache_policy_timeouts_and_open_flags(tmp_path):
         assert abi.entry_out_head.unpack_from(data)[2:4] == (timeout, timeout)
         nodeid = abi.entry_out_head.unpack_from(data)[0]
         assert abi.open_out.unpack(sess.ok(Opcode.OPEN, nodeid, abi.open_in.pack(0, 0)))[1] == flags
+
+
+class TestXattr:
+    @pytest.fixture
+    def x(self, tmp_path):
+        sess = Session(tmp_path)
+        sess.engine.xattr = True
+        sess.init()
+        return sess
+
+    def test_off_by_default(self, s, tmp_path):
+        (tmp_path / "f").write_text("")
+        nodeid, _ = s.lookup(b"f")
+        assert s.err(Opcode.GETXATTR, nodeid, abi.getxattr_in.pack(0, 0) + b"user.a\0") == errno.ENOSYS
+
+    def test_set_get_list_remove(self, x, tmp_path):
+        (tmp_path / "f").write_text("")
+        nodeid, _ = x.lookup(b"f")
+        x.ok(Opcode.SETXATTR, nodeid, abi.setxattr_in.pack(5, 0) + b"user.a\0hello")
+        assert os.getxattr(tmp_path / "f", "user.a") == b"hello"
+        assert abi.getxattr_out.unpack(
+            x.ok(Opcode.GETXATTR, nodeid, abi.getxattr_in.pack(0, 0) + b"user.a\0"))[0] == 5
+        assert x.ok(Opcode.GETXATTR, nodeid, abi.getxattr_in.pack(64, 0) + b"user.a\0") == b"hello"
+        assert x.err(Opcode.GETXATTR, nodeid, abi.getxattr_in.pack(2, 0) + b"user.a\0") == errno.ERANGE
+        listing = x.ok(Opcode.LISTXATTR, nodeid, abi.getxattr_in.pack(256, 0))
+        assert b"user.a\0" in listing
+        assert x.err(Opcode.SETXATTR, nodeid,
+                     abi.setxattr_in.pack(1, os.XATTR_CREATE) + b"user.a\0x") == errno.EEXIST
+        x.ok(Opcode.REMOVEXATTR, nodeid, b"user.a\0")
+        assert x.err(Opcode.GETXATTR, nodeid, abi.getxattr_in.pack(64, 0) + b"user.a\0") == errno.ENODATA
+
+    def test_symlink_xattrs_stay_on_the_link(self, x, tmp_path):
+        (tmp_path / "f").write_text("")
+        os.symlink("f", tmp_path / "l")
+        nodeid, _ = x.lookup(b"l")
+        x.ok(Opcode.SETXATTR, nodeid, abi.setxattr_in.pack(1, 0) + b"trusted.t\0v")
+        assert "trusted.t" in os.listxattr(tmp_path / "l", follow_symlinks=False)
+        assert "trusted.t" not in os.listxattr(tmp_path / "f")
+
+    def test_value_shorter_than_declared(self, x, tmp_path):
+        (tmp_path / "f").write_text("")
+        nodeid, _ = x.lookup(b"f")
+        assert x.err(Opcode.SETXATTR, nodeid, abi.setxattr_in.pack(100, 0) + b"user.a\0v") == errno.EINVAL
+
+
+def test_tmpfile_can_be_linked_later(s, tmp_path):
+    body = abi.create_in.pack(os.O_RDWR, 0o600, 0, 0)
+    data = s.ok(Opcode.TMPFILE, ROOT, body)
+    nodeid, attr = entry(data)
+    fh = abi.open_out.unpack_from(data, abi.ENTRY_OUT_SIZE)[0]
+    assert attr[10] == 0  # no name yet
+    s.ok(Opcode.WRITE, nodeid, abi.write_in.pack(fh, 0, 3, 0, 0, 0, 0) + b"tmp")
+    assert os.listdir(tmp_path) == []
+    s.ok(Opcode.LINK, ROOT, abi.link_in.pack(nodeid) + b"named\0")
+    assert (tmp_path / "named").read_bytes() == b"tmp"
+
+
+def test_writeback_opens_write_only_files_read_write(tmp_path):
+    handles = _ring.HandleTable(16)
+    fs = PassthroughFs(tmp_path, handles, writeback=True)
+    engine = FuseEngine(fs, "auto", writeback=True)
+    (tmp_path / "f").write_bytes(b"abc")
+    sess = Session.__new__(Session)
+    sess.handles, sess.fs, sess.engine, sess.unique = handles, fs, engine, 0
+    init = abi.init_out.unpack(sess.init())
+    assert init[3] & abi.FUSE_WRITEBACK_CACHE
+    nodeid, _ = sess.lookup(b"f")
+    fh = abi.open_out.unpack(sess.ok(Opcode.OPEN, nodeid,
+                                     abi.open_in.pack(os.O_WRONLY | os.O_APPEND, 0)))[0]
+    # The guest may read back pages of a file it opened write-only; appends are its job.
+    assert sess.ok(Opcode.READ, nodeid, abi.read_in.pack(fh, 0, 3, 0, 0, 0, 0)) == b"abc"
+    sess.ok(Opcode.WRITE, nodeid, abi.write_in.pack(fh, 0, 1, 0, 0, 0, 0) + b"X")
+    assert (tmp_path / "f").read_bytes() == b"Xbc"
+
+
+def test_no_readdirplus_is_not_offered(tmp_path):
+    sess = Session(tmp_path)
+    sess.engine = FuseEngine(sess.fs, "auto", readdirplus=False)
+    flags = abi.init_out.unpack(sess.init())[3]
+    assert not flags & (abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO)
