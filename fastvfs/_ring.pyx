@@ -472,6 +472,88 @@ cdef inline int _slice(const iovec *iov, int cnt, uint64_t skip, uint64_t length
     return n
 
 
+cdef class RingLock:
+    """Serializes used-ring updates of one ring: its worker thread and the threads completing
+    deferred requests (see ``PendingReply``) both publish used elements.  One lock lives as long
+    as the ring index, across the Virtqueue objects a restarted ring goes through.  Leaf lock."""
+    cdef pthread_mutex_t m
+
+    def __cinit__(self):
+        pthread_mutex_init(&self.m, NULL)
+
+    def __dealloc__(self):
+        pthread_mutex_destroy(&self.m)
+
+
+cdef uint32_t _write_reply(const iovec *w, int nout, uint64_t out_len, uint64_t unique,
+                           int32_t error, const uint8_t *payload, uint32_t length) noexcept nogil:
+    """Write fuse_out_header (+ payload) into writable buffers; returns the used length (0 when
+    not even the header fits).  A payload that does not fit becomes an ERANGE error."""
+    cdef uint8_t out[OUT_HEADER_SIZE]
+    cdef uint32_t total = OUT_HEADER_SIZE + length
+    if out_len < total:
+        if out_len < OUT_HEADER_SIZE:
+            return 0
+        error = -ERANGE
+        length = 0
+        total = OUT_HEADER_SIZE
+    memcpy(out, &total, 4)
+    memcpy(out + 4, &error, 4)
+    memcpy(out + 8, &unique, 8)
+    _scatter(w, nout, 0, out, OUT_HEADER_SIZE)
+    if length:
+        _scatter(w, nout, OUT_HEADER_SIZE, payload, length)
+    return total
+
+
+cdef class PendingReply:
+    """A request the engine answers later, from any thread (a blocking lock wait, say).
+
+    It keeps its own copy of the chain's writable buffers and a reference to the memory they
+    lie in.  ``complete`` publishes the reply on the ring that is live at that moment: a ring
+    paused and restarted by the backend (new memory table, new eventfds) hands its pending
+    replies over; a ring stopped by the frontend (GET_VRING_BASE, reset) drops them, since the
+    guest's memory may already hold something else.
+    """
+    cdef Virtqueue vq
+    cdef MemoryTable mem
+    cdef iovec *out
+    cdef int nout
+    cdef uint64_t out_len
+    cdef uint16_t head
+    cdef readonly uint64_t unique
+    cdef readonly bint done
+
+    def __dealloc__(self):
+        free(self.out)
+
+    def complete(self, int error, payload=b""):
+        """Send the reply (``error`` 0 or -errno); returns False if the ring is gone."""
+        cdef const uint8_t[::1] view
+        cdef const uint8_t *data = NULL
+        cdef uint32_t length = 0, total
+        cdef Virtqueue vq
+        if payload:
+            view = payload
+            data = &view[0]
+            length = <uint32_t>view.shape[0]
+        # Lock rule: the ring lock is held only by code that never waits for the GIL (the
+        # section below runs no Python code), so taking it with the GIL held cannot deadlock.
+        pthread_mutex_lock(&self.vq.lock.m)
+        vq = self.vq
+        while vq.retired and vq.successor is not None:
+            vq = vq.successor
+        if self.done or vq.retired:
+            pthread_mutex_unlock(&self.vq.lock.m)
+            return False
+        self.done = True
+        total = _write_reply(self.out, self.nout, self.out_len, self.unique, error, data, length)
+        vq._push_used_locked(self.head, total)
+        vq._notify_locked()
+        pthread_mutex_unlock(&self.vq.lock.m)
+        return True
+
+
 cdef class Virtqueue:
     """Device side of one split virtqueue (virtio 1.2 section 2.7).
 
@@ -485,6 +567,9 @@ cdef class Virtqueue:
     cdef readonly uint64_t requests
     cdef readonly uint64_t bad_chains
     cdef readonly bint broken
+    cdef readonly bint retired
+    cdef readonly Virtqueue successor
+    cdef RingLock lock
     cdef MemoryTable mem
     cdef HandleTable handles
     cdef vring_desc *desc
@@ -518,7 +603,7 @@ cdef class Virtqueue:
     def __init__(self, int index, MemoryTable mem, HandleTable handles, uint16_t num,
                  uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
                  uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
-                 bint event_idx, bint indirect, uint32_t max_io=1 << 20):
+                 bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None):
         if num == 0 or num & (num - 1) or num > 32768:
             raise ValueError(f"queue size {num} is not a power of two up to 32768")
         # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
@@ -546,13 +631,31 @@ cdef class Virtqueue:
         self.fast_io = False
         self.signalled_used_valid = False
         self.stopping = 0
+        self.lock = lock if lock is not None else RingLock()
 
     def set_fast_io(self, bint enabled):
         """READ/WRITE are served in C only between FUSE_INIT and the session's end."""
         self.fast_io = enabled
 
     def set_call_fd(self, int fd):
-        self.call_fd = fd
+        """Swap the call eventfd; once this returns the old one is no longer written to."""
+        with nogil:
+            pthread_mutex_lock(&self.lock.m)
+            self.call_fd = fd
+            pthread_mutex_unlock(&self.lock.m)
+
+    def retire(self, Virtqueue successor=None):
+        """After ``stop``: pending replies go to ``successor`` (a restart of the same ring by
+        the backend) or are dropped (the frontend stopped the ring)."""
+        if successor is not None and successor.lock is not self.lock:
+            raise ValueError("a successor must share the ring lock")
+        pthread_mutex_lock(&self.lock.m)  # see the lock rule in PendingReply.complete
+        if successor is not None:
+            # Replies completed since this queue stopped moved the used index on.
+            successor.used_idx = fastvfs_load16(successor.used + 2)
+        self.retired = True
+        self.successor = successor
+        pthread_mutex_unlock(&self.lock.m)
 
     # -- ring access (no GIL) ----------------------------------------------------------------
 
@@ -641,6 +744,16 @@ cdef class Virtqueue:
             idx = d.next
 
     cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
+        pthread_mutex_lock(&self.lock.m)
+        self._push_used_locked(head, length)
+        pthread_mutex_unlock(&self.lock.m)
+
+    cdef void _notify(self) noexcept nogil:
+        pthread_mutex_lock(&self.lock.m)
+        self._notify_locked()
+        pthread_mutex_unlock(&self.lock.m)
+
+    cdef void _push_used_locked(self, uint16_t head, uint32_t length) noexcept nogil:
         cdef uint8_t *elem = self.used + 4 + 8 * <uint32_t>(self.used_idx % self.num)
         cdef uint32_t id32 = head
         memcpy(elem, &id32, 4)
@@ -650,7 +763,7 @@ cdef class Virtqueue:
         fastvfs_store16(self.used + 2, self.used_idx)
         self.requests += 1
 
-    cdef void _notify(self) noexcept nogil:
+    cdef void _notify_locked(self) noexcept nogil:
         """Signal the call eventfd unless the driver suppressed it (section 2.7.7/2.7.10)."""
         cdef uint16_t used_event, old, new = self.used_idx
         cdef bint need
@@ -674,24 +787,10 @@ cdef class Virtqueue:
 
     cdef void _reply(self, uint64_t unique, int32_t error, const uint8_t *payload,
                      uint32_t length) noexcept nogil:
-        """Write fuse_out_header (+ payload) into the writable buffers and return the chain."""
-        cdef uint8_t out[OUT_HEADER_SIZE]
-        cdef uint32_t total = OUT_HEADER_SIZE + length
-        cdef iovec *w = self.iov + self.chain.nin
-        if self.chain.out_len < total:
-            if self.chain.out_len < OUT_HEADER_SIZE:
-                self._push_used(self.chain.head, 0)
-                return
-            error = -ERANGE
-            length = 0
-            total = OUT_HEADER_SIZE
-        memcpy(out, &total, 4)
-        memcpy(out + 4, &error, 4)
-        memcpy(out + 8, &unique, 8)
-        _scatter(w, self.chain.nout, 0, out, OUT_HEADER_SIZE)
-        if length:
-            _scatter(w, self.chain.nout, OUT_HEADER_SIZE, payload, length)
-        self._push_used(self.chain.head, total)
+        """Write the reply into the popped chain's writable buffers and return the chain."""
+        self._push_used(self.chain.head,
+                        _write_reply(self.iov + self.chain.nin, self.chain.nout,
+                                     self.chain.out_len, unique, error, payload, length))
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -810,6 +909,14 @@ cdef class Virtqueue:
         if result is None:
             self._push_used(self.chain.head, 0)
             return 0
+        if type(result) is not tuple:
+            # The engine answers later: ``result(pending)`` arranges for pending.complete().
+            pending = self._defer(unique)
+            try:
+                result(pending)
+            except BaseException:
+                pending.complete(-EIO)
+            return 0
         cdef int32_t error = result[0]
         payload = result[1]
         cdef const uint8_t[::1] view
@@ -821,6 +928,20 @@ cdef class Virtqueue:
         with nogil:
             self._reply(unique, error, &view[0], <uint32_t>view.shape[0])
         return 0
+
+    cdef PendingReply _defer(self, uint64_t unique):
+        cdef PendingReply pending = PendingReply.__new__(PendingReply)
+        pending.out = <iovec *>malloc((self.chain.nout + 1) * sizeof(iovec))
+        if pending.out == NULL:
+            raise MemoryError()
+        memcpy(pending.out, self.iov + self.chain.nin, self.chain.nout * sizeof(iovec))
+        pending.nout = self.chain.nout
+        pending.out_len = self.chain.out_len
+        pending.head = self.chain.head
+        pending.unique = unique
+        pending.vq = self
+        pending.mem = self.mem
+        return pending
 
     # -- the loop ------------------------------------------------------------------------------
 

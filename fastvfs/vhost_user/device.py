@@ -48,6 +48,8 @@ class VringState:
         self.err_fd = None
         self.enabled = False
         self.queue = None         # _ring.Virtqueue while running
+        self.paused = None        # the stopped Virtqueue a backend-side restart hands over from
+        self.lock = _ring.RingLock()
         self.thread = None
         self.stop_fd = None
 
@@ -172,10 +174,15 @@ class VhostUserFsDevice:
                 vring.index, self.memory, self.handles, vring.num, desc, avail, used,
                 vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
-                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io)
+                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
+                vring.lock)
         except BaseException:
             os.close(stop_fd)
             raise
+        if vring.paused is not None:
+            # Requests still being answered (deferred replies) continue on the new queue.
+            vring.paused.retire(queue)
+            vring.paused = None
         queue.set_fast_io(self.fast_io)
         vring.queue = queue
         vring.stop_fd = stop_fd
@@ -193,8 +200,13 @@ class VhostUserFsDevice:
             log.error("ring %d stopped: the driver published an invalid avail index or head",
                       queue.index)
 
-    def _stop(self, vring):
+    def _stop(self, vring, pause=False):
+        """Stop the ring's worker.  A frontend stop (``pause=False``: GET_VRING_BASE, reset)
+        drops replies still pending; a backend pause keeps them for the restarted queue."""
         if not vring.running:
+            if not pause and vring.paused is not None:
+                vring.paused.retire(None)
+                vring.paused = None
             return
         vring.queue.stop()
         vring.thread.join()
@@ -202,6 +214,10 @@ class VhostUserFsDevice:
         if vring.queue.bad_chains:
             log.warning("ring %d returned %d malformed chains", vring.index,
                         vring.queue.bad_chains)
+        if pause:
+            vring.paused = vring.queue
+        else:
+            vring.queue.retire(None)
         vring.queue = None
         vring.thread = None
         os.close(vring.stop_fd)
@@ -213,16 +229,16 @@ class VhostUserFsDevice:
         return self.vrings[index]
 
     def _replace_fd(self, vring, name, fd):
-        """Swap one of a ring's eventfds; a running ring is paused around the swap so its worker
-        never writes to a closed (maybe reused) descriptor."""
-        was_running = vring.running
-        self._stop(vring)
+        """Swap one of a ring's eventfds; the old one is closed only once no thread can still
+        write to it (it could be reused for another file meanwhile)."""
         old = getattr(vring, name)
+        if name == "call_fd" and vring.running:
+            vring.queue.set_call_fd(-1 if fd is None else fd)
+        elif name == "kick_fd" and vring.running:
+            self._stop(vring, pause=True)
+        setattr(vring, name, fd)
         if old is not None:
             os.close(old)
-        setattr(vring, name, fd)
-        if was_running:
-            self._start(vring)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -317,7 +333,7 @@ class VhostUserFsDevice:
         without locks) and restart them on the new table, re-translating their addresses."""
         running = [v for v in self.vrings if v.running]
         for vring in running:
-            self._stop(vring)
+            self._stop(vring, pause=True)
         try:
             yield
         finally:
@@ -326,6 +342,7 @@ class VhostUserFsDevice:
                     self._start(vring)
                 except ValueError as exc:
                     log.error("ring %d cannot restart: %s", vring.index, exc)
+                    self._stop(vring)
 
     def do_set_log_base(self, msg):
         raise BadRequest("dirty logging (LOG_SHMFD) was not offered")

@@ -30,6 +30,7 @@ class Harness:
 
     def __init__(self, *, size=16, base=0, event_idx=True, indirect=True, regions=None,
                  reply=None):
+        self.size, self.event_idx, self.indirect = size, event_idx, indirect
         self.mem = GuestMemory(regions) if regions else GuestMemory()
         self.table = _ring.MemoryTable()
         for r in self.mem.regions:
@@ -42,13 +43,26 @@ class Harness:
         self.seen = []
         self.done = set()
         self.reply = reply or (lambda req, out_size: (0, b"R" * min(8, out_size)))
+        self.lock = _ring.RingLock()
+        self.start(base)
+
+    def start(self, base):
         u = self.mem.userspace_addr
-        self.vq = _ring.Virtqueue(1, self.table, self.handles, size, u(self.dq.desc_addr),
+        self.vq = _ring.Virtqueue(1, self.table, self.handles, self.size, u(self.dq.desc_addr),
                                   u(self.dq.avail_addr), u(self.dq.used_addr), base,
-                                  self.dq.kick_fd, self.dq.call_fd, self.stop_fd, event_idx,
-                                  indirect)
+                                  self.dq.kick_fd, self.dq.call_fd, self.stop_fd,
+                                  self.event_idx, self.indirect, 1 << 20, self.lock)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
+
+    def restart(self):
+        """Stop the worker and serve the ring with a new Virtqueue, as a backend pause does."""
+        old = self.vq
+        old.stop()
+        self.thread.join(TIMEOUT)
+        os.eventfd_read(self.stop_fd)
+        self.start(old.last_avail_idx)
+        return old
 
     def _handler(self, req, out_size):
         self.seen.append((bytes(req), out_size))
@@ -262,6 +276,74 @@ def test_multi_region_memory_and_buffers_across_regions(harness):
     data = h.roundtrip([(high + 4096, len(req))], [64])
     assert out_header(data) == (24, 0, 7)
     assert h.seen[0][0] == req
+
+
+class TestDeferredReplies:
+    """Replies the engine sends later from another thread (a lock wait, say)."""
+
+    def deferring(self, h):
+        parked = []
+
+        def reply(req, out_size):
+            if abi.in_header.unpack_from(req)[1] == abi.Opcode.SETLKW:
+                return parked.append
+            return (0, b"now")
+        h.reply = reply
+        return parked
+
+    def submit(self, h, opcode, unique):
+        head = h.dq.add_chain([request(opcode, bytes(48), unique=unique)], [64])
+        h.dq.publish()
+        return head
+
+    def test_later_reply_does_not_hold_up_others(self, harness):
+        h = harness()
+        parked = self.deferring(h)
+        waiting = self.submit(h, abi.Opcode.SETLKW, 1)
+        quick = self.submit(h, abi.Opcode.GETATTR, 2)
+        assert out_header(h.wait_for(quick))[2] == 2
+        assert len(parked) == 1 and waiting not in h.done
+        completer = threading.Thread(target=parked[0].complete, args=(-11,))
+        completer.start()
+        completer.join()
+        assert out_header(h.wait_for(waiting)) == (16, -11, 1)
+        assert parked[0].complete(0) is False  # only once
+
+    def test_pending_reply_follows_a_restarted_ring(self, harness):
+        h = harness()
+        parked = self.deferring(h)
+        waiting = self.submit(h, abi.Opcode.SETLKW, 1)
+        quick = self.submit(h, abi.Opcode.GETATTR, 2)
+        h.wait_for(quick)
+        old = h.restart()
+        old.retire(h.vq)
+        assert parked[0].complete(0, b"late")
+        data = h.wait_for(waiting)
+        assert out_header(data) == (20, 0, 1) and data[16:] == b"late"
+        # The new queue's used index moved past the late reply.
+        assert out_header(h.wait_for(self.submit(h, abi.Opcode.GETATTR, 3)))[2] == 3
+
+    def test_pending_reply_dropped_when_the_frontend_stopped_the_ring(self, harness):
+        h = harness()
+        parked = self.deferring(h)
+        self.submit(h, abi.Opcode.SETLKW, 1)
+        for _ in range(100):
+            if parked:
+                break
+            h.dq.wait_call(0.02)
+        used = h.dq.used_idx()
+        h.vq.stop()
+        h.thread.join(TIMEOUT)
+        h.vq.retire(None)
+        assert parked[0].complete(0) is False
+        assert h.dq.used_idx() == used
+        h.start(h.vq.last_avail_idx)  # so the fixture can stop something
+
+    def test_a_successor_must_share_the_lock(self, harness):
+        h = harness()
+        other = harness()
+        with pytest.raises(ValueError):
+            h.vq.retire(other.vq)
 
 
 class TestFastPath:
