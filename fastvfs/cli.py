@@ -32,6 +32,10 @@ def parser():
                    help="do not offer READDIRPLUS (listings then carry no attributes)")
     p.add_argument("--xattr", action=argparse.BooleanOptionalAction, default=False,
                    help="serve extended attributes (default off)")
+    p.add_argument("--posix-lock", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve POSIX record locks as host OFD locks (default on)")
+    p.add_argument("--flock", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve flock() locks on the host (default on)")
     p.add_argument("--request-queues", type=int, default=16, metavar="N",
                    help="most request queues offered to the frontend (default 16)")
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000, metavar="N",

@@ -86,7 +86,8 @@ def run(options):
     fs = PassthroughFs(options.shared_dir, handles, writeback=options.writeback,
                        allow_direct_io=options.allow_direct_io)
     engine = FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
-                        readdirplus=not options.no_readdirplus)
+                        readdirplus=not options.no_readdirplus,
+                        posix_locks=options.posix_lock, flock=options.flock)
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
                                on_reset=engine.reset)
     engine.on_session = device.set_fast_io

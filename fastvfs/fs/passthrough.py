@@ -23,8 +23,10 @@ devices and sockets are never opened.
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
+import struct
 import threading
 
 from . import _sys
@@ -38,6 +40,10 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC |
                       os.O_DSYNC | os.O_NOATIME | os.O_LARGEFILE)
 RENAME_FLAGS_ALLOWED = 0x7  # NOREPLACE | EXCHANGE | WHITEOUT
+OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
+# struct flock on x86-64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
+FLOCK = struct.Struct("hh4xqqi4x")
+LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
 
 
 def check_name(name):
@@ -103,18 +109,20 @@ class InodeStore:
         return inode
 
     def forget(self, nodeid, count):
+        """Take ``count`` lookups away; returns True when the inode was dropped."""
         with self.lock:
             inode = self.by_id.get(nodeid)
             if inode is None or inode is self.root:
-                return
+                return False
             # A hostile guest may forget more than it looked up: never underflow.
             inode.nlookup -= min(count, inode.nlookup)
             if inode.nlookup:
-                return
+                return False
             del self.by_id[nodeid]
             if self.by_key.get(inode.key) is inode:
                 del self.by_key[inode.key]
         os.close(inode.fd)
+        return True
 
     def clear(self):
         """Drop every inode but the root (a session ended)."""
@@ -175,6 +183,11 @@ class PassthroughFs:
         self.handles = handles
         self.dirs = {}
         self.dirs_lock = threading.Lock()
+        # (nodeid, lock owner, "posix" | "flock") -> the open file description holding that
+        # owner's locks on the inode.  Host OFD locks make the locks visible to host processes
+        # and to other daemons sharing the directory.  Guarded by locks_lock (a leaf lock).
+        self.lock_fds = {}
+        self.locks_lock = threading.Lock()
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -237,7 +250,8 @@ class PassthroughFs:
                 os.close(f)
 
     def forget(self, nodeid, count):
-        self.inodes.forget(nodeid, count)
+        if self.inodes.forget(nodeid, count) and self.lock_fds:
+            self._drop_lock_fds(lambda k: k[0] == nodeid)
 
     def getattr(self, nodeid):
         return _sys.fstatx(self.inodes.get(nodeid).fd)
@@ -469,6 +483,80 @@ class PassthroughFs:
     def removexattr(self, nodeid, name):
         os.removexattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name))
 
+    # -- locks ------------------------------------------------------------------------------
+    # POSIX record locks are per (process, file) in the guest; the guest names the process by
+    # an opaque lock owner.  Each owner gets its own open file description on the host, and its
+    # locks are taken there as OFD locks (F_OFD_*), which conflict between descriptions exactly
+    # as POSIX locks conflict between processes.  flock() locks belong to an open file of the
+    # guest; they get a description of their own too, keyed the same way.
+
+    def _lock_fd(self, nodeid, owner, kind):
+        key = (nodeid, owner, kind)
+        with self.locks_lock:
+            fd = self.lock_fds.get(key)
+        if fd is not None:
+            return fd
+        inode = self.inodes.get(nodeid)
+        if stat.S_ISDIR(inode.mode) and kind == "flock":
+            choices = (os.O_RDONLY | os.O_DIRECTORY,)
+        elif stat.S_ISREG(inode.mode):
+            choices = (os.O_RDWR, os.O_RDONLY, os.O_WRONLY)
+        else:
+            raise OSError(errno.EINVAL, "locks are for regular files")
+        for flags in choices:
+            try:
+                fd = os.open(_proc_path(inode.fd), flags | os.O_CLOEXEC)
+                break
+            except PermissionError:
+                continue
+        else:
+            raise OSError(errno.EACCES, "cannot open the file to lock it")
+        with self.locks_lock:
+            existing = self.lock_fds.setdefault(key, fd)
+        if existing != fd:
+            os.close(fd)
+        return existing
+
+    def _drop_lock_fds(self, match):
+        with self.locks_lock:
+            keys = [k for k in self.lock_fds if match(k)]
+            fds = [self.lock_fds.pop(k) for k in keys]
+        for fd in fds:
+            os.close(fd)  # closing the description releases every lock it holds
+
+    @staticmethod
+    def _flock_struct(start, end, lock_type):
+        if lock_type not in LOCK_TYPES or start > OFFSET_MAX or end > OFFSET_MAX or end < start:
+            raise OSError(errno.EINVAL, "invalid lock range or type")
+        return FLOCK.pack(lock_type, os.SEEK_SET, start, 0 if end == OFFSET_MAX else end - start + 1, 0)
+
+    def getlk(self, nodeid, owner, start, end, lock_type):
+        """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none."""
+        fd = self._lock_fd(nodeid, owner, "posix")
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, self._flock_struct(start, end, lock_type))
+        t, _, s, length, pid = FLOCK.unpack(got)
+        if t == fcntl.F_UNLCK:
+            return 0, 0, fcntl.F_UNLCK, 0
+        return s, OFFSET_MAX if length == 0 else s + length - 1, t, max(pid, 0)
+
+    def setlk(self, nodeid, owner, start, end, lock_type, *, flock=False, wait=False):
+        """Take or release a lock; without ``wait`` a conflict raises EAGAIN."""
+        if flock:
+            fd = self._lock_fd(nodeid, owner, "flock")
+            if lock_type not in LOCK_TYPES:
+                raise OSError(errno.EINVAL, "invalid lock type")
+            op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
+                  fcntl.F_UNLCK: fcntl.LOCK_UN}[lock_type]
+            fcntl.flock(fd, op if wait else op | fcntl.LOCK_NB)
+            return
+        data = self._flock_struct(start, end, lock_type)
+        fd = self._lock_fd(nodeid, owner, "posix")
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, data)
+
+    def release_locks(self, nodeid, owner, kind):
+        """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest)."""
+        self._drop_lock_fds(lambda k: k == (nodeid, owner, kind))
+
     # -- directories ------------------------------------------------------------------------
 
     def opendir(self, nodeid):
@@ -538,6 +626,7 @@ class PassthroughFs:
         """End of a session: every inode but the root and every handle is dropped."""
         with self.dirs_lock:
             self.dirs.clear()
+        self._drop_lock_fds(lambda k: True)
         self.handles.clear()
         self.inodes.clear()
 

@@ -3,8 +3,9 @@
 The hot path calls ``FuseEngine.handle(request, out_size)`` for every request it does not serve
 itself; ``request`` is the whole request (fuse_in_header included, exactly ``len`` bytes) and
 ``out_size`` the room for the reply payload after fuse_out_header.  It returns ``None`` when
-the opcode takes no reply (FORGET, BATCH_FORGET) or ``(error, payload)`` with ``error`` a
-negative errno or 0.  It never raises: a bad request is an error reply, and the daemon serves on.
+the opcode takes no reply (FORGET, BATCH_FORGET), ``(error, payload)`` with ``error`` a
+negative errno or 0, or, for a request answered later (a SETLKW that must wait), a callable
+the hot path calls with a pending reply whose ``complete(error, payload)`` sends the answer.  It never raises: a bad request is an error reply, and the daemon serves on.
 """
 
 import errno
@@ -62,7 +63,7 @@ class FuseEngine:
     """One FUSE session over a file system; safe to call from several queue threads."""
 
     def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
-                 readdirplus=True):
+                 readdirplus=True, posix_locks=True, flock=True, max_lock_waiters=128):
         self.fs = fs
         self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
         self.on_session = on_session
@@ -74,6 +75,12 @@ class FuseEngine:
             self.wanted_flags &= ~(abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO)
         if self.cache.auto_inval:
             self.wanted_flags |= abi.FUSE_AUTO_INVAL_DATA
+        if posix_locks:
+            self.wanted_flags |= abi.FUSE_POSIX_LOCKS
+        if flock:
+            self.wanted_flags |= abi.FUSE_FLOCK_LOCKS
+        # Each SETLKW that has to wait holds a thread until the lock is granted.
+        self.lock_waiters = threading.BoundedSemaphore(max_lock_waiters)
         self.initialized = False
         self.minor = abi.FUSE_KERNEL_MINOR_VERSION
         self.counts = [0] * 64
@@ -111,8 +118,8 @@ class FuseEngine:
         except Exception:
             log.exception("opcode %d failed", opcode)
             return -errno.EIO, b""
-        if result is None:
-            return None
+        if result is None or callable(result):
+            return result  # no reply at all, or a reply the engine sends later
         return 0, result
 
     # -- encoding helpers ----------------------------------------------------------------------
@@ -307,7 +314,9 @@ class FuseEngine:
                                 s.f_bsize, s.f_namemax, s.f_frsize, 0)
 
     def do_release(self, nodeid, body, out_size, ctx):
-        fh, _, _, _ = abi.release_in.unpack_from(body)
+        fh, _, release_flags, lock_owner = abi.release_in.unpack_from(body)
+        if release_flags & abi.FUSE_RELEASE_FLOCK_UNLOCK:
+            self.fs.release_locks(nodeid, lock_owner, "flock")
         self.fs.release(fh)
         return b""
 
@@ -317,8 +326,10 @@ class FuseEngine:
         return b""
 
     def do_flush(self, nodeid, body, out_size, ctx):
-        fh, _, _, _ = abi.flush_in.unpack_from(body)
+        fh, _, _, lock_owner = abi.flush_in.unpack_from(body)
         self.fs.flush(fh)
+        # POSIX: closing any descriptor of a file drops the process's locks on it.
+        self.fs.release_locks(nodeid, lock_owner, "posix")
         return b""
 
     def do_fallocate(self, nodeid, body, out_size, ctx):
@@ -338,6 +349,49 @@ class FuseEngine:
         mask, _ = abi.access_in.unpack_from(body)
         self.fs.access(nodeid, mask, ctx[0], ctx[1])
         return b""
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def do_getlk(self, nodeid, body, out_size, ctx):
+        _, owner, start, end, lock_type, _, _, _ = abi.lk_in.unpack_from(body)
+        return abi.lk_out.pack(*self.fs.getlk(nodeid, owner, start, end, lock_type))
+
+    def do_setlk(self, nodeid, body, out_size, ctx):
+        _, owner, start, end, lock_type, _, lk_flags, _ = abi.lk_in.unpack_from(body)
+        self.fs.setlk(nodeid, owner, start, end, lock_type,
+                      flock=bool(lk_flags & abi.FUSE_LK_FLOCK))
+        return b""
+
+    def do_setlkw(self, nodeid, body, out_size, ctx):
+        """Try at once; if the lock is taken, wait on a thread of its own and answer then, so
+        the queue goes on serving other requests meanwhile."""
+        _, owner, start, end, lock_type, _, lk_flags, _ = abi.lk_in.unpack_from(body)
+        flock = bool(lk_flags & abi.FUSE_LK_FLOCK)
+        try:
+            self.fs.setlk(nodeid, owner, start, end, lock_type, flock=flock)
+            return b""
+        except BlockingIOError:
+            pass
+        if not self.lock_waiters.acquire(blocking=False):
+            raise OSError(errno.ENOLCK, "too many lock waiters")
+
+        def wait(pending):
+            threading.Thread(target=self._wait_for_lock, name="fastvfs-lockwait", daemon=True,
+                             args=(pending, nodeid, owner, start, end, lock_type, flock)).start()
+        return wait
+
+    def _wait_for_lock(self, pending, nodeid, owner, start, end, lock_type, flock):
+        try:
+            self.fs.setlk(nodeid, owner, start, end, lock_type, flock=flock, wait=True)
+            error = 0
+        except OSError as exc:
+            error = _errno(exc)
+        except Exception:
+            log.exception("lock wait failed")
+            error = -errno.EIO
+        finally:
+            self.lock_waiters.release()
+        pending.complete(error)
 
     # -- extended attributes -------------------------------------------------------------------
     # Off unless asked for (--xattr), as in the reference daemons: ENOSYS tells the guest kernel

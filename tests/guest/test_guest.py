@@ -255,3 +255,81 @@ def test_extended_attributes(guest_images, start_backend, tmp_path):
     assert os.getxattr(shared / "f", "user.color") == b"blue"
     assert "trusted.level" not in os.listxattr(shared / "f")
     assert_backend_exits(backend)
+
+
+LOCK_SCRIPT = r'''set -e
+"$FASTVFS_PYTHON" - <<'PY'
+import fcntl, os, threading, time
+m, res = os.environ["FASTVFS_MNT"], os.environ["FASTVFS_RESULTS"]
+
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.05)
+
+# 1. The host holds a lock: a blocking lock here waits for it, and the file system keeps
+#    serving this guest meanwhile.
+f = open(os.path.join(m, "locked-by-host"), "r+")
+got = threading.Event()
+t = threading.Thread(target=lambda: (fcntl.lockf(f, fcntl.LOCK_EX), got.set()))
+t.start()
+time.sleep(1)
+assert not got.is_set(), "took a lock the host holds"
+for i in range(20):
+    with open(os.path.join(m, f"busy{i}"), "w") as g:
+        g.write("served while waiting")
+open(os.path.join(res, "waiting"), "w").close()
+assert got.wait(120), "never got the lock after the host released it"
+print("waited for the host")
+# 2. A lock taken here is seen by the host.
+h = open(os.path.join(m, "locked-by-guest"), "w")
+fcntl.lockf(h, fcntl.LOCK_EX)
+open(os.path.join(res, "guest-holds"), "w").close()
+wait_for(os.path.join(m, "host-checked"))
+h.close()
+open(os.path.join(res, "guest-released"), "w").close()
+wait_for(os.path.join(m, "host-checked-again"))
+print("done")
+PY
+'''
+
+
+def test_locks_are_shared_with_the_host(guest_images, start_backend, tmp_path):
+    import fcntl
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    results = tmp_path / "results"
+    (shared / "locked-by-host").write_text("x")
+    holder = open(shared / "locked-by-host", "r+")
+    fcntl.lockf(holder, fcntl.LOCK_EX)
+    backend = start_backend(shared, "never")
+
+    def wait_for(path, vm):
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            assert time.monotonic() < deadline and vm.process.poll() is None, vm.console
+            time.sleep(0.05)
+
+    def host_can_lock(path):
+        with open(path, "r+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                return False
+
+    with guest.start_guest(LOCK_SCRIPT, vhost_user_socket=backend.socket_path,
+                           results_dir=results, kernel=kernel, initramfs=initramfs) as vm:
+        wait_for(results / "waiting", vm)
+        assert len(list(shared.glob("busy*"))) == 20
+        holder.close()  # releases the host's lock: the guest's waiting lock is granted
+        wait_for(results / "guest-holds", vm)
+        assert not host_can_lock(shared / "locked-by-guest")
+        (shared / "host-checked").touch()
+        wait_for(results / "guest-released", vm)
+        assert host_can_lock(shared / "locked-by-guest")
+        (shared / "host-checked-again").touch()
+        result = vm.wait(timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["waited", "for", "the", "host", "done"]
+    assert_backend_exits(backend)

@@ -79,10 +79,12 @@ def test_requests_before_init_fail_with_eio(tmp_path):
 
 def test_init_negotiates_protocol_and_capabilities(tmp_path):
     sess = Session(tmp_path)
-    out = abi.init_out.unpack(sess.init(minor=38, flags=abi.FUSE_ASYNC_READ | abi.FUSE_POSIX_LOCKS))
+    offered = abi.FUSE_ASYNC_READ | abi.FUSE_POSIX_LOCKS | abi.FUSE_SPLICE_READ
+    out = abi.init_out.unpack(sess.init(minor=38, flags=offered))
     major, minor, _, flags, _, _, max_write, time_gran, max_pages, _, _ = out
     assert (major, minor) == (7, 38)
-    assert flags == abi.FUSE_ASYNC_READ  # never more than the guest offered
+    # Never more than the guest offered, and only what the engine serves.
+    assert flags == abi.FUSE_ASYNC_READ | abi.FUSE_POSIX_LOCKS
     assert max_write == 1 << 20 and max_pages == 256 and time_gran == 1
 
 
@@ -399,3 +401,100 @@ def test_no_readdirplus_is_not_offered(tmp_path):
     sess.engine = FuseEngine(sess.fs, "auto", readdirplus=False)
     flags = abi.init_out.unpack(sess.init())[3]
     assert not flags & (abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO)
+
+
+class TestLocks:
+    """POSIX record locks and flock, held on the host as OFD locks per guest lock owner."""
+
+    @pytest.fixture
+    def lk(self, s, tmp_path):
+        (tmp_path / "f").write_bytes(b"x" * 100)
+        nodeid, _ = s.lookup(b"f")
+        fh = abi.open_out.unpack(s.ok(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_RDWR, 0)))[0]
+        return s, nodeid, fh, tmp_path / "f"
+
+    @staticmethod
+    def body(fh, owner, start, end, lock_type, flags=0):
+        return abi.lk_in.pack(fh, owner, start, end, lock_type, 1, flags, 0)
+
+    def test_owners_conflict_and_getlk_reports_it(self, lk):
+        import fcntl
+        s, nodeid, fh, _ = lk
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
+        assert s.err(Opcode.SETLK, nodeid, self.body(fh, 2, 5, 20, fcntl.F_RDLCK)) == errno.EAGAIN
+        start, end, lock_type, _ = abi.lk_out.unpack(
+            s.ok(Opcode.GETLK, nodeid, self.body(fh, 2, 0, abi.OFFSET_MAX, fcntl.F_WRLCK)))
+        assert (start, end, lock_type) == (0, 9, fcntl.F_WRLCK)
+        # The same owner extends its own lock freely; another range is free for owner 2.
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 19, fcntl.F_WRLCK))
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 2, 50, 60, fcntl.F_WRLCK))
+        held = abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, self.body(fh, 1, 50, 60, fcntl.F_RDLCK)))
+        assert held[:3] == (50, 60, fcntl.F_WRLCK)  # owner 2's
+        free = abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, self.body(fh, 1, 70, 80, fcntl.F_WRLCK)))
+        assert free[2] == fcntl.F_UNLCK
+
+    def test_host_processes_see_guest_locks(self, lk):
+        import fcntl
+        import subprocess
+        import sys
+        s, nodeid, fh, path = lk
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, abi.OFFSET_MAX, fcntl.F_WRLCK))
+        probe = ("import fcntl,sys; f=open(sys.argv[1],'r+');\n"
+                 "try: fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB); print('free')\n"
+                 "except OSError: print('locked')")
+        out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+        assert out.stdout.strip() == "locked"
+        # FLUSH (a close in the guest) drops the owner's POSIX locks.
+        s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 1))
+        out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+        assert out.stdout.strip() == "free"
+
+    def test_setlkw_waits_without_blocking_the_queue(self, lk):
+        import fcntl
+        s, nodeid, fh, _ = lk
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
+        result = s.raw(Opcode.SETLKW, nodeid, self.body(fh, 2, 0, 9, fcntl.F_WRLCK))
+        assert callable(result)
+
+        class Pending:
+            def __init__(self):
+                self.event = threading.Event()
+
+            def complete(self, error, payload=b""):
+                self.error = error
+                self.event.set()
+
+        import threading
+        pending = Pending()
+        result(pending)
+        assert not pending.event.wait(0.3)  # still waiting; other requests are served
+        assert s.ok(Opcode.GETATTR, ROOT, bytes(16))
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_UNLCK))
+        assert pending.event.wait(5) and pending.error == 0
+        assert s.err(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_RDLCK)) == errno.EAGAIN
+
+    def test_flock_between_open_files_and_release(self, lk):
+        import fcntl
+        s, nodeid, fh, path = lk
+        flock = abi.FUSE_LK_FLOCK
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 11, 0, 0, fcntl.F_WRLCK, flock))
+        assert s.err(Opcode.SETLK, nodeid, self.body(fh, 12, 0, 0, fcntl.F_RDLCK, flock)) == errno.EAGAIN
+        # flock and POSIX locks are separate kinds on Linux.
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 12, 0, 9, fcntl.F_WRLCK))
+        with open(path) as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, abi.FUSE_RELEASE_FLOCK_UNLOCK, 11))
+        s.ok(Opcode.SETLK, nodeid, self.body(0, 12, 0, 0, fcntl.F_RDLCK, flock))
+
+    @pytest.mark.parametrize("start,end,lock_type", [(10, 5, 1), (0, 1 << 63, 1), (0, 10, 7)])
+    def test_invalid_locks(self, lk, start, end, lock_type):
+        s, nodeid, fh, _ = lk
+        assert s.err(Opcode.SETLK, nodeid, self.body(fh, 1, start, end, lock_type)) == errno.EINVAL
+
+    def test_forget_drops_the_inode_locks(self, lk):
+        import fcntl
+        s, nodeid, fh, path = lk
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
+        s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, 0, 0))
+        s.raw(Opcode.FORGET, nodeid, struct.pack("<Q", 1))
+        assert s.fs.lock_fds == {}
