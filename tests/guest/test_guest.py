@@ -333,3 +333,87 @@ def test_locks_are_shared_with_the_host(guest_images, start_backend, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["waited", "for", "the", "host", "done"]
     assert_backend_exits(backend)
+
+
+SHARING_SCRIPT = r'''set -e
+"$FASTVFS_PYTHON" - <<'PY'
+import fcntl, os, time
+m, role = os.environ["FASTVFS_MNT"], os.environ["GUEST_ROLE"]
+other = "b" if role == "a" else "a"
+p = lambda name: os.path.join(m, name)
+
+def wait_for(name, content=None):
+    deadline = time.time() + 240
+    while True:
+        try:
+            with open(p(name)) as f:
+                if content is None or f.read() == content:
+                    return
+        except FileNotFoundError:
+            pass
+        assert time.time() < deadline, f"{role}: {name} never appeared"
+        time.sleep(0.05)
+
+with open(p(f"{role}.txt"), "w") as f:
+    f.write(f"from {role}")
+wait_for(f"{other}.txt", f"from {other}")           # the other guest's write
+open(p(f"{role}-ready"), "w").close()
+wait_for("host.txt", "written on the host")         # a host process's write
+if role == "a":
+    lock = open(p("lockfile"), "w")
+    fcntl.lockf(lock, fcntl.LOCK_EX)
+    open(p("a-locked"), "w").close()
+    wait_for("b-saw-lock")
+    lock.close()
+    open(p("a-released"), "w").close()
+    wait_for("b-done")
+    assert sorted(n for n in os.listdir(m) if n.endswith(".txt")) == ["host.txt", "renamed.txt"], os.listdir(m)
+    assert not os.path.exists(p("a.txt")), os.stat(p("a.txt"))
+    assert open(p("renamed.txt")).read() == "from a"
+    assert not os.path.exists(p("b.txt")), os.stat(p("b.txt"))
+else:
+    wait_for("a-locked")
+    with open(p("lockfile"), "r+") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            raise AssertionError("b took a lock a holds")
+        except OSError:
+            pass
+    open(p("b-saw-lock"), "w").close()
+    wait_for("a-released")
+    with open(p("lockfile"), "r+") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(p("a.txt"), p("renamed.txt"))
+    os.unlink(p("b.txt"))
+    open(p("b-done"), "w").close()
+print(role, "ok")
+PY
+'''
+
+
+def test_two_guests_and_the_host_share_a_directory(guest_images, start_backend, tmp_path):
+    """--cache never: writes, renames, unlinks and locks by one party are seen by the others."""
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backends = [start_backend(shared, "never") for _ in range(2)]
+    vms = [guest.start_guest(SHARING_SCRIPT, vhost_user_socket=b.socket_path, kernel=kernel,
+                             initramfs=initramfs, env={"GUEST_ROLE": role},
+                             results_dir=tmp_path / f"results-{role}", smp=1)
+           for b, role in zip(backends, "ab")]
+    try:
+        deadline = time.monotonic() + 240
+        while not all((shared / f"{r}-ready").exists() for r in "ab"):
+            assert time.monotonic() < deadline, "\n".join(vm.console for vm in vms)
+            time.sleep(0.1)
+        (shared / "host.txt").write_text("written on the host")
+        results = [vm.wait(timeout=300) for vm in vms]
+    finally:
+        for vm in vms:
+            vm.close()
+    for role, result in zip("ab", results):
+        assert result.returncode == 0, f"guest {role}: {result.stderr}"
+        assert result.stdout.strip() == f"{role} ok"
+    assert (shared / "renamed.txt").read_text() == "from a"
+    for backend in backends:
+        assert_backend_exits(backend)
