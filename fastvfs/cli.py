@@ -32,6 +32,9 @@ def parser():
                    help="do not offer READDIRPLUS (listings then carry no attributes)")
     p.add_argument("--xattr", action=argparse.BooleanOptionalAction, default=False,
                    help="serve extended attributes (default off)")
+    p.add_argument("--xattrmap", metavar="RULES",
+                   help="map extended attribute names between guest and host "
+                        "(rules ':type:scope:key:prepend:'; implies --xattr)")
     p.add_argument("--posix-lock", action=argparse.BooleanOptionalAction, default=True,
                    help="serve POSIX record locks as host OFD locks (default on)")
     p.add_argument("--flock", action=argparse.BooleanOptionalAction, default=True,
@@ -61,6 +64,13 @@ def main(argv=None):
         p.error(f"--shared-dir {options.shared_dir!r} is not a directory")
     if not 1 <= options.request_queues <= 254:
         p.error("--request-queues must be between 1 and 254")
+    if options.xattrmap is not None:
+        from .fs.xattrmap import XattrMap
+        try:
+            options.xattrmap = XattrMap(options.xattrmap)
+        except ValueError as exc:
+            p.error(str(exc))
+        options.xattr = True
     logging.basicConfig(level=LOG_LEVELS[options.log_level], stream=sys.stderr,
                         format="fastvfs[%(process)d] %(levelname)s %(name)s: %(message)s")
     from .daemon import run

@@ -84,7 +84,7 @@ def run(options):
     log.debug("RLIMIT_NOFILE %d", nofile)
     handles = _ring.HandleTable()
     fs = PassthroughFs(options.shared_dir, handles, writeback=options.writeback,
-                       allow_direct_io=options.allow_direct_io)
+                       allow_direct_io=options.allow_direct_io, xattrmap=options.xattrmap)
     engine = FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                         readdirplus=not options.no_readdirplus,
                         posix_locks=options.posix_lock, flock=options.flock)

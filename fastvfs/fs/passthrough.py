@@ -174,8 +174,9 @@ class PassthroughFs:
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
     """
 
-    def __init__(self, root, handles, *, writeback=False, allow_direct_io=False):
+    def __init__(self, root, handles, *, writeback=False, allow_direct_io=False, xattrmap=None):
         self.writeback = writeback
+        self.xattrmap = xattrmap
         self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
@@ -469,19 +470,27 @@ class PassthroughFs:
     # opened, so FIFOs and devices are safe too.
 
     def getxattr(self, nodeid, name):
-        return os.getxattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name))
+        return os.getxattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name, True))
 
     def listxattr(self, nodeid):
-        names = os.listxattr(_proc_path(self.inodes.get(nodeid).fd))
-        return b"".join(os.fsencode(n) + b"\0" for n in names)
+        names = (os.fsencode(n) for n in os.listxattr(_proc_path(self.inodes.get(nodeid).fd)))
+        if self.xattrmap is not None:
+            names = filter(None, map(self.xattrmap.to_guest, names))
+        return b"".join(n + b"\0" for n in names)
 
     def setxattr(self, nodeid, name, value, flags):
         if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
             raise OSError(errno.EINVAL, "unknown setxattr flags")
-        os.setxattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name), value, flags)
+        os.setxattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name), value, flags)
 
     def removexattr(self, nodeid, name):
-        os.removexattr(_proc_path(self.inodes.get(nodeid).fd), _xattr_name(name))
+        os.removexattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name))
+
+    def _host_xattr(self, name, getting=False):
+        _xattr_name(name)
+        if self.xattrmap is None:
+            return name
+        return _xattr_name(self.xattrmap.to_host(name, getting))
 
     # -- locks ------------------------------------------------------------------------------
     # POSIX record locks are per (process, file) in the guest; the guest names the process by
