@@ -417,3 +417,28 @@ def test_two_guests_and_the_host_share_a_directory(guest_images, start_backend, 
     assert (shared / "renamed.txt").read_text() == "from a"
     for backend in backends:
         assert_backend_exits(backend)
+
+
+INTEGRITY = Path(__file__).with_name("integrity.py")
+
+
+@pytest.mark.parametrize("cache,extra", [("never", ()), ("auto", ("--writeback",)),
+                                         ("always", ())], ids=["never", "auto-writeback", "always"])
+def test_data_integrity(guest_images, start_backend, tmp_path, cache, extra):
+    """Random writes, truncates, reads and fsyncs in the guest, checked against a model; the
+    files on the host must then hold what the model says."""
+    if extra and os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
+        pytest.skip("fastvfs options")
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared, cache, extra)
+    seed = {"never": 1, "auto": 2, "always": 3}[cache]  # a different history per mode
+    script = f'exec "$FASTVFS_PYTHON" {shlex.quote(str(INTEGRITY))} "$FASTVFS_MNT" 2000 {seed}\n'
+    result = guest.run_guest(script, vhost_user_socket=backend.socket_path, kernel=kernel,
+                             initramfs=initramfs, timeout=GUEST_TIMEOUT)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    summary = json.loads(result.stdout)
+    for name, digest in summary["sha256"].items():
+        assert workload.sha((shared / name).read_bytes()) == digest, name
+    assert_backend_exits(backend)
