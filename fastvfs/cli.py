@@ -35,6 +35,9 @@ def parser():
     p.add_argument("--xattrmap", metavar="RULES",
                    help="map extended attribute names between guest and host "
                         "(rules ':type:scope:key:prepend:'; implies --xattr)")
+    p.add_argument("--posix-acl", action="store_true",
+                   help="POSIX ACLs: the guest enforces them, the host applies default ACLs and "
+                        "the caller's umask at creation (implies --xattr)")
     p.add_argument("--posix-lock", action=argparse.BooleanOptionalAction, default=True,
                    help="serve POSIX record locks as host OFD locks (default on)")
     p.add_argument("--flock", action=argparse.BooleanOptionalAction, default=True,
@@ -64,6 +67,8 @@ def main(argv=None):
         p.error(f"--shared-dir {options.shared_dir!r} is not a directory")
     if not 1 <= options.request_queues <= 254:
         p.error("--request-queues must be between 1 and 254")
+    if options.posix_acl:
+        options.xattr = True
     if options.xattrmap is not None:
         from .fs.xattrmap import XattrMap
         try:

@@ -87,7 +87,8 @@ def run(options):
                        allow_direct_io=options.allow_direct_io, xattrmap=options.xattrmap)
     engine = FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                         readdirplus=not options.no_readdirplus,
-                        posix_locks=options.posix_lock, flock=options.flock)
+                        posix_locks=options.posix_lock, flock=options.flock,
+                        posix_acl=options.posix_acl)
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
                                on_reset=engine.reset)
     engine.on_session = device.set_fast_io

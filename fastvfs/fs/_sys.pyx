@@ -57,6 +57,10 @@ cdef extern from "<unistd.h>" nogil:
     int syncfs(int fd)
     long syscall(long number, ...)
 
+cdef extern from "<sched.h>" nogil:
+    int unshare(int flags)
+    int CLONE_FS
+
 cdef extern from "<sys/syscall.h>" nogil:
     long SYS_setfsuid
     long SYS_setfsgid
@@ -202,4 +206,11 @@ def sync_fs(int fd):
     with nogil:
         rc = syncfs(fd)
     if rc < 0:
+        _raise()
+
+
+def unshare_fs():
+    """Give the calling thread its own umask, cwd and root (unshare CLONE_FS), so it can set a
+    guest caller's umask without touching other threads."""
+    if unshare(CLONE_FS) < 0:
         _raise()

@@ -156,13 +156,26 @@ class DirEntry:
         self.off = off
 
 
+_thread_state = threading.local()
+
+
 @contextlib.contextmanager
-def caller_credentials(uid, gid):
-    """Run the body with this thread's fsuid/fsgid set to the guest caller's."""
+def caller_credentials(uid, gid, umask=None):
+    """Run the body with this thread's fsuid/fsgid set to the guest caller's and, when given,
+    the caller's umask (the guest left it to us: FUSE_DONT_MASK).  The host then applies the
+    umask only where the parent directory has no default ACL, exactly as a local creation."""
     old_uid, old_gid = _sys.set_fs_creds(uid, gid)
+    old_mask = None
     try:
+        if umask is not None:
+            if not getattr(_thread_state, "own_fs", False):
+                _sys.unshare_fs()  # the umask is per process otherwise
+                _thread_state.own_fs = True
+            old_mask = os.umask(umask & 0o777)
         yield
     finally:
+        if old_mask is not None:
+            os.umask(old_mask)
         _sys.set_fs_creds(old_uid, old_gid)
 
 
@@ -311,17 +324,17 @@ class PassthroughFs:
 
     # -- creating and removing names --------------------------------------------------------
 
-    def mknod(self, parent_id, name, mode, rdev, uid, gid):
+    def mknod(self, parent_id, name, mode, rdev, uid, gid, umask=None):
         parent = self.inodes.get(parent_id)
         check_name(name)
-        with caller_credentials(uid, gid):
+        with caller_credentials(uid, gid, umask):
             os.mknod(name, mode, rdev, dir_fd=parent.fd)
         return self._created(parent, name)
 
-    def mkdir(self, parent_id, name, mode, uid, gid):
+    def mkdir(self, parent_id, name, mode, uid, gid, umask=None):
         parent = self.inodes.get(parent_id)
         check_name(name)
-        with caller_credentials(uid, gid):
+        with caller_credentials(uid, gid, umask):
             os.mkdir(name, mode, dir_fd=parent.fd)
         return self._created(parent, name)
 
@@ -389,13 +402,13 @@ class PassthroughFs:
             flags &= ~os.O_APPEND
         return flags
 
-    def create(self, parent_id, name, mode, flags, uid, gid):
+    def create(self, parent_id, name, mode, flags, uid, gid, umask=None):
         """Create and open ``name``; returns (nodeid, Statx, fh)."""
         parent = self.inodes.get(parent_id)
         check_name(name)
         flags = (self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW |
                  os.O_CLOEXEC)
-        with caller_credentials(uid, gid):
+        with caller_credentials(uid, gid, umask):
             fd = os.open(name, flags, mode, dir_fd=parent.fd)
         try:
             nodeid, st = self._created(parent, name)
@@ -404,14 +417,14 @@ class PassthroughFs:
             raise
         return nodeid, st, self._add_handle(fd)
 
-    def tmpfile(self, parent_id, mode, flags, uid, gid):
+    def tmpfile(self, parent_id, mode, flags, uid, gid, umask=None):
         """An unnamed file in directory ``parent_id`` (O_TMPFILE); returns (nodeid, Statx, fh).
         It can be given a name later with ``link``."""
         parent = self.inodes.get(parent_id)
         flags = self._open_flags(flags) | os.O_TMPFILE | os.O_CLOEXEC
         if flags & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EINVAL, "O_TMPFILE needs write access")
-        with caller_credentials(uid, gid):
+        with caller_credentials(uid, gid, umask):
             fd = os.open(".", flags, mode, dir_fd=parent.fd)
         try:
             path_fd = os.open(_proc_path(fd), O_PATH_FLAGS & ~os.O_NOFOLLOW)
@@ -478,10 +491,17 @@ class PassthroughFs:
             names = filter(None, map(self.xattrmap.to_guest, names))
         return b"".join(n + b"\0" for n in names)
 
-    def setxattr(self, nodeid, name, value, flags):
+    def setxattr(self, nodeid, name, value, flags, kill_sgid=False):
+        """``kill_sgid``: the guest set an access ACL on behalf of a caller outside the file's
+        group (FUSE_SETXATTR_ACL_KILL_SGID): clear setgid afterwards, as chmod would."""
         if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
             raise OSError(errno.EINVAL, "unknown setxattr flags")
-        os.setxattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name), value, flags)
+        path = _proc_path(self.inodes.get(nodeid).fd)
+        os.setxattr(path, self._host_xattr(name), value, flags)
+        if kill_sgid:
+            mode = os.stat(path).st_mode
+            if mode & stat.S_ISGID:
+                os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def removexattr(self, nodeid, name):
         os.removexattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name))

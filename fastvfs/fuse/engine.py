@@ -63,7 +63,8 @@ class FuseEngine:
     """One FUSE session over a file system; safe to call from several queue threads."""
 
     def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
-                 readdirplus=True, posix_locks=True, flock=True, max_lock_waiters=128):
+                 readdirplus=True, posix_locks=True, flock=True, posix_acl=False,
+                 max_lock_waiters=128):
         self.fs = fs
         self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
         self.on_session = on_session
@@ -79,6 +80,12 @@ class FuseEngine:
             self.wanted_flags |= abi.FUSE_POSIX_LOCKS
         if flock:
             self.wanted_flags |= abi.FUSE_FLOCK_LOCKS
+        if posix_acl:
+            # The guest checks ACLs itself and leaves the umask to us (applied by the host only
+            # where no default ACL applies); ACL changes may ask us to drop setgid.
+            self.wanted_flags |= (abi.FUSE_POSIX_ACL | abi.FUSE_DONT_MASK |
+                                  abi.FUSE_SETXATTR_EXT)
+        self.session_flags = 0
         # Each SETLKW that has to wait holds a thread until the lock is granted.
         self.lock_waiters = threading.BoundedSemaphore(max_lock_waiters)
         self.initialized = False
@@ -159,6 +166,7 @@ class FuseEngine:
                 # A new INIT without DESTROY: the guest rebooted or the driver reloaded.
                 self._end_session()
             reply_flags = flags & self.wanted_flags
+            self.session_flags = reply_flags
             self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
             self.initialized = True
             if self.on_session:
@@ -242,15 +250,20 @@ class FuseEngine:
         target, _ = self._name(body, end)
         return self._entry(*self.fs.symlink(nodeid, name, target, ctx[0], ctx[1]))
 
+    def _umask(self, umask):
+        """The caller's umask when the guest left applying it to us (FUSE_DONT_MASK)."""
+        return umask if self.session_flags & abi.FUSE_DONT_MASK else None
+
     def do_mknod(self, nodeid, body, out_size, ctx):
-        mode, rdev, _, _ = abi.mknod_in.unpack_from(body)
+        mode, rdev, umask, _ = abi.mknod_in.unpack_from(body)
         name, _ = self._name(body, abi.mknod_in.size)
-        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, ctx[0], ctx[1]))
+        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, ctx[0], ctx[1],
+                                          self._umask(umask)))
 
     def do_mkdir(self, nodeid, body, out_size, ctx):
-        mode, _ = abi.mkdir_in.unpack_from(body)
+        mode, umask = abi.mkdir_in.unpack_from(body)
         name, _ = self._name(body, abi.mkdir_in.size)
-        return self._entry(*self.fs.mkdir(nodeid, name, mode, ctx[0], ctx[1]))
+        return self._entry(*self.fs.mkdir(nodeid, name, mode, ctx[0], ctx[1], self._umask(umask)))
 
     def do_unlink(self, nodeid, body, out_size, ctx):
         self.fs.unlink(nodeid, self._name(body)[0])
@@ -287,14 +300,15 @@ class FuseEngine:
         return abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_create(self, nodeid, body, out_size, ctx):
-        flags, mode, _, _ = abi.create_in.unpack_from(body)
+        flags, mode, umask, _ = abi.create_in.unpack_from(body)
         name, _ = self._name(body, abi.create_in.size)
-        child, st, fh = self.fs.create(nodeid, name, mode, flags, ctx[0], ctx[1])
+        child, st, fh = self.fs.create(nodeid, name, mode, flags, ctx[0], ctx[1],
+                                       self._umask(umask))
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_tmpfile(self, nodeid, body, out_size, ctx):
-        flags, mode, _, _ = abi.create_in.unpack_from(body)
-        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, ctx[0], ctx[1])
+        flags, mode, umask, _ = abi.create_in.unpack_from(body)
+        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, ctx[0], ctx[1], self._umask(umask))
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_read(self, nodeid, body, out_size, ctx):
@@ -422,12 +436,19 @@ class FuseEngine:
 
     def do_setxattr(self, nodeid, body, out_size, ctx):
         self._require_xattr()
-        size, flags = abi.setxattr_in.unpack_from(body)
-        name, end = self._name(body, abi.setxattr_in.size)
+        setxattr_flags = 0
+        if self.session_flags & abi.FUSE_SETXATTR_EXT:
+            size, flags, setxattr_flags, _ = abi.setxattr_in_ext.unpack_from(body)
+            head = abi.setxattr_in_ext.size
+        else:
+            size, flags = abi.setxattr_in.unpack_from(body)
+            head = abi.setxattr_in.size
+        name, end = self._name(body, head)
         value = bytes(body[end:end + size])
         if len(value) != size:
             raise OSError(errno.EINVAL, "value shorter than its size")
-        self.fs.setxattr(nodeid, name, value, flags)
+        self.fs.setxattr(nodeid, name, value, flags,
+                         kill_sgid=bool(setxattr_flags & abi.FUSE_SETXATTR_ACL_KILL_SGID))
         return b""
 
     def do_removexattr(self, nodeid, body, out_size, ctx):

@@ -442,3 +442,52 @@ def test_data_integrity(guest_images, start_backend, tmp_path, cache, extra):
     for name, digest in summary["sha256"].items():
         assert workload.sha((shared / name).read_bytes()) == digest, name
     assert_backend_exits(backend)
+
+
+ACL_SCRIPT = r'''set -e
+"$FASTVFS_PYTHON" - <<'PY'
+import os, stat, struct
+m = os.environ["FASTVFS_MNT"]
+acl = lambda *e: struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *x) for x in e)
+NO_ID = 0xFFFFFFFF
+os.umask(0o077)
+open(os.path.join(m, "plain"), "w").close()
+os.mkdir(os.path.join(m, "inherit"))
+os.setxattr(os.path.join(m, "inherit"), "system.posix_acl_default",
+            acl((1, 7, NO_ID), (4, 5, NO_ID), (0x20, 4, NO_ID)))
+open(os.path.join(m, "inherit", "child"), "w").close()
+# A named-user entry grants uid 4321 access the mode bits alone would deny.
+os.mkdir(os.path.join(m, "private"), 0o700)
+os.setxattr(os.path.join(m, "private"), "system.posix_acl_access",
+            acl((1, 7, NO_ID), (2, 7, 4321), (4, 0, NO_ID), (0x10, 7, NO_ID), (0x20, 0, NO_ID)))
+pid = os.fork()
+if pid == 0:
+    os.setgid(1234); os.setuid(4321)
+    open(os.path.join(m, "private", "by-4321"), "w").close()
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+mode = lambda p: oct(stat.S_IMODE(os.stat(os.path.join(m, p)).st_mode))
+print(mode("plain"), mode("inherit/child"), os.path.exists(os.path.join(m, "private", "by-4321")))
+PY
+'''
+
+
+def test_posix_acls(guest_images, start_backend, tmp_path):
+    if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
+        pytest.skip("--posix-acl is a fastvfs option here")
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    backend = start_backend(shared, "auto", ["--posix-acl"])
+    result = guest.run_guest(ACL_SCRIPT, vhost_user_socket=backend.socket_path, kernel=kernel,
+                             initramfs=initramfs, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # umask 077 for a plain file; the default ACL (rwx,r-x,r--) for the inheriting one; the
+    # named-user entry let uid 4321 create in a 0700 directory.
+    assert result.stdout.split() == ["0o600", "0o644", "True"]
+    assert (shared / "private" / "by-4321").stat().st_uid == 4321
+    assert_backend_exits(backend)

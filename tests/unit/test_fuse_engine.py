@@ -498,3 +498,55 @@ class TestLocks:
         s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, 0, 0))
         s.raw(Opcode.FORGET, nodeid, struct.pack("<Q", 1))
         assert s.fs.lock_fds == {}
+
+
+def acl(*entries):
+    """A POSIX ACL xattr value: (tag, perm, id) entries after the version-2 header."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER = 0x01, 0x04, 0x20
+NO_ID = 0xFFFFFFFF
+
+
+class TestPosixAcl:
+    @pytest.fixture
+    def a(self, tmp_path):
+        sess = Session(tmp_path)
+        sess.engine = FuseEngine(sess.fs, "auto", xattr=True, posix_acl=True)
+        flags = abi.init_out.unpack(sess.init())[3]
+        assert flags & abi.FUSE_POSIX_ACL and flags & abi.FUSE_DONT_MASK
+        return sess
+
+    def create_mode(self, a, tmp_path, parent, name, mode, umask):
+        body = abi.create_in.pack(os.O_RDWR, mode, umask, 0) + name + b"\0"
+        a.ok(Opcode.CREATE, parent, body)
+        return stat.S_IMODE(os.stat(tmp_path / name.decode()).st_mode)
+
+    def test_umask_applied_by_the_daemon(self, a, tmp_path):
+        before = os.umask(0o002)
+        os.umask(before)
+        assert self.create_mode(a, tmp_path, ROOT, b"f", 0o666, 0o027) == 0o640
+        a.ok(Opcode.MKDIR, ROOT, abi.mkdir_in.pack(0o777, 0o022) + b"d\0")
+        assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o755
+        # The thread's own umask is back as it was.
+        after = os.umask(before)
+        assert after == before
+
+    def test_default_acl_wins_over_umask(self, a, tmp_path):
+        os.mkdir(tmp_path / "inherit")
+        os.setxattr(tmp_path / "inherit", "system.posix_acl_default",
+                    acl((ACL_USER_OBJ, 7, NO_ID), (ACL_GROUP_OBJ, 5, NO_ID), (ACL_OTHER, 0, NO_ID)))
+        parent, _ = a.lookup(b"inherit")
+        mode = self.create_mode(a, tmp_path / "inherit", parent, b"f", 0o666, 0o077)
+        assert mode == 0o640  # the ACL (rwx, r-x, ---) masked the requested 0666; umask ignored
+
+    def test_acl_kill_sgid(self, a, tmp_path):
+        (tmp_path / "g").write_text("")
+        os.chmod(tmp_path / "g", 0o2770)
+        nodeid, _ = a.lookup(b"g")
+        value = acl((ACL_USER_OBJ, 6, NO_ID), (ACL_GROUP_OBJ, 6, NO_ID), (ACL_OTHER, 0, NO_ID))
+        name = b"system.posix_acl_access\0"
+        a.ok(Opcode.SETXATTR, nodeid,
+             abi.setxattr_in_ext.pack(len(value), 0, abi.FUSE_SETXATTR_ACL_KILL_SGID, 0) + name + value)
+        assert stat.S_IMODE(os.stat(tmp_path / "g").st_mode) == 0o660
