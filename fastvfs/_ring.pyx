@@ -179,25 +179,24 @@ cdef class MemoryTable:
     def __len__(self):
         return self.nregions
 
-    cdef uint8_t *uaddr_to_host(self, uint64_t uaddr, uint64_t length) noexcept nogil:
-        """A pointer to ``length`` contiguous bytes at frontend address ``uaddr``, or NULL."""
+    cdef uint8_t *_to_host(self, uint64_t addr, uint64_t length, bint frontend) noexcept nogil:
         cdef int i
         cdef Region *r
+        cdef uint64_t base
         for i in range(self.nregions):
             r = &self.regions[i]
-            if uaddr >= r.uaddr and uaddr - r.uaddr <= r.size and length <= r.size - (uaddr - r.uaddr):
-                return r.host + (uaddr - r.uaddr)
+            base = r.uaddr if frontend else r.gpa
+            if addr >= base and addr - base <= r.size and length <= r.size - (addr - base):
+                return r.host + (addr - base)
         return NULL
+
+    cdef uint8_t *uaddr_to_host(self, uint64_t uaddr, uint64_t length) noexcept nogil:
+        """A pointer to ``length`` contiguous bytes at frontend address ``uaddr``, or NULL."""
+        return self._to_host(uaddr, length, True)
 
     cdef uint8_t *gpa_to_host(self, uint64_t gpa, uint64_t length) noexcept nogil:
         """A pointer to ``length`` contiguous bytes at guest-physical ``gpa``, or NULL."""
-        cdef int i
-        cdef Region *r
-        for i in range(self.nregions):
-            r = &self.regions[i]
-            if gpa >= r.gpa and gpa - r.gpa <= r.size and length <= r.size - (gpa - r.gpa):
-                return r.host + (gpa - r.gpa)
-        return NULL
+        return self._to_host(gpa, length, False)
 
     cdef int gpa_to_iov(self, uint64_t gpa, uint64_t length, iovec *iov, int room) noexcept nogil:
         """Translate a guest buffer into iovecs, splitting where regions meet.
