@@ -1,5 +1,6 @@
-"""Builds the Cython extensions: the hot path (fastvfs._ring) and the file system's system-call
-helpers (fastvfs.fs._sys).  Set FASTVFS_DEBUG=1 for assertions and line tracing."""
+"""Builds the Cython extensions (the hot path fastvfs._ring, the file system's system-call
+helpers fastvfs.fs._sys) and the cffi binding of liburing (fastvfs.uring._liburing, needs
+liburing-dev).  Set FASTVFS_DEBUG=1 for assertions and line tracing."""
 
 import os
 
@@ -17,4 +18,5 @@ extensions = [
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives,
-                            annotate=os.environ.get("FASTVFS_ANNOTATE") == "1"))
+                            annotate=os.environ.get("FASTVFS_ANNOTATE") == "1"),
+      cffi_modules=["fastvfs/uring/_build.py:ffibuilder"])

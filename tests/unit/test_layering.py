@@ -1,7 +1,7 @@
 """Each layer imports only the layers below it (README, "Layout").
 
 Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> _ring (hot path) and
-fuse (FUSE engine) -> fs (file system backend).  The testing package is a client of all of them
+fuse (FUSE engine) -> uring (io_uring engine) and fs (file system backend).  The testing package is a client of all of them
 and nothing in the product imports it.
 """
 
@@ -18,6 +18,7 @@ FORBIDDEN = {
     "fuse": {"vhost_user", "_ring", "daemon", "cli", "testing"},
     "_ring": {"fuse", "fs", "vhost_user", "daemon", "cli", "testing"},
     "vhost_user": {"fuse", "fs", "daemon", "cli", "testing"},
+    "uring": {"fuse", "fs", "vhost_user", "_ring", "daemon", "cli", "testing"},
     "daemon": {"testing", "cli"},
 }
 
