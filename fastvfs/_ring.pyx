@@ -51,6 +51,15 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_write "write"(int fd, const void *buf, size_t count)
     int c_close "close"(int fd)
 
+cdef extern from "<sys/stat.h>" nogil:
+    struct stat:
+        unsigned int st_mode
+    int fstat(int fd, stat *buf)
+    int fchmod(int fd, unsigned int mode)
+    unsigned int S_ISUID
+    unsigned int S_ISGID
+    unsigned int S_IXGRP
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -90,6 +99,7 @@ cdef enum:
     OUT_HEADER_SIZE = 16
     FUSE_READ = 15
     FUSE_WRITE = 16
+    FUSE_WRITE_KILL_SUIDGID = 1 << 2
     READ_IN_SIZE = 40
     WRITE_IN_SIZE = 40
     # Largest request body the Python engine copies out of guest memory (SETXATTR values are
@@ -863,11 +873,12 @@ cdef class Virtqueue:
 
     cdef void _do_write(self, uint64_t unique, uint32_t hlen) noexcept nogil:
         cdef uint64_t fh, offset
-        cdef uint32_t size
+        cdef uint32_t size, write_flags
         cdef const uint8_t *body = self.hdr + IN_HEADER_SIZE
         memcpy(&fh, body, 8)
         memcpy(&offset, body + 8, 8)
         memcpy(&size, body + 16, 4)
+        memcpy(&write_flags, body + 20, 4)
         if (offset > <uint64_t>INT64_MAX or size > self.max_io or
                 size != hlen - IN_HEADER_SIZE - WRITE_IN_SIZE):
             self._reply(unique, -EINVAL, NULL, 0)
@@ -879,6 +890,8 @@ cdef class Virtqueue:
         cdef int n = _slice(self.iov, self.chain.nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
                             self.scratch_iov)
         cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, True)
+        if done > 0 and write_flags & FUSE_WRITE_KILL_SUIDGID:
+            kill_suidgid(fd)
         self.handles.release(fh)
         if done < 0:
             self._reply(unique, <int32_t>done, NULL, 0)
@@ -998,6 +1011,24 @@ cdef class Virtqueue:
         cdef uint64_t one = 1
         self.stopping = 1
         c_write(self.stop_fd, &one, 8)
+
+
+cdef int kill_suidgid(int fd) noexcept nogil:
+    """Clear setuid, and setgid where group-execute makes it one, as the kernel does when a
+    caller without CAP_FSETID writes (HANDLE_KILLPRIV_V2: the guest leaves it to us; our own
+    writes, made with CAP_FSETID, would keep the bits)."""
+    cdef stat st
+    cdef unsigned int mode
+    if fstat(fd, &st) < 0:
+        return -errno
+    mode = st.st_mode & 0o7777
+    if mode & S_ISUID:
+        mode &= ~S_ISUID
+    if mode & S_ISGID and mode & S_IXGRP:
+        mode &= ~S_ISGID
+    if mode != st.st_mode & 0o7777 and fchmod(fd, mode) < 0:
+        return -errno
+    return 0
 
 
 cdef int64_t _full_io(int fd, iovec *iov, int cnt, int64_t offset, uint64_t size,

@@ -11,6 +11,7 @@ import stat
 from . import _ring
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
+from .transport.fusedev import FuseMount
 from .vhost_user.connection import Connection
 from .vhost_user.device import VhostUserFsDevice
 
@@ -76,19 +77,43 @@ def drop_supplementary_groups():
         os.setgroups([])
 
 
-def run(options):
-    """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
-    os.umask(0)  # the guest already applied its umask to the modes it sends
+def build_engine(options, handles):
+    """The process set-up and the file system + FUSE engine, the same for every transport."""
+    os.umask(0)  # the client already applied its umask to the modes it sends
     nofile = raise_fd_limit(options.rlimit_nofile)
     drop_supplementary_groups()
     log.debug("RLIMIT_NOFILE %d", nofile)
-    handles = _ring.HandleTable()
     fs = PassthroughFs(options.shared_dir, handles, writeback=options.writeback,
                        allow_direct_io=options.allow_direct_io, xattrmap=options.xattrmap)
-    engine = FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
-                        readdirplus=not options.no_readdirplus,
-                        posix_locks=options.posix_lock, flock=options.flock,
-                        posix_acl=options.posix_acl)
+    return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
+                      readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
+                      flock=options.flock, posix_acl=options.posix_acl)
+
+
+def run_mount(options):
+    """Serve ``options.shared_dir`` to the host kernel at ``options.mountpoint`` until it is
+    unmounted or a signal arrives; returns the exit status."""
+    engine = build_engine(options, _ring.HandleTable())
+    fuse = FuseMount(engine, options.mountpoint, threads=options.threads)
+    fuse.mount()
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        fuse.serve()
+    except Shutdown as exc:
+        log.info("%s: unmounting", exc)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        fuse.close()
+        engine.reset()
+    return 0
+
+
+def run(options):
+    """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
+    handles = _ring.HandleTable()
+    engine = build_engine(options, handles)
+    fs = engine.fs
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
                                on_reset=engine.reset)
     engine.on_session = device.set_fast_io

@@ -61,6 +61,18 @@ def _proc_path(fd):
     return f"/proc/self/fd/{fd}"
 
 
+def kill_suidgid_of(fd_or_path):
+    """Clear setuid, and setgid where group-execute makes it one: what the kernel does when a
+    caller without CAP_FSETID writes, truncates or chowns.  Under HANDLE_KILLPRIV_V2 the guest
+    leaves it to us, and our own calls (made with CAP_FSETID) would keep the bits."""
+    mode = stat.S_IMODE(os.stat(fd_or_path).st_mode)
+    new = mode & ~stat.S_ISUID
+    if new & stat.S_ISGID and new & stat.S_IXGRP:
+        new &= ~stat.S_ISGID
+    if new != mode:
+        os.chmod(fd_or_path, new)
+
+
 class Inode:
     __slots__ = ("nodeid", "fd", "key", "nlookup", "mode")
 
@@ -273,11 +285,12 @@ class PassthroughFs:
     # -- attributes -------------------------------------------------------------------------
 
     def setattr(self, nodeid, *, fh=None, mode=None, uid=None, gid=None, size=None,
-                atime_ns=_sys.OMIT, mtime_ns=_sys.OMIT):
+                atime_ns=_sys.OMIT, mtime_ns=_sys.OMIT, kill_suidgid=False):
         """Change what is given, in the order chmod, chown, truncate, utimes.
 
         ``atime_ns``/``mtime_ns`` take nanoseconds since the epoch, ``_sys.NOW`` or
-        ``_sys.OMIT``.  Returns the new attributes.
+        ``_sys.OMIT``; ``kill_suidgid`` clears setuid/setgid after a size change made for an
+        unprivileged caller (FATTR_KILL_SUIDGID).  Returns the new attributes.
         """
         inode = self.inodes.get(nodeid)
         is_link = stat.S_ISLNK(inode.mode)
@@ -302,6 +315,8 @@ class PassthroughFs:
                                   "only regular files can be truncated")
                 else:
                     os.truncate(_proc_path(inode.fd), size)
+            if kill_suidgid and mode is None and stat.S_ISREG(inode.mode):
+                kill_suidgid_of(fd if fd is not None else _proc_path(inode.fd))
             if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
                 _sys.utimens(inode.fd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
         return _sys.fstatx(inode.fd)
@@ -384,14 +399,21 @@ class PassthroughFs:
 
     # -- files ------------------------------------------------------------------------------
 
-    def open(self, nodeid, flags):
-        """Open a regular file for I/O; returns a handle."""
+    def open(self, nodeid, flags, kill_suidgid=False):
+        """Open a regular file for I/O; returns a handle.  ``kill_suidgid``: the open truncates
+        on behalf of a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID)."""
         inode = self.inodes.get(nodeid)
         if not stat.S_ISREG(inode.mode):
             raise OSError(errno.ELOOP if stat.S_ISLNK(inode.mode) else
                           errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EACCES,
                           "only regular files are opened for I/O")
         fd = os.open(_proc_path(inode.fd), self._open_flags(flags) | os.O_CLOEXEC)
+        if kill_suidgid and flags & os.O_TRUNC:
+            try:
+                kill_suidgid_of(fd)
+            except BaseException:
+                os.close(fd)
+                raise
         return self._add_handle(fd)
 
     def _open_flags(self, flags):
@@ -450,9 +472,12 @@ class PassthroughFs:
         with self.handles.borrow(fh) as fd:
             return os.pread(fd, size, offset)
 
-    def write(self, fh, offset, data):
+    def write(self, fh, offset, data, kill_suidgid=False):
         with self.handles.borrow(fh) as fd:
-            return os.pwrite(fd, data, offset)
+            written = os.pwrite(fd, data, offset)
+            if kill_suidgid and written:
+                kill_suidgid_of(fd)
+            return written
 
     def flush(self, fh):
         # Closing a duplicate gives the host file system its close-time hook (and drops POSIX

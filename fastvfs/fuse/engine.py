@@ -25,9 +25,12 @@ MAX_PAGES = 256
 MAX_BACKGROUND = 256
 CONGESTION_THRESHOLD = 192
 # Capabilities offered at INIT; the reply carries those the guest also offered.
+# HANDLE_KILLPRIV_V2: the guest leaves clearing setuid/setgid on write, truncate and
+# open(O_TRUNC) by unprivileged callers to us (it cannot do it right for direct I/O itself).
 WANTED_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_ATOMIC_O_TRUNC | abi.FUSE_BIG_WRITES |
                 abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO | abi.FUSE_PARALLEL_DIROPS |
-                abi.FUSE_ASYNC_DIO | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT)
+                abi.FUSE_ASYNC_DIO | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT |
+                abi.FUSE_HANDLE_KILLPRIV_V2)
 
 
 class CachePolicy:
@@ -235,6 +238,7 @@ class FuseEngine:
             if size > 0x7FFFFFFFFFFFFFFF:
                 raise OSError(errno.EINVAL, "size out of range")
             kw["size"] = size
+        kw["kill_suidgid"] = bool(valid & abi.FATTR_KILL_SUIDGID)
         kw["atime_ns"] = _time_arg(valid, abi.FATTR_ATIME, abi.FATTR_ATIME_NOW, atime, atimensec)
         kw["mtime_ns"] = _time_arg(valid, abi.FATTR_MTIME, abi.FATTR_MTIME_NOW, mtime, mtimensec)
         return self._attr(self.fs.setattr(nodeid, **kw))
@@ -295,8 +299,9 @@ class FuseEngine:
     # -- files ---------------------------------------------------------------------------------
 
     def do_open(self, nodeid, body, out_size, ctx):
-        flags, _ = abi.open_in.unpack_from(body)
-        fh = self.fs.open(nodeid, flags)
+        flags, open_flags = abi.open_in.unpack_from(body)
+        fh = self.fs.open(nodeid, flags,
+                          kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
         return abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_create(self, nodeid, body, out_size, ctx):
@@ -316,11 +321,13 @@ class FuseEngine:
         return self.fs.read(fh, offset, min(size, out_size, MAX_WRITE))
 
     def do_write(self, nodeid, body, out_size, ctx):
-        fh, offset, size, _, _, _, _ = abi.write_in.unpack_from(body)
+        fh, offset, size, write_flags, _, _, _ = abi.write_in.unpack_from(body)
         data = body[abi.write_in.size:]
         if size != len(data) or size > MAX_WRITE:
             raise OSError(errno.EINVAL, "write size disagrees with the request")
-        return abi.write_out.pack(self.fs.write(fh, offset, data), 0)
+        written = self.fs.write(fh, offset, data,
+                                kill_suidgid=bool(write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
+        return abi.write_out.pack(written, 0)
 
     def do_statfs(self, nodeid, body, out_size, ctx):
         s = self.fs.statfs(nodeid)

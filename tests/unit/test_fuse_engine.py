@@ -550,3 +550,47 @@ class TestPosixAcl:
         a.ok(Opcode.SETXATTR, nodeid,
              abi.setxattr_in_ext.pack(len(value), 0, abi.FUSE_SETXATTR_ACL_KILL_SGID, 0) + name + value)
         assert stat.S_IMODE(os.stat(tmp_path / "g").st_mode) == 0o660
+
+
+class TestKillPrivV2:
+    """HANDLE_KILLPRIV_V2: setuid/setgid cleared for unprivileged writers, as the kernel would."""
+
+    @pytest.fixture
+    def k(self, s, tmp_path):
+        (tmp_path / "f").write_text("data")
+        os.chmod(tmp_path / "f", 0o6775)
+        nodeid, _ = s.lookup(b"f")
+        return s, nodeid, tmp_path / "f"
+
+    def mode(self, path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    def test_offered(self, s):
+        assert abi.init_out.unpack(s.init())[3] & abi.FUSE_HANDLE_KILLPRIV_V2
+
+    def test_write(self, k):
+        s, nodeid, path = k
+        fh = abi.open_out.unpack(s.ok(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_RDWR, 0)))[0]
+        s.ok(Opcode.WRITE, nodeid, abi.write_in.pack(fh, 0, 1, 0, 0, 0, 0) + b"x")
+        assert self.mode(path) == 0o6775  # a privileged writer keeps the bits
+        s.ok(Opcode.WRITE, nodeid,
+             abi.write_in.pack(fh, 0, 1, abi.FUSE_WRITE_KILL_SUIDGID, 0, 0, 0) + b"x")
+        assert self.mode(path) == 0o775
+
+    def test_setgid_without_group_exec_stays(self, k):
+        s, nodeid, path = k
+        os.chmod(path, 0o2764)
+        fh = abi.open_out.unpack(s.ok(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_RDWR, 0)))[0]
+        s.ok(Opcode.WRITE, nodeid,
+             abi.write_in.pack(fh, 0, 1, abi.FUSE_WRITE_KILL_SUIDGID, 0, 0, 0) + b"x")
+        assert self.mode(path) == 0o2764
+
+    def test_truncate_and_open_trunc(self, k):
+        s, nodeid, path = k
+        valid = abi.FATTR_SIZE | abi.FATTR_KILL_SUIDGID
+        s.ok(Opcode.SETATTR, nodeid, abi.setattr_in.pack(valid, 0, 0, 1, *([0] * 12)))
+        assert self.mode(path) == 0o775 and path.stat().st_size == 1
+        os.chmod(path, 0o4755)
+        s.ok(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_WRONLY | os.O_TRUNC,
+                                                   abi.FUSE_OPEN_KILL_SUIDGID))
+        assert self.mode(path) == 0o755 and path.stat().st_size == 0

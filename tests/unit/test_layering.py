@@ -19,6 +19,7 @@ FORBIDDEN = {
     "_ring": {"fuse", "fs", "vhost_user", "daemon", "cli", "testing"},
     "vhost_user": {"fuse", "fs", "daemon", "cli", "testing"},
     "uring": {"fuse", "fs", "vhost_user", "_ring", "daemon", "cli", "testing"},
+    "transport": {"vhost_user", "_ring", "fs", "daemon", "cli", "testing"},
     "daemon": {"testing", "cli"},
 }
 

@@ -384,6 +384,15 @@ class TestFastPath:
         assert struct.unpack_from("<I", data, 16)[0] == 3000
         assert path.read_bytes()[50:3050] == payload
 
+    def test_write_clears_setuid_for_unprivileged_writers(self, file_harness):
+        h, fh, path = file_harness
+        os.chmod(path, 0o6755)
+        flags = 1 << 2  # FUSE_WRITE_KILL_SUIDGID
+        body = abi.write_in.pack(fh, 0, 1, flags, 0, 0, 0)
+        h.roundtrip([request(abi.Opcode.WRITE, body, length=81), b"z"], [32])
+        assert os.stat(path).st_mode & 0o7777 == 0o755
+        assert h.seen == []
+
     def test_write_size_disagreeing_with_request_is_refused(self, file_harness):
         h, fh, path = file_harness
         before = path.read_bytes()

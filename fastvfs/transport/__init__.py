@@ -1,0 +1,1 @@
+"""Transports that carry FUSE requests to the engine besides vhost-user (see vhost_user/)."""
