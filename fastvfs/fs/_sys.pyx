@@ -64,6 +64,7 @@ cdef extern from "<sched.h>" nogil:
 cdef extern from "<sys/syscall.h>" nogil:
     long SYS_setfsuid
     long SYS_setfsgid
+    long SYS_setgroups
 
 cdef extern from *:
     """
@@ -213,4 +214,19 @@ def unshare_fs():
     """Give the calling thread its own umask, cwd and root (unshare CLONE_FS), so it can set a
     guest caller's umask without touching other threads."""
     if unshare(CLONE_FS) < 0:
+        _raise()
+
+
+def set_thread_groups(groups):
+    """Set this thread's supplementary groups (the raw system call: glibc's setgroups would
+    change every thread of the process)."""
+    cdef unsigned int buf[64]
+    cdef long n = len(groups), rc
+    if n > 64:
+        raise OSError(22, "too many groups")
+    for i in range(n):
+        buf[i] = groups[i]
+    with nogil:
+        rc = syscall(SYS_setgroups, n, buf)
+    if rc < 0:
         _raise()

@@ -171,23 +171,44 @@ class DirEntry:
 _thread_state = threading.local()
 
 
+class Caller:
+    """Who asks for a new object: uid/gid, the supplementary groups the client vouches for
+    (FUSE_CREATE_SUPP_GROUP: the parent directory's group when the caller is in it) and the
+    umask when the client left applying it to us (FUSE_DONT_MASK)."""
+    __slots__ = ("uid", "gid", "groups", "umask")
+
+    def __init__(self, uid, gid, groups=(), umask=None):
+        self.uid = uid
+        self.gid = gid
+        self.groups = tuple(groups)
+        self.umask = umask
+
+
+ROOT_CALLER = Caller(0, 0)
+
+
 @contextlib.contextmanager
-def caller_credentials(uid, gid, umask=None):
-    """Run the body with this thread's fsuid/fsgid set to the guest caller's and, when given,
-    the caller's umask (the guest left it to us: FUSE_DONT_MASK).  The host then applies the
-    umask only where the parent directory has no default ACL, exactly as a local creation."""
-    old_uid, old_gid = _sys.set_fs_creds(uid, gid)
+def caller_credentials(caller):
+    """Run the body with this thread's fsuid/fsgid, supplementary groups and umask set to the
+    caller's.  All three are per thread (raw system calls; CLONE_FS unshared once for the
+    umask).  The host then applies the umask only where the parent directory has no default
+    ACL, exactly as a local creation."""
+    old_uid, old_gid = _sys.set_fs_creds(caller.uid, caller.gid)
     old_mask = None
     try:
-        if umask is not None:
+        if caller.groups:
+            _sys.set_thread_groups(caller.groups)
+        if caller.umask is not None:
             if not getattr(_thread_state, "own_fs", False):
                 _sys.unshare_fs()  # the umask is per process otherwise
                 _thread_state.own_fs = True
-            old_mask = os.umask(umask & 0o777)
+            old_mask = os.umask(caller.umask & 0o777)
         yield
     finally:
         if old_mask is not None:
             os.umask(old_mask)
+        if caller.groups:
+            _sys.set_thread_groups(())
         _sys.set_fs_creds(old_uid, old_gid)
 
 
@@ -330,35 +351,35 @@ class PassthroughFs:
     def statfs(self, nodeid):
         return os.fstatvfs(self.inodes.get(nodeid).fd)
 
-    def access(self, nodeid, mask, uid, gid):
+    def access(self, nodeid, mask, caller):
         inode = self.inodes.get(nodeid)
-        with caller_credentials(uid, gid):
+        with caller_credentials(caller):
             ok = os.access(_proc_path(inode.fd), mask, effective_ids=True)
         if not ok:
             raise OSError(errno.EACCES, "access denied")
 
     # -- creating and removing names --------------------------------------------------------
 
-    def mknod(self, parent_id, name, mode, rdev, uid, gid, umask=None):
+    def mknod(self, parent_id, name, mode, rdev, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
-        with caller_credentials(uid, gid, umask):
+        with caller_credentials(caller):
             os.mknod(name, mode, rdev, dir_fd=parent.fd)
         return self._created(parent, name)
 
-    def mkdir(self, parent_id, name, mode, uid, gid, umask=None):
+    def mkdir(self, parent_id, name, mode, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
-        with caller_credentials(uid, gid, umask):
+        with caller_credentials(caller):
             os.mkdir(name, mode, dir_fd=parent.fd)
         return self._created(parent, name)
 
-    def symlink(self, parent_id, name, target, uid, gid):
+    def symlink(self, parent_id, name, target, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
         if not target or b"\0" in target or len(target) >= 4096:
             raise OSError(errno.EINVAL, "invalid symlink target")
-        with caller_credentials(uid, gid):
+        with caller_credentials(caller):
             os.symlink(target, name, dir_fd=parent.fd)
         return self._created(parent, name)
 
@@ -424,13 +445,13 @@ class PassthroughFs:
             flags &= ~os.O_APPEND
         return flags
 
-    def create(self, parent_id, name, mode, flags, uid, gid, umask=None):
+    def create(self, parent_id, name, mode, flags, caller):
         """Create and open ``name``; returns (nodeid, Statx, fh)."""
         parent = self.inodes.get(parent_id)
         check_name(name)
         flags = (self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW |
                  os.O_CLOEXEC)
-        with caller_credentials(uid, gid, umask):
+        with caller_credentials(caller):
             fd = os.open(name, flags, mode, dir_fd=parent.fd)
         try:
             nodeid, st = self._created(parent, name)
@@ -439,14 +460,14 @@ class PassthroughFs:
             raise
         return nodeid, st, self._add_handle(fd)
 
-    def tmpfile(self, parent_id, mode, flags, uid, gid, umask=None):
+    def tmpfile(self, parent_id, mode, flags, caller):
         """An unnamed file in directory ``parent_id`` (O_TMPFILE); returns (nodeid, Statx, fh).
         It can be given a name later with ``link``."""
         parent = self.inodes.get(parent_id)
         flags = self._open_flags(flags) | os.O_TMPFILE | os.O_CLOEXEC
         if flags & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EINVAL, "O_TMPFILE needs write access")
-        with caller_credentials(uid, gid, umask):
+        with caller_credentials(caller):
             fd = os.open(".", flags, mode, dir_fd=parent.fd)
         try:
             path_fd = os.open(_proc_path(fd), O_PATH_FLAGS & ~os.O_NOFOLLOW)

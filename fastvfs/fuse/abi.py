@@ -127,6 +127,11 @@ FUSE_SETXATTR_EXT = 1 << 29
 FUSE_INIT_EXT = 1 << 30
 FUSE_SECURITY_CTX = 1 << 32
 FUSE_HAS_INODE_DAX = 1 << 33
+FUSE_CREATE_SUPP_GROUP = 1 << 34  # 7.39: not in the 6.1 guest's header, newer clients send it
+
+# Request extensions (7.38/7.39), after the op's arguments; total_extlen counts 8-byte units.
+ext_header = struct.Struct("<II")  # size (whole extension, 8-aligned) type
+FUSE_EXT_GROUPS = 32  # struct fuse_supp_groups {u32 nr_groups; u32 groups[]}
 
 FUSE_RELEASE_FLUSH = 1 << 0
 FUSE_RELEASE_FLOCK_UNLOCK = 1 << 1

@@ -17,6 +17,7 @@ import threading
 from . import abi
 from .abi import Opcode
 from ..fs import _sys
+from ..fs.passthrough import Caller
 
 log = logging.getLogger("fastvfs.fuse")
 
@@ -30,7 +31,7 @@ CONGESTION_THRESHOLD = 192
 WANTED_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_ATOMIC_O_TRUNC | abi.FUSE_BIG_WRITES |
                 abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO | abi.FUSE_PARALLEL_DIROPS |
                 abi.FUSE_ASYNC_DIO | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT |
-                abi.FUSE_HANDLE_KILLPRIV_V2)
+                abi.FUSE_HANDLE_KILLPRIV_V2 | abi.FUSE_CREATE_SUPP_GROUP)
 
 
 class CachePolicy:
@@ -110,17 +111,19 @@ class FuseEngine:
         if opcode < len(self.counts):
             self.counts[opcode] += 1
         body = memoryview(request)[abi.IN_HEADER_SIZE:]
+        groups = ()
         if extlen:
-            # Request extensions (security context, supplementary groups) trail the body;
-            # none is negotiated, so a request carrying one is malformed.
-            return -errno.EINVAL, b""
+            try:
+                body, groups = self._extensions(body, extlen)
+            except (OSError, struct.error):
+                return -errno.EINVAL, b""
         method = self.table.get(opcode)
         if method is None:
             return -errno.ENOSYS, b""
         if not self.initialized and opcode != Opcode.INIT:
             return -errno.EIO, b""
         try:
-            result = method(nodeid, body, out_size, (uid, gid, pid))
+            result = method(nodeid, body, out_size, (uid, gid, pid, groups))
         except OSError as exc:
             return _errno(exc), b""
         except (struct.error, ValueError, OverflowError, UnicodeError):
@@ -131,6 +134,32 @@ class FuseEngine:
         if result is None or callable(result):
             return result  # no reply at all, or a reply the engine sends later
         return 0, result
+
+    def _extensions(self, body, extlen):
+        """Split request extensions off the body; returns (body, supplementary groups).
+        Only the group extension is negotiated (FUSE_CREATE_SUPP_GROUP)."""
+        size = extlen * 8
+        if size > len(body) or not self.session_flags & abi.FUSE_CREATE_SUPP_GROUP:
+            raise OSError(errno.EINVAL, "request extension not negotiated")
+        ext, body = body[len(body) - size:], body[:len(body) - size]
+        groups = ()
+        pos = 0
+        while pos < size:
+            ext_size, ext_type = abi.ext_header.unpack_from(ext, pos)
+            if ext_size < abi.ext_header.size or ext_size % 8 or pos + ext_size > size:
+                raise OSError(errno.EINVAL, "malformed request extension")
+            if ext_type != abi.FUSE_EXT_GROUPS:
+                raise OSError(errno.EINVAL, "unknown request extension")
+            (count,) = struct.unpack_from("<I", ext, pos + abi.ext_header.size)
+            if abi.ext_header.size + 4 + 4 * count > ext_size or count > 16:
+                raise OSError(errno.EINVAL, "malformed group extension")
+            groups = struct.unpack_from(f"<{count}I", ext, pos + abi.ext_header.size + 4)
+            pos += ext_size
+        return body, groups
+
+    def _caller(self, ctx, umask=None):
+        """The creator of a new object, with the umask when the client left it to us."""
+        return Caller(ctx[0], ctx[1], ctx[3], None if umask is None else self._umask(umask))
 
     # -- encoding helpers ----------------------------------------------------------------------
 
@@ -252,7 +281,7 @@ class FuseEngine:
     def do_symlink(self, nodeid, body, out_size, ctx):
         name, end = self._name(body)
         target, _ = self._name(body, end)
-        return self._entry(*self.fs.symlink(nodeid, name, target, ctx[0], ctx[1]))
+        return self._entry(*self.fs.symlink(nodeid, name, target, self._caller(ctx)))
 
     def _umask(self, umask):
         """The caller's umask when the guest left applying it to us (FUSE_DONT_MASK)."""
@@ -261,13 +290,12 @@ class FuseEngine:
     def do_mknod(self, nodeid, body, out_size, ctx):
         mode, rdev, umask, _ = abi.mknod_in.unpack_from(body)
         name, _ = self._name(body, abi.mknod_in.size)
-        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, ctx[0], ctx[1],
-                                          self._umask(umask)))
+        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, self._caller(ctx, umask)))
 
     def do_mkdir(self, nodeid, body, out_size, ctx):
         mode, umask = abi.mkdir_in.unpack_from(body)
         name, _ = self._name(body, abi.mkdir_in.size)
-        return self._entry(*self.fs.mkdir(nodeid, name, mode, ctx[0], ctx[1], self._umask(umask)))
+        return self._entry(*self.fs.mkdir(nodeid, name, mode, self._caller(ctx, umask)))
 
     def do_unlink(self, nodeid, body, out_size, ctx):
         self.fs.unlink(nodeid, self._name(body)[0])
@@ -307,13 +335,12 @@ class FuseEngine:
     def do_create(self, nodeid, body, out_size, ctx):
         flags, mode, umask, _ = abi.create_in.unpack_from(body)
         name, _ = self._name(body, abi.create_in.size)
-        child, st, fh = self.fs.create(nodeid, name, mode, flags, ctx[0], ctx[1],
-                                       self._umask(umask))
+        child, st, fh = self.fs.create(nodeid, name, mode, flags, self._caller(ctx, umask))
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_tmpfile(self, nodeid, body, out_size, ctx):
         flags, mode, umask, _ = abi.create_in.unpack_from(body)
-        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, ctx[0], ctx[1], self._umask(umask))
+        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, self._caller(ctx, umask))
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_read(self, nodeid, body, out_size, ctx):
@@ -368,7 +395,7 @@ class FuseEngine:
 
     def do_access(self, nodeid, body, out_size, ctx):
         mask, _ = abi.access_in.unpack_from(body)
-        self.fs.access(nodeid, mask, ctx[0], ctx[1])
+        self.fs.access(nodeid, mask, self._caller(ctx))
         return b""
 
     # -- locks ---------------------------------------------------------------------------------

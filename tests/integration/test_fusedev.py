@@ -113,3 +113,22 @@ def test_xattrs_through_the_mount(fuse_mount):
     os.setxattr(mnt / "f", "user.k", b"v")
     assert os.getxattr(shared / "f", "user.k") == b"v"
     assert "user.k" in os.listxattr(mnt / "f")
+
+
+def test_creator_in_the_parent_group_through_a_supplementary_group(fuse_mount):
+    """The host kernel (7.39+) sends the parent's group with FUSE_CREATE_SUPP_GROUP; without it
+    the daemon's own permission check, made with the caller's fsuid/fsgid, would refuse."""
+    proc, shared, mnt = fuse_mount()
+    os.chmod(shared, 0o755)
+    team = shared / "team"
+    team.mkdir()
+    os.chown(team, 0, 1234)
+    os.chmod(team, 0o770)
+    # The child works from inside the directory: pytest's temporary parents are not searchable
+    # by other users.
+    child = ("import os,sys; os.chdir(sys.argv[1]); os.setgroups([1234]); os.setgid(4321);"
+             "os.setuid(4321); os.mkdir('d'); open('f', 'w').close()")
+    subprocess.run([sys.executable, "-c", child, str(mnt / "team")], check=True)
+    for name in ("d", "f"):
+        st = os.stat(team / name)
+        assert (st.st_uid, st.st_gid) == (4321, 4321), name

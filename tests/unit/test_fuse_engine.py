@@ -594,3 +594,53 @@ class TestKillPrivV2:
         s.ok(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_WRONLY | os.O_TRUNC,
                                                    abi.FUSE_OPEN_KILL_SUIDGID))
         assert self.mode(path) == 0o755 and path.stat().st_size == 0
+
+
+class TestSupplementaryGroup:
+    """FUSE_CREATE_SUPP_GROUP: a creator allowed in through a supplementary group."""
+
+    @pytest.fixture
+    def g(self, tmp_path):
+        sess = Session(tmp_path)
+        flags = abi.init_out.unpack(
+            sess.ok(Opcode.INIT, 0, abi.init_in.pack(7, 38, 0, abi.FUSE_INIT_EXT,
+                                                       abi.FUSE_CREATE_SUPP_GROUP >> 32)))[10]
+        assert flags << 32 & abi.FUSE_CREATE_SUPP_GROUP
+        os.mkdir(tmp_path / "team")
+        os.chown(tmp_path / "team", 0, 1234)
+        os.chmod(tmp_path / "team", 0o770)
+        parent, _ = sess.lookup(b"team")
+        return sess, parent, tmp_path / "team"
+
+    @staticmethod
+    def mkdir_req(sess, parent, name, groups):
+        body = abi.mkdir_in.pack(0o755, 0) + name + b"\0"
+        ext = b""
+        if groups:
+            payload = struct.pack(f"<I{len(groups)}I", len(groups), *groups)
+            size = abi.rec_align(abi.ext_header.size + len(payload))
+            ext = abi.ext_header.pack(size, abi.FUSE_EXT_GROUPS) + payload
+            ext += bytes(size - len(ext))
+        sess.unique += 1
+        req = abi.in_header.pack(40 + len(body) + len(ext), Opcode.MKDIR, sess.unique, parent,
+                                 4321, 4321, 1, len(ext) // 8, 0) + body + ext
+        return sess.engine.handle(req, 4096)
+
+    def test_group_from_the_extension_counts(self, g):
+        sess, parent, team = g
+        assert self.mkdir_req(sess, parent, b"without", ())[0] == -errno.EACCES
+        assert self.mkdir_req(sess, parent, b"with", (1234,))[0] == 0
+        st = os.stat(team / "with")
+        assert (st.st_uid, st.st_gid) == (4321, 4321)
+        # The group was this request's only: the next one without it is refused again.
+        assert self.mkdir_req(sess, parent, b"again", ())[0] == -errno.EACCES
+
+    def test_malformed_extensions(self, g):
+        sess, parent, _ = g
+        body = abi.mkdir_in.pack(0o755, 0) + b"x\0"
+        for ext in (abi.ext_header.pack(4, 32), abi.ext_header.pack(16, 99) + bytes(8),
+                    abi.ext_header.pack(16, 32) + struct.pack("<II", 1000, 0)):
+            sess.unique += 1
+            req = abi.in_header.pack(40 + len(body) + len(ext), Opcode.MKDIR, sess.unique, parent,
+                                     0, 0, 1, len(ext) // 8, 0) + body + ext
+            assert sess.engine.handle(req, 4096)[0] == -errno.EINVAL
