@@ -6,7 +6,7 @@ PY = $(VENV)/bin/python
 APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv
 PYTEST_ARGS ?=
 
-.PHONY: deps venv build test test-all demo clean
+.PHONY: deps venv build test test-all demo micro clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -38,6 +38,10 @@ test-all: build
 # The main job: serve a directory to a real Linux guest and show it working.
 demo: build
 	$(PY) -m fastvfs.testing.demo $(DEMO_ARGS)
+
+# Microbenchmarks against the reference virtiofsd in the same run (reports/micro/).
+micro: build
+	$(PY) -m bench.micro $(MICRO_ARGS)
 
 clean:
 	rm -rf build $(VENV) fastvfs/*.so fastvfs/*/*.so fastvfs/*.c fastvfs/*/*.c *.egg-info

@@ -358,6 +358,18 @@ class FuseClient:
             raise result
         return result
 
+    def collect(self, timeout=None):
+        """Wait until at least one request completed; return every completed one as
+        ``[(ticket, Reply), ...]`` (for closed-loop load at a fixed depth)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._done:
+            if not self._pending:
+                return []
+            self._progress(deadline)
+        done = list(self._done.items())
+        self._done.clear()
+        return done
+
     def wait_all(self, timeout=None):
         """Wait for every request in flight; returns ``{ticket: Reply}`` including replies
         completed earlier but not collected yet."""
