@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
-from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EINVAL, EIO, ENOMEM, ERANGE
+from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
 
 if sys.byteorder != "little":
     raise ImportError("fastvfs assumes a little-endian host (virtio 1.x rings are little-endian)")
@@ -60,6 +60,36 @@ cdef extern from "<sys/stat.h>" nogil:
     unsigned int S_ISGID
     unsigned int S_IXGRP
 
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        AT_EMPTY_PATH
+        AT_SYMLINK_NOFOLLOW
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct statx_timestamp:
+        int64_t tv_sec
+        uint32_t tv_nsec
+    struct statx:
+        uint32_t stx_mask
+        uint32_t stx_blksize
+        uint32_t stx_nlink
+        uint32_t stx_uid
+        uint32_t stx_gid
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+        statx_timestamp stx_atime
+        statx_timestamp stx_ctime
+        statx_timestamp stx_mtime
+        uint32_t stx_rdev_major
+        uint32_t stx_rdev_minor
+    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx *buf)
+    unsigned int STATX_BASIC_STATS
+
+cdef extern from "<sys/sysmacros.h>" nogil:
+    uint64_t makedev(unsigned int major, unsigned int minor)
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -97,8 +127,10 @@ cdef enum:
     VRING_AVAIL_F_NO_INTERRUPT = 1
     IN_HEADER_SIZE = 40
     OUT_HEADER_SIZE = 16
+    FUSE_GETATTR = 3
     FUSE_READ = 15
     FUSE_WRITE = 16
+    ATTR_OUT_SIZE = 104
     FUSE_WRITE_KILL_SUIDGID = 1 << 2
     READ_IN_SIZE = 40
     WRITE_IN_SIZE = 40
@@ -345,6 +377,19 @@ cdef class HandleTable:
         self.count -= 1
         return fd
 
+    def add_root(self, int fd):
+        """Put ``fd`` in slot 0 with generation 0: id 1, FUSE_ROOT_ID, when the table holds node
+        ids.  Must be the first entry; it is never removed."""
+        if self.count or self.slots[0].in_use:
+            raise ValueError("the root goes into an empty table")
+        self.slots[0].in_use = True
+        self.slots[0].live = True
+        self.slots[0].fd = fd
+        self.slots[0].generation = 0
+        self.free_hint = 1
+        self.count = 1
+        return 1
+
     def get(self, uint64_t fh):
         """The fd behind ``fh`` for a request served with the GIL held; raises OSError(EBADF).
 
@@ -581,6 +626,9 @@ cdef class Virtqueue:
     cdef RingLock lock
     cdef MemoryTable mem
     cdef HandleTable handles
+    cdef HandleTable inodes
+    cdef uint64_t attr_valid
+    cdef uint32_t attr_valid_nsec
     cdef vring_desc *desc
     cdef uint8_t *avail
     cdef uint8_t *used
@@ -612,7 +660,8 @@ cdef class Virtqueue:
     def __init__(self, int index, MemoryTable mem, HandleTable handles, uint16_t num,
                  uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
                  uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
-                 bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None):
+                 bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None,
+                 HandleTable inodes=None, double attr_timeout=0.0):
         if num == 0 or num & (num - 1) or num > 32768:
             raise ValueError(f"queue size {num} is not a power of two up to 32768")
         # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
@@ -641,6 +690,10 @@ cdef class Virtqueue:
         self.signalled_used_valid = False
         self.stopping = 0
         self.lock = lock if lock is not None else RingLock()
+        # GETATTR is answered here when the node id table is shared with the file system.
+        self.inodes = inodes
+        self.attr_valid = <uint64_t>attr_timeout
+        self.attr_valid_nsec = <uint32_t>((attr_timeout - <uint64_t>attr_timeout) * 1e9)
 
     def set_fast_io(self, bint enabled):
         """READ/WRITE are served in C only between FUSE_INIT and the session's end."""
@@ -826,6 +879,9 @@ cdef class Virtqueue:
             self._reply(unique, -EINVAL, NULL, 0)
             return 1
         if self.fast_io:
+            if opcode == FUSE_GETATTR and self.inodes is not None:
+                self._do_getattr(unique)
+                return 1
             if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
                 self._do_read(unique)
                 return 1
@@ -833,6 +889,56 @@ cdef class Virtqueue:
                 self._do_write(unique, hlen)
                 return 1
         return 0
+
+    cdef void _do_getattr(self, uint64_t unique) noexcept nogil:
+        """fuse_attr_out from statx of the node's O_PATH descriptor; the same bytes the Python
+        engine would send (fastvfs.fuse.abi.pack_attr)."""
+        cdef uint64_t nodeid
+        cdef statx st
+        cdef uint8_t out[ATTR_OUT_SIZE]
+        cdef int rc
+        cdef uint32_t zero = 0, flags = 0
+        cdef uint64_t rdev, sec
+        memcpy(&nodeid, self.hdr + 16, 8)
+        cdef int fd = self.inodes.acquire(nodeid)
+        if fd < 0:
+            self._reply(unique, -ENOENT, NULL, 0)
+            return
+        rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &st)
+        if rc < 0:
+            rc = -errno
+        self.inodes.release(nodeid)
+        if rc < 0:
+            self._reply(unique, rc, NULL, 0)
+            return
+        memcpy(out, &self.attr_valid, 8)
+        memcpy(out + 8, &self.attr_valid_nsec, 4)
+        memcpy(out + 12, &zero, 4)
+        cdef uint8_t *a = out + 16
+        cdef uint32_t u32
+        memcpy(a, &st.stx_ino, 8)
+        memcpy(a + 8, &st.stx_size, 8)
+        memcpy(a + 16, &st.stx_blocks, 8)
+        sec = <uint64_t>st.stx_atime.tv_sec
+        memcpy(a + 24, &sec, 8)
+        sec = <uint64_t>st.stx_mtime.tv_sec
+        memcpy(a + 32, &sec, 8)
+        sec = <uint64_t>st.stx_ctime.tv_sec
+        memcpy(a + 40, &sec, 8)
+        memcpy(a + 48, &st.stx_atime.tv_nsec, 4)
+        memcpy(a + 52, &st.stx_mtime.tv_nsec, 4)
+        memcpy(a + 56, &st.stx_ctime.tv_nsec, 4)
+        u32 = st.stx_mode
+        memcpy(a + 60, &u32, 4)
+        memcpy(a + 64, &st.stx_nlink, 4)
+        memcpy(a + 68, &st.stx_uid, 4)
+        memcpy(a + 72, &st.stx_gid, 4)
+        rdev = makedev(st.stx_rdev_major, st.stx_rdev_minor)
+        u32 = <uint32_t>(rdev & 0xffffffffUL)
+        memcpy(a + 76, &u32, 4)
+        memcpy(a + 80, &st.stx_blksize, 4)
+        memcpy(a + 84, &flags, 4)
+        self._reply(unique, 0, out, ATTR_OUT_SIZE)
 
     cdef void _do_read(self, uint64_t unique) noexcept nogil:
         cdef uint64_t fh, offset

@@ -77,13 +77,17 @@ def drop_supplementary_groups():
         os.setgroups([])
 
 
-def build_engine(options, handles):
+# Node ids the guest may hold at once; each is an O_PATH descriptor (RLIMIT_NOFILE allowing).
+MAX_INODES = 1 << 20
+
+
+def build_engine(options, handles, inodes=None):
     """The process set-up and the file system + FUSE engine, the same for every transport."""
     os.umask(0)  # the client already applied its umask to the modes it sends
     nofile = raise_fd_limit(options.rlimit_nofile)
     drop_supplementary_groups()
     log.debug("RLIMIT_NOFILE %d", nofile)
-    fs = PassthroughFs(options.shared_dir, handles, writeback=options.writeback,
+    fs = PassthroughFs(options.shared_dir, handles, inodes=inodes, writeback=options.writeback,
                        allow_direct_io=options.allow_direct_io, xattrmap=options.xattrmap)
     return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                       readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
@@ -112,10 +116,13 @@ def run_mount(options):
 def run(options):
     """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
     handles = _ring.HandleTable()
-    engine = build_engine(options, handles)
+    inodes = _ring.HandleTable(MAX_INODES)
+    engine = build_engine(options, handles, inodes)
     fs = engine.fs
+    sec, nsec = engine.cache.timeout
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
-                               on_reset=engine.reset)
+                               on_reset=engine.reset, inodes=inodes,
+                               attr_timeout=sec + nsec / 1e9)
     engine.on_session = device.set_fast_io
 
     if options.fd is not None:

@@ -87,17 +87,21 @@ class Inode:
 class InodeStore:
     """Node id -> Inode and (st_dev, st_ino, mount id) -> Inode.
 
-    One lock guards both maps and every lookup count; it is a leaf lock (no I/O or other lock
-    is taken while holding it).
+    Node ids and the O_PATH descriptors behind them live in ``table`` (a handle table the hot
+    path can read without the GIL, so it answers GETATTR itself); its ids carry a generation,
+    so a forgotten node id is never mistaken for a newer inode.  One lock guards both maps and
+    every lookup count; it is a leaf lock apart from the table's own (no I/O is done while
+    holding it).
     """
 
-    def __init__(self, root_fd, root_st):
+    def __init__(self, root_fd, root_st, table):
         self.lock = threading.Lock()
+        self.table = table
+        table.add_root(root_fd)
         self.root = Inode(FUSE_ROOT_ID, root_fd, root_st.key, root_st.st_mode)
         self.root.nlookup = 1
         self.by_id = {FUSE_ROOT_ID: self.root}
         self.by_key = {root_st.key: self.root}
-        self.next_id = FUSE_ROOT_ID + 1
 
     def get(self, nodeid):
         inode = self.by_id.get(nodeid)
@@ -110,8 +114,7 @@ class InodeStore:
         with self.lock:
             inode = self.by_key.get(st.key)
             if inode is None:
-                inode = Inode(self.next_id, fd, st.key, st.st_mode)
-                self.next_id += 1
+                inode = Inode(self.table.add(fd), fd, st.key, st.st_mode)
                 self.by_id[inode.nodeid] = inode
                 self.by_key[st.key] = inode
                 fd = -1
@@ -133,7 +136,7 @@ class InodeStore:
             del self.by_id[nodeid]
             if self.by_key.get(inode.key) is inode:
                 del self.by_key[inode.key]
-        os.close(inode.fd)
+        self.table.remove(nodeid)  # closes the fd once no GETATTR in flight uses it
         return True
 
     def clear(self):
@@ -143,7 +146,7 @@ class InodeStore:
             self.by_id = {FUSE_ROOT_ID: self.root}
             self.by_key = {self.root.key: self.root}
         for inode in dropped:
-            os.close(inode.fd)
+            self.table.remove(inode.nodeid)
 
     def __len__(self):
         return len(self.by_id)
@@ -220,13 +223,17 @@ class PassthroughFs:
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
     """
 
-    def __init__(self, root, handles, *, writeback=False, allow_direct_io=False, xattrmap=None):
+    def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
+                 xattrmap=None):
         self.writeback = writeback
         self.xattrmap = xattrmap
         self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
-        self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd))
+        # ``inodes``: the node id table, a table of the handle table's kind (the daemon hands
+        # the same one to the hot path); by default a fresh one.
+        self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd),
+                                 inodes if inodes is not None else type(handles)(1 << 16))
         self.handles = handles
         self.dirs = {}
         self.dirs_lock = threading.Lock()

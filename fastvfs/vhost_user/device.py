@@ -65,7 +65,8 @@ class VhostUserFsDevice:
     ``on_reset()`` is called when the device is reset or the frontend goes away.
     """
 
-    def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20):
+    def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
+                 inodes=None, attr_timeout=0.0):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
@@ -73,6 +74,10 @@ class VhostUserFsDevice:
         self.num_queues = num_queues
         self.on_reset = on_reset
         self.max_io = max_io
+        # With the file system's node id table the hot path answers GETATTR itself, with
+        # this attribute timeout.
+        self.inodes = inodes
+        self.attr_timeout = attr_timeout
         self.fast_io = False
         self.lock = threading.Lock()
         self._reset_state()
@@ -175,7 +180,7 @@ class VhostUserFsDevice:
                 vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
                 bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
-                vring.lock)
+                vring.lock, self.inodes, self.attr_timeout)
         except BaseException:
             os.close(stop_fd)
             raise

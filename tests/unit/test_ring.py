@@ -346,6 +346,49 @@ class TestDeferredReplies:
             h.vq.retire(other.vq)
 
 
+class TestGetattrInC:
+    """GETATTR answered from the shared node id table, byte for byte what the engine sends."""
+
+    def test_same_reply_as_the_engine(self, tmp_path):
+        from fastvfs.fs.passthrough import PassthroughFs
+        from fastvfs.fuse.engine import FuseEngine
+        (tmp_path / "f").write_bytes(b"x" * 12345)
+        os.utime(tmp_path / "f", ns=(-1_500_000_001, 1_700_000_000_123_456_789))
+        inodes = _ring.HandleTable(64)
+        engine = FuseEngine(PassthroughFs(tmp_path, _ring.HandleTable(8), inodes=inodes),
+                            "auto")
+        init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
+        assert engine.handle(init, 4096)[0] == 0
+        nodeid = abi.entry_out_head.unpack_from(
+            engine.handle(request(abi.Opcode.LOOKUP, b"f\0"), 4096)[1])[0]
+        h = Harness.__new__(Harness)
+        Harness.__init__(h, reply=lambda req, out: engine.handle(req, out))
+        try:
+            h.vq.stop()
+            h.thread.join(TIMEOUT)
+            os.eventfd_read(h.stop_fd)
+            u = h.mem.userspace_addr
+            h.vq = _ring.Virtqueue(1, h.table, h.handles, h.size, u(h.dq.desc_addr),
+                                   u(h.dq.avail_addr), u(h.dq.used_addr), h.vq.last_avail_idx,
+                                   h.dq.kick_fd, h.dq.call_fd, h.stop_fd, True, True, 1 << 20,
+                                   h.lock, inodes, 1.0)
+            h.vq.set_fast_io(True)
+            h.thread = threading.Thread(target=h.vq.run, args=(h._handler,), daemon=True)
+            h.thread.start()
+            getattr_req = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
+            in_c = h.roundtrip([getattr_req], [16, 200])
+            assert h.seen == []  # no Python involved
+            in_python = engine.handle(getattr_req, 200)
+            assert in_c[16:] == in_python[1]
+            assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
+                                                   nodeid=nodeid + 1)], [200]))[1] == -2
+            engine.handle(request(abi.Opcode.FORGET, struct.pack("<Q", 1), nodeid=nodeid), 0)
+            stale = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
+            assert out_header(h.roundtrip([stale], [200]))[1] == -2
+        finally:
+            h.close()
+
+
 class TestFastPath:
     """READ and WRITE served in C once the session enabled them."""
 
