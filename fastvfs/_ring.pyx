@@ -18,6 +18,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
+from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                                     c_statx, makedev, statx)
 from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
 
 if sys.byteorder != "little":
@@ -59,36 +61,6 @@ cdef extern from "<sys/stat.h>" nogil:
     unsigned int S_ISUID
     unsigned int S_ISGID
     unsigned int S_IXGRP
-
-cdef extern from "<fcntl.h>" nogil:
-    enum:
-        AT_EMPTY_PATH
-        AT_SYMLINK_NOFOLLOW
-
-cdef extern from "<sys/stat.h>" nogil:
-    struct statx_timestamp:
-        int64_t tv_sec
-        uint32_t tv_nsec
-    struct statx:
-        uint32_t stx_mask
-        uint32_t stx_blksize
-        uint32_t stx_nlink
-        uint32_t stx_uid
-        uint32_t stx_gid
-        uint16_t stx_mode
-        uint64_t stx_ino
-        uint64_t stx_size
-        uint64_t stx_blocks
-        statx_timestamp stx_atime
-        statx_timestamp stx_ctime
-        statx_timestamp stx_mtime
-        uint32_t stx_rdev_major
-        uint32_t stx_rdev_minor
-    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx *buf)
-    unsigned int STATX_BASIC_STATS
-
-cdef extern from "<sys/sysmacros.h>" nogil:
-    uint64_t makedev(unsigned int major, unsigned int minor)
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:

@@ -5,52 +5,23 @@ Each wrapper raises ``OSError`` with the call's errno, like ``os`` does, and rel
 around the call.  Everything here takes ``bytes`` names (the FUSE wire gives raw bytes).
 """
 
+from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, c_statx, makedev,
+                                     statx, statx_timestamp)
 from libc.errno cimport errno
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 
 cdef extern from "<fcntl.h>" nogil:
-    enum:
-        AT_EMPTY_PATH
-        AT_SYMLINK_NOFOLLOW
-        AT_FDCWD
     int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                   unsigned int flags)
     int fallocate(int fd, int mode, long offset, long len)
 
 cdef extern from "<sys/stat.h>" nogil:
-    struct statx_timestamp:
-        int64_t tv_sec
-        uint32_t tv_nsec
-    struct statx:
-        uint32_t stx_mask
-        uint32_t stx_blksize
-        uint64_t stx_attributes
-        uint32_t stx_nlink
-        uint32_t stx_uid
-        uint32_t stx_gid
-        uint16_t stx_mode
-        uint64_t stx_ino
-        uint64_t stx_size
-        uint64_t stx_blocks
-        statx_timestamp stx_atime
-        statx_timestamp stx_btime
-        statx_timestamp stx_ctime
-        statx_timestamp stx_mtime
-        uint32_t stx_rdev_major
-        uint32_t stx_rdev_minor
-        uint32_t stx_dev_major
-        uint32_t stx_dev_minor
-        uint64_t stx_mnt_id
-    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx *buf)
     struct timespec:
         long tv_sec
         long tv_nsec
     int utimensat(int dirfd, const char *path, const timespec *times, int flags)
     long UTIME_NOW
     long UTIME_OMIT
-
-cdef extern from "<sys/sysmacros.h>" nogil:
-    uint64_t makedev(unsigned int major, unsigned int minor)
 
 cdef extern from "<unistd.h>" nogil:
     int fchownat(int dirfd, const char *path, unsigned int owner, unsigned int group, int flags)

@@ -1,0 +1,39 @@
+# C declarations of <sys/stat.h> statx(2) and <sys/sysmacros.h> makedev (glibc 2.36), shared by
+# the hot path and the file system's system-call helpers.
+
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        AT_EMPTY_PATH
+        AT_SYMLINK_NOFOLLOW
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct statx_timestamp:
+        int64_t tv_sec
+        uint32_t tv_nsec
+    struct statx:
+        uint32_t stx_mask
+        uint32_t stx_blksize
+        uint64_t stx_attributes
+        uint32_t stx_nlink
+        uint32_t stx_uid
+        uint32_t stx_gid
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+        statx_timestamp stx_atime
+        statx_timestamp stx_btime
+        statx_timestamp stx_ctime
+        statx_timestamp stx_mtime
+        uint32_t stx_rdev_major
+        uint32_t stx_rdev_minor
+        uint32_t stx_dev_major
+        uint32_t stx_dev_minor
+        uint64_t stx_mnt_id
+    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx *buf)
+    unsigned int STATX_BASIC_STATS
+
+cdef extern from "<sys/sysmacros.h>" nogil:
+    uint64_t makedev(unsigned int major, unsigned int minor)
