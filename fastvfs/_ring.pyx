@@ -20,7 +20,7 @@ from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, makedev, statx)
-from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
+from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
 
 if sys.byteorder != "little":
     raise ImportError("fastvfs assumes a little-endian host (virtio 1.x rings are little-endian)")
@@ -215,22 +215,22 @@ cdef class MemoryTable:
     cdef int gpa_to_iov(self, uint64_t gpa, uint64_t length, iovec *iov, int room) noexcept nogil:
         """Translate a guest buffer into iovecs, splitting where regions meet.
 
-        Returns the number of iovecs written, or -1 when any byte lies outside guest memory or
-        ``room`` is too small.
+        Returns the number of iovecs written, -EFAULT when any byte lies outside guest memory
+        (a DAX window address, or garbage) or -EINVAL when ``room`` is too small.
         """
         cdef int i, n = 0
         cdef Region *r
         cdef uint64_t chunk
         cdef bint found
         if gpa + length < gpa:
-            return -1
+            return -EFAULT
         while length > 0:
             found = False
             for i in range(self.nregions):
                 r = &self.regions[i]
                 if gpa >= r.gpa and gpa - r.gpa < r.size:
                     if n >= room:
-                        return -1
+                        return -EINVAL
                     chunk = r.size - (gpa - r.gpa)
                     if chunk > length:
                         chunk = length
@@ -242,7 +242,7 @@ cdef class MemoryTable:
                     found = True
                     break
             if not found:
-                return -1
+                return -EFAULT
         return n
 
 
@@ -761,7 +761,7 @@ cdef class Virtqueue:
                 if d.flags & VRING_DESC_F_WRITE:
                     n = self.mem.gpa_to_iov(d.addr, d.len, iov + n, MAX_IOV - n)
                     if n < 0:
-                        return -EINVAL
+                        return n
                     self.chain.nout += n
                     self.chain.out_len += d.len
                 else:
@@ -770,7 +770,7 @@ cdef class Virtqueue:
                         return -EINVAL
                     n = self.mem.gpa_to_iov(d.addr, d.len, iov + n, MAX_IOV - n)
                     if n < 0:
-                        return -EINVAL
+                        return n
                     self.chain.nin += n
                     self.chain.in_len += d.len
             if not d.flags & VRING_DESC_F_NEXT:
@@ -833,9 +833,16 @@ cdef class Virtqueue:
         cdef uint32_t hlen, opcode
         cdef uint64_t unique
         cdef uint64_t got
-        if self._walk() < 0:
+        cdef int rc = self._walk()
+        if rc < 0:
+            # Answer with the request's unique when its header was readable; a buffer outside
+            # guest RAM (such as a DAX window address: the window is not in the memory table)
+            # gets EFAULT, any other malformed chain EINVAL.
             self.bad_chains += 1
-            self._reply(0, -EINVAL, NULL, 0)
+            unique = 0
+            if _gather(self.iov, self.chain.nin, 0, self.hdr, IN_HEADER_SIZE) == IN_HEADER_SIZE:
+                memcpy(&unique, self.hdr + 8, 8)
+            self._reply(unique, rc, NULL, 0)
             return 1
         got = _gather(self.iov, self.chain.nin, 0, self.hdr, IN_HEADER_SIZE + WRITE_IN_SIZE)
         if got < IN_HEADER_SIZE:

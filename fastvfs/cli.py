@@ -58,10 +58,27 @@ def parser():
     p.add_argument("--shared-dir", help="directory to share with the guest")
     p.add_argument("--request-queues", type=int, default=16, metavar="N",
                    help="most request queues offered to the frontend (default 16)")
+    p.add_argument("--dax-window-size", type=parse_size, default=0, metavar="SIZE",
+                   help="offer a DAX cache window of SIZE bytes (suffixes K, M, G; e.g. 8G) to "
+                        "frontends that support VIRTIO shared memory (default: none)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user backend capabilities as JSON and exit")
     add_fs_options(p)
     return p
+
+
+def parse_size(text):
+    """'8G', '512M', '4096', '2MiB' -> bytes; a positive multiple of 4 KiB or 0."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        value = int(t[:len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}") from None
+    if value < 0 or value % 4096:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not a multiple of 4 KiB")
+    return value
 
 
 def mount_parser():

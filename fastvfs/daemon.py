@@ -9,9 +9,11 @@ import socket
 import stat
 
 from . import _ring
+from .dax import DaxWindow
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
 from .transport.fusedev import FuseMount
+from .vhost_user.backend import BackendChannel
 from .vhost_user.connection import Connection
 from .vhost_user.device import VhostUserFsDevice
 
@@ -81,7 +83,7 @@ def drop_supplementary_groups():
 MAX_INODES = 1 << 20
 
 
-def build_engine(options, handles, inodes=None):
+def build_engine(options, handles, inodes=None, dax=None):
     """The process set-up and the file system + FUSE engine, the same for every transport."""
     os.umask(0)  # the client already applied its umask to the modes it sends
     nofile = raise_fd_limit(options.rlimit_nofile)
@@ -91,7 +93,7 @@ def build_engine(options, handles, inodes=None):
                        allow_direct_io=options.allow_direct_io, xattrmap=options.xattrmap)
     return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                       readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
-                      flock=options.flock, posix_acl=options.posix_acl)
+                      flock=options.flock, posix_acl=options.posix_acl, dax=dax)
 
 
 def run_mount(options):
@@ -117,12 +119,19 @@ def run(options):
     """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
     handles = _ring.HandleTable()
     inodes = _ring.HandleTable(MAX_INODES)
-    engine = build_engine(options, handles, inodes)
+    backend = window = None
+    window_size = getattr(options, "dax_window_size", 0)
+    if window_size:
+        backend = BackendChannel()
+        window = DaxWindow(window_size, backend)
+    engine = build_engine(options, handles, inodes, dax=window)
     fs = engine.fs
     sec, nsec = engine.cache.timeout
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
                                on_reset=engine.reset, inodes=inodes,
-                               attr_timeout=sec + nsec / 1e9)
+                               attr_timeout=sec + nsec / 1e9,
+                               shmem_sizes=(window_size,) if window_size else (),
+                               backend=backend)
     engine.on_session = device.set_fast_io
 
     if options.fd is not None:

@@ -496,6 +496,33 @@ class PassthroughFs:
             os.close(fd)
             raise
 
+    @contextlib.contextmanager
+    def mapping_fd(self, nodeid, fh, writable):
+        """A descriptor of ``nodeid``'s file that the frontend can mmap (DAX), valid inside the
+        ``with`` block.  ``fh`` is an open handle of that file, or None to open the inode (the
+        Linux driver maps per inode and sends no handle).  A writable shared mapping needs a
+        read-write, non-append descriptor: anything less is EACCES, as mmap would say."""
+        inode = self.inodes.get(nodeid)
+        if not stat.S_ISREG(inode.mode):
+            raise OSError(errno.EINVAL, "only regular files are mapped")
+        if fh is None:
+            fd = os.open(_proc_path(inode.fd), (os.O_RDWR if writable else os.O_RDONLY) |
+                         os.O_CLOEXEC)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
+        with self.handles.borrow(fh) as fd:
+            if _sys.fstatx(fd).key != inode.key:
+                raise OSError(errno.EBADF, "the handle belongs to another inode")
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            access = flags & os.O_ACCMODE
+            if access == os.O_WRONLY or (writable and (access != os.O_RDWR or
+                                                       flags & os.O_APPEND)):
+                raise OSError(errno.EACCES, "the handle's open mode does not allow the mapping")
+            yield fd
+
     def read(self, fh, offset, size):
         with self.handles.borrow(fh) as fd:
             return os.pread(fd, size, offset)

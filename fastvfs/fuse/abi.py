@@ -201,7 +201,11 @@ dirent_head = struct.Struct("<QQII")  # ino off namelen type
 syncfs_in = struct.Struct("<Q")
 setupmapping_in = struct.Struct("<QQQQQ")  # fh foffset len flags moffset
 removemapping_in = struct.Struct("<I")
-removemapping_one = struct.Struct("<QQ")
+removemapping_one = struct.Struct("<QQ")  # moffset len
+FUSE_SETUPMAPPING_FLAG_WRITE = 1 << 0
+FUSE_SETUPMAPPING_FLAG_READ = 1 << 1
+FUSE_REMOVEMAPPING_MAX_ENTRY = 4096 // removemapping_one.size  # PAGE_SIZE / sizeof(one)
+NO_FH = (1 << 64) - 1  # "fh = -1": the request names an inode, not an open file
 
 # Body sizes older clients may send (fuse.h's *_COMPAT_* sizes).
 MKNOD_IN_COMPAT_SIZE = 8

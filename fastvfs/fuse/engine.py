@@ -14,6 +14,7 @@ import os
 import struct
 import threading
 
+from .. import dax
 from . import abi
 from .abi import Opcode
 from ..fs import _sys
@@ -68,8 +69,10 @@ class FuseEngine:
 
     def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
                  readdirplus=True, posix_locks=True, flock=True, posix_acl=False,
-                 max_lock_waiters=128):
+                 max_lock_waiters=128, dax=None):
         self.fs = fs
+        # The DAX cache window (fastvfs.dax.DaxWindow) when one is configured.
+        self.dax = dax
         self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
         self.on_session = on_session
         self.xattr = xattr
@@ -198,6 +201,11 @@ class FuseEngine:
                 # A new INIT without DESTROY: the guest rebooted or the driver reloaded.
                 self._end_session()
             reply_flags = flags & self.wanted_flags
+            map_alignment = 0
+            if self.dax is not None and self.dax.available and flags & abi.FUSE_MAP_ALIGNMENT:
+                # The guest uses its window only if we state the alignment we need.
+                reply_flags |= abi.FUSE_MAP_ALIGNMENT
+                map_alignment = dax.MAP_ALIGNMENT_SHIFT
             self.session_flags = reply_flags
             self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
             self.initialized = True
@@ -206,13 +214,17 @@ class FuseEngine:
         log.info("FUSE session started: protocol 7.%d, flags %#x", self.minor, reply_flags)
         return abi.init_out.pack(
             abi.FUSE_KERNEL_VERSION, self.minor, max_readahead, reply_flags & 0xFFFFFFFF,
-            MAX_BACKGROUND, CONGESTION_THRESHOLD, MAX_WRITE, 1, MAX_PAGES, 0,
+            MAX_BACKGROUND, CONGESTION_THRESHOLD, MAX_WRITE, 1, MAX_PAGES, map_alignment,
             reply_flags >> 32)
 
-    def _end_session(self):
+    def _end_session(self, frontend_gone=False):
         self.initialized = False
         if self.on_session:
             self.on_session(False)
+        if self.dax is not None:
+            # Mappings of the old session must not outlive its handles and inodes; after a
+            # device reset the frontend has dropped its window already.
+            self.dax.forget() if frontend_gone else self.dax.clear()
         self.fs.destroy()
 
     def do_destroy(self, nodeid, body, out_size, ctx):
@@ -225,7 +237,9 @@ class FuseEngine:
         """The device was reset or the frontend went away: forget the session."""
         with self.init_lock:
             if self.initialized:
-                self._end_session()
+                self._end_session(frontend_gone=True)
+            elif self.dax is not None:
+                self.dax.forget()
 
     # -- inodes --------------------------------------------------------------------------------
 
@@ -355,6 +369,37 @@ class FuseEngine:
         written = self.fs.write(fh, offset, data,
                                 kill_suidgid=bool(write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
         return abi.write_out.pack(written, 0)
+
+    # -- DAX window ----------------------------------------------------------------------------
+
+    def _window(self):
+        if self.dax is None or not self.dax.available:
+            raise OSError(errno.ENOSYS, "no DAX window")
+        return self.dax
+
+    def do_setupmapping(self, nodeid, body, out_size, ctx):
+        window = self._window()
+        fh, foffset, length, flags, moffset = abi.setupmapping_in.unpack_from(body)
+        if flags & ~(abi.FUSE_SETUPMAPPING_FLAG_WRITE | abi.FUSE_SETUPMAPPING_FLAG_READ):
+            raise OSError(errno.EINVAL, "unknown mapping flags")
+        writable = bool(flags & abi.FUSE_SETUPMAPPING_FLAG_WRITE)
+        window.check_range(moffset, length)
+        # Linux maps per inode and sends fh = -1; another value must be a handle of this inode.
+        with self.fs.mapping_fd(nodeid, None if fh == abi.NO_FH else fh, writable) as fd:
+            window.setup(fd, foffset, moffset, length, writable, key=nodeid)
+        return b""
+
+    def do_removemapping(self, nodeid, body, out_size, ctx):
+        window = self._window()
+        (count,) = abi.removemapping_in.unpack_from(body)
+        one = abi.removemapping_one
+        if not 0 < count <= abi.FUSE_REMOVEMAPPING_MAX_ENTRY:
+            raise OSError(errno.EINVAL, "removemapping count out of range")
+        if len(body) < abi.removemapping_in.size + count * one.size:
+            raise OSError(errno.EINVAL, "removemapping body shorter than its count")
+        window.remove([one.unpack_from(body, abi.removemapping_in.size + i * one.size)
+                       for i in range(count)])
+        return b""
 
     def do_statfs(self, nodeid, body, out_size, ctx):
         s = self.fs.statfs(nodeid)

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 
 from fastvfs.testing.guestmem import GuestMemory
+from fastvfs.testing.shmem import BackendChannelServer, SharedMemoryWindow
 from fastvfs.testing.virtq import DriverVirtqueue
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import ProtocolFeature, Request
@@ -42,7 +43,11 @@ from fastvfs.vhost_user.protocol import ProtocolFeature, Request
 # of SET_MEM_TABLE) is supported but not asked for by default, so the common path is the table.
 DEFAULT_PROTOCOL_FEATURES = (1 << ProtocolFeature.MQ | 1 << ProtocolFeature.REPLY_ACK
                              | 1 << ProtocolFeature.RESET_DEVICE)
-SUPPORTED_PROTOCOL_FEATURES = DEFAULT_PROTOCOL_FEATURES | 1 << ProtocolFeature.CONFIGURE_MEM_SLOTS
+# VIRTIO shared memory (the DAX window): the back-end asks for maps on its own channel.
+SHMEM_PROTOCOL_FEATURES = (1 << ProtocolFeature.BACKEND_REQ | 1 << ProtocolFeature.BACKEND_SEND_FD
+                           | 1 << ProtocolFeature.SHMEM)
+SUPPORTED_PROTOCOL_FEATURES = (DEFAULT_PROTOCOL_FEATURES | 1 << ProtocolFeature.CONFIGURE_MEM_SLOTS
+                               | SHMEM_PROTOCOL_FEATURES)
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -83,13 +88,20 @@ class VhostUserFrontend:
     every ring; ``ring_region`` pins the rings into that memory region (to exercise translation of
     ring addresses through a region other than the first).  ``ack_all=False`` sends NEED_REPLY
     nowhere, even with REPLY_ACK negotiated.  ``timeout`` bounds every wait for a reply.
+    ``shared_memory=True`` also accepts the back-end's VIRTIO shared memory regions (the DAX
+    window): the frontend reserves each one, hands the back-end a request channel
+    (SET_BACKEND_REQ_FD) and maps what it asks for; ``windows`` maps shmid to
+    :class:`~fastvfs.testing.shmem.SharedMemoryWindow` and ``channel`` serves the requests.
 
     After :meth:`start`, ``queues`` holds one :class:`DriverVirtqueue` per queue.
     """
 
     def __init__(self, socket_path, *, num_request_queues=1, queue_size=128, memory=None,
                  indirect_desc=True, event_idx=True, protocol_features=DEFAULT_PROTOCOL_FEATURES,
-                 vring_base=0, ring_region=None, ack_all=True, timeout=DEFAULT_TIMEOUT):
+                 vring_base=0, ring_region=None, ack_all=True, timeout=DEFAULT_TIMEOUT,
+                 shared_memory=False):
+        if shared_memory:
+            protocol_features |= SHMEM_PROTOCOL_FEATURES
         if protocol_features & ~SUPPORTED_PROTOCOL_FEATURES:
             raise ValueError(f"protocol features {protocol_features:#x} include ones this "
                              f"frontend cannot drive (supported: {SUPPORTED_PROTOCOL_FEATURES:#x})")
@@ -113,6 +125,13 @@ class VhostUserFrontend:
         self.max_mem_slots = None  # GET_MAX_MEM_SLOTS answer
         self.queues = []
         self._masked_call_fds = []
+        self.windows = {}
+        self.channel = None
+
+    @property
+    def dax_window(self):
+        """The cache window (shared memory region 0), or None."""
+        return self.windows.get(protocol.VIRTIO_FS_SHMCAP_ID_CACHE)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -139,6 +158,12 @@ class VhostUserFrontend:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        for window in self.windows.values():
+            window.close()
+        self.windows = {}
         self._close_queues()
         self.memory.close()
 
@@ -180,6 +205,8 @@ class VhostUserFrontend:
                 if self.max_mem_slots < len(self.memory.regions):
                     raise VhostUserError(f"backend has {self.max_mem_slots} memory slots, "
                                          f"{len(self.memory.regions)} regions to add")
+            if self.has_protocol_feature(ProtocolFeature.SHMEM):
+                self.setup_shared_memory()
         self.request(Request.SET_OWNER)
         self.features = self.get_u64(Request.GET_FEATURES)
         self._close_queues()
@@ -187,6 +214,21 @@ class VhostUserFrontend:
             fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             self._masked_call_fds.append(fd)
             self.set_vring_fd(Request.SET_VRING_CALL, index, fd)
+
+    def setup_shared_memory(self):
+        """GET_SHMEM_CONFIG, reserve every region, and hand over the request channel."""
+        self.send(Request.GET_SHMEM_CONFIG)
+        nregions, _, *sizes = self._reply_body(Request.GET_SHMEM_CONFIG, protocol.shmem_config)
+        if sum(1 for size in sizes if size) != nregions:
+            raise VhostUserError(f"GET_SHMEM_CONFIG counts {nregions} regions, lists "
+                                 f"{sum(1 for size in sizes if size)}")
+        self.windows = {shmid: SharedMemoryWindow(size) for shmid, size in enumerate(sizes)
+                        if size}
+        if not self.has_protocol_feature(ProtocolFeature.BACKEND_REQ):
+            return
+        self.channel = BackendChannelServer(self.windows)
+        self.request(Request.SET_BACKEND_REQ_FD, b"", [self.channel.backend_sock.fileno()])
+        self.channel.backend_sock.close()
 
     def start_device(self):
         """The messages QEMU sends when the guest driver sets DRIVER_OK (``vhost_dev_start``)."""

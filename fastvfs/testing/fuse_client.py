@@ -49,6 +49,8 @@ LINUX_6_1_INIT_FLAGS = (
     | abi.FUSE_ABORT_ERROR | abi.FUSE_MAX_PAGES | abi.FUSE_CACHE_SYMLINKS
     | abi.FUSE_NO_OPENDIR_SUPPORT | abi.FUSE_EXPLICIT_INVAL_DATA | abi.FUSE_HANDLE_KILLPRIV_V2
     | abi.FUSE_SETXATTR_EXT | abi.FUSE_INIT_EXT | abi.FUSE_SECURITY_CTX | abi.FUSE_SUBMOUNTS)
+# A guest mounted with -o dax also asks for the window's alignment.
+LINUX_DAX_INIT_FLAGS = LINUX_6_1_INIT_FLAGS | abi.FUSE_MAP_ALIGNMENT
 # The bdi default readahead, VM_READAHEAD_PAGES pages.
 LINUX_MAX_READAHEAD = 128 << 10
 PAGE_SIZE = 4096
@@ -650,3 +652,18 @@ class FuseClient:
 
     def syncfs(self):
         self.call(Opcode.SYNCFS, abi.FUSE_ROOT_ID, abi.syncfs_in.pack(0))
+
+    def setupmapping(self, nodeid, foffset, length, moffset, *, writable=False, fh=abi.NO_FH,
+                     flags=None):
+        """FUSE_SETUPMAPPING as fs/fuse/dax.c sends it (fh -1: the mapping is per inode)."""
+        if flags is None:
+            flags = abi.FUSE_SETUPMAPPING_FLAG_READ | (
+                abi.FUSE_SETUPMAPPING_FLAG_WRITE if writable else 0)
+        self.call(Opcode.SETUPMAPPING, nodeid,
+                  abi.setupmapping_in.pack(fh, foffset, length, flags, moffset))
+
+    def removemapping(self, nodeid, ranges, *, count=None):
+        """FUSE_REMOVEMAPPING of ``(moffset, len)`` pairs (``count`` overrides the header)."""
+        body = abi.removemapping_in.pack(len(ranges) if count is None else count) + b"".join(
+            abi.removemapping_one.pack(offset, length) for offset, length in ranges)
+        self.call(Opcode.REMOVEMAPPING, nodeid, body)

@@ -11,6 +11,7 @@ never with a crash.
 import contextlib
 import logging
 import os
+import socket
 import stat
 import threading
 
@@ -28,6 +29,8 @@ OFFERED_FEATURES = ((1 << protocol.VIRTIO_F_VERSION_1) |
                     (1 << protocol.VHOST_USER_F_PROTOCOL_FEATURES))
 OFFERED_PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.RESET_DEVICE) |
                              (1 << PF.CONFIGURE_MEM_SLOTS))
+# Offered in addition when the device has a DAX cache window (shared memory region 0).
+SHMEM_PROTOCOL_FEATURES = (1 << PF.BACKEND_REQ) | (1 << PF.BACKEND_SEND_FD) | (1 << PF.SHMEM)
 MAX_MEM_SLOTS = 32
 
 
@@ -63,10 +66,12 @@ class VhostUserFsDevice:
 
     ``handler(request, out_size)`` answers the FUSE requests the hot path does not serve itself;
     ``on_reset()`` is called when the device is reset or the frontend goes away.
+    ``shmem_sizes`` lists the device's VIRTIO shared memory regions by shmid (region 0 is the
+    DAX window); with any, the backend-request channel ``backend`` carries the map requests.
     """
 
     def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
-                 inodes=None, attr_timeout=0.0):
+                 inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
@@ -79,6 +84,15 @@ class VhostUserFsDevice:
         self.inodes = inodes
         self.attr_timeout = attr_timeout
         self.fast_io = False
+        self.shmem_sizes = tuple(shmem_sizes)
+        if len(self.shmem_sizes) > protocol.VIRTIO_MAX_SHMEM_REGIONS:
+            raise ValueError("too many shared memory regions")
+        self.backend = backend
+        self.offered_protocol_features = OFFERED_PROTOCOL_FEATURES
+        if any(self.shmem_sizes):
+            if backend is None:
+                raise ValueError("shared memory regions need a backend-request channel")
+            self.offered_protocol_features |= SHMEM_PROTOCOL_FEATURES
         self.lock = threading.Lock()
         self._reset_state()
         self.table = {}
@@ -113,6 +127,8 @@ class VhostUserFsDevice:
                     break
                 self._dispatch(conn, msg)
         finally:
+            if self.backend is not None:
+                self.backend.detach()
             self.reset()
 
     def _dispatch(self, conn, msg):
@@ -263,13 +279,42 @@ class VhostUserFsDevice:
         self.features = features
 
     def do_get_protocol_features(self, msg):
-        return protocol.u64.pack(OFFERED_PROTOCOL_FEATURES)
+        return protocol.u64.pack(self.offered_protocol_features)
 
     def do_set_protocol_features(self, msg):
         (features,) = self._body(msg, protocol.u64)
-        if features & ~OFFERED_PROTOCOL_FEATURES:
+        if features & ~self.offered_protocol_features:
             raise BadRequest("protocol features that were not offered")
         self.protocol_features = features
+        if self.backend is not None:
+            # Maps are sent with NEED_REPLY: without REPLY_ACK we could not know they worked.
+            needed = (1 << PF.BACKEND_REQ) | (1 << PF.BACKEND_SEND_FD) | (1 << PF.SHMEM) | \
+                (1 << PF.REPLY_ACK)
+            self.backend.shmem = features & needed == needed
+
+    def do_set_backend_req_fd(self, msg):
+        if not self.protocol_features & (1 << PF.BACKEND_REQ):
+            raise BadRequest("BACKEND_REQ was not negotiated")
+        fd = msg.take_fd()
+        if fd is None:
+            raise BadRequest("SET_BACKEND_REQ_FD without an fd")
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BadRequest("the backend-request fd is not a socket")
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_UNIX:
+            sock.close()
+            raise BadRequest("the backend-request fd is not a Unix stream socket")
+        self.backend.attach(sock)
+        log.info("backend-request channel set up%s",
+                 " (DAX window usable)" if self.backend.available else "")
+
+    def do_get_shmem_config(self, msg):
+        if not self.protocol_features & (1 << PF.SHMEM):
+            raise BadRequest("SHMEM was not negotiated")
+        sizes = list(self.shmem_sizes) + [0] * (protocol.VIRTIO_MAX_SHMEM_REGIONS -
+                                                len(self.shmem_sizes))
+        return protocol.shmem_config.pack(sum(1 for s in sizes if s), 0, *sizes)
 
     def do_get_queue_num(self, msg):
         return protocol.u64.pack(self.num_queues)
@@ -440,7 +485,7 @@ class VhostUserFsDevice:
 _GET_REQUESTS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
                            Request.GET_QUEUE_NUM, Request.GET_VRING_BASE, Request.GET_CONFIG,
                            Request.GET_INFLIGHT_FD, Request.GET_MAX_MEM_SLOTS,
-                           Request.GET_STATUS})
+                           Request.GET_STATUS, Request.GET_SHMEM_CONFIG})
 
 
 def _map_region(table, gpa, size, uaddr, offset, fd):

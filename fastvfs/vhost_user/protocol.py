@@ -62,6 +62,17 @@ class Request(enum.IntEnum):
     REM_MEM_REG = 38
     SET_STATUS = 39
     GET_STATUS = 40
+    GET_SHMEM_CONFIG = 44
+
+
+class BackendRequest(enum.IntEnum):
+    """Requests the back-end sends on the channel given with SET_BACKEND_REQ_FD."""
+
+    IOTLB_MSG = 1
+    CONFIG_CHANGE_MSG = 2
+    VRING_HOST_NOTIFIER_MSG = 3
+    SHMEM_MAP = 9
+    SHMEM_UNMAP = 10
 
 
 # Virtio feature bits (virtio spec 6, vhost-user.rst).
@@ -90,6 +101,10 @@ class ProtocolFeature(enum.IntEnum):
     INBAND_NOTIFICATIONS = 14
     CONFIGURE_MEM_SLOTS = 15
     STATUS = 16
+    XEN_MMAP = 17
+    SHARED_OBJECT = 18
+    DEVICE_STATE = 19
+    SHMEM = 20
 
 
 # Bodies.
@@ -100,6 +115,12 @@ memory_header = struct.Struct("=II")  # nregions, padding
 memory_region = struct.Struct("=QQQQ")  # guest_phys_addr, memory_size, userspace_addr, mmap_offset
 single_memory_region = struct.Struct("=Q")  # padding before one region (ADD/REM_MEM_REG)
 config_header = struct.Struct("=III")  # offset, size, flags
+# VIRTIO shared memory regions (SHMEM): GET_SHMEM_CONFIG's reply lists the size of every region,
+# indexed by shmid; SHMEM_MAP/UNMAP carry one mapping request ("MMAP request" in vhost-user.rst).
+VIRTIO_MAX_SHMEM_REGIONS = 256
+shmem_config = struct.Struct(f"=II{VIRTIO_MAX_SHMEM_REGIONS}Q")  # nregions, padding, sizes
+shmem_map = struct.Struct("=B7xQQQQ")  # shmid, padding, fd_offset, shm_offset, len, flags
+VHOST_USER_FLAG_MAP_RW = 1 << 0
 VHOST_USER_VRING_IDX_MASK = 0xFF
 VHOST_USER_VRING_NOFD_MASK = 1 << 8
 VHOST_VRING_F_LOG = 1 << 0
@@ -108,3 +129,4 @@ VHOST_VRING_F_LOG = 1 << 0
 VIRTIO_ID_FS = 26
 VIRTIO_FS_HIPRIO_QUEUE = 0
 VIRTIO_FS_TAG_SIZE = 36
+VIRTIO_FS_SHMCAP_ID_CACHE = 0  # the DAX window is shared memory region 0

@@ -1,7 +1,7 @@
 """Each layer imports only the layers below it (README, "Layout").
 
 Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> _ring (hot path) and
-fuse (FUSE engine) -> uring (io_uring engine) and fs (file system backend).  The testing package is a client of all of them
+fuse (FUSE engine) -> uring (io_uring engine), fs (file system backend) and dax (cache window).  The testing package is a client of all of them
 and nothing in the product imports it.
 """
 
@@ -21,6 +21,9 @@ FORBIDDEN = {
     "uring": {"fuse", "fs", "vhost_user", "_ring", "daemon", "cli", "testing"},
     "transport": {"vhost_user", "_ring", "fs", "daemon", "cli", "testing"},
     "daemon": {"testing", "cli"},
+    # The DAX window talks to an abstract map/unmap channel, never to FUSE or vhost-user.
+    "dax": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+            "testing"},
 }
 
 
