@@ -17,7 +17,7 @@ import sys
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX
 from libc.string cimport memcpy
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, makedev, statx)
 from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
@@ -81,12 +81,27 @@ cdef extern from *:
     #define fastvfs_full_barrier() __atomic_thread_fence(__ATOMIC_SEQ_CST)
     #define fastvfs_load16(p) (*(volatile uint16_t *)(p))
     #define fastvfs_store16(p, v) (*(volatile uint16_t *)(p) = (uint16_t)(v))
+    /* Statistics counters are bumped by several queue threads and read by the stats thread:
+       relaxed atomic adds, no ordering needed between them. */
+    #define fastvfs_add64(p, v) __atomic_fetch_add((uint64_t *)(p), (uint64_t)(v), __ATOMIC_RELAXED)
+    #define fastvfs_load64(p) __atomic_load_n((uint64_t *)(p), __ATOMIC_RELAXED)
+    static inline unsigned fastvfs_log2(uint64_t v) { return v ? 63u - (unsigned)__builtin_clzll(v) : 0u; }
     """
     void fastvfs_acquire() nogil
     void fastvfs_release() nogil
     void fastvfs_full_barrier() nogil
     uint16_t fastvfs_load16(const void *p) nogil
     void fastvfs_store16(void *p, uint16_t v) nogil
+    void fastvfs_add64(uint64_t *p, uint64_t v) nogil
+    uint64_t fastvfs_load64(const uint64_t *p) nogil
+    unsigned fastvfs_log2(uint64_t v) nogil
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
 
 cdef enum:
     MAX_REGIONS = 64
@@ -110,6 +125,9 @@ cdef enum:
     # bounded by 64 KiB, names by PATH_MAX); WRITE data never takes this path.
     SLOW_REQUEST_MAX = 1 << 20
     NOTIFY_BATCH = 64
+    # Request statistics: opcodes below STATS_OPS (FUSE's are), latency buckets by log2(ns).
+    STATS_OPS = 64
+    STATS_BUCKETS = 40
 
 # Engine-level constants the Python side needs to agree with.
 MAX_CHAIN_IOV = MAX_IOV
@@ -580,6 +598,69 @@ cdef class PendingReply:
         return True
 
 
+cdef struct StatsBlock:
+    uint64_t count[STATS_OPS]
+    uint64_t errors[STATS_OPS]
+    uint64_t total_ns[STATS_OPS]
+    uint64_t hist[STATS_OPS][STATS_BUCKETS]
+
+
+cdef inline uint64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline void _stats_record(StatsBlock *b, uint32_t opcode, int32_t error,
+                               uint64_t ns) noexcept nogil:
+    if opcode >= STATS_OPS:
+        opcode = 0   # unknown opcodes and malformed chains share slot 0
+    fastvfs_add64(&b.count[opcode], 1)
+    if error:
+        fastvfs_add64(&b.errors[opcode], 1)
+    fastvfs_add64(&b.total_ns[opcode], ns)
+    cdef unsigned bucket = fastvfs_log2(ns)
+    if bucket >= STATS_BUCKETS:
+        bucket = STATS_BUCKETS - 1
+    fastvfs_add64(&b.hist[opcode][bucket], 1)
+
+
+cdef class RequestStats:
+    """Per-opcode request counts, errors and latency histograms (bucket ``b`` holds latencies
+    in [2**b, 2**(b+1)) ns), shared by every queue of a device and by the /dev/fuse transport.
+    Updated without locks from the queue threads; :meth:`snapshot` reads a consistent-enough
+    copy (each counter is read atomically)."""
+
+    cdef StatsBlock *block
+
+    def __cinit__(self):
+        self.block = <StatsBlock *>calloc(1, sizeof(StatsBlock))
+        if self.block == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.block)
+
+    buckets = STATS_BUCKETS
+    ops = STATS_OPS
+
+    def record(self, uint32_t opcode, int32_t error, uint64_t ns):
+        """Count one request served outside the ring (the /dev/fuse transport)."""
+        _stats_record(self.block, opcode, error, ns)
+
+    def snapshot(self):
+        """``{opcode: (count, errors, total_ns, [bucket counts])}`` for opcodes seen."""
+        cdef int op, b
+        out = {}
+        for op in range(STATS_OPS):
+            n = fastvfs_load64(&self.block.count[op])
+            if n:
+                out[op] = (n, fastvfs_load64(&self.block.errors[op]),
+                           fastvfs_load64(&self.block.total_ns[op]),
+                           [fastvfs_load64(&self.block.hist[op][b]) for b in range(STATS_BUCKETS)])
+        return out
+
+
 cdef class Virtqueue:
     """Device side of one split virtqueue (virtio 1.2 section 2.7).
 
@@ -618,6 +699,10 @@ cdef class Virtqueue:
     cdef iovec *scratch_iov
     cdef Chain chain
     cdef uint8_t hdr[IN_HEADER_SIZE + WRITE_IN_SIZE]
+    cdef RequestStats stats_owner
+    cdef StatsBlock *stats          # NULL: no statistics
+    cdef uint32_t cur_opcode        # the popped request's opcode and arrival time, for stats
+    cdef uint64_t cur_start
 
     def __cinit__(self):
         self.iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
@@ -633,7 +718,7 @@ cdef class Virtqueue:
                  uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
                  uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
                  bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None,
-                 HandleTable inodes=None, double attr_timeout=0.0):
+                 HandleTable inodes=None, double attr_timeout=0.0, RequestStats stats=None):
         if num == 0 or num & (num - 1) or num > 32768:
             raise ValueError(f"queue size {num} is not a power of two up to 32768")
         # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
@@ -666,6 +751,8 @@ cdef class Virtqueue:
         self.inodes = inodes
         self.attr_valid = <uint64_t>attr_timeout
         self.attr_valid_nsec = <uint32_t>((attr_timeout - <uint64_t>attr_timeout) * 1e9)
+        self.stats_owner = stats
+        self.stats = stats.block if stats is not None else NULL
 
     def set_fast_io(self, bint enabled):
         """READ/WRITE are served in C only between FUSE_INIT and the session's end."""
@@ -717,6 +804,9 @@ cdef class Virtqueue:
             # No used element can name this head; the ring cannot be trusted any more.
             self.broken = True
             return -1
+        self.cur_opcode = 0
+        if self.stats != NULL:
+            self.cur_start = _now_ns()
         return 1
 
     cdef int _walk(self) noexcept nogil:
@@ -825,6 +915,11 @@ cdef class Virtqueue:
         self._push_used(self.chain.head,
                         _write_reply(self.iov + self.chain.nin, self.chain.nout,
                                      self.chain.out_len, unique, error, payload, length))
+        self._account(error)
+
+    cdef inline void _account(self, int32_t error) noexcept nogil:
+        if self.stats != NULL:
+            _stats_record(self.stats, self.cur_opcode, error, _now_ns() - self.cur_start)
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -852,6 +947,7 @@ cdef class Virtqueue:
         memcpy(&hlen, self.hdr, 4)
         memcpy(&opcode, self.hdr + 4, 4)
         memcpy(&unique, self.hdr + 8, 8)
+        self.cur_opcode = opcode
         # Never trust fuse_in_header.len over the buffers really given.
         if hlen < IN_HEADER_SIZE or hlen > self.chain.in_len:
             self.bad_chains += 1
@@ -931,6 +1027,7 @@ cdef class Virtqueue:
             return
         if self.chain.out_len < OUT_HEADER_SIZE:
             self._push_used(self.chain.head, 0)
+            self._account(-EINVAL)
             return
         if size > self.max_io:
             size = self.max_io
@@ -955,6 +1052,7 @@ cdef class Virtqueue:
         memcpy(out + 8, &unique, 8)
         _scatter(self.iov + self.chain.nin, self.chain.nout, 0, out, OUT_HEADER_SIZE)
         self._push_used(self.chain.head, total)
+        self._account(0)
 
     cdef void _do_write(self, uint64_t unique, uint32_t hlen) noexcept nogil:
         cdef uint64_t fh, offset
@@ -1005,9 +1103,12 @@ cdef class Virtqueue:
             result = (-EIO, b"")
         if result is None:
             self._push_used(self.chain.head, 0)
+            self._account(0)
             return 0
         if type(result) is not tuple:
             # The engine answers later: ``result(pending)`` arranges for pending.complete().
+            # Its latency is counted up to the hand-over (SETLKW waits can last forever).
+            self._account(0)
             pending = self._defer(unique)
             try:
                 result(pending)

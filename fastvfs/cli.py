@@ -44,6 +44,18 @@ def add_fs_options(p):
                    help="serve flock() locks on the host (default on)")
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000, metavar="N",
                    help="raise the open-file limit to N (default 1000000, capped by the system)")
+    p.add_argument("--readonly", action="store_true",
+                   help="share the directory read-only: every change is refused with EROFS")
+    p.add_argument("--announce-submounts", action="store_true",
+                   help="tell the guest which directories are mount points on the host, so it "
+                        "gives each file system its own device number")
+    p.add_argument("--inode-file-handles", default="never",
+                   choices=["never", "prefer", "fallback", "mandatory"],
+                   help="refer to inodes by file handles instead of O_PATH descriptors; only "
+                        "'never' is implemented (the others are refused)")
+    p.add_argument("--no-killpriv-v2", action="store_true",
+                   help="do not offer FUSE_HANDLE_KILLPRIV_V2 (the guest then clears "
+                        "setuid/setgid bits itself)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     p.add_argument("-V", "--version", action="version", version=f"fastvfs {__version__}")
 
@@ -54,17 +66,56 @@ def parser():
                                 "for the host kernel)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket-path", help="vhost-user Unix socket to create and listen on")
+    where.add_argument("--socket", dest="socket_path", help=argparse.SUPPRESS)  # old name
     where.add_argument("--fd", type=int, help="an already listening socket inherited as fd N")
+    p.add_argument("--socket-group", metavar="GROUP",
+                   help="group owning the socket, which it may then use (default: root only)")
     p.add_argument("--shared-dir", help="directory to share with the guest")
+    p.add_argument("--tag", help="file system tag the guest mounts by, for frontends that read "
+                                 "it from the backend (at most 36 bytes)")
     p.add_argument("--request-queues", type=int, default=16, metavar="N",
                    help="most request queues offered to the frontend (default 16)")
+    p.add_argument("--thread-pool-size", type=int, default=0, metavar="N",
+                   help="serve requests that block (everything but the C fast path) on a pool "
+                        "of N threads, so a slow one never holds up its queue (default 0: on "
+                        "the queue's own thread)")
     p.add_argument("--dax-window-size", type=parse_size, default=0, metavar="SIZE",
                    help="offer a DAX cache window of SIZE bytes (suffixes K, M, G; e.g. 8G) to "
                         "frontends that support VIRTIO shared memory (default: none)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user backend capabilities as JSON and exit")
+    p.add_argument("-o", dest="compat_options", action="append", default=[], metavar="OPTS",
+                   help="options in the legacy form, comma-separated: source=DIR, cache=, "
+                        "xattr, no_xattr, xattrmap=, writeback, no_writeback, readdirplus, "
+                        "no_readdirplus, allow_direct_io, announce_submounts, killpriv_v2, "
+                        "no_killpriv_v2, posix_lock, no_posix_lock, flock, no_flock, "
+                        "posix_acl, sandbox=, modcaps=, loglevel=")
+    p.add_argument("-d", dest="compat_debug", action="store_true",
+                   help="the same as --log-level debug (legacy)")
+    p.add_argument("-f", dest="compat_foreground", action="store_true",
+                   help="no effect: fastvfs always runs in the foreground (legacy)")
     add_fs_options(p)
+    add_sandbox_options(p)
+    p.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    p.add_argument("--stats-socket", metavar="PATH",
+                   help="control socket for 'fastvfs stats' (default: SOCKET_PATH.stats)")
+    p.add_argument("--metrics-socket", metavar="PATH",
+                   help="serve Prometheus text-format metrics on this Unix socket")
+    p.add_argument("--metrics-interval", type=float, default=0, metavar="SECONDS",
+                   help="log a line of request counts and latencies every SECONDS (default off)")
     return p
+
+
+def add_sandbox_options(p):
+    p.add_argument("--sandbox", default="namespace", choices=["namespace", "chroot", "none"],
+                   help="isolation of the daemon once a frontend has connected: namespace "
+                        "(default; new mount, pid and network namespaces, the shared directory "
+                        "as /), chroot (into the shared directory), none")
+    p.add_argument("--seccomp", default="kill", choices=["kill", "log", "trap", "none"],
+                   help="action for a system call outside the daemon's allow-list (default kill)")
+    p.add_argument("--modcaps", metavar="CAPS",
+                   help="change the capabilities kept, e.g. +sys_admin:-mknod")
+
 
 
 def parse_size(text):
@@ -92,6 +143,7 @@ def mount_parser():
 
 
 def _finish_fs_options(p, options):
+    options.shared_dir = os.path.abspath(options.shared_dir)
     if not os.path.isdir(options.shared_dir):
         p.error(f"shared directory {options.shared_dir!r} is not a directory")
     if options.posix_acl:
@@ -103,8 +155,80 @@ def _finish_fs_options(p, options):
         except ValueError as exc:
             p.error(str(exc))
         options.xattr = True
-    logging.basicConfig(level=LOG_LEVELS[options.log_level], stream=sys.stderr,
-                        format="fastvfs[%(process)d] %(levelname)s %(name)s: %(message)s")
+    if getattr(options, "syslog", False):
+        from logging.handlers import SysLogHandler
+        try:
+            handler = SysLogHandler(address="/dev/log")
+        except OSError as exc:
+            handler = logging.StreamHandler(sys.stderr)
+            print(f"fastvfs: cannot log to syslog ({exc}); logging to stderr", file=sys.stderr)
+        handler.setFormatter(logging.Formatter("fastvfs[%(process)d]: %(levelname)s %(name)s: "
+                                               "%(message)s"))
+        logging.basicConfig(level=LOG_LEVELS[options.log_level], handlers=[handler])
+    else:
+        logging.basicConfig(level=LOG_LEVELS[options.log_level], stream=sys.stderr,
+                            format="fastvfs[%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+_COMPAT_FLAGS = {
+    "xattr": ("xattr", True), "no_xattr": ("xattr", False),
+    "readdirplus": ("no_readdirplus", False), "no_readdirplus": ("no_readdirplus", True),
+    "writeback": ("writeback", True), "no_writeback": ("writeback", False),
+    "allow_direct_io": ("allow_direct_io", True), "no_allow_direct_io": ("allow_direct_io", False),
+    "announce_submounts": ("announce_submounts", True),
+    "killpriv_v2": ("no_killpriv_v2", False), "no_killpriv_v2": ("no_killpriv_v2", True),
+    "posix_lock": ("posix_lock", True), "no_posix_lock": ("posix_lock", False),
+    "flock": ("flock", True), "no_flock": ("flock", False),
+    "posix_acl": ("posix_acl", True), "no_posix_acl": ("posix_acl", False),
+    "readonly": ("readonly", True),
+}
+_COMPAT_VALUES = {
+    "source": ("shared_dir", None),
+    "cache": ("cache", {"auto": "auto", "always": "always", "none": "never", "never": "never",
+                        "metadata": "metadata"}),
+    "loglevel": ("log_level", {"debug": "debug", "info": "info", "warn": "warn", "err": "error",
+                               "error": "error"}),
+    "log_level": ("log_level", {"debug": "debug", "info": "info", "warn": "warn", "err": "error",
+                                "error": "error"}),
+    "sandbox": ("sandbox", {"namespace": "namespace", "chroot": "chroot", "none": "none"}),
+    "modcaps": ("modcaps", None),
+    "xattrmap": ("xattrmap", None),
+    "thread_pool_size": ("thread_pool_size", int),
+}
+
+
+def apply_compat_options(p, options):
+    """The legacy ``-o a,b=c`` forms the reference daemons still accept."""
+    for line in options.compat_options:
+        for item in filter(None, line.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                if key not in _COMPAT_FLAGS:
+                    p.error(f"invalid compat argument '-o {item}'")
+                attr, flag = _COMPAT_FLAGS[key]
+                setattr(options, attr, flag)
+                continue
+            if key not in _COMPAT_VALUES:
+                p.error(f"invalid compat argument '-o {item}'")
+            attr, allowed = _COMPAT_VALUES[key]
+            if isinstance(allowed, dict):
+                if value not in allowed:
+                    p.error(f"invalid compat value '{value}' for '-o {key}'")
+                value = allowed[value]
+            elif allowed is int:
+                try:
+                    value = int(value)
+                except ValueError:
+                    p.error(f"invalid compat value '{value}' for '-o {key}'")
+            setattr(options, attr, value)
+    if options.compat_debug:
+        options.log_level = "debug"
+
+
+def capabilities():
+    """What --print-capabilities says (QEMU's docs/interop/vhost-user.json, type "fs"):
+    libvirt reads it to learn that the daemon takes --shared-dir/--cache/... separately."""
+    return {"type": "fs", "features": ["separate-options"]}
 
 
 def main(argv=None):
@@ -119,17 +243,39 @@ def main(argv=None):
         _finish_fs_options(p, options)
         from .daemon import run_mount
         return run_mount(options)
+    if argv and argv[0] == "stats":
+        from .stats import stats_main
+        return stats_main(argv[1:])
+    if argv and argv[0] == "descriptor":
+        from .descriptor import descriptor_main
+        return descriptor_main(argv[1:])
     p = parser()
     options = p.parse_args(argv)
+    apply_compat_options(p, options)
     if options.print_capabilities:
-        print(json.dumps({"type": "fs"}, indent=2))
+        print(json.dumps(capabilities(), indent=2))
         return 0
     if options.socket_path is None and options.fd is None:
         p.error("one of --socket-path or --fd is required")
+    if options.socket_group is not None and options.fd is not None:
+        p.error("--socket-group applies to --socket-path only")
     if not options.shared_dir:
-        p.error("--shared-dir is required")
+        p.error("--shared-dir (or -o source=DIR) is required")
     if not 1 <= options.request_queues <= 254:
         p.error("--request-queues must be between 1 and 254")
+    if options.thread_pool_size < 0:
+        p.error("--thread-pool-size must not be negative")
+    if options.tag is not None and not 0 < len(options.tag.encode()) <= 36:
+        p.error("--tag must be 1 to 36 bytes")
+    if options.inode_file_handles != "never":
+        p.error(f"--inode-file-handles={options.inode_file_handles}: fastvfs refers to inodes "
+                "by O_PATH descriptors only ('never')")
+    if options.modcaps is not None:
+        from .sandbox import parse_modcaps
+        try:
+            parse_modcaps(options.modcaps)
+        except ValueError as exc:
+            p.error(str(exc))
     _finish_fs_options(p, options)
     from .daemon import run
     return run(options)

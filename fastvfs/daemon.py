@@ -1,6 +1,7 @@
 """Wires the layers together and runs the daemon: one frontend connection, then exit."""
 
 import contextlib
+import fcntl
 import logging
 import os
 import resource
@@ -8,10 +9,11 @@ import signal
 import socket
 import stat
 
-from . import _ring
+from . import _ring, procfd, sandbox
 from .dax import DaxWindow
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
+from .stats import STATS_SUFFIX, StatsServer
 from .transport.fusedev import FuseMount
 from .vhost_user.backend import BackendChannel
 from .vhost_user.connection import Connection
@@ -28,21 +30,32 @@ def _on_signal(signum, frame):
     raise Shutdown(signal.Signals(signum).name)
 
 
-def listen(socket_path):
+def listen(socket_path, group=None):
     """Create the listening socket, replacing a stale one left by a dead daemon.
 
     The socket is bound under a temporary name and renamed into place once it listens, so a
-    frontend that sees the path can connect at once (QEMU tries exactly once).
+    frontend that sees the path can connect at once (QEMU tries exactly once).  It is usable by
+    root only, or also by ``group`` (``--socket-group``).
     """
     try:
         if stat.S_ISSOCK(os.lstat(socket_path).st_mode):
             os.unlink(socket_path)
     except FileNotFoundError:
         pass
+    gid = None
+    if group is not None:
+        import grp
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SystemExit(f"fastvfs: unknown group {group!r} for --socket-group") from None
     staging = f"{socket_path}.{os.getpid()}.tmp"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o007 if gid is not None else 0o077)
     try:
         sock.bind(staging)
+        if gid is not None:
+            os.chown(staging, -1, gid)
         sock.listen(1)
         os.rename(staging, socket_path)
     except BaseException:
@@ -50,13 +63,56 @@ def listen(socket_path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
         raise
+    finally:
+        os.umask(old_umask)
     return sock
+
+
+class PidFile:
+    """``SOCKET_PATH.pid``: the daemon's pid, locked while it runs, so a second daemon on the
+    same socket refuses to start instead of stealing it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise SystemExit(f"fastvfs: another daemon holds {path}") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        self.remove = PathRemover(path)
+
+    def close(self):
+        self.remove()
+        os.close(self.fd)
+
+
+class PathRemover:
+    """Removes a path later, also from inside a sandbox where the path no longer resolves: it
+    holds its directory open and unlinks by name there."""
+
+    def __init__(self, path):
+        self.dir_fd = os.open(os.path.dirname(os.path.abspath(path)) or "/",
+                              os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.name = os.path.basename(path)
+        self.done = False
+
+    def __call__(self, path=None):
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(OSError):
+                os.unlink(self.name, dir_fd=self.dir_fd)
+            os.close(self.dir_fd)
 
 
 def raise_fd_limit(wanted):
     """Every inode the guest knows holds an O_PATH descriptor: lift RLIMIT_NOFILE as far as the
     system allows (up to ``wanted``) so a large tree does not run the daemon out of fds."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if not wanted:
+        return soft       # --rlimit-nofile 0: leave the limit as it is
     try:
         with open("/proc/sys/fs/nr_open") as f:
             ceiling = int(f.read())
@@ -83,22 +139,32 @@ def drop_supplementary_groups():
 MAX_INODES = 1 << 20
 
 
-def build_engine(options, handles, inodes=None, dax=None):
-    """The process set-up and the file system + FUSE engine, the same for every transport."""
+def prepare_process(options):
+    """Process-wide set-up every transport needs, done before any sandbox."""
     os.umask(0)  # the client already applied its umask to the modes it sends
     nofile = raise_fd_limit(options.rlimit_nofile)
     drop_supplementary_groups()
     log.debug("RLIMIT_NOFILE %d", nofile)
-    fs = PassthroughFs(options.shared_dir, handles, inodes=inodes, writeback=options.writeback,
-                       allow_direct_io=options.allow_direct_io, xattrmap=options.xattrmap)
+
+
+def build_engine(options, handles, inodes=None, dax=None, root=None):
+    """The file system + FUSE engine over ``root`` (default: the shared directory)."""
+    fs = PassthroughFs(root or options.shared_dir, handles, inodes=inodes,
+                       writeback=options.writeback, allow_direct_io=options.allow_direct_io,
+                       xattrmap=options.xattrmap)
     return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                       readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
-                      flock=options.flock, posix_acl=options.posix_acl, dax=dax)
+                      flock=options.flock, posix_acl=options.posix_acl, dax=dax,
+                      readonly=getattr(options, "readonly", False),
+                      announce_submounts=getattr(options, "announce_submounts", False),
+                      killpriv_v2=not getattr(options, "no_killpriv_v2", False),
+                      thread_pool_size=getattr(options, "thread_pool_size", 0))
 
 
 def run_mount(options):
     """Serve ``options.shared_dir`` to the host kernel at ``options.mountpoint`` until it is
     unmounted or a signal arrives; returns the exit status."""
+    prepare_process(options)
     engine = build_engine(options, _ring.HandleTable())
     fuse = FuseMount(engine, options.mountpoint, threads=options.threads)
     fuse.mount()
@@ -116,7 +182,85 @@ def run_mount(options):
 
 
 def run(options):
-    """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status."""
+    """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status.
+
+    Order: pid file, listening sockets (vhost-user, statistics), process set-up, the sandbox
+    (a namespace sandbox forks: the parent only supervises), the engine over the sandbox's
+    view, capabilities and seccomp, and only then the frontend."""
+    socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
+    pid_file = PidFile(socket_path + ".pid") if socket_path else None
+    if options.fd is not None:
+        listener = socket.socket(fileno=options.fd)
+    else:
+        listener = listen(socket_path, options.socket_group)
+    socket_remover = PathRemover(socket_path) if socket_path else None
+    stats = _ring.RequestStats()
+    stats_path = options.stats_socket or (socket_path + STATS_SUFFIX if socket_path else None)
+    stats_server = StatsServer(stats, stats_path, options.metrics_socket,
+                               options.metrics_interval)
+    removers = [PathRemover(p) for p in stats_server.paths]
+
+    def cleanup():
+        for remove in [socket_remover, *removers]:
+            if remove:
+                remove()
+        if pid_file:
+            pid_file.close()
+
+    prepare_process(options)
+    # Installed before the sandbox forks: pid 1 of a namespace ignores signals it has no
+    # handler for, and the parent forwards SIGTERM as soon as it arrives.
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT,
+                                                              signal.SIGHUP)}
+    try:
+        child = sandbox.enter(options.sandbox, options.shared_dir)
+    except (sandbox.SandboxError, OSError) as exc:
+        log.error("%s", exc)
+        cleanup()
+        return 1
+    except Shutdown:
+        cleanup()
+        return 0
+    if child:
+        listener.close()
+        stats_server.detach()
+        log.debug("sandboxed daemon is pid %d", child)
+        return sandbox.supervise(child, cleanup)
+    if sandbox.proc_fd_cwd:
+        procfd.set_relative()
+    device = None
+    try:
+        device = _serve_setup(options, stats)
+        stats_server.start()
+        log.info("waiting for a frontend on %s", socket_path or f"fd {options.fd}")
+        conn_sock, _ = listener.accept()
+        # One frontend per daemon, as the reference daemons do: stop listening at once.
+        listener.close()
+        if socket_remover:
+            socket_remover()
+        log.info("frontend connected; serving %s (cache=%s, sandbox=%s)", options.shared_dir,
+                 options.cache, options.sandbox)
+        device.serve(Connection(conn_sock))
+        conn_sock.close()
+    except Shutdown as exc:
+        log.info("%s: shutting down", exc)
+        if device is not None:
+            device.reset()
+    except (sandbox.SandboxError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        listener.close()
+        stats_server.close(unlink=lambda path: None)
+        cleanup()
+    return 0
+
+
+def _serve_setup(options, stats):
+    """Inside the sandbox: the engine over the sandbox's view of the share, the device, and the
+    last restrictions (capabilities, seccomp) before any guest request is read."""
     handles = _ring.HandleTable()
     inodes = _ring.HandleTable(MAX_INODES)
     backend = window = None
@@ -124,44 +268,14 @@ def run(options):
     if window_size:
         backend = BackendChannel()
         window = DaxWindow(window_size, backend)
-    engine = build_engine(options, handles, inodes, dax=window)
-    fs = engine.fs
+    engine = build_engine(options, handles, inodes, dax=window,
+                          root=sandbox.root_for(options.sandbox, options.shared_dir))
     sec, nsec = engine.cache.timeout
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
                                on_reset=engine.reset, inodes=inodes,
                                attr_timeout=sec + nsec / 1e9,
                                shmem_sizes=(window_size,) if window_size else (),
-                               backend=backend)
+                               backend=backend, tag=options.tag, stats=stats)
     engine.on_session = device.set_fast_io
-
-    if options.fd is not None:
-        listener = socket.socket(fileno=options.fd)
-        socket_path = None
-    else:
-        listener = listen(options.socket_path)
-        socket_path = options.socket_path
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        log.info("waiting for a frontend on %s", socket_path or f"fd {options.fd}")
-        conn_sock, _ = listener.accept()
-        # One frontend per daemon, as the reference daemons do: stop listening at once.
-        listener.close()
-        if socket_path:
-            os.unlink(socket_path)
-            socket_path = None
-        log.info("frontend connected; serving %s (cache=%s)", fs.root_path, options.cache)
-        device.serve(Connection(conn_sock))
-        conn_sock.close()
-    except Shutdown as exc:
-        log.info("%s: shutting down", exc)
-        device.reset()
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        listener.close()
-        if socket_path:
-            try:
-                os.unlink(socket_path)
-            except FileNotFoundError:
-                pass
-    return 0
+    sandbox.restrict(sandbox.parse_modcaps(options.modcaps), options.seccomp)
+    return device

@@ -30,6 +30,7 @@ import struct
 import threading
 
 from . import _sys
+from .. import procfd
 
 NAME_MAX = 255
 FUSE_ROOT_ID = 1
@@ -57,8 +58,7 @@ def check_name(name):
     return name
 
 
-def _proc_path(fd):
-    return f"/proc/self/fd/{fd}"
+_proc_path = procfd.path
 
 
 def kill_suidgid_of(fd_or_path):
@@ -306,6 +306,10 @@ class PassthroughFs:
     def forget(self, nodeid, count):
         if self.inodes.forget(nodeid, count) and self.lock_fds:
             self._drop_lock_fds(lambda k: k[0] == nodeid)
+
+    def mount_id(self, nodeid):
+        """The host mount the inode lives on (statx STATX_MNT_ID)."""
+        return self.inodes.get(nodeid).key[2]
 
     def getattr(self, nodeid):
         return _sys.fstatx(self.inodes.get(nodeid).fd)

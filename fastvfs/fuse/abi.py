@@ -217,7 +217,7 @@ def rec_align(n):
     return (n + 7) & ~7
 
 
-def pack_attr(st, ino=None):
+def pack_attr(st, ino=None, flags=0):
     """Encode an ``os.stat_result`` as ``struct fuse_attr``.
 
     ``ino`` overrides st_ino (the engine reports host inode numbers, as passthrough daemons do).
@@ -230,7 +230,7 @@ def pack_attr(st, ino=None):
         st.st_atime_ns % 1_000_000_000, st.st_mtime_ns % 1_000_000_000,
         st.st_ctime_ns % 1_000_000_000,
         st.st_mode, min(st.st_nlink, 0xFFFFFFFF), st.st_uid, st.st_gid,
-        st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0)
+        st.st_rdev & 0xFFFFFFFF, st.st_blksize, flags)
 
 
 def split_timeout(seconds):

@@ -8,9 +8,11 @@ negative errno or 0, or, for a request answered later (a SETLKW that must wait),
 the hot path calls with a pending reply whose ``complete(error, payload)`` sends the answer.  It never raises: a bad request is an error reply, and the daemon serves on.
 """
 
+import concurrent.futures
 import errno
 import logging
 import os
+import stat
 import struct
 import threading
 
@@ -33,6 +35,17 @@ WANTED_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_ATOMIC_O_TRUNC | abi.FUSE_BIG_WRI
                 abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO | abi.FUSE_PARALLEL_DIROPS |
                 abi.FUSE_ASYNC_DIO | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT |
                 abi.FUSE_HANDLE_KILLPRIV_V2 | abi.FUSE_CREATE_SUPP_GROUP)
+FUSE_ATTR_SUBMOUNT = 1 << 0
+
+# What --readonly refuses outright (OPEN and SETUPMAPPING are checked for write access).
+MODIFYING_OPS = frozenset({
+    Opcode.SETATTR, Opcode.SYMLINK, Opcode.MKNOD, Opcode.MKDIR, Opcode.UNLINK, Opcode.RMDIR,
+    Opcode.RENAME, Opcode.RENAME2, Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE, Opcode.WRITE,
+    Opcode.SETXATTR, Opcode.REMOVEXATTR, Opcode.FALLOCATE, Opcode.COPY_FILE_RANGE})
+# Served on the queue's own thread even with a thread pool: the session, and requests that
+# are cheap and order-sensitive (FORGET has no reply at all).
+INLINE_OPS = frozenset({Opcode.INIT, Opcode.DESTROY, Opcode.FORGET, Opcode.BATCH_FORGET,
+                        Opcode.INTERRUPT})
 
 
 class CachePolicy:
@@ -69,8 +82,16 @@ class FuseEngine:
 
     def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
                  readdirplus=True, posix_locks=True, flock=True, posix_acl=False,
-                 max_lock_waiters=128, dax=None):
+                 max_lock_waiters=128, dax=None, readonly=False, announce_submounts=False,
+                 killpriv_v2=True, thread_pool_size=0):
         self.fs = fs
+        self.readonly = readonly
+        self.announce_submounts = announce_submounts
+        # Requests that may block are run on this pool when one is asked for, so a slow one
+        # (a huge READDIR, an fsync on a slow disk) never holds up its queue.
+        self.pool = (concurrent.futures.ThreadPoolExecutor(thread_pool_size,
+                                                           thread_name_prefix="fastvfs-pool")
+                     if thread_pool_size > 0 else None)
         # The DAX cache window (fastvfs.dax.DaxWindow) when one is configured.
         self.dax = dax
         self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
@@ -87,6 +108,10 @@ class FuseEngine:
             self.wanted_flags |= abi.FUSE_POSIX_LOCKS
         if flock:
             self.wanted_flags |= abi.FUSE_FLOCK_LOCKS
+        if not killpriv_v2:
+            self.wanted_flags &= ~abi.FUSE_HANDLE_KILLPRIV_V2
+        if announce_submounts:
+            self.wanted_flags |= abi.FUSE_SUBMOUNTS
         if posix_acl:
             # The guest checks ACLs itself and leaves the umask to us (applied by the host only
             # where no default ACL applies); ACL changes may ask us to drop setgid.
@@ -108,6 +133,28 @@ class FuseEngine:
     # -- entry point -------------------------------------------------------------------------
 
     def handle(self, request, out_size):
+        if self.pool is not None and len(request) >= abi.IN_HEADER_SIZE:
+            opcode = abi.in_header.unpack_from(request)[1]
+            if opcode not in INLINE_OPS:
+                def run(pending):
+                    self.pool.submit(self._run_pooled, pending, request, out_size)
+                return run
+        return self._handle(request, out_size)
+
+    def _run_pooled(self, pending, request, out_size):
+        try:
+            result = self._handle(request, out_size)
+            if result is None:
+                pending.complete(0)   # cannot happen: no-reply opcodes run inline
+            elif callable(result):
+                result(pending)
+            else:
+                pending.complete(result[0], result[1])
+        except Exception:
+            log.exception("pooled request failed")
+            pending.complete(-errno.EIO)
+
+    def _handle(self, request, out_size):
         if len(request) < abi.IN_HEADER_SIZE:
             return -errno.EINVAL, b""
         _, opcode, _, nodeid, uid, gid, pid, extlen, _ = abi.in_header.unpack_from(request)
@@ -125,6 +172,8 @@ class FuseEngine:
             return -errno.ENOSYS, b""
         if not self.initialized and opcode != Opcode.INIT:
             return -errno.EIO, b""
+        if self.readonly and opcode in MODIFYING_OPS:
+            return -errno.EROFS, b""
         try:
             result = method(nodeid, body, out_size, (uid, gid, pid, groups))
         except OSError as exc:
@@ -166,9 +215,15 @@ class FuseEngine:
 
     # -- encoding helpers ----------------------------------------------------------------------
 
-    def _entry(self, nodeid, st):
+    def _entry(self, nodeid, st, parent=None):
         sec, nsec = self.cache.timeout
-        return abi.entry_out_head.pack(nodeid, 0, sec, sec, nsec, nsec) + abi.pack_attr(st)
+        flags = 0
+        if (parent is not None and self.announce_submounts and stat.S_ISDIR(st.st_mode) and
+                st.st_mnt_id != self.fs.mount_id(parent)):
+            # A mount point on the host: the guest gives it a device number of its own.
+            flags = FUSE_ATTR_SUBMOUNT
+        return (abi.entry_out_head.pack(nodeid, 0, sec, sec, nsec, nsec) +
+                abi.pack_attr(st, flags=flags))
 
     def _attr(self, st):
         sec, nsec = self.cache.timeout
@@ -245,7 +300,7 @@ class FuseEngine:
 
     def do_lookup(self, nodeid, body, out_size, ctx):
         name, _ = self._name(body)
-        return self._entry(*self.fs.lookup(nodeid, name))
+        return self._entry(*self.fs.lookup(nodeid, name), parent=nodeid)
 
     def do_forget(self, nodeid, body, out_size, ctx):
         (nlookup,) = abi.forget_in.unpack_from(body)
@@ -342,6 +397,8 @@ class FuseEngine:
 
     def do_open(self, nodeid, body, out_size, ctx):
         flags, open_flags = abi.open_in.unpack_from(body)
+        if self.readonly and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+            raise OSError(errno.EROFS, "read-only share")
         fh = self.fs.open(nodeid, flags,
                           kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
         return abi.open_out.pack(fh, self.cache.open_flags, 0)
@@ -383,6 +440,8 @@ class FuseEngine:
         if flags & ~(abi.FUSE_SETUPMAPPING_FLAG_WRITE | abi.FUSE_SETUPMAPPING_FLAG_READ):
             raise OSError(errno.EINVAL, "unknown mapping flags")
         writable = bool(flags & abi.FUSE_SETUPMAPPING_FLAG_WRITE)
+        if writable and self.readonly:
+            raise OSError(errno.EROFS, "read-only share")
         window.check_range(moffset, length)
         # Linux maps per inode and sends fh = -1; another value must be a handle of this inode.
         with self.fs.mapping_fd(nodeid, None if fh == abi.NO_FH else fh, writable) as fd:
@@ -562,7 +621,7 @@ class FuseEngine:
                     out += bytes(abi.ENTRY_OUT_SIZE)
                 else:
                     try:
-                        out += self._entry(*self.fs.lookup(nodeid, e.name))
+                        out += self._entry(*self.fs.lookup(nodeid, e.name), parent=nodeid)
                     except OSError:
                         continue  # removed since the listing was taken
             out += abi.dirent_head.pack(e.ino, e.off, len(e.name), e.dtype) + e.name

@@ -15,7 +15,7 @@ import socket
 import stat
 import threading
 
-from .. import _ring
+from .. import _ring, procfd
 from . import protocol
 from .connection import Connection, ProtocolError
 from .protocol import ProtocolFeature as PF
@@ -71,7 +71,8 @@ class VhostUserFsDevice:
     """
 
     def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
-                 inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None):
+                 inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None, tag=None,
+                 stats=None):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
@@ -89,6 +90,16 @@ class VhostUserFsDevice:
             raise ValueError("too many shared memory regions")
         self.backend = backend
         self.offered_protocol_features = OFFERED_PROTOCOL_FEATURES
+        self.stats = stats
+        # With a tag the device configuration (virtio spec 5.11.4) is the backend's to give.
+        self.config = None
+        if tag is not None:
+            raw = tag.encode()
+            if not 0 < len(raw) <= protocol.VIRTIO_FS_TAG_SIZE:
+                raise ValueError("the tag must be 1 to 36 bytes")
+            self.config = raw.ljust(protocol.VIRTIO_FS_TAG_SIZE, b"\0") + \
+                protocol.virtio_fs_config_tail.pack(num_queues - 1, 0)
+            self.offered_protocol_features |= 1 << PF.CONFIG
         if any(self.shmem_sizes):
             if backend is None:
                 raise ValueError("shared memory regions need a backend-request channel")
@@ -196,7 +207,7 @@ class VhostUserFsDevice:
                 vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
                 bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
-                vring.lock, self.inodes, self.attr_timeout)
+                vring.lock, self.inodes, self.attr_timeout, self.stats)
         except BaseException:
             os.close(stop_fd)
             raise
@@ -479,7 +490,17 @@ class VhostUserFsDevice:
             self._stop(vring)
 
     def do_get_config(self, msg):
-        raise BadRequest("the device configuration belongs to the frontend (CONFIG not offered)")
+        if self.config is None:
+            raise BadRequest("the device configuration belongs to the frontend (no --tag)")
+        offset, size, flags = self._body(msg, protocol.config_header)
+        if offset > len(self.config) or size > len(self.config) - offset:
+            raise BadRequest(f"config range {offset}+{size} past the {len(self.config)}-byte "
+                             "configuration")
+        return protocol.config_header.pack(offset, size, flags) + \
+            self.config[offset:offset + size]
+
+    def do_set_config(self, msg):
+        raise BadRequest("the virtio-fs configuration is read-only")
 
 
 _GET_REQUESTS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
@@ -501,6 +522,6 @@ def _map_region(table, gpa, size, uaddr, offset, fd):
 
 def _is_eventfd(fd):
     try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+        return os.readlink(procfd.path(fd)) == "anon_inode:[eventfd]"
     except OSError:
         return False

@@ -129,4 +129,5 @@ VHOST_VRING_F_LOG = 1 << 0
 VIRTIO_ID_FS = 26
 VIRTIO_FS_HIPRIO_QUEUE = 0
 VIRTIO_FS_TAG_SIZE = 36
+virtio_fs_config_tail = struct.Struct("<II")  # num_request_queues, notify_buf_size (after tag)
 VIRTIO_FS_SHMCAP_ID_CACHE = 0  # the DAX window is shared memory region 0

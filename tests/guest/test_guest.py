@@ -9,9 +9,12 @@ import difflib
 import json
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -245,6 +248,47 @@ def test_dax_window_with_a_frontend_that_has_none(guest_images, start_backend, t
     assert "backend-request channel set up" in log and "DAX window usable" not in log
 
 
+def test_libvirt_style_invocation(guest_images, tmp_path):
+    """As libvirt runs a vhost-user-fs backend: it asks --print-capabilities, creates and
+    listens on the socket itself and passes it as --fd, with the legacy -o options."""
+    if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
+        pytest.skip("fastvfs command line")
+    caps = json.loads(subprocess.run([sys.executable, "-m", "fastvfs", "--print-capabilities"],
+                                     capture_output=True, check=True, text=True).stdout)
+    assert caps["type"] == "fs"
+    kernel, initramfs = guest_images
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host").write_text("hello guest\n")
+    sock_dir = Path(tempfile.mkdtemp(prefix="fvl-"))
+    sock_path = sock_dir / "fs.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    fd = listener.fileno()
+    proc = subprocess.Popen([sys.executable, "-m", "fastvfs", f"--fd={fd}", "-o",
+                             f"source={shared},cache=none,xattr", "-o", "sandbox=namespace"],
+                            pass_fds=[fd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    listener.close()
+    try:
+        script = ('set -e; cd "$FASTVFS_MNT"; cat from-host; echo written > from-guest; '
+                  'setfattr -n user.k -v v from-guest 2>/dev/null || '
+                  '"$FASTVFS_PYTHON" -c "import os; os.setxattr(\'from-guest\', \'user.k\', b\'v\')"; '
+                  'ls')
+        result = guest.run_guest(script, vhost_user_socket=sock_path, kernel=kernel,
+                                 initramfs=initramfs, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split("\n")[0] == "hello guest"
+        assert (shared / "from-guest").read_text() == "written\n"
+        assert os.getxattr(shared / "from-guest", "user.k") == b"v"
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
 XATTR_SCRIPT = r'''set -e
 "$FASTVFS_PYTHON" - <<'PY'
 import os
@@ -269,7 +313,8 @@ def test_extended_attributes(guest_images, start_backend, tmp_path):
     kernel, initramfs = guest_images
     shared = tmp_path / "shared"
     shared.mkdir()
-    backend = start_backend(shared, extra=["--xattr"])
+    # trusted.* needs CAP_SYS_ADMIN, which the sandbox drops unless asked (as the reference).
+    backend = start_backend(shared, extra=["--xattr", "--modcaps=+sys_admin"])
     result = guest.run_guest(XATTR_SCRIPT, vhost_user_socket=backend.socket_path, kernel=kernel,
                              initramfs=initramfs, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -69,7 +69,7 @@ def connect_and_use(path, shared):
 
 def test_print_capabilities():
     out = subprocess.run([*DAEMON, "--print-capabilities"], capture_output=True, check=True)
-    assert json.loads(out.stdout) == {"type": "fs"}
+    assert json.loads(out.stdout) == {"type": "fs", "features": ["separate-options"]}
 
 
 def test_console_script_is_the_same_program():
@@ -77,7 +77,7 @@ def test_console_script_is_the_same_program():
     if not script.exists():
         pytest.skip("not installed as a package (no console script next to the interpreter)")
     out = subprocess.run([str(script), "--print-capabilities"], capture_output=True, check=True)
-    assert json.loads(out.stdout) == {"type": "fs"}
+    assert json.loads(out.stdout) == {"type": "fs", "features": ["separate-options"]}
 
 
 @pytest.mark.parametrize("args", [[], ["--socket-path", "/tmp/x.sock"],

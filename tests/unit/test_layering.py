@@ -24,6 +24,12 @@ FORBIDDEN = {
     # The DAX window talks to an abstract map/unmap channel, never to FUSE or vhost-user.
     "dax": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
             "testing"},
+    # Process confinement and statistics serve the daemon; they know no protocol layer.
+    "sandbox": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+                "testing"},
+    "procfd": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+               "testing", "dax", "sandbox", "stats"},
+    "stats": {"fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli", "testing"},
 }
 
 

@@ -1,0 +1,382 @@
+"""The reference daemon's command line, the sandbox, and the statistics, on a running daemon
+driven by the frontend driver."""
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fastvfs import sandbox
+from fastvfs.fuse import abi
+from fastvfs.fuse.abi import Opcode
+from fastvfs.testing.frontend import VhostUserFrontend
+from fastvfs.testing.fuse_client import LINUX_6_1_INIT_FLAGS, FuseClient
+from fastvfs.vhost_user import protocol
+from fastvfs.vhost_user.protocol import Request
+
+DAEMON = [sys.executable, "-m", "fastvfs"]
+ROOT = abi.FUSE_ROOT_ID
+
+
+class Daemon:
+    def __init__(self, tmp, *args, shared=None, files=None):
+        self.dir = Path(tempfile.mkdtemp(prefix="fvc-"))
+        self.sock = self.dir / "s.sock"
+        self.shared = shared or (tmp / "shared")
+        self.shared.mkdir(exist_ok=True)
+        for name, data in (files or {}).items():
+            (self.shared / name).write_bytes(data)
+        argv = [*DAEMON, "--socket-path", str(self.sock), "--log-level", "debug", *args]
+        if not any(a.startswith("source=") or a == "--shared-dir" for a in args):
+            argv += ["--shared-dir", str(self.shared)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while not self.sock.is_socket():
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stdout.read().decode())
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        self.frontend = None
+
+    def connect(self, init_flags=LINUX_6_1_INIT_FLAGS):
+        self.frontend = VhostUserFrontend(str(self.sock), timeout=10).start()
+        self.client = FuseClient(self.frontend, timeout=10)
+        self.client.init(flags=init_flags)
+        return self.client
+
+    def serving_pid(self):
+        """The process that serves: the sandbox's child in a namespace sandbox."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        kids = children.read_text().split() if children.exists() else []
+        return int(kids[0]) if kids else self.proc.pid
+
+    def close(self):
+        if self.frontend is not None:
+            self.frontend.close()
+        try:
+            status = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            status = self.proc.wait()
+        self.output = self.proc.stdout.read().decode()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return status
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started = []
+
+    def start(*args, **kw):
+        d = Daemon(tmp_path, *args, **kw)
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.close()
+
+
+def expect_errno(err, fn, *args, **kwargs):
+    with pytest.raises(OSError) as exc:
+        fn(*args, **kwargs)
+    assert exc.value.errno == err
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def test_legacy_o_options(daemon, tmp_path):
+    shared = tmp_path / "legacy"
+    shared.mkdir()
+    (shared / "f").write_text("x")
+    d = daemon("-o", f"source={shared},cache=none", "-o", "xattr,no_posix_lock",
+               "--sandbox", "none", shared=shared)
+    client = d.connect()
+    nid = client.lookup(ROOT, "f").nodeid
+    os.setxattr(shared / "f", "user.k", b"v")
+    reply = client.call(Opcode.GETXATTR, nid, abi.getxattr_in.pack(64, 0) + b"user.k\0",
+                        reply_len=64)
+    assert reply.payload + reply.data == b"v"    # -o xattr took effect
+    assert not client.init_out.flags & abi.FUSE_POSIX_LOCKS   # -o no_posix_lock
+    assert client.lookup(ROOT, "f").entry_valid == 0        # cache=none
+    assert d.close() == 0
+
+
+@pytest.mark.parametrize("bad", ["bogus", "cache=sometimes", "sandbox=jail"])
+def test_bad_legacy_options_are_refused(tmp_path, bad):
+    out = subprocess.run([*DAEMON, "--socket-path", str(tmp_path / "s"), "-o", bad,
+                          "--shared-dir", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "-o" in out.stderr
+
+
+def test_inode_file_handles_other_than_never_are_refused(tmp_path):
+    out = subprocess.run([*DAEMON, "--socket-path", str(tmp_path / "s"), "--shared-dir",
+                          str(tmp_path), "--inode-file-handles=prefer"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "O_PATH" in out.stderr
+
+
+def test_pid_file_locks_the_socket_and_goes_away(daemon, tmp_path):
+    d = daemon()
+    pid_file = Path(str(d.sock) + ".pid")
+    assert int(pid_file.read_text()) == d.proc.pid
+    second = subprocess.run([*DAEMON, "--socket-path", str(d.sock), "--shared-dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=20)
+    assert second.returncode != 0 and "another daemon" in second.stderr
+    assert d.sock.is_socket()            # the running daemon kept its socket
+    d.connect()
+    assert d.close() == 0
+    assert not pid_file.exists() and not d.sock.exists()
+    assert not Path(str(d.sock) + ".stats").exists()
+
+
+def test_socket_group_and_mode(daemon):
+    d = daemon("--socket-group", "daemon")
+    import grp
+    st = d.sock.stat()
+    assert st.st_gid == grp.getgrnam("daemon").gr_gid
+    assert st.st_mode & 0o777 == 0o770
+    plain = daemon()
+    assert plain.sock.stat().st_mode & 0o777 == 0o700
+
+
+def test_tag_is_served_as_device_config(daemon):
+    d = daemon("--tag", "myfs", "--request-queues", "3")
+    fe = VhostUserFrontend(str(d.sock), timeout=10)
+    fe.connect()
+    d.frontend = fe
+    fe.send(Request.GET_CONFIG, protocol.config_header.pack(0, 44, 0))
+    reply = fe.recv_reply().payload
+    offset, size, _ = protocol.config_header.unpack_from(reply)
+    config = reply[protocol.config_header.size:]
+    assert (offset, size) == (0, 44)
+    assert config[:36].rstrip(b"\0") == b"myfs"
+    assert protocol.virtio_fs_config_tail.unpack(config[36:]) == (3, 0)
+    fe.send(Request.GET_CONFIG, protocol.config_header.pack(40, 8, 0))   # past the end
+    assert fe.recv_reply().payload == b""
+
+
+def test_readonly_refuses_every_change(daemon):
+    d = daemon("--readonly", files={"f": b"data"})
+    c = d.connect()
+    nid = c.lookup(ROOT, "f").nodeid
+    assert c.read(nid, c.open(nid).fh, 0, 4) == b"data"
+    expect_errno(errno.EROFS, c.open, nid, os.O_RDWR)
+    expect_errno(errno.EROFS, c.open, nid, os.O_RDONLY | os.O_TRUNC)
+    expect_errno(errno.EROFS, c.mkdir, ROOT, "d")
+    expect_errno(errno.EROFS, c.create, ROOT, "g")
+    expect_errno(errno.EROFS, c.unlink, ROOT, "f")
+    expect_errno(errno.EROFS, c.rename, ROOT, "f", ROOT, "h")
+    expect_errno(errno.EROFS, c.setattr, nid, mode=0o600)
+    expect_errno(errno.EROFS, c.symlink, ROOT, "l", "f")
+    assert sorted(os.listdir(d.shared)) == ["f"]
+
+
+def test_no_killpriv_v2(daemon):
+    c = daemon("--no-killpriv-v2").connect()
+    assert not c.init_out.flags & abi.FUSE_HANDLE_KILLPRIV_V2
+    c2 = daemon().connect()
+    assert c2.init_out.flags & abi.FUSE_HANDLE_KILLPRIV_V2
+
+
+def test_thread_pool_serves_requests(daemon):
+    threads = {}
+    for pool in ("0", "4"):
+        d = daemon("--thread-pool-size", pool, "--sandbox", "none",
+                   files={"f": os.urandom(1 << 16)})
+        c = d.connect()
+        tickets = [c.submit(Opcode.LOOKUP, ROOT, b"f\0", reply_len=abi.ENTRY_OUT_SIZE)
+                   for _ in range(32)]
+        assert all(c.wait(t).error == 0 for t in tickets)
+        threads[pool] = len(os.listdir(f"/proc/{d.proc.pid}/task"))
+    assert threads["4"] > threads["0"], threads   # the pool's workers exist and served
+    # Locks still wait without holding the pool.
+    nid = c.lookup(ROOT, "f").nodeid
+    fh = c.open(nid, os.O_RDWR).fh
+    assert c.read(nid, fh, 0, 16) == (d.shared / "f").read_bytes()[:16]
+
+
+def test_announce_submounts(daemon, tmp_path):
+    shared = tmp_path / "withmount"
+    (shared / "sub").mkdir(parents=True)
+    (shared / "plain").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(shared / "sub")]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        c = daemon("--announce-submounts", shared=shared).connect(
+            LINUX_6_1_INIT_FLAGS | abi.FUSE_SUBMOUNTS)
+        assert c.init_out.flags & abi.FUSE_SUBMOUNTS
+        assert c.lookup(ROOT, "sub").attr.flags & 1          # FUSE_ATTR_SUBMOUNT
+        assert not c.lookup(ROOT, "plain").attr.flags & 1
+        quiet = daemon(shared=shared).connect(LINUX_6_1_INIT_FLAGS | abi.FUSE_SUBMOUNTS)
+        assert not quiet.lookup(ROOT, "sub").attr.flags & 1
+    finally:
+        subprocess.run(["umount", "-l", str(shared / "sub")])
+
+
+def test_descriptor_and_capabilities(tmp_path):
+    out = subprocess.run([*DAEMON, "descriptor", "--binary", "/usr/bin/fastvfs"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"description": "fastvfs: virtio-fs vhost-user backend",
+                                      "type": "fs", "binary": "/usr/bin/fastvfs"}
+    out = subprocess.run([*DAEMON, "descriptor", "--install", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    written = json.loads((tmp_path / "50-fastvfs.json").read_text())
+    assert written["type"] == "fs" and os.path.isabs(written["binary"])
+
+
+# -- the sandbox --------------------------------------------------------------------------------
+
+def _status(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split()[1]
+    raise KeyError(field)
+
+
+def test_namespace_sandbox(daemon):
+    d = daemon(files={"f": b"inside"})
+    c = d.connect()
+    pid = d.serving_pid()
+    assert pid != d.proc.pid
+    # The server's root is the shared directory, in namespaces of its own.
+    root, shared = os.stat(f"/proc/{pid}/root"), d.shared.stat()
+    assert (root.st_dev, root.st_ino) == (shared.st_dev, shared.st_ino)
+    assert sorted(os.listdir(f"/proc/{pid}/root")) == ["f"]     # nothing of the host's tree
+    for ns in ("mnt", "pid", "net"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+    assert _status(pid, "Seccomp") == "2"
+    expected = 0
+    for name in sandbox.DEFAULT_CAPABILITIES:
+        expected |= 1 << sandbox.CAPABILITIES[name]
+    assert int(_status(pid, "CapEff"), 16) == expected
+    assert int(_status(d.proc.pid, "CapEff"), 16) == 0     # the supervisor keeps nothing
+    # Everything still works, including the calls that name inodes through /proc/self/fd.
+    nid = c.lookup(ROOT, "f").nodeid
+    assert c.read(nid, c.open(nid).fh, 0, 6) == b"inside"
+    c.setattr(nid, mode=0o600)
+    assert (d.shared / "f").stat().st_mode & 0o777 == 0o600
+    c.link(nid, ROOT, "g")
+    assert (d.shared / "g").read_bytes() == b"inside"
+    assert d.close() == 0
+
+
+def test_chroot_sandbox_and_modcaps(daemon):
+    d = daemon("--sandbox", "chroot", "--modcaps=+sys_admin:-mknod", files={"f": b"x"})
+    c = d.connect()
+    pid = d.proc.pid
+    assert os.readlink(f"/proc/{pid}/root") == str(d.shared)
+    assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    caps = int(_status(pid, "CapEff"), 16)
+    assert caps & (1 << sandbox.CAPABILITIES["sys_admin"])
+    assert not caps & (1 << sandbox.CAPABILITIES["mknod"])
+    # Without CAP_MKNOD a device node cannot be made; everything else works.
+    expect_errno(errno.EPERM, c.mknod, ROOT, "dev", 0o20644, os.makedev(1, 3))
+    c.mkdir(ROOT, "d")
+    assert (d.shared / "d").is_dir()
+    assert d.close() == 0
+
+
+def test_sigterm_reaches_the_sandboxed_server(daemon):
+    d = daemon()
+    d.connect()
+    pid = d.serving_pid()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(10) == 0
+    assert not Path(f"/proc/{pid}").exists()
+    assert not d.sock.exists()
+
+
+def test_seccomp_filter_kills_a_call_outside_the_list():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sandbox.install_seccomp("kill")
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall(169, 0, 0, 0, 0)    # reboot: never on the list
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+
+
+def test_seccomp_filter_allows_the_daemons_calls():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sandbox.install_seccomp("kill")
+            fd = os.open("/", os.O_PATH)
+            os.stat("/", dir_fd=fd)
+            os.close(fd)
+            r, w = os.pipe()
+            os.write(w, b"x")
+            os._exit(0 if os.read(r, 1) == b"x" else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_modcaps_parsing():
+    assert "sys_admin" in sandbox.parse_modcaps("+sys_admin:-mknod")
+    assert "mknod" not in sandbox.parse_modcaps("+sys_admin:-mknod")
+    assert "sys_admin" in sandbox.parse_modcaps("+CAP_SYS_ADMIN")
+    for bad in ("sys_admin", "+nonsense", "+", ":"):
+        with pytest.raises(ValueError):
+            sandbox.parse_modcaps(bad)
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def test_stats_while_serving(daemon, tmp_path):
+    metrics = tmp_path / "metrics.sock"
+    d = daemon("--metrics-socket", str(metrics), "--metrics-interval", "0.2",
+               files={"f": os.urandom(8192)})
+    c = d.connect()
+    nid = c.lookup(ROOT, "f").nodeid
+    fh = c.open(nid).fh
+    for _ in range(20):
+        c.read(nid, fh, 0, 4096)
+        c.getattr(nid)
+    expect_errno(errno.ENOENT, c.lookup, ROOT, "missing")
+    out = subprocess.run([*DAEMON, "stats", "--socket-path", str(d.sock), "--json"],
+                         capture_output=True, text=True, check=True)
+    doc = json.loads(out.stdout)
+    ops = doc["ops"]
+    assert ops["READ"]["count"] == 20 and ops["GETATTR"]["count"] == 20
+    assert ops["LOOKUP"]["count"] == 2 and ops["LOOKUP"]["errors"] == 1
+    assert ops["INIT"]["count"] == 1
+    assert 0 < ops["READ"]["mean_us"] < 1e6 and ops["READ"]["p99_us"] >= ops["READ"]["p50_us"]
+    assert sum(ops["READ"]["histogram_log2_ns"]) == 20
+    table = subprocess.run([*DAEMON, "stats", "--socket-path", str(d.sock)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "READ" in table and "p99 us" in table
+    # Prometheus text over HTTP on the metrics socket.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(metrics))
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        response = b""
+        while chunk := s.recv(65536):
+            response += chunk
+    head, _, body = response.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.0 200")
+    assert 'fastvfs_requests_total{op="READ"} 20' in body
+    assert 'fastvfs_request_duration_seconds_count{op="READ"} 20' in body
+    assert d.close() == 0
+    assert "metrics:" in d.output and "READ=" in d.output
+
+
+def test_stats_client_without_a_daemon(tmp_path):
+    out = subprocess.run([*DAEMON, "stats", "--stats-socket", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "no daemon" in out.stderr
