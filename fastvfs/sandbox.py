@@ -291,7 +291,7 @@ ALLOWED_SYSCALLS = {
     "epoll_ctl": 233, "tgkill": 234, "utimes": 235, "openat": 257, "mkdirat": 258,
     "mknodat": 259, "fchownat": 260, "futimesat": 261, "newfstatat": 262, "unlinkat": 263,
     "renameat": 264, "linkat": 265, "symlinkat": 266, "readlinkat": 267, "fchmodat": 268,
-    "faccessat": 269, "pselect6": 270, "ppoll": 271, "set_robust_list": 273,
+    "faccessat": 269, "pselect6": 270, "ppoll": 271, "unshare": 272, "set_robust_list": 273,
     "get_robust_list": 274, "splice": 275, "tee": 276, "sync_file_range": 277, "vmsplice": 278,
     "utimensat": 280, "epoll_pwait": 281, "eventfd": 284, "fallocate": 285, "accept4": 288,
     "eventfd2": 290, "epoll_create1": 291, "dup3": 292, "pipe2": 293, "preadv": 295,
