@@ -367,6 +367,17 @@ cdef class HandleTable:
         self.count -= 1
         return fd
 
+    def hold(self, uint64_t fh):
+        """Take a reference on ``fh`` (its fd stays open until :meth:`unhold`, even if it is
+        removed meanwhile); returns the fd or raises OSError(EBADF)."""
+        cdef int fd = self.acquire(fh)
+        if fd < 0:
+            raise OSError(EBADF, "bad file handle")
+        return fd
+
+    def unhold(self, uint64_t fh):
+        self.release(fh)
+
     def add_root(self, int fd):
         """Put ``fd`` in slot 0 with generation 0: id 1, FUSE_ROOT_ID, when the table holds node
         ids.  Must be the first entry; it is never removed."""

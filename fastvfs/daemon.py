@@ -22,6 +22,9 @@ from .vhost_user.device import VhostUserFsDevice
 log = logging.getLogger("fastvfs")
 
 
+_TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class Shutdown(Exception):
     """Raised in the main thread by SIGTERM/SIGINT."""
 
@@ -187,6 +190,9 @@ def run(options):
     Order: pid file, listening sockets (vhost-user, statistics), process set-up, the sandbox
     (a namespace sandbox forks: the parent only supervises), the engine over the sandbox's
     view, capabilities and seccomp, and only then the frontend."""
+    # Termination signals wait until each process knows what to do with them: the supervisor
+    # forwards them, the server shuts down (pid 1 of a namespace would ignore them otherwise).
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
     pid_file = PidFile(socket_path + ".pid") if socket_path else None
     if options.fd is not None:
@@ -208,28 +214,23 @@ def run(options):
             pid_file.close()
 
     prepare_process(options)
-    # Installed before the sandbox forks: pid 1 of a namespace ignores signals it has no
-    # handler for, and the parent forwards SIGTERM as soon as it arrives.
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT,
-                                                              signal.SIGHUP)}
     try:
         child = sandbox.enter(options.sandbox, options.shared_dir)
     except (sandbox.SandboxError, OSError) as exc:
         log.error("%s", exc)
         cleanup()
         return 1
-    except Shutdown:
-        cleanup()
-        return 0
     if child:
         listener.close()
         stats_server.detach()
         log.debug("sandboxed daemon is pid %d", child)
-        return sandbox.supervise(child, cleanup)
+        return sandbox.supervise(child, cleanup, unblock=_TERMINATING)
     if sandbox.proc_fd_cwd:
         procfd.set_relative()
     device = None
+    old_handlers = {s: signal.signal(s, _on_signal) for s in _TERMINATING}
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERMINATING)
         device = _serve_setup(options, stats)
         stats_server.start()
         log.info("waiting for a frontend on %s", socket_path or f"fd {options.fd}")

@@ -155,9 +155,9 @@ def _use_proc_fd(proc_fd):
     proc_fd_cwd = True
 
 
-def supervise(child, cleanup=None):
+def supervise(child, cleanup=None, unblock=()):
     """The parent side of a namespace sandbox: forward termination signals, wait, and return
-    the exit status to exit with."""
+    the exit status to exit with.  ``unblock``: signals held back until forwarding is set."""
     def forward(signum, frame):
         try:
             os.kill(child, signum)
@@ -165,6 +165,8 @@ def supervise(child, cleanup=None):
             pass
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
+    if unblock:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
     drop_capabilities(())
     while True:
         try:

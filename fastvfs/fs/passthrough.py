@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import stat
 import struct
 import threading
@@ -104,9 +105,19 @@ class InodeStore:
         self.by_key = {root_st.key: self.root}
 
     def get(self, nodeid):
+        """The inode behind ``nodeid``.  Inside a :meth:`PassthroughFs.request_scope` its
+        descriptor is also held open until the request ends: a FORGET racing on another queue
+        cannot close it, and its number cannot be reused for another file meanwhile."""
         inode = self.by_id.get(nodeid)
         if inode is None:
             raise OSError(errno.ENOENT, "unknown node id")
+        held = getattr(_request_refs, "held", None)
+        if held is not None and inode is not self.root:
+            try:
+                self.table.hold(nodeid)
+            except OSError:
+                raise OSError(errno.ENOENT, "node id forgotten meanwhile") from None
+            held.append(nodeid)
         return inode
 
     def adopt(self, fd, st):
@@ -172,6 +183,7 @@ class DirEntry:
 
 
 _thread_state = threading.local()
+_request_refs = threading.local()
 
 
 class Caller:
@@ -224,8 +236,15 @@ class PassthroughFs:
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 xattrmap=None):
+                 xattrmap=None, fd_budget=None):
         self.writeback = writeback
+        # Descriptors the guest may make us hold (inodes, open files and directories, lock
+        # holders): the rest of RLIMIT_NOFILE stays for the daemon itself (memory regions,
+        # eventfds, sockets), so a guest opening everything cannot starve the control plane.
+        if fd_budget is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            fd_budget = soft - max(32, min(256, soft // 8))
+        self.fd_budget = fd_budget
         self.xattrmap = xattrmap
         self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
         self.root_path = os.path.abspath(root)
@@ -245,7 +264,29 @@ class PassthroughFs:
 
     # -- lookups ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def request_scope(self):
+        """Hold every inode descriptor a request touches until it is answered."""
+        outer = getattr(_request_refs, "held", None)
+        held = _request_refs.held = []
+        try:
+            yield
+        finally:
+            _request_refs.held = outer
+            for nodeid in held:
+                self.inodes.table.unhold(nodeid)
+
+    def fds_held(self):
+        return (self.handles.count + self.inodes.table.count + len(self.dirs) +
+                len(self.lock_fds))
+
+    def _budget(self):
+        """EMFILE for the guest once its share of descriptors is used up."""
+        if self.fds_held() >= self.fd_budget:
+            raise OSError(errno.EMFILE, "the guest's descriptor budget is used up")
+
     def _entry_at(self, parent, name):
+        self._budget()
         fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
         try:
             st = _sys.fstatx(fd)
@@ -434,6 +475,7 @@ class PassthroughFs:
     def open(self, nodeid, flags, kill_suidgid=False):
         """Open a regular file for I/O; returns a handle.  ``kill_suidgid``: the open truncates
         on behalf of a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID)."""
+        self._budget()
         inode = self.inodes.get(nodeid)
         if not stat.S_ISREG(inode.mode):
             raise OSError(errno.ELOOP if stat.S_ISLNK(inode.mode) else
@@ -458,6 +500,7 @@ class PassthroughFs:
 
     def create(self, parent_id, name, mode, flags, caller):
         """Create and open ``name``; returns (nodeid, Statx, fh)."""
+        self._budget()
         parent = self.inodes.get(parent_id)
         check_name(name)
         flags = (self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW |
@@ -474,6 +517,7 @@ class PassthroughFs:
     def tmpfile(self, parent_id, mode, flags, caller):
         """An unnamed file in directory ``parent_id`` (O_TMPFILE); returns (nodeid, Statx, fh).
         It can be given a name later with ``link``."""
+        self._budget()
         parent = self.inodes.get(parent_id)
         flags = self._open_flags(flags) | os.O_TMPFILE | os.O_CLOEXEC
         if flags & os.O_ACCMODE == os.O_RDONLY:
@@ -609,6 +653,7 @@ class PassthroughFs:
             fd = self.lock_fds.get(key)
         if fd is not None:
             return fd
+        self._budget()
         inode = self.inodes.get(nodeid)
         if stat.S_ISDIR(inode.mode) and kind == "flock":
             choices = (os.O_RDONLY | os.O_DIRECTORY,)
@@ -673,6 +718,7 @@ class PassthroughFs:
     # -- directories ------------------------------------------------------------------------
 
     def opendir(self, nodeid):
+        self._budget()
         inode = self.inodes.get(nodeid)
         if not stat.S_ISDIR(inode.mode):
             raise OSError(errno.ENOTDIR, "not a directory")

@@ -175,7 +175,8 @@ class FuseEngine:
         if self.readonly and opcode in MODIFYING_OPS:
             return -errno.EROFS, b""
         try:
-            result = method(nodeid, body, out_size, (uid, gid, pid, groups))
+            with self.fs.request_scope():
+                result = method(nodeid, body, out_size, (uid, gid, pid, groups))
         except OSError as exc:
             return _errno(exc), b""
         except (struct.error, ValueError, OverflowError, UnicodeError):
