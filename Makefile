@@ -3,10 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
-APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv
+APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv strace
 PYTEST_ARGS ?=
 
-.PHONY: deps venv build test test-all demo micro clean
+.PHONY: deps venv build test test-all demo micro bench perf-gate clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -42,6 +42,20 @@ demo: build
 # Microbenchmarks against the reference virtiofsd in the same run (reports/micro/).
 micro: build
 	$(PY) -m bench.micro $(MICRO_ARGS)
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+# The bench suite: real guests on fastvfs, the reference virtiofsd, virtio-9p and the host,
+# plots and a report in reports/<date>/ (BENCH_ARGS=--quick for the ten-minute version).
+bench: build $(VENV)/.bench
+	$(PY) -m bench.suite $(BENCH_ARGS)
+
+# The CI performance gate: microbenchmarks against the stored baseline (bench/baseline.json),
+# the reference measured in the same run; the run is added to reports/history/.
+perf-gate: build
+	$(PY) -m bench.regress $(PERF_ARGS)
 
 clean:
 	rm -rf build $(VENV) fastvfs/*.so fastvfs/*/*.so fastvfs/*.c fastvfs/*/*.c *.egg-info

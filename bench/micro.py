@@ -58,9 +58,8 @@ def _stat(pid):
 
 
 def cpu_seconds(pid):
-    """utime + stime of ``pid`` and all its descendants, every thread included (fields 14
-    and 15 of /proc/PID/stat): the reference daemon serves from a child process it forks into
-    its sandbox."""
+    """CPU time of ``pid`` and all its descendants, every thread included: both daemons serve
+    from a child process they fork into their sandbox."""
     parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -76,18 +75,25 @@ def cpu_seconds(pid):
             if parent in family and child not in family:
                 family.add(child)
                 grew = True
+    # Nanosecond run times of every thread (/proc/PID/task/TID/schedstat, first field) rather
+    # than utime+stime, whose 10 ms ticks are coarse next to a short run of a busy driver.
     total = 0
     for member in family:
         try:
-            fields = _stat(member)
+            tasks = os.listdir(f"/proc/{member}/task")
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        for tid in tasks:
+            try:
+                with open(f"/proc/{member}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 class Session:
-    def __init__(self, name, workdir):
+    def __init__(self, name, workdir, prefix=()):
         self.name = name
         self.shared = Path(workdir) / name
         self.shared.mkdir()
@@ -95,7 +101,7 @@ class Session:
             f.truncate(FILE_SIZE)
             f.write(os.urandom(1 << 20))
         self.sock = str(Path(tempfile.mkdtemp(prefix="fvb-")) / "s.sock")
-        self.proc = subprocess.Popen(backend_argv(name, self.sock, str(self.shared)),
+        self.proc = subprocess.Popen([*prefix, *backend_argv(name, self.sock, str(self.shared))],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while True:

@@ -168,6 +168,7 @@ class GuestConfig:
     initramfs: str | os.PathLike | None = None  # None: build_initramfs(kernel)
     qemu: str = QEMU
     extra_qemu_args: Sequence[str] = ()
+    accel: str | None = None  # None: accelerator() (KVM where it works, else TCG)
 
     def __post_init__(self):
         if self.vhost_user_socket is not None and self.ninep_dir is not None:
@@ -422,6 +423,41 @@ def _write_initramfs(kernel: KernelImage, files: Sequence[str], busybox: str, im
 # --- launching -----------------------------------------------------------------------------------
 
 
+_ACCEL = None
+
+
+def accelerator(kernel: KernelImage | None = None, initramfs=None) -> str:
+    """``"kvm"`` where /dev/kvm really runs guests, else ``"tcg"``.
+
+    ``FASTVFS_ACCEL=kvm|tcg`` decides outright.  Otherwise a KVM guest is booted once (it must
+    reach its script and power off within 30 s: nested KVM can exist yet hang at boot) and the
+    answer is cached per host kernel in the download cache.
+    """
+    global _ACCEL
+    forced = os.environ.get("FASTVFS_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    if _ACCEL is not None:
+        return _ACCEL
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or kernel is None:
+        _ACCEL = "tcg"
+        return _ACCEL
+    marker = cache_root() / f"accel-{os.uname().release}"
+    if marker.exists():
+        _ACCEL = marker.read_text().strip()
+        return _ACCEL
+    _ACCEL = "tcg"   # while probing, and if the probe fails
+    try:
+        result = run_guest("true", kernel=kernel, initramfs=initramfs, accel="kvm", timeout=30)
+        answer = "kvm" if result.returncode == 0 else "tcg"
+    except (GuestError, OSError):
+        answer = "tcg"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(answer + "\n")
+    _ACCEL = answer
+    return answer
+
+
 def qemu_command(config: GuestConfig, kernel: KernelImage, initramfs: str | os.PathLike,
                  results_dir: str | os.PathLike) -> list[str]:
     """The QEMU command line for ``config``.
@@ -434,7 +470,8 @@ def qemu_command(config: GuestConfig, kernel: KernelImage, initramfs: str | os.P
     """
     cmd = [
         config.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-        "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(config.smp),
+        "-accel", "kvm" if (config.accel or accelerator(kernel, initramfs)) == "kvm"
+        else "tcg,thread=multi", "-cpu", "max", "-smp", str(config.smp),
         "-m", config.memory,
         "-object", f"memory-backend-memfd,id=mem,size={config.memory},share=on",
         "-numa", "node,memdev=mem",
