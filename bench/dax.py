@@ -14,10 +14,7 @@ sequentially and at random offsets, 4 KiB and 1 MiB at a time; plus the host-nat
 
 import argparse
 import collections
-import datetime
-import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -25,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import output
 
 from fastvfs.fuse import abi
 from fastvfs.testing.dax_cache import RANGE_SIZE, DaxCache
@@ -188,18 +187,10 @@ def main(argv=None):
             session.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    config = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.release()}",
-              "seconds": args.seconds, "file_size": file_size, "window_size": window_size,
-              "small_window_ranges": small_ranges, "range_size": RANGE_SIZE,
-              "fastvfs_cache": "never", "queue_size": 256}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = config["date"].replace(":", "")
-    (out / f"{stem}.json").write_text(json.dumps({"config": config, "results": results},
-                                                 indent=2))
-    (out / f"{stem}.md").write_text(markdown(results, config))
-    print(f"wrote {out / stem}.json and .md")
+    config = output.base_config(seconds=args.seconds, file_size=file_size,
+                                window_size=window_size, small_window_ranges=small_ranges,
+                                range_size=RANGE_SIZE, fastvfs_cache="never", queue_size=256)
+    output.write(args.out, config, results, markdown(results, config))
     return 0
 
 

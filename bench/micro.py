@@ -12,10 +12,7 @@ backend can do, so requests per backend CPU-second is the figure that compares t
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -23,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import output
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
@@ -256,17 +255,9 @@ def main(argv=None):
                 s.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    config = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.release()}",
-              "seconds": args.seconds, "queue_size": 256, "fastvfs_cache": "never",
-              "reference": REFERENCE if "reference" in backends else None}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = config["date"].replace(":", "")
-    (out / f"{stem}.json").write_text(json.dumps({"config": config, "results": results},
-                                                 indent=1))
-    (out / f"{stem}.md").write_text(markdown(results, config))
-    print(f"\nwritten {out / stem}.json and .md")
+    config = output.base_config(seconds=args.seconds, queue_size=256, fastvfs_cache="never",
+                                reference=REFERENCE if "reference" in backends else None)
+    output.write(args.out, config, results, markdown(results, config))
     return 0
 
 
