@@ -183,6 +183,16 @@ def test_killing_qemu_leaves_no_backend(guest_images, start_backend, tmp_path):
                 (results / "progress").read_text() or 0) < 3:
             assert time.monotonic() < deadline, "the guest made no progress:\n" + vm.console
             time.sleep(0.1)
+        if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") == "fastvfs":
+            # Live statistics while the guest works (the control socket outlives the
+            # vhost-user socket, which is removed once QEMU has connected).
+            out = subprocess.run([sys.executable, "-m", "fastvfs", "stats", "--socket-path",
+                                  str(backend.socket_path), "--json"], capture_output=True,
+                                 text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            ops = json.loads(out.stdout)["ops"]
+            assert ops["INIT"]["count"] == 1 and ops["LOOKUP"]["count"] > 0
+            assert sum(op["count"] for op in ops.values()) > 10
         vm.kill()
         vm.process.wait()
     status = backend.wait_exit(5)
