@@ -322,7 +322,7 @@ def main(argv=None):
         log(f"{REFERENCE} missing: skipping the reference systems")
         systems = [s for s in systems if SYSTEMS[s].kind != "reference"]
     args.reps = args.reps or (2 if args.quick else 3)
-    args.timeout = args.timeout or (300 if args.quick else 3600)
+    args.timeout = args.timeout or (600 if args.quick else 3600)
     stdlib = Path(os.__file__).parent
     args.tree_sources = [str(stdlib / n) for n in (("json", "email") if args.quick else
                                                    ("json", "email", "asyncio", "unittest"))]
