@@ -161,7 +161,8 @@ def build_engine(options, handles, inodes=None, dax=None, root=None):
                       readonly=getattr(options, "readonly", False),
                       announce_submounts=getattr(options, "announce_submounts", False),
                       killpriv_v2=not getattr(options, "no_killpriv_v2", False),
-                      thread_pool_size=getattr(options, "thread_pool_size", 0))
+                      thread_pool_size=getattr(options, "thread_pool_size", 0),
+                      trace=getattr(options, "log_level", "") == "trace")
 
 
 def run_mount(options):
@@ -277,6 +278,8 @@ def _serve_setup(options, stats):
                                attr_timeout=sec + nsec / 1e9,
                                shmem_sizes=(window_size,) if window_size else (),
                                backend=backend, tag=options.tag, stats=stats)
-    engine.on_session = device.set_fast_io
+    # Tracing sees every request: the C fast path then hands everything to the engine.
+    engine.on_session = (lambda on: device.set_fast_io(False)) if engine.trace \
+        else device.set_fast_io
     sandbox.restrict(sandbox.parse_modcaps(options.modcaps), options.seccomp)
     return device

@@ -381,3 +381,18 @@ def test_stats_client_without_a_daemon(tmp_path):
     out = subprocess.run([*DAEMON, "stats", "--stats-socket", str(tmp_path / "none")],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "no daemon" in out.stderr
+
+
+def test_trace_logs_every_request(daemon):
+    d = daemon("--log-level", "trace", files={"f": b"traced"})
+    c = d.connect()
+    nid = c.lookup(ROOT, "f").nodeid
+    fh = c.open(nid).fh
+    assert c.read(nid, fh, 0, 6) == b"traced"       # served by the engine, not the C path
+    c.getattr(nid)
+    expect_errno(errno.ENOENT, c.lookup, ROOT, "nope")
+    assert d.close() == 0
+    lines = [l for l in d.output.splitlines() if "fastvfs.fuse.trace" in l]
+    ops = [l.split(" op=")[1].split()[0] for l in lines]
+    assert ops[:6] == ["INIT", "LOOKUP", "OPEN", "READ", "GETATTR", "LOOKUP"]
+    assert "error=-2" in lines[5] and f"nodeid={nid}" in lines[3]
