@@ -17,17 +17,15 @@ import collections
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import output
+from bench import micro, output
 
 from fastvfs.fuse import abi
 from fastvfs.testing.dax_cache import RANGE_SIZE, DaxCache
-from fastvfs.testing.frontend import VhostUserFrontend
 from fastvfs.testing.fuse_client import LINUX_DAX_INIT_FLAGS, FuseClient
 
 ROOT = abi.FUSE_ROOT_ID
@@ -42,22 +40,10 @@ class Session:
         with open(self.shared / "data", "wb") as f:
             for _ in range(file_size >> 20):
                 f.write(os.urandom(1 << 20))
-        self.sock = str(Path(tempfile.mkdtemp(prefix="fvd-")) / "s.sock")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastvfs", "--socket-path", self.sock, "--shared-dir",
+        self.sock, self.proc, self.frontend = micro.start_daemon(
+            [sys.executable, "-m", "fastvfs", "--socket-path", "{sock}", "--shared-dir",
              str(self.shared), "--cache", "never", "--log-level", "error",
-             "--dax-window-size", str(window_size)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.frontend = VhostUserFrontend(self.sock, queue_size=256, timeout=30,
-                                                  shared_memory=True).start()
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("fastvfs did not start")
-                time.sleep(0.05)
+             "--dax-window-size", str(window_size)], "fastvfs", shared_memory=True)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init(flags=LINUX_DAX_INIT_FLAGS)
         self.node = self.client.lookup(ROOT, "data").nodeid
@@ -104,13 +90,7 @@ class Session:
         return result
 
     def close(self):
-        self.frontend.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(os.path.dirname(self.sock), ignore_errors=True)
+        micro.stop_daemon(self.proc, self.frontend, self.sock)
 
 
 def host_native(path, size, pattern, seconds, file_size):

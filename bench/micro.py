@@ -91,6 +91,33 @@ def cpu_seconds(pid):
     return total / 1e9
 
 
+def start_daemon(argv, name, **frontend_options):
+    """Start a backend (``"{sock}"`` in ``argv`` becomes a fresh socket path) and bring a
+    frontend driver up on it; returns (socket path, process, frontend)."""
+    sock = str(Path(tempfile.mkdtemp(prefix="fvb-")) / "s.sock")
+    proc = subprocess.Popen([a.replace("{sock}", sock) for a in argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return sock, proc, VhostUserFrontend(sock, queue_size=256, timeout=30,
+                                                 **frontend_options).start()
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.05)
+
+
+def stop_daemon(proc, frontend, sock):
+    frontend.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
+
+
 class Session:
     def __init__(self, name, workdir, prefix=()):
         self.name = name
@@ -99,19 +126,8 @@ class Session:
         with open(self.shared / "data", "wb") as f:
             f.truncate(FILE_SIZE)
             f.write(os.urandom(1 << 20))
-        self.sock = str(Path(tempfile.mkdtemp(prefix="fvb-")) / "s.sock")
-        self.proc = subprocess.Popen([*prefix, *backend_argv(name, self.sock, str(self.shared))],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.frontend = VhostUserFrontend(self.sock, queue_size=256, timeout=30)
-                self.frontend.start()
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{name} did not start")
-                time.sleep(0.05)
+        self.sock, self.proc, self.frontend = start_daemon(
+            [*prefix, *backend_argv(name, "{sock}", str(self.shared))], name)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init()
         self.node = self.client.lookup(ROOT, b"data").nodeid
@@ -158,13 +174,7 @@ class Session:
                 "bytes_per_s": done * size / wall}
 
     def close(self):
-        self.frontend.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(os.path.dirname(self.sock), ignore_errors=True)
+        stop_daemon(self.proc, self.frontend, self.sock)
 
 
 WRITE_DATA = os.urandom(1 << 20)

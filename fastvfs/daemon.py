@@ -9,7 +9,7 @@ import signal
 import socket
 import stat
 
-from . import _ring, procfd, sandbox
+from . import _ring, sandbox
 from .dax import DaxWindow
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
@@ -226,8 +226,6 @@ def run(options):
         stats_server.detach()
         log.debug("sandboxed daemon is pid %d", child)
         return sandbox.supervise(child, cleanup, unblock=_TERMINATING)
-    if sandbox.proc_fd_cwd:
-        procfd.set_relative()
     device = None
     old_handlers = {s: signal.signal(s, _on_signal) for s in _TERMINATING}
     try:

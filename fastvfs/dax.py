@@ -84,8 +84,6 @@ class DaxWindow:
         self._lock = threading.Lock()
         self._starts = []     # sorted start offsets of self._maps
         self._maps = []       # non-overlapping Mappings, sorted by start
-        self.setups = 0
-        self.removals = 0
 
     @property
     def available(self):
@@ -114,7 +112,6 @@ class DaxWindow:
             i = bisect.bisect_left(self._starts, window_offset)
             self._starts.insert(i, window_offset)
             self._maps.insert(i, Mapping(window_offset, length, key, file_offset, writable))
-            self.setups += 1
 
     def remove(self, ranges):
         """Unmap every ``(window_offset, length)`` of ``ranges`` (FUSE_REMOVEMAPPING); all are
@@ -127,7 +124,6 @@ class DaxWindow:
             for offset, length in ranges:
                 self.channel.unmap(offset, length)
                 self._cut(offset, length)
-                self.removals += 1
 
     def clear(self):
         """Unmap everything still mapped (a new FUSE session, or the guest went away); the

@@ -29,6 +29,8 @@ import signal
 import struct
 import sys
 
+from . import procfd
+
 log = logging.getLogger("fastvfs.sandbox")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -142,17 +144,12 @@ def root_for(mode, shared_dir):
     return shared_dir if mode == "none" else "/"
 
 
-# True once the working directory is ``/proc/self/fd``: descriptors are then named "N".
-proc_fd_cwd = False
-
-
 def _use_proc_fd(proc_fd):
     """Make ``/proc/self/fd`` (opened before the old root went away) the working directory,
-    so the file system layer can keep naming inodes by their descriptors as relative paths."""
-    global proc_fd_cwd
+    so descriptors keep being nameable as relative paths (:mod:`fastvfs.procfd`)."""
     os.fchdir(proc_fd)
     os.close(proc_fd)
-    proc_fd_cwd = True
+    procfd.set_relative()
 
 
 def supervise(child, cleanup=None, unblock=()):

@@ -59,8 +59,6 @@ class SharedMemoryWindow:
                           mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
         self._lock = threading.Lock()
         self._pages = {}     # page index -> writable, for every mapped page
-        self.maps = 0
-        self.unmaps = 0
 
     def close(self):
         if self.base is not None:
@@ -82,7 +80,6 @@ class SharedMemoryWindow:
             _mmap(self.base + offset, length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, fd_offset)
             for page in range(offset // _PAGE, (offset + length) // _PAGE):
                 self._pages[page] = writable
-            self.maps += 1
 
     def unmap(self, offset, length):
         """SHMEM_UNMAP: the range becomes inaccessible again."""
@@ -92,7 +89,6 @@ class SharedMemoryWindow:
                   mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE, -1, 0)
             for page in range(offset // _PAGE, (offset + length) // _PAGE):
                 self._pages.pop(page, None)
-            self.unmaps += 1
 
     def is_mapped(self, offset, length, writable=False):
         if length <= 0 or offset < 0 or offset + length > self.size:

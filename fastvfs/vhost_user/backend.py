@@ -33,7 +33,6 @@ class BackendChannel(MapChannel):
         self._sock = None
         self._lock = threading.Lock()
         self.shmem = False        # SHMEM and REPLY_ACK negotiated: maps can be acknowledged
-        self.sent = 0
 
     @property
     def available(self):
@@ -81,7 +80,6 @@ class BackendChannel(MapChannel):
                 self._sock = None
                 sock.close()
                 raise OSError(errno.EIO, f"backend channel: {exc}") from None
-            self.sent += 1
         code, flags, size = protocol.header.unpack_from(reply)
         if (code != request or not flags & protocol.VHOST_USER_REPLY_MASK or
                 size != protocol.u64.size):

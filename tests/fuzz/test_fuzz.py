@@ -31,7 +31,7 @@ from fastvfs.testing.guestmem import GuestMemory
 from fastvfs.testing.virtq import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
                                    DriverVirtqueue)
 from fastvfs.vhost_user import protocol
-from fastvfs.vhost_user.connection import Connection, ProtocolError
+from fastvfs.vhost_user.connection import Connection, Message, ProtocolError
 from fastvfs.vhost_user.device import VhostUserFsDevice
 from fastvfs.vhost_user.protocol import Request
 
@@ -74,22 +74,6 @@ class RecordingConnection:
         self.sent.append((request, payload))
 
 
-class Msg:
-    def __init__(self, request, flags, payload, fds):
-        self.request, self.flags, self.payload, self.fds = request, flags, payload, fds
-
-    version_ok = property(lambda self: self.flags & 3 == 1)
-    need_reply = property(lambda self: bool(self.flags & 8))
-
-    def take_fd(self):
-        return self.fds.pop(0) if self.fds else None
-
-    def close_fds(self):
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
-
-
 _GET = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_QUEUE_NUM,
         Request.GET_VRING_BASE, Request.GET_CONFIG, Request.GET_MAX_MEM_SLOTS,
         Request.GET_STATUS, Request.GET_SHMEM_CONFIG, Request.GET_INFLIGHT_FD}
@@ -130,7 +114,7 @@ def test_device_dispatch_survives_any_message_sequence(messages):
     try:
         for request, flags, payload, fds in messages:
             before = len(conn.sent)
-            device._dispatch(conn, Msg(request, flags, payload, _fds(fds)))
+            device._dispatch(conn, Message(request, flags, payload, _fds(fds)))
             if request in _GET:
                 assert len(conn.sent) == before + 1   # a GET always gets its reply
     finally:
