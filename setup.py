@@ -12,7 +12,10 @@ compile_args = ["-O2", "-g"] if not debug else ["-O0", "-g"]
 directives = {"language_level": 3, "linetrace": debug}
 
 extensions = [
-    Extension("fastvfs._ring", ["fastvfs/_ring.pyx"], extra_compile_args=compile_args),
+    Extension("fastvfs._ring", ["fastvfs/_ring.pyx"], extra_compile_args=compile_args,
+              libraries=["uring"]),
+    Extension("fastvfs.testing._lean", ["fastvfs/testing/_lean.pyx"],
+              extra_compile_args=compile_args),
     Extension("fastvfs.fs._sys", ["fastvfs/fs/_sys.pyx"], extra_compile_args=compile_args,
               define_macros=[("_GNU_SOURCE", "1")]),
 ]

@@ -44,10 +44,10 @@ WORKLOADS = {
 }
 
 
-def backend_argv(name, sock, shared):
+def backend_argv(name, sock, shared, extra=()):
     if name == "fastvfs":
         return [sys.executable, "-m", "fastvfs", "--socket-path", sock, "--shared-dir", shared,
-                "--cache", "never", "--log-level", "error"]
+                "--cache", "never", "--log-level", "error", *extra]
     return [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}", "-o", "cache=none"]
 
 
@@ -119,15 +119,16 @@ def stop_daemon(proc, frontend, sock):
 
 
 class Session:
-    def __init__(self, name, workdir, prefix=()):
-        self.name = name
-        self.shared = Path(workdir) / name
+    def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1):
+        self.name = label or name
+        self.shared = Path(workdir) / self.name
         self.shared.mkdir()
         with open(self.shared / "data", "wb") as f:
             f.truncate(FILE_SIZE)
             f.write(os.urandom(1 << 20))
         self.sock, self.proc, self.frontend = start_daemon(
-            [*prefix, *backend_argv(name, "{sock}", str(self.shared))], name)
+            [*prefix, *backend_argv(name, "{sock}", str(self.shared), extra)], name,
+            num_request_queues=queues)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init()
         self.node = self.client.lookup(ROOT, b"data").nodeid

@@ -14,8 +14,11 @@ include/uapi/linux/fuse.h.
 
 import sys
 
+# Imported now, before the daemon confines itself: the sandbox's root holds no Python modules.
+from fastvfs.uring.engine import UringEngine, UringUnavailable
+
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX, uintptr_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, calloc, free
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
@@ -47,6 +50,20 @@ cdef extern from "<poll.h>" nogil:
         short revents
     int poll(pollfd *fds, unsigned long nfds, int timeout)
     short POLLIN
+
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #ifndef STATX_MNT_ID
+    #define STATX_MNT_ID 0x00001000U
+    #endif
+    #define FASTVFS_LOOKUP_MASK (STATX_BASIC_STATS | STATX_MNT_ID)
+    #define FASTVFS_OPATH_FLAGS (O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    """
+    unsigned int STATX_MNT_ID
+    unsigned int FASTVFS_LOOKUP_MASK
+    int FASTVFS_OPATH_FLAGS
+    int openat(int dirfd, const char *path, int flags) nogil
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read"(int fd, void *buf, size_t count)
@@ -85,6 +102,11 @@ cdef extern from *:
        relaxed atomic adds, no ordering needed between them. */
     #define fastvfs_add64(p, v) __atomic_fetch_add((uint64_t *)(p), (uint64_t)(v), __ATOMIC_RELAXED)
     #define fastvfs_load64(p) __atomic_load_n((uint64_t *)(p), __ATOMIC_RELAXED)
+    /* A counter with one writer (a queue's own block): no locked instruction, and a reader
+       on another thread still sees whole values. */
+    #define fastvfs_inc64(p, v) __atomic_store_n((uint64_t *)(p), \
+        __atomic_load_n((uint64_t *)(p), __ATOMIC_RELAXED) + (uint64_t)(v), __ATOMIC_RELAXED)
+    #define fastvfs_cpu_relax() __builtin_ia32_pause()
     static inline unsigned fastvfs_log2(uint64_t v) { return v ? 63u - (unsigned)__builtin_clzll(v) : 0u; }
     """
     void fastvfs_acquire() nogil
@@ -93,8 +115,31 @@ cdef extern from *:
     uint16_t fastvfs_load16(const void *p) nogil
     void fastvfs_store16(void *p, uint16_t v) nogil
     void fastvfs_add64(uint64_t *p, uint64_t v) nogil
+    void fastvfs_inc64(uint64_t *p, uint64_t v) nogil
     uint64_t fastvfs_load64(const uint64_t *p) nogil
     unsigned fastvfs_log2(uint64_t v) nogil
+    void fastvfs_cpu_relax() nogil
+
+cdef extern from "<liburing.h>" nogil:
+    struct io_uring_sqe:
+        pass
+    struct io_uring_cqe:
+        uint64_t user_data
+        int32_t res
+        uint32_t flags
+    struct io_uring:
+        int ring_fd
+    io_uring_sqe *io_uring_get_sqe(io_uring *ring)
+    void io_uring_prep_readv(io_uring_sqe *sqe, int fd, const iovec *iovecs, unsigned nr_vecs,
+                             uint64_t offset)
+    void io_uring_prep_writev(io_uring_sqe *sqe, int fd, const iovec *iovecs, unsigned nr_vecs,
+                              uint64_t offset)
+    void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
+    int io_uring_submit(io_uring *ring)
+    unsigned io_uring_peek_batch_cqe(io_uring *ring, io_uring_cqe **cqes, unsigned count)
+    void io_uring_cq_advance(io_uring *ring, unsigned nr)
+    int io_uring_wait_cqe(io_uring *ring, io_uring_cqe **cqe_ptr)
+    unsigned io_uring_cq_ready(const io_uring *ring)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
@@ -114,7 +159,10 @@ cdef enum:
     VRING_AVAIL_F_NO_INTERRUPT = 1
     IN_HEADER_SIZE = 40
     OUT_HEADER_SIZE = 16
+    FUSE_LOOKUP = 1
     FUSE_GETATTR = 3
+    ENTRY_OUT_SIZE = 128
+    LOOKUP_NAME_MAX = 255
     FUSE_READ = 15
     FUSE_WRITE = 16
     ATTR_OUT_SIZE = 104
@@ -124,10 +172,25 @@ cdef enum:
     # Largest request body the Python engine copies out of guest memory (SETXATTR values are
     # bounded by 64 KiB, names by PATH_MAX); WRITE data never takes this path.
     SLOW_REQUEST_MAX = 1 << 20
-    NOTIFY_BATCH = 64
+    # io_uring: iovecs of the requests in flight on one queue, submissions per system call,
+    # completions reaped per peek.
+    POOL_IOV = 8192
+    SUBMIT_BATCH = 8
+    REAP_BATCH = 64
     # Request statistics: opcodes below STATS_OPS (FUSE's are), latency buckets by log2(ns).
     STATS_OPS = 64
     STATS_BUCKETS = 40
+
+def _open_uring(unsigned num):
+    """The io_uring a queue worker drives (created on its own thread: SINGLE_ISSUER), or None
+    where this kernel or the seccomp filter refuses one; READ/WRITE are then synchronous."""
+    try:
+        return UringEngine(min(max(num, 64), 4096),
+                           prefer=("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_SINGLE_ISSUER"))
+    except (UringUnavailable, OSError):
+        return None
+
+
 
 # Engine-level constants the Python side needs to agree with.
 MAX_CHAIN_IOV = MAX_IOV
@@ -266,39 +329,85 @@ cdef class MemoryTable:
 
 # --------------------------------------------------------------------------- file handles
 
+cdef extern from *:
+    """
+    /* A handle slot's state word: generation << 32 | LIVE | references (31 bits).  Taking a
+       reference is one compare-and-swap that also checks the generation and liveness, and
+       dropping one is one atomic subtract: the fast path takes no lock. */
+    #define FASTVFS_LIVE (1ULL << 31)
+    #define FASTVFS_REFS 0x7fffffffULL
+    static inline uint64_t fastvfs_state_load(uint64_t *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void fastvfs_state_store(uint64_t *p, uint64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline int fastvfs_state_cas(uint64_t *p, uint64_t *expected, uint64_t v) {
+        return __atomic_compare_exchange_n(p, expected, v, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    static inline uint64_t fastvfs_state_dec(uint64_t *p) {
+        return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL);
+    }
+    static inline uint64_t fastvfs_key_hash(uint64_t dev, uint64_t ino, uint64_t mnt) {
+        uint64_t h = ino * 0x9E3779B97F4A7C15ULL ^ dev * 0xC2B2AE3D27D4EB4FULL ^ mnt;
+        return h ^ (h >> 29);
+    }
+    """
+    uint64_t FASTVFS_LIVE
+    uint64_t FASTVFS_REFS
+    uint64_t fastvfs_state_load(uint64_t *p) nogil
+    void fastvfs_state_store(uint64_t *p, uint64_t v) nogil
+    bint fastvfs_state_cas(uint64_t *p, uint64_t *expected, uint64_t v) nogil
+    uint64_t fastvfs_state_dec(uint64_t *p) nogil
+    uint64_t fastvfs_key_hash(uint64_t dev, uint64_t ino, uint64_t mnt) nogil
+
+
 cdef struct HandleSlot:
+    uint64_t state        # atomic: generation << 32 | LIVE | refs
     int fd
-    uint32_t generation
-    uint32_t refs
-    bint live
-    bint in_use
+    bint in_use           # the rest is guarded by the table mutex
+    bint keyed
+    uint64_t dev
+    uint64_t ino
+    uint64_t mnt
+    uint64_t nlookup
+    uint32_t hnext        # next slot + 1 in the key's hash chain, 0 at the end
 
 
 cdef class HandleTable:
-    """File handles (``fh``) the guest holds, visible to the fast path without the GIL.
+    """File handles (``fh``) or node ids the guest holds, visible to the fast path without the
+    GIL and without a lock.
 
     ``fh`` = generation << 32 | slot + 1, so a stale or forged handle never reaches a reused slot.
     A slot's fd is closed when it has been removed and no request is using it any more: a
     hostile guest may RELEASE a handle while its READ is still running on another queue.
+
+    Used as the node id table, slots also carry the inode's key (st_dev, st_ino, mount id) in a
+    hash index and the guest's lookup count, so the hot path can answer a LOOKUP of a known
+    inode (``lookup_key``) and the file system counts its lookups here (``adopt``, ``forget``).
+
     Lock order: the table mutex is a leaf lock; nothing is called while holding it.
     """
     cdef HandleSlot *slots
+    cdef uint32_t *buckets
+    cdef uint32_t nbuckets
     cdef uint32_t capacity
     cdef uint32_t free_hint
     cdef pthread_mutex_t lock
     cdef readonly uint32_t count
 
     def __cinit__(self, uint32_t capacity=65536):
-        self.slots = <HandleSlot *>malloc(capacity * sizeof(HandleSlot))
-        if self.slots == NULL:
+        self.slots = <HandleSlot *>calloc(capacity, sizeof(HandleSlot))
+        self.nbuckets = 1
+        while self.nbuckets < capacity:
+            self.nbuckets <<= 1
+        self.buckets = <uint32_t *>calloc(self.nbuckets, sizeof(uint32_t))
+        if self.slots == NULL or self.buckets == NULL:
             raise MemoryError()
         cdef uint32_t i
         for i in range(capacity):
             self.slots[i].fd = -1
-            self.slots[i].generation = 1
-            self.slots[i].refs = 0
-            self.slots[i].live = False
-            self.slots[i].in_use = False
+            self.slots[i].state = <uint64_t>1 << 32
         self.capacity = capacity
         self.free_hint = 0
         self.count = 0
@@ -309,63 +418,149 @@ cdef class HandleTable:
             self.clear()
             free(self.slots)
             self.slots = NULL
+        free(self.buckets)
         pthread_mutex_destroy(&self.lock)
 
-    def add(self, int fd):
-        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full."""
-        cdef uint32_t i, idx
-        cdef uint64_t fh = 0
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            for i in range(self.capacity):
-                idx = (self.free_hint + i) % self.capacity
-                if not self.slots[idx].in_use:
-                    self.slots[idx].in_use = True
-                    self.slots[idx].live = True
-                    self.slots[idx].fd = fd
-                    self.slots[idx].refs = 0
-                    self.free_hint = idx + 1
-                    self.count += 1
-                    fh = (<uint64_t>self.slots[idx].generation << 32) | (idx + 1)
-                    break
-            pthread_mutex_unlock(&self.lock)
-        if fh == 0:
-            raise OSError(24, "handle table full")
-        return fh
+    # -- slots (mutex held) --------------------------------------------------------------------
 
-    cdef int acquire(self, uint64_t fh) noexcept nogil:
-        """The fd behind ``fh`` with a reference held, or -1 if ``fh`` is not a live handle."""
-        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
-        cdef int fd = -1
-        if idx >= self.capacity:
-            return -1
-        pthread_mutex_lock(&self.lock)
-        if self.slots[idx].live and self.slots[idx].generation == (fh >> 32):
-            self.slots[idx].refs += 1
-            fd = self.slots[idx].fd
-        pthread_mutex_unlock(&self.lock)
+    cdef int64_t _take_slot(self, int fd) noexcept nogil:
+        """A free slot made live for ``fd``; its handle, or -1 when the table is full."""
+        cdef uint32_t i, idx
+        cdef uint64_t gen
+        for i in range(self.capacity):
+            idx = (self.free_hint + i) % self.capacity
+            if not self.slots[idx].in_use:
+                self.slots[idx].in_use = True
+                self.slots[idx].keyed = False
+                self.slots[idx].nlookup = 0
+                self.slots[idx].fd = fd
+                gen = fastvfs_state_load(&self.slots[idx].state) >> 32
+                fastvfs_state_store(&self.slots[idx].state, (gen << 32) | FASTVFS_LIVE)
+                self.free_hint = idx + 1
+                self.count += 1
+                return <int64_t>((gen << 32) | (idx + 1))
+        return -1
+
+    cdef int _reclaim_locked(self, uint64_t idx) noexcept nogil:
+        """Free a slot that is neither live nor referenced; returns its fd to close."""
+        cdef int fd = self.slots[idx].fd
+        cdef uint64_t gen = (fastvfs_state_load(&self.slots[idx].state) >> 32) + 1
+        if gen > 0xffffffffULL:
+            gen = 1
+        self.slots[idx].fd = -1
+        self.slots[idx].in_use = False
+        fastvfs_state_store(&self.slots[idx].state, gen << 32)
+        self.count -= 1
         return fd
 
-    cdef void release(self, uint64_t fh) noexcept nogil:
-        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
-        cdef int fd = -1
+    cdef void _reclaim(self, uint64_t idx) noexcept nogil:
         pthread_mutex_lock(&self.lock)
-        self.slots[idx].refs -= 1
-        if self.slots[idx].refs == 0 and not self.slots[idx].live and self.slots[idx].in_use:
-            fd = self._free_slot(idx)
+        cdef int fd = self._reclaim_locked(idx)
         pthread_mutex_unlock(&self.lock)
         if fd >= 0:
             c_close(fd)
 
-    cdef int _free_slot(self, uint64_t idx) noexcept nogil:
-        cdef int fd = self.slots[idx].fd
-        self.slots[idx].fd = -1
-        self.slots[idx].in_use = False
-        self.slots[idx].generation += 1
-        if self.slots[idx].generation == 0:
-            self.slots[idx].generation = 1
-        self.count -= 1
-        return fd
+    cdef int _kill(self, uint64_t fh) noexcept nogil:
+        """Clear LIVE on ``fh``'s slot: 1 and the slot is now unreferenced (the caller reclaims
+        it), 0 still referenced (the last release reclaims it), -1 not a live handle."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef uint64_t w
+        if idx >= self.capacity:
+            return -1
+        w = fastvfs_state_load(&self.slots[idx].state)
+        while True:
+            if (w >> 32) != (fh >> 32) or not (w & FASTVFS_LIVE):
+                return -1
+            if fastvfs_state_cas(&self.slots[idx].state, &w, w & ~FASTVFS_LIVE):
+                return 1 if (w & FASTVFS_REFS) == 0 else 0
+
+    cdef void _unlink_key(self, uint64_t idx) noexcept nogil:
+        cdef HandleSlot *sl = &self.slots[idx]
+        cdef uint32_t *link = &self.buckets[fastvfs_key_hash(sl.dev, sl.ino, sl.mnt) &
+                                            (self.nbuckets - 1)]
+        while link[0]:
+            if link[0] == idx + 1:
+                link[0] = sl.hnext
+                break
+            link = &self.slots[link[0] - 1].hnext
+        sl.keyed = False
+        sl.hnext = 0
+
+    cdef int64_t _find_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil:
+        """The live slot index with this key, or -1 (mutex held)."""
+        cdef uint32_t at = self.buckets[fastvfs_key_hash(dev, ino, mnt) & (self.nbuckets - 1)]
+        cdef HandleSlot *sl
+        while at:
+            sl = &self.slots[at - 1]
+            if (sl.ino == ino and sl.dev == dev and sl.mnt == mnt and
+                    fastvfs_state_load(&sl.state) & FASTVFS_LIVE):
+                return at - 1
+            at = sl.hnext
+        return -1
+
+    cdef void _link_key(self, uint64_t idx, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil:
+        cdef HandleSlot *sl = &self.slots[idx]
+        cdef uint32_t *bucket = &self.buckets[fastvfs_key_hash(dev, ino, mnt) & (self.nbuckets - 1)]
+        sl.dev = dev
+        sl.ino = ino
+        sl.mnt = mnt
+        sl.keyed = True
+        sl.hnext = bucket[0]
+        bucket[0] = <uint32_t>(idx + 1)
+
+    # -- the fast path -------------------------------------------------------------------------
+
+    cdef int acquire(self, uint64_t fh) noexcept nogil:
+        """The fd behind ``fh`` with a reference held, or -1 if ``fh`` is not a live handle."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef uint64_t w
+        if idx >= self.capacity:
+            return -1
+        w = fastvfs_state_load(&self.slots[idx].state)
+        while True:
+            if (w >> 32) != (fh >> 32) or not (w & FASTVFS_LIVE) or \
+                    (w & FASTVFS_REFS) == FASTVFS_REFS:
+                return -1
+            if fastvfs_state_cas(&self.slots[idx].state, &w, w + 1):
+                return self.slots[idx].fd
+
+    cdef void release(self, uint64_t fh) noexcept nogil:
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef uint64_t w = fastvfs_state_dec(&self.slots[idx].state)
+        if (w & FASTVFS_REFS) == 0 and not (w & FASTVFS_LIVE):
+            self._reclaim(idx)
+
+    cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil:
+        """Count one more lookup of the live inode with this key; its node id, or 0."""
+        cdef int64_t idx
+        cdef int64_t nodeid = 0
+        pthread_mutex_lock(&self.lock)
+        idx = self._find_key(dev, ino, mnt)
+        if idx >= 0:
+            self.slots[idx].nlookup += 1
+            nodeid = <int64_t>((fastvfs_state_load(&self.slots[idx].state) >> 32) << 32 |
+                               <uint64_t>(idx + 1))
+        pthread_mutex_unlock(&self.lock)
+        return nodeid
+
+    cdef int key_of(self, uint64_t fh, uint64_t *mnt) noexcept nogil:
+        """The mount id of a node id the caller holds a reference on (0 if not keyed)."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        mnt[0] = self.slots[idx].mnt if self.slots[idx].keyed else 0
+        return 0
+
+    # -- handles -------------------------------------------------------------------------------
+
+    def add(self, int fd):
+        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full."""
+        cdef int64_t fh
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            fh = self._take_slot(fd)
+            pthread_mutex_unlock(&self.lock)
+        if fh < 0:
+            raise OSError(24, "handle table full")
+        return fh
 
     def hold(self, uint64_t fh):
         """Take a reference on ``fh`` (its fd stays open until :meth:`unhold`, even if it is
@@ -378,15 +573,17 @@ cdef class HandleTable:
     def unhold(self, uint64_t fh):
         self.release(fh)
 
-    def add_root(self, int fd):
+    def add_root(self, int fd, uint64_t dev=0, uint64_t ino=0, uint64_t mnt=0, bint keyed=False):
         """Put ``fd`` in slot 0 with generation 0: id 1, FUSE_ROOT_ID, when the table holds node
-        ids.  Must be the first entry; it is never removed."""
+        ids (with its inode key when ``keyed``).  Must be the first entry; it is never removed."""
         if self.count or self.slots[0].in_use:
             raise ValueError("the root goes into an empty table")
         self.slots[0].in_use = True
-        self.slots[0].live = True
         self.slots[0].fd = fd
-        self.slots[0].generation = 0
+        self.slots[0].nlookup = 1
+        fastvfs_state_store(&self.slots[0].state, FASTVFS_LIVE)
+        if keyed:
+            self._link_key(0, dev, ino, mnt)
         self.free_hint = 1
         self.count = 1
         return 1
@@ -408,30 +605,108 @@ cdef class HandleTable:
 
     def remove(self, uint64_t fh):
         """Drop ``fh``; its fd is closed now or when the last request using it finishes."""
+        cdef int rc
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
-        cdef int fd = -1
-        cdef bint ok = False
-        if idx >= self.capacity:
-            raise OSError(EBADF, "bad file handle")
         with nogil:
             pthread_mutex_lock(&self.lock)
-            if self.slots[idx].live and self.slots[idx].generation == (fh >> 32):
-                ok = True
-                self.slots[idx].live = False
-                if self.slots[idx].refs == 0:
-                    fd = self._free_slot(idx)
+            rc = self._kill(fh)
+            if rc >= 0 and self.slots[idx].keyed:
+                self._unlink_key(idx)
             pthread_mutex_unlock(&self.lock)
-            if fd >= 0:
-                c_close(fd)
-        if not ok:
+            if rc == 1:
+                self._reclaim(idx)
+        if rc < 0:
             raise OSError(EBADF, "bad file handle")
 
     def clear(self):
-        """Drop every handle (session end)."""
+        """Drop every handle but the root (session end)."""
         cdef uint32_t i
-        for i in range(self.capacity):
-            if self.slots[i].in_use and self.slots[i].live:
-                self.remove((<uint64_t>self.slots[i].generation << 32) | (i + 1))
+        cdef uint64_t w
+        for i in range(1 if self.slots[0].in_use and
+                       (fastvfs_state_load(&self.slots[0].state) >> 32) == 0 else 0,
+                       self.capacity):
+            w = fastvfs_state_load(&self.slots[i].state)
+            if self.slots[i].in_use and w & FASTVFS_LIVE:
+                try:
+                    self.remove(((w >> 32) << 32) | (i + 1))
+                except OSError:
+                    pass
+
+    # -- node ids: lookup counts ---------------------------------------------------------------
+
+    def adopt(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt):
+        """Count one lookup of the inode with this key: ``(node id, True)`` for a new entry
+        owning ``fd``, ``(node id, False)`` when the inode was known (the caller closes
+        ``fd``).  Raises OSError(EMFILE) when full."""
+        cdef int64_t idx, nodeid
+        cdef bint created = False
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            idx = self._find_key(dev, ino, mnt)
+            if idx >= 0:
+                self.slots[idx].nlookup += 1
+                nodeid = <int64_t>((fastvfs_state_load(&self.slots[idx].state) >> 32) << 32 |
+                                   <uint64_t>(idx + 1))
+            else:
+                nodeid = self._take_slot(fd)
+                if nodeid > 0:
+                    created = True
+                    idx = (nodeid & <int64_t>0xffffffffLL) - 1
+                    self.slots[idx].nlookup = 1
+                    self._link_key(idx, dev, ino, mnt)
+            pthread_mutex_unlock(&self.lock)
+        if nodeid < 0:
+            raise OSError(24, "node id table full")
+        return nodeid, created
+
+    def relookup(self, uint64_t nodeid):
+        """Count one more lookup of a live node id; raises OSError(ENOENT)."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        cdef bint ok = False
+        if idx < self.capacity:
+            with nogil:
+                pthread_mutex_lock(&self.lock)
+                if fastvfs_state_load(&self.slots[idx].state) >> 32 == nodeid >> 32 and \
+                        fastvfs_state_load(&self.slots[idx].state) & FASTVFS_LIVE:
+                    self.slots[idx].nlookup += 1
+                    ok = True
+                pthread_mutex_unlock(&self.lock)
+        if not ok:
+            raise OSError(ENOENT, "unknown node id")
+
+    def forget(self, uint64_t nodeid, uint64_t count):
+        """Take ``count`` lookups away (never below zero: a hostile guest may forget more than
+        it looked up); at zero the node id is dropped and its fd closed once unused.  Returns
+        True when it was dropped.  The root is never dropped."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        cdef int rc = -1
+        cdef uint64_t w
+        if idx >= self.capacity or idx == 0:
+            return False
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            w = fastvfs_state_load(&self.slots[idx].state)
+            if w >> 32 == nodeid >> 32 and w & FASTVFS_LIVE:
+                self.slots[idx].nlookup -= count if count < self.slots[idx].nlookup \
+                    else self.slots[idx].nlookup
+                if self.slots[idx].nlookup == 0:
+                    rc = self._kill(nodeid)
+                    if rc >= 0 and self.slots[idx].keyed:
+                        self._unlink_key(idx)
+            pthread_mutex_unlock(&self.lock)
+            if rc == 1:
+                self._reclaim(idx)
+        return rc >= 0
+
+    def nlookup(self, uint64_t nodeid):
+        """The lookup count of a live node id (0 if it is not one)."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        if idx >= self.capacity:
+            return 0
+        w = fastvfs_state_load(&self.slots[idx].state)
+        if w >> 32 != nodeid >> 32 or not w & FASTVFS_LIVE:
+            return 0
+        return self.slots[idx].nlookup
 
 
 cdef class _Borrow:
@@ -624,8 +899,24 @@ cdef inline uint64_t _now_ns() noexcept nogil:
 
 cdef inline void _stats_record(StatsBlock *b, uint32_t opcode, int32_t error,
                                uint64_t ns) noexcept nogil:
+    """Count a request in a block only the calling thread writes (a queue's own)."""
     if opcode >= STATS_OPS:
         opcode = 0   # unknown opcodes and malformed chains share slot 0
+    fastvfs_inc64(&b.count[opcode], 1)
+    if error:
+        fastvfs_inc64(&b.errors[opcode], 1)
+    fastvfs_inc64(&b.total_ns[opcode], ns)
+    cdef unsigned bucket = fastvfs_log2(ns)
+    if bucket >= STATS_BUCKETS:
+        bucket = STATS_BUCKETS - 1
+    fastvfs_inc64(&b.hist[opcode][bucket], 1)
+
+
+cdef inline void _stats_record_shared(StatsBlock *b, uint32_t opcode, int32_t error,
+                                      uint64_t ns) noexcept nogil:
+    """Count a request in a block several threads write (atomic adds)."""
+    if opcode >= STATS_OPS:
+        opcode = 0
     fastvfs_add64(&b.count[opcode], 1)
     if error:
         fastvfs_add64(&b.errors[opcode], 1)
@@ -636,13 +927,20 @@ cdef inline void _stats_record(StatsBlock *b, uint32_t opcode, int32_t error,
     fastvfs_add64(&b.hist[opcode][bucket], 1)
 
 
+cdef enum:
+    STATS_RINGS = 256
+
+
 cdef class RequestStats:
     """Per-opcode request counts, errors and latency histograms (bucket ``b`` holds latencies
-    in [2**b, 2**(b+1)) ns), shared by every queue of a device and by the /dev/fuse transport.
-    Updated without locks from the queue threads; :meth:`snapshot` reads a consistent-enough
-    copy (each counter is read atomically)."""
+    in [2**b, 2**(b+1)) ns), for every queue of a device and the /dev/fuse transport.
+
+    Each ring index has a block of its own, written only by the thread serving that ring (no
+    locked instructions on the hot path); requests counted from elsewhere go to a shared block
+    with atomic adds.  :meth:`snapshot` sums them (each counter read atomically)."""
 
     cdef StatsBlock *block
+    cdef StatsBlock *rings[STATS_RINGS]
 
     def __cinit__(self):
         self.block = <StatsBlock *>calloc(1, sizeof(StatsBlock))
@@ -650,26 +948,70 @@ cdef class RequestStats:
             raise MemoryError()
 
     def __dealloc__(self):
+        cdef int i
         free(self.block)
+        for i in range(STATS_RINGS):
+            free(self.rings[i])
 
     buckets = STATS_BUCKETS
     ops = STATS_OPS
 
+    cdef StatsBlock *ring_block(self, int index) except NULL:
+        """The block of ring ``index`` (one serving thread at a time, across restarts)."""
+        if index < 0 or index >= STATS_RINGS:
+            return _no_block()
+        if self.rings[index] == NULL:
+            self.rings[index] = <StatsBlock *>calloc(1, sizeof(StatsBlock))
+            if self.rings[index] == NULL:
+                raise MemoryError()
+        return self.rings[index]
+
     def record(self, uint32_t opcode, int32_t error, uint64_t ns):
-        """Count one request served outside the ring (the /dev/fuse transport)."""
-        _stats_record(self.block, opcode, error, ns)
+        """Count one request served outside the rings (the /dev/fuse transport)."""
+        _stats_record_shared(self.block, opcode, error, ns)
 
     def snapshot(self):
         """``{opcode: (count, errors, total_ns, [bucket counts])}`` for opcodes seen."""
-        cdef int op, b
+        cdef int op, b, i
+        cdef StatsBlock *blk
         out = {}
+        blocks = [<uintptr_t>self.block] + [<uintptr_t>self.rings[i] for i in range(STATS_RINGS)
+                                             if self.rings[i] != NULL]
         for op in range(STATS_OPS):
-            n = fastvfs_load64(&self.block.count[op])
+            n = errors = total = 0
+            hist = [0] * STATS_BUCKETS
+            for addr in blocks:
+                blk = <StatsBlock *><uintptr_t>addr
+                n += fastvfs_load64(&blk.count[op])
+                errors += fastvfs_load64(&blk.errors[op])
+                total += fastvfs_load64(&blk.total_ns[op])
+                for b in range(STATS_BUCKETS):
+                    hist[b] += fastvfs_load64(&blk.hist[op][b])
             if n:
-                out[op] = (n, fastvfs_load64(&self.block.errors[op]),
-                           fastvfs_load64(&self.block.total_ns[op]),
-                           [fastvfs_load64(&self.block.hist[op][b]) for b in range(STATS_BUCKETS)])
+                out[op] = (n, errors, total, hist)
         return out
+
+
+cdef StatsBlock *_no_block() except NULL:
+    raise ValueError("ring index out of range for statistics")
+
+
+# A READ or WRITE handed to io_uring, indexed by its chain head (unique while in flight).
+cdef struct Flight:
+    uint64_t unique
+    uint64_t fh
+    uint64_t start_ns
+    uint64_t out_len
+    int64_t offset
+    uint32_t size
+    uint32_t opcode
+    uint32_t out_at        # the chain's writable iovecs: pool[out_at:out_at + nout]
+    uint32_t data_at       # the data iovecs: pool[data_at:data_at + ndata]
+    int nout
+    int ndata
+    int fd
+    bint writing
+    bint kill
 
 
 cdef class Virtqueue:
@@ -714,22 +1056,40 @@ cdef class Virtqueue:
     cdef StatsBlock *stats          # NULL: no statistics
     cdef uint32_t cur_opcode        # the popped request's opcode and arrival time, for stats
     cdef uint64_t cur_start
+    cdef bint want_uring            # READ through io_uring when the kernel allows
+    cdef bint uring_writes          # WRITE too
+    cdef io_uring *uring            # set while ``run`` serves with a ring
+    cdef Flight *flight
+    cdef iovec *pool
+    cdef uint32_t pool_used
+    cdef uint32_t nflight
+    cdef uint32_t nqueued           # prepared, not yet submitted
+    cdef readonly uint64_t uring_submits
+    cdef uint32_t poll_us             # busy-poll window ceiling (0: never poll)
+    cdef uint32_t poll_window         # current window, adapted between poll_us/8 and poll_us
+    cdef readonly uint64_t poll_hits, poll_misses
 
     def __cinit__(self):
         self.iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
         self.scratch_iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
-        if self.iov == NULL or self.scratch_iov == NULL:
+        self.pool = <iovec *>malloc(POOL_IOV * sizeof(iovec))
+        self.flight = NULL
+        self.uring = NULL
+        if self.iov == NULL or self.scratch_iov == NULL or self.pool == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
         free(self.iov)
         free(self.scratch_iov)
+        free(self.pool)
+        free(self.flight)
 
     def __init__(self, int index, MemoryTable mem, HandleTable handles, uint16_t num,
                  uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
                  uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
                  bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None,
-                 HandleTable inodes=None, double attr_timeout=0.0, RequestStats stats=None):
+                 HandleTable inodes=None, double attr_timeout=0.0, RequestStats stats=None,
+                 bint io_uring=False, uint32_t poll_us=0, bint uring_writes=False):
         if num == 0 or num & (num - 1) or num > 32768:
             raise ValueError(f"queue size {num} is not a power of two up to 32768")
         # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
@@ -763,7 +1123,19 @@ cdef class Virtqueue:
         self.attr_valid = <uint64_t>attr_timeout
         self.attr_valid_nsec = <uint32_t>((attr_timeout - <uint64_t>attr_timeout) * 1e9)
         self.stats_owner = stats
-        self.stats = stats.block if stats is not None else NULL
+        self.stats = stats.ring_block(index) if stats is not None else NULL
+        self.want_uring = io_uring
+        self.uring_writes = uring_writes
+        self.poll_us = poll_us
+        self.poll_window = poll_us
+        self.flight = <Flight *>calloc(num, sizeof(Flight))
+        if self.flight == NULL:
+            raise MemoryError()
+
+    @property
+    def io_engine(self):
+        """"uring" while READ/WRITE go through io_uring, else "sync"."""
+        return "uring" if self.uring != NULL else "sync"
 
     def set_fast_io(self, bint enabled):
         """READ/WRITE are served in C only between FUSE_INIT and the session's end."""
@@ -879,8 +1251,11 @@ cdef class Virtqueue:
             idx = d.next
 
     cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
+        """Publish one used element and notify the driver if it asked (one lock for both:
+        the guest refills its ring while the rest of a burst is served)."""
         pthread_mutex_lock(&self.lock.m)
         self._push_used_locked(head, length)
+        self._notify_locked()
         pthread_mutex_unlock(&self.lock.m)
 
     cdef void _notify(self) noexcept nogil:
@@ -968,6 +1343,8 @@ cdef class Virtqueue:
             if opcode == FUSE_GETATTR and self.inodes is not None:
                 self._do_getattr(unique)
                 return 1
+            if opcode == FUSE_LOOKUP and self.inodes is not None:
+                return self._do_lookup(unique, hlen)
             if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
                 self._do_read(unique)
                 return 1
@@ -983,8 +1360,7 @@ cdef class Virtqueue:
         cdef statx st
         cdef uint8_t out[ATTR_OUT_SIZE]
         cdef int rc
-        cdef uint32_t zero = 0, flags = 0
-        cdef uint64_t rdev, sec
+        cdef uint32_t zero = 0
         memcpy(&nodeid, self.hdr + 16, 8)
         cdef int fd = self.inodes.acquire(nodeid)
         if fd < 0:
@@ -1000,31 +1376,70 @@ cdef class Virtqueue:
         memcpy(out, &self.attr_valid, 8)
         memcpy(out + 8, &self.attr_valid_nsec, 4)
         memcpy(out + 12, &zero, 4)
-        cdef uint8_t *a = out + 16
-        cdef uint32_t u32
-        memcpy(a, &st.stx_ino, 8)
-        memcpy(a + 8, &st.stx_size, 8)
-        memcpy(a + 16, &st.stx_blocks, 8)
-        sec = <uint64_t>st.stx_atime.tv_sec
-        memcpy(a + 24, &sec, 8)
-        sec = <uint64_t>st.stx_mtime.tv_sec
-        memcpy(a + 32, &sec, 8)
-        sec = <uint64_t>st.stx_ctime.tv_sec
-        memcpy(a + 40, &sec, 8)
-        memcpy(a + 48, &st.stx_atime.tv_nsec, 4)
-        memcpy(a + 52, &st.stx_mtime.tv_nsec, 4)
-        memcpy(a + 56, &st.stx_ctime.tv_nsec, 4)
-        u32 = st.stx_mode
-        memcpy(a + 60, &u32, 4)
-        memcpy(a + 64, &st.stx_nlink, 4)
-        memcpy(a + 68, &st.stx_uid, 4)
-        memcpy(a + 72, &st.stx_gid, 4)
-        rdev = makedev(st.stx_rdev_major, st.stx_rdev_minor)
-        u32 = <uint32_t>(rdev & 0xffffffffUL)
-        memcpy(a + 76, &u32, 4)
-        memcpy(a + 80, &st.stx_blksize, 4)
-        memcpy(a + 84, &flags, 4)
+        _pack_attr(&st, out + 16)
         self._reply(unique, 0, out, ATTR_OUT_SIZE)
+
+    cdef int _do_lookup(self, uint64_t unique, uint32_t hlen) noexcept nogil:
+        """LOOKUP of an inode the node id table already knows: fuse_entry_out with one more
+        lookup counted, the same bytes the engine would send.  A name it would refuse, a new
+        inode, a mount point or any failure but ENOENT is left to the engine (returns 0)."""
+        cdef char name[LOOKUP_NAME_MAX + 1]
+        cdef uint32_t nlen = hlen - IN_HEADER_SIZE, i, length = 0
+        cdef uint64_t parent, pmnt, mnt, zero64 = 0
+        cdef int64_t nodeid
+        cdef statx st
+        cdef int pfd, fd, rc, err
+        cdef uint8_t out[ENTRY_OUT_SIZE]
+        if nlen < 2:
+            return 0
+        if nlen > LOOKUP_NAME_MAX + 1:
+            nlen = LOOKUP_NAME_MAX + 1
+        if _gather(self.iov, self.chain.nin, IN_HEADER_SIZE, <uint8_t *>name, nlen) != nlen:
+            return 0
+        while length < nlen and name[length] != 0:
+            if name[length] == 47:      # '/'
+                return 0
+            length += 1
+        if length == 0 or length == nlen:
+            return 0                    # empty, or no NUL within NAME_MAX + 1 bytes
+        if name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46)):
+            return 0                    # "." and ".."
+        memcpy(&parent, self.hdr + 16, 8)
+        pfd = self.inodes.acquire(parent)
+        if pfd < 0:
+            return 0
+        fd = openat(pfd, name, FASTVFS_OPATH_FLAGS)
+        if fd < 0:
+            err = errno
+            self.inodes.release(parent)
+            if err == ENOENT:
+                self._reply(unique, -ENOENT, NULL, 0)
+                return 1
+            return 0
+        rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_LOOKUP_MASK, &st)
+        c_close(fd)
+        if rc < 0:
+            self.inodes.release(parent)
+            return 0
+        mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+        self.inodes.key_of(parent, &pmnt)
+        if (st.stx_mode & 0o170000) == 0o040000 and mnt != pmnt:
+            self.inodes.release(parent)
+            return 0
+        nodeid = self.inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor),
+                                        st.stx_ino, mnt)
+        self.inodes.release(parent)
+        if nodeid <= 0:
+            return 0
+        memcpy(out, &nodeid, 8)
+        memcpy(out + 8, &zero64, 8)                 # generation
+        memcpy(out + 16, &self.attr_valid, 8)       # entry_valid: the same timeout
+        memcpy(out + 24, &self.attr_valid, 8)
+        memcpy(out + 32, &self.attr_valid_nsec, 4)
+        memcpy(out + 36, &self.attr_valid_nsec, 4)
+        _pack_attr(&st, out + 40)
+        self._reply(unique, 0, out, ENTRY_OUT_SIZE)
+        return 1
 
     cdef void _do_read(self, uint64_t unique) noexcept nogil:
         cdef uint64_t fh, offset
@@ -1047,6 +1462,9 @@ cdef class Virtqueue:
         cdef int fd = self.handles.acquire(fh)
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
+            return
+        if self.uring != NULL and self._queue_io(unique, fd, fh, <int64_t>offset, size, False,
+                                                 False):
             return
         cdef int n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
                             self.scratch_iov)
@@ -1081,6 +1499,9 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return
+        if self.uring != NULL and self.uring_writes and self._queue_io(
+                unique, fd, fh, <int64_t>offset, size, True, write_flags & FUSE_WRITE_KILL_SUIDGID):
+            return
         cdef int n = _slice(self.iov, self.chain.nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
                             self.scratch_iov)
         cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, True)
@@ -1094,6 +1515,148 @@ cdef class Virtqueue:
         out[0] = <uint32_t>done
         out[1] = 0
         self._reply(unique, 0, <uint8_t *>out, 8)
+
+    # -- io_uring data path ----------------------------------------------------------------------
+
+    cdef int _queue_io(self, uint64_t unique, int fd, uint64_t fh, int64_t offset, uint32_t size,
+                       bint writing, bint kill) noexcept nogil:
+        """Prepare the popped READ/WRITE as an io_uring readv/writev straight into or out of
+        the chain's buffers; 1 when queued (the reply follows its completion), 0 when the
+        caller must do it synchronously (no room)."""
+        cdef int nin = self.chain.nin, nout = self.chain.nout
+        cdef int need = nout + (nin if writing else nout)
+        cdef io_uring_sqe *sqe
+        cdef Flight *f
+        if self.pool_used + need > POOL_IOV:
+            self._uring_flush()
+            if self.pool_used + need > POOL_IOV:
+                return 0
+        sqe = io_uring_get_sqe(self.uring)
+        if sqe == NULL:
+            self._uring_submit()
+            sqe = io_uring_get_sqe(self.uring)
+            if sqe == NULL:
+                return 0
+        f = &self.flight[self.chain.head]
+        f.out_at = self.pool_used
+        f.nout = nout
+        memcpy(self.pool + self.pool_used, self.iov + nin, nout * sizeof(iovec))
+        self.pool_used += nout
+        f.data_at = self.pool_used
+        if writing:
+            f.ndata = _slice(self.iov, nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
+                             self.pool + self.pool_used)
+            io_uring_prep_writev(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
+        else:
+            f.ndata = _slice(self.iov + nin, nout, OUT_HEADER_SIZE, size,
+                             self.pool + self.pool_used)
+            io_uring_prep_readv(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
+        self.pool_used += f.ndata
+        io_uring_sqe_set_data64(sqe, self.chain.head)
+        f.unique = unique
+        f.fh = fh
+        f.fd = fd
+        f.offset = offset
+        f.size = size
+        f.out_len = self.chain.out_len
+        f.writing = writing
+        f.kill = kill
+        f.opcode = self.cur_opcode
+        f.start_ns = self.cur_start
+        self.nflight += 1
+        self.nqueued += 1
+        if self.nqueued >= SUBMIT_BATCH:
+            self._uring_submit()
+            self._uring_reap()
+        return 1
+
+    cdef void _uring_submit(self) noexcept nogil:
+        """Hand the prepared operations to the kernel (one system call for the batch)."""
+        cdef int rc
+        while self.nqueued:
+            rc = io_uring_submit(self.uring)
+            self.uring_submits += 1
+            if rc >= 0:
+                self.nqueued -= rc if <uint32_t>rc <= self.nqueued else self.nqueued
+                if rc == 0:
+                    break
+            elif rc == -EINTR:
+                continue
+            else:
+                # EBUSY/EAGAIN: completions must be reaped before more can be submitted.
+                if self._uring_reap() == 0:
+                    break
+
+    cdef int _uring_reap(self) noexcept nogil:
+        """Turn every available completion into its reply; returns how many."""
+        cdef io_uring_cqe *cqes[REAP_BATCH]
+        cdef unsigned n, i, total = 0
+        while True:
+            n = io_uring_peek_batch_cqe(self.uring, cqes, REAP_BATCH)
+            if n == 0:
+                break
+            for i in range(n):
+                self._complete_io(<uint16_t>cqes[i].user_data, cqes[i].res)
+            io_uring_cq_advance(self.uring, n)
+            total += n
+        if self.nflight == 0:
+            self.pool_used = 0
+        return total
+
+    cdef void _uring_flush(self) noexcept nogil:
+        """Submit what is prepared and wait until nothing is in flight."""
+        cdef io_uring_cqe *cqe
+        cdef int rc
+        self._uring_submit()
+        self._uring_reap()
+        while self.nflight:
+            if self.nqueued:
+                self._uring_submit()
+            rc = io_uring_wait_cqe(self.uring, &cqe)
+            if rc < 0 and rc != -EINTR and rc != -EAGAIN:
+                break
+            self._uring_reap()
+
+    cdef void _complete_io(self, uint16_t head, int32_t res) noexcept nogil:
+        cdef Flight *f = &self.flight[head]
+        cdef int64_t done = res, more
+        cdef int n
+        cdef uint8_t out[OUT_HEADER_SIZE]
+        cdef uint32_t total, wout[2]
+        cdef int32_t zero = 0
+        if res >= 0 and <uint32_t>res < f.size:
+            # A short transfer: finish it as the synchronous path would (a read stops at EOF).
+            if res > 0 or f.writing:
+                n = _slice(self.pool + f.data_at, f.ndata, <uint64_t>res, f.size - <uint32_t>res,
+                           self.scratch_iov)
+                more = _full_io(f.fd, self.scratch_iov, n, f.offset + res, f.size - <uint32_t>res,
+                                f.writing)
+                if more > 0:
+                    done += more
+                elif more < 0 and done == 0:
+                    done = more
+        if f.writing and done > 0 and f.kill:
+            kill_suidgid(f.fd)
+        self.handles.release(f.fh)
+        if done < 0:
+            total = _write_reply(self.pool + f.out_at, f.nout, f.out_len, f.unique,
+                                 <int32_t>done, NULL, 0)
+        elif f.writing:
+            wout[0] = <uint32_t>done
+            wout[1] = 0
+            total = _write_reply(self.pool + f.out_at, f.nout, f.out_len, f.unique, 0,
+                                 <uint8_t *>wout, 8)
+        else:
+            total = OUT_HEADER_SIZE + <uint32_t>done
+            memcpy(out, &total, 4)
+            memcpy(out + 4, &zero, 4)
+            memcpy(out + 8, &f.unique, 8)
+            _scatter(self.pool + f.out_at, f.nout, 0, out, OUT_HEADER_SIZE)
+        self._push_used(head, total)
+        if self.stats != NULL:
+            _stats_record(self.stats, f.opcode, <int32_t>done if done < 0 else 0,
+                          _now_ns() - f.start_ns)
+        self.nflight -= 1
 
     cdef int _serve_slow(self, handler) except -1:
         """Hand the request to the Python engine: ``handler(request, out_size)`` returns None
@@ -1155,20 +1718,47 @@ cdef class Virtqueue:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, handler):
-        """Serve the queue until ``stop``: sleep on the kick eventfd with the GIL released,
-        drain the ring, notify.  Returns when the stop eventfd fires."""
-        cdef pollfd fds[2]
+        """Serve the queue until ``stop``: sleep on the kick eventfd (and, with I/O in flight,
+        on the io_uring) with the GIL released, drain the ring, notify.  Returns when the stop
+        eventfd fires, once every I/O in flight has been answered."""
+        engine = None
+        if self.want_uring:
+            engine = _open_uring(self.num)
+            if engine is not None:
+                self.uring = <io_uring *><uintptr_t>engine.ring_address
+        try:
+            self._run(handler)
+        finally:
+            if self.uring != NULL:
+                with nogil:
+                    self._uring_flush()
+                    self._notify()
+                self.uring = NULL
+            if engine is not None:
+                engine.close()
+
+    cdef int _run(self, handler) except -1:
+        cdef pollfd fds[3]
         cdef uint64_t counter
-        cdef int rc
+        cdef int rc, nfds
         fds[0].fd = self.kick_fd
         fds[0].events = POLLIN
         fds[1].fd = self.stop_fd
         fds[1].events = POLLIN
+        fds[2].fd = self.uring.ring_fd if self.uring != NULL else -1
+        fds[2].events = POLLIN
         # Buffers may already be waiting (a ring restarted after GET_VRING_BASE).
         self._drain(handler)
         while not self.stopping:
+            if self.poll_us:
+                with nogil:
+                    rc = self._busy_poll()
+                if rc:
+                    self._drain(handler)
+                    continue
+            nfds = 3 if self.nflight else 2
             with nogil:
-                rc = poll(fds, 2, -1)
+                rc = poll(fds, nfds, -1)
                 if rc > 0 and fds[0].revents:
                     c_read(self.kick_fd, &counter, 8)
             if rc < 0 and errno != EINTR:
@@ -1176,29 +1766,70 @@ cdef class Virtqueue:
             if rc > 0 and fds[1].revents:
                 break
             self._drain(handler)
+        return 0
+
+    cdef int _busy_poll(self) noexcept nogil:
+        """Watch the avail index (and the io_uring's completions) for up to the poll window
+        with guest notifications off, as vhost's busy polling does; 1 when work turned up.
+        The window doubles (up to ``poll_us``) when polling pays and halves (down to an
+        eighth) when it does not, so a queue that goes quiet wastes little."""
+        cdef uint8_t *avail_event = self.used + 4 + 8 * <uint32_t>self.num
+        cdef uint64_t deadline = _now_ns() + <uint64_t>self.poll_window * 1000
+        cdef int found = 0
+        if self.event_idx:
+            # An event index just behind us: no kick is needed for anything published.
+            fastvfs_store16(avail_event, <uint16_t>(self.last_avail_idx - 1))
+        while not self.stopping:
+            if fastvfs_load16(self.avail + 2) != self.last_avail_idx:
+                found = 1
+                break
+            if self.nflight and io_uring_cq_ready(self.uring):
+                found = 1
+                break
+            if _now_ns() >= deadline:
+                break
+            fastvfs_cpu_relax()
+        if not found and self.event_idx:
+            # Notifications back on, then one more look (section 2.7.10).
+            fastvfs_store16(avail_event, self.last_avail_idx)
+            fastvfs_full_barrier()
+            found = fastvfs_load16(self.avail + 2) != self.last_avail_idx
+        if found:
+            self.poll_hits += 1
+            self.poll_window = self.poll_window * 2 if self.poll_window * 2 < self.poll_us \
+                else self.poll_us
+        else:
+            self.poll_misses += 1
+            self.poll_window = self.poll_window // 2 if self.poll_window // 2 > self.poll_us // 8 \
+                else (self.poll_us // 8 if self.poll_us >= 8 else 1)
+        return found
 
     cdef int _drain(self, handler) except -1:
-        """Serve everything available, then notify.  Completions are also signalled every
-        NOTIFY_BATCH requests so a long burst does not hold back the guest's first replies."""
-        cdef int got = 0, done, batch = 0
+        """Serve everything available.  The guest is notified as each reply lands (when it
+        asked to be: with EVENT_IDX that is once per sleep of its driver), so it can refill
+        the ring while the rest of a burst is served."""
+        cdef int got = 0, done
         while not self.stopping and not self.broken:
             with nogil:
                 # Serve consecutive fast-path requests without taking the GIL.
                 while True:
-                    if batch >= NOTIFY_BATCH:
-                        self._notify()
-                        batch = 0
                     got = self._pop()
                     if got <= 0:
                         break
                     done = self._serve_fast()
                     if not done:
                         break
-                    batch += 1
             if got <= 0:
                 break
+            if self.nflight:
+                # Requests the engine serves come after the I/O the guest sent before them.
+                with nogil:
+                    self._uring_flush()
             self._serve_slow(handler)
-            batch += 1
+        if self.uring != NULL:
+            with nogil:
+                self._uring_submit()
+                self._uring_reap()
         with nogil:
             self._notify()
         return 0
@@ -1208,6 +1839,34 @@ cdef class Virtqueue:
         cdef uint64_t one = 1
         self.stopping = 1
         c_write(self.stop_fd, &one, 8)
+
+
+cdef void _pack_attr(const statx *st, uint8_t *a) noexcept nogil:
+    """struct fuse_attr (88 bytes) from statx, as fastvfs.fuse.abi.pack_attr packs it."""
+    cdef uint32_t u32, flags = 0
+    cdef uint64_t rdev, sec
+    memcpy(a, &st.stx_ino, 8)
+    memcpy(a + 8, &st.stx_size, 8)
+    memcpy(a + 16, &st.stx_blocks, 8)
+    sec = <uint64_t>st.stx_atime.tv_sec
+    memcpy(a + 24, &sec, 8)
+    sec = <uint64_t>st.stx_mtime.tv_sec
+    memcpy(a + 32, &sec, 8)
+    sec = <uint64_t>st.stx_ctime.tv_sec
+    memcpy(a + 40, &sec, 8)
+    memcpy(a + 48, &st.stx_atime.tv_nsec, 4)
+    memcpy(a + 52, &st.stx_mtime.tv_nsec, 4)
+    memcpy(a + 56, &st.stx_ctime.tv_nsec, 4)
+    u32 = st.stx_mode
+    memcpy(a + 60, &u32, 4)
+    memcpy(a + 64, &st.stx_nlink, 4)
+    memcpy(a + 68, &st.stx_uid, 4)
+    memcpy(a + 72, &st.stx_gid, 4)
+    rdev = makedev(st.stx_rdev_major, st.stx_rdev_minor)
+    u32 = <uint32_t>(rdev & 0xffffffffUL)
+    memcpy(a + 76, &u32, 4)
+    memcpy(a + 80, &st.stx_blksize, 4)
+    memcpy(a + 84, &flags, 4)
 
 
 cdef int kill_suidgid(int fd) noexcept nogil:

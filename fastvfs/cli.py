@@ -79,6 +79,19 @@ def parser():
                    help="serve requests that block (everything but the C fast path) on a pool "
                         "of N threads, so a slow one never holds up its queue (default 0: on "
                         "the queue's own thread)")
+    p.add_argument("--io-engine", choices=("uring", "uring-rw", "sync"), default="uring",
+                   help="how the hot path does READ and WRITE straight into guest memory: "
+                        "uring submits each poll round's READs to a per-queue io_uring in "
+                        "batches, WRITE is a pwritev on the queue's thread; uring-rw submits "
+                        "WRITEs too (for file systems with non-blocking buffered writes, or "
+                        "O_DIRECT files: on ext4 each buffered write is handed to a kernel "
+                        "worker thread, several times slower); sync does one preadv/pwritev "
+                        "each (default uring; sync is also used where io_uring is refused)")
+    p.add_argument("--poll-us", type=int, default=0, metavar="US",
+                   help="keep polling a queue for US microseconds after it runs dry before "
+                        "sleeping on its kick eventfd, and stretch or shrink the window by "
+                        "how often polling pays off (default 0: sleep at once, no CPU spent "
+                        "waiting)")
     p.add_argument("--dax-window-size", type=parse_size, default=0, metavar="SIZE",
                    help="offer a DAX cache window of SIZE bytes (suffixes K, M, G; e.g. 8G) to "
                         "frontends that support VIRTIO shared memory (default: none)")

@@ -275,7 +275,10 @@ def _serve_setup(options, stats):
                                on_reset=engine.reset, inodes=inodes,
                                attr_timeout=sec + nsec / 1e9,
                                shmem_sizes=(window_size,) if window_size else (),
-                               backend=backend, tag=options.tag, stats=stats)
+                               backend=backend, tag=options.tag, stats=stats,
+                               io_uring=getattr(options, "io_engine", "uring") != "sync",
+                               uring_writes=getattr(options, "io_engine", "") == "uring-rw",
+                               poll_us=getattr(options, "poll_us", 0))
     # Tracing sees every request: the C fast path then hands everything to the engine.
     engine.on_session = (lambda on: device.set_fast_io(False)) if engine.trace \
         else device.set_fast_io

@@ -75,34 +75,32 @@ def kill_suidgid_of(fd_or_path):
 
 
 class Inode:
-    __slots__ = ("nodeid", "fd", "key", "nlookup", "mode")
+    __slots__ = ("nodeid", "fd", "key", "mode")
 
     def __init__(self, nodeid, fd, key, mode):
         self.nodeid = nodeid
         self.fd = fd
         self.key = key
-        self.nlookup = 0
         self.mode = mode
 
 
 class InodeStore:
-    """Node id -> Inode and (st_dev, st_ino, mount id) -> Inode.
+    """Node id -> Inode, over the node id table.
 
-    Node ids and the O_PATH descriptors behind them live in ``table`` (a handle table the hot
-    path can read without the GIL, so it answers GETATTR itself); its ids carry a generation,
-    so a forgotten node id is never mistaken for a newer inode.  One lock guards both maps and
-    every lookup count; it is a leaf lock apart from the table's own (no I/O is done while
-    holding it).
+    Node ids, the O_PATH descriptors behind them, the inode keys (st_dev, st_ino, mount id) and
+    the guest's lookup counts live in ``table``, a handle table the hot path reads without the
+    GIL: it answers GETATTR, and LOOKUP of an inode already known, itself.  Its ids carry a
+    generation, so a forgotten node id is never mistaken for a newer inode.  ``lock`` guards
+    ``by_id`` and orders it with the table's entries: an id the table hands out is in ``by_id``
+    once the adopting call returns (the table's own mutex is a leaf lock below it).
     """
 
     def __init__(self, root_fd, root_st, table):
         self.lock = threading.Lock()
         self.table = table
-        table.add_root(root_fd)
+        table.add_root(root_fd, *root_st.key, keyed=True)
         self.root = Inode(FUSE_ROOT_ID, root_fd, root_st.key, root_st.st_mode)
-        self.root.nlookup = 1
         self.by_id = {FUSE_ROOT_ID: self.root}
-        self.by_key = {root_st.key: self.root}
 
     def get(self, nodeid):
         """The inode behind ``nodeid``.  Inside a :meth:`PassthroughFs.request_scope` its
@@ -110,7 +108,11 @@ class InodeStore:
         cannot close it, and its number cannot be reused for another file meanwhile."""
         inode = self.by_id.get(nodeid)
         if inode is None:
-            raise OSError(errno.ENOENT, "unknown node id")
+            # The hot path may have answered a LOOKUP with an id whose adoption is finishing.
+            with self.lock:
+                inode = self.by_id.get(nodeid)
+            if inode is None:
+                raise OSError(errno.ENOENT, "unknown node id")
         held = getattr(_request_refs, "held", None)
         if held is not None and inode is not self.root:
             try:
@@ -123,41 +125,40 @@ class InodeStore:
     def adopt(self, fd, st):
         """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``."""
         with self.lock:
-            inode = self.by_key.get(st.key)
-            if inode is None:
-                inode = Inode(self.table.add(fd), fd, st.key, st.st_mode)
-                self.by_id[inode.nodeid] = inode
-                self.by_key[st.key] = inode
-                fd = -1
-            inode.nlookup += 1
-        if fd >= 0:
+            try:
+                nodeid, created = self.table.adopt(fd, *st.key)
+            except BaseException:
+                os.close(fd)
+                raise
+            if created:
+                inode = self.by_id[nodeid] = Inode(nodeid, fd, st.key, st.st_mode)
+            else:
+                inode = self.by_id[nodeid]
+        if not created:
             os.close(fd)
         return inode
 
+    def relookup(self, inode):
+        """Count one more lookup of a known inode."""
+        self.table.relookup(inode.nodeid)
+
+    def nlookup(self, nodeid):
+        return self.table.nlookup(nodeid)
+
     def forget(self, nodeid, count):
-        """Take ``count`` lookups away; returns True when the inode was dropped."""
+        """Take ``count`` lookups away; returns True when the inode was dropped (its fd is
+        closed once no request in flight uses it)."""
         with self.lock:
-            inode = self.by_id.get(nodeid)
-            if inode is None or inode is self.root:
+            if not self.table.forget(nodeid, count):
                 return False
-            # A hostile guest may forget more than it looked up: never underflow.
-            inode.nlookup -= min(count, inode.nlookup)
-            if inode.nlookup:
-                return False
-            del self.by_id[nodeid]
-            if self.by_key.get(inode.key) is inode:
-                del self.by_key[inode.key]
-        self.table.remove(nodeid)  # closes the fd once no GETATTR in flight uses it
+            self.by_id.pop(nodeid, None)
         return True
 
     def clear(self):
         """Drop every inode but the root (a session ended)."""
         with self.lock:
-            dropped = [i for i in self.by_id.values() if i is not self.root]
+            self.table.clear()
             self.by_id = {FUSE_ROOT_ID: self.root}
-            self.by_key = {self.root.key: self.root}
-        for inode in dropped:
-            self.table.remove(inode.nodeid)
 
     def __len__(self):
         return len(self.by_id)
@@ -308,8 +309,7 @@ class PassthroughFs:
 
     def _relookup(self, inode):
         st = _sys.fstatx(inode.fd)
-        with self.inodes.lock:
-            inode.nlookup += 1
+        self.inodes.relookup(inode)
         return inode.nodeid, st
 
     def _lookup_dotdot(self, parent):

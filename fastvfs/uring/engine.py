@@ -41,13 +41,14 @@ class UringEngine:
     SETUP_FLAG_PREFERENCE = ("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_COOP_TASKRUN",
                              "IORING_SETUP_SINGLE_ISSUER")
 
-    def __init__(self, entries=256):
+    def __init__(self, entries=256, prefer=None):
         if lib is None:
             raise UringUnavailable(errno.ENOSYS, f"liburing binding not built: {_import_error}")
         self._ring = ffi.new("struct io_uring *")
         self._keep = {}  # user_data -> Python objects a pending operation points into
         self._open = False
-        wanted = [getattr(lib, name) for name in self.SETUP_FLAG_PREFERENCE]
+        wanted = [getattr(lib, name)
+                  for name in (self.SETUP_FLAG_PREFERENCE if prefer is None else prefer)]
         while True:
             params = ffi.new("struct io_uring_params *")
             params.flags = lib.IORING_SETUP_CLAMP

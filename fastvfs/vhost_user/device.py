@@ -72,7 +72,7 @@ class VhostUserFsDevice:
 
     def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
                  inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None, tag=None,
-                 stats=None):
+                 stats=None, io_uring=False, poll_us=0, uring_writes=False):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
@@ -91,6 +91,9 @@ class VhostUserFsDevice:
         self.backend = backend
         self.offered_protocol_features = OFFERED_PROTOCOL_FEATURES
         self.stats = stats
+        self.io_uring = io_uring
+        self.poll_us = poll_us
+        self.uring_writes = uring_writes
         # With a tag the device configuration (virtio spec 5.11.4) is the backend's to give.
         self.config = None
         if tag is not None:
@@ -207,7 +210,8 @@ class VhostUserFsDevice:
                 vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
                 bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
-                vring.lock, self.inodes, self.attr_timeout, self.stats)
+                vring.lock, self.inodes, self.attr_timeout, self.stats, self.io_uring,
+                self.poll_us, self.uring_writes)
         except BaseException:
             os.close(stop_fd)
             raise

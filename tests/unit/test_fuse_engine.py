@@ -133,9 +133,9 @@ def test_lookup_counts_and_forget(s, tmp_path):
     (tmp_path / "f").write_text("x")
     a, _ = s.lookup(b"f")
     b, _ = s.lookup(b"f")
-    assert a == b and s.fs.inodes.get(a).nlookup == 2
+    assert a == b and s.fs.inodes.nlookup(a) == 2
     assert s.raw(Opcode.FORGET, a, struct.pack("<Q", 1)) is None
-    assert s.fs.inodes.get(a).nlookup == 1
+    assert s.fs.inodes.nlookup(a) == 1
     # Over-forgetting never underflows; the inode simply goes.
     s.raw(Opcode.FORGET, a, struct.pack("<Q", 10))
     assert s.err(Opcode.GETATTR, a, bytes(16)) == errno.ENOENT

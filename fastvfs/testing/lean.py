@@ -1,0 +1,151 @@
+"""Closed-loop FUSE load on a started frontend, driven in C by :class:`_lean.LeanQueue`.
+
+    load = LeanLoad(frontend, queue=1, op="READ", depth=32, nodeid=node, fh=fh, size=4096,
+                    file_size=64 << 20)
+    result = load.run(2.0)      # {"requests", "wall_s", "driver_cpu_s", "kicks", "sleeps", ...}
+    load.close()
+
+Chains are laid out as Linux's virtiofs driver lays them out: the in header and each in-argument
+in descriptors of their own, data split into page-sized descriptors, the out header and each
+out-argument separate, all in an indirect table when VIRTIO_RING_F_INDIRECT_DESC is negotiated.
+The queue must be idle (nothing in flight from the Python driver); afterwards the Python driver
+carries on from the indices the run left.
+"""
+
+import ctypes
+import os
+
+from fastvfs.fuse import abi
+from fastvfs.fuse.abi import Opcode
+from fastvfs.testing import virtq
+from fastvfs.testing._lean import LeanQueue
+
+PAGE_SIZE = 4096
+FIRST_UNIQUE = 1 << 40
+
+
+def _host_address(memory, gpa, length):
+    region, offset = memory.locate(gpa, length)
+    anchor = ctypes.c_char.from_buffer(region.map)
+    try:
+        return ctypes.addressof(anchor) + offset
+    finally:
+        del anchor   # drop the buffer export at once, or the mapping could not be closed
+
+
+def _pages(gpa, length):
+    return [(gpa + i, min(PAGE_SIZE, length - i)) for i in range(0, length, PAGE_SIZE)]
+
+
+class LeanLoad:
+    """``depth`` copies of one request kept in flight on ``frontend.queues[queue]``.
+
+    ``op``: "GETATTR", "LOOKUP" (``name`` in ``nodeid``), "READ" or "WRITE" (``size`` bytes at
+    random ``size``-aligned offsets below ``file_size`` of handle ``fh``).
+    """
+
+    def __init__(self, frontend, queue, op, depth, *, nodeid, fh=0, size=0, file_size=0,
+                 name=b"data", seed=1, uid=0, gid=0):
+        self.memory = frontend.memory
+        self.vq = vq = frontend.queues[queue]
+        if vq.in_flight or vq.published_idx != vq.avail_idx:
+            raise RuntimeError("the queue must be idle before a lean run")
+        if depth > vq.size:
+            raise ValueError(f"depth {depth} exceeds the queue size {vq.size}")
+        self.owned = []
+        self.desc_slots = []
+        slots = []
+        opcode = getattr(Opcode, op)
+        payload = os.urandom(size) if op == "WRITE" else b""
+        try:
+            for _ in range(depth):
+                slots.append(self._build(opcode, op, nodeid, fh, size, name, payload, uid, gid))
+        except BaseException:
+            self.close()
+            raise
+        span = max(1, file_size // size) if size else 1
+        self.lean = LeanQueue(
+            _host_address(self.memory, vq.avail_addr, virtq.avail_ring_size(vq.size)),
+            _host_address(self.memory, vq.used_addr, virtq.used_ring_size(vq.size)),
+            vq.size, vq.event_idx, vq.kick_fd, vq.call_fd, vq.avail_idx, vq.last_used_idx,
+            slots, span, size, FIRST_UNIQUE + queue, seed)
+
+    def _alloc(self, data_or_len, align=8):
+        length = data_or_len if isinstance(data_or_len, int) else len(data_or_len)
+        gpa = self.memory.alloc(length, align)
+        self.owned.append(gpa)
+        if not isinstance(data_or_len, int):
+            self.memory.write(gpa, data_or_len)
+        return gpa
+
+    def _build(self, opcode, op, nodeid, fh, size, name, payload, uid, gid):
+        if op == "GETATTR":
+            body, reply_len, expect = abi.getattr_in.pack(0, 0, 0), abi.ATTR_OUT_SIZE, None
+        elif op == "LOOKUP":
+            body, reply_len, expect = name + b"\0", abi.ENTRY_OUT_SIZE, None
+        elif op == "READ":
+            body, reply_len, expect = abi.read_in.pack(fh, 0, size, 0, 0, 0, 0), 0, size
+        elif op == "WRITE":
+            body, reply_len, expect = abi.write_in.pack(fh, 0, size, 0, 0, 0, 0), \
+                abi.write_out.size, None
+        else:
+            raise ValueError(f"no lean form of {op}")
+        header = abi.in_header.pack(abi.IN_HEADER_SIZE + len(body) + len(payload), opcode, 0,
+                                    nodeid, uid, gid, 0, 0, 0)
+        req = self._alloc(header)
+        readable = [(req, len(header)), (self._alloc(body), len(body))]
+        if payload:
+            readable += _pages(self._alloc(payload, PAGE_SIZE), len(payload))
+        out = self._alloc(abi.OUT_HEADER_SIZE)
+        writable = [(out, abi.OUT_HEADER_SIZE)]
+        if reply_len:
+            writable.append((self._alloc(reply_len), reply_len))
+        if expect:
+            writable += _pages(self._alloc(expect, PAGE_SIZE), expect)
+        entries = [(a, n, 0) for a, n in readable] + \
+                  [(a, n, virtq.VRING_DESC_F_WRITE) for a, n in writable]
+        vq = self.vq
+        if vq.indirect_desc:
+            table = self._alloc(virtq.desc_table_size(len(entries)), virtq.DESC_ALIGN)
+            indices, where = list(range(len(entries))), table
+            head, = vq.alloc_desc(1)
+            self.desc_slots.append(head)
+            vq.write_desc(head, table, virtq.desc_table_size(len(entries)),
+                          virtq.VRING_DESC_F_INDIRECT)
+        else:
+            indices, where = vq.alloc_desc(len(entries)), None
+            self.desc_slots += indices
+            head = indices[0]
+        for i, (addr, length, flags) in enumerate(entries):
+            nxt = 0
+            if i + 1 < len(entries):
+                flags |= virtq.VRING_DESC_F_NEXT
+                nxt = indices[i + 1]
+            vq.write_desc(indices[i], addr, length, flags, nxt, where)
+        offset_addr = 0
+        if op in ("READ", "WRITE"):
+            body_gpa = readable[1][0]
+            offset_addr = _host_address(self.memory, body_gpa + 8, 8)
+        total = abi.OUT_HEADER_SIZE + (reply_len or expect or 0)
+        return (head, _host_address(self.memory, req, len(header)), offset_addr,
+                _host_address(self.memory, out, abi.OUT_HEADER_SIZE), total)
+
+    def run(self, seconds):
+        try:
+            result = self.lean.run(seconds)
+        finally:
+            vq = self.vq
+            vq.avail_idx = vq.published_idx = self.lean.avail_idx
+            vq.last_used_idx = self.lean.last_used_idx
+        if result["errors"]:
+            raise OSError(-result["first_error"] if result["first_error"] < -1 else 0,
+                          f"{result['errors']} requests failed (first: {result['first_error']})")
+        return result
+
+    def close(self):
+        if self.desc_slots:
+            self.vq.free_desc(self.desc_slots)
+            self.desc_slots = []
+        for gpa in self.owned:
+            self.memory.free(gpa)
+        self.owned = []
