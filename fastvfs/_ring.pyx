@@ -176,6 +176,7 @@ cdef enum:
     # completions reaped per peek.
     POOL_IOV = 8192
     SUBMIT_BATCH = 8
+    PUBLISH_BATCH = 8
     REAP_BATCH = 64
     # Request statistics: opcodes below STATS_OPS (FUSE's are), latency buckets by log2(ns).
     STATS_OPS = 64
@@ -1065,6 +1066,10 @@ cdef class Virtqueue:
     cdef uint32_t nflight
     cdef uint32_t nqueued           # prepared, not yet submitted
     cdef readonly uint64_t uring_submits
+    cdef uint16_t pend_heads[PUBLISH_BATCH]   # replies written, not yet in the used ring
+    cdef uint32_t pend_lens[PUBLISH_BATCH]
+    cdef uint32_t npend
+    cdef bint batch_reply           # the reply being written may wait for a batch
     cdef uint32_t poll_us             # busy-poll window ceiling (0: never poll)
     cdef uint32_t poll_window         # current window, adapted between poll_us/8 and poll_us
     cdef readonly uint64_t poll_hits, poll_misses
@@ -1251,12 +1256,25 @@ cdef class Virtqueue:
             idx = d.next
 
     cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
-        """Publish one used element and notify the driver if it asked (one lock for both:
-        the guest refills its ring while the rest of a burst is served)."""
+        """Queue one used element; they are published (with one notification check) every
+        PUBLISH_BATCH replies and whenever the worker is about to wait or take the GIL, so the
+        guest refills its ring while the rest of a burst is served."""
+        self.pend_heads[self.npend] = head
+        self.pend_lens[self.npend] = length
+        self.npend += 1
+        if self.npend == PUBLISH_BATCH or not self.batch_reply:
+            self._flush_used()
+
+    cdef void _flush_used(self) noexcept nogil:
+        cdef uint32_t i
+        if self.npend == 0:
+            return
         pthread_mutex_lock(&self.lock.m)
-        self._push_used_locked(head, length)
+        for i in range(self.npend):
+            self._push_used_locked(self.pend_heads[i], self.pend_lens[i])
         self._notify_locked()
         pthread_mutex_unlock(&self.lock.m)
+        self.npend = 0
 
     cdef void _notify(self) noexcept nogil:
         pthread_mutex_lock(&self.lock.m)
@@ -1315,6 +1333,7 @@ cdef class Virtqueue:
         cdef uint64_t unique
         cdef uint64_t got
         cdef int rc = self._walk()
+        self.batch_reply = False
         if rc < 0:
             # Answer with the request's unique when its header was readable; a buffer outside
             # guest RAM (such as a DAX window address: the window is not in the memory table)
@@ -1345,11 +1364,18 @@ cdef class Virtqueue:
                 return 1
             if opcode == FUSE_LOOKUP and self.inodes is not None:
                 return self._do_lookup(unique, hlen)
+            # Data replies are published in batches: a burst of I/O wakes the guest once per
+            # batch instead of once per reply.  Metadata replies go out at once (a quick op
+            # finishes sooner than a guest wakes up: holding them back starves its ring).
             if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
+                self.batch_reply = True
                 self._do_read(unique)
+                self.batch_reply = False
                 return 1
             if opcode == FUSE_WRITE and hlen >= IN_HEADER_SIZE + WRITE_IN_SIZE:
+                self.batch_reply = True
                 self._do_write(unique, hlen)
+                self.batch_reply = False
                 return 1
         return 0
 
@@ -1588,16 +1614,28 @@ cdef class Virtqueue:
                     break
 
     cdef int _uring_reap(self) noexcept nogil:
-        """Turn every available completion into its reply; returns how many."""
+        """Turn every available completion into its reply; returns how many.  Each batch's
+        used elements are published under one lock, with one notification check."""
         cdef io_uring_cqe *cqes[REAP_BATCH]
+        cdef uint32_t lengths[REAP_BATCH]
+        cdef uint16_t heads[REAP_BATCH]
         cdef unsigned n, i, total = 0
+        cdef uint64_t now = 0
         while True:
             n = io_uring_peek_batch_cqe(self.uring, cqes, REAP_BATCH)
             if n == 0:
                 break
+            if self.stats != NULL:
+                now = _now_ns()
             for i in range(n):
-                self._complete_io(<uint16_t>cqes[i].user_data, cqes[i].res)
+                heads[i] = <uint16_t>cqes[i].user_data
+                lengths[i] = self._complete_io(heads[i], cqes[i].res, now)
             io_uring_cq_advance(self.uring, n)
+            pthread_mutex_lock(&self.lock.m)
+            for i in range(n):
+                self._push_used_locked(heads[i], lengths[i])
+            self._notify_locked()
+            pthread_mutex_unlock(&self.lock.m)
             total += n
         if self.nflight == 0:
             self.pool_used = 0
@@ -1609,6 +1647,7 @@ cdef class Virtqueue:
         cdef int rc
         self._uring_submit()
         self._uring_reap()
+        self._flush_used()
         while self.nflight:
             if self.nqueued:
                 self._uring_submit()
@@ -1617,7 +1656,9 @@ cdef class Virtqueue:
                 break
             self._uring_reap()
 
-    cdef void _complete_io(self, uint16_t head, int32_t res) noexcept nogil:
+    cdef uint32_t _complete_io(self, uint16_t head, int32_t res, uint64_t now) noexcept nogil:
+        """Write the reply of a finished READ/WRITE; returns its used length (the caller
+        publishes it)."""
         cdef Flight *f = &self.flight[head]
         cdef int64_t done = res, more
         cdef int n
@@ -1652,11 +1693,11 @@ cdef class Virtqueue:
             memcpy(out + 4, &zero, 4)
             memcpy(out + 8, &f.unique, 8)
             _scatter(self.pool + f.out_at, f.nout, 0, out, OUT_HEADER_SIZE)
-        self._push_used(head, total)
         if self.stats != NULL:
             _stats_record(self.stats, f.opcode, <int32_t>done if done < 0 else 0,
-                          _now_ns() - f.start_ns)
+                          now - f.start_ns)
         self.nflight -= 1
+        return total
 
     cdef int _serve_slow(self, handler) except -1:
         """Hand the request to the Python engine: ``handler(request, out_size)`` returns None
@@ -1729,11 +1770,12 @@ cdef class Virtqueue:
         try:
             self._run(handler)
         finally:
-            if self.uring != NULL:
-                with nogil:
+            with nogil:
+                if self.uring != NULL:
                     self._uring_flush()
-                    self._notify()
-                self.uring = NULL
+                self._flush_used()
+                self._notify()
+            self.uring = NULL
             if engine is not None:
                 engine.close()
 
@@ -1819,6 +1861,7 @@ cdef class Virtqueue:
                     done = self._serve_fast()
                     if not done:
                         break
+                self._flush_used()
             if got <= 0:
                 break
             if self.nflight:
@@ -1826,11 +1869,13 @@ cdef class Virtqueue:
                 with nogil:
                     self._uring_flush()
             self._serve_slow(handler)
-        if self.uring != NULL:
             with nogil:
+                self._flush_used()
+        with nogil:
+            if self.uring != NULL:
                 self._uring_submit()
                 self._uring_reap()
-        with nogil:
+            self._flush_used()
             self._notify()
         return 0
 
