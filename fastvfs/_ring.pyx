@@ -134,6 +134,10 @@ cdef extern from "<liburing.h>" nogil:
                              uint64_t offset)
     void io_uring_prep_writev(io_uring_sqe *sqe, int fd, const iovec *iovecs, unsigned nr_vecs,
                               uint64_t offset)
+    void io_uring_prep_read(io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes,
+                            uint64_t offset)
+    void io_uring_prep_write(io_uring_sqe *sqe, int fd, const void *buf, unsigned nbytes,
+                             uint64_t offset)
     void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
     int io_uring_submit(io_uring *ring)
     unsigned io_uring_peek_batch_cqe(io_uring *ring, io_uring_cqe **cqes, unsigned count)
@@ -1572,11 +1576,19 @@ cdef class Virtqueue:
         if writing:
             f.ndata = _slice(self.iov, nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
                              self.pool + self.pool_used)
-            io_uring_prep_writev(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
+            if f.ndata == 1:    # one buffer: the plain opcode skips importing an iovec
+                io_uring_prep_write(sqe, fd, self.pool[f.data_at].iov_base,
+                                    <unsigned>self.pool[f.data_at].iov_len, <uint64_t>offset)
+            else:
+                io_uring_prep_writev(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
         else:
             f.ndata = _slice(self.iov + nin, nout, OUT_HEADER_SIZE, size,
                              self.pool + self.pool_used)
-            io_uring_prep_readv(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
+            if f.ndata == 1:
+                io_uring_prep_read(sqe, fd, self.pool[f.data_at].iov_base,
+                                   <unsigned>self.pool[f.data_at].iov_len, <uint64_t>offset)
+            else:
+                io_uring_prep_readv(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
         self.pool_used += f.ndata
         io_uring_sqe_set_data64(sqe, self.chain.head)
         f.unique = unique
