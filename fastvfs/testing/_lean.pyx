@@ -49,6 +49,8 @@ cdef extern from "<poll.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read"(int fd, void *buf, size_t count)
     ssize_t c_write "write"(int fd, const void *buf, size_t count)
+    ssize_t pread(int fd, void *buf, size_t count, long offset)
+    ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
@@ -179,8 +181,9 @@ cdef class LeanQueue:
             return -1
         return error
 
-    def run(self, double seconds):
-        """Keep every slot in flight for ``seconds``; returns a dict of what happened."""
+    def run(self, double seconds, uint64_t max_requests=0):
+        """Keep every slot in flight for ``seconds`` (or until ``max_requests`` are done, when
+        given); returns a dict of what happened."""
         cdef int i, rc, idle_polls = 0
         cdef uint16_t used_idx, head, old
         cdef uint32_t length, id32
@@ -249,7 +252,8 @@ cdef class LeanQueue:
                         inflight -= 1
                 if bad:
                     break
-                if running and _clock(CLOCK_MONOTONIC) >= t_end:
+                if running and ((max_requests and done >= max_requests) or
+                                _clock(CLOCK_MONOTONIC) >= t_end):
                     # The figures stop here; what is in flight is then drained.
                     running = False
                     wall = _clock(CLOCK_MONOTONIC) - t0
@@ -266,3 +270,41 @@ cdef class LeanQueue:
             raise RuntimeError("the device broke the used ring contract")
         return {"requests": counted, "wall_s": wall, "driver_cpu_s": cpu_used, "kicks": self.kicks,
                 "sleeps": self.sleeps, "errors": self.errors, "first_error": self.first_error}
+
+
+def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, seed=1):
+    """The host-native ceiling: ``size``-byte pread/pwrite at random ``size``-aligned offsets
+    below ``span * size`` of ``fd``, one at a time on this thread, for ``seconds``."""
+    cdef uint8_t *buf = <uint8_t *>malloc(size)
+    cdef uint64_t rng = (<uint64_t>seed) * 0x9E3779B97F4A7C15ULL | 1, done = 0
+    cdef double t0, t_end, now, cpu0
+    cdef ssize_t n = 0
+    if buf == NULL:
+        raise MemoryError()
+    cdef uint64_t i
+    for i in range(size):
+        buf[i] = <uint8_t>(i * 131)
+    with nogil:
+        cpu0 = _clock(CLOCK_THREAD_CPUTIME_ID)
+        t0 = _clock(CLOCK_MONOTONIC)
+        t_end = t0 + seconds
+        now = t0
+        while now < t_end:
+            rng ^= rng << 13
+            rng ^= rng >> 7
+            rng ^= rng << 17
+            if write:
+                n = pwrite(fd, buf, size, <long>((rng % span) * size))
+            else:
+                n = pread(fd, buf, size, <long>((rng % span) * size))
+            if n < 0:
+                break
+            done += 1
+            if (done & 15) == 0:
+                now = _clock(CLOCK_MONOTONIC)
+        now = _clock(CLOCK_MONOTONIC)
+        cpu0 = _clock(CLOCK_THREAD_CPUTIME_ID) - cpu0
+    free(buf)
+    if n < 0:
+        raise OSError(errno, "host-native I/O failed")
+    return {"requests": done, "wall_s": now - t0, "cpu_s": cpu0}

@@ -130,9 +130,10 @@ class LeanLoad:
         return (head, _host_address(self.memory, req, len(header)), offset_addr,
                 _host_address(self.memory, out, abi.OUT_HEADER_SIZE), total)
 
-    def run(self, seconds):
+    def run(self, seconds, max_requests=0):
+        """Keep the requests in flight for ``seconds`` (or ``max_requests`` answers)."""
         try:
-            result = self.lean.run(seconds)
+            result = self.lean.run(seconds, max_requests)
         finally:
             vq = self.vq
             vq.avail_idx = vq.published_idx = self.lean.avail_idx
