@@ -69,6 +69,7 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read"(int fd, void *buf, size_t count)
     ssize_t c_write "write"(int fd, const void *buf, size_t count)
     int c_close "close"(int fd)
+    int dup(int fd)
 
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
@@ -185,6 +186,12 @@ cdef enum:
     # Request statistics: opcodes below STATS_OPS (FUSE's are), latency buckets by log2(ns).
     STATS_OPS = 64
     STATS_BUCKETS = 40
+    DROPPED_MAX = 1024
+    FUSE_FORGET = 2
+    FUSE_RELEASE = 18
+    FUSE_FLUSH = 25
+    FUSE_BATCH_FORGET = 42
+    FUSE_RELEASE_FLOCK_UNLOCK = 2
 
 def _open_uring(unsigned num):
     """The io_uring a queue worker drives (created on its own thread: SINGLE_ISSUER), or None
@@ -400,6 +407,12 @@ cdef class HandleTable:
     cdef uint32_t free_hint
     cdef pthread_mutex_t lock
     cdef readonly uint32_t count
+    # Descriptors the file system holds for POSIX/flock locks (kept up to date by it): while
+    # there are any, FLUSH, RELEASE and FORGET go to the engine, which drops them.
+    cdef public int lock_fds_open
+    # Node ids the hot path dropped (FORGET), for the file system to prune its own records.
+    cdef uint64_t dropped[DROPPED_MAX]
+    cdef uint32_t ndropped
 
     def __cinit__(self, uint32_t capacity=65536):
         self.slots = <HandleSlot *>calloc(capacity, sizeof(HandleSlot))
@@ -554,6 +567,57 @@ cdef class HandleTable:
         mnt[0] = self.slots[idx].mnt if self.slots[idx].keyed else 0
         return 0
 
+    cdef int remove_fh(self, uint64_t fh) noexcept nogil:
+        """Drop ``fh`` (0) or -EBADF; its fd is closed once no request uses it."""
+        cdef int rc
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        pthread_mutex_lock(&self.lock)
+        rc = self._kill(fh)
+        if rc >= 0 and self.slots[idx].keyed:
+            self._unlink_key(idx)
+        pthread_mutex_unlock(&self.lock)
+        if rc == 1:
+            self._reclaim(idx)
+        return -EBADF if rc < 0 else 0
+
+    cdef bint dropped_room(self, uint32_t n) noexcept nogil:
+        return self.ndropped + n <= DROPPED_MAX
+
+    cdef void forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil:
+        """FORGET from the hot path (the caller checked ``dropped_room``): as ``forget``, and
+        a dropped id is noted for the file system."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        cdef int rc = -1
+        cdef uint64_t w
+        if idx >= self.capacity or idx == 0:
+            return
+        pthread_mutex_lock(&self.lock)
+        w = fastvfs_state_load(&self.slots[idx].state)
+        if w >> 32 == nodeid >> 32 and w & FASTVFS_LIVE:
+            self.slots[idx].nlookup -= count if count < self.slots[idx].nlookup \
+                else self.slots[idx].nlookup
+            if self.slots[idx].nlookup == 0:
+                rc = self._kill(nodeid)
+                if rc >= 0:
+                    if self.slots[idx].keyed:
+                        self._unlink_key(idx)
+                    if self.ndropped < DROPPED_MAX:
+                        self.dropped[self.ndropped] = nodeid
+                        self.ndropped += 1
+        pthread_mutex_unlock(&self.lock)
+        if rc == 1:
+            self._reclaim(idx)
+
+    def take_dropped(self):
+        """Node ids the hot path dropped since the last call."""
+        cdef uint32_t i
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        out = [self.dropped[i] for i in range(self.ndropped)]
+        self.ndropped = 0
+        pthread_mutex_unlock(&self.lock)
+        return out
+
     # -- handles -------------------------------------------------------------------------------
 
     def add(self, int fd):
@@ -611,15 +675,8 @@ cdef class HandleTable:
     def remove(self, uint64_t fh):
         """Drop ``fh``; its fd is closed now or when the last request using it finishes."""
         cdef int rc
-        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
         with nogil:
-            pthread_mutex_lock(&self.lock)
-            rc = self._kill(fh)
-            if rc >= 0 and self.slots[idx].keyed:
-                self._unlink_key(idx)
-            pthread_mutex_unlock(&self.lock)
-            if rc == 1:
-                self._reclaim(idx)
+            rc = self.remove_fh(fh)
         if rc < 0:
             raise OSError(EBADF, "bad file handle")
 
@@ -1368,6 +1425,21 @@ cdef class Virtqueue:
                 return 1
             if opcode == FUSE_LOOKUP and self.inodes is not None:
                 return self._do_lookup(unique, hlen)
+            if self.handles.lock_fds_open == 0:
+                # With no lock descriptors held, closing and forgetting need nothing of the
+                # engine's.
+                if opcode == FUSE_FLUSH and hlen >= IN_HEADER_SIZE + 24:
+                    self._do_flush(unique)
+                    return 1
+                if opcode == FUSE_RELEASE and hlen >= IN_HEADER_SIZE + 24:
+                    self._do_release(unique)
+                    return 1
+                if opcode == FUSE_FORGET and hlen >= IN_HEADER_SIZE + 8 and \
+                        self.inodes is not None:
+                    return self._do_forget(hlen)
+                if opcode == FUSE_BATCH_FORGET and hlen >= IN_HEADER_SIZE + 8 and \
+                        self.inodes is not None:
+                    return self._do_batch_forget(hlen)
             # Data replies are published in batches: a burst of I/O wakes the guest once per
             # batch instead of once per reply.  Metadata replies go out at once (a quick op
             # finishes sooner than a guest wakes up: holding them back starves its ring).
@@ -1469,6 +1541,58 @@ cdef class Virtqueue:
         memcpy(out + 36, &self.attr_valid_nsec, 4)
         _pack_attr(&st, out + 40)
         self._reply(unique, 0, out, ENTRY_OUT_SIZE)
+        return 1
+
+    cdef void _do_flush(self, uint64_t unique) noexcept nogil:
+        """Close a duplicate of the handle's fd: the host file system's close-time hook, with
+        the handle left open (what the engine does when no lock needs dropping)."""
+        cdef uint64_t fh
+        cdef int fd, dupfd, rc = 0
+        memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
+        fd = self.handles.acquire(fh)
+        if fd < 0:
+            self._reply(unique, -EBADF, NULL, 0)
+            return
+        dupfd = dup(fd)
+        if dupfd < 0 or c_close(dupfd) < 0:
+            rc = -errno
+        self.handles.release(fh)
+        self._reply(unique, rc, NULL, 0)
+
+    cdef void _do_release(self, uint64_t unique) noexcept nogil:
+        cdef uint64_t fh
+        memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
+        self._reply(unique, self.handles.remove_fh(fh), NULL, 0)
+
+    cdef int _do_forget(self, uint32_t hlen) noexcept nogil:
+        cdef uint64_t nodeid, count
+        if not self.inodes.dropped_room(1):
+            return 0
+        memcpy(&nodeid, self.hdr + 16, 8)
+        memcpy(&count, self.hdr + IN_HEADER_SIZE, 8)
+        self.inodes.forget_c(nodeid, count)
+        self._push_used(self.chain.head, 0)   # FORGET has no reply
+        self._account(0)
+        return 1
+
+    cdef int _do_batch_forget(self, uint32_t hlen) noexcept nogil:
+        """BATCH_FORGET: only the entries really present are read (the count is the
+        guest's word)."""
+        cdef uint32_t count, i, room
+        cdef uint64_t entry[2]
+        memcpy(&count, self.hdr + IN_HEADER_SIZE, 4)
+        room = (hlen - IN_HEADER_SIZE - 8) // 16
+        if count > room:
+            count = room
+        if not self.inodes.dropped_room(count):
+            return 0
+        for i in range(count):
+            if _gather(self.iov, self.chain.nin, IN_HEADER_SIZE + 8 + 16 * i,
+                       <uint8_t *>entry, 16) != 16:
+                break
+            self.inodes.forget_c(entry[0], entry[1])
+        self._push_used(self.chain.head, 0)
+        self._account(0)
         return 1
 
     cdef void _do_read(self, uint64_t unique) noexcept nogil:

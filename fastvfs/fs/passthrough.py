@@ -122,9 +122,15 @@ class InodeStore:
             held.append(nodeid)
         return inode
 
+    def _prune(self):
+        """Forget the records of node ids the hot path dropped (lock held)."""
+        for nodeid in self.table.take_dropped():
+            self.by_id.pop(nodeid, None)
+
     def adopt(self, fd, st):
         """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``."""
         with self.lock:
+            self._prune()
             try:
                 nodeid, created = self.table.adopt(fd, *st.key)
             except BaseException:
@@ -149,6 +155,7 @@ class InodeStore:
         """Take ``count`` lookups away; returns True when the inode was dropped (its fd is
         closed once no request in flight uses it)."""
         with self.lock:
+            self._prune()
             if not self.table.forget(nodeid, count):
                 return False
             self.by_id.pop(nodeid, None)
@@ -158,10 +165,13 @@ class InodeStore:
         """Drop every inode but the root (a session ended)."""
         with self.lock:
             self.table.clear()
+            self.table.take_dropped()
             self.by_id = {FUSE_ROOT_ID: self.root}
 
     def __len__(self):
-        return len(self.by_id)
+        with self.lock:
+            self._prune()
+            return len(self.by_id)
 
 
 class DirHandle:
@@ -671,14 +681,22 @@ class PassthroughFs:
             raise OSError(errno.EACCES, "cannot open the file to lock it")
         with self.locks_lock:
             existing = self.lock_fds.setdefault(key, fd)
+            self._locks_changed()
         if existing != fd:
             os.close(fd)
         return existing
+
+    def _locks_changed(self):
+        """Tell the hot path whether lock descriptors exist (locks_lock held): while they do,
+        it leaves FLUSH, RELEASE and FORGET to the engine, which drops them."""
+        if hasattr(self.handles, "lock_fds_open"):
+            self.handles.lock_fds_open = len(self.lock_fds)
 
     def _drop_lock_fds(self, match):
         with self.locks_lock:
             keys = [k for k in self.lock_fds if match(k)]
             fds = [self.lock_fds.pop(k) for k in keys]
+            self._locks_changed()
         for fd in fds:
             os.close(fd)  # closing the description releases every lock it holds
 

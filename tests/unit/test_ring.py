@@ -392,10 +392,11 @@ class TestGetattrInC:
             h.close()
 
 
-class TestLookupInC:
+class TestMetadataInC:
     """LOOKUP of an inode the node id table knows is answered in C, byte for byte what the
     engine sends, with the lookup counted in the same table; anything else goes to the
-    engine."""
+    engine.  FLUSH, RELEASE, FORGET and BATCH_FORGET are served in C while no lock
+    descriptor is held."""
 
     def test_known_inode_in_c_everything_else_in_python(self, tmp_path):
         from fastvfs.fs.passthrough import PassthroughFs
@@ -404,14 +405,14 @@ class TestLookupInC:
         (tmp_path / "g").write_bytes(b"y")
         (tmp_path / "d").mkdir()
         inodes = _ring.HandleTable(64)
-        fs = PassthroughFs(tmp_path, _ring.HandleTable(8), inodes=inodes)
+        h = Harness.__new__(Harness)
+        Harness.__init__(h, reply=lambda req, out: engine.handle(req, out))
+        fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
         engine = FuseEngine(fs, "auto")
         assert engine.handle(request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0)),
                              4096)[0] == 0
         nodeid = abi.entry_out_head.unpack_from(
             engine.handle(request(abi.Opcode.LOOKUP, b"f\0"), 4096)[1])[0]
-        h = Harness.__new__(Harness)
-        Harness.__init__(h, reply=lambda req, out: engine.handle(req, out))
         try:
             h.vq.stop()
             h.thread.join(TIMEOUT)
@@ -450,6 +451,41 @@ class TestLookupInC:
             h.seen.clear()
             h.roundtrip([lookup_f], [16, 200])
             assert h.seen == [] and fs.inodes.nlookup(new_id) == 2
+
+            # FLUSH and RELEASE of an open file, in C while no lock descriptor exists.
+            fh = abi.open_out.unpack_from(engine.handle(
+                request(abi.Opcode.OPEN, abi.open_in.pack(os.O_RDWR, 0), nodeid=new_id),
+                4096)[1])[0]
+            flush = request(abi.Opcode.FLUSH, abi.flush_in.pack(fh, 0, 0, 99), nodeid=new_id)
+            assert out_header(h.roundtrip([flush], [16])) == (16, 0, 7)
+            assert h.seen == []
+            # A lock held: FLUSH goes to the engine, which drops it.
+            lock = abi.lk_in.pack(fh, 99, 0, 10, 1, 0, 0, 0)  # F_WRLCK
+            assert engine.handle(request(abi.Opcode.SETLK, lock, nodeid=new_id), 0)[0] == 0
+            assert h.handles.lock_fds_open == 1
+            assert out_header(h.roundtrip([flush], [16]))[1] == 0
+            assert len(h.seen) == 1 and h.handles.lock_fds_open == 0
+            h.seen.clear()
+            release = request(abi.Opcode.RELEASE, abi.release_in.pack(fh, 0, 0, 99),
+                              nodeid=new_id)
+            assert out_header(h.roundtrip([release], [16])) == (16, 0, 7)
+            assert out_header(h.roundtrip([release], [16]))[1] == -9  # released already
+            assert h.seen == [] and h.handles.count == 0
+
+            # FORGET and BATCH_FORGET in C; the file system prunes what was dropped.
+            h.roundtrip([request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=new_id)], [])
+            assert fs.inodes.nlookup(new_id) == 1 and h.seen == []
+            g_id = abi.entry_out_head.unpack_from(
+                engine.handle(request(abi.Opcode.LOOKUP, b"g\0"), 4096)[1])[0]
+            batch = (abi.batch_forget_in.pack(3, 0) + abi.forget_one.pack(new_id, 5) +
+                     abi.forget_one.pack(g_id, 2) + abi.forget_one.pack(12345, 1))
+            assert len(fs.inodes) == 3
+            h.roundtrip([request(abi.Opcode.BATCH_FORGET, batch, nodeid=0)], [])
+            assert h.seen == []
+            assert fs.inodes.nlookup(new_id) == 0 and fs.inodes.nlookup(g_id) == 0
+            assert len(fs.inodes) == 1  # the root only, once pruned
+            assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
+                                                   nodeid=g_id)], [200]))[1] == -2
         finally:
             h.close()
 
