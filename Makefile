@@ -6,7 +6,7 @@ PY = $(VENV)/bin/python
 APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv strace
 PYTEST_ARGS ?=
 
-.PHONY: deps venv build test test-all demo micro bench perf-gate clean
+.PHONY: deps venv build test test-all demo micro micro-pytest bench perf-gate clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -42,6 +42,12 @@ demo: build
 # Microbenchmarks against the reference virtiofsd in the same run (reports/micro/).
 micro: build
 	$(PY) -m bench.micro $(MICRO_ARGS)
+
+# The same microbenchmarks under pytest-benchmark (JSON in reports/micro/).
+micro-pytest: build $(VENV)/.bench
+	mkdir -p reports/micro
+	$(PY) -m pytest bench/test_micro.py -p no:cacheprovider --benchmark-columns=mean,median,ops \
+	    --benchmark-json=reports/micro/pytest-benchmark.json $(MICRO_PYTEST_ARGS)
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -98,6 +98,10 @@ def run_system(system, args, workdir, images):
         wl_args.append("--quick")
     if args.workloads:
         wl_args += ["--only", args.workloads]
+    if args.fio_jobs:
+        wl_args += ["--fio-jobs", args.fio_jobs]
+    if args.fio_runtime:
+        wl_args += ["--fio-runtime", str(args.fio_runtime)]
     out = results / "results.json"
     if system.kind == "native":
         subprocess.run([sys.executable, str(WORKLOADS), "--dir", str(shared), "--out", str(out),
@@ -310,6 +314,9 @@ def main(argv=None):
     p.add_argument("--only", help="comma-separated systems: " + ",".join(SYSTEMS))
     p.add_argument("--workloads", help="comma-separated: fio,metadata,smallfile,tree,make")
     p.add_argument("--reps", type=int)
+    p.add_argument("--fio-jobs", help="comma-separated fio jobs, e.g. randread-libaio-4k "
+                                      "(default: the quick or full set)")
+    p.add_argument("--fio-runtime", type=int, help="seconds per fio job")
     p.add_argument("--out", default="reports")
     p.add_argument("--timeout", type=float, help="seconds per guest")
     args = p.parse_args(argv)

@@ -181,10 +181,12 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--only", help="comma-separated: fio,metadata,smallfile,tree,make")
     p.add_argument("--tree-sources", default="")
+    p.add_argument("--fio-jobs", help="comma-separated fio jobs (default: by --quick)")
+    p.add_argument("--fio-runtime", type=int, help="seconds per fio job")
     args = p.parse_args(argv)
     groups = (args.only.split(",") if args.only else
               ["fio", "metadata", "smallfile", "tree"] + ([] if args.quick else ["make"]))
-    runtime = 2 if args.quick else 4
+    runtime = args.fio_runtime or (2 if args.quick else 4)
     size_mb = 32 if args.quick else 64
     n_meta = 2000 if args.quick else 10000
     results = {"reps": args.reps, "quick": args.quick, "fio": {}, "metadata": {},
@@ -199,7 +201,7 @@ def main(argv=None):
 
     for rep in range(args.reps):
         if "fio" in groups and shutil.which("fio"):
-            for job in fio_jobs(args.quick):
+            for job in (args.fio_jobs.split(",") if args.fio_jobs else fio_jobs(args.quick)):
                 record("fio", job, run_fio(args.dir, job, runtime, size_mb))
         if "metadata" in groups:
             for k, v in metadata(args.dir, n_meta).items():
