@@ -12,7 +12,10 @@ Spec references: virtio 1.2 section 2.7 (split virtqueues), include/uapi/linux/v
 include/uapi/linux/fuse.h.
 """
 
+import logging
 import sys
+
+_log = logging.getLogger("fastvfs.ring")
 
 # Imported now, before the daemon confines itself: the sandbox's root holds no Python modules.
 from fastvfs.uring.engine import UringEngine, UringUnavailable
@@ -139,6 +142,10 @@ cdef extern from "<liburing.h>" nogil:
                             uint64_t offset)
     void io_uring_prep_write(io_uring_sqe *sqe, int fd, const void *buf, unsigned nbytes,
                              uint64_t offset)
+    void io_uring_prep_fsync(io_uring_sqe *sqe, int fd, unsigned fsync_flags)
+    void io_uring_sqe_set_flags(io_uring_sqe *sqe, unsigned flags)
+    unsigned IORING_FSYNC_DATASYNC
+    unsigned IOSQE_IO_DRAIN
     void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
     int io_uring_submit(io_uring *ring)
     unsigned io_uring_peek_batch_cqe(io_uring *ring, io_uring_cqe **cqes, unsigned count)
@@ -190,17 +197,23 @@ cdef enum:
     FUSE_FORGET = 2
     FUSE_RELEASE = 18
     FUSE_FLUSH = 25
+    FUSE_FSYNC = 20
+    FUSE_FSYNC_FDATASYNC = 1
     FUSE_BATCH_FORGET = 42
     FUSE_RELEASE_FLOCK_UNLOCK = 2
 
-def _open_uring(unsigned num):
+def _open_uring(int index, unsigned num, bint writes):
     """The io_uring a queue worker drives (created on its own thread: SINGLE_ISSUER), or None
     where this kernel or the seccomp filter refuses one; READ/WRITE are then synchronous."""
     try:
-        return UringEngine(min(max(num, 64), 4096),
-                           prefer=("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_SINGLE_ISSUER"))
-    except (UringUnavailable, OSError):
+        engine = UringEngine(min(max(num, 64), 4096),
+                             prefer=("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_SINGLE_ISSUER"))
+    except (UringUnavailable, OSError) as exc:
+        _log.warning("ring %d: no io_uring (%s); READ and WRITE are synchronous", index, exc)
         return None
+    _log.debug("ring %d: %s through io_uring (%d entries)", index,
+               "READ and WRITE" if writes else "READ", engine.entries)
+    return engine
 
 
 
@@ -1425,6 +1438,10 @@ cdef class Virtqueue:
                 return 1
             if opcode == FUSE_LOOKUP and self.inodes is not None:
                 return self._do_lookup(unique, hlen)
+            if opcode == FUSE_FSYNC and self.uring != NULL and hlen >= IN_HEADER_SIZE + 16:
+                # Handed to the kernel's workers through the ring: the queue goes on serving
+                # while the file system syncs.
+                return self._do_fsync(unique)
             if self.handles.lock_fds_open == 0:
                 # With no lock descriptors held, closing and forgetting need nothing of the
                 # engine's.
@@ -1558,6 +1575,54 @@ cdef class Virtqueue:
             rc = -errno
         self.handles.release(fh)
         self._reply(unique, rc, NULL, 0)
+
+    cdef int _do_fsync(self, uint64_t unique) noexcept nogil:
+        cdef uint64_t fh
+        cdef uint32_t flags
+        cdef io_uring_sqe *sqe
+        cdef Flight *f
+        cdef int fd
+        memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
+        memcpy(&flags, self.hdr + IN_HEADER_SIZE + 8, 4)
+        if self.pool_used + self.chain.nout > POOL_IOV:
+            return 0
+        fd = self.handles.acquire(fh)
+        if fd < 0:
+            self._reply(unique, -EBADF, NULL, 0)
+            return 1
+        sqe = io_uring_get_sqe(self.uring)
+        if sqe == NULL:
+            self._uring_submit()
+            sqe = io_uring_get_sqe(self.uring)
+            if sqe == NULL:
+                self.handles.release(fh)
+                return 0
+        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC if flags & FUSE_FSYNC_FDATASYNC
+                            else 0)
+        # After everything submitted before it (writes of the same burst included).
+        io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
+        io_uring_sqe_set_data64(sqe, self.chain.head)
+        f = &self.flight[self.chain.head]
+        f.out_at = self.pool_used
+        f.nout = self.chain.nout
+        memcpy(self.pool + self.pool_used, self.iov + self.chain.nin,
+               self.chain.nout * sizeof(iovec))
+        self.pool_used += self.chain.nout
+        f.data_at = self.pool_used
+        f.ndata = 0
+        f.unique = unique
+        f.fh = fh
+        f.fd = fd
+        f.offset = 0
+        f.size = 0
+        f.out_len = self.chain.out_len
+        f.writing = False
+        f.kill = False
+        f.opcode = self.cur_opcode
+        f.start_ns = self.cur_start
+        self.nflight += 1
+        self.nqueued += 1
+        return 1
 
     cdef void _do_release(self, uint64_t unique) noexcept nogil:
         cdef uint64_t fh
@@ -1900,7 +1965,7 @@ cdef class Virtqueue:
         eventfd fires, once every I/O in flight has been answered."""
         engine = None
         if self.want_uring:
-            engine = _open_uring(self.num)
+            engine = _open_uring(self.index, self.num, self.uring_writes)
             if engine is not None:
                 self.uring = <io_uring *><uintptr_t>engine.ring_address
         try:

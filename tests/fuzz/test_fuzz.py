@@ -126,7 +126,7 @@ def test_device_dispatch_survives_any_message_sequence(messages):
 class Ring:
     """A real Virtqueue worker over driver-side memory, as in tests/unit/test_ring.py."""
 
-    def __init__(self, size=16):
+    def __init__(self, size=16, engine="sync", tmp=None):
         self.mem = GuestMemory()
         self.table = _ring.MemoryTable()
         for r in self.mem.regions:
@@ -135,10 +135,14 @@ class Ring:
         self.dq = DriverVirtqueue(self.mem, 1, size, event_idx=True, indirect_desc=True)
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         u = self.mem.userspace_addr
-        self.vq = _ring.Virtqueue(1, self.table, _ring.HandleTable(16), size,
+        handles = _ring.HandleTable(16)
+        # A real open file, so READ and WRITE reach the I/O path (synchronous or io_uring).
+        self.fh = handles.add(os.open(os.path.join(tmp, "data"), os.O_RDWR | os.O_CREAT, 0o600))
+        self.vq = _ring.Virtqueue(1, self.table, handles, size,
                                   u(self.dq.desc_addr), u(self.dq.avail_addr),
                                   u(self.dq.used_addr), 0, self.dq.kick_fd, self.dq.call_fd,
-                                  self.stop_fd, True, True, 1 << 20, _ring.RingLock())
+                                  self.stop_fd, True, True, 1 << 20, _ring.RingLock(),
+                                  io_uring=engine != "sync", uring_writes=engine == "uring-rw")
         self.vq.set_fast_io(True)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
@@ -157,9 +161,9 @@ class Ring:
         self.mem.close()
 
 
-@pytest.fixture(scope="module")
-def ring():
-    r = Ring()
+@pytest.fixture(scope="module", params=["sync", "uring-rw"])
+def ring(request, tmp_path_factory):
+    r = Ring(engine=request.param, tmp=str(tmp_path_factory.mktemp("ring")))
     yield r
     r.close()
 
@@ -176,7 +180,8 @@ desc = st.tuples(ADDRS, st.sampled_from([0, 1, 16, 40, 64, 4096, 1 << 20, 0xFFFF
 def test_chain_walker_returns_every_chain(ring, chain, indirect_entries, opcode, hlen):
     mem, q = ring.mem, ring.dq
     hdr = mem.alloc(128)
-    mem.write(hdr, abi.in_header.pack(hlen, opcode, 77, 1, 0, 0, 0, 0, 0) + bytes(80))
+    mem.write(hdr, abi.in_header.pack(hlen, opcode, 77, 1, 0, 0, 0, 0, 0) +
+              abi.read_in.pack(ring.fh, 0, 4096, 0, 0, 0, 0) + bytes(40))
     buf = mem.alloc(8192)
     table = mem.alloc(16 * 4, 16)
     region_end = mem.regions[0].guest_phys_addr + mem.regions[0].memory_size

@@ -585,6 +585,19 @@ class TestFastPath:
         assert h.seen == []
         assert h.vq.io_engine == ("sync" if h.engine == "sync" else "uring")
 
+    def test_fsync_through_the_ring(self, file_harness):
+        """With io_uring FSYNC is the kernel's to run asynchronously; synchronous queues leave
+        it to the engine (its thread pool, if any)."""
+        h, fh, path = file_harness
+        data = h.roundtrip([request(abi.Opcode.FSYNC, struct.pack("<QII", fh, 1, 0))], [16])
+        if h.engine == "sync":
+            assert len(h.seen) == 1
+            return
+        assert out_header(data) == (16, 0, 7)
+        bad = h.roundtrip([request(abi.Opcode.FSYNC, struct.pack("<QII", fh + 1, 0, 0))], [16])
+        assert out_header(bad) == (16, -9, 7)
+        assert h.seen == []
+
     def test_reads_go_to_the_engine_before_init(self, harness):
         h = harness()
         body = abi.read_in.pack(1, 0, 10, 0, 0, 0, 0)
