@@ -32,18 +32,28 @@ from pathlib import Path
 from bench import micro
 from fastvfs.testing.lean import LeanLoad
 
-P = "__pyx_f_7fastvfs_5_ring_9Virtqueue_"
-# stage -> functions whose inclusive time is the stage's (first match wins, most specific first)
-STAGES = [
-    ("syscall", [P + "_uring_submit", "pwritev64", "pwritev", "preadv64", "preadv", "statx",
-                 "__libc_openat64", "openat64", "__open64_nocancel", "dup"]),
-    ("reply", [P + "_flush_used", P + "_notify_locked", P + "_notify", "_write_reply",
-               "__pyx_f_7fastvfs_5_ring__write_reply", "__pyx_f_7fastvfs_5_ring__scatter"]),
-    ("ring", [P + "_pop", P + "_walk", "gpa_to_iov", "__pyx_f_7fastvfs_5_ring__slice",
-              "__pyx_f_7fastvfs_5_ring__gather"]),
-    ("stats", ["__vdso_clock_gettime", "clock_gettime", "_stats_record"]),
-    ("wait", ["__poll", "poll", "__GI___poll", "ppoll"]),
+# Kernel time by system call (inclusive: perf report --children), and user time by function
+# (self), each summed into a stage.
+KERNEL_STAGES = [   # stage -> system calls, each as the names its entry point may show under
+    ("wait", [("__x64_sys_poll", "do_sys_poll"), ("__x64_sys_ppoll",), ("ksys_read",)]),
+    ("notify", [("ksys_write",)]),
+    ("file I/O", [("__x64_sys_io_uring_enter", "__do_sys_io_uring_enter"),
+                  ("__x64_sys_pwritev", "do_pwritev"), ("__x64_sys_preadv", "do_preadv"),
+                  ("__x64_sys_statx", "do_statx_fd", "do_statx"),
+                  ("__x64_sys_openat", "do_sys_openat2"), ("__x64_sys_close",),
+                  ("__x64_sys_dup",)]),
 ]
+RING = "_ring.*Virtqueue__"
+USER_STAGES = [
+    ("ring", [RING + "_pop$", RING + "_walk$", "MemoryTable_gpa_to_iov", "_ring__slice",
+              "_ring__gather", "_ring__scatter", "_ring__copy_iov", RING + "_push_used",
+              RING + "_flush_used", RING + "_notify", "_ring__write_reply"]),
+    ("stats", ["clock_gettime", "_stats_record", "_now_ns"]),
+    ("locks", ["pthread_mutex", "HandleTable_acquire", "HandleTable_release",
+               "HandleTable_lookup_key"]),
+    ("decode", [RING, "__pyx_f_7fastvfs_5_ring_", "_pack_attr", "liburing", "io_uring_"]),
+]
+STAGE_ORDER = ["ring", "decode", "file I/O", "notify", "wait", "locks", "stats", "other"]
 WORKLOADS = ["getattr@32", "lookup@32", "read4k@32", "write4k@32", "read4k@1"]
 
 
@@ -53,17 +63,38 @@ def serving_pid(pid):
     return int(found[0]) if found else pid
 
 
-def children_report(data):
-    """{symbol: inclusive %} from ``perf report --children``."""
-    out = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "-g", "none",
-                          "--percent-limit", "0.1", "--sort", "sym"],
+def perf_report(data, children):
+    """[(percent, symbol, kernel?)] from ``perf report``: inclusive or self percentages."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "-g", "none", "--sort", "sym",
+                          "--percent-limit", "0.05", "--children" if children else "--no-children"],
                          capture_output=True, text=True).stdout
-    shares = {}
+    rows = []
     for line in out.splitlines():
-        m = re.match(r"\s+([\d.]+)%\s+([\d.]+)%\s+\[[.k]\]\s+(\S+)", line)
+        m = re.match(r"\s+([\d.]+)%\s+(?:([\d.]+)%\s+)?\[([.k])\]\s+(\S+)", line)
         if m:
-            shares.setdefault(m.group(3), float(m.group(1)))
-    return out, shares
+            rows.append((float(m.group(1)), m.group(4), m.group(3) == "k"))
+    return out, rows
+
+
+def stages_of(data):
+    raw_children, inclusive = perf_report(data, True)
+    raw_self, own = perf_report(data, False)
+    stages = dict.fromkeys(STAGE_ORDER, 0.0)
+    by_name = {name: pct for pct, name, kernel in inclusive if kernel}
+    for stage, calls in KERNEL_STAGES:
+        stages[stage] += sum(max(by_name.get(alias, 0.0) for alias in call) for call in calls)
+    kernel_total = sum(pct for pct, _, kernel in own if kernel)
+    stages["other"] += max(0.0, kernel_total - sum(stages[s] for s, _ in KERNEL_STAGES))
+    for pct, name, kernel in own:
+        if kernel:
+            continue
+        for stage, patterns in USER_STAGES:
+            if any(re.search(p, name) for p in patterns):
+                stages[stage] += pct
+                break
+        else:
+            stages["other"] += pct
+    return raw_children + "\n\n" + raw_self, stages
 
 
 def profile(session, name, seconds, outdir):
@@ -80,22 +111,15 @@ def profile(session, name, seconds, outdir):
         perf = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         result = load.run(seconds)
+        cpu = micro.cpu_seconds(session.proc.pid)
         perf.send_signal(2)
         perf.wait(30)
     finally:
         load.close()
-    raw, shares = children_report(data)
-    total = shares.get(P + "_run", 100.0) or 100.0
-    stages = {}
-    taken = 0.0
-    for stage, funcs in STAGES:
-        share = sum(shares.get(f, 0.0) for f in funcs)
-        stages[stage] = share
-        taken += share
-    stages["decode"] = max(0.0, total - taken)
+    raw, stages = stages_of(data)
     rate = result["requests"] / result["wall_s"]
     return {"command": " ".join(cmd), "req_per_s": rate, "stages": stages, "raw": raw,
-            "total": total}
+            "total": sum(stages.values()) or 100.0}
 
 
 def main(argv=None):
@@ -116,7 +140,9 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="fastvfs-profile-")
     rows = {}
     try:
-        session = micro.Session("fastvfs", workdir)
+        # Outside the namespace sandbox, so perf can name the hot path's functions (seccomp
+        # stays on: its per-call filter is part of the cost).
+        session = micro.Session("fastvfs", workdir, extra=("--sandbox", "none"))
         try:
             for name in names:
                 rows[name] = profile(session, name, args.seconds, outdir)
@@ -128,13 +154,16 @@ def main(argv=None):
             session.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    stages = ["ring", "decode", "syscall", "reply", "stats", "wait"]
+    stages = STAGE_ORDER
     lines = [f"# Where the time goes, {stamp}", "",
-             "Share of the serving thread's samples (inclusive: a stage's callees, kernel "
-             "included, count in it), fastvfs defaults with `--cache never`, lean driver, "
-             f"{args.seconds} s per workload. Produced by `python -m bench.profile`; per "
-             "workload the perf command was `perf record -F 5000 -g -p <serving pid>` and "
-             "`perf report --children --sort sym` (raw output beside this file).", "",
+             "Share of the serving process's CPU samples by stage; fastvfs defaults with "
+             "`--cache never --sandbox none` (so perf can resolve the hot path's symbols; "
+             f"seccomp stays on), lean driver on one queue, {args.seconds} s per workload. "
+             "Produced by `python -m bench.profile`: `perf record -F 5000 -g -p <serving pid>`, "
+             "then `perf report --children --sort sym` for the kernel side (time inside each "
+             "system call, callees included) and `perf report --no-children --sort sym` for "
+             "the user side (each function's own time); the raw reports are beside this "
+             "file.", "",
              "| workload | req/s | " + " | ".join(stages) + " |",
              "|---|---|" + "---|" * len(stages)]
     for name, row in rows.items():
@@ -142,12 +171,17 @@ def main(argv=None):
         lines.append(f"| {name} | {row['req_per_s']:,.0f} | " +
                      " | ".join(f"{100 * row['stages'][s] / t:.0f} %" for s in stages) + " |")
     lines += ["", "Stages: " + "; ".join(f"**{s}** {d}" for s, d in [
-        ("ring", "popping and walking chains, address translation, used-ring updates"),
-        ("decode", "header checks and dispatch: the rest of the loop"),
-        ("syscall", "the work itself: io_uring_enter (READs), pwritev, statx, openat"),
-        ("reply", "reply headers, publication, the guest notification (eventfd write)"),
+        ("ring", "user time popping and walking chains, translating addresses, writing reply "
+                 "headers and used elements"),
+        ("decode", "user time in the rest of the hot path: header checks, dispatch, io_uring "
+                   "preparation and reaping, attribute packing"),
+        ("file I/O", "kernel time in the system calls doing the work: io_uring_enter with the "
+                     "READs, pwritev, statx, openat, close"),
+        ("notify", "kernel time writing the call eventfd, waking the driver"),
+        ("wait", "kernel time in poll and reading the kick eventfd (going to sleep, waking)"),
+        ("locks", "atomics and mutexes: handle references, the ring lock"),
         ("stats", "clock reads and counters"),
-        ("wait", "sleeping on the kick eventfd and waking up")])]
+        ("other", "everything else: system call entry and exit, seccomp, libc")])]
     (outdir / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {outdir}/README.md")
     return 0

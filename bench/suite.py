@@ -32,12 +32,14 @@ NINEP_BASE = "trans=virtio,version=9p2000.L,msize=524288"
 
 
 class System:
-    def __init__(self, name, kind, cache, writeback=False):
+    def __init__(self, name, kind, cache, writeback=False, extra=()):
         self.name, self.kind, self.cache, self.writeback = name, kind, cache, writeback
+        self.extra = tuple(extra)
 
     def describe(self):
         if self.kind == "fastvfs":
-            return (f"fastvfs --cache {self.cache}{' --writeback' if self.writeback else ''} "
+            return (f"fastvfs --cache {self.cache}{' --writeback' if self.writeback else ''}"
+                    f"{''.join(' ' + a for a in self.extra)} "
                     "(1 request queue, one worker thread per queue, sandbox namespace)")
         if self.kind == "reference":
             return (f"{REFERENCE} -o cache={'none' if self.cache == 'never' else self.cache} "
@@ -57,6 +59,12 @@ SYSTEMS = {s.name: s for s in [
     System("9p-loose", "9p", "loose"),
     System("native", "native", "-"),
 ]}
+# Variants run only when named with --only.
+VARIANTS = {s.name: s for s in [
+    System("fastvfs-never-sync", "fastvfs", "never", extra=("--io-engine", "sync")),
+    System("fastvfs-never-poll", "fastvfs", "never", extra=("--poll-us", "50")),
+    System("fastvfs-auto-sync", "fastvfs", "auto", extra=("--io-engine", "sync")),
+]}
 QUICK_SYSTEMS = ["fastvfs-auto", "reference-auto", "9p-loose", "native"]
 # Which fastvfs configuration each baseline is compared with.
 PAIRS = {"reference-never": "fastvfs-never", "reference-auto": "fastvfs-auto",
@@ -73,6 +81,7 @@ def start_backend(system, sock, shared, logfile):
                 "--cache", system.cache, "--log-level", "error"]
         if system.writeback:
             argv.append("--writeback")
+        argv += system.extra
     else:
         cache = "none" if system.cache == "never" else system.cache
         argv = [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}", "-o",
@@ -323,6 +332,8 @@ def main(argv=None):
     systems = (args.only.split(",") if args.only else
                QUICK_SYSTEMS if args.quick else list(SYSTEMS))
     for s in systems:
+        if s in VARIANTS:
+            SYSTEMS[s] = VARIANTS[s]
         if s not in SYSTEMS:
             p.error(f"unknown system {s!r}")
     if any(SYSTEMS[s].kind == "reference" for s in systems) and not os.access(REFERENCE, os.X_OK):
