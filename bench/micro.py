@@ -16,6 +16,7 @@ throughput).  Results go to ``<out>/<timestamp>.json`` and a Markdown table next
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -210,11 +211,12 @@ def host_native(path, size, seconds, write):
 
 
 def markdown(results, config, multiqueue=None):
+    fastvfs_cmd = " ".join(["--cache never", config.get("fastvfs_args") or ""]).strip()
     lines = [f"# Microbenchmarks {config['date']}", "",
              f"Machine: {config['machine']}. Driver: the project's lean frontend driver (C, "
              f"one thread per queue), queue size 256, EVENT_IDX and INDIRECT_DESC negotiated, "
-             f"chains laid out as Linux's virtiofs driver does. fastvfs `--cache never` "
-             f"(defaults otherwise: io_uring READs, no busy polling, sandbox on); reference "
+             f"chains laid out as Linux's virtiofs driver does. fastvfs `{fastvfs_cmd}` "
+             f"(defaults: io_uring READs, no busy polling unless `--poll-us`, sandbox on); reference "
              f"virtiofsd `-o cache=none` (its default single thread). {config['seconds']} s per "
              f"figure, median of {config['reps']} runs, backends alternating.", "",
              "| workload | depth | fastvfs req/s | reference req/s | ratio | fastvfs "
@@ -271,15 +273,19 @@ def main(argv=None):
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
     p.add_argument("--no-multiqueue", action="store_true",
                    help="skip the one-against-two request queues comparison")
+    p.add_argument("--fastvfs-args", default="",
+                   help="extra daemon options for fastvfs, e.g. \"--poll-us 50\"")
     p.add_argument("--out", default="reports/micro")
     args = p.parse_args(argv)
+    extra = shlex.split(args.fastvfs_args)
     names = args.only.split(",") if args.only else list(WORKLOADS)
     depths = [int(d) for d in args.depths.split(",")]
     backends = ["fastvfs"] + (["reference"] if os.access(REFERENCE, os.X_OK) else [])
     workdir = tempfile.mkdtemp(prefix="fastvfs-bench-")
     results, multiqueue = {}, {}
     try:
-        sessions = {b: Session(b, workdir) for b in backends}
+        sessions = {b: Session(b, workdir, extra=extra if b == "fastvfs" else ())
+                    for b in backends}
         try:
             for name in names:
                 opcode, size = WORKLOADS[name]
@@ -301,7 +307,7 @@ def main(argv=None):
             for s in sessions.values():
                 s.close()
         if not args.no_multiqueue:
-            mq = Session("fastvfs", workdir, queues=2, label="fastvfs-2q")
+            mq = Session("fastvfs", workdir, queues=2, label="fastvfs-2q", extra=extra)
             try:
                 for name, depth in MULTIQUEUE:
                     if args.only and name not in names:
@@ -323,6 +329,7 @@ def main(argv=None):
         shutil.rmtree(workdir, ignore_errors=True)
     config = output.base_config(seconds=args.seconds, reps=args.reps, queue_size=256,
                                 driver="lean (C)", fastvfs_cache="never",
+                                fastvfs_args=args.fastvfs_args,
                                 reference=REFERENCE if "reference" in backends else None)
     output.write(args.out, config, {"backends": results, "multiqueue": multiqueue},
                  markdown(results, config, multiqueue))
