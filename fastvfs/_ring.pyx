@@ -1087,6 +1087,7 @@ cdef struct Flight:
     int fd
     bint writing
     bint kill
+    bint busy              # in flight: a head published again meanwhile waits for it
 
 
 cdef class Virtqueue:
@@ -1584,6 +1585,8 @@ cdef class Virtqueue:
         cdef int fd
         memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
         memcpy(&flags, self.hdr + IN_HEADER_SIZE + 8, 4)
+        if self.flight[self.chain.head].busy:
+            self._uring_flush()
         if self.pool_used + self.chain.nout > POOL_IOV:
             return 0
         fd = self.handles.acquire(fh)
@@ -1620,6 +1623,7 @@ cdef class Virtqueue:
         f.kill = False
         f.opcode = self.cur_opcode
         f.start_ns = self.cur_start
+        f.busy = True
         self.nflight += 1
         self.nqueued += 1
         return 1
@@ -1746,6 +1750,10 @@ cdef class Virtqueue:
         cdef int need = nout + (nin if writing else nout)
         cdef io_uring_sqe *sqe
         cdef Flight *f
+        if self.flight[self.chain.head].busy:
+            # The driver published a head whose request is still in flight (a broken or
+            # hostile guest): finish that one first, as the synchronous path would have.
+            self._uring_flush()
         if self.pool_used + need > POOL_IOV:
             self._uring_flush()
             if self.pool_used + need > POOL_IOV:
@@ -1790,6 +1798,7 @@ cdef class Virtqueue:
         f.kill = kill
         f.opcode = self.cur_opcode
         f.start_ns = self.cur_start
+        f.busy = True
         self.nflight += 1
         self.nqueued += 1
         if self.nqueued >= SUBMIT_BATCH:
@@ -1862,6 +1871,7 @@ cdef class Virtqueue:
         publishes it)."""
         cdef Flight *f = &self.flight[head]
         cdef int64_t done = res, more
+        f.busy = False
         cdef int n
         cdef uint8_t out[OUT_HEADER_SIZE]
         cdef uint32_t total, wout[2]

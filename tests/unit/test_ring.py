@@ -7,6 +7,7 @@ No vhost-user here: the test maps the driver's memfd regions into a ``MemoryTabl
 import os
 import struct
 import threading
+import time
 
 import pytest
 
@@ -584,6 +585,50 @@ class TestFastPath:
             assert path.read_bytes()[16384 + i * 512:16384 + (i + 1) * 512] == bytes([i]) * 512
         assert h.seen == []
         assert h.vq.io_engine == ("sync" if h.engine == "sync" else "uring")
+
+    def test_a_head_published_twice_while_in_flight(self, file_harness, tmp_path):
+        """A hostile driver re-points and re-publishes a head whose READ is still in flight:
+        the second request waits for the first (as on the synchronous path), each is answered
+        with its own data, and every handle's references come back to zero."""
+        h, fh, path = file_harness
+        if h.engine == "sync":
+            pytest.skip("a synchronous queue finishes each request before the next")
+        rfd, wfd = os.pipe()
+        pipe_fh = h.handles.add(rfd)
+        body = abi.read_in.pack(pipe_fh, 0, 5, 0, 0, 0, 0)
+        head = h.dq.add_chain([request(abi.Opcode.READ, body, unique=1)], [16, 4096],
+                              indirect=True)
+        start = h.dq.used_idx()
+        h.dq.publish()
+        time.sleep(0.2)                          # the pipe READ waits in the io_uring
+        # The same head now names a READ of the file, through a new indirect table.
+        req = h.mem.alloc(80)
+        h.mem.write(req, request(abi.Opcode.READ, abi.read_in.pack(fh, 0, 100, 0, 0, 0, 0),
+                                 unique=2))
+        out = h.mem.alloc(16 + 4096)
+        table = h.mem.alloc(48, 16)
+        h.dq.write_desc(0, req, 80, VRING_DESC_F_NEXT, 1, table)
+        h.dq.write_desc(1, out, 16 + 4096, VRING_DESC_F_WRITE, 0, table)
+        h.dq.write_desc(head, table, 32, VRING_DESC_F_INDIRECT)
+        h.dq._queue_head(head)
+        h.dq.publish()
+        time.sleep(0.2)
+        os.write(wfd, b"hello")
+        deadline = time.monotonic() + TIMEOUT
+        while (h.dq.used_idx() - start) & 0xFFFF < 2:
+            assert time.monotonic() < deadline, "both requests were not answered"
+            h.dq.wait_call(0.1)
+        used = h.dq._used_map
+        lengths = [struct.unpack_from("<II", used, h.dq._used_off + 4 + 8 * ((start + i) %
+                                                                            h.size))
+                   for i in range(2)]
+        assert lengths == [(head, 16 + 5), (head, 16 + 100)]
+        assert h.mem.read(out, 16 + 100)[16:] == path.read_bytes()[:100]
+        h.handles.remove(pipe_fh)
+        h.handles.remove(fh)
+        assert h.handles.count == 0          # every fd closed: no reference left behind
+        os.close(wfd)
+        h.dq._inflight.pop(head, None)
 
     def test_fsync_through_the_ring(self, file_harness):
         """With io_uring FSYNC is the kernel's to run asynchronously; synchronous queues leave
