@@ -145,6 +145,13 @@ class DriverVirtqueue:
         self._desc_map, self._desc_off = self._resolve(self.desc_addr, desc_table_size(size))
         self._avail_map, self._avail_off = self._resolve(self.avail_addr, avail_ring_size(size))
         self._used_map, self._used_off = self._resolve(self.used_addr, used_ring_size(size))
+        # The available ring as 16-bit words: the index, ring entries and used_event must each
+        # be written with one 16-bit store, as a guest does (struct.pack_into writes byte by
+        # byte, and a device reading in between would see an index that never existed).
+        self._avail16 = memoryview(self._avail_map)[
+            self._avail_off:self._avail_off + avail_ring_size(size)].cast("H")
+        self._used16 = memoryview(self._used_map)[
+            self._used_off:self._used_off + used_ring_size(size)].cast("H")
         self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.call_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._free = list(range(size - 1, -1, -1))  # a stack: pop() hands out 0, 1, 2, ...
@@ -173,9 +180,9 @@ class DriverVirtqueue:
         self.avail_idx = self.base  # next free slot in the available ring (not yet published)
         self.published_idx = self.base  # what avail->idx holds
         self.last_used_idx = self.base  # next used entry to reap
-        le16.pack_into(self._avail_map, self._avail_off + 2, self.base)
+        self._avail16[1] = self.base
         le16.pack_into(self._used_map, self._used_off + 2, self.base)
-        le16.pack_into(self._avail_map, self._avail_off + used_event_offset(self.size), self.base)
+        self._avail16[used_event_offset(self.size) // 2] = self.base
         le16.pack_into(self._used_map, self._used_off + avail_event_offset(self.size), self.base)
 
     @property
@@ -259,7 +266,7 @@ class DriverVirtqueue:
 
     def _queue_head(self, head):
         slot = self.avail_idx % self.size
-        le16.pack_into(self._avail_map, self._avail_off + RING_HEADER_SIZE + 2 * slot, head)
+        self._avail16[RING_HEADER_SIZE // 2 + slot] = head
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
 
     # -- publishing and notifying -------------------------------------------------------------
@@ -275,17 +282,16 @@ class DriverVirtqueue:
         if old == new:
             return False
         # The ring entries were stored before this point; TSO keeps them ahead of the index.
-        le16.pack_into(self._avail_map, self._avail_off + 2, new)
+        self._avail16[1] = new
         self.published_idx = new
         # The index store must be visible before we look at the device's suppression state, or
         # both sides may conclude the other will act (virtio 2.7.13 "Notifying the device").
         full_barrier()
         if self.event_idx:
-            avail_event, = le16.unpack_from(
-                self._used_map, self._used_off + avail_event_offset(self.size))
+            avail_event = self._used16[avail_event_offset(self.size) // 2]
             needed = vring_need_event(avail_event, new, old)
         else:
-            used_flags, = le16.unpack_from(self._used_map, self._used_off)
+            used_flags = self._used16[0]
             needed = not used_flags & VRING_USED_F_NO_NOTIFY
         if needed and notify:
             self.kick()
@@ -297,7 +303,7 @@ class DriverVirtqueue:
     # -- reaping --------------------------------------------------------------------------------
 
     def used_idx(self):
-        return le16.unpack_from(self._used_map, self._used_off + 2)[0]
+        return self._used16[1]
 
     def get_used(self):
         """Reap new used elements; returns ``[(id, written_len), ...]`` in used-ring order.
@@ -326,8 +332,7 @@ class DriverVirtqueue:
                 reaped.append((head, length))
             if not self.event_idx:
                 return reaped
-            le16.pack_into(self._avail_map, self._avail_off + used_event_offset(self.size),
-                           self.last_used_idx)
+            self._avail16[used_event_offset(self.size) // 2] = self.last_used_idx
             # used_event must be visible before the re-check, or a completion landing in between
             # would neither be seen here nor signalled.
             full_barrier()
@@ -415,6 +420,8 @@ class DriverVirtqueue:
 
     def close(self):
         """Close the eventfds and return the rings and every chain's buffers to guest memory."""
+        self._avail16.release()
+        self._used16.release()
         os.close(self.kick_fd)
         os.close(self.call_fd)
         for chain in [*self._inflight.values(), *self._completed.values()]:
