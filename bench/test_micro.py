@@ -44,8 +44,9 @@ def sessions():
 def test_micro(benchmark, sessions, backend, workload, depth):
     session = sessions[backend]
     opcode, size = micro.WORKLOADS[workload]
-    # Large transfers take longer per request: keep a round well under a second.
-    count = max(200, ROUND_REQUESTS * 4096 // max(size, 4096)) if size > 4096 else ROUND_REQUESTS
+    # Large transfers take longer per request: fewer of them, but rounds of a few tenths of a
+    # second still.
+    count = max(2000, 4 * ROUND_REQUESTS * 4096 // size) if size > 4096 else ROUND_REQUESTS
     runs = []
 
     def one_round():
