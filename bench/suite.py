@@ -246,12 +246,8 @@ def plots(table, systems, outdir, caption):
                       f"{', log scale' if log_scale else ''})")
         ax.set_title(f"{group}: median of repetitions, error bars min-max")
         ax.legend(fontsize=7)
-        fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
-        path = outdir / f"{group.replace(' ', '-')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path.name)
+        files.append(_save(plt, fig, outdir / f"{group.replace(' ', '-')}.png", caption, 0.01,
+                           0.06))
     for other in [s for s in systems if s in PAIRS and PAIRS[s] in systems]:
         fast = PAIRS[other]
         names = [m for m in table if speedup(table, m, fast, other) is not None]
@@ -270,13 +266,18 @@ def plots(table, systems, outdir, caption):
         ax.set_yticklabels(names, fontsize=7)
         ax.set_xlabel(f"speed-up of {fast} over {other} (x, log scale, >1: fastvfs faster)")
         ax.set_title(f"{fast} / {other}")
-        fig.text(0.01, 0.005, caption, fontsize=6, wrap=True)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path = outdir / f"ratio-{fast}-vs-{other}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path.name)
+        files.append(_save(plt, fig, outdir / f"ratio-{fast}-vs-{other}.png", caption, 0.005,
+                           0.04))
     return files
+
+
+def _save(plt, fig, path, caption, caption_y, bottom):
+    """Caption the figure, write it and free it; returns the file name."""
+    fig.text(0.01, caption_y, caption, fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def report(table, systems, config, figures):

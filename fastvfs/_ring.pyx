@@ -20,10 +20,13 @@ _log = logging.getLogger("fastvfs.ring")
 # Imported now, before the daemon confines itself: the sandbox's root holds no Python modules.
 from fastvfs.uring.engine import UringEngine, UringUnavailable
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX, uintptr_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, calloc, free
+from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, POLLIN, c_close, c_read, c_write,
+                                     clock_gettime, dup, poll, pollfd, timespec)
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, makedev, statx)
 from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
@@ -46,14 +49,6 @@ cdef extern from "<sys/mman.h>" nogil:
     int MAP_SHARED
     void *MAP_FAILED
 
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLIN
-
 cdef extern from *:
     """
     #include <fcntl.h>
@@ -67,12 +62,6 @@ cdef extern from *:
     unsigned int FASTVFS_LOOKUP_MASK
     int FASTVFS_OPATH_FLAGS
     int openat(int dirfd, const char *path, int flags) nogil
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t c_read "read"(int fd, void *buf, size_t count)
-    ssize_t c_write "write"(int fd, const void *buf, size_t count)
-    int c_close "close"(int fd)
-    int dup(int fd)
 
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
@@ -152,13 +141,6 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_cq_advance(io_uring *ring, unsigned nr)
     int io_uring_wait_cqe(io_uring *ring, io_uring_cqe **cqe_ptr)
     unsigned io_uring_cq_ready(const io_uring *ring)
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int CLOCK_MONOTONIC
 
 cdef enum:
     MAX_REGIONS = 64
@@ -399,6 +381,7 @@ cdef struct HandleSlot:
     uint32_t hnext        # next slot + 1 in the key's hash chain, 0 at the end
 
 
+@cython.final
 cdef class HandleTable:
     """File handles (``fh``) or node ids the guest holds, visible to the fast path without the
     GIL and without a lock.
@@ -569,57 +552,65 @@ cdef class HandleTable:
         idx = self._find_key(dev, ino, mnt)
         if idx >= 0:
             self.slots[idx].nlookup += 1
-            nodeid = <int64_t>((fastvfs_state_load(&self.slots[idx].state) >> 32) << 32 |
-                               <uint64_t>(idx + 1))
+            nodeid = self._id_of(idx)
         pthread_mutex_unlock(&self.lock)
         return nodeid
 
-    cdef int key_of(self, uint64_t fh, uint64_t *mnt) noexcept nogil:
+    cdef uint64_t mount_of(self, uint64_t fh) noexcept nogil:
         """The mount id of a node id the caller holds a reference on (0 if not keyed)."""
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
-        mnt[0] = self.slots[idx].mnt if self.slots[idx].keyed else 0
-        return 0
+        return self.slots[idx].mnt if self.slots[idx].keyed else 0
+
+    cdef inline int64_t _id_of(self, int64_t idx) noexcept nogil:
+        """The handle naming slot ``idx`` in its current generation."""
+        return <int64_t>((fastvfs_state_load(&self.slots[idx].state) >> 32) << 32 |
+                         <uint64_t>(idx + 1))
+
+    cdef int _drop_locked(self, uint64_t fh) noexcept nogil:
+        """``_kill`` ``fh`` and take its key out of the index (mutex held)."""
+        cdef int rc = self._kill(fh)
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        if rc >= 0 and self.slots[idx].keyed:
+            self._unlink_key(idx)
+        return rc
 
     cdef int remove_fh(self, uint64_t fh) noexcept nogil:
         """Drop ``fh`` (0) or -EBADF; its fd is closed once no request uses it."""
         cdef int rc
-        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
         pthread_mutex_lock(&self.lock)
-        rc = self._kill(fh)
-        if rc >= 0 and self.slots[idx].keyed:
-            self._unlink_key(idx)
+        rc = self._drop_locked(fh)
         pthread_mutex_unlock(&self.lock)
         if rc == 1:
-            self._reclaim(idx)
+            self._reclaim((fh & 0xffffffffUL) - 1)
         return -EBADF if rc < 0 else 0
 
     cdef bint dropped_room(self, uint32_t n) noexcept nogil:
         return self.ndropped + n <= DROPPED_MAX
 
-    cdef void forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil:
-        """FORGET from the hot path (the caller checked ``dropped_room``): as ``forget``, and
-        a dropped id is noted for the file system."""
+    cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil:
+        """Take ``count`` lookups away (never below zero: a hostile guest may forget more than
+        it looked up); at zero the node id is dropped and its fd closed once unused.  Returns
+        whether it was dropped; with ``note`` (the hot path, which checked ``dropped_room``) a
+        dropped id is also noted for the file system.  The root is never dropped."""
         cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
         cdef int rc = -1
         cdef uint64_t w
         if idx >= self.capacity or idx == 0:
-            return
+            return False
         pthread_mutex_lock(&self.lock)
         w = fastvfs_state_load(&self.slots[idx].state)
         if w >> 32 == nodeid >> 32 and w & FASTVFS_LIVE:
             self.slots[idx].nlookup -= count if count < self.slots[idx].nlookup \
                 else self.slots[idx].nlookup
             if self.slots[idx].nlookup == 0:
-                rc = self._kill(nodeid)
-                if rc >= 0:
-                    if self.slots[idx].keyed:
-                        self._unlink_key(idx)
-                    if self.ndropped < DROPPED_MAX:
-                        self.dropped[self.ndropped] = nodeid
-                        self.ndropped += 1
+                rc = self._drop_locked(nodeid)
+                if rc >= 0 and note and self.ndropped < DROPPED_MAX:
+                    self.dropped[self.ndropped] = nodeid
+                    self.ndropped += 1
         pthread_mutex_unlock(&self.lock)
         if rc == 1:
             self._reclaim(idx)
+        return rc >= 0
 
     def take_dropped(self):
         """Node ids the hot path dropped since the last call."""
@@ -720,8 +711,7 @@ cdef class HandleTable:
             idx = self._find_key(dev, ino, mnt)
             if idx >= 0:
                 self.slots[idx].nlookup += 1
-                nodeid = <int64_t>((fastvfs_state_load(&self.slots[idx].state) >> 32) << 32 |
-                                   <uint64_t>(idx + 1))
+                nodeid = self._id_of(idx)
             else:
                 nodeid = self._take_slot(fd)
                 if nodeid > 0:
@@ -738,11 +728,12 @@ cdef class HandleTable:
         """Count one more lookup of a live node id; raises OSError(ENOENT)."""
         cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
         cdef bint ok = False
+        cdef uint64_t w
         if idx < self.capacity:
             with nogil:
                 pthread_mutex_lock(&self.lock)
-                if fastvfs_state_load(&self.slots[idx].state) >> 32 == nodeid >> 32 and \
-                        fastvfs_state_load(&self.slots[idx].state) & FASTVFS_LIVE:
+                w = fastvfs_state_load(&self.slots[idx].state)
+                if w >> 32 == nodeid >> 32 and w & FASTVFS_LIVE:
                     self.slots[idx].nlookup += 1
                     ok = True
                 pthread_mutex_unlock(&self.lock)
@@ -750,28 +741,11 @@ cdef class HandleTable:
             raise OSError(ENOENT, "unknown node id")
 
     def forget(self, uint64_t nodeid, uint64_t count):
-        """Take ``count`` lookups away (never below zero: a hostile guest may forget more than
-        it looked up); at zero the node id is dropped and its fd closed once unused.  Returns
-        True when it was dropped.  The root is never dropped."""
-        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
-        cdef int rc = -1
-        cdef uint64_t w
-        if idx >= self.capacity or idx == 0:
-            return False
+        """``forget_c`` for the file system: True when the node id was dropped."""
+        cdef bint dropped
         with nogil:
-            pthread_mutex_lock(&self.lock)
-            w = fastvfs_state_load(&self.slots[idx].state)
-            if w >> 32 == nodeid >> 32 and w & FASTVFS_LIVE:
-                self.slots[idx].nlookup -= count if count < self.slots[idx].nlookup \
-                    else self.slots[idx].nlookup
-                if self.slots[idx].nlookup == 0:
-                    rc = self._kill(nodeid)
-                    if rc >= 0 and self.slots[idx].keyed:
-                        self._unlink_key(idx)
-            pthread_mutex_unlock(&self.lock)
-            if rc == 1:
-                self._reclaim(idx)
-        return rc >= 0
+            dropped = self.forget_c(nodeid, count, False)
+        return dropped
 
     def nlookup(self, uint64_t nodeid):
         """The lookup count of a live node id (0 if it is not one)."""
@@ -972,34 +946,27 @@ cdef inline uint64_t _now_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
 
 
-cdef inline void _stats_record(StatsBlock *b, uint32_t opcode, int32_t error,
-                               uint64_t ns) noexcept nogil:
-    """Count a request in a block only the calling thread writes (a queue's own)."""
+cdef inline void _bump(uint64_t *counter, uint64_t amount, bint shared) noexcept nogil:
+    if shared:
+        fastvfs_add64(counter, amount)
+    else:
+        fastvfs_inc64(counter, amount)
+
+
+cdef inline void _stats_record(StatsBlock *b, uint32_t opcode, int32_t error, uint64_t ns,
+                               bint shared=False) noexcept nogil:
+    """Count a request: in a block only the calling thread writes (a queue's own: no locked
+    instructions), or with atomic adds in a ``shared`` one."""
     if opcode >= STATS_OPS:
         opcode = 0   # unknown opcodes and malformed chains share slot 0
-    fastvfs_inc64(&b.count[opcode], 1)
+    _bump(&b.count[opcode], 1, shared)
     if error:
-        fastvfs_inc64(&b.errors[opcode], 1)
-    fastvfs_inc64(&b.total_ns[opcode], ns)
+        _bump(&b.errors[opcode], 1, shared)
+    _bump(&b.total_ns[opcode], ns, shared)
     cdef unsigned bucket = fastvfs_log2(ns)
     if bucket >= STATS_BUCKETS:
         bucket = STATS_BUCKETS - 1
-    fastvfs_inc64(&b.hist[opcode][bucket], 1)
-
-
-cdef inline void _stats_record_shared(StatsBlock *b, uint32_t opcode, int32_t error,
-                                      uint64_t ns) noexcept nogil:
-    """Count a request in a block several threads write (atomic adds)."""
-    if opcode >= STATS_OPS:
-        opcode = 0
-    fastvfs_add64(&b.count[opcode], 1)
-    if error:
-        fastvfs_add64(&b.errors[opcode], 1)
-    fastvfs_add64(&b.total_ns[opcode], ns)
-    cdef unsigned bucket = fastvfs_log2(ns)
-    if bucket >= STATS_BUCKETS:
-        bucket = STATS_BUCKETS - 1
-    fastvfs_add64(&b.hist[opcode][bucket], 1)
+    _bump(&b.hist[opcode][bucket], 1, shared)
 
 
 cdef enum:
@@ -1043,7 +1010,7 @@ cdef class RequestStats:
 
     def record(self, uint32_t opcode, int32_t error, uint64_t ns):
         """Count one request served outside the rings (the /dev/fuse transport)."""
-        _stats_record_shared(self.block, opcode, error, ns)
+        _stats_record(self.block, opcode, error, ns, True)
 
     def snapshot(self):
         """``{opcode: (count, errors, total_ns, [bucket counts])}`` for opcodes seen."""
@@ -1090,6 +1057,7 @@ cdef struct Flight:
     bint busy              # in flight: a head published again meanwhile waits for it
 
 
+@cython.final   # no subclasses: the hot path's method calls are direct, not through a vtable
 cdef class Virtqueue:
     """Device side of one split virtqueue (virtio 1.2 section 2.7).
 
@@ -1140,22 +1108,19 @@ cdef class Virtqueue:
     cdef uint32_t pool_used
     cdef uint32_t nflight
     cdef uint32_t nqueued           # prepared, not yet submitted
-    cdef readonly uint64_t uring_submits
     cdef uint16_t pend_heads[PUBLISH_BATCH]   # replies written, not yet in the used ring
     cdef uint32_t pend_lens[PUBLISH_BATCH]
     cdef uint32_t npend
-    cdef bint batch_reply           # the reply being written may wait for a batch
     cdef uint32_t poll_us             # busy-poll window ceiling (0: never poll)
     cdef uint32_t poll_window         # current window, adapted between poll_us/8 and poll_us
-    cdef readonly uint64_t poll_hits, poll_misses
 
     def __cinit__(self):
         self.iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
         self.scratch_iov = <iovec *>malloc(MAX_IOV * sizeof(iovec))
-        self.pool = <iovec *>malloc(POOL_IOV * sizeof(iovec))
+        self.pool = NULL
         self.flight = NULL
         self.uring = NULL
-        if self.iov == NULL or self.scratch_iov == NULL or self.pool == NULL:
+        if self.iov == NULL or self.scratch_iov == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
@@ -1208,9 +1173,12 @@ cdef class Virtqueue:
         self.uring_writes = uring_writes
         self.poll_us = poll_us
         self.poll_window = poll_us
-        self.flight = <Flight *>calloc(num, sizeof(Flight))
-        if self.flight == NULL:
-            raise MemoryError()
+        if io_uring:
+            # What a queue with I/O in flight needs: nothing for a synchronous one.
+            self.pool = <iovec *>malloc(POOL_IOV * sizeof(iovec))
+            self.flight = <Flight *>calloc(num, sizeof(Flight))
+            if self.pool == NULL or self.flight == NULL:
+                raise MemoryError()
 
     @property
     def io_engine(self):
@@ -1331,13 +1299,15 @@ cdef class Virtqueue:
             idx = d.next
 
     cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
-        """Queue one used element; they are published (with one notification check) every
-        PUBLISH_BATCH replies and whenever the worker is about to wait or take the GIL, so the
-        guest refills its ring while the rest of a burst is served."""
+        """Queue one used element.  READ and WRITE replies are published (with one
+        notification check) every PUBLISH_BATCH replies and whenever the worker is about to
+        wait or take the GIL; any other reply at once (a quick op finishes sooner than a guest
+        wakes up: holding it back starves the guest's ring)."""
         self.pend_heads[self.npend] = head
         self.pend_lens[self.npend] = length
         self.npend += 1
-        if self.npend == PUBLISH_BATCH or not self.batch_reply:
+        if self.npend == PUBLISH_BATCH or (self.cur_opcode != FUSE_READ and
+                                           self.cur_opcode != FUSE_WRITE):
             self._flush_used()
 
     cdef void _flush_used(self) noexcept nogil:
@@ -1350,11 +1320,6 @@ cdef class Virtqueue:
         self._notify_locked()
         pthread_mutex_unlock(&self.lock.m)
         self.npend = 0
-
-    cdef void _notify(self) noexcept nogil:
-        pthread_mutex_lock(&self.lock.m)
-        self._notify_locked()
-        pthread_mutex_unlock(&self.lock.m)
 
     cdef void _push_used_locked(self, uint16_t head, uint32_t length) noexcept nogil:
         cdef uint8_t *elem = self.used + 4 + 8 * <uint32_t>(self.used_idx % self.num)
@@ -1408,7 +1373,6 @@ cdef class Virtqueue:
         cdef uint64_t unique
         cdef uint64_t got
         cdef int rc = self._walk()
-        self.batch_reply = False
         if rc < 0:
             # Answer with the request's unique when its header was readable; a buffer outside
             # guest RAM (such as a DAX window address: the window is not in the memory table)
@@ -1434,6 +1398,12 @@ cdef class Virtqueue:
             self._reply(unique, -EINVAL, NULL, 0)
             return 1
         if self.fast_io:
+            if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
+                self._do_read(unique)
+                return 1
+            if opcode == FUSE_WRITE and hlen >= IN_HEADER_SIZE + WRITE_IN_SIZE:
+                self._do_write(unique, hlen)
+                return 1
             if opcode == FUSE_GETATTR and self.inodes is not None:
                 self._do_getattr(unique)
                 return 1
@@ -1458,19 +1428,6 @@ cdef class Virtqueue:
                 if opcode == FUSE_BATCH_FORGET and hlen >= IN_HEADER_SIZE + 8 and \
                         self.inodes is not None:
                     return self._do_batch_forget(hlen)
-            # Data replies are published in batches: a burst of I/O wakes the guest once per
-            # batch instead of once per reply.  Metadata replies go out at once (a quick op
-            # finishes sooner than a guest wakes up: holding them back starves its ring).
-            if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
-                self.batch_reply = True
-                self._do_read(unique)
-                self.batch_reply = False
-                return 1
-            if opcode == FUSE_WRITE and hlen >= IN_HEADER_SIZE + WRITE_IN_SIZE:
-                self.batch_reply = True
-                self._do_write(unique, hlen)
-                self.batch_reply = False
-                return 1
         return 0
 
     cdef void _do_getattr(self, uint64_t unique) noexcept nogil:
@@ -1505,7 +1462,7 @@ cdef class Virtqueue:
         inode, a mount point or any failure but ENOENT is left to the engine (returns 0)."""
         cdef char name[LOOKUP_NAME_MAX + 1]
         cdef uint32_t nlen = hlen - IN_HEADER_SIZE, i, length = 0
-        cdef uint64_t parent, pmnt, mnt, zero64 = 0
+        cdef uint64_t parent, mnt, zero64 = 0
         cdef int64_t nodeid
         cdef statx st
         cdef int pfd, fd, rc, err
@@ -1542,8 +1499,7 @@ cdef class Virtqueue:
             self.inodes.release(parent)
             return 0
         mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
-        self.inodes.key_of(parent, &pmnt)
-        if (st.stx_mode & 0o170000) == 0o040000 and mnt != pmnt:
+        if (st.stx_mode & 0o170000) == 0o040000 and mnt != self.inodes.mount_of(parent):
             self.inodes.release(parent)
             return 0
         nodeid = self.inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor),
@@ -1581,51 +1537,23 @@ cdef class Virtqueue:
         cdef uint64_t fh
         cdef uint32_t flags
         cdef io_uring_sqe *sqe
-        cdef Flight *f
         cdef int fd
         memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
         memcpy(&flags, self.hdr + IN_HEADER_SIZE + 8, 4)
-        if self.flight[self.chain.head].busy:
-            self._uring_flush()
-        if self.pool_used + self.chain.nout > POOL_IOV:
-            return 0
         fd = self.handles.acquire(fh)
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return 1
-        sqe = io_uring_get_sqe(self.uring)
+        sqe = self._flight_sqe(self.chain.nout)
         if sqe == NULL:
-            self._uring_submit()
-            sqe = io_uring_get_sqe(self.uring)
-            if sqe == NULL:
-                self.handles.release(fh)
-                return 0
+            self.handles.release(fh)
+            return 0
+        self._flight_begin(unique, fd, fh, 0, 0, False, False)
         io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC if flags & FUSE_FSYNC_FDATASYNC
                             else 0)
         # After everything submitted before it (writes of the same burst included).
         io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
         io_uring_sqe_set_data64(sqe, self.chain.head)
-        f = &self.flight[self.chain.head]
-        f.out_at = self.pool_used
-        f.nout = self.chain.nout
-        memcpy(self.pool + self.pool_used, self.iov + self.chain.nin,
-               self.chain.nout * sizeof(iovec))
-        self.pool_used += self.chain.nout
-        f.data_at = self.pool_used
-        f.ndata = 0
-        f.unique = unique
-        f.fh = fh
-        f.fd = fd
-        f.offset = 0
-        f.size = 0
-        f.out_len = self.chain.out_len
-        f.writing = False
-        f.kill = False
-        f.opcode = self.cur_opcode
-        f.start_ns = self.cur_start
-        f.busy = True
-        self.nflight += 1
-        self.nqueued += 1
         return 1
 
     cdef void _do_release(self, uint64_t unique) noexcept nogil:
@@ -1639,7 +1567,7 @@ cdef class Virtqueue:
             return 0
         memcpy(&nodeid, self.hdr + 16, 8)
         memcpy(&count, self.hdr + IN_HEADER_SIZE, 8)
-        self.inodes.forget_c(nodeid, count)
+        self.inodes.forget_c(nodeid, count, True)
         self._push_used(self.chain.head, 0)   # FORGET has no reply
         self._account(0)
         return 1
@@ -1659,7 +1587,7 @@ cdef class Virtqueue:
             if _gather(self.iov, self.chain.nin, IN_HEADER_SIZE + 8 + 16 * i,
                        <uint8_t *>entry, 16) != 16:
                 break
-            self.inodes.forget_c(entry[0], entry[1])
+            self.inodes.forget_c(entry[0], entry[1], True)
         self._push_used(self.chain.head, 0)
         self._account(0)
         return 1
@@ -1741,53 +1669,34 @@ cdef class Virtqueue:
 
     # -- io_uring data path ----------------------------------------------------------------------
 
-    cdef int _queue_io(self, uint64_t unique, int fd, uint64_t fh, int64_t offset, uint32_t size,
-                       bint writing, bint kill) noexcept nogil:
-        """Prepare the popped READ/WRITE as an io_uring readv/writev straight into or out of
-        the chain's buffers; 1 when queued (the reply follows its completion), 0 when the
-        caller must do it synchronously (no room)."""
-        cdef int nin = self.chain.nin, nout = self.chain.nout
-        cdef int need = nout + (nin if writing else nout)
+    cdef io_uring_sqe *_flight_sqe(self, int need) noexcept nogil:
+        """A submission entry for the popped chain with room for ``need`` iovecs in the pool,
+        or NULL (the caller then does the work synchronously)."""
         cdef io_uring_sqe *sqe
-        cdef Flight *f
-        if self.flight[self.chain.head].busy:
-            # The driver published a head whose request is still in flight (a broken or
-            # hostile guest): finish that one first, as the synchronous path would have.
-            self._uring_flush()
-        if self.pool_used + need > POOL_IOV:
+        if self.flight[self.chain.head].busy or self.pool_used + need > POOL_IOV:
+            # A head still in flight (a broken or hostile driver published it again: finish
+            # that request first, as the synchronous path would have), or a full pool.
             self._uring_flush()
             if self.pool_used + need > POOL_IOV:
-                return 0
+                return NULL
         sqe = io_uring_get_sqe(self.uring)
         if sqe == NULL:
             self._uring_submit()
             sqe = io_uring_get_sqe(self.uring)
-            if sqe == NULL:
-                return 0
-        f = &self.flight[self.chain.head]
+        return sqe
+
+    cdef Flight *_flight_begin(self, uint64_t unique, int fd, uint64_t fh, int64_t offset,
+                               uint32_t size, bint writing, bint kill) noexcept nogil:
+        """Record the popped chain as in flight, its writable iovecs kept in the pool for the
+        reply; data iovecs, if any, go in the pool from ``data_at``."""
+        cdef Flight *f = &self.flight[self.chain.head]
         f.out_at = self.pool_used
-        f.nout = nout
-        memcpy(self.pool + self.pool_used, self.iov + nin, nout * sizeof(iovec))
-        self.pool_used += nout
+        f.nout = self.chain.nout
+        memcpy(self.pool + self.pool_used, self.iov + self.chain.nin,
+               self.chain.nout * sizeof(iovec))
+        self.pool_used += self.chain.nout
         f.data_at = self.pool_used
-        if writing:
-            f.ndata = _slice(self.iov, nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
-                             self.pool + self.pool_used)
-            if f.ndata == 1:    # one buffer: the plain opcode skips importing an iovec
-                io_uring_prep_write(sqe, fd, self.pool[f.data_at].iov_base,
-                                    <unsigned>self.pool[f.data_at].iov_len, <uint64_t>offset)
-            else:
-                io_uring_prep_writev(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
-        else:
-            f.ndata = _slice(self.iov + nin, nout, OUT_HEADER_SIZE, size,
-                             self.pool + self.pool_used)
-            if f.ndata == 1:
-                io_uring_prep_read(sqe, fd, self.pool[f.data_at].iov_base,
-                                   <unsigned>self.pool[f.data_at].iov_len, <uint64_t>offset)
-            else:
-                io_uring_prep_readv(sqe, fd, self.pool + f.data_at, f.ndata, <uint64_t>offset)
-        self.pool_used += f.ndata
-        io_uring_sqe_set_data64(sqe, self.chain.head)
+        f.ndata = 0
         f.unique = unique
         f.fh = fh
         f.fd = fd
@@ -1801,6 +1710,36 @@ cdef class Virtqueue:
         f.busy = True
         self.nflight += 1
         self.nqueued += 1
+        return f
+
+    cdef int _queue_io(self, uint64_t unique, int fd, uint64_t fh, int64_t offset, uint32_t size,
+                       bint writing, bint kill) noexcept nogil:
+        """Prepare the popped READ/WRITE as an io_uring read(v)/write(v) straight into or out
+        of the chain's buffers; 1 when queued (the reply follows its completion), 0 when the
+        caller must do it synchronously (no room)."""
+        cdef int nin = self.chain.nin, nout = self.chain.nout
+        cdef io_uring_sqe *sqe = self._flight_sqe(nout + (nin if writing else nout))
+        cdef Flight *f
+        cdef iovec *data
+        if sqe == NULL:
+            return 0
+        f = self._flight_begin(unique, fd, fh, offset, size, writing, kill)
+        data = self.pool + f.data_at
+        if writing:
+            f.ndata = _slice(self.iov, nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size, data)
+        else:
+            f.ndata = _slice(self.iov + nin, nout, OUT_HEADER_SIZE, size, data)
+        self.pool_used += f.ndata
+        # One buffer: the plain opcodes skip importing an iovec.
+        if writing and f.ndata == 1:
+            io_uring_prep_write(sqe, fd, data.iov_base, <unsigned>data.iov_len, <uint64_t>offset)
+        elif writing:
+            io_uring_prep_writev(sqe, fd, data, f.ndata, <uint64_t>offset)
+        elif f.ndata == 1:
+            io_uring_prep_read(sqe, fd, data.iov_base, <unsigned>data.iov_len, <uint64_t>offset)
+        else:
+            io_uring_prep_readv(sqe, fd, data, f.ndata, <uint64_t>offset)
+        io_uring_sqe_set_data64(sqe, self.chain.head)
         if self.nqueued >= SUBMIT_BATCH:
             self._uring_submit()
             self._uring_reap()
@@ -1811,7 +1750,6 @@ cdef class Virtqueue:
         cdef int rc
         while self.nqueued:
             rc = io_uring_submit(self.uring)
-            self.uring_submits += 1
             if rc >= 0:
                 self.nqueued -= rc if <uint32_t>rc <= self.nqueued else self.nqueued
                 if rc == 0:
@@ -1985,7 +1923,6 @@ cdef class Virtqueue:
                 if self.uring != NULL:
                     self._uring_flush()
                 self._flush_used()
-                self._notify()
             self.uring = NULL
             if engine is not None:
                 engine.close()
@@ -2060,11 +1997,9 @@ cdef class Virtqueue:
             fastvfs_full_barrier()
             found = fastvfs_load16(self.avail + 2) != self.last_avail_idx
         if found:
-            self.poll_hits += 1
             self.poll_window = self.poll_window * 2 if self.poll_window * 2 < self.poll_us \
                 else self.poll_us
         else:
-            self.poll_misses += 1
             self.poll_window = self.poll_window // 2 if self.poll_window // 2 > self.poll_us // 8 \
                 else (self.poll_us // 8 if self.poll_us >= 8 else 1)
         return found
@@ -2085,7 +2020,6 @@ cdef class Virtqueue:
             self._uring_submit()
             self._uring_reap()
         self._flush_used()
-        self._notify()
         return 0
 
     def stop(self):

@@ -689,8 +689,7 @@ class PassthroughFs:
     def _locks_changed(self):
         """Tell the hot path whether lock descriptors exist (locks_lock held): while they do,
         it leaves FLUSH, RELEASE and FORGET to the engine, which drops them."""
-        if hasattr(self.handles, "lock_fds_open"):
-            self.handles.lock_fds_open = len(self.lock_fds)
+        self.handles.lock_fds_open = len(self.lock_fds)
 
     def _drop_lock_fds(self, match):
         with self.locks_lock:

@@ -24,6 +24,10 @@ from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 from libc.errno cimport errno, EINTR
 
+from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, POLLIN, c_read,
+                                     c_write, clock_gettime, poll, pollfd, pread, pwrite,
+                                     timespec)
+
 cdef extern from *:
     """
     #define lean_full_barrier() __atomic_thread_fence(__ATOMIC_SEQ_CST)
@@ -37,29 +41,6 @@ cdef extern from *:
     void lean_full_barrier() nogil
     uint16_t lean_load16(const void *p) nogil
     void lean_store16(void *p, uint16_t v) nogil
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLIN
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t c_read "read"(int fd, void *buf, size_t count)
-    ssize_t c_write "write"(int fd, const void *buf, size_t count)
-    ssize_t pread(int fd, void *buf, size_t count, long offset)
-    ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int CLOCK_MONOTONIC
-    int CLOCK_THREAD_CPUTIME_ID
-
 
 cdef inline double _clock(int clk) noexcept nogil:
     cdef timespec ts

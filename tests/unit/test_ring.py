@@ -30,9 +30,10 @@ class Harness:
     """A device-side Virtqueue served by a thread, and the driver-side queue feeding it."""
 
     def __init__(self, *, size=16, base=0, event_idx=True, indirect=True, regions=None,
-                 reply=None, engine="sync"):
+                 reply=None, engine="sync", inodes=None):
         self.size, self.event_idx, self.indirect = size, event_idx, indirect
         self.engine = engine
+        self.inodes = inodes  # a node id table: GETATTR and friends served in C
         self.mem = GuestMemory(regions) if regions else GuestMemory()
         self.table = _ring.MemoryTable()
         for r in self.mem.regions:
@@ -54,6 +55,7 @@ class Harness:
                                   u(self.dq.avail_addr), u(self.dq.used_addr), base,
                                   self.dq.kick_fd, self.dq.call_fd, self.stop_fd,
                                   self.event_idx, self.indirect, 1 << 20, self.lock,
+                                  inodes=self.inodes, attr_timeout=1.0,
                                   io_uring=self.engine != "sync",
                                   uring_writes=self.engine == "uring-rw")
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
@@ -353,7 +355,7 @@ class TestDeferredReplies:
 class TestGetattrInC:
     """GETATTR answered from the shared node id table, byte for byte what the engine sends."""
 
-    def test_same_reply_as_the_engine(self, tmp_path):
+    def test_same_reply_as_the_engine(self, harness, tmp_path):
         from fastvfs.fs.passthrough import PassthroughFs
         from fastvfs.fuse.engine import FuseEngine
         (tmp_path / "f").write_bytes(b"x" * 12345)
@@ -365,32 +367,18 @@ class TestGetattrInC:
         assert engine.handle(init, 4096)[0] == 0
         nodeid = abi.entry_out_head.unpack_from(
             engine.handle(request(abi.Opcode.LOOKUP, b"f\0"), 4096)[1])[0]
-        h = Harness.__new__(Harness)
-        Harness.__init__(h, reply=lambda req, out: engine.handle(req, out))
-        try:
-            h.vq.stop()
-            h.thread.join(TIMEOUT)
-            os.eventfd_read(h.stop_fd)
-            u = h.mem.userspace_addr
-            h.vq = _ring.Virtqueue(1, h.table, h.handles, h.size, u(h.dq.desc_addr),
-                                   u(h.dq.avail_addr), u(h.dq.used_addr), h.vq.last_avail_idx,
-                                   h.dq.kick_fd, h.dq.call_fd, h.stop_fd, True, True, 1 << 20,
-                                   h.lock, inodes, 1.0)
-            h.vq.set_fast_io(True)
-            h.thread = threading.Thread(target=h.vq.run, args=(h._handler,), daemon=True)
-            h.thread.start()
-            getattr_req = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
-            in_c = h.roundtrip([getattr_req], [16, 200])
-            assert h.seen == []  # no Python involved
-            in_python = engine.handle(getattr_req, 200)
-            assert in_c[16:] == in_python[1]
-            assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
-                                                   nodeid=nodeid + 1)], [200]))[1] == -2
-            engine.handle(request(abi.Opcode.FORGET, struct.pack("<Q", 1), nodeid=nodeid), 0)
-            stale = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
-            assert out_header(h.roundtrip([stale], [200]))[1] == -2
-        finally:
-            h.close()
+        h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
+        h.vq.set_fast_io(True)
+        getattr_req = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
+        in_c = h.roundtrip([getattr_req], [16, 200])
+        assert h.seen == []  # no Python involved
+        in_python = engine.handle(getattr_req, 200)
+        assert in_c[16:] == in_python[1]
+        assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
+                                               nodeid=nodeid + 1)], [200]))[1] == -2
+        engine.handle(request(abi.Opcode.FORGET, struct.pack("<Q", 1), nodeid=nodeid), 0)
+        stale = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
+        assert out_header(h.roundtrip([stale], [200]))[1] == -2
 
 
 class TestMetadataInC:
@@ -399,96 +387,82 @@ class TestMetadataInC:
     engine.  FLUSH, RELEASE, FORGET and BATCH_FORGET are served in C while no lock
     descriptor is held."""
 
-    def test_known_inode_in_c_everything_else_in_python(self, tmp_path):
+    def test_known_inode_in_c_everything_else_in_python(self, harness, tmp_path):
         from fastvfs.fs.passthrough import PassthroughFs
         from fastvfs.fuse.engine import FuseEngine
         (tmp_path / "f").write_bytes(b"x" * 100)
         (tmp_path / "g").write_bytes(b"y")
         (tmp_path / "d").mkdir()
         inodes = _ring.HandleTable(64)
-        h = Harness.__new__(Harness)
-        Harness.__init__(h, reply=lambda req, out: engine.handle(req, out))
+        h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
+        h.vq.set_fast_io(True)
         fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
         engine = FuseEngine(fs, "auto")
         assert engine.handle(request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0)),
                              4096)[0] == 0
         nodeid = abi.entry_out_head.unpack_from(
             engine.handle(request(abi.Opcode.LOOKUP, b"f\0"), 4096)[1])[0]
-        try:
-            h.vq.stop()
-            h.thread.join(TIMEOUT)
-            os.eventfd_read(h.stop_fd)
-            u = h.mem.userspace_addr
-            h.vq = _ring.Virtqueue(1, h.table, h.handles, h.size, u(h.dq.desc_addr),
-                                   u(h.dq.avail_addr), u(h.dq.used_addr), h.vq.last_avail_idx,
-                                   h.dq.kick_fd, h.dq.call_fd, h.stop_fd, True, True, 1 << 20,
-                                   h.lock, inodes, 1.0)
-            h.vq.set_fast_io(True)
-            h.thread = threading.Thread(target=h.vq.run, args=(h._handler,), daemon=True)
-            h.thread.start()
-            lookup_f = request(abi.Opcode.LOOKUP, b"f\0")
-            in_c = h.roundtrip([lookup_f], [16, 200])
-            assert h.seen == []  # no Python involved
-            assert fs.inodes.nlookup(nodeid) == 2
-            in_python = engine.handle(lookup_f, 200)
-            assert in_c[16:] == in_python[1]
-            assert fs.inodes.nlookup(nodeid) == 3
-            # A name that does not exist: ENOENT from C.
-            assert out_header(h.roundtrip([request(abi.Opcode.LOOKUP, b"nope\0")], [16, 200])
-                              )[1] == -2
-            assert h.seen == []
-            # A new inode, ".", "..", a slash, no NUL: the engine's.
-            for name in (b"g\0", b".\0", b"..\0", b"d/x\0", b"f"):
-                h.roundtrip([request(abi.Opcode.LOOKUP, name)], [16, 200])
-            assert [abi.in_header.unpack_from(req)[1] for req, _ in h.seen] == [1] * 5
-            # Forgotten: the next LOOKUP makes a new node id in Python.
-            engine.handle(request(abi.Opcode.FORGET, struct.pack("<Q", 3), nodeid=nodeid), 0)
-            assert fs.inodes.nlookup(nodeid) == 0
-            h.seen.clear()
-            again = h.roundtrip([lookup_f], [16, 200])
-            assert len(h.seen) == 1
-            new_id = abi.entry_out_head.unpack_from(again, 16)[0]
-            assert new_id != nodeid and fs.inodes.nlookup(new_id) == 1
-            h.seen.clear()
-            h.roundtrip([lookup_f], [16, 200])
-            assert h.seen == [] and fs.inodes.nlookup(new_id) == 2
+        lookup_f = request(abi.Opcode.LOOKUP, b"f\0")
+        in_c = h.roundtrip([lookup_f], [16, 200])
+        assert h.seen == []  # no Python involved
+        assert fs.inodes.nlookup(nodeid) == 2
+        in_python = engine.handle(lookup_f, 200)
+        assert in_c[16:] == in_python[1]
+        assert fs.inodes.nlookup(nodeid) == 3
+        # A name that does not exist: ENOENT from C.
+        assert out_header(h.roundtrip([request(abi.Opcode.LOOKUP, b"nope\0")], [16, 200])
+                          )[1] == -2
+        assert h.seen == []
+        # A new inode, ".", "..", a slash, no NUL: the engine's.
+        for name in (b"g\0", b".\0", b"..\0", b"d/x\0", b"f"):
+            h.roundtrip([request(abi.Opcode.LOOKUP, name)], [16, 200])
+        assert [abi.in_header.unpack_from(req)[1] for req, _ in h.seen] == [1] * 5
+        # Forgotten: the next LOOKUP makes a new node id in Python.
+        engine.handle(request(abi.Opcode.FORGET, struct.pack("<Q", 3), nodeid=nodeid), 0)
+        assert fs.inodes.nlookup(nodeid) == 0
+        h.seen.clear()
+        again = h.roundtrip([lookup_f], [16, 200])
+        assert len(h.seen) == 1
+        new_id = abi.entry_out_head.unpack_from(again, 16)[0]
+        assert new_id != nodeid and fs.inodes.nlookup(new_id) == 1
+        h.seen.clear()
+        h.roundtrip([lookup_f], [16, 200])
+        assert h.seen == [] and fs.inodes.nlookup(new_id) == 2
 
-            # FLUSH and RELEASE of an open file, in C while no lock descriptor exists.
-            fh = abi.open_out.unpack_from(engine.handle(
-                request(abi.Opcode.OPEN, abi.open_in.pack(os.O_RDWR, 0), nodeid=new_id),
-                4096)[1])[0]
-            flush = request(abi.Opcode.FLUSH, abi.flush_in.pack(fh, 0, 0, 99), nodeid=new_id)
-            assert out_header(h.roundtrip([flush], [16])) == (16, 0, 7)
-            assert h.seen == []
-            # A lock held: FLUSH goes to the engine, which drops it.
-            lock = abi.lk_in.pack(fh, 99, 0, 10, 1, 0, 0, 0)  # F_WRLCK
-            assert engine.handle(request(abi.Opcode.SETLK, lock, nodeid=new_id), 0)[0] == 0
-            assert h.handles.lock_fds_open == 1
-            assert out_header(h.roundtrip([flush], [16]))[1] == 0
-            assert len(h.seen) == 1 and h.handles.lock_fds_open == 0
-            h.seen.clear()
-            release = request(abi.Opcode.RELEASE, abi.release_in.pack(fh, 0, 0, 99),
-                              nodeid=new_id)
-            assert out_header(h.roundtrip([release], [16])) == (16, 0, 7)
-            assert out_header(h.roundtrip([release], [16]))[1] == -9  # released already
-            assert h.seen == [] and h.handles.count == 0
+        # FLUSH and RELEASE of an open file, in C while no lock descriptor exists.
+        fh = abi.open_out.unpack_from(engine.handle(
+            request(abi.Opcode.OPEN, abi.open_in.pack(os.O_RDWR, 0), nodeid=new_id),
+            4096)[1])[0]
+        flush = request(abi.Opcode.FLUSH, abi.flush_in.pack(fh, 0, 0, 99), nodeid=new_id)
+        assert out_header(h.roundtrip([flush], [16])) == (16, 0, 7)
+        assert h.seen == []
+        # A lock held: FLUSH goes to the engine, which drops it.
+        lock = abi.lk_in.pack(fh, 99, 0, 10, 1, 0, 0, 0)  # F_WRLCK
+        assert engine.handle(request(abi.Opcode.SETLK, lock, nodeid=new_id), 0)[0] == 0
+        assert h.handles.lock_fds_open == 1
+        assert out_header(h.roundtrip([flush], [16]))[1] == 0
+        assert len(h.seen) == 1 and h.handles.lock_fds_open == 0
+        h.seen.clear()
+        release = request(abi.Opcode.RELEASE, abi.release_in.pack(fh, 0, 0, 99),
+                          nodeid=new_id)
+        assert out_header(h.roundtrip([release], [16])) == (16, 0, 7)
+        assert out_header(h.roundtrip([release], [16]))[1] == -9  # released already
+        assert h.seen == [] and h.handles.count == 0
 
-            # FORGET and BATCH_FORGET in C; the file system prunes what was dropped.
-            h.roundtrip([request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=new_id)], [])
-            assert fs.inodes.nlookup(new_id) == 1 and h.seen == []
-            g_id = abi.entry_out_head.unpack_from(
-                engine.handle(request(abi.Opcode.LOOKUP, b"g\0"), 4096)[1])[0]
-            batch = (abi.batch_forget_in.pack(3, 0) + abi.forget_one.pack(new_id, 5) +
-                     abi.forget_one.pack(g_id, 2) + abi.forget_one.pack(12345, 1))
-            assert len(fs.inodes) == 3
-            h.roundtrip([request(abi.Opcode.BATCH_FORGET, batch, nodeid=0)], [])
-            assert h.seen == []
-            assert fs.inodes.nlookup(new_id) == 0 and fs.inodes.nlookup(g_id) == 0
-            assert len(fs.inodes) == 1  # the root only, once pruned
-            assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
-                                                   nodeid=g_id)], [200]))[1] == -2
-        finally:
-            h.close()
+        # FORGET and BATCH_FORGET in C; the file system prunes what was dropped.
+        h.roundtrip([request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=new_id)], [])
+        assert fs.inodes.nlookup(new_id) == 1 and h.seen == []
+        g_id = abi.entry_out_head.unpack_from(
+            engine.handle(request(abi.Opcode.LOOKUP, b"g\0"), 4096)[1])[0]
+        batch = (abi.batch_forget_in.pack(3, 0) + abi.forget_one.pack(new_id, 5) +
+                 abi.forget_one.pack(g_id, 2) + abi.forget_one.pack(12345, 1))
+        assert len(fs.inodes) == 3
+        h.roundtrip([request(abi.Opcode.BATCH_FORGET, batch, nodeid=0)], [])
+        assert h.seen == []
+        assert fs.inodes.nlookup(new_id) == 0 and fs.inodes.nlookup(g_id) == 0
+        assert len(fs.inodes) == 1  # the root only, once pruned
+        assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
+                                               nodeid=g_id)], [200]))[1] == -2
 
 
 class TestFastPath:
