@@ -128,33 +128,41 @@ def stop_daemon(proc, frontend, sock):
 
 class Session:
     """A backend serving its own copy of the test directory, with the frontend driver up and a
-    64 MiB file looked up and opened read-write."""
+    64 MiB file per request queue (``data``, ``data2``, ...) looked up and opened
+    read-write."""
 
     def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1):
         self.name = label or name
         self.queues = queues
         self.shared = Path(workdir) / self.name
         self.shared.mkdir()
-        with open(self.shared / "data", "wb") as f:
-            f.truncate(FILE_SIZE)
-            f.write(os.urandom(1 << 20))
+        self.names = [b"data"] + [b"data%d" % (q + 1) for q in range(1, queues)]
+        for file_name in self.names:
+            with open(self.shared / file_name.decode(), "wb") as f:
+                f.truncate(FILE_SIZE)
+                f.write(os.urandom(1 << 20))
         self.sock, self.proc, self.frontend = start_daemon(
             [*prefix, *backend_argv(name, "{sock}", str(self.shared), extra)], name,
             num_request_queues=queues)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init()
-        self.node = self.client.lookup(ROOT, b"data").nodeid
-        self.fh = self.client.open(self.node, os.O_RDWR).fh
+        self.nodes = [self.client.lookup(ROOT, n).nodeid for n in self.names]
+        self.fhs = [self.client.open(node, os.O_RDWR).fh for node in self.nodes]
+        self.node, self.fh = self.nodes[0], self.fhs[0]
 
-    def loads(self, opcode, size, depth, queues=1, seed=1):
+    def loads(self, opcode, size, depth, queues=1, seed=1, same_file=False):
+        """One load per queue, each on its own file (as fio's jobs are), or all on the first
+        with ``same_file``."""
+        files = [0 if same_file else q for q in range(queues)]
         return [LeanLoad(self.frontend, q + 1, opcode, depth,
-                         nodeid=ROOT if opcode == "LOOKUP" else self.node, fh=self.fh,
-                         size=size, file_size=FILE_SIZE, seed=seed + q)
+                         nodeid=ROOT if opcode == "LOOKUP" else self.nodes[files[q]],
+                         fh=self.fhs[files[q]], name=self.names[files[q]], size=size,
+                         file_size=FILE_SIZE, seed=seed + q)
                 for q in range(queues)]
 
-    def run(self, opcode, size, depth, seconds, queues=1, max_requests=0):
+    def run(self, opcode, size, depth, seconds, queues=1, max_requests=0, same_file=False):
         """One closed-loop run on ``queues`` request queues at once (``depth`` each)."""
-        loads = self.loads(opcode, size, depth, queues)
+        loads = self.loads(opcode, size, depth, queues, same_file=same_file)
         results = [None] * queues
         errors = []
 
@@ -247,14 +255,20 @@ def markdown(results, config, multiqueue=None):
               "thread, the ceiling for one queue at depth 1."]
     if multiqueue:
         lines += ["", "## Request queues (fastvfs)", "",
+                  "Two queues, each driven by its own driver thread: each on its own file (as "
+                  "fio's jobs are), and both on one file (its inode and open file shared "
+                  "between the two serving CPUs).", "",
                   "| workload | depth per queue | 1 queue req/s | 2 queues req/s | ratio | "
-                  "backend CPU-s 1 / 2 queues |", "|---|---|---|---|---|---|"]
+                  "2 queues, one file req/s | ratio | backend CPU-s 1 / 2 / 2 one file |",
+                  "|---|---|---|---|---|---|---|---|"]
         for key, row in multiqueue.items():
-            one, two = row["1"], row["2"]
+            one, two, same = row["1"], row["2"], row.get("2s")
+            cpu = " / ".join(f"{r['backend_cpu_s']:.2f}" for r in (one, two, same) if r)
             lines.append(f"| {row['workload']} | {row['depth']} | {fmt(one['req_per_s'])} | "
                          f"{fmt(two['req_per_s'])} | "
                          f"{ratio(two['req_per_s'], one['req_per_s'])} | "
-                         f"{one['backend_cpu_s']:.2f} / {two['backend_cpu_s']:.2f} |")
+                         f"{fmt(same and same['req_per_s'])} | "
+                         f"{ratio(same and same['req_per_s'], one['req_per_s'])} | {cpu} |")
     return "\n".join(lines) + "\n"
 
 
@@ -315,12 +329,13 @@ def main(argv=None):
                     opcode, size = WORKLOADS[name]
                     key = f"{name}@{depth}"
                     row = multiqueue[key] = {"workload": name, "depth": depth}
-                    runs = {"1": [], "2": []}
+                    kinds = ("1", "2", "2s")
+                    runs = {q: [] for q in kinds}
                     for rep in range(args.reps):
-                        for q in (("1", "2") if rep % 2 == 0 else ("2", "1")):
+                        for q in (kinds if rep % 2 == 0 else kinds[::-1]):
                             runs[q].append(mq.run(opcode, size, depth, args.seconds,
-                                                  queues=int(q)))
-                    for q in ("1", "2"):
+                                                  queues=int(q[0]), same_file=q == "2s"))
+                    for q in kinds:
                         row[q] = median_run(runs[q])
                         _print(key, f"{q} queue(s)", row[q])
             finally:

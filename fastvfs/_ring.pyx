@@ -72,7 +72,19 @@ cdef extern from "<sys/stat.h>" nogil:
     unsigned int S_ISGID
     unsigned int S_IXGRP
 
+cdef extern from "<sys/resource.h>" nogil:
+    struct rusage:
+        long ru_nivcsw
+    int RUSAGE_THREAD
+    int getrusage(int who, rusage *usage)
+
+cdef extern from "<fcntl.h>" nogil:
+    int fallocate(int fd, int mode, int64_t offset, int64_t length)
+
 cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+    int pthread_equal(pthread_t a, pthread_t b)
     ctypedef struct pthread_mutex_t:
         pass
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
@@ -131,7 +143,13 @@ cdef extern from "<liburing.h>" nogil:
                             uint64_t offset)
     void io_uring_prep_write(io_uring_sqe *sqe, int fd, const void *buf, unsigned nbytes,
                              uint64_t offset)
+    void io_uring_prep_read_fixed(io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes,
+                                  uint64_t offset, int buf_index)
+    void io_uring_prep_write_fixed(io_uring_sqe *sqe, int fd, const void *buf, unsigned nbytes,
+                                   uint64_t offset, int buf_index)
     void io_uring_prep_fsync(io_uring_sqe *sqe, int fd, unsigned fsync_flags)
+    void io_uring_prep_fallocate(io_uring_sqe *sqe, int fd, int mode, int64_t offset,
+                                 int64_t length)
     void io_uring_sqe_set_flags(io_uring_sqe *sqe, unsigned flags)
     unsigned IORING_FSYNC_DATASYNC
     unsigned IOSQE_IO_DRAIN
@@ -171,7 +189,12 @@ cdef enum:
     POOL_IOV = 8192
     SUBMIT_BATCH = 8
     PUBLISH_BATCH = 8
+    WAKE_SAMPLE = 64
     REAP_BATCH = 64
+    # Guest memory registered with a queue's io_uring (--fixed-buffers): the kernel takes
+    # buffers of at most 1 GiB each, so a region is registered in pieces of that size.
+    FIXED_PIECE = 1 << 30
+    MAX_FIXED = 1024
     # Request statistics: opcodes below STATS_OPS (FUSE's are), latency buckets by log2(ns).
     STATS_OPS = 64
     STATS_BUCKETS = 40
@@ -182,6 +205,8 @@ cdef enum:
     FUSE_FSYNC = 20
     FUSE_FSYNC_FDATASYNC = 1
     FUSE_BATCH_FORGET = 42
+    FUSE_FALLOCATE = 43
+    FALLOCATE_IN_SIZE = 32
     FUSE_RELEASE_FLOCK_UNLOCK = 2
 
 def _open_uring(int index, unsigned num, bint writes):
@@ -272,6 +297,20 @@ cdef class MemoryTable:
                 self.nregions -= 1
                 return True
         return False
+
+    def host_ranges(self):
+        """(host address, length) of every region's mapping in this process, in pieces of at
+        most 1 GiB: what a queue registers with its io_uring for READ_FIXED/WRITE_FIXED."""
+        cdef int i
+        cdef uint64_t at, piece
+        pieces = []
+        for i in range(self.nregions):
+            at = 0
+            while at < self.regions[i].size:
+                piece = min(<uint64_t>FIXED_PIECE, self.regions[i].size - at)
+                pieces.append((<uintptr_t>(self.regions[i].host + at), piece))
+                at += piece
+        return pieces
 
     def describe(self):
         """(gpa, size, uaddr) of every region, for logs and tests."""
@@ -1038,6 +1077,12 @@ cdef StatsBlock *_no_block() except NULL:
     raise ValueError("ring index out of range for statistics")
 
 
+# A piece of guest memory registered with the queue's io_uring, buffer index = its position.
+cdef struct FixedBuf:
+    uintptr_t start
+    uint64_t length
+
+
 # A READ or WRITE handed to io_uring, indexed by its chain head (unique while in flight).
 cdef struct Flight:
     uint64_t unique
@@ -1102,6 +1147,11 @@ cdef class Virtqueue:
     cdef uint64_t cur_start
     cdef bint want_uring            # READ through io_uring when the kernel allows
     cdef bint uring_writes          # WRITE too
+    cdef bint read_only             # WRITE and FALLOCATE are the engine's (it refuses them)
+    cdef bint want_fixed            # register guest memory with the ring (--fixed-buffers)
+    cdef FixedBuf *fixed            # the registered pieces while ``run`` serves with them
+    cdef uint32_t nfixed
+    cdef readonly uint64_t fixed_ios  # READ_FIXED/WRITE_FIXED submitted
     cdef io_uring *uring            # set while ``run`` serves with a ring
     cdef Flight *flight
     cdef iovec *pool
@@ -1111,6 +1161,11 @@ cdef class Virtqueue:
     cdef uint16_t pend_heads[PUBLISH_BATCH]   # replies written, not yet in the used ring
     cdef uint32_t pend_lens[PUBLISH_BATCH]
     cdef uint32_t npend
+    cdef uint32_t unsignalled       # published without a notification check (lock held)
+    cdef readonly uint32_t notify_every   # metadata replies per notification check
+    cdef uint32_t _wakes            # guest wake-ups by the worker since the last sample
+    cdef pthread_t worker           # the thread in ``run``
+    cdef long _nivcsw
     cdef uint32_t poll_us             # busy-poll window ceiling (0: never poll)
     cdef uint32_t poll_window         # current window, adapted between poll_us/8 and poll_us
 
@@ -1134,7 +1189,8 @@ cdef class Virtqueue:
                  uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
                  bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None,
                  HandleTable inodes=None, double attr_timeout=0.0, RequestStats stats=None,
-                 bint io_uring=False, uint32_t poll_us=0, bint uring_writes=False):
+                 bint io_uring=False, uint32_t poll_us=0, bint uring_writes=False,
+                 bint read_only=False, bint fixed_buffers=False):
         if num == 0 or num & (num - 1) or num > 32768:
             raise ValueError(f"queue size {num} is not a power of two up to 32768")
         # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
@@ -1171,6 +1227,9 @@ cdef class Virtqueue:
         self.stats = stats.ring_block(index) if stats is not None else NULL
         self.want_uring = io_uring
         self.uring_writes = uring_writes
+        self.read_only = read_only
+        self.notify_every = 1
+        self.want_fixed = fixed_buffers
         self.poll_us = poll_us
         self.poll_window = poll_us
         if io_uring:
@@ -1301,8 +1360,19 @@ cdef class Virtqueue:
     cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
         """Queue one used element.  READ and WRITE replies are published (with one
         notification check) every PUBLISH_BATCH replies and whenever the worker is about to
-        wait or take the GIL; any other reply at once (a quick op finishes sooner than a guest
-        wakes up: holding it back starves the guest's ring)."""
+        wait or take the GIL.  Any other reply is published at once (a quick op finishes
+        sooner than a guest wakes up: holding it back starves the guest's ring, which takes
+        what it finds there), but the guest is woken for it only every PUBLISH_BATCH
+        replies, or when the worker is about to wait: a wake-up per reply costs more than
+        the reply where the guest shares the CPU with the worker."""
+        if self.cur_opcode != FUSE_READ and self.cur_opcode != FUSE_WRITE and self.npend == 0:
+            pthread_mutex_lock(&self.lock.m)
+            self._push_used_locked(head, length)
+            self.unsignalled += 1
+            if self.unsignalled >= self.notify_every:
+                self._notify_locked()
+            pthread_mutex_unlock(&self.lock.m)
+            return
         self.pend_heads[self.npend] = head
         self.pend_lens[self.npend] = length
         self.npend += 1
@@ -1311,8 +1381,10 @@ cdef class Virtqueue:
             self._flush_used()
 
     cdef void _flush_used(self) noexcept nogil:
+        """Publish the queued used elements and check, once, whether the guest wants to be
+        woken for what was published since the last check."""
         cdef uint32_t i
-        if self.npend == 0:
+        if self.npend == 0 and self.unsignalled == 0:
             return
         pthread_mutex_lock(&self.lock.m)
         for i in range(self.npend):
@@ -1336,6 +1408,7 @@ cdef class Virtqueue:
         cdef uint16_t used_event, old, new = self.used_idx
         cdef bint need
         cdef uint64_t one = 1
+        self.unsignalled = 0
         fastvfs_full_barrier()
         if self.event_idx:
             old = self.signalled_used
@@ -1350,6 +1423,24 @@ cdef class Virtqueue:
             need = not (fastvfs_load16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT)
         if need and self.call_fd >= 0:
             c_write(self.call_fd, &one, 8)
+            if pthread_equal(pthread_self(), self.worker):
+                self._wakes += 1
+                if self._wakes == WAKE_SAMPLE:
+                    self._adapt_notify()
+
+    cdef void _adapt_notify(self) noexcept nogil:
+        """Every WAKE_SAMPLE wake-ups of the guest: when a quarter or more of them took this
+        worker's CPU away (the guest's thread runs where the worker does, as on a host
+        with more busy threads than CPUs), wake the guest only every PUBLISH_BATCH replies;
+        otherwise at the first (it wakes elsewhere, and the sooner it refills the ring the
+        less the worker waits)."""
+        cdef rusage ru
+        self._wakes = 0
+        if getrusage(RUSAGE_THREAD, &ru) < 0:
+            return
+        self.notify_every = PUBLISH_BATCH if (ru.ru_nivcsw - self._nivcsw) * 4 >= WAKE_SAMPLE \
+            else 1
+        self._nivcsw = ru.ru_nivcsw
 
     # -- replies -------------------------------------------------------------------------------
 
@@ -1401,7 +1492,8 @@ cdef class Virtqueue:
             if opcode == FUSE_READ and hlen >= IN_HEADER_SIZE + READ_IN_SIZE:
                 self._do_read(unique)
                 return 1
-            if opcode == FUSE_WRITE and hlen >= IN_HEADER_SIZE + WRITE_IN_SIZE:
+            if opcode == FUSE_WRITE and hlen >= IN_HEADER_SIZE + WRITE_IN_SIZE and \
+                    not self.read_only:
                 self._do_write(unique, hlen)
                 return 1
             if opcode == FUSE_GETATTR and self.inodes is not None:
@@ -1413,6 +1505,9 @@ cdef class Virtqueue:
                 # Handed to the kernel's workers through the ring: the queue goes on serving
                 # while the file system syncs.
                 return self._do_fsync(unique)
+            if opcode == FUSE_FALLOCATE and hlen >= IN_HEADER_SIZE + FALLOCATE_IN_SIZE and \
+                    not self.read_only:
+                return self._do_fallocate(unique)
             if self.handles.lock_fds_open == 0:
                 # With no lock descriptors held, closing and forgetting need nothing of the
                 # engine's.
@@ -1554,6 +1649,40 @@ cdef class Virtqueue:
         # After everything submitted before it (writes of the same burst included).
         io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
         io_uring_sqe_set_data64(sqe, self.chain.head)
+        return 1
+
+    cdef int _do_fallocate(self, uint64_t unique) noexcept nogil:
+        """FALLOCATE (fuse_fallocate_in: fh, offset, length, mode): through the ring, after
+        what was submitted before it, so the queue goes on serving while the file system
+        allocates; fallocate(2) here when the queue has no ring or no room in it."""
+        cdef uint64_t fh, offset, length
+        cdef uint32_t mode
+        cdef const uint8_t *body = self.hdr + IN_HEADER_SIZE
+        cdef io_uring_sqe *sqe = NULL
+        cdef int fd, rc = 0
+        memcpy(&fh, body, 8)
+        memcpy(&offset, body + 8, 8)
+        memcpy(&length, body + 16, 8)
+        memcpy(&mode, body + 24, 4)
+        if offset > <uint64_t>INT64_MAX or length > <uint64_t>INT64_MAX:
+            self._reply(unique, -EINVAL, NULL, 0)
+            return 1
+        fd = self.handles.acquire(fh)
+        if fd < 0:
+            self._reply(unique, -EBADF, NULL, 0)
+            return 1
+        if self.uring != NULL:
+            sqe = self._flight_sqe(self.chain.nout)
+        if sqe != NULL:
+            self._flight_begin(unique, fd, fh, 0, 0, False, False)
+            io_uring_prep_fallocate(sqe, fd, <int>mode, <int64_t>offset, <int64_t>length)
+            io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
+            io_uring_sqe_set_data64(sqe, self.chain.head)
+            return 1
+        if fallocate(fd, <int>mode, <int64_t>offset, <int64_t>length) < 0:
+            rc = -errno
+        self.handles.release(fh)
+        self._reply(unique, rc, NULL, 0)
         return 1
 
     cdef void _do_release(self, uint64_t unique) noexcept nogil:
@@ -1730,8 +1859,20 @@ cdef class Virtqueue:
         else:
             f.ndata = _slice(self.iov + nin, nout, OUT_HEADER_SIZE, size, data)
         self.pool_used += f.ndata
-        # One buffer: the plain opcodes skip importing an iovec.
-        if writing and f.ndata == 1:
+        # One buffer: the plain opcodes skip importing an iovec; in registered guest memory,
+        # the fixed ones skip pinning its pages too.
+        cdef int buf_index = -1
+        if f.ndata == 1 and self.nfixed:
+            buf_index = self._fixed_index(<uintptr_t>data.iov_base, data.iov_len)
+        if buf_index >= 0:
+            self.fixed_ios += 1
+        if buf_index >= 0 and writing:
+            io_uring_prep_write_fixed(sqe, fd, data.iov_base, <unsigned>data.iov_len,
+                                      <uint64_t>offset, buf_index)
+        elif buf_index >= 0:
+            io_uring_prep_read_fixed(sqe, fd, data.iov_base, <unsigned>data.iov_len,
+                                     <uint64_t>offset, buf_index)
+        elif writing and f.ndata == 1:
             io_uring_prep_write(sqe, fd, data.iov_base, <unsigned>data.iov_len, <uint64_t>offset)
         elif writing:
             io_uring_prep_writev(sqe, fd, data, f.ndata, <uint64_t>offset)
@@ -1744,6 +1885,16 @@ cdef class Virtqueue:
             self._uring_submit()
             self._uring_reap()
         return 1
+
+    cdef inline int _fixed_index(self, uintptr_t start, uint64_t length) noexcept nogil:
+        """The registered piece holding [start, start + length), or -1."""
+        cdef uint32_t i
+        for i in range(self.nfixed):
+            if start >= self.fixed[i].start and start - self.fixed[i].start <= \
+                    self.fixed[i].length and length <= self.fixed[i].length - (
+                        start - self.fixed[i].start):
+                return <int>i
+        return -1
 
     cdef void _uring_submit(self) noexcept nogil:
         """Hand the prepared operations to the kernel (one system call for the batch)."""
@@ -1912,10 +2063,13 @@ cdef class Virtqueue:
         on the io_uring) with the GIL released, drain the ring, notify.  Returns when the stop
         eventfd fires, once every I/O in flight has been answered."""
         engine = None
+        self.worker = pthread_self()
         if self.want_uring:
             engine = _open_uring(self.index, self.num, self.uring_writes)
             if engine is not None:
                 self.uring = <io_uring *><uintptr_t>engine.ring_address
+                if self.want_fixed:
+                    self._register_memory(engine)
         try:
             self._run(handler)
         finally:
@@ -1924,8 +2078,43 @@ cdef class Virtqueue:
                     self._uring_flush()
                 self._flush_used()
             self.uring = NULL
+            free(self.fixed)
+            self.fixed = NULL
+            self.nfixed = 0
             if engine is not None:
                 engine.close()
+
+    cdef _register_memory(self, engine):
+        """Register guest memory with the ring, so a READ or WRITE whose data is one buffer
+        goes as READ_FIXED/WRITE_FIXED: the kernel pinned its pages once, here, instead of
+        per I/O.  Registering pins (and so populates) the whole of guest memory; where the
+        kernel refuses (RLIMIT_MEMLOCK, too many pieces) the queue uses plain buffers."""
+        cdef Py_ssize_t i
+        pieces = self.mem.host_ranges()
+        if not pieces or len(pieces) > MAX_FIXED:
+            _log.warning("ring %d: %d pieces of guest memory, not registered with io_uring",
+                         self.index, len(pieces))
+            return
+        try:
+            engine.register_buffers(pieces)
+        except OSError as exc:
+            _log.warning("ring %d: guest memory not registered with io_uring (%s)",
+                         self.index, exc)
+            return
+        self.fixed = <FixedBuf *>malloc(len(pieces) * sizeof(FixedBuf))
+        if self.fixed == NULL:
+            raise MemoryError()
+        for i, (start, length) in enumerate(pieces):
+            self.fixed[i].start = start
+            self.fixed[i].length = length
+        self.nfixed = <uint32_t>len(pieces)
+        _log.debug("ring %d: %d pieces of guest memory registered with io_uring", self.index,
+                   self.nfixed)
+
+    @property
+    def fixed_buffers(self):
+        """How many pieces of guest memory the running queue has registered with its ring."""
+        return self.nfixed
 
     cdef int _run(self, handler) except -1:
         """The worker loop.  It runs without the GIL and takes it only to hand a request to

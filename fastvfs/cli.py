@@ -87,6 +87,13 @@ def parser():
                         "O_DIRECT files: on ext4 each buffered write is handed to a kernel "
                         "worker thread, several times slower); sync does one preadv/pwritev "
                         "each (default uring; sync is also used where io_uring is refused)")
+    p.add_argument("--fixed-buffers", action="store_true",
+                   help="register guest memory with each queue's io_uring, so a READ or WRITE "
+                        "into one guest buffer is a READ_FIXED/WRITE_FIXED and its pages are "
+                        "not pinned per I/O (helps O_DIRECT files, see --allow-direct-io). "
+                        "Registering pins all of guest memory, so the host backs every page "
+                        "of it at once; the sandbox keeps CAP_IPC_LOCK for it and "
+                        "RLIMIT_MEMLOCK is lifted where allowed (default: off)")
     p.add_argument("--poll-us", type=int, default=0, metavar="US",
                    help="keep polling a queue for US microseconds after it runs dry before "
                         "sleeping on its kick eventfd, and stretch or shrink the window by "

@@ -131,6 +131,21 @@ def raise_fd_limit(wanted):
     return soft
 
 
+def raise_memlock_limit():
+    """Registered io_uring buffers count as locked memory for a ring created without
+    CAP_IPC_LOCK: --fixed-buffers pins all of guest memory, so lift RLIMIT_MEMLOCK as far as
+    allowed (CAP_SYS_RESOURCE) before the sandbox.  Returns the soft limit now in force (-1:
+    unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    for limit in ((resource.RLIM_INFINITY, resource.RLIM_INFINITY), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, limit)
+            return limit[0]
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
 def drop_supplementary_groups():
     """The daemon's own supplementary groups would count in permission checks made with a
     guest user's fsuid/fsgid (a guest user in the host's root group): drop them."""
@@ -148,6 +163,8 @@ def prepare_process(options):
     nofile = raise_fd_limit(options.rlimit_nofile)
     drop_supplementary_groups()
     log.debug("RLIMIT_NOFILE %d", nofile)
+    if getattr(options, "fixed_buffers", False):
+        log.debug("RLIMIT_MEMLOCK %d", raise_memlock_limit())
 
 
 def build_engine(options, handles, inodes=None, dax=None, root=None):
@@ -278,9 +295,16 @@ def _serve_setup(options, stats):
                                backend=backend, tag=options.tag, stats=stats,
                                io_uring=getattr(options, "io_engine", "uring") != "sync",
                                uring_writes=getattr(options, "io_engine", "") == "uring-rw",
-                               poll_us=getattr(options, "poll_us", 0))
+                               poll_us=getattr(options, "poll_us", 0),
+                               read_only=engine.readonly,
+                               fixed_buffers=getattr(options, "fixed_buffers", False))
     # Tracing sees every request: the C fast path then hands everything to the engine.
     engine.on_session = (lambda on: device.set_fast_io(False)) if engine.trace \
         else device.set_fast_io
-    sandbox.restrict(sandbox.parse_modcaps(options.modcaps), options.seccomp)
+    capabilities = sandbox.DEFAULT_CAPABILITIES
+    if getattr(options, "fixed_buffers", False):
+        # Registered buffers count as locked memory unless the ring's creator holds
+        # CAP_IPC_LOCK; the rings are created after the sandbox, so it is kept.
+        capabilities = tuple(capabilities) + ("ipc_lock",)
+    sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities), options.seccomp)
     return device

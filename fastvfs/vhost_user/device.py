@@ -72,7 +72,8 @@ class VhostUserFsDevice:
 
     def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
                  inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None, tag=None,
-                 stats=None, io_uring=False, poll_us=0, uring_writes=False):
+                 stats=None, io_uring=False, poll_us=0, uring_writes=False, read_only=False,
+                 fixed_buffers=False):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
@@ -94,6 +95,9 @@ class VhostUserFsDevice:
         self.io_uring = io_uring
         self.poll_us = poll_us
         self.uring_writes = uring_writes
+        # A read-only share: the hot path leaves WRITE and FALLOCATE to the engine's refusal.
+        self.read_only = read_only
+        self.fixed_buffers = fixed_buffers
         # With a tag the device configuration (virtio spec 5.11.4) is the backend's to give.
         self.config = None
         if tag is not None:
@@ -211,7 +215,7 @@ class VhostUserFsDevice:
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
                 bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
                 vring.lock, self.inodes, self.attr_timeout, self.stats, self.io_uring,
-                self.poll_us, self.uring_writes)
+                self.poll_us, self.uring_writes, self.read_only, self.fixed_buffers)
         except BaseException:
             os.close(stop_fd)
             raise

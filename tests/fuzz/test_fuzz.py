@@ -142,7 +142,9 @@ class Ring:
                                   u(self.dq.desc_addr), u(self.dq.avail_addr),
                                   u(self.dq.used_addr), 0, self.dq.kick_fd, self.dq.call_fd,
                                   self.stop_fd, True, True, 1 << 20, _ring.RingLock(),
-                                  io_uring=engine != "sync", uring_writes=engine == "uring-rw")
+                                  io_uring=engine != "sync",
+                                  uring_writes=engine.startswith("uring-rw"),
+                                  fixed_buffers=engine.endswith("fixed"))
         self.vq.set_fast_io(True)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
@@ -161,7 +163,7 @@ class Ring:
         self.mem.close()
 
 
-@pytest.fixture(scope="module", params=["sync", "uring-rw"])
+@pytest.fixture(scope="module", params=["sync", "uring-rw", "uring-rw-fixed"])
 def ring(request, tmp_path_factory):
     r = Ring(engine=request.param, tmp=str(tmp_path_factory.mktemp("ring")))
     yield r
@@ -175,7 +177,8 @@ desc = st.tuples(ADDRS, st.sampled_from([0, 1, 16, 40, 64, 4096, 1 << 20, 0xFFFF
 
 @FUZZ
 @given(st.lists(desc, min_size=1, max_size=6), st.lists(desc, max_size=4),
-       st.sampled_from([Opcode.GETATTR, Opcode.READ, Opcode.WRITE, Opcode.LOOKUP, 999]),
+       st.sampled_from([Opcode.GETATTR, Opcode.READ, Opcode.WRITE, Opcode.LOOKUP,
+                        Opcode.FSYNC, Opcode.FALLOCATE, 999]),
        st.integers(0, 1 << 21))
 def test_chain_walker_returns_every_chain(ring, chain, indirect_entries, opcode, hlen):
     mem, q = ring.mem, ring.dq

@@ -403,7 +403,8 @@ def test_trace_logs_every_request(daemon):
     ((), "READ through io_uring"),
     (("--io-engine", "uring-rw"), "READ and WRITE through io_uring"),
     (("--poll-us", "200"), "READ through io_uring"),
-], ids=["sync", "uring", "uring-rw", "busy-poll"])
+    (("--io-engine", "uring-rw", "--fixed-buffers"), "guest memory registered with io_uring"),
+], ids=["sync", "uring", "uring-rw", "busy-poll", "fixed-buffers"])
 def test_io_engines_and_busy_poll(daemon, args, engine):
     """Every engine, inside the default sandbox and seccomp filter: a burst of writes and reads
     in flight at once, each landing where it should; the log names the engine in use."""
@@ -429,6 +430,9 @@ def test_io_engines_and_busy_poll(daemon, args, engine):
     # Short read at the end of the file, and a read past it.
     assert c.read(nid, fh, (1 << 20) - 100, 4096) == expected[-100:]
     assert c.read(nid, fh, 2 << 20, 4096) == b""
+    # FALLOCATE (through the ring where there is one): blocks past the end, size kept.
+    c.fallocate(nid, fh, 1 << 20, 1 << 20, mode=1)
+    assert (d.shared / "f").stat().st_blocks * 512 >= 2 << 20
     c.release(nid, fh)
     assert d.close() == 0
     assert (d.shared / "f").read_bytes() == expected

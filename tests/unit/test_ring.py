@@ -4,6 +4,7 @@ No vhost-user here: the test maps the driver's memfd regions into a ``MemoryTabl
 ``Virtqueue`` worker thread on them, with a stub engine that records what it was handed.
 """
 
+import errno
 import os
 import struct
 import threading
@@ -30,9 +31,12 @@ class Harness:
     """A device-side Virtqueue served by a thread, and the driver-side queue feeding it."""
 
     def __init__(self, *, size=16, base=0, event_idx=True, indirect=True, regions=None,
-                 reply=None, engine="sync", inodes=None):
+                 reply=None, engine="sync", inodes=None, read_only=False,
+                 fixed_buffers=False):
         self.size, self.event_idx, self.indirect = size, event_idx, indirect
         self.engine = engine
+        self.read_only = read_only
+        self.fixed_buffers = fixed_buffers
         self.inodes = inodes  # a node id table: GETATTR and friends served in C
         self.mem = GuestMemory(regions) if regions else GuestMemory()
         self.table = _ring.MemoryTable()
@@ -57,7 +61,9 @@ class Harness:
                                   self.event_idx, self.indirect, 1 << 20, self.lock,
                                   inodes=self.inodes, attr_timeout=1.0,
                                   io_uring=self.engine != "sync",
-                                  uring_writes=self.engine == "uring-rw")
+                                  uring_writes=self.engine == "uring-rw",
+                                  read_only=self.read_only,
+                                  fixed_buffers=self.fixed_buffers)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
 
@@ -617,6 +623,91 @@ class TestFastPath:
         assert out_header(bad) == (16, -9, 7)
         assert h.seen == []
 
+    def test_fallocate_in_c(self, file_harness):
+        """FALLOCATE is served without the engine: through the ring after what came before
+        it, or with fallocate(2) on a synchronous queue.  Every mode reaches the host file."""
+        h, fh, path = file_harness
+        original = path.read_bytes()
+
+        def fallocate(offset, length, mode, handle=fh):
+            data = h.roundtrip([request(abi.Opcode.FALLOCATE, abi.fallocate_in.pack(
+                handle, offset, length, mode, 0))], [16])
+            return out_header(data)[:2]
+
+        assert fallocate(0, 65536, 0) == (16, 0)                      # grows the file
+        assert path.stat().st_size == 65536
+        assert path.read_bytes()[:16384] == original
+        blocks = path.stat().st_blocks
+        assert fallocate(1 << 20, 1 << 20, 1) == (16, 0)              # FALLOC_FL_KEEP_SIZE
+        assert path.stat().st_size == 65536 and path.stat().st_blocks > blocks
+        assert fallocate(4096, 4096, 3) == (16, 0)                    # PUNCH_HOLE | KEEP_SIZE
+        data = path.read_bytes()
+        assert data[4096:8192] == bytes(4096) and data[:4096] == original[:4096]
+        assert data[8192:16384] == original[8192:]
+        assert fallocate(0, 4096, 2) == (16, -errno.EOPNOTSUPP)       # PUNCH_HOLE alone
+        assert fallocate(0, 0, 0) == (16, -errno.EINVAL)              # the kernel's word
+        assert fallocate(1 << 63, 4096, 0) == (16, -errno.EINVAL)     # offset past off_t
+        assert fallocate(0, 1 << 63, 0) == (16, -errno.EINVAL)
+        assert fallocate(0, 4096, 0, handle=fh + 1) == (16, -errno.EBADF)
+        reader = h.handles.add(os.open(path, os.O_RDONLY))
+        assert fallocate(0, 1 << 17, 0, handle=reader) == (16, -errno.EBADF)
+        assert path.stat().st_size == 65536
+        assert h.seen == []
+        h.handles.remove(reader)
+        h.handles.remove(fh)
+        assert h.handles.count == 0          # every reference given back
+
+    def test_read_only_share_leaves_modifications_to_the_engine(self, harness, tmp_path):
+        """On a read-only share WRITE and FALLOCATE go to the engine (which refuses them with
+        EROFS); READ is still served in C."""
+        h = harness(engine="uring", read_only=True)
+        h.vq.set_fast_io(True)
+        path = tmp_path / "data"
+        path.write_bytes(b"x" * 4096)
+        fh = h.handles.add(os.open(path, os.O_RDWR))
+        h.roundtrip([request(abi.Opcode.WRITE, abi.write_in.pack(fh, 0, 4, 0, 0, 0, 0) + b"abcd")],
+                    [16, 8])
+        h.roundtrip([request(abi.Opcode.FALLOCATE, abi.fallocate_in.pack(fh, 0, 8192, 0, 0))],
+                    [16])
+        assert [struct.unpack_from("<I", req, 4)[0] for req, _ in h.seen] == [
+            abi.Opcode.WRITE, abi.Opcode.FALLOCATE]
+        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 0, 8, 0, 0, 0, 0))],
+                           [16, 8])
+        assert data[16:] == b"x" * 8 and len(h.seen) == 2
+        assert path.read_bytes() == b"x" * 4096
+
+    @pytest.mark.parametrize("engine", ["uring", "uring-rw"])
+    def test_fixed_buffers(self, harness, tmp_path, engine):
+        """With guest memory registered, a READ (and with uring-rw a WRITE) into one guest
+        buffer goes as READ_FIXED/WRITE_FIXED; data split over buffers goes as readv."""
+        h = harness(engine=engine, fixed_buffers=True)
+        h.vq.set_fast_io(True)
+        path = tmp_path / "data"
+        content = os.urandom(16384)
+        path.write_bytes(content)
+        fh = h.handles.add(os.open(path, os.O_RDWR))
+        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 100, 4096, 0, 0, 0,
+                                                                      0))], [16, 4096])
+        assert out_header(data) == (16 + 4096, 0, 7) and data[16:] == content[100:4196]
+        assert h.vq.fixed_buffers == len(h.table.host_ranges()) >= 1
+        assert h.vq.fixed_ios == 1
+        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 0, 5000, 0, 0, 0,
+                                                                      0))], [16, 1000, 4000])
+        assert data[16:] == content[:5000] and h.vq.fixed_ios == 1
+        # A short read at EOF is finished as without registration.
+        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 16384 - 10, 4096,
+                                                                      0, 0, 0, 0))], [16, 4096])
+        assert out_header(data)[:2] == (26, 0) and data[16:] == content[-10:]
+        payload = os.urandom(4096)
+        data = h.roundtrip([request(abi.Opcode.WRITE, abi.write_in.pack(fh, 8192, 4096, 0, 0, 0,
+                                                                        0) + payload)], [16, 8])
+        assert struct.unpack_from("<I", data, 16)[0] == 4096
+        assert path.read_bytes()[8192:12288] == payload
+        assert h.vq.fixed_ios == (3 if engine == "uring-rw" else 2)
+        assert h.seen == []
+        h.handles.remove(fh)
+        assert h.handles.count == 0
+
     def test_reads_go_to_the_engine_before_init(self, harness):
         h = harness()
         body = abi.read_in.pack(1, 0, 10, 0, 0, 0, 0)
@@ -624,7 +715,56 @@ class TestFastPath:
         assert len(h.seen) == 1
 
 
+class TestWakeCoalescing:
+    """Metadata replies are published at once; the guest is woken at the first of them, or
+    every eight when its wake-ups keep taking the worker's CPU away."""
+
+    def _drive(self, harness, tmp_path, driver_cpu, worker_cpu):
+        from types import SimpleNamespace
+        from fastvfs.testing.lean import LeanLoad
+        inodes = _ring.HandleTable(64)
+        inodes.add_root(os.open(tmp_path, os.O_PATH))
+        h = harness(inodes=inodes, size=64)
+        h.vq.set_fast_io(True)
+        assert h.vq.notify_every == 1
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(h.thread.native_id, {worker_cpu})
+        os.sched_setaffinity(0, {driver_cpu})
+        load = LeanLoad(SimpleNamespace(memory=h.mem, queues={1: h.dq}), 1, "GETATTR", 32,
+                        nodeid=1)
+        try:
+            result = load.run(0.5)
+        finally:
+            load.close()
+            os.sched_setaffinity(0, mine)
+        assert result["requests"] > 1000 and result["errors"] == 0
+        return h.vq.notify_every
+
+    def test_guest_sharing_the_workers_cpu_is_woken_every_eight(self, harness, tmp_path):
+        cpu = min(os.sched_getaffinity(0))
+        assert self._drive(harness, tmp_path, cpu, cpu) == 8
+
+    def test_guest_on_its_own_cpu_is_woken_at_once(self, harness, tmp_path):
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            pytest.skip("needs two CPUs")
+        assert self._drive(harness, tmp_path, cpus[0], cpus[1]) == 1
+
+
 class TestMemoryTable:
+    def test_host_ranges_in_pieces_io_uring_takes(self):
+        """io_uring registers buffers of at most 1 GiB: a larger region comes in pieces."""
+        fd = os.memfd_create("t")
+        os.ftruncate(fd, (5 << 30) // 2)  # sparse: nothing is touched
+        t = _ring.MemoryTable()
+        t.add_region(0, (5 << 30) // 2, 0x100000000, 0, fd)
+        t.add_region(1 << 40, 1 << 20, 0x400000000, 0, fd)
+        pieces = t.host_ranges()
+        assert [length for _, length in pieces] == [1 << 30, 1 << 30, 1 << 29, 1 << 20]
+        assert pieces[1][0] == pieces[0][0] + (1 << 30)
+        assert pieces[2][0] == pieces[1][0] + (1 << 30)
+        os.close(fd)
+
     def test_overlapping_regions_refused(self):
         fd = os.memfd_create("t")
         os.ftruncate(fd, 1 << 20)
