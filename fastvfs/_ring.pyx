@@ -786,6 +786,27 @@ cdef class HandleTable:
             dropped = self.forget_c(nodeid, count, False)
         return dropped
 
+    def known_entry(self, uint64_t parent, bytes name, uint64_t sec, uint32_t nsec):
+        """fuse_entry_out for ``name`` in directory ``parent`` when it is an inode this table
+        already holds, with one more lookup counted: what the hot path answers a LOOKUP with
+        (both timeouts ``sec``.``nsec``).  None when the file system must look it up (a new
+        inode, a mount point, a name the hot path leaves alone); FileNotFoundError when
+        there is no such name."""
+        cdef uint8_t out[ENTRY_OUT_SIZE]
+        cdef const char *c_name
+        cdef int64_t rc
+        if (not 0 < len(name) <= LOOKUP_NAME_MAX or b"/" in name or b"\0" in name or
+                name == b"." or name == b".."):
+            return None
+        c_name = name
+        with nogil:
+            rc = _known_entry(self, parent, c_name, sec, nsec, out)
+        if rc == -ENOENT:
+            raise FileNotFoundError(ENOENT, "no such entry")
+        if rc <= 0:
+            return None
+        return PyBytes_FromStringAndSize(<char *>out, ENTRY_OUT_SIZE)
+
     def nlookup(self, uint64_t nodeid):
         """The lookup count of a live node id (0 if it is not one)."""
         cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
@@ -795,6 +816,48 @@ cdef class HandleTable:
         if w >> 32 != nodeid >> 32 or not w & FASTVFS_LIVE:
             return 0
         return self.slots[idx].nlookup
+
+
+cdef int64_t _known_entry(HandleTable inodes, uint64_t parent, const char *name,
+                          uint64_t valid, uint32_t valid_nsec, uint8_t *out) noexcept nogil:
+    """``name`` (a plain name: no slash, not "." or "..") in directory ``parent`` when the node
+    id table already holds its inode: fills ``out`` with fuse_entry_out (both timeouts
+    ``valid``) with one more lookup counted, and returns the node id.  -ENOENT when there is
+    no such name; 0 when the engine must look it up (a new inode, a directory on another
+    mount, any other failure)."""
+    cdef uint64_t mnt, zero64 = 0
+    cdef int64_t nodeid
+    cdef statx st
+    cdef int pfd, fd, rc, err
+    pfd = inodes.acquire(parent)
+    if pfd < 0:
+        return 0
+    fd = openat(pfd, name, FASTVFS_OPATH_FLAGS)
+    if fd < 0:
+        err = errno
+        inodes.release(parent)
+        return -ENOENT if err == ENOENT else 0
+    rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_LOOKUP_MASK, &st)
+    c_close(fd)
+    if rc < 0:
+        inodes.release(parent)
+        return 0
+    mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
+        inodes.release(parent)
+        return 0
+    nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
+    inodes.release(parent)
+    if nodeid <= 0:
+        return 0
+    memcpy(out, &nodeid, 8)
+    memcpy(out + 8, &zero64, 8)                 # generation
+    memcpy(out + 16, &valid, 8)                 # entry_valid: the same timeout
+    memcpy(out + 24, &valid, 8)
+    memcpy(out + 32, &valid_nsec, 4)
+    memcpy(out + 36, &valid_nsec, 4)
+    _pack_attr(&st, out + 40)
+    return nodeid
 
 
 cdef class _Borrow:
@@ -1557,10 +1620,8 @@ cdef class Virtqueue:
         inode, a mount point or any failure but ENOENT is left to the engine (returns 0)."""
         cdef char name[LOOKUP_NAME_MAX + 1]
         cdef uint32_t nlen = hlen - IN_HEADER_SIZE, i, length = 0
-        cdef uint64_t parent, mnt, zero64 = 0
+        cdef uint64_t parent
         cdef int64_t nodeid
-        cdef statx st
-        cdef int pfd, fd, rc, err
         cdef uint8_t out[ENTRY_OUT_SIZE]
         if nlen < 2:
             return 0
@@ -1577,38 +1638,13 @@ cdef class Virtqueue:
         if name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46)):
             return 0                    # "." and ".."
         memcpy(&parent, self.hdr + 16, 8)
-        pfd = self.inodes.acquire(parent)
-        if pfd < 0:
-            return 0
-        fd = openat(pfd, name, FASTVFS_OPATH_FLAGS)
-        if fd < 0:
-            err = errno
-            self.inodes.release(parent)
-            if err == ENOENT:
-                self._reply(unique, -ENOENT, NULL, 0)
-                return 1
-            return 0
-        rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_LOOKUP_MASK, &st)
-        c_close(fd)
-        if rc < 0:
-            self.inodes.release(parent)
-            return 0
-        mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
-        if (st.stx_mode & 0o170000) == 0o040000 and mnt != self.inodes.mount_of(parent):
-            self.inodes.release(parent)
-            return 0
-        nodeid = self.inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor),
-                                        st.stx_ino, mnt)
-        self.inodes.release(parent)
+        nodeid = _known_entry(self.inodes, parent, name, self.attr_valid, self.attr_valid_nsec,
+                              out)
+        if nodeid == -ENOENT:
+            self._reply(unique, -ENOENT, NULL, 0)
+            return 1
         if nodeid <= 0:
             return 0
-        memcpy(out, &nodeid, 8)
-        memcpy(out + 8, &zero64, 8)                 # generation
-        memcpy(out + 16, &self.attr_valid, 8)       # entry_valid: the same timeout
-        memcpy(out + 24, &self.attr_valid, 8)
-        memcpy(out + 32, &self.attr_valid_nsec, 4)
-        memcpy(out + 36, &self.attr_valid_nsec, 4)
-        _pack_attr(&st, out + 40)
         self._reply(unique, 0, out, ENTRY_OUT_SIZE)
         return 1
 

@@ -90,7 +90,8 @@ def parser():
     p.add_argument("--fixed-buffers", action="store_true",
                    help="register guest memory with each queue's io_uring, so a READ or WRITE "
                         "into one guest buffer is a READ_FIXED/WRITE_FIXED and its pages are "
-                        "not pinned per I/O (helps O_DIRECT files, see --allow-direct-io). "
+                        "not pinned per I/O (for O_DIRECT files, see --allow-direct-io; "
+                        "buffered I/O copies through the page cache either way). "
                         "Registering pins all of guest memory, so the host backs every page "
                         "of it at once; the sandbox keeps CAP_IPC_LOCK for it and "
                         "RLIMIT_MEMLOCK is lifted where allowed (default: off)")

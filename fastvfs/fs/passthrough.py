@@ -182,15 +182,23 @@ class DirHandle:
         self.entries = None
 
 
-class DirEntry:
-    """One readdir result: name, host inode number, d_type and its offset cookie."""
-    __slots__ = ("name", "ino", "dtype", "off")
+class DirSnapshot:
+    """A directory listing as FUSE sends it: ``records`` holds one ``struct fuse_dirent``
+    per entry (padded to 8 bytes), entry i at ``records[starts[i]:starts[i + 1]]`` with
+    offset cookie i + 1; "." and ".." come first."""
+    __slots__ = ("records", "starts")
 
-    def __init__(self, name, ino, dtype, off):
-        self.name = name
-        self.ino = ino
-        self.dtype = dtype
-        self.off = off
+    def __init__(self, records, starts):
+        self.records = records
+        self.starts = memoryview(starts).cast("I")
+
+    def __len__(self):
+        return len(self.starts) - 1
+
+    def name(self, i):
+        start = self.starts[i]
+        (namelen,) = struct.unpack_from("<I", self.records, start + 16)
+        return self.records[start + 24:start + 24 + namelen]
 
 
 _thread_state = threading.local()
@@ -316,6 +324,12 @@ class PassthroughFs:
         check_name(name)
         inode, st = self._entry_at(parent, name)
         return inode.nodeid, st
+
+    def known_entry(self, parent_id, name, sec, nsec):
+        """fuse_entry_out for ``name`` in ``parent_id`` when its inode is already known (one
+        more lookup counted), answered without Python objects per entry; None when
+        :meth:`lookup` must do it.  FileNotFoundError when the name is gone."""
+        return self.inodes.table.known_entry(parent_id, name, sec, nsec)
 
     def _relookup(self, inode):
         st = _sys.fstatx(inode.fd)
@@ -752,13 +766,13 @@ class PassthroughFs:
         return handle
 
     def readdir(self, nodeid, fh, offset):
-        """Entries from cookie ``offset`` on.  Offset 0 takes a fresh snapshot (rewinddir)."""
+        """The listing of directory handle ``fh`` (a :class:`DirSnapshot`), from which the
+        caller sends the entries after cookie ``offset``.  Offset 0 takes a fresh one
+        (rewinddir); later offsets page through the same one."""
         handle = self._dir(fh)
         if offset == 0 or handle.entries is None:
             handle.entries = self._list(nodeid, fh)
-        if offset < 0 or offset > len(handle.entries):
-            return []
-        return handle.entries[offset:]
+        return handle.entries
 
     def _list(self, nodeid, fh):
         inode = self.inodes.get(nodeid)
@@ -767,18 +781,8 @@ class PassthroughFs:
         if inode is not self.inodes.root:
             with contextlib.suppress(OSError):
                 dotdot = _sys.fstatx(inode.fd, b"..", _sys.SYMLINK_NOFOLLOW).st_ino
-        entries = [DirEntry(b".", st.st_ino, stat.S_IFDIR >> 12, 1),
-                   DirEntry(b"..", dotdot, stat.S_IFDIR >> 12, 2)]
         with self.handles.borrow(fh) as fd:
-            with os.scandir(fd) as it:
-                for e in it:
-                    name = os.fsencode(e.name)
-                    try:
-                        dtype = _dtype(e)
-                    except OSError:
-                        continue
-                    entries.append(DirEntry(name, e.inode(), dtype, len(entries) + 1))
-        return entries
+            return DirSnapshot(*_sys.pack_dirents(fd, st.st_ino, dotdot))
 
     def releasedir(self, fh):
         with self.dirs_lock:
@@ -811,14 +815,3 @@ def _xattr_name(name):
     if not name or b"\0" in name or len(name) > 255:
         raise OSError(errno.ERANGE if len(name) > 255 else errno.EINVAL, "invalid xattr name")
     return name
-
-
-def _dtype(entry):
-    """d_type of a scandir entry without a stat call for the common types."""
-    if entry.is_symlink():
-        return stat.S_IFLNK >> 12
-    if entry.is_dir(follow_symlinks=False):
-        return stat.S_IFDIR >> 12
-    if entry.is_file(follow_symlinks=False):
-        return stat.S_IFREG >> 12
-    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12

@@ -8,6 +8,7 @@ negative errno or 0, or, for a request answered later (a SETLKW that must wait),
 the hot path calls with a pending reply whose ``complete(error, payload)`` sends the answer.  It never raises: a bad request is an error reply, and the daemon serves on.
 """
 
+import bisect
 import concurrent.futures
 import errno
 import logging
@@ -642,23 +643,35 @@ class FuseEngine:
     def _readdir(self, nodeid, body, out_size, plus):
         fh, offset, size, _, _, _, _ = abi.read_in.unpack_from(body)
         size = min(size, out_size)
+        listing = self.fs.readdir(nodeid, fh, offset)
+        count = len(listing)
+        if offset >= count:
+            return b""
+        records, starts = listing.records, listing.starts
+        if not plus:
+            # The records are already fuse_dirents: the reply is the run that fits.
+            end = bisect.bisect_right(starts, starts[offset] + size, offset) - 1
+            return records[starts[offset]:starts[end]]
         out = bytearray()
-        head = abi.ENTRY_OUT_SIZE if plus else 0
-        for e in self.fs.readdir(nodeid, fh, offset):
-            reclen = abi.rec_align(head + abi.dirent_head.size + len(e.name))
-            if len(out) + reclen > size:
+        sec, nsec = self.cache.timeout
+        # Entries whose inode is already known are answered by the node id table in C.
+        known = getattr(self.fs, "known_entry", None)
+        for i in range(offset, count):
+            record = records[starts[i]:starts[i + 1]]
+            if len(out) + abi.ENTRY_OUT_SIZE + len(record) > size:
                 break
-            if plus:
-                if e.name in (b".", b".."):
-                    # No lookup for these: the kernel does not count them (nodeid 0 = no entry).
-                    out += bytes(abi.ENTRY_OUT_SIZE)
-                else:
-                    try:
-                        out += self._entry(*self.fs.lookup(nodeid, e.name), parent=nodeid)
-                    except OSError:
-                        continue  # removed since the listing was taken
-            out += abi.dirent_head.pack(e.ino, e.off, len(e.name), e.dtype) + e.name
-            out += bytes(abi.rec_align(len(out)) - len(out))
+            name = listing.name(i)
+            if name in (b".", b".."):
+                # No lookup for these: the kernel does not count them (nodeid 0 = no entry).
+                out += bytes(abi.ENTRY_OUT_SIZE)
+            else:
+                try:
+                    entry = known(nodeid, name, sec, nsec) if known else None
+                    out += entry if entry is not None else self._entry(
+                        *self.fs.lookup(nodeid, name), parent=nodeid)
+                except OSError:
+                    continue  # removed since the listing was taken
+            out += record
         return bytes(out)
 
     def do_releasedir(self, nodeid, body, out_size, ctx):
