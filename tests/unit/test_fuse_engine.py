@@ -304,6 +304,10 @@ def test_readdirplus_answers_known_inodes_in_c(tmp_path):
                               abi.read_in.pack(fh, offset, 1 << 16, 0, 0, 0, 0)))
     assert [n for n, _ in rest] == [n for n in rest_names if n != gone]
     assert calls == []
+    # Offsets past the listing, and buffers too small for one record, give empty replies.
+    for op in (Opcode.READDIR, Opcode.READDIRPLUS):
+        for offset, size in ((24, 4096), (1000, 4096), (2 ** 64 - 1, 4096), (0, 8), (3, 0)):
+            assert s.ok(op, ROOT, abi.read_in.pack(fh, offset, size, 0, 0, 0, 0)) == b""
     s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
 
 
