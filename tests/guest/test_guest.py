@@ -508,18 +508,25 @@ def test_two_guests_and_the_host_share_a_directory(guest_images, start_backend, 
 INTEGRITY = Path(__file__).with_name("integrity.py")
 
 
+FIXED_RW = ("--io-engine", "uring-rw", "--fixed-buffers", "--log-level", "debug")
+
+
 @pytest.mark.parametrize("cache,extra", [("never", ()), ("auto", ("--writeback",)),
-                                         ("always", ())], ids=["never", "auto-writeback", "always"])
+                                         ("always", ()), ("never", FIXED_RW)],
+                         ids=["never", "auto-writeback", "always", "never-uring-rw-fixed"])
 def test_data_integrity(guest_images, start_backend, tmp_path, cache, extra):
     """Random writes, truncates, reads and fsyncs in the guest, checked against a model; the
-    files on the host must then hold what the model says."""
+    files on the host must then hold what the model says.  Also with READ and WRITE through
+    the ring into guest memory registered with it (the guest's real memory, in the
+    sandbox)."""
     if extra and os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
         pytest.skip("fastvfs options")
     kernel, initramfs = guest_images
     shared = tmp_path / "shared"
     shared.mkdir()
     backend = start_backend(shared, cache, extra)
-    seed = {"never": 1, "auto": 2, "always": 3}[cache]  # a different history per mode
+    # A different history per mode.
+    seed = {"never": 1, "auto": 2, "always": 3}[cache] + (10 if extra == FIXED_RW else 0)
     script = f'exec "$FASTVFS_PYTHON" {shlex.quote(str(INTEGRITY))} "$FASTVFS_MNT" 2000 {seed}\n'
     result = guest.run_guest(script, vhost_user_socket=backend.socket_path, kernel=kernel,
                              initramfs=initramfs, timeout=GUEST_TIMEOUT)
@@ -527,6 +534,9 @@ def test_data_integrity(guest_images, start_backend, tmp_path, cache, extra):
     summary = json.loads(result.stdout)
     for name, digest in summary["sha256"].items():
         assert workload.sha((shared / name).read_bytes()) == digest, name
+    if extra == FIXED_RW:
+        assert "guest memory registered with io_uring" in backend.log, backend.log[-3000:]
+        assert "not registered" not in backend.log
     assert_backend_exits(backend)
 
 
