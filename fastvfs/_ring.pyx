@@ -1425,9 +1425,10 @@ cdef class Virtqueue:
         notification check) every PUBLISH_BATCH replies and whenever the worker is about to
         wait or take the GIL.  Any other reply is published at once (a quick op finishes
         sooner than a guest wakes up: holding it back starves the guest's ring, which takes
-        what it finds there), but the guest is woken for it only every PUBLISH_BATCH
-        replies, or when the worker is about to wait: a wake-up per reply costs more than
-        the reply where the guest shares the CPU with the worker."""
+        what it finds there).  The guest is woken for it at once, or, while its wake-ups
+        keep taking the worker's CPU (``_adapt_notify``), every PUBLISH_BATCH replies and
+        when the worker is about to wait: there a wake-up per reply costs more than the
+        reply."""
         if self.cur_opcode != FUSE_READ and self.cur_opcode != FUSE_WRITE and self.npend == 0:
             pthread_mutex_lock(&self.lock.m)
             self._push_used_locked(head, length)
