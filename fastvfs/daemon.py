@@ -122,13 +122,20 @@ def raise_fd_limit(wanted):
     except OSError:
         ceiling = hard
     target = min(wanted, ceiling)
-    for limit in ((target, target), (min(target, hard), hard)):
+    return _set_limit(resource.RLIMIT_NOFILE, ((target, target), (min(target, hard), hard)),
+                      soft)
+
+
+def _set_limit(which, candidates, current):
+    """Set the first (soft, hard) of ``candidates`` the kernel accepts; returns its soft
+    limit, or ``current`` when it accepts none."""
+    for limit in candidates:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            resource.setrlimit(which, limit)
             return limit[0]
         except (ValueError, OSError):
             continue
-    return soft
+    return current
 
 
 def raise_memlock_limit():
@@ -137,13 +144,8 @@ def raise_memlock_limit():
     allowed (CAP_SYS_RESOURCE) before the sandbox.  Returns the soft limit now in force (-1:
     unlimited)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    for limit in ((resource.RLIM_INFINITY, resource.RLIM_INFINITY), (hard, hard)):
-        try:
-            resource.setrlimit(resource.RLIMIT_MEMLOCK, limit)
-            return limit[0]
-        except (ValueError, OSError):
-            continue
-    return soft
+    return _set_limit(resource.RLIMIT_MEMLOCK,
+                      ((resource.RLIM_INFINITY, resource.RLIM_INFINITY), (hard, hard)), soft)
 
 
 def drop_supplementary_groups():
