@@ -131,13 +131,20 @@ class Session:
     64 MiB file per request queue (``data``, ``data2``, ...) looked up and opened
     read-write."""
 
-    def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1):
+    def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1,
+                 files_of=None):
         self.name = label or name
         self.queues = queues
         self.shared = Path(workdir) / self.name
         self.shared.mkdir()
         self.names = [b"data"] + [b"data%d" % (q + 1) for q in range(1, queues)]
         for file_name in self.names:
+            if files_of is not None:
+                # The very files (hard links) of another session: both backends then read
+                # the same page cache, whose state (folio sizes) otherwise differs from file
+                # to file and moves large transfers by a third.
+                os.link(files_of.shared / file_name.decode(), self.shared / file_name.decode())
+                continue
             with open(self.shared / file_name.decode(), "wb") as f:
                 f.truncate(FILE_SIZE)
                 f.write(os.urandom(1 << 20))
@@ -298,8 +305,9 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="fastvfs-bench-")
     results, multiqueue = {}, {}
     try:
-        sessions = {b: Session(b, workdir, extra=extra if b == "fastvfs" else ())
-                    for b in backends}
+        sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra)}
+        if "reference" in backends:
+            sessions["reference"] = Session("reference", workdir, files_of=sessions["fastvfs"])
         try:
             for name in names:
                 opcode, size = WORKLOADS[name]

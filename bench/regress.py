@@ -34,8 +34,8 @@ def measure(seconds, prefix=()):
     workdir = tempfile.mkdtemp(prefix="fastvfs-regress-")
     results = {}
     try:
-        sessions = {"fastvfs": micro.Session("fastvfs", workdir, prefix=prefix),
-                    "reference": micro.Session("reference", workdir)}
+        sessions = {"fastvfs": micro.Session("fastvfs", workdir, prefix=prefix)}
+        sessions["reference"] = micro.Session("reference", workdir, files_of=sessions["fastvfs"])
         try:
             for name, depth in WORKLOADS:
                 opcode, size = micro.WORKLOADS[name]

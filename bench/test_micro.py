@@ -30,8 +30,8 @@ def sessions():
     workdir = tempfile.mkdtemp(prefix="fastvfs-pytest-bench-")
     made = {}
     try:
-        for backend in ("fastvfs", "reference"):
-            made[backend] = micro.Session(backend, workdir)
+        made["fastvfs"] = micro.Session("fastvfs", workdir)
+        made["reference"] = micro.Session("reference", workdir, files_of=made["fastvfs"])
         yield made
     finally:
         for s in made.values():
