@@ -93,7 +93,9 @@ def parser():
                         "not pinned per I/O (for O_DIRECT files, see --allow-direct-io; "
                         "buffered I/O copies through the page cache either way). "
                         "Registering pins all of guest memory, so the host backs every page "
-                        "of it at once; the sandbox keeps CAP_IPC_LOCK for it and "
+                        "of it at once, and a ring serves nothing until then (seconds per GiB "
+                        "not yet backed: pair it with prealloc=on); the sandbox keeps "
+                        "CAP_IPC_LOCK for it and "
                         "RLIMIT_MEMLOCK is lifted where allowed (default: off)")
     p.add_argument("--poll-us", type=int, default=0, metavar="US",
                    help="keep polling a queue for US microseconds after it runs dry before "
