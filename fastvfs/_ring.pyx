@@ -23,7 +23,7 @@ from fastvfs.uring.engine import UringEngine, UringUnavailable
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX, uintptr_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 from libc.stdlib cimport malloc, calloc, free
 from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, POLLIN, c_close, c_read, c_write,
                                      clock_gettime, dup, poll, pollfd, timespec)
@@ -81,10 +81,10 @@ cdef extern from "<sys/resource.h>" nogil:
 cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
 
+cdef extern from "<string.h>" nogil:
+    size_t strnlen(const char *s, size_t maxlen)
+
 cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    pthread_t pthread_self()
-    int pthread_equal(pthread_t a, pthread_t b)
     ctypedef struct pthread_mutex_t:
         pass
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
@@ -793,14 +793,11 @@ cdef class HandleTable:
         inode, a mount point, a name the hot path leaves alone); FileNotFoundError when
         there is no such name."""
         cdef uint8_t out[ENTRY_OUT_SIZE]
-        cdef const char *c_name
+        cdef const char *c_name = name
+        cdef size_t length = len(name)
         cdef int64_t rc
-        if (not 0 < len(name) <= LOOKUP_NAME_MAX or b"/" in name or b"\0" in name or
-                name == b"." or name == b".."):
-            return None
-        c_name = name
         with nogil:
-            rc = _known_entry(self, parent, c_name, sec, nsec, out)
+            rc = _known_entry(self, parent, c_name, length, sec, nsec, out)
         if rc == -ENOENT:
             raise FileNotFoundError(ENOENT, "no such entry")
         if rc <= 0:
@@ -818,17 +815,28 @@ cdef class HandleTable:
         return self.slots[idx].nlookup
 
 
-cdef int64_t _known_entry(HandleTable inodes, uint64_t parent, const char *name,
+cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
+    """A name the hot path looks up itself: 1 to NAME_MAX bytes, no slash or NUL, neither "."
+    nor ".." (anything else is the engine's to refuse or resolve)."""
+    if length == 0 or length > LOOKUP_NAME_MAX or memchr(name, 47, length) != NULL or \
+            memchr(name, 0, length) != NULL:
+        return False
+    return not (name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46)))
+
+
+cdef int64_t _known_entry(HandleTable inodes, uint64_t parent, const char *name, size_t length,
                           uint64_t valid, uint32_t valid_nsec, uint8_t *out) noexcept nogil:
-    """``name`` (a plain name: no slash, not "." or "..") in directory ``parent`` when the node
-    id table already holds its inode: fills ``out`` with fuse_entry_out (both timeouts
-    ``valid``) with one more lookup counted, and returns the node id.  -ENOENT when there is
-    no such name; 0 when the engine must look it up (a new inode, a directory on another
-    mount, any other failure)."""
+    """``name`` (``length`` bytes, NUL-terminated) in directory ``parent`` when it is a plain
+    name and the node id table already holds its inode: fills ``out`` with fuse_entry_out
+    (both timeouts ``valid``) with one more lookup counted, and returns the node id.  -ENOENT
+    when there is no such name; 0 when the engine must look it up (another name, a new inode,
+    a directory on another mount, any other failure)."""
     cdef uint64_t mnt, zero64 = 0
     cdef int64_t nodeid
     cdef statx st
     cdef int pfd, fd, rc, err
+    if not _plain_name(name, length):
+        return 0
     pfd = inodes.acquire(parent)
     if pfd < 0:
         return 0
@@ -1030,7 +1038,7 @@ cdef class PendingReply:
         self.done = True
         total = _write_reply(self.out, self.nout, self.out_len, self.unique, error, data, length)
         vq._push_used_locked(self.head, total)
-        vq._notify_locked()
+        vq._notify_locked(False)
         pthread_mutex_unlock(&self.vq.lock.m)
         return True
 
@@ -1227,7 +1235,6 @@ cdef class Virtqueue:
     cdef uint32_t unsignalled       # published without a notification check (lock held)
     cdef readonly uint32_t notify_every   # metadata replies per notification check
     cdef uint32_t _wakes            # guest wake-ups by the worker since the last sample
-    cdef pthread_t worker           # the thread in ``run``
     cdef long _nivcsw
     cdef uint32_t poll_us             # busy-poll window ceiling (0: never poll)
     cdef uint32_t poll_window         # current window, adapted between poll_us/8 and poll_us
@@ -1429,7 +1436,8 @@ cdef class Virtqueue:
         keep taking the worker's CPU (``_adapt_notify``), every PUBLISH_BATCH replies and
         when the worker is about to wait: there a wake-up per reply costs more than the
         reply."""
-        if self.cur_opcode != FUSE_READ and self.cur_opcode != FUSE_WRITE and self.npend == 0:
+        cdef bint data = self.cur_opcode == FUSE_READ or self.cur_opcode == FUSE_WRITE
+        if not data and self.npend == 0:
             pthread_mutex_lock(&self.lock.m)
             self._push_used_locked(head, length)
             self.unsignalled += 1
@@ -1440,8 +1448,7 @@ cdef class Virtqueue:
         self.pend_heads[self.npend] = head
         self.pend_lens[self.npend] = length
         self.npend += 1
-        if self.npend == PUBLISH_BATCH or (self.cur_opcode != FUSE_READ and
-                                           self.cur_opcode != FUSE_WRITE):
+        if self.npend == PUBLISH_BATCH or not data:
             self._flush_used()
 
     cdef void _flush_used(self) noexcept nogil:
@@ -1467,7 +1474,7 @@ cdef class Virtqueue:
         fastvfs_store16(self.used + 2, self.used_idx)
         self.requests += 1
 
-    cdef void _notify_locked(self) noexcept nogil:
+    cdef void _notify_locked(self, bint by_worker=True) noexcept nogil:
         """Signal the call eventfd unless the driver suppressed it (section 2.7.7/2.7.10)."""
         cdef uint16_t used_event, old, new = self.used_idx
         cdef bint need
@@ -1487,7 +1494,7 @@ cdef class Virtqueue:
             need = not (fastvfs_load16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT)
         if need and self.call_fd >= 0:
             c_write(self.call_fd, &one, 8)
-            if pthread_equal(pthread_self(), self.worker):
+            if by_worker:               # the worker's own wake-ups steer _adapt_notify
                 self._wakes += 1
                 if self._wakes == WAKE_SAMPLE:
                     self._adapt_notify()
@@ -1620,27 +1627,21 @@ cdef class Virtqueue:
         lookup counted, the same bytes the engine would send.  A name it would refuse, a new
         inode, a mount point or any failure but ENOENT is left to the engine (returns 0)."""
         cdef char name[LOOKUP_NAME_MAX + 1]
-        cdef uint32_t nlen = hlen - IN_HEADER_SIZE, i, length = 0
+        cdef uint32_t nlen = hlen - IN_HEADER_SIZE
+        cdef size_t length
         cdef uint64_t parent
         cdef int64_t nodeid
         cdef uint8_t out[ENTRY_OUT_SIZE]
-        if nlen < 2:
-            return 0
         if nlen > LOOKUP_NAME_MAX + 1:
             nlen = LOOKUP_NAME_MAX + 1
         if _gather(self.iov, self.chain.nin, IN_HEADER_SIZE, <uint8_t *>name, nlen) != nlen:
             return 0
-        while length < nlen and name[length] != 0:
-            if name[length] == 47:      # '/'
-                return 0
-            length += 1
-        if length == 0 or length == nlen:
-            return 0                    # empty, or no NUL within NAME_MAX + 1 bytes
-        if name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46)):
-            return 0                    # "." and ".."
+        length = strnlen(name, nlen)
+        if length == nlen:
+            return 0                    # no NUL within NAME_MAX + 1 bytes
         memcpy(&parent, self.hdr + 16, 8)
-        nodeid = _known_entry(self.inodes, parent, name, self.attr_valid, self.attr_valid_nsec,
-                              out)
+        nodeid = _known_entry(self.inodes, parent, name, length, self.attr_valid,
+                              self.attr_valid_nsec, out)
         if nodeid == -ENOENT:
             self._reply(unique, -ENOENT, NULL, 0)
             return 1
@@ -1676,16 +1677,13 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return 1
-        sqe = self._flight_sqe(self.chain.nout)
+        sqe = self._drained_sqe(unique, fd, fh)
         if sqe == NULL:
             self.handles.release(fh)
             return 0
-        self._flight_begin(unique, fd, fh, 0, 0, False, False)
         io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC if flags & FUSE_FSYNC_FDATASYNC
                             else 0)
-        # After everything submitted before it (writes of the same burst included).
-        io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
-        io_uring_sqe_set_data64(sqe, self.chain.head)
+        self._drained(sqe)
         return 1
 
     cdef int _do_fallocate(self, uint64_t unique) noexcept nogil:
@@ -1695,7 +1693,7 @@ cdef class Virtqueue:
         cdef uint64_t fh, offset, length
         cdef uint32_t mode
         cdef const uint8_t *body = self.hdr + IN_HEADER_SIZE
-        cdef io_uring_sqe *sqe = NULL
+        cdef io_uring_sqe *sqe
         cdef int fd, rc = 0
         memcpy(&fh, body, 8)
         memcpy(&offset, body + 8, 8)
@@ -1708,13 +1706,10 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return 1
-        if self.uring != NULL:
-            sqe = self._flight_sqe(self.chain.nout)
+        sqe = self._drained_sqe(unique, fd, fh)
         if sqe != NULL:
-            self._flight_begin(unique, fd, fh, 0, 0, False, False)
             io_uring_prep_fallocate(sqe, fd, <int>mode, <int64_t>offset, <int64_t>length)
-            io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
-            io_uring_sqe_set_data64(sqe, self.chain.head)
+            self._drained(sqe)
             return 1
         if fallocate(fd, <int>mode, <int64_t>offset, <int64_t>length) < 0:
             rc = -errno
@@ -1877,6 +1872,24 @@ cdef class Virtqueue:
         self.nflight += 1
         self.nqueued += 1
         return f
+
+    cdef io_uring_sqe *_drained_sqe(self, uint64_t unique, int fd, uint64_t fh) noexcept nogil:
+        """For an operation without data (FSYNC, FALLOCATE) on handle ``fh`` (referenced, its
+        ``fd``): a submission entry with the popped chain recorded in flight, or NULL (no
+        ring, or no room: the caller does it another way).  Prepare it, then ``_drained``."""
+        cdef io_uring_sqe *sqe
+        if self.uring == NULL:
+            return NULL
+        sqe = self._flight_sqe(self.chain.nout)
+        if sqe != NULL:
+            self._flight_begin(unique, fd, fh, 0, 0, False, False)
+        return sqe
+
+    cdef inline void _drained(self, io_uring_sqe *sqe) noexcept nogil:
+        """Finish a prepared ``_drained_sqe`` entry: it runs after everything submitted before
+        it (the writes of the same burst included)."""
+        io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
+        io_uring_sqe_set_data64(sqe, self.chain.head)
 
     cdef int _queue_io(self, uint64_t unique, int fd, uint64_t fh, int64_t offset, uint32_t size,
                        bint writing, bint kill) noexcept nogil:
@@ -2100,7 +2113,6 @@ cdef class Virtqueue:
         on the io_uring) with the GIL released, drain the ring, notify.  Returns when the stop
         eventfd fires, once every I/O in flight has been answered."""
         engine = None
-        self.worker = pthread_self()
         if self.want_uring:
             engine = _open_uring(self.index, self.num, self.uring_writes)
             if engine is not None:

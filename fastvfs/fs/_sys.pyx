@@ -311,14 +311,13 @@ def pack_dirents(int fd, uint64_t dot_ino, uint64_t dotdot_ino):
     entry as the host lists it (a d_type the file system leaves unknown is looked up; an
     entry gone meanwhile is left out), the record at position i with cookie i + 1.  Returns
     ``(records, starts)``: ``starts`` packs the uint32 offset of each record, and the end.
-    The directory's file position is rewound."""
+    Each snapshot rewinds the directory first."""
     cdef DirBuf b
     cdef int rc
     memset(&b, 0, sizeof(DirBuf))
     try:
         with nogil:
             rc = _dir_fill(&b, fd, dot_ino, dotdot_ino)
-            lseek(fd, 0, 0)
         if rc == -ENOMEM:
             raise MemoryError()
         if rc < 0:

@@ -654,8 +654,6 @@ class FuseEngine:
             return records[starts[offset]:starts[end]]
         out = bytearray()
         sec, nsec = self.cache.timeout
-        # Entries whose inode is already known are answered by the node id table in C.
-        known = getattr(self.fs, "known_entry", None)
         for i in range(offset, count):
             record = records[starts[i]:starts[i + 1]]
             if len(out) + abi.ENTRY_OUT_SIZE + len(record) > size:
@@ -666,7 +664,8 @@ class FuseEngine:
                 out += bytes(abi.ENTRY_OUT_SIZE)
             else:
                 try:
-                    entry = known(nodeid, name, sec, nsec) if known else None
+                    # An inode already known is answered by the node id table in C.
+                    entry = self.fs.known_entry(nodeid, name, sec, nsec)
                     out += entry if entry is not None else self._entry(
                         *self.fs.lookup(nodeid, name), parent=nodeid)
                 except OSError:
