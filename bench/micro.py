@@ -29,7 +29,7 @@ from bench import output
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing._lean import native_io
+from fastvfs.testing._lean import native_io, wake_floor
 from fastvfs.testing.frontend import VhostUserFrontend
 from fastvfs.testing.fuse_client import FuseClient
 from fastvfs.testing.lean import LeanLoad
@@ -64,9 +64,9 @@ def _stat(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid):
-    """CPU time of ``pid`` and all its descendants, every thread included: both daemons serve
-    from a child process they fork into their sandbox."""
+def family(pid):
+    """``pid`` and all its descendants: both daemons serve from a child process they fork into
+    their sandbox."""
     parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -82,10 +82,29 @@ def cpu_seconds(pid):
             if parent in family and child not in family:
                 family.add(child)
                 grew = True
+    return family
+
+
+def pin(pid, cpus):
+    """Pin every thread of ``pid`` and its descendants to ``cpus``."""
+    for member in family(pid):
+        try:
+            tasks = os.listdir(f"/proc/{member}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                continue
+
+
+def cpu_seconds(pid):
+    """CPU time of ``pid`` and all its descendants, every thread included."""
     # Nanosecond run times of every thread (/proc/PID/task/TID/schedstat, first field) rather
     # than utime+stime, whose 10 ms ticks are coarse next to a short run of a busy driver.
     total = 0
-    for member in family:
+    for member in family(pid):
         try:
             tasks = os.listdir(f"/proc/{member}/task")
         except OSError:
@@ -132,8 +151,9 @@ class Session:
     read-write."""
 
     def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1,
-                 files_of=None):
+                 files_of=None, cpus=None):
         self.name = label or name
+        self.cpus = cpus
         self.queues = queues
         self.shared = Path(workdir) / self.name
         self.shared.mkdir()
@@ -170,6 +190,9 @@ class Session:
     def run(self, opcode, size, depth, seconds, queues=1, max_requests=0, same_file=False):
         """One closed-loop run on ``queues`` request queues at once (``depth`` each)."""
         loads = self.loads(opcode, size, depth, queues, same_file=same_file)
+        if self.cpus:
+            # Again at every run: a queue's worker thread starts with its ring.
+            pin(self.proc.pid, self.cpus)
         results = [None] * queues
         errors = []
 
@@ -225,6 +248,17 @@ def host_native(path, size, seconds, write):
             "bytes_per_s": r["requests"] * size / r["wall_s"]}
 
 
+def floor_run(seconds, echo_cpu=-1):
+    """One run of the depth-1 wake-up floor: two threads answering each other over eventfds
+    with no work in between (``wake_floor``), the answering one on ``echo_cpu`` if >= 0."""
+    kick, call = os.eventfd(0), os.eventfd(0)
+    try:
+        return wake_floor(kick, call, seconds, echo_cpu)
+    finally:
+        os.close(kick)
+        os.close(call)
+
+
 def markdown(results, config, multiqueue=None):
     fastvfs_cmd = " ".join(["--cache never", config.get("fastvfs_args") or ""]).strip()
     lines = [f"# Microbenchmarks {config['date']}", "",
@@ -233,11 +267,17 @@ def markdown(results, config, multiqueue=None):
              f"chains laid out as Linux's virtiofs driver does. fastvfs `{fastvfs_cmd}` "
              f"(defaults: io_uring READs, no busy polling unless `--poll-us`, sandbox on); reference "
              f"virtiofsd `-o cache=none` (its default single thread). {config['seconds']} s per "
-             f"figure, median of {config['reps']} runs, backends alternating.", "",
+             f"figure, median of {config['reps']} runs, the order rotating from run to run. "
+             + {None: "Threads unpinned.",
+                "apart": "Driver pinned to CPU 0, every backend thread (and the floor's answering "
+                         "thread) to CPU 1.",
+                "together": "Driver, every backend thread and the floor's answering thread "
+                            "pinned to CPU 0."}[config.get("pin")], "",
              "| workload | depth | fastvfs req/s | reference req/s | ratio | fastvfs "
              "req/backend-CPU-s | reference req/backend-CPU-s | ratio | driver CPU share "
-             "(fastvfs / reference) | host-native req/s (MB/s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(fastvfs / reference) | host-native req/s (MB/s) | wake-up floor req/s "
+             "(fastvfs / reference of it) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(x):
         return f"{x:,.0f}" if x else "-"
@@ -252,14 +292,24 @@ def markdown(results, config, multiqueue=None):
         eff_f = f and f["req_per_backend_cpu_s"]
         eff_r = r and r["req_per_backend_cpu_s"]
         share = " / ".join(f"{x['driver_cpu_s'] / x['wall_s']:.0%}" for x in (f, r) if x)
+        fl = row.get("floor")
+        floor = "-"
+        if fl:
+            floor = fmt(fl["req_per_s"]) + " (" + " / ".join(
+                f"{x['req_per_s'] / fl['req_per_s']:.0%}" for x in (f, r) if x) + ")"
         lines.append(f"| {row['workload']} | {row['depth']} | {fmt(f and f['req_per_s'])} | "
                      f"{fmt(r and r['req_per_s'])} | "
                      f"{ratio(f and f['req_per_s'], r and r['req_per_s'])} | {fmt(eff_f)} | "
-                     f"{fmt(eff_r)} | {ratio(eff_f, eff_r)} | {share or '-'} | {native} |")
+                     f"{fmt(eff_r)} | {ratio(eff_f, eff_r)} | {share or '-'} | {native} | {floor} |")
     lines += ["", "Driver CPU share: the driver thread's CPU time over the run's wall time; "
               "near 100 % would mean the figure is bound by the driver rather than the backend. "
               "Host-native: the same transfer done with pread/pwrite on the host file by one "
-              "thread, the ceiling for one queue at depth 1."]
+              "thread, the ceiling for one queue at depth 1. Wake-up floor: two threads "
+              "answering each other over two eventfds, each sleeping in poll and reading its "
+              "eventfd as the driver and a queue worker do, with no work in between, measured "
+              "alternating with the backends; a request at depth 1 costs at least this round "
+              "trip, so near 100 % the figure is the machine's cross-CPU wake-up, not the "
+              "backend."]
     if multiqueue:
         lines += ["", "## Request queues (fastvfs)", "",
                   "Two queues, each driven by its own driver thread: each on its own file (as "
@@ -296,8 +346,23 @@ def main(argv=None):
                    help="skip the one-against-two request queues comparison")
     p.add_argument("--fastvfs-args", default="",
                    help="extra daemon options for fastvfs, e.g. \"--poll-us 50\"")
+    p.add_argument("--pin", choices=("apart", "together"),
+                   help="pin the driver to CPU 0 and the backend (every thread) to CPU 1 "
+                        "(apart) or to CPU 0 as well (together), for both backends and the "
+                        "floor alike; the two-queue comparison is left unpinned")
     p.add_argument("--out", default="reports/micro")
     args = p.parse_args(argv)
+    driver_cpus = backend_cpus = None
+    echo_cpu = -1
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2 and args.pin == "apart":
+            p.error("--pin apart needs two CPUs")
+        driver_cpus = {0}
+        echo_cpu = 1 if args.pin == "apart" else 0
+        backend_cpus = {echo_cpu}
+        # The driver threads are started from this one and inherit its CPU.
+        everywhere = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, driver_cpus)
     extra = shlex.split(args.fastvfs_args)
     names = args.only.split(",") if args.only else list(WORKLOADS)
     depths = [int(d) for d in args.depths.split(",")]
@@ -305,29 +370,39 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="fastvfs-bench-")
     results, multiqueue = {}, {}
     try:
-        sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra)}
+        sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra, cpus=backend_cpus)}
         if "reference" in backends:
-            sessions["reference"] = Session("reference", workdir, files_of=sessions["fastvfs"])
+            sessions["reference"] = Session("reference", workdir, files_of=sessions["fastvfs"],
+                                            cpus=backend_cpus)
         try:
             for name in names:
                 opcode, size = WORKLOADS[name]
                 for depth in depths:
                     key = f"{name}@{depth}"
                     row = results[key] = {"workload": name, "depth": depth}
-                    runs = {b: [] for b in backends}
+                    kinds = backends + (["floor"] if depth == 1 else [])
+                    runs = {b: [] for b in kinds}
                     for rep in range(args.reps):
-                        # Alternate the order so drift on a noisy machine favours neither.
-                        for b in (backends if rep % 2 == 0 else backends[::-1]):
-                            runs[b].append(sessions[b].run(opcode, size, depth, args.seconds))
+                        # Rotate the order so that drift on a noisy machine, or going first
+                        # after a pause, favours none of them.
+                        for b in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
+                            runs[b].append(floor_run(args.seconds, echo_cpu) if b == "floor" else
+                                           sessions[b].run(opcode, size, depth, args.seconds))
                     for b in backends:
                         row[b] = median_run(runs[b])
                         _print(key, b, row[b])
+                    if depth == 1:
+                        row["floor"] = median_run(runs["floor"])
+                        print(f"{key:14} {'floor':10} {row['floor']['req_per_s']:>10,.0f} req/s",
+                              flush=True)
                     if size and depth == 1:
                         row["native"] = host_native(sessions["fastvfs"].shared / "data", size,
                                                     args.seconds, opcode == "WRITE")
         finally:
             for s in sessions.values():
                 s.close()
+        if args.pin:
+            os.sched_setaffinity(0, everywhere)
         if not args.no_multiqueue:
             mq = Session("fastvfs", workdir, queues=2, label="fastvfs-2q", extra=extra)
             try:
@@ -352,7 +427,7 @@ def main(argv=None):
         shutil.rmtree(workdir, ignore_errors=True)
     config = output.base_config(seconds=args.seconds, reps=args.reps, queue_size=256,
                                 driver="lean (C)", fastvfs_cache="never",
-                                fastvfs_args=args.fastvfs_args,
+                                fastvfs_args=args.fastvfs_args, pin=args.pin,
                                 reference=REFERENCE if "reference" in backends else None)
     output.write(args.out, config, {"backends": results, "multiqueue": multiqueue},
                  markdown(results, config, multiqueue))

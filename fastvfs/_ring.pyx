@@ -2,11 +2,11 @@
 """The hot path: guest memory translation, split virtqueues, FUSE request framing and the
 READ/WRITE fast path.
 
-One ``Virtqueue`` is served by one thread.  The thread sleeps on the queue's kick eventfd with the
-GIL released, walks descriptor chains and performs READ and WRITE (preadv/pwritev straight into
-and out of guest memory) without touching a Python object; every other opcode is handed to the
-Python FUSE engine with the GIL held, and its reply is scattered back into the chain's writable
-buffers.  Every address the guest gives is translated through ``MemoryTable`` with bounds checks.
+One ``Virtqueue`` is served by one thread.  The thread sleeps on the queue's kick eventfd (epoll,
+edge-triggered) with the GIL released, walks descriptor chains and performs READ and WRITE
+(preadv/pwritev or io_uring, straight into and out of guest memory) without touching a Python
+object; every other opcode is handed to the Python FUSE engine with the GIL held, and its reply is
+scattered back into the chain's writable buffers.  Every address the guest gives is translated through ``MemoryTable`` with bounds checks.
 
 Spec references: virtio 1.2 section 2.7 (split virtqueues), include/uapi/linux/virtio_ring.h,
 include/uapi/linux/fuse.h.
@@ -25,8 +25,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX, uintptr_t
 from libc.string cimport memchr, memcpy
 from libc.stdlib cimport malloc, calloc, free
-from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, POLLIN, c_close, c_read, c_write,
-                                     clock_gettime, dup, poll, pollfd, timespec)
+from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_read, c_write,
+                                     clock_gettime, dup, timespec)
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, makedev, statx)
 from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
@@ -39,6 +39,8 @@ cdef extern from "<sys/uio.h>" nogil:
         void *iov_base
         size_t iov_len
     ssize_t preadv(int fd, const iovec *iov, int iovcnt, long offset)
+    ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags)
+    enum: RWF_NOWAIT
     ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long offset)
 
 cdef extern from "<sys/mman.h>" nogil:
@@ -80,6 +82,22 @@ cdef extern from "<sys/resource.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
+    int fcntl(int fd, int cmd, ...)
+    enum: F_GETFL, O_DIRECT
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum: EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLIN, EPOLLET
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
@@ -188,6 +206,12 @@ cdef enum:
     # completions reaped per peek.
     POOL_IOV = 8192
     SUBMIT_BATCH = 8
+    # Lone READs sent straight to the ring after one that the page cache could not answer.
+    LONE_SKIP = 64
+    # What woke the worker (epoll data).
+    WAKE_KICK = 1
+    WAKE_STOP = 2
+    WAKE_URING = 3
     PUBLISH_BATCH = 8
     WAKE_SAMPLE = 64
     REAP_BATCH = 64
@@ -413,6 +437,7 @@ cdef struct HandleSlot:
     int fd
     bint in_use           # the rest is guarded by the table mutex
     bint keyed
+    bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
     uint64_t dev
     uint64_t ino
     uint64_t mnt
@@ -485,6 +510,7 @@ cdef class HandleTable:
             if not self.slots[idx].in_use:
                 self.slots[idx].in_use = True
                 self.slots[idx].keyed = False
+                self.slots[idx].direct = False
                 self.slots[idx].nlookup = 0
                 self.slots[idx].fd = fd
                 gen = fastvfs_state_load(&self.slots[idx].state) >> 32
@@ -595,6 +621,10 @@ cdef class HandleTable:
         pthread_mutex_unlock(&self.lock)
         return nodeid
 
+    cdef inline bint direct(self, uint64_t fh) noexcept nogil:
+        """Whether the acquired handle ``fh`` was opened O_DIRECT."""
+        return self.slots[(fh & 0xffffffffUL) - 1].direct
+
     cdef uint64_t mount_of(self, uint64_t fh) noexcept nogil:
         """The mount id of a node id the caller holds a reference on (0 if not keyed)."""
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
@@ -666,9 +696,13 @@ cdef class HandleTable:
     def add(self, int fd):
         """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full."""
         cdef int64_t fh
+        cdef bint direct
         with nogil:
+            direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
             pthread_mutex_lock(&self.lock)
             fh = self._take_slot(fd)
+            if fh >= 0:
+                self.slots[(fh & 0xffffffffUL) - 1].direct = direct
             pthread_mutex_unlock(&self.lock)
         if fh < 0:
             raise OSError(24, "handle table full")
@@ -1223,6 +1257,8 @@ cdef class Virtqueue:
     cdef FixedBuf *fixed            # the registered pieces while ``run`` serves with them
     cdef uint32_t nfixed
     cdef readonly uint64_t fixed_ios  # READ_FIXED/WRITE_FIXED submitted
+    cdef readonly uint64_t lone_reads  # READs answered from the page cache without the ring
+    cdef uint32_t lone_skip         # lone READs left to send to the ring after one would block
     cdef io_uring *uring            # set while ``run`` serves with a ring
     cdef Flight *flight
     cdef iovec *pool
@@ -1775,12 +1811,37 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return
-        if self.uring != NULL and self._queue_io(unique, fd, fh, <int64_t>offset, size, False,
-                                                 False):
-            return
-        cdef int n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
-                            self.scratch_iov)
-        cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, False)
+        cdef int n
+        cdef int64_t more, done = -EAGAIN
+        if self.uring != NULL and self._lone() and not self.handles.direct(fh):
+            # Nothing else to overlap it with: a read the page cache can answer is cheaper
+            # as one preadv2 than through the ring; one that would block still goes there.
+            n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
+                       self.scratch_iov)
+            done = preadv2(fd, self.scratch_iov, n, <long>offset, RWF_NOWAIT)
+            if done < 0:
+                # It would block, or this file does not take preadv2 (a pipe: ESPIPE): the
+                # ring decides, for this READ and the next LONE_SKIP lone ones.
+                done = -EAGAIN
+                self.lone_skip = LONE_SKIP
+            elif <uint64_t>done < size and done > 0:
+                # Part of it was cached (or EOF is near): the rest the ordinary way.
+                n = _slice(self.iov + self.chain.nin, self.chain.nout,
+                           OUT_HEADER_SIZE + <uint64_t>done, size - <uint32_t>done,
+                           self.scratch_iov)
+                more = _full_io(fd, self.scratch_iov, n, <int64_t>offset + done,
+                                size - <uint32_t>done, False)
+                if more > 0:
+                    done += more
+            if done >= 0:
+                self.lone_reads += 1
+        if done == -EAGAIN:
+            if self.uring != NULL and self._queue_io(unique, fd, fh, <int64_t>offset, size,
+                                                     False, False):
+                return
+            n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
+                       self.scratch_iov)
+            done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, False)
         self.handles.release(fh)
         if done < 0:
             self._reply(unique, <int32_t>done, NULL, 0)
@@ -1794,6 +1855,15 @@ cdef class Virtqueue:
         _scatter(self.iov + self.chain.nin, self.chain.nout, 0, out, OUT_HEADER_SIZE)
         self._push_used(self.chain.head, total)
         self._account(0)
+
+    cdef inline bint _lone(self) noexcept nogil:
+        """The popped request is the only work there is: nothing in flight or prepared, no
+        other request published, and no recent lone READ that would have blocked."""
+        if self.lone_skip:
+            self.lone_skip -= 1
+            return False
+        return self.nflight == 0 and self.nqueued == 0 and \
+            fastvfs_load16(self.avail + 2) == self.last_avail_idx
 
     cdef void _do_write(self, uint64_t unique, uint32_t hlen) noexcept nogil:
         cdef uint64_t fh, offset
@@ -2167,45 +2237,62 @@ cdef class Virtqueue:
 
     cdef int _run(self, handler) except -1:
         """The worker loop.  It runs without the GIL and takes it only to hand a request to
-        the Python engine: the fast path costs no interpreter work, however many requests."""
-        cdef pollfd fds[3]
-        cdef uint64_t counter
-        cdef int rc, nfds, got, err = 0
-        fds[0].fd = self.kick_fd
-        fds[0].events = POLLIN
-        fds[1].fd = self.stop_fd
-        fds[1].events = POLLIN
-        fds[2].fd = self.uring.ring_fd if self.uring != NULL else -1
-        fds[2].events = POLLIN
-        with nogil:
-            # Buffers may already be waiting (a ring restarted after GET_VRING_BASE).
-            got = self._drain_fast()
-            while True:
-                if got:
-                    with gil:
-                        self._serve_slow(handler)
-                    self._flush_used()
-                    got = self._drain_fast()
-                    continue
-                if self.stopping or self.broken:
-                    break
-                if self.poll_us and self._busy_poll():
-                    got = self._drain_fast()
-                    continue
-                nfds = 3 if self.nflight else 2
-                rc = poll(fds, nfds, -1)
-                if rc < 0:
-                    if errno != EINTR:
-                        err = errno
-                        break
-                    continue
-                if fds[1].revents:
-                    break
-                if fds[0].revents:
-                    c_read(self.kick_fd, &counter, 8)
+        the Python engine: the fast path costs no interpreter work, however many requests.
+
+        It sleeps in ``epoll_wait`` on the kick eventfd (edge-triggered: each kick is an event,
+        so the counter is never read back, one system call less per wake-up), the stop eventfd
+        and the io_uring's completion queue."""
+        cdef epoll_event ev, events[3]
+        cdef int rc, i, epfd, got, err = 0
+        cdef bint stop = False
+        epfd = epoll_create1(EPOLL_CLOEXEC)
+        if epfd < 0:
+            raise OSError(errno, "epoll_create1")
+        try:
+            ev.events = EPOLLIN | EPOLLET
+            ev.data.u32 = WAKE_KICK
+            rc = epoll_ctl(epfd, EPOLL_CTL_ADD, self.kick_fd, &ev)
+            if rc == 0:
+                ev.events = EPOLLIN
+                ev.data.u32 = WAKE_STOP
+                rc = epoll_ctl(epfd, EPOLL_CTL_ADD, self.stop_fd, &ev)
+            if rc == 0 and self.uring != NULL:
+                # Readable while completions wait, which only happens with I/O in flight.
+                ev.data.u32 = WAKE_URING
+                rc = epoll_ctl(epfd, EPOLL_CTL_ADD, self.uring.ring_fd, &ev)
+            if rc < 0:
+                raise OSError(errno, "epoll_ctl")
+            with nogil:
+                # Buffers may already be waiting (a ring restarted after GET_VRING_BASE).
                 got = self._drain_fast()
+                while True:
+                    if got:
+                        with gil:
+                            self._serve_slow(handler)
+                        self._flush_used()
+                        got = self._drain_fast()
+                        continue
+                    if self.stopping or self.broken:
+                        break
+                    if self.poll_us and self._busy_poll():
+                        got = self._drain_fast()
+                        continue
+                    rc = epoll_wait(epfd, events, 3, -1)
+                    if rc < 0:
+                        if errno != EINTR:
+                            err = errno
+                            break
+                        continue
+                    for i in range(rc):
+                        if events[i].data.u32 == WAKE_STOP:
+                            stop = True
+                    if stop:
+                        break
+                    got = self._drain_fast()
+        finally:
+            c_close(epfd)
         if err:
-            raise OSError(err, "poll on kick eventfd failed")
+            raise OSError(err, "epoll_wait on the kick eventfd failed")
         return 0
 
     cdef int _busy_poll(self) noexcept nogil:

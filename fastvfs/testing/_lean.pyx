@@ -35,7 +35,11 @@ cdef extern from *:
     #define lean_store16(p, v) (*(volatile uint16_t *)(p) = (uint16_t)(v))
     #define lean_release() __atomic_thread_fence(__ATOMIC_RELEASE)
     #define lean_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+    #define lean_load_int(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define lean_store_int(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
     """
+    int lean_load_int(const int *p) nogil
+    void lean_store_int(int *p, int v) nogil
     void lean_release() nogil
     void lean_acquire() nogil
     void lean_full_barrier() nogil
@@ -289,3 +293,86 @@ def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, 
     if n < 0:
         raise OSError(errno, "host-native I/O failed")
     return {"requests": done, "wall_s": now - t0, "cpu_s": cpu0}
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil,
+                       void *arg)
+    int pthread_join(pthread_t thread, void **ret)
+
+
+cdef extern from "<sched.h>" nogil:
+    ctypedef struct cpu_set_t:
+        pass
+    void CPU_ZERO(cpu_set_t *set)
+    void CPU_SET(int cpu, cpu_set_t *set)
+    int sched_setaffinity(int pid, size_t size, const cpu_set_t *mask)
+
+
+cdef struct Echo:
+    int kick_fd
+    int call_fd
+    int cpu
+    int stop
+
+
+cdef void *_echo(void *arg) noexcept nogil:
+    """The backend of ``wake_floor``: sleep on the kick eventfd as a queue worker does, and
+    answer every kick at once with a call, doing nothing in between."""
+    cdef Echo *e = <Echo *>arg
+    cdef pollfd pfd
+    cdef uint64_t counter, one = 1
+    cdef cpu_set_t cpus
+    if e.cpu >= 0:
+        CPU_ZERO(&cpus)
+        CPU_SET(e.cpu, &cpus)
+        sched_setaffinity(0, sizeof(cpu_set_t), &cpus)
+    pfd.fd = e.kick_fd
+    pfd.events = POLLIN
+    while True:
+        if poll(&pfd, 1, -1) < 0:
+            continue
+        c_read(e.kick_fd, &counter, 8)
+        if lean_load_int(&e.stop):
+            break
+        c_write(e.call_fd, &one, 8)
+    return NULL
+
+
+def wake_floor(int kick_fd, int call_fd, double seconds, int echo_cpu=-1):
+    """The wake-up floor of depth 1: round trips per second between this thread and a C thread
+    over two eventfds (``kick_fd``, ``call_fd``, both blocking), each side sleeping in poll and
+    reading its eventfd as the driver and a queue worker do, with no work in between.  A
+    request at depth 1 costs at least one such round trip, so no backend that sleeps between
+    requests can answer faster on this machine.  ``echo_cpu`` >= 0 pins the answering thread
+    to that CPU (the caller's own affinity is the caller's business)."""
+    cdef Echo e
+    cdef pthread_t thread
+    cdef pollfd pfd
+    cdef uint64_t counter, one = 1, done = 0
+    cdef double t0, t_end, now
+    e.kick_fd = kick_fd
+    e.call_fd = call_fd
+    e.stop = 0
+    e.cpu = echo_cpu
+    if pthread_create(&thread, NULL, _echo, &e) != 0:
+        raise OSError(errno, "pthread_create")
+    pfd.fd = call_fd
+    pfd.events = POLLIN
+    with nogil:
+        t0 = _clock(CLOCK_MONOTONIC)
+        t_end = t0 + seconds
+        now = t0
+        while now < t_end:
+            c_write(kick_fd, &one, 8)
+            while poll(&pfd, 1, -1) < 0:
+                pass
+            c_read(call_fd, &counter, 8)
+            done += 1
+            now = _clock(CLOCK_MONOTONIC)
+        lean_store_int(&e.stop, 1)
+        c_write(kick_fd, &one, 8)
+        pthread_join(thread, NULL)
+    return {"requests": done, "wall_s": now - t0, "req_per_s": done / (now - t0),
+            "us_per_request": (now - t0) * 1e6 / done if done else None}

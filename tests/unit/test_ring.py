@@ -15,8 +15,8 @@ import pytest
 from fastvfs import _ring
 from fastvfs.fuse import abi
 from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.virtq import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-                                   DriverVirtqueue)
+from fastvfs.testing.virtq import (Chain, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+                                   VRING_DESC_F_WRITE, DriverVirtqueue)
 
 TIMEOUT = 5.0
 
@@ -84,6 +84,13 @@ class Harness:
         head = self.dq.add_chain(readable, writable_lens, indirect=indirect)
         self.dq.publish()
         return self.wait_for(head)
+
+    def roundtrip_many(self, chains):
+        """Publish several ``(readable, writable_lens)`` chains at once (so that none is a lone
+        request) and return each one's writable contents."""
+        heads = [self.dq.add_chain(readable, lens) for readable, lens in chains]
+        self.dq.publish()
+        return [self.wait_for(head) for head in heads]
 
     def wait_for(self, head):
         while head not in self.done:
@@ -679,32 +686,121 @@ class TestFastPath:
     @pytest.mark.parametrize("engine", ["uring", "uring-rw"])
     def test_fixed_buffers(self, harness, tmp_path, engine):
         """With guest memory registered, a READ (and with uring-rw a WRITE) into one guest
-        buffer goes as READ_FIXED/WRITE_FIXED; data split over buffers goes as readv."""
+        buffer goes as READ_FIXED/WRITE_FIXED; data split over buffers goes as readv.  The
+        reads are published two at a time, so that the ring serves them (a lone one is read
+        from the page cache directly)."""
         h = harness(engine=engine, fixed_buffers=True)
         h.vq.set_fast_io(True)
         path = tmp_path / "data"
         content = os.urandom(16384)
         path.write_bytes(content)
         fh = h.handles.add(os.open(path, os.O_RDWR))
-        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 100, 4096, 0, 0, 0,
-                                                                      0))], [16, 4096])
-        assert out_header(data) == (16 + 4096, 0, 7) and data[16:] == content[100:4196]
+
+        def reads(offset, size, lens):
+            return h.roundtrip_many([([request(abi.Opcode.READ, abi.read_in.pack(
+                fh, offset, size, 0, 0, 0, 0), unique=7)], lens)] * 2)
+
+        for data in reads(100, 4096, [16, 4096]):
+            assert out_header(data) == (16 + 4096, 0, 7) and data[16:] == content[100:4196]
         assert h.vq.fixed_buffers == len(h.table.host_ranges()) >= 1
-        assert h.vq.fixed_ios == 1
-        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 0, 5000, 0, 0, 0,
-                                                                      0))], [16, 1000, 4000])
-        assert data[16:] == content[:5000] and h.vq.fixed_ios == 1
+        assert h.vq.fixed_ios == 2 and h.vq.lone_reads == 0
+        for data in reads(0, 5000, [16, 1000, 4000]):
+            assert data[16:] == content[:5000]
+        assert h.vq.fixed_ios == 2
         # A short read at EOF is finished as without registration.
-        data = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(fh, 16384 - 10, 4096,
-                                                                      0, 0, 0, 0))], [16, 4096])
-        assert out_header(data)[:2] == (26, 0) and data[16:] == content[-10:]
+        for data in reads(16384 - 10, 4096, [16, 4096]):
+            assert out_header(data)[:2] == (26, 0) and data[16:] == content[-10:]
         payload = os.urandom(4096)
         data = h.roundtrip([request(abi.Opcode.WRITE, abi.write_in.pack(fh, 8192, 4096, 0, 0, 0,
                                                                         0) + payload)], [16, 8])
         assert struct.unpack_from("<I", data, 16)[0] == 4096
         assert path.read_bytes()[8192:12288] == payload
-        assert h.vq.fixed_ios == (3 if engine == "uring-rw" else 2)
+        assert h.vq.fixed_ios == (5 if engine == "uring-rw" else 4)
+        assert h.vq.lone_reads == 0
         assert h.seen == []
+        h.handles.remove(fh)
+        assert h.handles.count == 0
+
+    @pytest.mark.parametrize("engine", ["uring", "uring-rw"])
+    def test_lone_read_from_the_page_cache(self, harness, tmp_path, engine):
+        """A READ that is all the queue has to do is read with preadv2(RWF_NOWAIT) when the
+        page cache holds it: the same reply as through the ring, short at EOF, split over
+        buffers.  One the page cache cannot answer goes to the ring, and so do the next
+        lone ones for a while; an O_DIRECT handle's always do."""
+        h = harness(engine=engine)
+        h.vq.set_fast_io(True)
+        path = tmp_path / "data"
+        content = os.urandom(1 << 20)
+        path.write_bytes(content)
+        fd = os.open(path, os.O_RDWR)
+        fh = h.handles.add(fd)
+        os.pread(fd, 1 << 20, 0)                      # all of it in the page cache
+
+        def read(offset, size, lens, handle=fh):
+            return h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(
+                handle, offset, size, 0, 0, 0, 0), unique=9)], lens)
+
+        data = read(4096, 4096, [16, 4096])
+        assert out_header(data) == (16 + 4096, 0, 9) and data[16:] == content[4096:8192]
+        data = read(100, 5000, [16, 1000, 4000])
+        assert data[16:] == content[100:5100]
+        data = read((1 << 20) - 10, 4096, [16, 4096])
+        assert out_header(data)[:2] == (26, 0) and data[16:] == content[-10:]
+        data = read(1 << 20, 4096, [16, 4096])
+        assert out_header(data)[:2] == (16, 0)
+        assert h.vq.lone_reads == 4
+        # Out of the page cache: the ring reads it (and the next lone ones too).
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        data = read(65536, 4096, [16, 4096])
+        assert data[16:] == content[65536:69632]
+        data = read(4096, 4096, [16, 4096])
+        assert data[16:] == content[4096:8192]
+        assert h.vq.lone_reads == 4
+        h.handles.remove(fh)
+        assert h.handles.count == 0
+        assert h.seen == []
+
+    def test_lone_read_of_an_o_direct_handle_goes_to_the_ring(self, harness, tmp_path):
+        """An O_DIRECT read waits for the device even with RWF_NOWAIT, so a handle opened
+        O_DIRECT never takes the lone path: the worker stays free for the next request."""
+        h = harness(engine="uring", indirect=True)
+        h.vq.set_fast_io(True)
+        path = tmp_path / "data"
+        content = os.urandom(65536)
+        path.write_bytes(content)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            pytest.skip("no O_DIRECT on this file system")
+        fh = h.handles.add(fd)
+        # O_DIRECT wants aligned buffers: the chain is laid out by hand (request, reply
+        # header, one aligned data page) in an indirect table.
+        req = h.mem.alloc(80)
+        h.mem.write(req, request(abi.Opcode.READ, abi.read_in.pack(fh, 8192, 4096, 0, 0, 0, 0),
+                                 unique=3))
+        hdr = h.mem.alloc(16)
+        data = h.mem.alloc(4096, 4096)
+        table = h.mem.alloc(48, 16)
+        h.dq.write_desc(0, req, 80, VRING_DESC_F_NEXT, 1, table)
+        h.dq.write_desc(1, hdr, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2, table)
+        h.dq.write_desc(2, data, 4096, VRING_DESC_F_WRITE, 0, table)
+        head = h.dq._free.pop()
+        h.dq.write_desc(head, table, 48, VRING_DESC_F_INDIRECT)
+        h.dq._inflight[head] = Chain(head, [head], [req, hdr, data, table],
+                                     [(hdr, 16), (data, 4096)])
+        h.dq._queue_head(head)
+        h.dq.publish()
+        got = h.wait_for(head)
+        assert out_header(got) == (16 + 4096, 0, 3) and got[16:] == content[8192:12288]
+        assert h.vq.lone_reads == 0
+        # It was not even tried (a refused try would send the next lone reads to the ring
+        # too): a buffered handle's lone read right after is read from the page cache.
+        cached = h.handles.add(os.open(path, os.O_RDONLY))
+        got = h.roundtrip([request(abi.Opcode.READ, abi.read_in.pack(cached, 0, 4096, 0, 0, 0,
+                                                                     0), unique=4)], [16, 4096])
+        assert got[16:] == content[:4096] and h.vq.lone_reads == 1
+        h.handles.remove(cached)
         h.handles.remove(fh)
         assert h.handles.count == 0
 

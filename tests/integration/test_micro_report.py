@@ -1,0 +1,53 @@
+"""``bench.micro`` end to end on a tiny run: both backends, the host-native ceiling and the
+depth-1 wake-up floor, in the JSON and the Markdown table."""
+
+import json
+import os
+
+import pytest
+
+from bench import micro
+from fastvfs.testing._lean import wake_floor
+
+pytestmark = [pytest.mark.reference,
+              pytest.mark.skipif(not os.access(micro.REFERENCE, os.X_OK),
+                                 reason="needs the reference virtiofsd")]
+
+
+def test_wake_floor_counts_round_trips():
+    kick, call = os.eventfd(0), os.eventfd(0)
+    try:
+        r = wake_floor(kick, call, 0.2)
+        # The echo thread has exited (it consumed the final kick) and every round trip was
+        # answered: nothing is left on the call eventfd.
+        os.set_blocking(call, False)
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(call)
+    finally:
+        os.close(kick)
+        os.close(call)
+    assert r["requests"] > 100
+    assert 0.2 <= r["wall_s"] < 1.0
+    assert r["us_per_request"] == pytest.approx(r["wall_s"] * 1e6 / r["requests"])
+
+
+def test_micro_reports_floor_and_ceiling(tmp_path, capsys):
+    assert micro.main(["--seconds", "0.2", "--reps", "1", "--only", "getattr,read4k",
+                       "--depths", "1,4", "--no-multiqueue", "--out", str(tmp_path)]) == 0
+    (report,) = tmp_path.glob("*.json")
+    rows = json.loads(report.read_text())["results"]["backends"]
+    assert set(rows) == {"getattr@1", "getattr@4", "read4k@1", "read4k@4"}
+    for key, row in rows.items():
+        for backend in ("fastvfs", "reference"):
+            assert row[backend]["req_per_s"] > 0
+        # The floor is measured next to the backends at depth 1 only; the host-native
+        # ceiling only for transfers.
+        assert ("floor" in row) == key.endswith("@1")
+        assert ("native" in row) == (key == "read4k@1")
+    assert rows["getattr@1"]["floor"]["req_per_s"] > 0
+    table = report.with_suffix(".md").read_text()
+    assert "wake-up floor" in table
+    line = next(l for l in table.splitlines() if l.startswith("| getattr | 1 |"))
+    assert line.rstrip("|").split("|")[-1].strip().endswith("%)")
+    line = next(l for l in table.splitlines() if l.startswith("| getattr | 4 |"))
+    assert line.rstrip(" |").endswith("-")
