@@ -1,8 +1,8 @@
 """Microbenchmarks: fastvfs and the reference virtiofsd driven by the project's lean frontend
 driver in the same run, with the host-native figure as the ceiling.
 
-    python -m bench.micro [--seconds 2] [--reps 3] [--only getattr,read4k] [--depths 1,32]
-                          [--out reports/micro]
+    python -m bench.micro [--seconds 2] [--reps 3] [--slices 8] [--only getattr,read4k]
+                          [--depths 1,32] [--pin apart|together] [--out reports/micro]
 
 Each workload keeps a fixed number of requests in flight (closed loop) on one request queue for
 ``--seconds`` and reports requests/s, the backend's CPU-seconds (all its threads, from
@@ -10,7 +10,10 @@ Each workload keeps a fixed number of requests in flight (closed loop) on one re
 shows as such.  The driver (``fastvfs.testing.lean``) runs in C: chains built once in guest
 memory as Linux's virtiofs driver lays them out (indirect tables, page-sized data descriptors),
 EVENT_IDX notification suppression both ways.  Each figure is the median of ``--reps`` runs,
-the backends alternating.  Then fastvfs with two request queues against one (aggregate
+each run taken in ``--slices`` short runs interleaved with the other backends' (the order
+rotating), so that the machine's drift falls on both alike.  At depth 1 the wake-up floor (two
+threads answering each other over eventfds, no work) is measured the same way: a request there
+costs at least that round trip.  Then fastvfs with two request queues against one (aggregate
 throughput).  Results go to ``<out>/<timestamp>.json`` and a Markdown table next to it.
 """
 
@@ -228,6 +231,49 @@ class Session:
         stop_daemon(self.proc, self.frontend, self.sock)
 
 
+def combine(slices):
+    """One figure from runs of the same thing taken in slices: totals over the slices."""
+    if len(slices) == 1:
+        return slices[0]
+    out = {"slices": len(slices)}
+    for field in ("requests", "wall_s", "backend_cpu_s", "driver_cpu_s", "kicks",
+                  "driver_sleeps"):
+        if field in slices[0]:
+            out[field] = sum(r[field] for r in slices)
+    # Rates from the totals; a multi-queue run's rate is the sum of its queues' rates, so
+    # weigh each slice's rate by its wall time.
+    out["req_per_s"] = sum(r["req_per_s"] * r["wall_s"] for r in slices) / out["wall_s"]
+    for field in ("bytes_per_s",):
+        if field in slices[0]:
+            out[field] = sum(r[field] * r["wall_s"] for r in slices) / out["wall_s"]
+    if "backend_cpu_s" in out:
+        out["req_per_backend_cpu_s"] = (out["req_per_s"] * out["wall_s"] / out["backend_cpu_s"]
+                                        if out["backend_cpu_s"] else None)
+    if "queues" in slices[0]:
+        out["queues"] = slices[0]["queues"]
+    if "us_per_request" in slices[0]:
+        out["us_per_request"] = 1e6 / out["req_per_s"]
+    return out
+
+
+def interleaved(kinds, reps, slices, run):
+    """``reps`` figures for each of ``kinds``, each figure taken in ``slices`` short runs
+    interleaved with the other kinds' (``run(kind)``), the order rotating at every slice: the
+    machine's slow drift (seconds-long phases of host CPU contention on this VM move a 2-s
+    figure by 10 %) then falls on every kind alike."""
+    out = {k: [] for k in kinds}
+    turn = 0
+    for _ in range(reps):
+        taken = {k: [] for k in kinds}
+        for _ in range(slices):
+            for k in kinds[turn % len(kinds):] + kinds[:turn % len(kinds)]:
+                taken[k].append(run(k))
+            turn += 1
+        for k in kinds:
+            out[k].append(combine(taken[k]))
+    return out
+
+
 def median_run(runs):
     """The run with the median requests/s, with every rep's figure kept."""
     ordered = sorted(runs, key=lambda r: r["req_per_s"])
@@ -267,7 +313,9 @@ def markdown(results, config, multiqueue=None):
              f"chains laid out as Linux's virtiofs driver does. fastvfs `{fastvfs_cmd}` "
              f"(defaults: io_uring READs, no busy polling unless `--poll-us`, sandbox on); reference "
              f"virtiofsd `-o cache=none` (its default single thread). {config['seconds']} s per "
-             f"figure, median of {config['reps']} runs, the order rotating from run to run. "
+             f"figure, median of {config['reps']} runs, each taken in "
+             f"{config.get('slices', 1)} slices interleaved with the other backends', the "
+             f"order rotating at every slice. "
              + {None: "Threads unpinned.",
                 "apart": "Driver pinned to CPU 0, every backend thread (and the floor's answering "
                          "thread) to CPU 1.",
@@ -340,6 +388,9 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--slices", type=int, default=8,
+                   help="take each figure in this many short runs, interleaved with the other "
+                        "backends' (default 8)")
     p.add_argument("--only", help="comma-separated workloads (default: all)")
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
     p.add_argument("--no-multiqueue", action="store_true",
@@ -381,13 +432,10 @@ def main(argv=None):
                     key = f"{name}@{depth}"
                     row = results[key] = {"workload": name, "depth": depth}
                     kinds = backends + (["floor"] if depth == 1 else [])
-                    runs = {b: [] for b in kinds}
-                    for rep in range(args.reps):
-                        # Rotate the order so that drift on a noisy machine, or going first
-                        # after a pause, favours none of them.
-                        for b in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
-                            runs[b].append(floor_run(args.seconds, echo_cpu) if b == "floor" else
-                                           sessions[b].run(opcode, size, depth, args.seconds))
+                    span = args.seconds / args.slices
+                    runs = interleaved(kinds, args.reps, args.slices, lambda b: (
+                        floor_run(span, echo_cpu) if b == "floor" else
+                        sessions[b].run(opcode, size, depth, span)))
                     for b in backends:
                         row[b] = median_run(runs[b])
                         _print(key, b, row[b])
@@ -412,12 +460,10 @@ def main(argv=None):
                     opcode, size = WORKLOADS[name]
                     key = f"{name}@{depth}"
                     row = multiqueue[key] = {"workload": name, "depth": depth}
-                    kinds = ("1", "2", "2s")
-                    runs = {q: [] for q in kinds}
-                    for rep in range(args.reps):
-                        for q in (kinds if rep % 2 == 0 else kinds[::-1]):
-                            runs[q].append(mq.run(opcode, size, depth, args.seconds,
-                                                  queues=int(q[0]), same_file=q == "2s"))
+                    kinds = ["1", "2", "2s"]
+                    span = args.seconds / args.slices
+                    runs = interleaved(kinds, args.reps, args.slices, lambda q: mq.run(
+                        opcode, size, depth, span, queues=int(q[0]), same_file=q == "2s"))
                     for q in kinds:
                         row[q] = median_run(runs[q])
                         _print(key, f"{q} queue(s)", row[q])
@@ -425,7 +471,8 @@ def main(argv=None):
                 mq.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    config = output.base_config(seconds=args.seconds, reps=args.reps, queue_size=256,
+    config = output.base_config(seconds=args.seconds, reps=args.reps, slices=args.slices,
+                                queue_size=256,
                                 driver="lean (C)", fastvfs_cache="never",
                                 fastvfs_args=args.fastvfs_args, pin=args.pin,
                                 reference=REFERENCE if "reference" in backends else None)

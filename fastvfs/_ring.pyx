@@ -23,12 +23,12 @@ from fastvfs.uring.engine import UringEngine, UringUnavailable
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX, uintptr_t
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcpy, memset
 from libc.stdlib cimport malloc, calloc, free
 from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_read, c_write,
                                      clock_gettime, dup, timespec)
-from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
-                                     c_statx, makedev, statx)
+from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_NO_AUTOMOUNT, AT_SYMLINK_NOFOLLOW,
+                                     STATX_BASIC_STATS, c_statx, makedev, statx)
 from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENOMEM, ENOENT, ERANGE
 
 if sys.byteorder != "little":
@@ -58,12 +58,9 @@ cdef extern from *:
     #define STATX_MNT_ID 0x00001000U
     #endif
     #define FASTVFS_LOOKUP_MASK (STATX_BASIC_STATS | STATX_MNT_ID)
-    #define FASTVFS_OPATH_FLAGS (O_PATH | O_NOFOLLOW | O_CLOEXEC)
     """
     unsigned int STATX_MNT_ID
     unsigned int FASTVFS_LOOKUP_MASK
-    int FASTVFS_OPATH_FLAGS
-    int openat(int dirfd, const char *path, int flags) nogil
 
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
@@ -192,6 +189,7 @@ cdef enum:
     FUSE_LOOKUP = 1
     FUSE_GETATTR = 3
     ENTRY_OUT_SIZE = 128
+    NAME_MAX = 255
     LOOKUP_NAME_MAX = 255
     FUSE_READ = 15
     FUSE_WRITE = 16
@@ -820,23 +818,60 @@ cdef class HandleTable:
             dropped = self.forget_c(nodeid, count, False)
         return dropped
 
-    def known_entry(self, uint64_t parent, bytes name, uint64_t sec, uint32_t nsec):
-        """fuse_entry_out for ``name`` in directory ``parent`` when it is an inode this table
-        already holds, with one more lookup counted: what the hot path answers a LOOKUP with
-        (both timeouts ``sec``.``nsec``).  None when the file system must look it up (a new
-        inode, a mount point, a name the hot path leaves alone); FileNotFoundError when
-        there is no such name."""
-        cdef uint8_t out[ENTRY_OUT_SIZE]
-        cdef const char *c_name = name
-        cdef size_t length = len(name)
+    def known_entries(self, uint64_t parent, bytes records, const uint32_t[::1] starts,
+                      uint32_t index, uint32_t size, uint64_t sec, uint32_t nsec):
+        """READDIRPLUS from a directory snapshot (``records`` and ``starts`` as ``pack_dirents``
+        gives them), in C: from entry ``index`` on, each entry whose inode this table already
+        holds becomes a fuse_direntplus (one more lookup counted, as the hot path's LOOKUP does), "." and
+        ".." get an empty entry (the kernel counts no lookup for them), and entries gone since
+        the snapshot are left out; until ``size`` bytes are full or an entry needs the file
+        system's lookup.  Returns ``(direntplus bytes, next index, whether entry next index
+        needs the lookup)``."""
+        cdef Py_ssize_t total = len(records)
+        cdef const uint8_t *recs = records
+        cdef uint32_t count = <uint32_t>(starts.shape[0] - 1) if starts.shape[0] else 0
+        cdef uint32_t i = index, start, end, namelen, used = 0
+        cdef bint need = False
         cdef int64_t rc
-        with nogil:
-            rc = _known_entry(self, parent, c_name, length, sec, nsec, out)
-        if rc == -ENOENT:
-            raise FileNotFoundError(ENOENT, "no such entry")
-        if rc <= 0:
-            return None
-        return PyBytes_FromStringAndSize(<char *>out, ENTRY_OUT_SIZE)
+        cdef char name[NAME_MAX + 1]
+        cdef uint8_t *buf = <uint8_t *>malloc(size if size else 1)
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                while i < count:
+                    start = starts[i]
+                    end = starts[i + 1]
+                    if end > total or end < start + 24:
+                        break                       # not a snapshot this table made
+                    if used + ENTRY_OUT_SIZE + (end - start) > size:
+                        break
+                    memcpy(&namelen, recs + start + 16, 4)
+                    if namelen > end - start - 24:
+                        break
+                    if (namelen == 1 and recs[start + 24] == b'.') or (
+                            namelen == 2 and recs[start + 24] == b'.' and
+                            recs[start + 25] == b'.'):
+                        memset(buf + used, 0, ENTRY_OUT_SIZE)
+                    else:
+                        if namelen > NAME_MAX:
+                            need = True
+                            break
+                        memcpy(name, recs + start + 24, namelen)
+                        name[namelen] = 0
+                        rc = _known_entry(self, parent, name, namelen, sec, nsec, buf + used)
+                        if rc == -ENOENT:
+                            i += 1                  # removed since the snapshot
+                            continue
+                        if rc <= 0:
+                            need = True
+                            break
+                    memcpy(buf + used + ENTRY_OUT_SIZE, recs + start, end - start)
+                    used += ENTRY_OUT_SIZE + (end - start)
+                    i += 1
+            return PyBytes_FromStringAndSize(<char *>buf, used), i, need
+        finally:
+            free(buf)
 
     def nlookup(self, uint64_t nodeid):
         """The lookup count of a live node id (0 if it is not one)."""
@@ -868,22 +903,19 @@ cdef int64_t _known_entry(HandleTable inodes, uint64_t parent, const char *name,
     cdef uint64_t mnt, zero64 = 0
     cdef int64_t nodeid
     cdef statx st
-    cdef int pfd, fd, rc, err
+    cdef int pfd, rc, err
     if not _plain_name(name, length):
         return 0
     pfd = inodes.acquire(parent)
     if pfd < 0:
         return 0
-    fd = openat(pfd, name, FASTVFS_OPATH_FLAGS)
-    if fd < 0:
+    # One statx of the name, as an O_PATH open of it would see it (the link itself, no
+    # automount, mounts crossed), without the open and close: a known inode needs no new fd.
+    rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_LOOKUP_MASK, &st)
+    if rc < 0:
         err = errno
         inodes.release(parent)
         return -ENOENT if err == ENOENT else 0
-    rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_LOOKUP_MASK, &st)
-    c_close(fd)
-    if rc < 0:
-        inodes.release(parent)
-        return 0
     mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
     if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
         inodes.release(parent)

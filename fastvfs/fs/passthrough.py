@@ -325,11 +325,12 @@ class PassthroughFs:
         inode, st = self._entry_at(parent, name)
         return inode.nodeid, st
 
-    def known_entry(self, parent_id, name, sec, nsec):
-        """fuse_entry_out for ``name`` in ``parent_id`` when its inode is already known (one
-        more lookup counted), answered without Python objects per entry; None when
-        :meth:`lookup` must do it.  FileNotFoundError when the name is gone."""
-        return self.inodes.table.known_entry(parent_id, name, sec, nsec)
+    def known_entries(self, parent_id, listing, index, size, sec, nsec):
+        """READDIRPLUS records of ``listing`` (a :class:`DirSnapshot` of ``parent_id``) from
+        entry ``index`` on, for as long as their inodes are known, in C: ``(bytes, next
+        index, whether that entry needs`` :meth:`lookup` ``)``."""
+        return self.inodes.table.known_entries(parent_id, listing.records, listing.starts,
+                                               index, size, sec, nsec)
 
     def _relookup(self, inode):
         st = _sys.fstatx(inode.fd)

@@ -654,23 +654,24 @@ class FuseEngine:
             return records[starts[offset]:starts[end]]
         out = bytearray()
         sec, nsec = self.cache.timeout
-        for i in range(offset, count):
+        i = offset
+        while i < count:
+            # Entries whose inodes are known (and "." and "..", which the kernel counts no
+            # lookup for) are answered in C, up to the first that needs a lookup.
+            chunk, i, need = self.fs.known_entries(nodeid, listing, i, size - len(out), sec,
+                                                   nsec)
+            out += chunk
+            if not need:
+                break
             record = records[starts[i]:starts[i + 1]]
             if len(out) + abi.ENTRY_OUT_SIZE + len(record) > size:
                 break
-            name = listing.name(i)
-            if name in (b".", b".."):
-                # No lookup for these: the kernel does not count them (nodeid 0 = no entry).
-                out += bytes(abi.ENTRY_OUT_SIZE)
-            else:
-                try:
-                    # An inode already known is answered by the node id table in C.
-                    entry = self.fs.known_entry(nodeid, name, sec, nsec)
-                    out += entry if entry is not None else self._entry(
-                        *self.fs.lookup(nodeid, name), parent=nodeid)
-                except OSError:
-                    continue  # removed since the listing was taken
-            out += record
+            try:
+                out += self._entry(*self.fs.lookup(nodeid, listing.name(i)), parent=nodeid)
+                out += record
+            except OSError:
+                pass  # removed since the listing was taken
+            i += 1
         return bytes(out)
 
     def do_releasedir(self, nodeid, body, out_size, ctx):

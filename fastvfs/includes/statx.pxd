@@ -6,6 +6,7 @@ from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 cdef extern from "<fcntl.h>" nogil:
     enum:
         AT_EMPTY_PATH
+        AT_NO_AUTOMOUNT
         AT_SYMLINK_NOFOLLOW
 
 cdef extern from "<sys/stat.h>" nogil:

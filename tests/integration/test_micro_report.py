@@ -33,13 +33,17 @@ def test_wake_floor_counts_round_trips():
 
 def test_micro_reports_floor_and_ceiling(tmp_path, capsys):
     assert micro.main(["--seconds", "0.2", "--reps", "1", "--only", "getattr,read4k",
-                       "--depths", "1,4", "--no-multiqueue", "--out", str(tmp_path)]) == 0
+                       "--depths", "1,4", "--slices", "2", "--no-multiqueue",
+                       "--out", str(tmp_path)]) == 0
     (report,) = tmp_path.glob("*.json")
     rows = json.loads(report.read_text())["results"]["backends"]
     assert set(rows) == {"getattr@1", "getattr@4", "read4k@1", "read4k@4"}
     for key, row in rows.items():
         for backend in ("fastvfs", "reference"):
-            assert row[backend]["req_per_s"] > 0
+            fig = row[backend]
+            # Each figure is the total of two interleaved slices.
+            assert fig["slices"] == 2 and fig["req_per_s"] > 0
+            assert fig["req_per_s"] == pytest.approx(fig["requests"] / fig["wall_s"], rel=0.01)
         # The floor is measured next to the backends at depth 1 only; the host-native
         # ceiling only for transfers.
         assert ("floor" in row) == key.endswith("@1")

@@ -311,6 +311,47 @@ def test_readdirplus_answers_known_inodes_in_c(tmp_path):
     s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
 
 
+def test_readdirplus_mixes_known_and_new_inodes(tmp_path):
+    """A listing with new inodes among known ones: the known are answered in C up to each new
+    one, which alone goes to the Python lookup; paging through it in small buffers gives the
+    same entries as one large reply, each exactly once."""
+    s = Session(tmp_path, cache="auto")
+    s.init()
+    for i in range(0, 30, 2):
+        (tmp_path / f"f{i:02d}").write_bytes(b"x" * i)
+    fh = abi.open_out.unpack(s.ok(Opcode.OPENDIR, ROOT, abi.open_in.pack(0, 0)))[0]
+    s.ok(Opcode.READDIRPLUS, ROOT, abi.read_in.pack(fh, 0, 1 << 16, 0, 0, 0, 0))
+    for i in range(1, 30, 4):
+        (tmp_path / f"f{i:02d}").write_bytes(b"y" * i)
+    new = {f"f{i:02d}".encode() for i in range(1, 30, 4)}
+    calls = []
+    lookup = s.fs.lookup
+    s.fs.lookup = lambda *a: calls.append(a[1]) or lookup(*a)
+    whole = _plus_entries(s.ok(Opcode.READDIRPLUS, ROOT,
+                               abi.read_in.pack(fh, 0, 1 << 16, 0, 0, 0, 0)))
+    assert sorted(calls) == sorted(new)           # only the new inodes, once each
+    assert len(whole) == 2 + 15 + len(new)
+    for name, raw in whole:
+        nodeid = abi.entry_out_head.unpack_from(raw)[0]
+        if name in (b".", b".."):
+            assert raw == bytes(abi.ENTRY_OUT_SIZE)
+        else:
+            # Two listings counted two lookups for the old files, one for the new.
+            assert s.fs.inodes.nlookup(nodeid) == (1 if name in new else 2), name
+            assert s.lookup(name)[0] == nodeid
+    # Page through a fresh listing 400 bytes at a time (2 records at most per reply).
+    paged, offset = [], 0
+    while True:
+        data = s.ok(Opcode.READDIRPLUS, ROOT, abi.read_in.pack(fh, offset, 400, 0, 0, 0, 0))
+        if not data:
+            break
+        assert len(data) <= 400
+        paged += [n for n, _ in _plus_entries(data)]
+        offset = _plus_entries(data, cookies=True)[-1]
+    assert paged == [n for n, _ in whole]
+    s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
+
+
 def test_symlinks_are_never_followed_out_of_the_share(s, tmp_path):
     outside = tmp_path.parent / (tmp_path.name + "-outside")
     outside.mkdir()
