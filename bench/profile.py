@@ -8,7 +8,7 @@ driver while ``perf record -g`` samples the serving process; the inclusive share
 functions (their callees, kernel included, counted in) is written as a Markdown table with the
 perf command lines, next to the raw ``perf report`` output.  Stages:
 
-* wait: sleeping in ``poll`` on the kick eventfd and waking up (scheduler, wake-up)
+* wait: sleeping in ``epoll_wait`` on the kick eventfd and waking up (scheduler, wake-up)
 * ring: popping and walking descriptor chains, translating addresses, publishing used elements
 * decode: reading the FUSE header and dispatching, outside the stages below
 * syscall: the system calls that do the work (io_uring_enter with the reads, pwritev, statx,
@@ -35,10 +35,12 @@ from fastvfs.testing.lean import LeanLoad
 # Kernel time by system call (inclusive: perf report --children), and user time by function
 # (self), each summed into a stage.
 KERNEL_STAGES = [   # stage -> system calls, each as the names its entry point may show under
-    ("wait", [("__x64_sys_poll", "do_sys_poll"), ("__x64_sys_ppoll",), ("ksys_read",)]),
+    ("wait", [("__x64_sys_epoll_wait", "do_epoll_wait"), ("__x64_sys_poll", "do_sys_poll"),
+              ("__x64_sys_ppoll",), ("ksys_read",)]),
     ("notify", [("ksys_write",)]),
     ("file I/O", [("__x64_sys_io_uring_enter", "__do_sys_io_uring_enter"),
                   ("__x64_sys_pwritev", "do_pwritev"), ("__x64_sys_preadv", "do_preadv"),
+                  ("__x64_sys_preadv2",),
                   ("__x64_sys_statx", "do_statx_fd", "do_statx"),
                   ("__x64_sys_openat", "do_sys_openat2"), ("__x64_sys_close",),
                   ("__x64_sys_dup",)]),
@@ -176,9 +178,9 @@ def main(argv=None):
         ("decode", "user time in the rest of the hot path: header checks, dispatch, io_uring "
                    "preparation and reaping, attribute packing"),
         ("file I/O", "kernel time in the system calls doing the work: io_uring_enter with the "
-                     "READs, pwritev, statx, openat, close"),
+                     "READs, preadv2 (lone READs), pwritev, statx, openat, close"),
         ("notify", "kernel time writing the call eventfd, waking the driver"),
-        ("wait", "kernel time in poll and reading the kick eventfd (going to sleep, waking)"),
+        ("wait", "kernel time in epoll_wait on the kick eventfd (going to sleep, waking)"),
         ("locks", "atomics and mutexes: handle references, the ring lock"),
         ("stats", "clock reads and counters"),
         ("other", "everything else: system call entry and exit, seccomp, libc")])]
