@@ -77,29 +77,35 @@ def family(pid):
                 parents[int(entry)] = int(_stat(entry)[1])
             except OSError:
                 continue
-    family = {pid}
+    members = {pid}
     grew = True
     while grew:
         grew = False
         for child, parent in parents.items():
-            if parent in family and child not in family:
-                family.add(child)
+            if parent in members and child not in members:
+                members.add(child)
                 grew = True
-    return family
+    return members
 
 
-def pin(pid, cpus):
-    """Pin every thread of ``pid`` and its descendants to ``cpus``."""
+def threads(pid):
+    """(process, thread id) of every thread of ``pid`` and its descendants."""
     for member in family(pid):
         try:
             tasks = os.listdir(f"/proc/{member}/task")
         except OSError:
             continue
         for tid in tasks:
-            try:
-                os.sched_setaffinity(int(tid), cpus)
-            except OSError:
-                continue
+            yield member, int(tid)
+
+
+def pin(pid, cpus):
+    """Pin every thread of ``pid`` and its descendants to ``cpus``."""
+    for _, tid in threads(pid):
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            continue
 
 
 def cpu_seconds(pid):
@@ -107,17 +113,12 @@ def cpu_seconds(pid):
     # Nanosecond run times of every thread (/proc/PID/task/TID/schedstat, first field) rather
     # than utime+stime, whose 10 ms ticks are coarse next to a short run of a busy driver.
     total = 0
-    for member in family(pid):
+    for member, tid in threads(pid):
         try:
-            tasks = os.listdir(f"/proc/{member}/task")
-        except OSError:
+            with open(f"/proc/{member}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
             continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{member}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
     return total / 1e9
 
 
