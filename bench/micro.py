@@ -232,27 +232,25 @@ class Session:
         stop_daemon(self.proc, self.frontend, self.sock)
 
 
+SUMMED = ("requests", "wall_s", "backend_cpu_s", "driver_cpu_s", "kicks", "driver_sleeps")
+
+
 def combine(slices):
-    """One figure from runs of the same thing taken in slices: totals over the slices."""
+    """One figure from runs of the same thing taken in slices: counts and times summed, rates
+    weighted by each slice's wall time (a multi-queue run's rate is the sum of its queues')."""
     if len(slices) == 1:
         return slices[0]
-    out = {"slices": len(slices)}
-    for field in ("requests", "wall_s", "backend_cpu_s", "driver_cpu_s", "kicks",
-                  "driver_sleeps"):
-        if field in slices[0]:
+    out = dict(slices[0], slices=len(slices))
+    for field in SUMMED:
+        if field in out:
             out[field] = sum(r[field] for r in slices)
-    # Rates from the totals; a multi-queue run's rate is the sum of its queues' rates, so
-    # weigh each slice's rate by its wall time.
-    out["req_per_s"] = sum(r["req_per_s"] * r["wall_s"] for r in slices) / out["wall_s"]
-    for field in ("bytes_per_s",):
-        if field in slices[0]:
+    for field in ("req_per_s", "bytes_per_s"):
+        if field in out:
             out[field] = sum(r[field] * r["wall_s"] for r in slices) / out["wall_s"]
-    if "backend_cpu_s" in out:
+    if "req_per_backend_cpu_s" in out:
         out["req_per_backend_cpu_s"] = (out["req_per_s"] * out["wall_s"] / out["backend_cpu_s"]
                                         if out["backend_cpu_s"] else None)
-    if "queues" in slices[0]:
-        out["queues"] = slices[0]["queues"]
-    if "us_per_request" in slices[0]:
+    if "us_per_request" in out:
         out["us_per_request"] = 1e6 / out["req_per_s"]
     return out
 
@@ -356,7 +354,7 @@ def markdown(results, config, multiqueue=None):
               "thread, the ceiling for one queue at depth 1. Wake-up floor: two threads "
               "answering each other over two eventfds, each sleeping in poll and reading its "
               "eventfd as the driver and a queue worker do, with no work in between, measured "
-              "alternating with the backends; a request at depth 1 costs at least this round "
+              "interleaved with the backends; a request at depth 1 costs at least this round "
               "trip, so near 100 % the figure is the machine's cross-CPU wake-up, not the "
               "backend."]
     if multiqueue:

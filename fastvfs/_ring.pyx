@@ -6,7 +6,8 @@ One ``Virtqueue`` is served by one thread.  The thread sleeps on the queue's kic
 edge-triggered) with the GIL released, walks descriptor chains and performs READ and WRITE
 (preadv/pwritev or io_uring, straight into and out of guest memory) without touching a Python
 object; every other opcode is handed to the Python FUSE engine with the GIL held, and its reply is
-scattered back into the chain's writable buffers.  Every address the guest gives is translated through ``MemoryTable`` with bounds checks.
+scattered back into the chain's writable buffers.  Every address the guest gives is translated
+through ``MemoryTable`` with bounds checks.
 
 Spec references: virtio 1.2 section 2.7 (split virtqueues), include/uapi/linux/virtio_ring.h,
 include/uapi/linux/fuse.h.
@@ -189,7 +190,6 @@ cdef enum:
     FUSE_LOOKUP = 1
     FUSE_GETATTR = 3
     ENTRY_OUT_SIZE = 128
-    NAME_MAX = 255
     LOOKUP_NAME_MAX = 255
     FUSE_READ = 15
     FUSE_WRITE = 16
@@ -206,10 +206,6 @@ cdef enum:
     SUBMIT_BATCH = 8
     # Lone READs sent straight to the ring after one that the page cache could not answer.
     LONE_SKIP = 64
-    # What woke the worker (epoll data).
-    WAKE_KICK = 1
-    WAKE_STOP = 2
-    WAKE_URING = 3
     PUBLISH_BATCH = 8
     WAKE_SAMPLE = 64
     REAP_BATCH = 64
@@ -822,10 +818,10 @@ cdef class HandleTable:
                       uint32_t index, uint32_t size, uint64_t sec, uint32_t nsec):
         """READDIRPLUS from a directory snapshot (``records`` and ``starts`` as ``pack_dirents``
         gives them), in C: from entry ``index`` on, each entry whose inode this table already
-        holds becomes a fuse_direntplus (one more lookup counted, as the hot path's LOOKUP does), "." and
-        ".." get an empty entry (the kernel counts no lookup for them), and entries gone since
-        the snapshot are left out; until ``size`` bytes are full or an entry needs the file
-        system's lookup.  Returns ``(direntplus bytes, next index, whether entry next index
+        holds becomes a fuse_direntplus (one more lookup counted, as the hot path's LOOKUP
+        does), "." and ".." get an empty entry (the kernel counts no lookup for them), and
+        entries gone since the snapshot are left out; until ``size`` bytes are full or an entry
+        needs the file system's lookup.  Returns ``(direntplus bytes, next index, whether entry next index
         needs the lookup)``."""
         cdef Py_ssize_t total = len(records)
         cdef const uint8_t *recs = records
@@ -833,7 +829,7 @@ cdef class HandleTable:
         cdef uint32_t i = index, start, end, namelen, used = 0
         cdef bint need = False
         cdef int64_t rc
-        cdef char name[NAME_MAX + 1]
+        cdef char name[LOOKUP_NAME_MAX + 1]
         cdef uint8_t *buf = <uint8_t *>malloc(size if size else 1)
         if buf == NULL:
             raise MemoryError()
@@ -849,12 +845,10 @@ cdef class HandleTable:
                     memcpy(&namelen, recs + start + 16, 4)
                     if namelen > end - start - 24:
                         break
-                    if (namelen == 1 and recs[start + 24] == b'.') or (
-                            namelen == 2 and recs[start + 24] == b'.' and
-                            recs[start + 25] == b'.'):
+                    if _dot_name(<const char *>recs + start + 24, namelen):
                         memset(buf + used, 0, ENTRY_OUT_SIZE)
                     else:
-                        if namelen > NAME_MAX:
+                        if namelen > LOOKUP_NAME_MAX:
                             need = True
                             break
                         memcpy(name, recs + start + 24, namelen)
@@ -884,13 +878,18 @@ cdef class HandleTable:
         return self.slots[idx].nlookup
 
 
+cdef inline bint _dot_name(const char *name, size_t length) noexcept nogil:
+    """"." or ".."."""
+    return length and name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46))
+
+
 cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
     """A name the hot path looks up itself: 1 to NAME_MAX bytes, no slash or NUL, neither "."
     nor ".." (anything else is the engine's to refuse or resolve)."""
     if length == 0 or length > LOOKUP_NAME_MAX or memchr(name, 47, length) != NULL or \
             memchr(name, 0, length) != NULL:
         return False
-    return not (name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46)))
+    return not _dot_name(name, length)
 
 
 cdef int64_t _known_entry(HandleTable inodes, uint64_t parent, const char *name, size_t length,
@@ -1843,37 +1842,23 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return
-        cdef int n
-        cdef int64_t more, done = -EAGAIN
+        cdef int n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
+                            self.scratch_iov)
+        cdef int64_t done = -EAGAIN
         if self.uring != NULL and self._lone() and not self.handles.direct(fh):
             # Nothing else to overlap it with: a read the page cache can answer is cheaper
-            # as one preadv2 than through the ring; one that would block still goes there.
-            n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
-                       self.scratch_iov)
-            done = preadv2(fd, self.scratch_iov, n, <long>offset, RWF_NOWAIT)
+            # as a preadv2 than through the ring.  One that would block, or a file that does
+            # not take preadv2 (a pipe: ESPIPE), goes there, and so do the next LONE_SKIP.
+            done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, False, RWF_NOWAIT)
             if done < 0:
-                # It would block, or this file does not take preadv2 (a pipe: ESPIPE): the
-                # ring decides, for this READ and the next LONE_SKIP lone ones.
-                done = -EAGAIN
                 self.lone_skip = LONE_SKIP
-            elif <uint64_t>done < size and done > 0:
-                # Part of it was cached (or EOF is near): the rest the ordinary way.
-                n = _slice(self.iov + self.chain.nin, self.chain.nout,
-                           OUT_HEADER_SIZE + <uint64_t>done, size - <uint32_t>done,
-                           self.scratch_iov)
-                more = _full_io(fd, self.scratch_iov, n, <int64_t>offset + done,
-                                size - <uint32_t>done, False)
-                if more > 0:
-                    done += more
-            if done >= 0:
+            else:
                 self.lone_reads += 1
-        if done == -EAGAIN:
+        if done < 0:
             if self.uring != NULL and self._queue_io(unique, fd, fh, <int64_t>offset, size,
                                                      False, False):
                 return
-            n = _slice(self.iov + self.chain.nin, self.chain.nout, OUT_HEADER_SIZE, size,
-                       self.scratch_iov)
-            done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, False)
+            done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, False, 0)
         self.handles.release(fh)
         if done < 0:
             self._reply(unique, <int32_t>done, NULL, 0)
@@ -1918,7 +1903,7 @@ cdef class Virtqueue:
             return
         cdef int n = _slice(self.iov, self.chain.nin, IN_HEADER_SIZE + WRITE_IN_SIZE, size,
                             self.scratch_iov)
-        cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, True)
+        cdef int64_t done = _full_io(fd, self.scratch_iov, n, <int64_t>offset, size, True, 0)
         if done > 0 and write_flags & FUSE_WRITE_KILL_SUIDGID:
             kill_suidgid(fd)
         self.handles.release(fh)
@@ -2123,7 +2108,7 @@ cdef class Virtqueue:
                 n = _slice(self.pool + f.data_at, f.ndata, <uint64_t>res, f.size - <uint32_t>res,
                            self.scratch_iov)
                 more = _full_io(f.fd, self.scratch_iov, n, f.offset + res, f.size - <uint32_t>res,
-                                f.writing)
+                                f.writing, 0)
                 if more > 0:
                     done += more
                 elif more < 0 and done == 0:
@@ -2275,22 +2260,19 @@ cdef class Virtqueue:
         so the counter is never read back, one system call less per wake-up), the stop eventfd
         and the io_uring's completion queue."""
         cdef epoll_event ev, events[3]
-        cdef int rc, i, epfd, got, err = 0
-        cdef bint stop = False
+        cdef int rc, epfd, got, err = 0
         epfd = epoll_create1(EPOLL_CLOEXEC)
         if epfd < 0:
             raise OSError(errno, "epoll_create1")
         try:
+            ev.data.u64 = 0
             ev.events = EPOLLIN | EPOLLET
-            ev.data.u32 = WAKE_KICK
             rc = epoll_ctl(epfd, EPOLL_CTL_ADD, self.kick_fd, &ev)
             if rc == 0:
                 ev.events = EPOLLIN
-                ev.data.u32 = WAKE_STOP
                 rc = epoll_ctl(epfd, EPOLL_CTL_ADD, self.stop_fd, &ev)
             if rc == 0 and self.uring != NULL:
                 # Readable while completions wait, which only happens with I/O in flight.
-                ev.data.u32 = WAKE_URING
                 rc = epoll_ctl(epfd, EPOLL_CTL_ADD, self.uring.ring_fd, &ev)
             if rc < 0:
                 raise OSError(errno, "epoll_ctl")
@@ -2309,16 +2291,10 @@ cdef class Virtqueue:
                     if self.poll_us and self._busy_poll():
                         got = self._drain_fast()
                         continue
-                    rc = epoll_wait(epfd, events, 3, -1)
-                    if rc < 0:
-                        if errno != EINTR:
-                            err = errno
-                            break
-                        continue
-                    for i in range(rc):
-                        if events[i].data.u32 == WAKE_STOP:
-                            stop = True
-                    if stop:
+                    # Whatever woke it (a kick, completions, ``stop``, which sets ``stopping``
+                    # before writing the stop eventfd), draining and the checks above follow.
+                    if epoll_wait(epfd, events, 3, -1) < 0 and errno != EINTR:
+                        err = errno
                         break
                     got = self._drain_fast()
         finally:
@@ -2433,22 +2409,27 @@ cdef int kill_suidgid(int fd) noexcept nogil:
 
 
 cdef int64_t _full_io(int fd, iovec *iov, int cnt, int64_t offset, uint64_t size,
-                      bint writing) noexcept nogil:
-    """preadv/pwritev until ``size`` bytes moved, EOF, or an error (-errno)."""
+                      bint writing, int first_flags) noexcept nogil:
+    """preadv/pwritev until ``size`` bytes moved, EOF, or an error (-errno).  A read's
+    ``first_flags`` (RWF_NOWAIT) go with its first call only, and that call's failure is
+    returned at once; the rest of a short first read is read without them."""
     cdef uint64_t done = 0
     cdef ssize_t n
     cdef int i = 0
     while done < size and i < cnt:
         if writing:
             n = pwritev(fd, iov + i, cnt - i, offset + done)
+        elif first_flags:
+            n = preadv2(fd, iov + i, cnt - i, offset + done, first_flags)
         else:
             n = preadv(fd, iov + i, cnt - i, offset + done)
         if n < 0:
-            if errno == EINTR or errno == EAGAIN:
+            if (errno == EINTR or errno == EAGAIN) and not first_flags:
                 continue
             if done:
                 break
             return -errno
+        first_flags = 0
         if n == 0:
             break
         done += n

@@ -663,12 +663,11 @@ class FuseEngine:
             out += chunk
             if not need:
                 break
-            record = records[starts[i]:starts[i + 1]]
-            if len(out) + abi.ENTRY_OUT_SIZE + len(record) > size:
+            if len(out) + abi.ENTRY_OUT_SIZE + starts[i + 1] - starts[i] > size:
                 break
             try:
                 out += self._entry(*self.fs.lookup(nodeid, listing.name(i)), parent=nodeid)
-                out += record
+                out += records[starts[i]:starts[i + 1]]
             except OSError:
                 pass  # removed since the listing was taken
             i += 1
