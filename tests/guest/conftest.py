@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastvfs.testing import guest
+from tests.deployed import FASTVFS
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_BACKEND = "/usr/lib/qemu/virtiofsd"
@@ -68,7 +69,7 @@ def backend_cmd():
             "-o", f"cache={'none' if cache == 'never' else cache}"]
     if choice == "fastvfs":
         return lambda sock, shared, cache="auto", extra=(): [
-            sys.executable, "-m", "fastvfs", "--socket-path", str(sock), "--shared-dir",
+            *FASTVFS, "--socket-path", str(sock), "--shared-dir",
             str(shared), "--cache", cache, *extra]
     raise pytest.UsageError(f"FASTVFS_GUEST_BACKEND={choice!r}: use 'fastvfs' or 'reference'")
 

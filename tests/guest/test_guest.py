@@ -186,7 +186,7 @@ def test_killing_qemu_leaves_no_backend(guest_images, start_backend, tmp_path):
         if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") == "fastvfs":
             # Live statistics while the guest works (the control socket outlives the
             # vhost-user socket, which is removed once QEMU has connected).
-            out = subprocess.run([sys.executable, "-m", "fastvfs", "stats", "--socket-path",
+            out = subprocess.run([*FASTVFS, "stats", "--socket-path",
                                   str(backend.socket_path), "--json"], capture_output=True,
                                  text=True, timeout=30)
             assert out.returncode == 0, out.stderr
@@ -263,7 +263,7 @@ def test_libvirt_style_invocation(guest_images, tmp_path):
     listens on the socket itself and passes it as --fd, with the legacy -o options."""
     if os.environ.get("FASTVFS_GUEST_BACKEND", "fastvfs") != "fastvfs":
         pytest.skip("fastvfs command line")
-    caps = json.loads(subprocess.run([sys.executable, "-m", "fastvfs", "--print-capabilities"],
+    caps = json.loads(subprocess.run([*FASTVFS, "--print-capabilities"],
                                      capture_output=True, check=True, text=True).stdout)
     assert caps["type"] == "fs"
     kernel, initramfs = guest_images
@@ -276,7 +276,7 @@ def test_libvirt_style_invocation(guest_images, tmp_path):
     listener.bind(str(sock_path))
     listener.listen(1)
     fd = listener.fileno()
-    proc = subprocess.Popen([sys.executable, "-m", "fastvfs", f"--fd={fd}", "-o",
+    proc = subprocess.Popen([*FASTVFS, f"--fd={fd}", "-o",
                              f"source={shared},cache=none,xattr", "-o", "sandbox=namespace"],
                             pass_fds=[fd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     listener.close()
@@ -543,6 +543,7 @@ def test_data_integrity(guest_images, start_backend, tmp_path, cache, extra):
 ACL_SCRIPT = r'''set -e
 "$FASTVFS_PYTHON" - <<'PY'
 import os, stat, struct
+from tests.deployed import FASTVFS
 m = os.environ["FASTVFS_MNT"]
 acl = lambda *e: struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *x) for x in e)
 NO_ID = 0xFFFFFFFF

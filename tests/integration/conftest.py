@@ -32,6 +32,7 @@ import pytest
 from fastvfs.fuse.abi import Opcode
 from fastvfs.testing.frontend import VhostUserFrontend
 from fastvfs.testing.fuse_client import FuseClient
+from tests.deployed import FASTVFS
 
 REFERENCE_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 START_TIMEOUT = 10.0
@@ -87,7 +88,7 @@ class BackendSpec:
 
 BACKENDS = {
     "fastvfs": BackendSpec(
-        lambda sock, shared: [sys.executable, "-m", "fastvfs", "--socket-path", sock,
+        lambda sock, shared: [*FASTVFS, "--socket-path", sock,
                               "--shared-dir", shared, "--cache", "never", "--log-level", "debug"]),
     "reference": BackendSpec(
         reference_argv, (pytest.mark.reference,),

@@ -21,6 +21,7 @@ from fastvfs.vhost_user.protocol import Request
 
 from .conftest import BackendLauncher, BackendSpec, _launcher
 from .test_hostile import BAD_MESSAGES, NEED_REPLY, still_serving
+from tests.deployed import FASTVFS
 
 ROOT = abi.FUSE_ROOT_ID
 BARRAGE_SECONDS = float(os.environ.get("FASTVFS_BARRAGE_SECONDS", "60"))
@@ -42,7 +43,7 @@ def custom(tmp_path):
         run.mkdir()
 
         def argv(sock, shared_dir):
-            return [sys.executable, "-m", "fastvfs", "--socket-path", sock, "--shared-dir",
+            return [*FASTVFS, "--socket-path", sock, "--shared-dir",
                     str(shared or shared_dir), "--cache", "never", "--log-level", "debug",
                     *extra]
         launcher = BackendLauncher("fastvfs", BackendSpec(argv), run)

@@ -16,8 +16,9 @@ import pytest
 from fastvfs.fuse import abi
 from fastvfs.testing.frontend import VhostUserFrontend
 from fastvfs.testing.fuse_client import FuseClient
+from tests.deployed import FASTVFS
 
-DAEMON = [sys.executable, "-m", "fastvfs"]
+DAEMON = FASTVFS
 
 
 @pytest.fixture

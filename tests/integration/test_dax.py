@@ -19,6 +19,7 @@ from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import ProtocolFeature, Request
 
 from .conftest import BackendLauncher, BackendSpec
+from tests.deployed import FASTVFS
 
 ROOT = abi.FUSE_ROOT_ID
 MiB = 1 << 20
@@ -28,7 +29,7 @@ R = 2 * MiB  # the Linux driver's range size
 
 def _argv(window):
     def argv(sock, shared):
-        cmd = [sys.executable, "-m", "fastvfs", "--socket-path", sock, "--shared-dir", shared,
+        cmd = [*FASTVFS, "--socket-path", sock, "--shared-dir", shared,
                "--cache", "never", "--log-level", "debug"]
         if window:
             cmd += ["--dax-window-size", str(window)]

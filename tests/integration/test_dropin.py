@@ -23,8 +23,9 @@ from fastvfs.testing.frontend import VhostUserFrontend
 from fastvfs.testing.fuse_client import LINUX_6_1_INIT_FLAGS, FuseClient
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import Request
+from tests.deployed import FASTVFS
 
-DAEMON = [sys.executable, "-m", "fastvfs"]
+DAEMON = FASTVFS
 ROOT = abi.FUSE_ROOT_ID
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest import workload
+from tests.deployed import FASTVFS
 
 WORKLOAD = Path(workload.__file__)
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
@@ -34,7 +35,7 @@ def fuse_mount(tmp_path):
         shared, mnt = tmp_path / f"shared{len(procs)}", tmp_path / f"mnt{len(procs)}"
         shared.mkdir()
         mnt.mkdir()
-        proc = subprocess.Popen([sys.executable, "-m", "fastvfs", "mount", str(shared), str(mnt),
+        proc = subprocess.Popen([*FASTVFS, "mount", str(shared), str(mnt),
                                  *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append((proc, mnt))
         deadline = time.monotonic() + 15
