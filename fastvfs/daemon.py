@@ -245,6 +245,8 @@ def run(options):
         stats_server.detach()
         log.debug("sandboxed daemon is pid %d", child)
         return sandbox.supervise(child, cleanup, unblock=_TERMINATING)
+    if options.sandbox != "none":
+        sandbox.watch_imports()
     device = None
     old_handlers = {s: signal.signal(s, _on_signal) for s in _TERMINATING}
     try:

@@ -140,6 +140,22 @@ def _preload():
     import traceback  # noqa: F401  (logging.exception)
 
 
+def watch_imports():
+    """From now on, log every module that is imported from disk: inside the sandbox the host's
+    tree (the interpreter's library included) is out of reach, so such an import fails, and
+    the request that needed it with it.  Everything the daemon can run is imported before the
+    sandbox (module level, or :func:`_preload`); a line here is a defect, and the tests that
+    run the daemon with its defaults fail on it.  The ``import`` audit event is raised only
+    for modules not yet in ``sys.modules``, so the hook costs nothing on the serving paths."""
+    reported = set()
+
+    def hook(event, args):
+        if event == "import" and args[0] not in reported:
+            reported.add(args[0])
+            log.error("module %s imported inside the sandbox", args[0])
+    sys.addaudithook(hook)
+
+
 def root_for(mode, shared_dir):
     return shared_dir if mode == "none" else "/"
 

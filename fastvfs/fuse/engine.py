@@ -9,7 +9,9 @@ the hot path calls with a pending reply whose ``complete(error, payload)`` sends
 """
 
 import bisect
-import concurrent.futures
+# The submodule itself: ``concurrent.futures`` loads its executors lazily, which would be an
+# import from disk after the daemon has left the host's tree (the sandbox).
+import concurrent.futures.thread
 import errno
 import logging
 import os
@@ -56,6 +58,10 @@ MODIFYING_OPS = frozenset({
 # are cheap and order-sensitive (FORGET has no reply at all).
 INLINE_OPS = frozenset({Opcode.INIT, Opcode.DESTROY, Opcode.FORGET, Opcode.BATCH_FORGET,
                         Opcode.INTERRUPT})
+# Requests queued or running on the thread pool, per pool thread, beyond which the queue thread
+# that hands one over waits for a place: each holds its request (up to MAX_WRITE bytes), so
+# this bounds what a guest republishing heads can make the daemon hold.
+POOL_BACKLOG_PER_THREAD = 8
 
 
 class CachePolicy:
@@ -100,9 +106,13 @@ class FuseEngine:
         self.announce_submounts = announce_submounts
         # Requests that may block are run on this pool when one is asked for, so a slow one
         # (a huge READDIR, an fsync on a slow disk) never holds up its queue.
-        self.pool = (concurrent.futures.ThreadPoolExecutor(thread_pool_size,
-                                                           thread_name_prefix="fastvfs-pool")
-                     if thread_pool_size > 0 else None)
+        self.pool = (concurrent.futures.thread.ThreadPoolExecutor(
+            thread_pool_size, thread_name_prefix="fastvfs-pool")
+            if thread_pool_size > 0 else None)
+        # Backpressure: at most this many requests wait or run on the pool at once; the queue
+        # thread handing over one more blocks (not reading its ring) until one finishes.
+        self.pool_slots = threading.BoundedSemaphore(
+            max(1, thread_pool_size) * POOL_BACKLOG_PER_THREAD)
         # The DAX cache window (fastvfs.dax.DaxWindow) when one is configured.
         self.dax = dax
         self.cache = cache if isinstance(cache, CachePolicy) else CachePolicy(cache)
@@ -153,7 +163,12 @@ class FuseEngine:
             opcode = abi.in_header.unpack_from(request)[1]
             if opcode not in INLINE_OPS:
                 def run(pending):
-                    self.pool.submit(self._run_pooled, pending, request, out_size)
+                    self.pool_slots.acquire()
+                    try:
+                        self.pool.submit(self._run_pooled, pending, request, out_size)
+                    except BaseException:
+                        self.pool_slots.release()
+                        raise
                 return run
         return self._handle(request, out_size)
 
@@ -175,6 +190,12 @@ class FuseEngine:
         return result
 
     def _run_pooled(self, pending, request, out_size):
+        try:
+            self._answer_pooled(pending, request, out_size)
+        finally:
+            self.pool_slots.release()
+
+    def _answer_pooled(self, pending, request, out_size):
         try:
             result = self._handle(request, out_size)
             if result is None:

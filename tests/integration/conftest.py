@@ -38,6 +38,9 @@ REFERENCE_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 START_TIMEOUT = 10.0
 EXIT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
+# What the daemon logs when a module is imported after it entered its sandbox
+# (fastvfs.sandbox.watch_imports).
+SANDBOX_IMPORT = "imported inside the sandbox"
 
 
 def pytest_configure(config):
@@ -185,6 +188,7 @@ class BackendLauncher:
         return self.spec.errno_quirks.get((opcode, expected), expected)
 
     def shutdown(self):
+        late_imports = []
         for process, frontend, log, socket_dir in self._runs:
             if frontend is not None:
                 frontend.close()
@@ -193,7 +197,13 @@ class BackendLauncher:
             output = log.read_text(errors="replace")
             if output:
                 print(f"--- {self.name} backend (status {process.returncode}) ---\n{output}")
+            late_imports += [line for line in output.splitlines() if SANDBOX_IMPORT in line]
         self._runs = []
+        # A module imported from disk inside the sandbox fails wherever the host's tree is out
+        # of reach: every path the test drove must have been loaded before the sandbox.
+        if late_imports:
+            pytest.fail("the daemon imported modules inside its sandbox:\n" +
+                        "\n".join(late_imports))
 
 
 @pytest.fixture(params=[pytest.param(name, marks=spec.marks) for name, spec in BACKENDS.items()])

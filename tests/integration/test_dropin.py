@@ -191,20 +191,42 @@ def test_no_killpriv_v2(daemon):
 
 
 def test_thread_pool_serves_requests(daemon):
+    """With the default sandbox and seccomp: the pool's modules are loaded before the sandbox
+    (nothing is imported from disk inside it) and its threads serve."""
     threads = {}
     for pool in ("0", "4"):
-        d = daemon("--thread-pool-size", pool, "--sandbox", "none",
-                   files={"f": os.urandom(1 << 16)})
+        d = daemon("--thread-pool-size", pool, files={"f": os.urandom(1 << 16)})
         c = d.connect()
         tickets = [c.submit(Opcode.LOOKUP, ROOT, b"f\0", reply_len=abi.ENTRY_OUT_SIZE)
                    for _ in range(32)]
         assert all(c.wait(t).error == 0 for t in tickets)
-        threads[pool] = len(os.listdir(f"/proc/{d.proc.pid}/task"))
+        threads[pool] = len(os.listdir(f"/proc/{d.serving_pid()}/task"))
     assert threads["4"] > threads["0"], threads   # the pool's workers exist and served
     # Locks still wait without holding the pool.
     nid = c.lookup(ROOT, "f").nodeid
     fh = c.open(nid, os.O_RDWR).fh
     assert c.read(nid, fh, 0, 16) == (d.shared / "f").read_bytes()[:16]
+    assert d.close() == 0
+    assert "inside the sandbox" not in d.output, d.output
+
+
+@pytest.mark.parametrize("sandbox", ["namespace", "chroot"])
+def test_kata_stock_arguments(daemon, sandbox):
+    """Kata's runtime configuration snippet (``virtio_fs_extra_args``) and microvm.nix's
+    ``--sandbox=chroot --thread-pool-size N``: the daemon starts, serves through its pool and
+    imports nothing inside its sandbox."""
+    d = daemon(f"--sandbox={sandbox}", "--thread-pool-size=1", "--announce-submounts",
+               files={"f": b"kata"})
+    c = d.connect()
+    nid = c.lookup(ROOT, "f").nodeid
+    fh = c.open(nid, os.O_RDONLY).fh
+    assert c.read(nid, fh, 0, 4) == b"kata"
+    dfh = c.opendir(ROOT).fh
+    assert c.readdirplus(ROOT, dfh)
+    c.mkdir(ROOT, "d")
+    assert c.statfs()
+    assert d.close() == 0
+    assert "inside the sandbox" not in d.output, d.output
 
 
 def test_announce_submounts(daemon, tmp_path):

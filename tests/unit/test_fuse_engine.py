@@ -739,3 +739,49 @@ class TestSupplementaryGroup:
             req = abi.in_header.pack(40 + len(body) + len(ext), Opcode.MKDIR, sess.unique, parent,
                                      0, 0, 1, len(ext) // 8, 0) + body + ext
             assert sess.engine.handle(req, 4096)[0] == -errno.EINVAL
+
+
+def test_thread_pool_backlog_is_bounded(tmp_path):
+    """With a pool, the queue thread hands a request over only while fewer than
+    POOL_BACKLOG_PER_THREAD per pool thread wait or run: the next one blocks it (backpressure:
+    the ring is not read meanwhile) until a place frees up."""
+    import threading
+    from fastvfs.fuse import engine as engine_mod
+
+    class Pending:
+        def __init__(self):
+            self.done = threading.Event()
+
+        def complete(self, error, payload=b""):
+            self.result = (error, payload)
+            self.done.set()
+
+    sess = Session(tmp_path)
+    sess.engine = FuseEngine(sess.fs, "never", thread_pool_size=1)
+    sess.init()
+    gate = threading.Event()
+    real_statfs = sess.fs.statfs
+
+    def slow_statfs(nodeid):
+        gate.wait(10)
+        return real_statfs(nodeid)
+    sess.fs.statfs = slow_statfs
+    limit = engine_mod.POOL_BACKLOG_PER_THREAD
+    pendings = []
+    for _ in range(limit):
+        run = sess.raw(Opcode.STATFS)
+        assert callable(run)
+        pendings.append(Pending())
+        run(pendings[-1])         # returns at once: a place was free
+    run = sess.raw(Opcode.STATFS)
+    pendings.append(Pending())
+    handed = threading.Thread(target=run, args=(pendings[-1],))
+    handed.start()
+    handed.join(0.3)
+    assert handed.is_alive(), "the request past the backlog was queued without a bound"
+    gate.set()
+    handed.join(10)
+    assert not handed.is_alive()
+    for p in pendings:
+        assert p.done.wait(10) and p.result[0] == 0
+    sess.engine.pool.shutdown()
