@@ -6,7 +6,10 @@ PY = $(VENV)/bin/python
 APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv strace
 PYTEST_ARGS ?=
 
-.PHONY: deps venv build test test-all demo micro micro-pytest bench perf-gate clean
+DEPLOYED ?= .venv-deployed
+FASTVFS_BIN = $(CURDIR)/$(DEPLOYED)/bin/fastvfs
+
+.PHONY: deps venv build dist deployed test test-all demo micro micro-pytest bench perf-gate clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -23,21 +26,35 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: deps $(VENV)/.installed
 
-# Rebuild the extensions in place after editing a .pyx file.
+# Rebuild the extensions in place after editing a .pyx file (the harness's C load driver too).
 build: venv
-	$(PY) setup.py -q build_ext --inplace
+	FASTVFS_HARNESS=1 $(PY) setup.py -q build_ext --inplace
 
-# The test command: unit and integration tests, and the real-guest tests (QEMU + Debian kernel).
-test: build
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+# The distribution: an sdist, and the wheel built from that sdist (so a file the sdist lacks
+# fails here), in dist/.
+dist: venv
+	rm -rf dist build/sdist-wheel
+	$(PY) setup.py -q sdist -d dist
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist dist/fastvfs-*.tar.gz
+
+# fastvfs as a user installs it: the wheel in a fresh virtual environment of its own.  The
+# tests start this $(FASTVFS_BIN).
+deployed: dist
+	$(PYTHON) -m venv --clear $(DEPLOYED)
+	$(DEPLOYED)/bin/pip install -q dist/fastvfs-*.whl
+
+# The test command: unit and integration tests, and the real-guest tests (QEMU + Debian
+# kernel), every daemon started from the installed wheel.
+test: build deployed
+	FASTVFS_BIN=$(FASTVFS_BIN) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Everything, including the slow guest suites left out of CI.
-test-all: build
-	$(PY) -m pytest $(PYTEST_ARGS)
+test-all: build deployed
+	FASTVFS_BIN=$(FASTVFS_BIN) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The main job: serve a directory to a real Linux guest and show it working.
 demo: build
-	$(PY) -m fastvfs.testing.demo $(DEMO_ARGS)
+	$(PY) -m fastvfs_testing.demo $(DEMO_ARGS)
 
 # Microbenchmarks against the reference virtiofsd in the same run (reports/micro/).
 micro: build
@@ -64,4 +81,4 @@ perf-gate: build
 	$(PY) -m bench.regress $(PERF_ARGS)
 
 clean:
-	rm -rf build $(VENV) fastvfs/*.so fastvfs/*/*.so fastvfs/*.c fastvfs/*/*.c *.egg-info
+	rm -rf build dist $(VENV) $(DEPLOYED) fastvfs_testing/*.so fastvfs_testing/*.c fastvfs/*.so fastvfs/*/*.so fastvfs/*.c fastvfs/*/*.c *.egg-info

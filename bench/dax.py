@@ -25,8 +25,8 @@ from pathlib import Path
 from bench import micro, output
 
 from fastvfs.fuse import abi
-from fastvfs.testing.dax_cache import RANGE_SIZE, DaxCache
-from fastvfs.testing.fuse_client import LINUX_DAX_INIT_FLAGS, FuseClient
+from fastvfs_testing.dax_cache import RANGE_SIZE, DaxCache
+from fastvfs_testing.fuse_client import LINUX_DAX_INIT_FLAGS, FuseClient
 
 ROOT = abi.FUSE_ROOT_ID
 SIZES = {"4k": 4096, "1m": 1 << 20}

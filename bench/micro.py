@@ -7,7 +7,7 @@ driver in the same run, with the host-native figure as the ceiling.
 Each workload keeps a fixed number of requests in flight (closed loop) on one request queue for
 ``--seconds`` and reports requests/s, the backend's CPU-seconds (all its threads, from
 /proc/PID/task/*/schedstat) and the driver thread's own CPU-seconds, so a driver-bound figure
-shows as such.  The driver (``fastvfs.testing.lean``) runs in C: chains built once in guest
+shows as such.  The driver (``fastvfs_testing.lean``) runs in C: chains built once in guest
 memory as Linux's virtiofs driver lays them out (indirect tables, page-sized data descriptors),
 EVENT_IDX notification suppression both ways.  Each figure is the median of ``--reps`` runs,
 each run taken in ``--slices`` short runs interleaved with the other backends' (the order
@@ -32,10 +32,10 @@ from bench import output
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing._lean import native_io, wake_floor
-from fastvfs.testing.frontend import VhostUserFrontend
-from fastvfs.testing.fuse_client import FuseClient
-from fastvfs.testing.lean import LeanLoad
+from fastvfs_testing._lean import native_io, wake_floor
+from fastvfs_testing.frontend import VhostUserFrontend
+from fastvfs_testing.fuse_client import FuseClient
+from fastvfs_testing.lean import LeanLoad
 
 REFERENCE = "/usr/lib/qemu/virtiofsd"
 FILE_SIZE = 64 << 20

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench import micro
-from fastvfs.testing.lean import LeanLoad
+from fastvfs_testing.lean import LeanLoad
 
 # Kernel time by system call (inclusive: perf report --children), and user time by function
 # (self), each summed into a stage.

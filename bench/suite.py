@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastvfs.testing import guest
+from fastvfs_testing import guest
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOADS = REPO / "bench" / "workloads.py"

@@ -26,9 +26,9 @@ from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
 from fastvfs.fuse.engine import FuseEngine
-from fastvfs.testing.fuse_client import LINUX_6_1_INIT_FLAGS
-from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.virtq import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+from fastvfs_testing.fuse_client import LINUX_6_1_INIT_FLAGS
+from fastvfs_testing.guestmem import GuestMemory
+from fastvfs_testing.virtq import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
                                    DriverVirtqueue)
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.connection import Connection, Message, ProtocolError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fastvfs.testing import guest
+from fastvfs_testing import guest
 from tests.deployed import FASTVFS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fastvfs.testing import guest
+from fastvfs_testing import guest
 from tests.guest import workload
 
 pytestmark = pytest.mark.guest

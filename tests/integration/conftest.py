@@ -30,8 +30,8 @@ from typing import Callable, Optional
 import pytest
 
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.frontend import VhostUserFrontend
-from fastvfs.testing.fuse_client import FuseClient
+from fastvfs_testing.frontend import VhostUserFrontend
+from fastvfs_testing.fuse_client import FuseClient
 from tests.deployed import FASTVFS
 
 REFERENCE_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"

@@ -14,8 +14,8 @@ import pytest
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.fuse_client import FuseProtocolError
-from fastvfs.testing.virtq import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from fastvfs_testing.fuse_client import FuseProtocolError
+from fastvfs_testing.virtq import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import Request
 
@@ -234,7 +234,7 @@ def test_reset_device_with_requests_in_flight(fastvfs):
                       reply_len=abi.ATTR_OUT_SIZE)
     frontend.reset_device()
     frontend.start_device()
-    from fastvfs.testing.fuse_client import FuseClient
+    from fastvfs_testing.fuse_client import FuseClient
     fresh = FuseClient(frontend, timeout=10)
     fresh.init()
     assert fresh.getattr(ROOT).attr.mode & 0o170000 == 0o040000

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fastvfs.fuse import abi
-from fastvfs.testing.frontend import VhostUserFrontend
-from fastvfs.testing.fuse_client import FuseClient
+from fastvfs_testing.frontend import VhostUserFrontend
+from fastvfs_testing.fuse_client import FuseClient
 from tests.deployed import FASTVFS
 
 DAEMON = FASTVFS

@@ -12,9 +12,9 @@ import pytest
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.dax_cache import DaxCache
-from fastvfs.testing.fuse_client import LINUX_6_1_INIT_FLAGS, LINUX_DAX_INIT_FLAGS
-from fastvfs.testing.virtq import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from fastvfs_testing.dax_cache import DaxCache
+from fastvfs_testing.fuse_client import LINUX_6_1_INIT_FLAGS, LINUX_DAX_INIT_FLAGS
+from fastvfs_testing.virtq import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import ProtocolFeature, Request
 

@@ -19,8 +19,8 @@ import pytest
 from fastvfs import sandbox
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.frontend import VhostUserFrontend
-from fastvfs.testing.fuse_client import LINUX_6_1_INIT_FLAGS, FuseClient
+from fastvfs_testing.frontend import VhostUserFrontend
+from fastvfs_testing.fuse_client import LINUX_6_1_INIT_FLAGS, FuseClient
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import Request
 from tests.deployed import FASTVFS

@@ -13,9 +13,9 @@ import pytest
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.frontend import DEFAULT_PROTOCOL_FEATURES, VhostUserError
-from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.virtq import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from fastvfs_testing.frontend import DEFAULT_PROTOCOL_FEATURES, VhostUserError
+from fastvfs_testing.guestmem import GuestMemory
+from fastvfs_testing.virtq import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import ProtocolFeature, Request
 

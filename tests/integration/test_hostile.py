@@ -8,7 +8,7 @@ import pytest
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.virtq import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from fastvfs_testing.virtq import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import Request
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from bench import micro
-from fastvfs.testing._lean import wake_floor
+from fastvfs_testing._lean import wake_floor
 
 pytestmark = [pytest.mark.reference,
               pytest.mark.skipif(not os.access(micro.REFERENCE, os.X_OK),

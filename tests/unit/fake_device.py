@@ -3,8 +3,8 @@ unit tests: it walks published chains (direct or indirect), hands their readable
 responder and writes the responder's answer into the writable buffers before pushing the used
 element."""
 
-from fastvfs.testing import virtq
-from fastvfs.testing.virtq import (
+from fastvfs_testing import virtq
+from fastvfs_testing.virtq import (
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, le16, vring_desc, vring_used_elem)
 
 

@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
-from fastvfs.testing import virtq
-from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.virtq import (
+from fastvfs_testing import virtq
+from fastvfs_testing.guestmem import GuestMemory
+from fastvfs_testing.virtq import (
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
     DriverVirtqueue, VirtqueueError, le16, vring_desc, vring_need_event, vring_used_elem)
 from tests.unit.fake_device import FakeDevice

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from fastvfs.testing.frontend import VhostUserError, VhostUserFrontend
-from fastvfs.testing.guestmem import GuestMemory
+from fastvfs_testing.frontend import VhostUserError, VhostUserFrontend
+from fastvfs_testing.guestmem import GuestMemory
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import ProtocolFeature, Request
 

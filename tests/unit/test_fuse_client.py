@@ -11,10 +11,10 @@ import pytest
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.fuse_client import (
+from fastvfs_testing.fuse_client import (
     FuseClient, FuseProtocolError, parse_direntplus, parse_dirents)
-from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.virtq import VRING_DESC_F_WRITE, DriverVirtqueue
+from fastvfs_testing.guestmem import GuestMemory
+from fastvfs_testing.virtq import VRING_DESC_F_WRITE, DriverVirtqueue
 from tests.unit.fake_device import FakeDevice
 
 ATTR = abi.attr.pack(7, 100, 1, 10, 20, 30, 1, 2, 3, stat.S_IFREG | 0o644, 1, 0, 0, 0, 4096, 0)

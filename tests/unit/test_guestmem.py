@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fastvfs.testing.guestmem import (
+from fastvfs_testing.guestmem import (
     GUARD_BYTE, PAGE_SIZE, RESERVED_LOW, USERSPACE_ADDR_BASE, USERSPACE_ADDR_STRIDE, GuestMemory)
 from fastvfs.vhost_user import protocol
 

@@ -1,7 +1,8 @@
 """Each layer imports only the layers below it (README, "Layout").
 
 Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> _ring (hot path) and
-fuse (FUSE engine) -> uring (io_uring engine), fs (file system backend) and dax (cache window).  The testing package is a client of all of them
+fuse (FUSE engine) -> uring (io_uring engine), fs (file system backend) and dax (cache window).
+The harness (``fastvfs_testing``, outside the distributed package) is a client of all of them
 and nothing in the product imports it.
 """
 
@@ -76,6 +77,12 @@ def test_imports_follow_the_layers(path):
     layer = layer_of(path)
     bad = imported_layers(path) & FORBIDDEN.get(layer, set())
     assert not bad, f"{path.relative_to(PACKAGE)} ({layer}) imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_product_never_imports_the_harness(path):
+    text = path.read_text()
+    assert "fastvfs_testing" not in text, f"{path.relative_to(PACKAGE)} imports the harness"
 
 
 def test_the_check_sees_imports():

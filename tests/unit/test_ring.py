@@ -14,8 +14,8 @@ import pytest
 
 from fastvfs import _ring
 from fastvfs.fuse import abi
-from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.virtq import (Chain, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+from fastvfs_testing.guestmem import GuestMemory
+from fastvfs_testing.virtq import (Chain, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
                                    VRING_DESC_F_WRITE, DriverVirtqueue)
 
 TIMEOUT = 5.0
@@ -817,7 +817,7 @@ class TestWakeCoalescing:
 
     def _drive(self, harness, tmp_path, driver_cpu, worker_cpu):
         from types import SimpleNamespace
-        from fastvfs.testing.lean import LeanLoad
+        from fastvfs_testing.lean import LeanLoad
         inodes = _ring.HandleTable(64)
         inodes.add_root(os.open(tmp_path, os.O_PATH))
         h = harness(inodes=inodes, size=64)

@@ -271,7 +271,7 @@ def _fixed(reply, struct_size, what):
 
 
 class FuseClient:
-    """FUSE session over a started :class:`~fastvfs.testing.frontend.VhostUserFrontend`.
+    """FUSE session over a started :class:`~fastvfs_testing.frontend.VhostUserFrontend`.
 
     ``indirect``: None (default) does what Linux does, indirect tables for every chain of more
     than one descriptor when negotiated; True forces them (must be negotiated); False never uses

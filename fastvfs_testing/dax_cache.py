@@ -4,8 +4,8 @@ The driver cuts the window into 2 MiB ranges; the first access to a 2 MiB range 
 free window range (or reclaims the least recently used one with FUSE_REMOVEMAPPING) and maps it
 with FUSE_SETUPMAPPING; every later access is a plain load or store in the window, with no request
 to the daemon.  :class:`DaxCache` gives tests and benchmarks that view over a
-:class:`~fastvfs.testing.fuse_client.FuseClient` and the frontend's
-:class:`~fastvfs.testing.shmem.SharedMemoryWindow`.
+:class:`~fastvfs_testing.fuse_client.FuseClient` and the frontend's
+:class:`~fastvfs_testing.shmem.SharedMemoryWindow`.
 """
 
 import collections

@@ -33,9 +33,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-from fastvfs.testing.guestmem import GuestMemory
-from fastvfs.testing.shmem import BackendChannelServer, SharedMemoryWindow
-from fastvfs.testing.virtq import DriverVirtqueue
+from fastvfs_testing.guestmem import GuestMemory
+from fastvfs_testing.shmem import BackendChannelServer, SharedMemoryWindow
+from fastvfs_testing.virtq import DriverVirtqueue
 from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import ProtocolFeature, Request
 
@@ -91,7 +91,7 @@ class VhostUserFrontend:
     ``shared_memory=True`` also accepts the back-end's VIRTIO shared memory regions (the DAX
     window): the frontend reserves each one, hands the back-end a request channel
     (SET_BACKEND_REQ_FD) and maps what it asks for; ``windows`` maps shmid to
-    :class:`~fastvfs.testing.shmem.SharedMemoryWindow` and ``channel`` serves the requests.
+    :class:`~fastvfs_testing.shmem.SharedMemoryWindow` and ``channel`` serves the requests.
 
     After :meth:`start`, ``queues`` holds one :class:`DriverVirtqueue` per queue.
     """

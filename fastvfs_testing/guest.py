@@ -19,7 +19,7 @@ and reused. Inside the guest the script sees:
 ``FASTVFS_BOOT``     0 on the first boot, 1 after the first reboot, ...,
 ``FASTVFS_PYTHON``   the host interpreter that launched the guest (also first on ``PATH``).
 
-Run ``python -m fastvfs.testing.guest --help`` for manual use.
+Run ``python -m fastvfs_testing.guest --help`` for manual use.
 """
 
 from __future__ import annotations
@@ -671,7 +671,7 @@ def run_guest(script_text: str, *, timeout: float = 600,
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fastvfs.testing.guest",
+        prog="python -m fastvfs_testing.guest",
         description="Boot a test guest (TCG) and run a script in it; the script sees the tested "
                     "filesystem at $FASTVFS_MNT. Prints the script's output and exits with its "
                     "status.")

@@ -17,8 +17,8 @@ import os
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing import virtq
-from fastvfs.testing._lean import LeanQueue
+from fastvfs_testing import virtq
+from fastvfs_testing._lean import LeanQueue
 
 PAGE_SIZE = 4096
 FIRST_UNIQUE = 1 << 40

@@ -59,7 +59,7 @@ def sha256(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastvfs.testing.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m fastvfs_testing.demo", description=__doc__)
     p.add_argument("--shared-dir", help="directory to share (default: a new temporary one)")
     p.add_argument("--cache", default="auto", choices=["never", "auto", "always"])
     p.add_argument("--queues", type=int, default=1, help="virtio-fs request queues")
