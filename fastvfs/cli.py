@@ -8,6 +8,8 @@ import argparse
 import json
 import logging
 import os
+import socket
+import stat as stat_mod
 import sys
 
 from . import __version__
@@ -46,24 +48,31 @@ def add_fs_options(p):
                    help="raise the open-file limit to N (default 1000000, capped by the system)")
     p.add_argument("--readonly", action="store_true",
                    help="share the directory read-only: every change is refused with EROFS")
-    p.add_argument("--announce-submounts", action="store_true",
+    p.add_argument("--announce-submounts", action=argparse.BooleanOptionalAction, default=True,
                    help="tell the guest which directories are mount points on the host, so it "
-                        "gives each file system its own device number")
+                        "gives each file system its own device number (default on)")
     p.add_argument("--inode-file-handles", default="never",
                    choices=["never", "prefer", "fallback", "mandatory"],
-                   help="refer to inodes by file handles instead of O_PATH descriptors; only "
-                        "'never' is implemented (the others are refused)")
-    p.add_argument("--no-killpriv-v2", action="store_true",
-                   help="do not offer FUSE_HANDLE_KILLPRIV_V2 (the guest then clears "
-                        "setuid/setgid bits itself)")
+                   help="how inodes are held: never (O_PATH descriptors, the default); prefer "
+                        "(file handles where the file system has them: not implemented, so "
+                        "descriptors throughout, with a warning); mandatory is refused")
+    p.add_argument("--killpriv-v2", dest="killpriv_v2", action=argparse.BooleanOptionalAction,
+                   default=False,
+                   help="offer FUSE_HANDLE_KILLPRIV_V2: the guest leaves clearing setuid/setgid "
+                        "on write, truncate and chown to fastvfs (default off: the guest clears "
+                        "them itself, which also suits shares on NFS)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     p.add_argument("-V", "--version", action="version", version=f"fastvfs {__version__}")
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="fastvfs", description="virtio-fs vhost-user backend "
-                                "(or, as 'fastvfs mount SHARED_DIR MOUNTPOINT', a FUSE server "
-                                "for the host kernel)")
+    p = argparse.ArgumentParser(
+        prog="fastvfs", description="virtio-fs vhost-user backend",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommands (each has its own --help):\n"
+               "  fastvfs mount SHARED_DIR MOUNTPOINT   serve the host kernel through /dev/fuse\n"
+               "  fastvfs stats                         a running daemon's request statistics\n"
+               "  fastvfs descriptor [--install [DIR]]  the vhost-user descriptor for libvirt")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket-path", help="vhost-user Unix socket to create and listen on")
     where.add_argument("--socket", dest="socket_path", help=argparse.SUPPRESS)  # old name
@@ -199,7 +208,8 @@ _COMPAT_FLAGS = {
     "writeback": ("writeback", True), "no_writeback": ("writeback", False),
     "allow_direct_io": ("allow_direct_io", True), "no_allow_direct_io": ("allow_direct_io", False),
     "announce_submounts": ("announce_submounts", True),
-    "killpriv_v2": ("no_killpriv_v2", False), "no_killpriv_v2": ("no_killpriv_v2", True),
+    "no_announce_submounts": ("announce_submounts", False),
+    "killpriv_v2": ("killpriv_v2", True), "no_killpriv_v2": ("killpriv_v2", False),
     "posix_lock": ("posix_lock", True), "no_posix_lock": ("posix_lock", False),
     "flock": ("flock", True), "no_flock": ("flock", False),
     "posix_acl": ("posix_acl", True), "no_posix_acl": ("posix_acl", False),
@@ -248,6 +258,24 @@ def apply_compat_options(p, options):
         options.log_level = "debug"
 
 
+def _check_listening_socket(p, fd):
+    """``--fd N`` must be an inherited Unix socket that listens (as libvirt and Kata pass it)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        p.error(f"--fd {fd}: {exc.strerror}")
+    if not stat_mod.S_ISSOCK(mode):
+        p.error(f"--fd {fd} is not a socket")
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        family = sock.family
+    finally:
+        sock.close()
+    if family != socket.AF_UNIX or not listening:
+        p.error(f"--fd {fd} is not a listening Unix socket")
+
+
 def capabilities():
     """What --print-capabilities says (QEMU's docs/interop/vhost-user.json, type "fs"):
     libvirt reads it to learn that the daemon takes --shared-dir/--cache/... separately."""
@@ -290,9 +318,15 @@ def main(argv=None):
         p.error("--thread-pool-size must not be negative")
     if options.tag is not None and not 0 < len(options.tag.encode()) <= 36:
         p.error("--tag must be 1 to 36 bytes")
-    if options.inode_file_handles != "never":
-        p.error(f"--inode-file-handles={options.inode_file_handles}: fastvfs refers to inodes "
-                "by O_PATH descriptors only ('never')")
+    if options.inode_file_handles == "mandatory":
+        p.error("--inode-file-handles=mandatory: fastvfs holds inodes as O_PATH descriptors "
+                "(file handles are not implemented)")
+    if options.socket_path is not None:
+        parent = os.path.dirname(os.path.abspath(options.socket_path))
+        if not os.path.isdir(parent):
+            p.error(f"--socket-path: directory {parent!r} does not exist")
+    if options.fd is not None:
+        _check_listening_socket(p, options.fd)
     if options.modcaps is not None:
         from .sandbox import parse_modcaps
         try:

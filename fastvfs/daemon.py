@@ -179,7 +179,7 @@ def build_engine(options, handles, inodes=None, dax=None, root=None):
                       flock=options.flock, posix_acl=options.posix_acl, dax=dax,
                       readonly=getattr(options, "readonly", False),
                       announce_submounts=getattr(options, "announce_submounts", False),
-                      killpriv_v2=not getattr(options, "no_killpriv_v2", False),
+                      killpriv_v2=getattr(options, "killpriv_v2", False),
                       thread_pool_size=getattr(options, "thread_pool_size", 0),
                       trace=getattr(options, "log_level", "") == "trace")
 
@@ -213,6 +213,9 @@ def run(options):
     # Termination signals wait until each process knows what to do with them: the supervisor
     # forwards them, the server shuts down (pid 1 of a namespace would ignore them otherwise).
     signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
+    if getattr(options, "inode_file_handles", "never") != "never":
+        log.warning("--inode-file-handles=%s: file handles are not implemented; inodes are "
+                    "held as O_PATH descriptors", options.inode_file_handles)
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
     pid_file = PidFile(socket_path + ".pid") if socket_path else None
     if options.fd is not None:

@@ -3,7 +3,12 @@ discover fastvfs: a JSON file in ``/usr/share/qemu/vhost-user/`` (or ``/etc/qemu
 naming the binary; libvirt then asks that binary for ``--print-capabilities``.
 
     fastvfs descriptor                       print the descriptor for this installation
-    fastvfs descriptor --install [DIR]       write DIR/50-fastvfs.json (default /etc/qemu/vhost-user)
+    fastvfs descriptor --install [DIR]       write DIR/90-fastvfs.json (default /etc/qemu/vhost-user)
+
+libvirt reads the descriptors of every directory in the order of their file names and takes the
+first of the wanted type: the name sorts after the distribution's own (``50-qemu-virtiofsd.json``),
+so installing it never takes over domains that name no binary.  A domain picks fastvfs with
+``<binary path='.../fastvfs'>``; the descriptor serves hosts without another virtio-fs backend.
 """
 
 import argparse
@@ -13,7 +18,7 @@ import shutil
 import sys
 
 DEFAULT_DIR = "/etc/qemu/vhost-user"
-FILE_NAME = "50-fastvfs.json"
+FILE_NAME = "90-fastvfs.json"
 
 
 def binary_path():

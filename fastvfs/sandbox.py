@@ -75,6 +75,29 @@ class SandboxError(Exception):
     pass
 
 
+_host_pid = None
+
+
+def host_pid():
+    """The daemon's pid as the host sees it (inside a namespace sandbox ``os.getpid()`` is 1):
+    what log lines and statistics name, so an operator can match them to a host process."""
+    return _host_pid or os.getpid()
+
+
+def _record_host_pid():
+    """In the child of a namespace sandbox, before /proc is replaced: the host's /proc still
+    names this process by its host pid.  Log records carry that pid from now on."""
+    global _host_pid
+    _host_pid = int(os.readlink("/proc/self"))
+    make_record = logging.getLogRecordFactory()
+
+    def record(*args, **kwargs):
+        rec = make_record(*args, **kwargs)
+        rec.process = _host_pid
+        return rec
+    logging.setLogRecordFactory(record)
+
+
 def _check(result, what):
     if result < 0 if isinstance(result, int) else result is None:
         err = ctypes.get_errno()
@@ -108,6 +131,7 @@ def enter(mode, shared_dir):
     try:
         # Die with the parent: it is what the VMM or the service manager watches.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        _record_host_pid()
         # Mount events must not travel back to the host's namespace.
         _check(_libc.mount(None, b"/", None, MS_SLAVE | MS_REC, None), "mount / slave")
         _check(_libc.mount(b"proc", b"/proc", b"proc",

@@ -26,6 +26,7 @@ import threading
 import time
 
 from .fuse.abi import Opcode
+from .sandbox import host_pid
 
 log = logging.getLogger("fastvfs.stats")
 STATS_SUFFIX = ".stats"
@@ -61,7 +62,7 @@ def summarize(snapshot, started=None):
             "mean_us": total_ns / count / 1000 if count else 0,
             "p50_us": percentile(hist, 0.5) / 1000, "p99_us": percentile(hist, 0.99) / 1000,
             "histogram_log2_ns": hist}
-    doc = {"pid": os.getpid(), "time": time.time(), "ops": ops,
+    doc = {"pid": host_pid(), "time": time.time(), "ops": ops,
            "total": sum(v["count"] for v in ops.values())}
     if started is not None:
         doc["uptime_s"] = time.monotonic() - started

@@ -120,11 +120,73 @@ def test_bad_legacy_options_are_refused(tmp_path, bad):
     assert out.returncode == 2 and "-o" in out.stderr
 
 
-def test_inode_file_handles_other_than_never_are_refused(tmp_path):
+def test_inode_file_handles_mandatory_is_refused(tmp_path):
     out = subprocess.run([*DAEMON, "--socket-path", str(tmp_path / "s"), "--shared-dir",
-                          str(tmp_path), "--inode-file-handles=prefer"], capture_output=True,
+                          str(tmp_path), "--inode-file-handles=mandatory"], capture_output=True,
                          text=True)
     assert out.returncode == 2 and "O_PATH" in out.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--socket-path", "/nonexistent-dir/s.sock"], "does not exist"),
+    (["--fd", "57"], "Bad file descriptor"),
+    (["--fd", "0"], "not a"),
+    (["--shared-dir", "/nonexistent-share", "--socket-path", "s"], "not a directory"),
+])
+def test_bad_command_lines_get_one_line_errors(tmp_path, argv, message):
+    if "--shared-dir" not in argv:
+        argv = [*argv, "--shared-dir", str(tmp_path)]
+    out = subprocess.run([*DAEMON, *argv], capture_output=True, text=True, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([*DAEMON, "--help"], capture_output=True, text=True, check=True)
+    for sub in ("fastvfs mount", "fastvfs stats", "fastvfs descriptor"):
+        assert sub in out.stdout
+
+
+def test_kata_runtime_argv_with_an_inherited_socket(tmp_path):
+    """The argument vector Kata's runtime builds (src/runtime/virtcontainers/virtiofsd.go,
+    ``virtiofsd.args``: ``--syslog --cache=C --shared-dir=D --fd=3`` and its default
+    ``--inode-file-handles=prefer``, then ``virtio_fs_extra_args`` from the README's
+    configuration), with the socket Kata listens on passed as fd 3, the default sandbox."""
+    import socket as socket_mod
+    shared = tmp_path / "share"
+    shared.mkdir()
+    (shared / "f").write_bytes(b"pod")
+    sock_dir = Path(tempfile.mkdtemp(prefix="fvk-"))
+    path = str(sock_dir / "vfs.sock")
+    listener = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    argv = [*DAEMON, "--syslog", "--cache=auto", f"--shared-dir={shared}", "--fd=3",
+            "--inode-file-handles=prefer", "--thread-pool-size=1", "--announce-submounts"]
+
+    def as_fd_3(fd=listener.fileno()):
+        if fd == 3:
+            os.set_inheritable(3, True)
+        else:
+            os.dup2(fd, 3)   # inheritable
+    proc = subprocess.Popen(argv, preexec_fn=as_fd_3, close_fds=False,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    listener.close()
+    try:
+        frontend = VhostUserFrontend(path, timeout=10).start()
+        client = FuseClient(frontend, timeout=10)
+        client.init(flags=LINUX_6_1_INIT_FLAGS)
+        nid = client.lookup(ROOT, "f").nodeid
+        fh = client.open(nid, os.O_RDONLY).fh
+        assert client.read(nid, fh, 0, 3) == b"pod"
+        frontend.close()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def test_pid_file_locks_the_socket_and_goes_away(daemon, tmp_path):
@@ -183,11 +245,13 @@ def test_readonly_refuses_every_change(daemon):
     assert sorted(os.listdir(d.shared)) == ["f"]
 
 
-def test_no_killpriv_v2(daemon):
-    c = daemon("--no-killpriv-v2").connect()
+def test_killpriv_v2_is_offered_only_when_asked(daemon):
+    c = daemon().connect()
     assert not c.init_out.flags & abi.FUSE_HANDLE_KILLPRIV_V2
-    c2 = daemon().connect()
+    c2 = daemon("--killpriv-v2").connect()
     assert c2.init_out.flags & abi.FUSE_HANDLE_KILLPRIV_V2
+    c3 = daemon("--no-killpriv-v2").connect()
+    assert not c3.init_out.flags & abi.FUSE_HANDLE_KILLPRIV_V2
 
 
 def test_thread_pool_serves_requests(daemon):
@@ -225,8 +289,11 @@ def test_kata_stock_arguments(daemon, sandbox):
     assert c.readdirplus(ROOT, dfh)
     c.mkdir(ROOT, "d")
     assert c.statfs()
+    server = d.serving_pid()
     assert d.close() == 0
     assert "inside the sandbox" not in d.output, d.output
+    # Log lines name processes by their host pids (the server is pid 1 of its namespace).
+    assert f"fastvfs[{server}]" in d.output and "fastvfs[1]" not in d.output, d.output
 
 
 def test_announce_submounts(daemon, tmp_path):
@@ -241,7 +308,11 @@ def test_announce_submounts(daemon, tmp_path):
         assert c.init_out.flags & abi.FUSE_SUBMOUNTS
         assert c.lookup(ROOT, "sub").attr.flags & 1          # FUSE_ATTR_SUBMOUNT
         assert not c.lookup(ROOT, "plain").attr.flags & 1
-        quiet = daemon(shared=shared).connect(LINUX_6_1_INIT_FLAGS | abi.FUSE_SUBMOUNTS)
+        # On by default; --no-announce-submounts turns it off.
+        assert daemon(shared=shared).connect(
+            LINUX_6_1_INIT_FLAGS | abi.FUSE_SUBMOUNTS).lookup(ROOT, "sub").attr.flags & 1
+        quiet = daemon("--no-announce-submounts", shared=shared).connect(
+            LINUX_6_1_INIT_FLAGS | abi.FUSE_SUBMOUNTS)
         assert not quiet.lookup(ROOT, "sub").attr.flags & 1
     finally:
         subprocess.run(["umount", "-l", str(shared / "sub")])
@@ -254,7 +325,7 @@ def test_descriptor_and_capabilities(tmp_path):
                                       "type": "fs", "binary": "/usr/bin/fastvfs"}
     out = subprocess.run([*DAEMON, "descriptor", "--install", str(tmp_path)],
                          capture_output=True, text=True, check=True)
-    written = json.loads((tmp_path / "50-fastvfs.json").read_text())
+    written = json.loads((tmp_path / "90-fastvfs.json").read_text())
     assert written["type"] == "fs" and os.path.isabs(written["binary"])
 
 
