@@ -133,6 +133,9 @@ def parser():
                    help="control socket for 'fastvfs stats' (default: SOCKET_PATH.stats)")
     p.add_argument("--metrics-socket", metavar="PATH",
                    help="serve Prometheus text-format metrics on this Unix socket")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="also serve the Prometheus metrics over HTTP on this TCP address "
+                        "(e.g. 127.0.0.1:9101)")
     p.add_argument("--metrics-interval", type=float, default=0, metavar="SECONDS",
                    help="log a line of request counts and latencies every SECONDS (default off)")
     return p

@@ -225,8 +225,12 @@ def run(options):
     socket_remover = PathRemover(socket_path) if socket_path else None
     stats = _ring.RequestStats()
     stats_path = options.stats_socket or (socket_path + STATS_SUFFIX if socket_path else None)
-    stats_server = StatsServer(stats, stats_path, options.metrics_socket,
-                               options.metrics_interval)
+    try:
+        stats_server = StatsServer(stats, stats_path, options.metrics_socket,
+                                   options.metrics_interval,
+                                   metrics_address=getattr(options, "metrics_address", None))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"fastvfs: cannot serve statistics: {exc}") from None
     removers = [PathRemover(p) for p in stats_server.paths]
 
     def cleanup():

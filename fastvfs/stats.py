@@ -8,8 +8,11 @@ those counters:
 
 - the **control socket** (``--stats-socket``, by default ``SOCKET_PATH.stats``) answers one
   command per connection: ``json`` (the default) or ``prometheus``;
-- the **metrics socket** (``--metrics-socket``) speaks just enough HTTP for
-  ``curl --unix-socket PATH http://localhost/metrics`` or a Prometheus agent's unix transport;
+- the **metrics endpoint**, an HTTP server (the standard library's ``http.server`` request
+  handler) on a Unix socket (``--metrics-socket``, for ``curl --unix-socket PATH
+  http://localhost/metrics`` or an agent's unix transport) and/or a TCP address
+  (``--metrics-address HOST:PORT``, for a Prometheus scraper): ``GET /metrics`` answers the text
+  exposition format, any other path 404, any other method 501;
 - ``--metrics-interval SECONDS`` logs the requests and mean latencies of the last interval.
 
 ``fastvfs stats [--socket-path P | --stats-socket P] [--watch SECONDS] [--json]`` prints the
@@ -17,6 +20,7 @@ table from a running daemon.
 """
 
 import argparse
+import http.server
 import json
 import logging
 import os
@@ -60,7 +64,10 @@ def summarize(snapshot, started=None):
         ops[opcode_name(op)] = {
             "opcode": op, "count": count, "errors": errors,
             "mean_us": total_ns / count / 1000 if count else 0,
-            "p50_us": percentile(hist, 0.5) / 1000, "p99_us": percentile(hist, 0.99) / 1000,
+            # Quantiles as the upper bounds ("le", as Prometheus names bucket bounds) of the
+            # log2 latency buckets holding them: the true value lies in (bound/2, bound].
+            "p50_le_us": percentile(hist, 0.5) / 1000,
+            "p99_le_us": percentile(hist, 0.99) / 1000,
             "histogram_log2_ns": hist}
     doc = {"pid": host_pid(), "time": time.time(), "ops": ops,
            "total": sum(v["count"] for v in ops.values())}
@@ -103,7 +110,8 @@ class StatsServer:
     The sockets are bound (and listening) at construction, before the sandbox hides their
     paths; :meth:`start` runs the threads; :meth:`close` stops them and removes the files."""
 
-    def __init__(self, stats, control_path=None, metrics_path=None, interval=0):
+    def __init__(self, stats, control_path=None, metrics_path=None, interval=0,
+                 metrics_address=None):
         self.stats = stats
         self.started = time.monotonic()
         self.interval = interval
@@ -113,11 +121,16 @@ class StatsServer:
         for path, handler in ((control_path, self._control), (metrics_path, self._metrics)):
             if path:
                 self._listeners.append((_bind(path), path, handler))
+        # A TCP listener has no file to remove: its "path" is None.
+        self._tcp = []
+        if metrics_address:
+            self._tcp.append((_bind_tcp(metrics_address), None, self._metrics))
 
     def start(self):
-        for sock, path, handler in self._listeners:
+        for sock, path, handler in self._listeners + self._tcp:
+            name = os.path.basename(path) if path else "metrics-tcp"
             t = threading.Thread(target=self._serve, args=(sock, handler),
-                                 name=f"fastvfs-stats-{os.path.basename(path)}", daemon=True)
+                                 name=f"fastvfs-stats-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         if self.interval > 0:
@@ -128,24 +141,28 @@ class StatsServer:
     def detach(self):
         """Close the listening sockets without removing their files (another process, the
         sandbox's serving child, owns them)."""
-        for sock, _, _ in self._listeners:
+        for sock, _, _ in self._listeners + self._tcp:
             sock.close()
         self._listeners = []
+        self._tcp = []
 
     def close(self, unlink=None):
         """Stop serving; ``unlink(path)`` removes each socket file (the default: os.unlink)."""
         self._stop.set()
-        for sock, path, _ in self._listeners:
+        for sock, path, _ in self._listeners + self._tcp:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
+            if path is None:
+                continue
             try:
                 (unlink or os.unlink)(path)
             except OSError:
                 pass
         self._listeners = []
+        self._tcp = []
 
     @property
     def paths(self):
@@ -177,14 +194,8 @@ class StatsServer:
             conn.sendall(json.dumps(summarize(snapshot, self.started)).encode())
 
     def _metrics(self, conn):
-        # One HTTP/1.0 request per connection; whatever it asks for gets the metrics.
-        try:
-            conn.recv(4096)
-        except socket.timeout:
-            pass
-        body = prometheus(self.stats.snapshot()).encode()
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # One request per connection (HTTP/1.0 semantics), parsed by http.server.
+        _MetricsHandler(conn, ("", 0), self)
 
     def _log_loop(self):
         last = self.stats.snapshot()
@@ -202,6 +213,46 @@ class StatsServer:
             log.info("metrics: %d requests in %.0fs (%.0f/s)%s", total, self.interval,
                      total / self.interval, (": " + " ".join(parts)) if parts else "")
             last = now
+
+
+class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """``GET /metrics`` (a query string is ignored): the Prometheus text format; other paths 404;
+    methods other than GET and HEAD 501 (the base class's answer)."""
+
+    server_version = "fastvfs"
+
+    def do_GET(self):
+        self._answer(send_body=True)
+
+    def do_HEAD(self):
+        self._answer(send_body=False)
+
+    def _answer(self, send_body):
+        if self.path.partition("?")[0] != "/metrics":
+            self.send_error(404, "only /metrics is served")
+            return
+        body = prometheus(self.server.stats.snapshot()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+def _bind_tcp(address):
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> a listening TCP socket."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(8)
+    return sock
 
 
 def _bind(path):
@@ -237,16 +288,17 @@ def fetch(path, command=b"json", timeout=5):
 
 
 def format_table(doc, previous=None, elapsed=None):
-    lines = [f"{'opcode':<14}{'count':>12}{'errors':>9}{'mean us':>10}{'p50 us':>9}"
-             f"{'p99 us':>10}" + (f"{'rate/s':>11}" if previous else "")]
+    lines = [f"{'opcode':<14}{'count':>12}{'errors':>9}{'mean us':>10}{'p50<= us':>10}"
+             f"{'p99<= us':>10}" + (f"{'rate/s':>11}" if previous else "")]
     for name, op in doc["ops"].items():
         row = (f"{name:<14}{op['count']:>12,}{op['errors']:>9,}{op['mean_us']:>10.1f}"
-               f"{op['p50_us']:>9.1f}{op['p99_us']:>10.1f}")
+               f"{op['p50_le_us']:>10.1f}{op['p99_le_us']:>10.1f}")
         if previous:
             before = previous["ops"].get(name, {}).get("count", 0)
             row += f"{(op['count'] - before) / elapsed:>11,.0f}"
         lines.append(row)
     lines.append(f"{'total':<14}{doc['total']:>12,}")
+    lines.append("p50<=, p99<=: upper bounds of the log2 latency buckets holding the quantile")
     return "\n".join(lines)
 
 

@@ -796,8 +796,15 @@ class PassthroughFs:
 
     # -- whole file system ------------------------------------------------------------------
 
-    def syncfs(self):
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.root.fd)
+    def syncfs(self, nodeid):
+        """Sync the host file system that holds ``nodeid``: the guest sends SYNCFS for each of
+        its superblocks, and with announced submounts a submount's root is its own superblock
+        there.  syncfs(2) takes no O_PATH descriptor, so the directory is opened (read-only);
+        for any other inode the file system of the share's root is synced."""
+        inode = self.inodes.get(nodeid)
+        if not stat.S_ISDIR(inode.mode):
+            inode = self.inodes.root
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
         try:
             _sys.sync_fs(fd)
         finally:

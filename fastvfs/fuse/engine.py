@@ -705,11 +705,13 @@ class FuseEngine:
         return b""
 
     def do_syncfs(self, nodeid, body, out_size, ctx):
-        self.fs.syncfs()
+        self.fs.syncfs(nodeid)
         return b""
 
     def do_interrupt(self, nodeid, body, out_size, ctx):
-        # Requests are served synchronously, so there is never one to interrupt; no reply.
+        # No reply, and nothing is interrupted: Linux's virtiofs driver never sends
+        # FUSE_INTERRUPT (fs/fuse/virtio_fs.c), and a request waiting here (a SETLKW, one on
+        # the thread pool) is answered when it completes.
         return None
 
 

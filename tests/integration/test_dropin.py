@@ -25,6 +25,8 @@ from fastvfs.vhost_user import protocol
 from fastvfs.vhost_user.protocol import Request
 from tests.deployed import FASTVFS
 
+from .conftest import SANDBOX_IMPORT
+
 DAEMON = FASTVFS
 ROOT = abi.FUSE_ROOT_ID
 
@@ -84,8 +86,11 @@ def daemon(tmp_path):
         return d
     yield start
     for d in started:
-        if d.proc.poll() is None:
+        if d.proc.poll() is None or not hasattr(d, "output"):
             d.close()
+    late = [line for d in started for line in d.output.splitlines() if SANDBOX_IMPORT in line]
+    if late:
+        pytest.fail("the daemon imported modules inside its sandbox:\n" + "\n".join(late))
 
 
 def expect_errno(err, fn, *args, **kwargs):
@@ -434,7 +439,11 @@ def test_modcaps_parsing():
 
 def test_stats_while_serving(daemon, tmp_path):
     metrics = tmp_path / "metrics.sock"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     d = daemon("--metrics-socket", str(metrics), "--metrics-interval", "0.2",
+               "--metrics-address", f"127.0.0.1:{port}",
                files={"f": os.urandom(8192)})
     c = d.connect()
     nid = c.lookup(ROOT, "f").nodeid
@@ -450,11 +459,11 @@ def test_stats_while_serving(daemon, tmp_path):
     assert ops["READ"]["count"] == 20 and ops["GETATTR"]["count"] == 20
     assert ops["LOOKUP"]["count"] == 2 and ops["LOOKUP"]["errors"] == 1
     assert ops["INIT"]["count"] == 1
-    assert 0 < ops["READ"]["mean_us"] < 1e6 and ops["READ"]["p99_us"] >= ops["READ"]["p50_us"]
+    assert 0 < ops["READ"]["mean_us"] < 1e6 and ops["READ"]["p99_le_us"] >= ops["READ"]["p50_le_us"]
     assert sum(ops["READ"]["histogram_log2_ns"]) == 20
     table = subprocess.run([*DAEMON, "stats", "--socket-path", str(d.sock)],
                            capture_output=True, text=True, check=True).stdout
-    assert "READ" in table and "p99 us" in table
+    assert "READ" in table and "p99<= us" in table and "upper bounds" in table
     # Prometheus text over HTTP on the metrics socket.
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(metrics))
@@ -466,6 +475,19 @@ def test_stats_while_serving(daemon, tmp_path):
     assert head.startswith("HTTP/1.0 200")
     assert 'fastvfs_requests_total{op="READ"} 20' in body
     assert 'fastvfs_request_duration_seconds_count{op="READ"} 20' in body
+    # A real HTTP server: other paths are 404, other methods 501; also on TCP.
+    for request, status in ((b"GET /other HTTP/1.0\r\n\r\n", "404"),
+                            (b"POST /metrics HTTP/1.0\r\n\r\n", "501"),
+                            (b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", "200")):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(metrics))
+            s.sendall(request)
+            answer = s.makefile("rb").read().decode()
+        assert answer.split()[1] == status, answer
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        answer = s.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.0 200") and 'fastvfs_requests_total{op="READ"}' in answer
     time.sleep(0.5)    # at least one --metrics-interval line after the reads
     assert d.close() == 0
     assert "metrics:" in d.output and "READ=" in d.output, d.output[-3000:]

@@ -785,3 +785,28 @@ def test_thread_pool_backlog_is_bounded(tmp_path):
     for p in pendings:
         assert p.done.wait(10) and p.result[0] == 0
     sess.engine.pool.shutdown()
+
+
+def test_syncfs_syncs_the_file_system_of_its_node(s, tmp_path, monkeypatch):
+    """SYNCFS names the guest superblock's root: with a submount, that is the submount's
+    directory, whose host file system (not the share's) must be synced."""
+    import subprocess
+    from fastvfs.fs import _sys
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (tmp_path / "plain").write_bytes(b"")
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        synced = []
+        monkeypatch.setattr(_sys, "sync_fs", lambda fd: synced.append(os.fstat(fd).st_dev))
+        sub_id, _ = s.lookup(b"sub")
+        plain_id, _ = s.lookup(b"plain")
+        s.ok(Opcode.SYNCFS, sub_id, bytes(8))
+        s.ok(Opcode.SYNCFS, ROOT, bytes(8))
+        s.ok(Opcode.SYNCFS, plain_id, bytes(8))
+        assert synced == [os.stat(sub).st_dev, os.stat(tmp_path).st_dev,
+                          os.stat(tmp_path).st_dev]
+        assert os.stat(sub).st_dev != os.stat(tmp_path).st_dev
+    finally:
+        subprocess.run(["umount", "-l", str(sub)])
