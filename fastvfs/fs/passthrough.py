@@ -501,12 +501,7 @@ class PassthroughFs:
         """Open a regular file for I/O; returns a handle.  ``kill_suidgid``: the open truncates
         on behalf of a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID)."""
         self._budget()
-        inode = self.inodes.get(nodeid)
-        if not stat.S_ISREG(inode.mode):
-            raise OSError(errno.ELOOP if stat.S_ISLNK(inode.mode) else
-                          errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EACCES,
-                          "only regular files are opened for I/O")
-        fd = os.open(_proc_path(inode.fd), self._open_flags(flags) | os.O_CLOEXEC)
+        fd = self._reopen(self.inodes.get(nodeid), self._open_flags(flags))
         if kill_suidgid and flags & os.O_TRUNC:
             try:
                 kill_suidgid_of(fd)
@@ -514,6 +509,22 @@ class PassthroughFs:
                 os.close(fd)
                 raise
         return self._add_handle(fd)
+
+    @staticmethod
+    def _reopen(inode, flags, directory=False):
+        """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags``: the one way an
+        existing object is opened for reading or writing.  Only regular files (and directories
+        where ``directory`` allows) are opened, checked before the open, since opening a FIFO
+        blocks until a peer comes and opening a device reaches a host driver, and checked again
+        on the descriptor the open returned."""
+        _check_openable(inode.mode, directory)
+        fd = os.open(_proc_path(inode.fd), flags | os.O_CLOEXEC)
+        try:
+            _check_openable(os.fstat(fd).st_mode, directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _open_flags(self, flags):
         flags &= self.open_flags_allowed
@@ -523,15 +534,30 @@ class PassthroughFs:
             flags &= ~os.O_APPEND
         return flags
 
-    def create(self, parent_id, name, mode, flags, caller):
-        """Create and open ``name``; returns (nodeid, Statx, fh)."""
+    def create(self, parent_id, name, mode, flags, caller, kill_suidgid=False):
+        """Create and open ``name``; returns (nodeid, Statx, fh).
+
+        The file is created with O_EXCL whatever the guest asked.  When the name exists and
+        the guest did not ask for O_EXCL, the existing entry is looked up (O_PATH, O_NOFOLLOW)
+        and opened exactly as OPEN opens it (``kill_suidgid`` as there): an existing FIFO,
+        device node, socket or symlink is never opened for I/O."""
         self._budget()
         parent = self.inodes.get(parent_id)
         check_name(name)
-        flags = (self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW |
-                 os.O_CLOEXEC)
-        with caller_credentials(caller):
-            fd = os.open(name, flags, mode, dir_fd=parent.fd)
+        open_flags = self._open_flags(flags)
+        try:
+            with caller_credentials(caller):
+                fd = os.open(name, open_flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, mode, dir_fd=parent.fd)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            inode, st = self._entry_at(parent, name)
+            try:
+                return inode.nodeid, st, self.open(inode.nodeid, flags, kill_suidgid)
+            except BaseException:
+                self.forget(inode.nodeid, 1)
+                raise
         try:
             nodeid, st = self._created(parent, name)
         except BaseException:
@@ -579,8 +605,7 @@ class PassthroughFs:
         if not stat.S_ISREG(inode.mode):
             raise OSError(errno.EINVAL, "only regular files are mapped")
         if fh is None:
-            fd = os.open(_proc_path(inode.fd), (os.O_RDWR if writable else os.O_RDONLY) |
-                         os.O_CLOEXEC)
+            fd = self._reopen(inode, os.O_RDWR if writable else os.O_RDONLY)
             try:
                 yield fd
             finally:
@@ -688,7 +713,7 @@ class PassthroughFs:
             raise OSError(errno.EINVAL, "locks are for regular files")
         for flags in choices:
             try:
-                fd = os.open(_proc_path(inode.fd), flags | os.O_CLOEXEC)
+                fd = self._reopen(inode, flags, directory=kind == "flock")
                 break
             except PermissionError:
                 continue
@@ -810,6 +835,16 @@ class PassthroughFs:
         self._drop_lock_fds(lambda k: True)
         self.handles.clear()
         self.inodes.clear()
+
+
+def _check_openable(mode, directory=False):
+    """OSError unless ``mode`` is a regular file (or a directory, where ``directory``): the
+    errno OPEN answers for everything else."""
+    if stat.S_ISREG(mode) or directory and stat.S_ISDIR(mode):
+        return
+    raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else
+                  errno.EISDIR if stat.S_ISDIR(mode) else errno.EACCES,
+                  "only regular files are opened for I/O")
 
 
 def _xattr_name(name):
