@@ -353,21 +353,25 @@ class PassthroughFs:
 
     def _is_under_root(self, fd, st):
         """Walk up from a directory until the shared root (True) or the host's / (False): a
-        directory moved out of the share by the host must not be a way out."""
+        directory moved out of the share by the host must not be a way out.  Each level's
+        descriptor is closed once the next is open, so however deep the directory, the walk
+        holds at most two descriptors besides ``fd``."""
         root_key = self.inodes.root.key
-        fds = []
+        held = None  # the walk's own descriptor of the directory it stands in
         try:
             while st.key != root_key:
                 up = os.open("..", O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
-                fds.append(up)
+                if held is not None:
+                    os.close(held)
+                held = fd = up
                 up_st = _sys.fstatx(up)
                 if up_st.key == st.key:
                     return False
-                fd, st = up, up_st
+                st = up_st
             return True
         finally:
-            for f in fds:
-                os.close(f)
+            if held is not None:
+                os.close(held)
 
     def forget(self, nodeid, count):
         if self.inodes.forget(nodeid, count) and self.lock_fds:
