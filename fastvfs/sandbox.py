@@ -8,10 +8,11 @@ its code makes.  The steps, in the order :func:`enter` and :func:`restrict` take
     New mount, pid and network namespaces.  The process forks: the parent stays outside, forwards
     SIGTERM/SIGINT/SIGHUP and exits with the child's status; the child (pid 1 of its namespace)
     mounts a private /proc, keeps a descriptor of ``/proc/self/fd`` (how inodes are named for
-    xattr, chmod and reopen calls), bind-mounts the shared directory and pivots into it, so the
-    host's tree is gone from its view.
+    xattr, chmod and reopen calls), bind-mounts the shared directory (remounted nodev and nosuid,
+    with every mount under it) and pivots into it, so the host's tree is gone from its view.
 ``--sandbox chroot``
-    ``chroot`` into the shared directory (for containers without namespace rights).
+    ``chroot`` into the shared directory (for containers without namespace rights); the working
+    directory stays inside it (:mod:`fastvfs.procfd` names descriptors without one outside).
 capabilities
     Everything but CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD and SETFCAP is
     dropped from every set (``--modcaps=+sys_admin:-mknod`` adjusts the list); the bounding set
@@ -94,10 +95,13 @@ def enter(mode, shared_dir):
     _preload()
     proc_fd = None
     if mode == "chroot":
+        # The working directory stays inside the chroot: one on the host's /proc would lead
+        # out of it (``..``).  Descriptors are named through proc_fd only during each call.
         proc_fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.chroot(shared_dir)
+        os.chdir(shared_dir)
+        os.chroot(".")
         os.chdir("/")
-        _use_proc_fd(proc_fd)
+        procfd.set_switched(proc_fd)
         return None
     if mode != "namespace":
         raise ValueError(f"unknown sandbox mode {mode!r}")

@@ -59,7 +59,7 @@ def check_name(name):
     return name
 
 
-_proc_path = procfd.path
+_named = procfd.named
 
 
 def kill_suidgid_of(fd_or_path):
@@ -404,7 +404,8 @@ class PassthroughFs:
                 if fd is not None:
                     os.fchmod(fd, mode)
                 else:
-                    os.chmod(_proc_path(inode.fd), mode)
+                    with _named(inode.fd) as path:
+                        os.chmod(path, mode)
             if uid is not None or gid is not None:
                 _sys.chown(inode.fd, b"", 0xFFFFFFFF if uid is None else uid,
                            0xFFFFFFFF if gid is None else gid,
@@ -416,9 +417,14 @@ class PassthroughFs:
                     raise OSError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL,
                                   "only regular files can be truncated")
                 else:
-                    os.truncate(_proc_path(inode.fd), size)
+                    with _named(inode.fd) as path:
+                        os.truncate(path, size)
             if kill_suidgid and mode is None and stat.S_ISREG(inode.mode):
-                kill_suidgid_of(fd if fd is not None else _proc_path(inode.fd))
+                if fd is not None:
+                    kill_suidgid_of(fd)
+                else:
+                    with _named(inode.fd) as path:
+                        kill_suidgid_of(path)
             if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
                 _sys.utimens(inode.fd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
         return _sys.fstatx(inode.fd)
@@ -434,8 +440,8 @@ class PassthroughFs:
 
     def access(self, nodeid, mask, caller):
         inode = self.inodes.get(nodeid)
-        with caller_credentials(caller):
-            ok = os.access(_proc_path(inode.fd), mask, effective_ids=True)
+        with _named(inode.fd) as path, caller_credentials(caller):
+            ok = os.access(path, mask, effective_ids=True)
         if not ok:
             raise OSError(errno.EACCES, "access denied")
 
@@ -472,7 +478,8 @@ class PassthroughFs:
             raise OSError(errno.EPERM, "hard links to directories are not allowed")
         # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the very inode the
         # O_PATH descriptor holds (symlinks included), with no path lookup the guest controls.
-        os.link(_proc_path(inode.fd), newname, dst_dir_fd=newparent.fd, follow_symlinks=True)
+        with _named(inode.fd) as path:
+            os.link(path, newname, dst_dir_fd=newparent.fd, follow_symlinks=True)
         return self._created(newparent, newname)
 
     def _created(self, parent, name):
@@ -522,7 +529,8 @@ class PassthroughFs:
         blocks until a peer comes and opening a device reaches a host driver, and checked again
         on the descriptor the open returned."""
         _check_openable(inode.mode, directory)
-        fd = os.open(_proc_path(inode.fd), flags | os.O_CLOEXEC)
+        with _named(inode.fd) as path:
+            fd = os.open(path, flags | os.O_CLOEXEC)
         try:
             _check_openable(os.fstat(fd).st_mode, directory)
         except BaseException:
@@ -580,7 +588,8 @@ class PassthroughFs:
         with caller_credentials(caller):
             fd = os.open(".", flags, mode, dir_fd=parent.fd)
         try:
-            path_fd = os.open(_proc_path(fd), O_PATH_FLAGS & ~os.O_NOFOLLOW)
+            with _named(fd) as path:
+                path_fd = os.open(path, O_PATH_FLAGS & ~os.O_NOFOLLOW)
         except BaseException:
             os.close(fd)
             raise
@@ -665,10 +674,12 @@ class PassthroughFs:
     # opened, so FIFOs and devices are safe too.
 
     def getxattr(self, nodeid, name):
-        return os.getxattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name, True))
+        with _named(self.inodes.get(nodeid).fd) as path:
+            return os.getxattr(path, self._host_xattr(name, True))
 
     def listxattr(self, nodeid):
-        names = (os.fsencode(n) for n in os.listxattr(_proc_path(self.inodes.get(nodeid).fd)))
+        with _named(self.inodes.get(nodeid).fd) as path:
+            names = [os.fsencode(n) for n in os.listxattr(path)]
         if self.xattrmap is not None:
             names = filter(None, map(self.xattrmap.to_guest, names))
         return b"".join(n + b"\0" for n in names)
@@ -678,15 +689,16 @@ class PassthroughFs:
         group (FUSE_SETXATTR_ACL_KILL_SGID): clear setgid afterwards, as chmod would."""
         if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
             raise OSError(errno.EINVAL, "unknown setxattr flags")
-        path = _proc_path(self.inodes.get(nodeid).fd)
-        os.setxattr(path, self._host_xattr(name), value, flags)
-        if kill_sgid:
-            mode = os.stat(path).st_mode
-            if mode & stat.S_ISGID:
-                os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
+        with _named(self.inodes.get(nodeid).fd) as path:
+            os.setxattr(path, self._host_xattr(name), value, flags)
+            if kill_sgid:
+                mode = os.stat(path).st_mode
+                if mode & stat.S_ISGID:
+                    os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def removexattr(self, nodeid, name):
-        os.removexattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name))
+        with _named(self.inodes.get(nodeid).fd) as path:
+            os.removexattr(path, self._host_xattr(name))
 
     def _host_xattr(self, name, getting=False):
         _xattr_name(name)

@@ -586,6 +586,7 @@ def _map_region(table, gpa, size, uaddr, offset, fd):
 
 def _is_eventfd(fd):
     try:
-        return os.readlink(procfd.path(fd)) == "anon_inode:[eventfd]"
+        with procfd.named(fd) as path:
+            return os.readlink(path) == "anon_inode:[eventfd]"
     except OSError:
         return False
