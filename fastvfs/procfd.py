@@ -1,12 +1,31 @@
 """Naming an open descriptor as a path: ``/proc/self/fd/N``.
 
 The passthrough file system names inodes this way (for xattr, chmod, truncate and reopen calls on
-O_PATH descriptors) and the control plane uses it to recognise eventfds.  Inside a sandbox the
-host's /proc is gone: :mod:`fastvfs.sandbox` then makes the process's working directory a
-``/proc/self/fd`` opened beforehand and switches the names to the relative ``N``.
+O_PATH descriptors) and the control plane uses it to recognise eventfds.  A name is used inside
+``with named(fd) as path:`` only.  :mod:`fastvfs.sandbox` picks how names are made, before any
+guest request:
+
+* no sandbox: the absolute ``/proc/self/fd/N``;
+* namespace sandbox (:func:`set_relative`): the host's /proc is gone, and the working directory is
+  a ``/proc/self/fd`` of the sandbox's own /proc, opened beforehand, whose mount went away with
+  the old root (``..`` from it leads nowhere else); names are the relative ``N``;
+* chroot sandbox (:func:`set_switched`): /proc is the host's, and a working directory in it would
+  lead out of the chroot (``..``).  The working directory stays the chroot's ``/``; a thread
+  takes its own working directory (unshare(CLONE_FS)) and moves it to ``/proc/self/fd`` only
+  for the call that uses the name, then back.
 """
 
+import contextlib
+import ctypes
+import os
+import threading
+
+CLONE_FS = 0x00000200
+
 _prefix = "/proc/self/fd/"
+_proc_fd = None
+_thread = threading.local()
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def set_relative():
@@ -15,5 +34,27 @@ def set_relative():
     _prefix = ""
 
 
-def path(fd):
-    return f"{_prefix}{fd}"
+def set_switched(proc_fd):
+    """Names go through ``proc_fd`` (a /proc/self/fd descriptor, kept open) from now on; the
+    working directory must be the chroot's ``/``."""
+    global _prefix, _proc_fd
+    _prefix = ""
+    _proc_fd = proc_fd
+
+
+@contextlib.contextmanager
+def named(fd):
+    """A path that names descriptor ``fd`` inside the ``with`` block."""
+    if _proc_fd is None:
+        yield f"{_prefix}{fd}"
+        return
+    if not getattr(_thread, "own_fs", False):
+        if _libc.unshare(CLONE_FS) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
+        _thread.own_fs = True
+    os.fchdir(_proc_fd)
+    try:
+        yield str(fd)
+    finally:
+        os.chdir("/")

@@ -8,10 +8,11 @@ its code makes.  The steps, in the order :func:`enter` and :func:`restrict` take
     New mount, pid and network namespaces.  The process forks: the parent stays outside, forwards
     SIGTERM/SIGINT/SIGHUP and exits with the child's status; the child (pid 1 of its namespace)
     mounts a private /proc, keeps a descriptor of ``/proc/self/fd`` (how inodes are named for
-    xattr, chmod and reopen calls), bind-mounts the shared directory and pivots into it, so the
-    host's tree is gone from its view.
+    xattr, chmod and reopen calls), bind-mounts the shared directory (remounted nodev and nosuid,
+    with every mount under it) and pivots into it, so the host's tree is gone from its view.
 ``--sandbox chroot``
-    ``chroot`` into the shared directory (for containers without namespace rights).
+    ``chroot`` into the shared directory (for containers without namespace rights); the working
+    directory stays inside it (:mod:`fastvfs.procfd` names descriptors without one outside).
 capabilities
     Everything but CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD and SETFCAP is
     dropped from every set (``--modcaps=+sys_admin:-mknod`` adjusts the list); the bounding set
@@ -45,7 +46,8 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_BIND, MS_REC, MS_SLAVE, MS_RELATIME = 4096, 16384, 1 << 19, 1 << 21
+MS_RDONLY, MS_REMOUNT, MS_NOATIME, MS_NODIRATIME = 1, 32, 1024, 2048
+MS_BIND, MS_REC, MS_SLAVE, MS_RELATIME, MS_STRICTATIME = 4096, 16384, 1 << 19, 1 << 21, 1 << 24
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155
 SYS_CAPGET, SYS_CAPSET = 125, 126
@@ -116,10 +118,13 @@ def enter(mode, shared_dir):
     _preload()
     proc_fd = None
     if mode == "chroot":
+        # The working directory stays inside the chroot: one on the host's /proc would lead
+        # out of it (``..``).  Descriptors are named through proc_fd only during each call.
         proc_fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.chroot(shared_dir)
+        os.chdir(shared_dir)
+        os.chroot(".")
         os.chdir("/")
-        _use_proc_fd(proc_fd)
+        procfd.set_switched(proc_fd)
         return None
     if mode != "namespace":
         raise ValueError(f"unknown sandbox mode {mode!r}")
@@ -140,6 +145,7 @@ def enter(mode, shared_dir):
         target = os.fsencode(shared_dir)
         _check(_libc.mount(target, target, None, MS_BIND | MS_REC, None),
                "bind mount of the shared directory")
+        _make_nodev_nosuid(target)
         os.chdir(shared_dir)
         _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
         _check(_libc.umount2(b".", MNT_DETACH), "unmount of the old root")
@@ -149,6 +155,41 @@ def enter(mode, shared_dir):
         sys.stderr.write(f"fastvfs: cannot enter the namespace sandbox: {exc}\n")
         os._exit(1)
     return None
+
+
+def _make_nodev_nosuid(target):
+    """Remount the bind mount of the share at ``target`` and every mount under it nodev and
+    nosuid, in this mount namespace only: a device node in the share is then never a device,
+    and no setuid file in it an elevation, even if a type check were missed.  A bind remount
+    (mount(2), MS_BIND | MS_REMOUNT) sets all per-mount flags at once, so each mount's own
+    (read-only, noexec, atime) are passed back; in a user namespace they are locked and
+    clearing one would be refused."""
+    prefix = os.path.realpath(target).rstrip(b"/") + b"/"
+    points = [target]
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            point = _mountinfo_unescape(line.split()[4])
+            if point.startswith(prefix):
+                points.append(point)
+    for point in points:
+        flags = os.statvfs(point).f_flag
+        keep = ((MS_RDONLY if flags & os.ST_RDONLY else 0) |
+                (MS_NOEXEC if flags & os.ST_NOEXEC else 0) |
+                (MS_NODIRATIME if flags & os.ST_NODIRATIME else 0) |
+                (MS_NOATIME if flags & os.ST_NOATIME else
+                 MS_RELATIME if flags & os.ST_RELATIME else MS_STRICTATIME))
+        _check(_libc.mount(None, point, None,
+                           MS_BIND | MS_REMOUNT | MS_NODEV | MS_NOSUID | keep, None),
+               f"remount of {os.fsdecode(point)} nodev,nosuid")
+
+
+def _mountinfo_unescape(field):
+    """A mount point as proc(5) mountinfo writes it: space, tab, newline and backslash as
+    octal escapes."""
+    for escaped, char in ((b"\\040", b" "), (b"\\011", b"\t"), (b"\\012", b"\n"),
+                          (b"\\134", b"\\")):
+        field = field.replace(escaped, char)
+    return field
 
 
 def _preload():

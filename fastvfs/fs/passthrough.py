@@ -59,7 +59,7 @@ def check_name(name):
     return name
 
 
-_proc_path = procfd.path
+_named = procfd.named
 
 
 def kill_suidgid_of(fd_or_path):
@@ -353,21 +353,25 @@ class PassthroughFs:
 
     def _is_under_root(self, fd, st):
         """Walk up from a directory until the shared root (True) or the host's / (False): a
-        directory moved out of the share by the host must not be a way out."""
+        directory moved out of the share by the host must not be a way out.  Each level's
+        descriptor is closed once the next is open, so however deep the directory, the walk
+        holds at most two descriptors besides ``fd``."""
         root_key = self.inodes.root.key
-        fds = []
+        held = None  # the walk's own descriptor of the directory it stands in
         try:
             while st.key != root_key:
                 up = os.open("..", O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
-                fds.append(up)
+                if held is not None:
+                    os.close(held)
+                held = fd = up
                 up_st = _sys.fstatx(up)
                 if up_st.key == st.key:
                     return False
-                fd, st = up, up_st
+                st = up_st
             return True
         finally:
-            for f in fds:
-                os.close(f)
+            if held is not None:
+                os.close(held)
 
     def forget(self, nodeid, count):
         if self.inodes.forget(nodeid, count) and self.lock_fds:
@@ -400,7 +404,8 @@ class PassthroughFs:
                 if fd is not None:
                     os.fchmod(fd, mode)
                 else:
-                    os.chmod(_proc_path(inode.fd), mode)
+                    with _named(inode.fd) as path:
+                        os.chmod(path, mode)
             if uid is not None or gid is not None:
                 _sys.chown(inode.fd, b"", 0xFFFFFFFF if uid is None else uid,
                            0xFFFFFFFF if gid is None else gid,
@@ -412,9 +417,14 @@ class PassthroughFs:
                     raise OSError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL,
                                   "only regular files can be truncated")
                 else:
-                    os.truncate(_proc_path(inode.fd), size)
+                    with _named(inode.fd) as path:
+                        os.truncate(path, size)
             if kill_suidgid and mode is None and stat.S_ISREG(inode.mode):
-                kill_suidgid_of(fd if fd is not None else _proc_path(inode.fd))
+                if fd is not None:
+                    kill_suidgid_of(fd)
+                else:
+                    with _named(inode.fd) as path:
+                        kill_suidgid_of(path)
             if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
                 _sys.utimens(inode.fd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
         return _sys.fstatx(inode.fd)
@@ -430,8 +440,8 @@ class PassthroughFs:
 
     def access(self, nodeid, mask, caller):
         inode = self.inodes.get(nodeid)
-        with caller_credentials(caller):
-            ok = os.access(_proc_path(inode.fd), mask, effective_ids=True)
+        with _named(inode.fd) as path, caller_credentials(caller):
+            ok = os.access(path, mask, effective_ids=True)
         if not ok:
             raise OSError(errno.EACCES, "access denied")
 
@@ -468,7 +478,8 @@ class PassthroughFs:
             raise OSError(errno.EPERM, "hard links to directories are not allowed")
         # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the very inode the
         # O_PATH descriptor holds (symlinks included), with no path lookup the guest controls.
-        os.link(_proc_path(inode.fd), newname, dst_dir_fd=newparent.fd, follow_symlinks=True)
+        with _named(inode.fd) as path:
+            os.link(path, newname, dst_dir_fd=newparent.fd, follow_symlinks=True)
         return self._created(newparent, newname)
 
     def _created(self, parent, name):
@@ -501,12 +512,7 @@ class PassthroughFs:
         """Open a regular file for I/O; returns a handle.  ``kill_suidgid``: the open truncates
         on behalf of a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID)."""
         self._budget()
-        inode = self.inodes.get(nodeid)
-        if not stat.S_ISREG(inode.mode):
-            raise OSError(errno.ELOOP if stat.S_ISLNK(inode.mode) else
-                          errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EACCES,
-                          "only regular files are opened for I/O")
-        fd = os.open(_proc_path(inode.fd), self._open_flags(flags) | os.O_CLOEXEC)
+        fd = self._reopen(self.inodes.get(nodeid), self._open_flags(flags))
         if kill_suidgid and flags & os.O_TRUNC:
             try:
                 kill_suidgid_of(fd)
@@ -514,6 +520,23 @@ class PassthroughFs:
                 os.close(fd)
                 raise
         return self._add_handle(fd)
+
+    @staticmethod
+    def _reopen(inode, flags, directory=False):
+        """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags``: the one way an
+        existing object is opened for reading or writing.  Only regular files (and directories
+        where ``directory`` allows) are opened, checked before the open, since opening a FIFO
+        blocks until a peer comes and opening a device reaches a host driver, and checked again
+        on the descriptor the open returned."""
+        _check_openable(inode.mode, directory)
+        with _named(inode.fd) as path:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        try:
+            _check_openable(os.fstat(fd).st_mode, directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _open_flags(self, flags):
         flags &= self.open_flags_allowed
@@ -523,15 +546,30 @@ class PassthroughFs:
             flags &= ~os.O_APPEND
         return flags
 
-    def create(self, parent_id, name, mode, flags, caller):
-        """Create and open ``name``; returns (nodeid, Statx, fh)."""
+    def create(self, parent_id, name, mode, flags, caller, kill_suidgid=False):
+        """Create and open ``name``; returns (nodeid, Statx, fh).
+
+        The file is created with O_EXCL whatever the guest asked.  When the name exists and
+        the guest did not ask for O_EXCL, the existing entry is looked up (O_PATH, O_NOFOLLOW)
+        and opened exactly as OPEN opens it (``kill_suidgid`` as there): an existing FIFO,
+        device node, socket or symlink is never opened for I/O."""
         self._budget()
         parent = self.inodes.get(parent_id)
         check_name(name)
-        flags = (self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW |
-                 os.O_CLOEXEC)
-        with caller_credentials(caller):
-            fd = os.open(name, flags, mode, dir_fd=parent.fd)
+        open_flags = self._open_flags(flags)
+        try:
+            with caller_credentials(caller):
+                fd = os.open(name, open_flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, mode, dir_fd=parent.fd)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            inode, st = self._entry_at(parent, name)
+            try:
+                return inode.nodeid, st, self.open(inode.nodeid, flags, kill_suidgid)
+            except BaseException:
+                self.forget(inode.nodeid, 1)
+                raise
         try:
             nodeid, st = self._created(parent, name)
         except BaseException:
@@ -550,7 +588,8 @@ class PassthroughFs:
         with caller_credentials(caller):
             fd = os.open(".", flags, mode, dir_fd=parent.fd)
         try:
-            path_fd = os.open(_proc_path(fd), O_PATH_FLAGS & ~os.O_NOFOLLOW)
+            with _named(fd) as path:
+                path_fd = os.open(path, O_PATH_FLAGS & ~os.O_NOFOLLOW)
         except BaseException:
             os.close(fd)
             raise
@@ -579,8 +618,7 @@ class PassthroughFs:
         if not stat.S_ISREG(inode.mode):
             raise OSError(errno.EINVAL, "only regular files are mapped")
         if fh is None:
-            fd = os.open(_proc_path(inode.fd), (os.O_RDWR if writable else os.O_RDONLY) |
-                         os.O_CLOEXEC)
+            fd = self._reopen(inode, os.O_RDWR if writable else os.O_RDONLY)
             try:
                 yield fd
             finally:
@@ -636,10 +674,12 @@ class PassthroughFs:
     # opened, so FIFOs and devices are safe too.
 
     def getxattr(self, nodeid, name):
-        return os.getxattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name, True))
+        with _named(self.inodes.get(nodeid).fd) as path:
+            return os.getxattr(path, self._host_xattr(name, True))
 
     def listxattr(self, nodeid):
-        names = (os.fsencode(n) for n in os.listxattr(_proc_path(self.inodes.get(nodeid).fd)))
+        with _named(self.inodes.get(nodeid).fd) as path:
+            names = [os.fsencode(n) for n in os.listxattr(path)]
         if self.xattrmap is not None:
             names = filter(None, map(self.xattrmap.to_guest, names))
         return b"".join(n + b"\0" for n in names)
@@ -649,15 +689,16 @@ class PassthroughFs:
         group (FUSE_SETXATTR_ACL_KILL_SGID): clear setgid afterwards, as chmod would."""
         if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
             raise OSError(errno.EINVAL, "unknown setxattr flags")
-        path = _proc_path(self.inodes.get(nodeid).fd)
-        os.setxattr(path, self._host_xattr(name), value, flags)
-        if kill_sgid:
-            mode = os.stat(path).st_mode
-            if mode & stat.S_ISGID:
-                os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
+        with _named(self.inodes.get(nodeid).fd) as path:
+            os.setxattr(path, self._host_xattr(name), value, flags)
+            if kill_sgid:
+                mode = os.stat(path).st_mode
+                if mode & stat.S_ISGID:
+                    os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def removexattr(self, nodeid, name):
-        os.removexattr(_proc_path(self.inodes.get(nodeid).fd), self._host_xattr(name))
+        with _named(self.inodes.get(nodeid).fd) as path:
+            os.removexattr(path, self._host_xattr(name))
 
     def _host_xattr(self, name, getting=False):
         _xattr_name(name)
@@ -688,7 +729,7 @@ class PassthroughFs:
             raise OSError(errno.EINVAL, "locks are for regular files")
         for flags in choices:
             try:
-                fd = os.open(_proc_path(inode.fd), flags | os.O_CLOEXEC)
+                fd = self._reopen(inode, flags, directory=kind == "flock")
                 break
             except PermissionError:
                 continue
@@ -817,6 +858,16 @@ class PassthroughFs:
         self._drop_lock_fds(lambda k: True)
         self.handles.clear()
         self.inodes.clear()
+
+
+def _check_openable(mode, directory=False):
+    """OSError unless ``mode`` is a regular file (or a directory, where ``directory``): the
+    errno OPEN answers for everything else."""
+    if stat.S_ISREG(mode) or directory and stat.S_ISDIR(mode):
+        return
+    raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else
+                  errno.EISDIR if stat.S_ISDIR(mode) else errno.EACCES,
+                  "only regular files are opened for I/O")
 
 
 def _xattr_name(name):

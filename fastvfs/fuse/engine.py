@@ -459,9 +459,11 @@ class FuseEngine:
         return abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_create(self, nodeid, body, out_size, ctx):
-        flags, mode, umask, _ = abi.create_in.unpack_from(body)
+        flags, mode, umask, open_flags = abi.create_in.unpack_from(body)
         name, _ = self._name(body, abi.create_in.size)
-        child, st, fh = self.fs.create(nodeid, name, mode, flags, self._caller(ctx, umask))
+        child, st, fh = self.fs.create(
+            nodeid, name, mode, flags, self._caller(ctx, umask),
+            kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_tmpfile(self, nodeid, body, out_size, ctx):

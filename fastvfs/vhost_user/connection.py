@@ -12,6 +12,11 @@ class ProtocolError(Exception):
     """The byte stream cannot be trusted any more (bad framing); the connection must close."""
 
 
+class Disconnected(Exception):
+    """The socket itself failed (ECONNRESET when the frontend was killed with data unread,
+    EPIPE): the frontend is gone, as at end of file."""
+
+
 class Message:
     __slots__ = ("request", "flags", "payload", "fds")
 
@@ -47,10 +52,14 @@ class Connection:
         return self.sock.fileno()
 
     def recv(self):
-        """The next message, or None when the frontend has closed the connection."""
+        """The next message, or None when the frontend has closed the connection; raises
+        ProtocolError for bad framing and Disconnected when the socket fails."""
         fd_space = socket.CMSG_SPACE(protocol.MAX_FDS * 4)
-        data, ancdata, msg_flags, _ = self.sock.recvmsg(HEADER_SIZE, fd_space,
-                                                        socket.MSG_CMSG_CLOEXEC)
+        try:
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(HEADER_SIZE, fd_space,
+                                                            socket.MSG_CMSG_CLOEXEC)
+        except OSError as exc:
+            raise Disconnected(exc.strerror or str(exc)) from None
         fds = _fds_from(ancdata)
         if not data:
             _close_all(fds)
@@ -71,20 +80,27 @@ class Connection:
     def _recv_exact(self, n):
         buf = b""
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except OSError as exc:
+                raise Disconnected(exc.strerror or str(exc)) from None
             if not chunk:
                 raise ProtocolError("connection closed inside a message")
             buf += chunk
         return buf
 
     def send(self, request, payload=b"", fds=()):
-        """Send a reply (the REPLY flag set) or, with ``fds``, a backend request."""
+        """Send a reply (the REPLY flag set) or, with ``fds``, a backend request; raises
+        Disconnected when the socket fails."""
         head = protocol.header.pack(request, protocol.VHOST_USER_VERSION |
                                     protocol.VHOST_USER_REPLY_MASK, len(payload))
         anc = []
         if fds:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        self.sock.sendmsg([head + payload], anc)
+        try:
+            self.sock.sendmsg([head + payload], anc)
+        except OSError as exc:
+            raise Disconnected(exc.strerror or str(exc)) from None
 
     def close(self):
         self.sock.close()

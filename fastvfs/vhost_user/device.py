@@ -14,10 +14,11 @@ import os
 import socket
 import stat
 import threading
+import time
 
 from .. import _ring, procfd
 from . import protocol
-from .connection import Connection, ProtocolError
+from .connection import Connection, Disconnected, ProtocolError
 from .protocol import ProtocolFeature as PF
 from .protocol import Request
 
@@ -32,6 +33,9 @@ OFFERED_PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.RESET
 # Offered in addition when the device has a DAX cache window (shared memory region 0).
 SHMEM_PROTOCOL_FEATURES = (1 << PF.BACKEND_REQ) | (1 << PF.BACKEND_SEND_FD) | (1 << PF.SHMEM)
 MAX_MEM_SLOTS = 32
+# How long stopping a ring waits for its worker to return from the request it is in (a host
+# file system that hangs): past it the stop is answered anyway (see ``_stop``).
+STOP_WAIT = 2.0
 
 
 class BadRequest(Exception):
@@ -73,7 +77,7 @@ class VhostUserFsDevice:
     def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
                  inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None, tag=None,
                  stats=None, io_uring=False, poll_us=0, uring_writes=False, read_only=False,
-                 fixed_buffers=False):
+                 fixed_buffers=False, stop_wait=STOP_WAIT):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
@@ -98,6 +102,10 @@ class VhostUserFsDevice:
         # A read-only share: the hot path leaves WRITE and FALLOCATE to the engine's refusal.
         self.read_only = read_only
         self.fixed_buffers = fixed_buffers
+        self.stop_wait = stop_wait
+        # Workers that did not return within ``stop_wait``: (ring index, thread, queue,
+        # stop eventfd), kept until they return (see ``_stop``).
+        self.stuck = []
         # With a tag the device configuration (virtio spec 5.11.4) is the backend's to give.
         self.config = None
         if tag is not None:
@@ -137,13 +145,16 @@ class VhostUserFsDevice:
             while True:
                 try:
                     msg = conn.recv()
+                    if msg is None:
+                        log.info("frontend disconnected")
+                        break
+                    self._dispatch(conn, msg)
                 except ProtocolError as exc:
                     log.error("closing the connection: %s", exc)
                     break
-                if msg is None:
-                    log.info("frontend disconnected")
+                except Disconnected as exc:
+                    log.info("frontend disconnected: %s", exc)
                     break
-                self._dispatch(conn, msg)
         finally:
             if self.backend is not None:
                 self.backend.detach()
@@ -179,8 +190,13 @@ class VhostUserFsDevice:
     def reset(self, keep_protocol_features=False):
         """Stop every ring and forget the frontend's state (RESET_DEVICE, disconnect)."""
         with self.lock:
+            # Every worker is told first, so they stop together and share one wait.
             for vring in self.vrings:
-                self._stop(vring)
+                if vring.running:
+                    vring.queue.stop()
+            deadline = time.monotonic() + self.stop_wait
+            for vring in self.vrings:
+                self._stop(vring, deadline=deadline)
                 for name in ("kick_fd", "call_fd", "err_fd"):
                     fd = getattr(vring, name)
                     if fd is not None:
@@ -205,6 +221,14 @@ class VhostUserFsDevice:
 
     def _start(self, vring):
         if vring.running or not self._ready(vring):
+            return
+        for index, thread, *_ in self._stuck_workers():
+            if index == vring.index:
+                thread.join(self.stop_wait)
+        if any(index == vring.index for index, *_ in self._stuck_workers()):
+            # Two workers must never serve one ring.
+            log.error("ring %d not started: its previous worker is still stuck in a request",
+                      vring.index)
             return
         desc, used, avail = vring.addr
         stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
@@ -240,17 +264,35 @@ class VhostUserFsDevice:
             log.error("ring %d stopped: the driver published an invalid avail index or head",
                       queue.index)
 
-    def _stop(self, vring, pause=False):
+    def _stop(self, vring, pause=False, deadline=None):
         """Stop the ring's worker.  A frontend stop (``pause=False``: GET_VRING_BASE, reset)
-        drops replies still pending; a backend pause keeps them for the restarted queue."""
+        drops replies still pending; a backend pause keeps them for the restarted queue.
+
+        The wait for the worker is bounded (``stop_wait`` seconds, or until ``deadline``): a
+        worker stuck in a request (a host file system that hangs) must not take the control
+        plane with it, so the stop is answered anyway, with the index the worker had reached.
+        Such a worker is kept in ``stuck``: its ring is not restarted and guest memory does
+        not change until it returns (it still holds addresses into it)."""
         if not vring.running:
             if not pause and vring.paused is not None:
                 vring.paused.retire(None)
                 vring.paused = None
             return
         vring.queue.stop()
-        vring.thread.join()
+        if deadline is None:
+            deadline = time.monotonic() + self.stop_wait
+        vring.thread.join(max(0.0, deadline - time.monotonic()))
         vring.base = vring.queue.last_avail_idx
+        if vring.thread.is_alive():
+            log.error("ring %d: the worker is still in a request %.1f s after the stop; "
+                      "answering without it (base %d)", vring.index, self.stop_wait, vring.base)
+            # Its eventfds are closed with the ring's (and their numbers reused): no
+            # notification from it, and its replies are dropped.
+            vring.queue.set_call_fd(-1)
+            vring.queue.retire(None)
+            self.stuck.append((vring.index, vring.thread, vring.queue, vring.stop_fd))
+            vring.queue = vring.thread = vring.stop_fd = None
+            return
         if vring.queue.bad_chains:
             log.warning("ring %d returned %d malformed chains", vring.index,
                         vring.queue.bad_chains)
@@ -262,6 +304,17 @@ class VhostUserFsDevice:
         vring.thread = None
         os.close(vring.stop_fd)
         vring.stop_fd = None
+
+    def _stuck_workers(self):
+        """The workers of ``stuck`` still running; those that returned are let go."""
+        alive = []
+        for entry in self.stuck:
+            if entry[1].is_alive():
+                alive.append(entry)
+            else:
+                os.close(entry[3])
+        self.stuck = alive
+        return alive
 
     def _vring(self, index):
         if index >= self.num_queues:
@@ -404,6 +457,9 @@ class VhostUserFsDevice:
         for vring in running:
             self._stop(vring, pause=True)
         try:
+            if self._stuck_workers():
+                raise BadRequest("a ring's worker is stuck in a request: guest memory cannot "
+                                 "change under it")
             yield
         finally:
             for vring in running:
@@ -530,6 +586,7 @@ def _map_region(table, gpa, size, uaddr, offset, fd):
 
 def _is_eventfd(fd):
     try:
-        return os.readlink(procfd.path(fd)) == "anon_inode:[eventfd]"
+        with procfd.named(fd) as path:
+            return os.readlink(path) == "anon_inode:[eventfd]"
     except OSError:
         return False

@@ -1,0 +1,91 @@
+"""Stopping rings whose worker is stuck in a request (a host file system that hangs): the
+in-process device (fastvfs.vhost_user.device) driven by the frontend driver over a socket."""
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from fastvfs import _ring
+from fastvfs.fuse import abi
+from fastvfs.fuse.abi import Opcode
+from fastvfs.testing.frontend import VhostUserFrontend
+from fastvfs.testing.fuse_client import FuseClient
+from fastvfs.vhost_user.connection import Connection
+from fastvfs.vhost_user.device import VhostUserFsDevice
+from fastvfs.vhost_user.protocol import Request
+
+STOP_WAIT = 0.5
+
+
+class StuckDevice:
+    """A device whose engine blocks in every request until ``release`` is set."""
+
+    def __init__(self, tmp_path):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.device = VhostUserFsDevice(self._handler, _ring.HandleTable(16), num_queues=2,
+                                        stop_wait=STOP_WAIT)
+        path = str(tmp_path / "vhost.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.server = threading.Thread(target=self._serve, daemon=True)
+        self.server.start()
+        self.frontend = VhostUserFrontend(path, timeout=5).start()
+        self.client = FuseClient(self.frontend, timeout=5)
+
+    def _handler(self, request, out_size):
+        self.entered.set()
+        self.release.wait(30)
+        return (0, b"")
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        self.device.serve(Connection(conn))
+        conn.close()
+
+    def close(self):
+        self.release.set()
+        self.frontend.close()
+        self.server.join(10)
+        self.listener.close()
+
+
+def test_get_vring_base_is_answered_while_a_worker_is_stuck(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, "fastvfs")
+    stuck = StuckDevice(tmp_path)
+    try:
+        stuck.client.submit(Opcode.STATFS, abi.FUSE_ROOT_ID)
+        stuck.client.publish()
+        assert stuck.entered.wait(5)
+        start = time.monotonic()
+        base = stuck.frontend.stop_queue(1)
+        assert time.monotonic() - start < STOP_WAIT + 1.5
+        assert base == 1  # the request the worker took
+        assert "ring 1: the worker is still in a request" in caplog.text
+        # The frontend is still served, but guest memory does not change under the worker.
+        assert stuck.frontend.get_u64(Request.GET_FEATURES) == stuck.frontend.features
+        assert stuck.device.stuck and stuck.device.stuck[0][0] == 1
+        stuck.release.set()
+        stuck.device.stuck[0][1].join(5)
+        assert not stuck.device._stuck_workers()
+    finally:
+        stuck.close()
+
+
+def test_a_hang_up_with_a_worker_stuck_ends_serving_within_the_wait(tmp_path, caplog):
+    stuck = StuckDevice(tmp_path)
+    try:
+        stuck.client.submit(Opcode.STATFS, abi.FUSE_ROOT_ID)
+        stuck.client.publish()
+        assert stuck.entered.wait(5)
+        start = time.monotonic()
+        stuck.frontend.sock.close()
+        stuck.frontend.sock = None
+        stuck.server.join(STOP_WAIT + 3)
+        assert not stuck.server.is_alive()
+        assert time.monotonic() - start < STOP_WAIT + 1.5
+    finally:
+        stuck.close()
