@@ -10,8 +10,8 @@ import time
 from fastvfs import _ring
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs.testing.frontend import VhostUserFrontend
-from fastvfs.testing.fuse_client import FuseClient
+from fastvfs_testing.frontend import VhostUserFrontend
+from fastvfs_testing.fuse_client import FuseClient
 from fastvfs.vhost_user.connection import Connection
 from fastvfs.vhost_user.device import VhostUserFsDevice
 from fastvfs.vhost_user.protocol import Request
