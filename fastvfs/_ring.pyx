@@ -44,6 +44,12 @@ cdef extern from "<sys/uio.h>" nogil:
     enum: RWF_NOWAIT
     ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long offset)
 
+cdef extern from "<sys/xattr.h>" nogil:
+    ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+    int fremovexattr(int fd, const char *name)
+    enum: ENODATA
+    enum: EOPNOTSUPP
+
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
     int munmap(void *addr, size_t length)
@@ -465,6 +471,10 @@ cdef class HandleTable:
     # ``set_lock_fds``, under the mutex): while there are any, FLUSH, RELEASE and FORGET go to
     # the engine, which drops them.
     cdef readonly int lock_fds_open
+    # The host name of the guest's security.capability when --xattrmap moves it (empty when
+    # not): removed before a WRITE or FALLOCATE, as the kernel removes the real one
+    # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
+    cdef char cap_xattr[256]
     # Node ids the hot path dropped (FORGET), for the file system to prune its own records.
     cdef uint64_t dropped[DROPPED_MAX]
     cdef uint32_t ndropped
@@ -730,6 +740,14 @@ cdef class HandleTable:
 
     def unhold(self, uint64_t fh):
         self.release(fh)
+
+    def set_cap_xattr(self, bytes name):
+        """Set the host name of security.capability to remove on WRITE and FALLOCATE (b"" for
+        none)."""
+        if len(name) > 255 or b"\0" in name:
+            raise ValueError("not an xattr name")
+        memcpy(self.cap_xattr, <const char *>name, len(name))
+        self.cap_xattr[len(name)] = 0
 
     def set_lock_fds(self, int count, uint64_t fh=0):
         """Record how many lock descriptors the file system holds.  With ``fh``, the count
@@ -1810,6 +1828,12 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return 1
+        if self.handles.cap_xattr[0]:
+            rc = kill_mapped_capability(fd, self.handles.cap_xattr)
+            if rc < 0:
+                self.handles.release(fh)
+                self._reply(unique, rc, NULL, 0)
+                return 1
         sqe = self._drained_sqe(unique, fd, fh)
         if sqe != NULL:
             io_uring_prep_fallocate(sqe, fd, <int>mode, <int64_t>offset, <int64_t>length)
@@ -1939,9 +1963,16 @@ cdef class Virtqueue:
             self._reply(unique, -EINVAL, NULL, 0)
             return
         cdef int fd = self.handles.acquire(fh)
+        cdef int rc
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return
+        if size and self.handles.cap_xattr[0]:
+            rc = kill_mapped_capability(fd, self.handles.cap_xattr)
+            if rc < 0:
+                self.handles.release(fh)
+                self._reply(unique, rc, NULL, 0)
+                return
         if self.uring != NULL and self.uring_writes and self._queue_io(
                 unique, fd, fh, <int64_t>offset, size, True, write_flags & FUSE_WRITE_KILL_SUIDGID):
             return
@@ -2432,6 +2463,18 @@ cdef void _pack_attr(const statx *st, uint8_t *a) noexcept nogil:
     memcpy(a + 76, &u32, 4)
     memcpy(a + 80, &st.stx_blksize, 4)
     memcpy(a + 84, &flags, 4)
+
+
+cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil:
+    """Remove the mapped security.capability ``name`` of ``fd``'s file, as
+    fastvfs.fs.passthrough.kill_mapped_capability does: 0 when gone or never there, else
+    -errno.  Asked first, as the kernel asks (security_inode_need_killpriv), so a file without
+    it costs one fgetxattr and never takes the inode lock a removal takes."""
+    if fgetxattr(fd, name, NULL, 0) < 0:
+        return 0 if errno == ENODATA or errno == EOPNOTSUPP else -errno
+    if fremovexattr(fd, name) < 0 and errno != ENODATA:
+        return -errno
+    return 0
 
 
 cdef int kill_suidgid(int fd) noexcept nogil:

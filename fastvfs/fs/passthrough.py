@@ -74,6 +74,21 @@ def kill_suidgid_of(fd_or_path):
         os.chmod(fd_or_path, new)
 
 
+def kill_mapped_capability(fd_or_path, name):
+    """Remove ``name``, the host name a ``--xattrmap`` gives the guest's security.capability,
+    where the kernel would remove security.capability itself: a write or fallocate of the file
+    (fs/inode.c, file_remove_privs, for any writer: security_inode_need_killpriv), a truncate
+    or a chown (fs/attr.c, setattr_prepare with ATTR_KILL_PRIV).  Under another name the host
+    kernel keeps it, so a guest file capability would survive a change of content or owner.
+    A file system without the attribute (ENODATA) or without xattrs (ENOTSUP) has none to
+    remove; any other failure fails the change, as the kernel's does."""
+    try:
+        os.removexattr(fd_or_path, name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+            raise
+
+
 class Inode:
     __slots__ = ("nodeid", "fd", "key", "mode")
 
@@ -310,6 +325,17 @@ class PassthroughFs:
             fd_budget = soft - max(32, min(256, soft // 8))
         self.fd_budget = fd_budget
         self.xattrmap = xattrmap
+        # The host name of the guest's security.capability when the map moves it elsewhere:
+        # the host kernel no longer removes it on modification, so we do (the hot path too).
+        self.cap_xattr = None
+        if xattrmap is not None:
+            try:
+                mapped = xattrmap.to_host(b"security.capability")
+            except OSError:
+                mapped = None
+            if mapped not in (None, b"security.capability"):
+                self.cap_xattr = mapped
+        handles.set_cap_xattr(self.cap_xattr or b"")
         self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
@@ -448,6 +474,10 @@ class PassthroughFs:
                     os.fchmod(fd, mode)
                 else:
                     os.chmod(_proc_path(inode.fd), mode)
+            if self.cap_xattr is not None and stat.S_ISREG(inode.mode) and (
+                    uid is not None or gid is not None or size is not None):
+                kill_mapped_capability(fd if fd is not None else _proc_path(inode.fd),
+                                       self.cap_xattr)
             if uid is not None or gid is not None:
                 _sys.chown(inode.fd, b"", 0xFFFFFFFF if uid is None else uid,
                            0xFFFFFFFF if gid is None else gid,
@@ -554,9 +584,12 @@ class PassthroughFs:
                           errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EACCES,
                           "only regular files are opened for I/O")
         fd = os.open(_proc_path(inode.fd), self._open_flags(flags) | os.O_CLOEXEC)
-        if kill_suidgid and flags & os.O_TRUNC:
+        if flags & os.O_TRUNC and (kill_suidgid or self.cap_xattr is not None):
             try:
-                kill_suidgid_of(fd)
+                if self.cap_xattr is not None:
+                    kill_mapped_capability(fd, self.cap_xattr)
+                if kill_suidgid:
+                    kill_suidgid_of(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -580,6 +613,8 @@ class PassthroughFs:
         with caller_credentials(caller):
             fd = os.open(name, flags, mode, dir_fd=parent.fd)
         try:
+            if flags & os.O_TRUNC and self.cap_xattr is not None:  # an existing file truncated
+                kill_mapped_capability(fd, self.cap_xattr)
             nodeid, st = self._created(parent, name)
         except BaseException:
             os.close(fd)
@@ -649,6 +684,8 @@ class PassthroughFs:
 
     def write(self, fh, offset, data, kill_suidgid=False):
         with self.handles.borrow(fh) as fd:
+            if self.cap_xattr is not None and data:
+                kill_mapped_capability(fd, self.cap_xattr)
             written = os.pwrite(fd, data, offset)
             if kill_suidgid and written:
                 kill_suidgid_of(fd)
@@ -670,6 +707,8 @@ class PassthroughFs:
 
     def fallocate(self, fh, mode, offset, length):
         with self.handles.borrow(fh) as fd:
+            if self.cap_xattr is not None:  # ext4 and xfs: file_modified, as for a write
+                kill_mapped_capability(fd, self.cap_xattr)
             _sys.fallocate_range(fd, mode, offset, length)
 
     def lseek(self, fh, offset, whence):
