@@ -899,7 +899,8 @@ class PassthroughFs:
             lf.dropped = True
             lf.refs = 1
         try:
-            got = fcntl.fcntl(lf.fd, fcntl.F_OFD_GETLK, data)
+            with lf.mutex:  # lf.fd is read under the mutex an upgrade swaps it under
+                got = fcntl.fcntl(lf.fd, fcntl.F_OFD_GETLK, data)
         finally:
             self._put_lock_file(lf)
         t, _, s, length, pid = FLOCK.unpack(got)
@@ -930,10 +931,12 @@ class PassthroughFs:
         try:
             if wait:
                 # The wait holds the description (referenced), not its mutex: the owner's
-                # other threads go on locking and unlocking meanwhile.
+                # other threads go on locking and unlocking meanwhile.  Its reference keeps
+                # any upgrade (and so any change of lf.fd) away until it is done.
                 with lf.mutex:
                     self._writable_for(lf, lock_type)
-                fcntl.fcntl(lf.fd, fcntl.F_OFD_SETLKW, data)
+                    fd = lf.fd
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, data)
                 with lf.mutex:
                     lf.note(start, end, lock_type)
             else:
