@@ -44,6 +44,12 @@ cdef extern from "<sys/uio.h>" nogil:
     enum: RWF_NOWAIT
     ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long offset)
 
+cdef extern from "<sys/xattr.h>" nogil:
+    ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+    int fremovexattr(int fd, const char *name)
+    enum: ENODATA
+    enum: EOPNOTSUPP
+
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
     int munmap(void *addr, size_t length)
@@ -461,9 +467,14 @@ cdef class HandleTable:
     cdef uint32_t free_hint
     cdef pthread_mutex_t lock
     cdef readonly uint32_t count
-    # Descriptors the file system holds for POSIX/flock locks (kept up to date by it): while
-    # there are any, FLUSH, RELEASE and FORGET go to the engine, which drops them.
-    cdef public int lock_fds_open
+    # Descriptors the file system holds for POSIX/flock locks (kept up to date by it through
+    # ``set_lock_fds``, under the mutex): while there are any, FLUSH, RELEASE and FORGET go to
+    # the engine, which drops them.
+    cdef readonly int lock_fds_open
+    # The host name of the guest's security.capability when --xattrmap moves it (empty when
+    # not): removed before a WRITE or FALLOCATE, as the kernel removes the real one
+    # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
+    cdef char cap_xattr[256]
     # Node ids the hot path dropped (FORGET), for the file system to prune its own records.
     cdef uint64_t dropped[DROPPED_MAX]
     cdef uint32_t ndropped
@@ -647,6 +658,23 @@ cdef class HandleTable:
             self._reclaim((fh & 0xffffffffUL) - 1)
         return -EBADF if rc < 0 else 0
 
+    cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil:
+        """``remove_fh`` while no lock descriptor exists; 1 (nothing done) when one does.
+
+        The test and the removal are one step under the mutex, as ``set_lock_fds`` is: a lock
+        tied to ``fh`` on another queue is either registered first (and this RELEASE goes to
+        the engine, which drops it) or finds ``fh`` already gone (EBADF, nothing held)."""
+        cdef int rc
+        pthread_mutex_lock(&self.lock)
+        if self.lock_fds_open:
+            pthread_mutex_unlock(&self.lock)
+            return 1
+        rc = self._drop_locked(fh)
+        pthread_mutex_unlock(&self.lock)
+        if rc == 1:
+            self._reclaim((fh & 0xffffffffUL) - 1)
+        return -EBADF if rc < 0 else 0
+
     cdef bint dropped_room(self, uint32_t n) noexcept nogil:
         return self.ndropped + n <= DROPPED_MAX
 
@@ -712,6 +740,33 @@ cdef class HandleTable:
 
     def unhold(self, uint64_t fh):
         self.release(fh)
+
+    def set_cap_xattr(self, bytes name):
+        """Set the host name of security.capability to remove on WRITE and FALLOCATE (b"" for
+        none)."""
+        if len(name) > 255 or b"\0" in name:
+            raise ValueError("not an xattr name")
+        memcpy(self.cap_xattr, <const char *>name, len(name))
+        self.cap_xattr[len(name)] = 0
+
+    def set_lock_fds(self, int count, uint64_t fh=0):
+        """Record how many lock descriptors the file system holds.  With ``fh``, the count
+        is set only if ``fh`` is a live handle, checked under the same mutex as the hot path's
+        ``remove_fh_unless_locks``; returns whether it was set."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef uint64_t w
+        cdef bint ok = True
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if fh:
+                ok = idx < self.capacity
+                if ok:
+                    w = fastvfs_state_load(&self.slots[idx].state)
+                    ok = (w >> 32) == (fh >> 32) and (w & FASTVFS_LIVE) != 0
+            if ok:
+                self.lock_fds_open = count
+            pthread_mutex_unlock(&self.lock)
+        return ok
 
     def add_root(self, int fd, uint64_t dev=0, uint64_t ino=0, uint64_t mnt=0, bint keyed=False):
         """Put ``fd`` in slot 0 with generation 0: id 1, FUSE_ROOT_ID, when the table holds node
@@ -1646,14 +1701,14 @@ cdef class Virtqueue:
             if opcode == FUSE_FALLOCATE and hlen >= IN_HEADER_SIZE + FALLOCATE_IN_SIZE and \
                     not self.read_only:
                 return self._do_fallocate(unique)
+            if opcode == FUSE_RELEASE and hlen >= IN_HEADER_SIZE + 24:
+                return self._do_release(unique)
             if self.handles.lock_fds_open == 0:
                 # With no lock descriptors held, closing and forgetting need nothing of the
-                # engine's.
+                # engine's (a lock taken meanwhile on another queue is tied to its handle and
+                # goes at that handle's RELEASE).
                 if opcode == FUSE_FLUSH and hlen >= IN_HEADER_SIZE + 24:
                     self._do_flush(unique)
-                    return 1
-                if opcode == FUSE_RELEASE and hlen >= IN_HEADER_SIZE + 24:
-                    self._do_release(unique)
                     return 1
                 if opcode == FUSE_FORGET and hlen >= IN_HEADER_SIZE + 8 and \
                         self.inodes is not None:
@@ -1773,6 +1828,12 @@ cdef class Virtqueue:
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return 1
+        if self.handles.cap_xattr[0]:
+            rc = kill_mapped_capability(fd, self.handles.cap_xattr)
+            if rc < 0:
+                self.handles.release(fh)
+                self._reply(unique, rc, NULL, 0)
+                return 1
         sqe = self._drained_sqe(unique, fd, fh)
         if sqe != NULL:
             io_uring_prep_fallocate(sqe, fd, <int>mode, <int64_t>offset, <int64_t>length)
@@ -1784,10 +1845,17 @@ cdef class Virtqueue:
         self._reply(unique, rc, NULL, 0)
         return 1
 
-    cdef void _do_release(self, uint64_t unique) noexcept nogil:
+    cdef int _do_release(self, uint64_t unique) noexcept nogil:
+        """RELEASE in C unless lock descriptors exist: an OFD or flock lock belongs to the
+        guest's open file and goes with its RELEASE, which the engine handles."""
         cdef uint64_t fh
+        cdef int rc
         memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
-        self._reply(unique, self.handles.remove_fh(fh), NULL, 0)
+        rc = self.handles.remove_fh_unless_locks(fh)
+        if rc == 1:
+            return 0
+        self._reply(unique, rc, NULL, 0)
+        return 1
 
     cdef int _do_forget(self, uint32_t hlen) noexcept nogil:
         cdef uint64_t nodeid, count
@@ -1895,9 +1963,16 @@ cdef class Virtqueue:
             self._reply(unique, -EINVAL, NULL, 0)
             return
         cdef int fd = self.handles.acquire(fh)
+        cdef int rc
         if fd < 0:
             self._reply(unique, -EBADF, NULL, 0)
             return
+        if size and self.handles.cap_xattr[0]:
+            rc = kill_mapped_capability(fd, self.handles.cap_xattr)
+            if rc < 0:
+                self.handles.release(fh)
+                self._reply(unique, rc, NULL, 0)
+                return
         if self.uring != NULL and self.uring_writes and self._queue_io(
                 unique, fd, fh, <int64_t>offset, size, True, write_flags & FUSE_WRITE_KILL_SUIDGID):
             return
@@ -2388,6 +2463,18 @@ cdef void _pack_attr(const statx *st, uint8_t *a) noexcept nogil:
     memcpy(a + 76, &u32, 4)
     memcpy(a + 80, &st.stx_blksize, 4)
     memcpy(a + 84, &flags, 4)
+
+
+cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil:
+    """Remove the mapped security.capability ``name`` of ``fd``'s file, as
+    fastvfs.fs.passthrough.kill_mapped_capability does: 0 when gone or never there, else
+    -errno.  Asked first, as the kernel asks (security_inode_need_killpriv), so a file without
+    it costs one fgetxattr and never takes the inode lock a removal takes."""
+    if fgetxattr(fd, name, NULL, 0) < 0:
+        return 0 if errno == ENODATA or errno == EOPNOTSUPP else -errno
+    if fremovexattr(fd, name) < 0 and errno != ENODATA:
+        return -errno
+    return 0
 
 
 cdef int kill_suidgid(int fd) noexcept nogil:

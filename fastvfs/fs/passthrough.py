@@ -74,6 +74,21 @@ def kill_suidgid_of(fd_or_path):
         os.chmod(fd_or_path, new)
 
 
+def kill_mapped_capability(fd_or_path, name):
+    """Remove ``name``, the host name a ``--xattrmap`` gives the guest's security.capability,
+    where the kernel would remove security.capability itself: a write or fallocate of the file
+    (fs/inode.c, file_remove_privs, for any writer: security_inode_need_killpriv), a truncate
+    or a chown (fs/attr.c, setattr_prepare with ATTR_KILL_PRIV).  Under another name the host
+    kernel keeps it, so a guest file capability would survive a change of content or owner.
+    A file system without the attribute (ENODATA) or without xattrs (ENOTSUP) has none to
+    remove; any other failure fails the change, as the kernel's does."""
+    try:
+        os.removexattr(fd_or_path, name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+            raise
+
+
 class Inode:
     __slots__ = ("nodeid", "fd", "key", "mode")
 
@@ -174,6 +189,51 @@ class InodeStore:
             return len(self.by_id)
 
 
+class LockFile:
+    """One guest lock owner's open file description on the host (see PassthroughFs, locks).
+
+    ``refs`` counts the requests using ``fd`` (guarded by the file system's locks_lock): a
+    description dropped by a FLUSH or RELEASE on another queue is closed by its last user, so
+    its number is never reused under a request.  ``fhs``: the guest handles its locks went
+    through.  ``mutex`` orders the owner's lock calls with ``read_ranges``, the ranges a
+    read-only description holds read locks on, kept so that it can be given write access."""
+
+    __slots__ = ("fd", "writable", "fhs", "refs", "dropped", "read_ranges", "mutex")
+
+    def __init__(self, fd, writable):
+        self.fd = fd
+        self.writable = writable
+        self.fhs = set()
+        self.refs = 0
+        self.dropped = False
+        self.read_ranges = []
+        self.mutex = threading.Lock()
+
+    def note(self, start, end, lock_type):
+        """Record a lock granted on a read-only description (POSIX merge and split rules)."""
+        if self.writable:
+            return
+        kept = []
+        for s, e in self.read_ranges:
+            if e < start or s > end:
+                kept.append((s, e))
+                continue
+            if s < start:
+                kept.append((s, start - 1))
+            if e > end:
+                kept.append((end + 1, e))
+        if lock_type == fcntl.F_RDLCK:
+            kept.append((start, end))
+        kept.sort()
+        merged = []
+        for s, e in kept:
+            if merged and s <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        self.read_ranges = merged
+
+
 class DirHandle:
     __slots__ = ("fd", "entries")
 
@@ -265,6 +325,17 @@ class PassthroughFs:
             fd_budget = soft - max(32, min(256, soft // 8))
         self.fd_budget = fd_budget
         self.xattrmap = xattrmap
+        # The host name of the guest's security.capability when the map moves it elsewhere:
+        # the host kernel no longer removes it on modification, so we do (the hot path too).
+        self.cap_xattr = None
+        if xattrmap is not None:
+            try:
+                mapped = xattrmap.to_host(b"security.capability")
+            except OSError:
+                mapped = None
+            if mapped not in (None, b"security.capability"):
+                self.cap_xattr = mapped
+        handles.set_cap_xattr(self.cap_xattr or b"")
         self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
@@ -279,6 +350,8 @@ class PassthroughFs:
         # owner's locks on the inode.  Host OFD locks make the locks visible to host processes
         # and to other daemons sharing the directory.  Guarded by locks_lock (a leaf lock).
         self.lock_fds = {}
+        # fh -> the keys of lock_fds whose locks went through that guest handle.
+        self.lock_fhs = {}
         self.locks_lock = threading.Lock()
 
     # -- lookups ----------------------------------------------------------------------------
@@ -406,6 +479,13 @@ class PassthroughFs:
                 else:
                     with _named(inode.fd) as path:
                         os.chmod(path, mode)
+            if self.cap_xattr is not None and stat.S_ISREG(inode.mode) and (
+                    uid is not None or gid is not None or size is not None):
+                if fd is not None:
+                    kill_mapped_capability(fd, self.cap_xattr)
+                else:
+                    with _named(inode.fd) as path:
+                        kill_mapped_capability(path, self.cap_xattr)
             if uid is not None or gid is not None:
                 _sys.chown(inode.fd, b"", 0xFFFFFFFF if uid is None else uid,
                            0xFFFFFFFF if gid is None else gid,
@@ -513,9 +593,12 @@ class PassthroughFs:
         on behalf of a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID)."""
         self._budget()
         fd = self._reopen(self.inodes.get(nodeid), self._open_flags(flags))
-        if kill_suidgid and flags & os.O_TRUNC:
+        if flags & os.O_TRUNC and (kill_suidgid or self.cap_xattr is not None):
             try:
-                kill_suidgid_of(fd)
+                if self.cap_xattr is not None:
+                    kill_mapped_capability(fd, self.cap_xattr)
+                if kill_suidgid:
+                    kill_suidgid_of(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -571,6 +654,8 @@ class PassthroughFs:
                 self.forget(inode.nodeid, 1)
                 raise
         try:
+            if flags & os.O_TRUNC and self.cap_xattr is not None:  # an existing file truncated
+                kill_mapped_capability(fd, self.cap_xattr)
             nodeid, st = self._created(parent, name)
         except BaseException:
             os.close(fd)
@@ -640,6 +725,8 @@ class PassthroughFs:
 
     def write(self, fh, offset, data, kill_suidgid=False):
         with self.handles.borrow(fh) as fd:
+            if self.cap_xattr is not None and data:
+                kill_mapped_capability(fd, self.cap_xattr)
             written = os.pwrite(fd, data, offset)
             if kill_suidgid and written:
                 kill_suidgid_of(fd)
@@ -653,6 +740,7 @@ class PassthroughFs:
 
     def release(self, fh):
         self.handles.remove(fh)
+        self._release_handle_locks(fh)
 
     def fsync(self, fh, datasync):
         with self.handles.borrow(fh) as fd:
@@ -660,6 +748,8 @@ class PassthroughFs:
 
     def fallocate(self, fh, mode, offset, length):
         with self.handles.borrow(fh) as fd:
+            if self.cap_xattr is not None:  # ext4 and xfs: file_modified, as for a write
+                kill_mapped_capability(fd, self.cap_xattr)
             _sys.fallocate_range(fd, mode, offset, length)
 
     def lseek(self, fh, offset, whence):
@@ -712,48 +802,126 @@ class PassthroughFs:
     # locks are taken there as OFD locks (F_OFD_*), which conflict between descriptions exactly
     # as POSIX locks conflict between processes.  flock() locks belong to an open file of the
     # guest; they get a description of their own too, keyed the same way.
+    #
+    # When a lock goes away (linux fs/fuse/file.c, fuse_flush, fuse_release_common,
+    # fuse_setlk): a POSIX lock at FLUSH with its owner in fuse_flush_in.lock_owner; a flock
+    # lock at RELEASE with FUSE_RELEASE_FLOCK_UNLOCK and the file as lock_owner; an OFD lock
+    # (the guest's F_OFD_*, whose owner is the guest's open file) at no message of its own:
+    # fuse_setlk ignores the close-time unlock and FLUSH names the process, not the file.  So
+    # every description also records the guest handles (fuse_lk_in.fh) its locks were taken
+    # through, and goes when the last of them is released: by then every process that used
+    # such a handle has closed it, and so flushed its POSIX locks too.
 
-    def _lock_fd(self, nodeid, owner, kind):
+    def _lock_file(self, nodeid, owner, kind, fh, lock_type):
+        """The owner's description (a referenced ``LockFile``, give it back with
+        ``_put_lock_file``) with ``fh`` recorded in it, opened now if needed; None for an
+        unlock when the owner holds none.  EBADF if ``fh`` is not a live handle."""
         key = (nodeid, owner, kind)
-        with self.locks_lock:
-            fd = self.lock_fds.get(key)
-        if fd is not None:
-            return fd
+        fresh = None
+        while True:
+            with self.locks_lock:
+                lf = self.lock_fds.get(key)
+                if lf is None and fresh is not None:
+                    lf, fresh = fresh, None
+                    self.lock_fds[key] = lf
+                if lf is not None:
+                    lf.refs += 1
+                    added = fh not in lf.fhs
+                    if added:
+                        lf.fhs.add(fh)
+                        self.lock_fhs.setdefault(fh, set()).add(key)
+                    # Checked under the handle table's mutex: a RELEASE of ``fh`` in the hot
+                    # path either comes first (EBADF here) or sees this description and goes
+                    # to the engine.
+                    if not self.handles.set_lock_fds(len(self.lock_fds), fh):
+                        if added:
+                            self._untie_locked(key, fh)
+                        lf.refs -= 1
+                        closing = lf.fd if lf.refs == 0 and lf.dropped else None
+                        break
+                    if fresh is not None:
+                        os.close(fresh.fd)
+                    return lf
+            if lock_type == fcntl.F_UNLCK:
+                return None
+            fresh = self._open_lock_file(nodeid, kind, lock_type)
+        if fresh is not None:
+            os.close(fresh.fd)
+        if closing is not None:
+            os.close(closing)
+        raise OSError(errno.EBADF, "bad file handle")
+
+    def _open_lock_file(self, nodeid, kind, lock_type):
+        """A new description with the least access the lock needs: fcntl(2) wants read access
+        for F_RDLCK and write access for F_WRLCK; flock(2) wants none.  Write access (which
+        makes host watchers see a writer and host execve of the file ETXTBSY) is taken only
+        for a write lock."""
         self._budget()
         inode = self.inodes.get(nodeid)
         if stat.S_ISDIR(inode.mode) and kind == "flock":
             choices = (os.O_RDONLY | os.O_DIRECTORY,)
-        elif stat.S_ISREG(inode.mode):
-            choices = (os.O_RDWR, os.O_RDONLY, os.O_WRONLY)
-        else:
+        elif not stat.S_ISREG(inode.mode):
             raise OSError(errno.EINVAL, "locks are for regular files")
+        elif kind == "posix" and lock_type == fcntl.F_WRLCK:
+            choices = (os.O_RDWR, os.O_WRONLY)
+        else:
+            choices = (os.O_RDONLY, os.O_RDWR, os.O_WRONLY)
         for flags in choices:
             try:
-                fd = self._reopen(inode, flags, directory=kind == "flock")
-                break
+                return LockFile(self._reopen(inode, flags, directory=kind == "flock"),
+                                flags & os.O_ACCMODE != os.O_RDONLY)
             except PermissionError:
                 continue
-        else:
-            raise OSError(errno.EACCES, "cannot open the file to lock it")
-        with self.locks_lock:
-            existing = self.lock_fds.setdefault(key, fd)
-            self._locks_changed()
-        if existing != fd:
-            os.close(fd)
-        return existing
+        raise OSError(errno.EACCES, "cannot open the file to lock it")
 
-    def _locks_changed(self):
-        """Tell the hot path whether lock descriptors exist (locks_lock held): while they do,
-        it leaves FLUSH, RELEASE and FORGET to the engine, which drops them."""
-        self.handles.lock_fds_open = len(self.lock_fds)
+    def _put_lock_file(self, lf):
+        with self.locks_lock:
+            lf.refs -= 1
+            closing = lf.refs == 0 and lf.dropped
+        if closing:
+            os.close(lf.fd)  # closing the description releases every lock it holds
+
+    def _untie_locked(self, key, fh):
+        """Forget that ``key``'s locks went through ``fh``; drop the description when no
+        handle is left (locks_lock held).  Returns the fd to close, or None."""
+        lf = self.lock_fds.get(key)
+        keys = self.lock_fhs.get(fh)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.lock_fhs[fh]
+        if lf is None:
+            return None
+        lf.fhs.discard(fh)
+        return self._pop_locked(key) if not lf.fhs else None
+
+    def _pop_locked(self, key):
+        lf = self.lock_fds.pop(key)
+        lf.dropped = True
+        for fh in lf.fhs:
+            keys = self.lock_fhs.get(fh)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.lock_fhs[fh]
+        self.handles.set_lock_fds(len(self.lock_fds))
+        return lf.fd if lf.refs == 0 else None
 
     def _drop_lock_fds(self, match):
         with self.locks_lock:
-            keys = [k for k in self.lock_fds if match(k)]
-            fds = [self.lock_fds.pop(k) for k in keys]
-            self._locks_changed()
+            fds = [self._pop_locked(k) for k in [k for k in self.lock_fds if match(k)]]
         for fd in fds:
-            os.close(fd)  # closing the description releases every lock it holds
+            if fd is not None:
+                os.close(fd)  # closing the description releases every lock it holds
+
+    def _release_handle_locks(self, fh):
+        """The guest released ``fh``: descriptions whose every handle is gone go too."""
+        with self.locks_lock:
+            keys = list(self.lock_fhs.get(fh, ()))
+            fds = [self._untie_locked(k, fh) for k in keys]
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     @staticmethod
     def _flock_struct(start, end, lock_type):
@@ -762,27 +930,90 @@ class PassthroughFs:
         return FLOCK.pack(lock_type, os.SEEK_SET, start, 0 if end == OFFSET_MAX else end - start + 1, 0)
 
     def getlk(self, nodeid, owner, start, end, lock_type):
-        """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none."""
-        fd = self._lock_fd(nodeid, owner, "posix")
-        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, self._flock_struct(start, end, lock_type))
+        """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none.
+        The owner's own description is asked (its locks never conflict with themselves); an
+        owner without one asks through a description opened for the question only."""
+        data = self._flock_struct(start, end, lock_type)
+        with self.locks_lock:
+            lf = self.lock_fds.get((nodeid, owner, "posix"))
+            if lf is not None:
+                lf.refs += 1
+        if lf is None:
+            lf = self._open_lock_file(nodeid, "posix", fcntl.F_RDLCK)
+            lf.dropped = True
+            lf.refs = 1
+        try:
+            with lf.mutex:  # lf.fd is read under the mutex an upgrade swaps it under
+                got = fcntl.fcntl(lf.fd, fcntl.F_OFD_GETLK, data)
+        finally:
+            self._put_lock_file(lf)
         t, _, s, length, pid = FLOCK.unpack(got)
         if t == fcntl.F_UNLCK:
             return 0, 0, fcntl.F_UNLCK, 0
         return s, OFFSET_MAX if length == 0 else s + length - 1, t, max(pid, 0)
 
-    def setlk(self, nodeid, owner, start, end, lock_type, *, flock=False, wait=False):
-        """Take or release a lock; without ``wait`` a conflict raises EAGAIN."""
+    def setlk(self, nodeid, fh, owner, start, end, lock_type, *, flock=False, wait=False):
+        """Take or release a lock through the guest's handle ``fh``; without ``wait`` a
+        conflict raises EAGAIN."""
         if flock:
-            fd = self._lock_fd(nodeid, owner, "flock")
             if lock_type not in LOCK_TYPES:
                 raise OSError(errno.EINVAL, "invalid lock type")
             op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
                   fcntl.F_UNLCK: fcntl.LOCK_UN}[lock_type]
-            fcntl.flock(fd, op if wait else op | fcntl.LOCK_NB)
+            lf = self._lock_file(nodeid, owner, "flock", fh, lock_type)
+            if lf is None:
+                return
+            try:
+                fcntl.flock(lf.fd, op if wait else op | fcntl.LOCK_NB)
+            finally:
+                self._put_lock_file(lf)
             return
         data = self._flock_struct(start, end, lock_type)
-        fd = self._lock_fd(nodeid, owner, "posix")
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, data)
+        lf = self._lock_file(nodeid, owner, "posix", fh, lock_type)
+        if lf is None:
+            return
+        try:
+            if wait:
+                # The wait holds the description (referenced), not its mutex: the owner's
+                # other threads go on locking and unlocking meanwhile.  Its reference keeps
+                # any upgrade (and so any change of lf.fd) away until it is done.
+                with lf.mutex:
+                    self._writable_for(lf, lock_type)
+                    fd = lf.fd
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, data)
+                with lf.mutex:
+                    lf.note(start, end, lock_type)
+            else:
+                with lf.mutex:
+                    self._writable_for(lf, lock_type)
+                    fcntl.fcntl(lf.fd, fcntl.F_OFD_SETLK, data)
+                    lf.note(start, end, lock_type)
+        finally:
+            self._put_lock_file(lf)
+
+    def _writable_for(self, lf, lock_type):
+        """Give a read-only description write access for a write lock (lf.mutex held): a new
+        read-write description takes over the owner's read locks, then the old one closes.
+        Read locks conflict only with write locks, which nobody else can hold where the old
+        description holds read locks, so the ranges are never unlocked in between.  One
+        description per owner is kept (not one per access mode): two descriptions would be
+        two owners to the host and conflict with each other."""
+        if lock_type != fcntl.F_WRLCK or lf.writable:
+            return
+        with self.locks_lock:
+            busy = lf.refs > 1
+        if busy:
+            raise OSError(errno.ENOLCK, "the owner's locks are in use by another request")
+        with _named(lf.fd) as path:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for s, e in lf.read_ranges:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, self._flock_struct(s, e, fcntl.F_RDLCK))
+        except BaseException:
+            os.close(fd)
+            raise
+        old, lf.fd, lf.writable, lf.read_ranges = lf.fd, fd, True, []
+        os.close(old)
 
     def release_locks(self, nodeid, owner, kind):
         """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest)."""
@@ -830,6 +1061,7 @@ class PassthroughFs:
         with self.dirs_lock:
             self.dirs.pop(fh, None)
         self.handles.remove(fh)
+        self._release_handle_locks(fh)  # flock locks of the directory taken through it
 
     def fsyncdir(self, fh, datasync):
         self._dir(fh)

@@ -579,12 +579,43 @@ class TestLocks:
         with open(path) as f, pytest.raises(BlockingIOError):
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, abi.FUSE_RELEASE_FLOCK_UNLOCK, 11))
-        s.ok(Opcode.SETLK, nodeid, self.body(0, 12, 0, 0, fcntl.F_RDLCK, flock))
+        other = abi.open_out.unpack(s.ok(Opcode.OPEN, nodeid, abi.open_in.pack(os.O_RDONLY, 0)))[0]
+        s.ok(Opcode.SETLK, nodeid, self.body(other, 12, 0, 0, fcntl.F_RDLCK, flock))
 
     @pytest.mark.parametrize("start,end,lock_type", [(10, 5, 1), (0, 1 << 63, 1), (0, 10, 7)])
     def test_invalid_locks(self, lk, start, end, lock_type):
         s, nodeid, fh, _ = lk
         assert s.err(Opcode.SETLK, nodeid, self.body(fh, 1, start, end, lock_type)) == errno.EINVAL
+
+    def test_a_lock_descriptor_in_use_is_not_closed_under_its_request(self, lk, monkeypatch):
+        """A FLUSH on another queue drops the owner's description while its SETLK is about to
+        use it: the description stays open until that request is done, so its number is not
+        given to another file (and the lock taken on it goes with it)."""
+        import fcntl
+        from fastvfs.fs import passthrough
+        s, nodeid, fh, path = lk
+        other = path.parent / "other"
+        other.write_bytes(b"y")
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 0, fcntl.F_RDLCK))
+        real = fcntl.fcntl
+        reused = []
+
+        def racing(fd, cmd, *args):
+            if cmd == fcntl.F_OFD_SETLK and not reused:
+                s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 1))
+                reused.append(os.open(other, os.O_RDWR))
+            return real(fd, cmd, *args)
+        monkeypatch.setattr(passthrough.fcntl, "fcntl", racing)
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
+        monkeypatch.setattr(passthrough.fcntl, "fcntl", real)
+        try:
+            with open(other) as probe:
+                got = fcntl.fcntl(probe, fcntl.F_OFD_GETLK,
+                                  struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 0, 0, 0))
+            assert struct.unpack("hhxxxxqqixxxx", got)[0] == fcntl.F_UNLCK
+        finally:
+            os.close(reused[0])
+        assert s.fs.lock_fds == {}
 
     def test_forget_drops_the_inode_locks(self, lk):
         import fcntl

@@ -478,6 +478,50 @@ class TestMetadataInC:
                                                nodeid=g_id)], [200]))[1] == -2
 
 
+    def test_a_lock_goes_with_the_handle_it_was_taken_through(self, harness, tmp_path):
+        """A RELEASE while a lock descriptor exists goes to the engine, which drops the locks
+        taken through that handle (an OFD lock has no other end); a handle released in C
+        first cannot take a lock afterwards (EBADF), so none is left without its handle."""
+        import fcntl
+        from fastvfs.fs.passthrough import PassthroughFs
+        from fastvfs.fuse.engine import FuseEngine
+        (tmp_path / "f").write_bytes(b"x" * 100)
+        inodes = _ring.HandleTable(64)
+        h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
+        h.vq.set_fast_io(True)
+        fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
+        engine = FuseEngine(fs, "auto")
+        assert engine.handle(request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0)),
+                             4096)[0] == 0
+        nodeid = abi.entry_out_head.unpack_from(
+            engine.handle(request(abi.Opcode.LOOKUP, b"f\0"), 4096)[1])[0]
+
+        def opened():
+            return abi.open_out.unpack_from(engine.handle(
+                request(abi.Opcode.OPEN, abi.open_in.pack(os.O_RDWR, 0), nodeid=nodeid),
+                4096)[1])[0]
+
+        def host_free():
+            with open(tmp_path / "f") as f:
+                got = fcntl.fcntl(f, fcntl.F_OFD_GETLK,
+                                  struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 0, 0, 0))
+            return struct.unpack("hhxxxxqqixxxx", got)[0] == fcntl.F_UNLCK
+
+        fh = opened()
+        lock = abi.lk_in.pack(fh, 0xf11e, 0, 10, fcntl.F_WRLCK, 0, 0, 0)
+        assert engine.handle(request(abi.Opcode.SETLK, lock, nodeid=nodeid), 0)[0] == 0
+        assert h.handles.lock_fds_open == 1 and not host_free()
+        release = request(abi.Opcode.RELEASE, abi.release_in.pack(fh, 0, 0, 0), nodeid=nodeid)
+        assert out_header(h.roundtrip([release], [16]))[1] == 0
+        assert len(h.seen) == 1 and h.handles.lock_fds_open == 0 and host_free()
+        h.seen.clear()
+        fh = opened()
+        release = request(abi.Opcode.RELEASE, abi.release_in.pack(fh, 0, 0, 0), nodeid=nodeid)
+        assert out_header(h.roundtrip([release], [16]))[1] == 0 and h.seen == []
+        lock = abi.lk_in.pack(fh, 0xf11e, 0, 10, fcntl.F_WRLCK, 0, 0, 0)
+        assert engine.handle(request(abi.Opcode.SETLK, lock, nodeid=nodeid), 0)[0] == -9
+        assert h.handles.lock_fds_open == 0 and fs.lock_fds == {} and host_free()
+
 class TestFastPath:
     """READ and WRITE served in C once the session enabled them: synchronously, through the
     queue's io_uring (READ), or both through it."""

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from fastvfs import _ring
-from fastvfs.fs.passthrough import PassthroughFs
+from fastvfs.fs.passthrough import ROOT_CALLER, PassthroughFs
 from fastvfs.fs.xattrmap import XattrMap, parse
 
 
@@ -64,3 +64,38 @@ def test_mapping_applied_by_the_file_system(tmp_path):
     assert sorted(fs.listxattr(nodeid).split(b"\0")[:-1]) == [b"trusted.t", b"user.plain"]
     fs.removexattr(nodeid, b"trusted.t")
     assert "user.g.trusted.t" not in os.listxattr(tmp_path / "f")
+
+
+def test_remapped_capability_dropped_by_the_file_system(tmp_path):
+    """The engine's paths (the hot path's are in tests/integration/test_attacks_xattr.py):
+    write, fallocate, truncate, chown, open and create with O_TRUNC remove the mapped
+    security.capability, as the kernel removes the real one; an empty write keeps it."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 16)
+    fs = PassthroughFs(tmp_path, _ring.HandleTable(16),
+                       xattrmap=XattrMap(":prefix:all:security.:user.virtiofs.::ok:all:::"))
+    nodeid, _ = fs.lookup(1, b"f")
+    fh = fs.open(nodeid, os.O_RDWR)
+
+    def capable():
+        fs.setxattr(nodeid, b"security.capability", b"\x01\x00\x00\x02" + bytes(16), 0)
+        assert "user.virtiofs.security.capability" in os.listxattr(path)
+
+    def dropped():
+        return "user.virtiofs.security.capability" not in os.listxattr(path)
+
+    capable()
+    fs.write(fh, 0, b"")
+    assert not dropped()
+    for change in (lambda: fs.write(fh, 0, b"y"), lambda: fs.fallocate(fh, 0, 0, 4096),
+                   lambda: fs.setattr(nodeid, size=3), lambda: fs.setattr(nodeid, fh=fh, size=2),
+                   lambda: fs.setattr(nodeid, uid=5), lambda: fs.setattr(nodeid, gid=5),
+                   lambda: fs.release(fs.open(nodeid, os.O_RDWR | os.O_TRUNC)),
+                   lambda: fs.release(fs.create(1, b"f", 0o644, os.O_RDWR | os.O_TRUNC,
+                                                ROOT_CALLER)[2])):
+        capable()
+        change()
+        assert dropped()
+    capable()
+    fs.setattr(nodeid, mode=0o700)
+    assert not dropped()
