@@ -215,7 +215,8 @@ class VhostUserFsDevice:
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
                 bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
                 vring.lock, self.inodes, self.attr_timeout, self.stats, self.io_uring,
-                self.poll_us, self.uring_writes, self.read_only, self.fixed_buffers)
+                self.poll_us, self.uring_writes, self.read_only, self.fixed_buffers,
+                -1 if vring.err_fd is None else vring.err_fd)
         except BaseException:
             os.close(stop_fd)
             raise
@@ -236,9 +237,6 @@ class VhostUserFsDevice:
             queue.run(self.handler)
         except Exception:
             log.exception("ring %d worker failed", queue.index)
-        if queue.broken:
-            log.error("ring %d stopped: the driver published an invalid avail index or head",
-                      queue.index)
 
     def _stop(self, vring, pause=False):
         """Stop the ring's worker.  A frontend stop (``pause=False``: GET_VRING_BASE, reset)
@@ -251,9 +249,11 @@ class VhostUserFsDevice:
         vring.queue.stop()
         vring.thread.join()
         vring.base = vring.queue.last_avail_idx
-        if vring.queue.bad_chains:
-            log.warning("ring %d returned %d malformed chains", vring.index,
-                        vring.queue.bad_chains)
+        if vring.queue.bad_chains or vring.queue.bad_heads or vring.queue.bad_avail:
+            log.warning("ring %d returned %d malformed chains, skipped %d avail entries naming "
+                        "no descriptor, saw the avail index out of reach %d times",
+                        vring.index, vring.queue.bad_chains, vring.queue.bad_heads,
+                        vring.queue.bad_avail)
         if pause:
             vring.paused = vring.queue
         else:
@@ -274,6 +274,8 @@ class VhostUserFsDevice:
         old = getattr(vring, name)
         if name == "call_fd" and vring.running:
             vring.queue.set_call_fd(-1 if fd is None else fd)
+        elif name == "err_fd" and vring.running:
+            vring.queue.set_err_fd(-1 if fd is None else fd)
         elif name == "kick_fd" and vring.running:
             self._stop(vring, pause=True)
         setattr(vring, name, fd)
