@@ -434,6 +434,7 @@ cdef struct HandleSlot:
     bint in_use           # the rest is guarded by the table mutex
     bint keyed
     bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
+    bint directory        # an OPENDIR handle: the file system holds a listing for it
     uint64_t dev
     uint64_t ino
     uint64_t mnt
@@ -507,6 +508,7 @@ cdef class HandleTable:
                 self.slots[idx].in_use = True
                 self.slots[idx].keyed = False
                 self.slots[idx].direct = False
+                self.slots[idx].directory = False
                 self.slots[idx].nlookup = 0
                 self.slots[idx].fd = fd
                 gen = fastvfs_state_load(&self.slots[idx].state) >> 32
@@ -621,6 +623,15 @@ cdef class HandleTable:
         """Whether the acquired handle ``fh`` was opened O_DIRECT."""
         return self.slots[(fh & 0xffffffffUL) - 1].direct
 
+    cdef bint is_directory(self, uint64_t fh) noexcept nogil:
+        """Whether ``fh`` is a live directory handle (False for a stale or forged one)."""
+        cdef bint directory
+        if self.acquire(fh) < 0:
+            return False
+        directory = self.slots[(fh & 0xffffffffUL) - 1].directory
+        self.release(fh)
+        return directory
+
     cdef uint64_t mount_of(self, uint64_t fh) noexcept nogil:
         """The mount id of a node id the caller holds a reference on (0 if not keyed)."""
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
@@ -689,8 +700,9 @@ cdef class HandleTable:
 
     # -- handles -------------------------------------------------------------------------------
 
-    def add(self, int fd):
-        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full."""
+    def add(self, int fd, bint directory=False):
+        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full.
+        A ``directory`` handle is never released by the hot path (``is_directory``)."""
         cdef int64_t fh
         cdef bint direct
         with nogil:
@@ -699,6 +711,7 @@ cdef class HandleTable:
             fh = self._take_slot(fd)
             if fh >= 0:
                 self.slots[(fh & 0xffffffffUL) - 1].direct = direct
+                self.slots[(fh & 0xffffffffUL) - 1].directory = directory
             pthread_mutex_unlock(&self.lock)
         if fh < 0:
             raise OSError(24, "handle table full")
@@ -1717,8 +1730,7 @@ cdef class Virtqueue:
                     self._do_flush(unique)
                     return 1
                 if opcode == FUSE_RELEASE and hlen >= IN_HEADER_SIZE + 24:
-                    self._do_release(unique)
-                    return 1
+                    return self._do_release(unique)
                 if opcode == FUSE_FORGET and hlen >= IN_HEADER_SIZE + 8 and \
                         self.inodes is not None:
                     return self._do_forget(hlen)
@@ -1848,10 +1860,16 @@ cdef class Virtqueue:
         self._reply(unique, rc, NULL, 0)
         return 1
 
-    cdef void _do_release(self, uint64_t unique) noexcept nogil:
+    cdef int _do_release(self, uint64_t unique) noexcept nogil:
+        """RELEASE of a file handle; a directory handle (released by RELEASE as well as by
+        RELEASEDIR, whatever the guest sends) goes to the engine, whose file system frees its
+        listing with it."""
         cdef uint64_t fh
         memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
+        if self.handles.is_directory(fh):
+            return 0
         self._reply(unique, self.handles.remove_fh(fh), NULL, 0)
+        return 1
 
     cdef int _do_forget(self, uint32_t hlen) noexcept nogil:
         cdef uint64_t nodeid, count
