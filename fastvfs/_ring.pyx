@@ -255,8 +255,18 @@ cdef struct Region:
     uint64_t size
     uint64_t uaddr
     uint8_t *host
-    void *map_base
-    size_t map_len
+
+
+@cython.final
+cdef class _Mapping:
+    """One region's file mapped into this process; unmapped when the last memory table (and so
+    the last request in flight holding one, see ``PendingReply``) that uses it is gone."""
+    cdef void *base
+    cdef size_t length
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.length)
 
 
 cdef class MemoryTable:
@@ -264,15 +274,26 @@ cdef class MemoryTable:
 
     Translation works on two address spaces: guest-physical addresses (descriptor buffers) and
     the frontend's own virtual addresses (``userspace_addr``, used by SET_VRING_ADDR).
+
+    A table in use by a ring or a deferred reply is never changed: a change of the frontend's
+    memory is a new table (``copy`` then ``add_region``/``remove_region``) sharing the
+    mappings it keeps, so a request still pointing into a removed region writes into memory
+    that stays mapped until that request is answered.
     """
     cdef Region regions[MAX_REGIONS]
     cdef int nregions
+    cdef list maps          # the _Mapping of regions[i] at maps[i]
 
-    def __dealloc__(self):
-        cdef int i
-        for i in range(self.nregions):
-            munmap(self.regions[i].map_base, self.regions[i].map_len)
-        self.nregions = 0
+    def __cinit__(self):
+        self.maps = []
+
+    def copy(self):
+        """A new table with the same regions, sharing their mappings."""
+        cdef MemoryTable table = MemoryTable()
+        table.regions = self.regions
+        table.nregions = self.nregions
+        table.maps = list(self.maps)
+        return table
 
     def add_region(self, uint64_t gpa, uint64_t size, uint64_t uaddr, uint64_t mmap_offset, int fd):
         """Map ``size`` bytes of ``fd`` from ``mmap_offset``; the caller checked the file is large
@@ -297,23 +318,27 @@ cdef class MemoryTable:
             base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if base == MAP_FAILED:
             raise OSError(errno, "mmap of guest memory failed")
+        cdef _Mapping mapping = _Mapping()
+        mapping.base = base
+        mapping.length = map_len
+        self.maps.append(mapping)
         r = &self.regions[self.nregions]
         r.gpa = gpa
         r.size = size
         r.uaddr = uaddr
-        r.map_base = base
-        r.map_len = map_len
         r.host = <uint8_t *>base + mmap_offset
         self.nregions += 1
 
     def remove_region(self, uint64_t gpa, uint64_t size, uint64_t uaddr):
-        """Unmap the region that matches exactly; returns whether one did."""
+        """Take out the region that matches exactly; returns whether one did.  Its mapping goes
+        when no other table uses it."""
         cdef int i
         for i in range(self.nregions):
             r = &self.regions[i]
             if r.gpa == gpa and r.size == size and r.uaddr == uaddr:
-                munmap(r.map_base, r.map_len)
                 self.regions[i] = self.regions[self.nregions - 1]
+                self.maps[i] = self.maps[self.nregions - 1]
+                self.maps.pop()
                 self.nregions -= 1
                 return True
         return False

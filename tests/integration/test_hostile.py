@@ -1,6 +1,7 @@
 """Malformed vhost-user messages, descriptor chains and FUSE requests sent to the fastvfs daemon
 through the frontend driver: each gets an error, and the next valid request is served."""
 
+import fcntl
 import os
 import select
 import struct
@@ -37,9 +38,13 @@ def still_serving(frontend, client):
     assert client.getattr(ROOT).attr.mode & 0o170000 == 0o040000
 
 
-def memfd(size):
-    fd = os.memfd_create("hostile")
+def memfd(size, sealed=True):
+    """A memfd of ``size`` bytes, sealed against resizing as QEMU seals guest RAM unless not
+    ``sealed``."""
+    fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    if sealed:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     return fd
 
 
@@ -60,6 +65,9 @@ BAD_MESSAGES = {
     "SET_MEM_TABLE region larger than its file": lambda f: (
         Request.SET_MEM_TABLE, protocol.memory_header.pack(1, 0) +
         protocol.memory_region.pack(0, 1 << 30, 0x1000000, 0), (memfd(1 << 20),)),
+    "SET_MEM_TABLE memfd not sealed against shrinking": lambda f: (
+        Request.SET_MEM_TABLE, protocol.memory_header.pack(1, 0) +
+        protocol.memory_region.pack(0, 1 << 20, 0x1000000, 0), (memfd(1 << 20, sealed=False),)),
     "SET_MEM_TABLE wrapping region": lambda f: (
         Request.SET_MEM_TABLE, protocol.memory_header.pack(1, 0) +
         protocol.memory_region.pack(2 ** 64 - 4096, 8192, 0x1000000, 0), (memfd(8192),)),
