@@ -193,6 +193,8 @@ cdef enum:
     VRING_AVAIL_F_NO_INTERRUPT = 1
     IN_HEADER_SIZE = 40
     OUT_HEADER_SIZE = 16
+    UNIQUE_END = 16         # fuse_in_header.unique ends 16 bytes into the header
+    REPORT_INTERVAL_NS = 10 * 1000 * 1000 * 1000   # avail ring faults logged at most this often
     FUSE_LOOKUP = 1
     FUSE_GETATTR = 3
     ENTRY_OUT_SIZE = 128
@@ -259,8 +261,18 @@ cdef struct Region:
     uint64_t size
     uint64_t uaddr
     uint8_t *host
-    void *map_base
-    size_t map_len
+
+
+@cython.final
+cdef class _Mapping:
+    """One region's file mapped into this process; unmapped when the last memory table (and so
+    the last request in flight holding one, see ``PendingReply``) that uses it is gone."""
+    cdef void *base
+    cdef size_t length
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.length)
 
 
 cdef class MemoryTable:
@@ -268,15 +280,26 @@ cdef class MemoryTable:
 
     Translation works on two address spaces: guest-physical addresses (descriptor buffers) and
     the frontend's own virtual addresses (``userspace_addr``, used by SET_VRING_ADDR).
+
+    A table in use by a ring or a deferred reply is never changed: a change of the frontend's
+    memory is a new table (``copy`` then ``add_region``/``remove_region``) sharing the
+    mappings it keeps, so a request still pointing into a removed region writes into memory
+    that stays mapped until that request is answered.
     """
     cdef Region regions[MAX_REGIONS]
     cdef int nregions
+    cdef list maps          # the _Mapping of regions[i] at maps[i]
 
-    def __dealloc__(self):
-        cdef int i
-        for i in range(self.nregions):
-            munmap(self.regions[i].map_base, self.regions[i].map_len)
-        self.nregions = 0
+    def __cinit__(self):
+        self.maps = []
+
+    def copy(self):
+        """A new table with the same regions, sharing their mappings."""
+        cdef MemoryTable table = MemoryTable()
+        table.regions = self.regions
+        table.nregions = self.nregions
+        table.maps = list(self.maps)
+        return table
 
     def add_region(self, uint64_t gpa, uint64_t size, uint64_t uaddr, uint64_t mmap_offset, int fd):
         """Map ``size`` bytes of ``fd`` from ``mmap_offset``; the caller checked the file is large
@@ -301,23 +324,27 @@ cdef class MemoryTable:
             base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if base == MAP_FAILED:
             raise OSError(errno, "mmap of guest memory failed")
+        cdef _Mapping mapping = _Mapping()
+        mapping.base = base
+        mapping.length = map_len
+        self.maps.append(mapping)
         r = &self.regions[self.nregions]
         r.gpa = gpa
         r.size = size
         r.uaddr = uaddr
-        r.map_base = base
-        r.map_len = map_len
         r.host = <uint8_t *>base + mmap_offset
         self.nregions += 1
 
     def remove_region(self, uint64_t gpa, uint64_t size, uint64_t uaddr):
-        """Unmap the region that matches exactly; returns whether one did."""
+        """Take out the region that matches exactly; returns whether one did.  Its mapping goes
+        when no other table uses it."""
         cdef int i
         for i in range(self.nregions):
             r = &self.regions[i]
             if r.gpa == gpa and r.size == size and r.uaddr == uaddr:
-                munmap(r.map_base, r.map_len)
                 self.regions[i] = self.regions[self.nregions - 1]
+                self.maps[i] = self.maps[self.nregions - 1]
+                self.maps.pop()
                 self.nregions -= 1
                 return True
         return False
@@ -438,6 +465,7 @@ cdef struct HandleSlot:
     bint in_use           # the rest is guarded by the table mutex
     bint keyed
     bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
+    bint directory        # an OPENDIR handle: the file system holds a listing for it
     uint64_t dev
     uint64_t ino
     uint64_t mnt
@@ -516,6 +544,7 @@ cdef class HandleTable:
                 self.slots[idx].in_use = True
                 self.slots[idx].keyed = False
                 self.slots[idx].direct = False
+                self.slots[idx].directory = False
                 self.slots[idx].nlookup = 0
                 self.slots[idx].fd = fd
                 gen = fastvfs_state_load(&self.slots[idx].state) >> 32
@@ -630,6 +659,15 @@ cdef class HandleTable:
         """Whether the acquired handle ``fh`` was opened O_DIRECT."""
         return self.slots[(fh & 0xffffffffUL) - 1].direct
 
+    cdef bint is_directory(self, uint64_t fh) noexcept nogil:
+        """Whether ``fh`` is a live directory handle (False for a stale or forged one)."""
+        cdef bint directory
+        if self.acquire(fh) < 0:
+            return False
+        directory = self.slots[(fh & 0xffffffffUL) - 1].directory
+        self.release(fh)
+        return directory
+
     cdef uint64_t mount_of(self, uint64_t fh) noexcept nogil:
         """The mount id of a node id the caller holds a reference on (0 if not keyed)."""
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
@@ -715,8 +753,9 @@ cdef class HandleTable:
 
     # -- handles -------------------------------------------------------------------------------
 
-    def add(self, int fd):
-        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full."""
+    def add(self, int fd, bint directory=False):
+        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full.
+        A ``directory`` handle is never released by the hot path (``is_directory``)."""
         cdef int64_t fh
         cdef bint direct
         with nogil:
@@ -725,6 +764,7 @@ cdef class HandleTable:
             fh = self._take_slot(fd)
             if fh >= 0:
                 self.slots[(fh & 0xffffffffUL) - 1].direct = direct
+                self.slots[(fh & 0xffffffffUL) - 1].directory = directory
             pthread_mutex_unlock(&self.lock)
         if fh < 0:
             raise OSError(24, "handle table full")
@@ -1306,7 +1346,11 @@ cdef class Virtqueue:
     cdef readonly uint16_t used_idx
     cdef readonly uint64_t requests
     cdef readonly uint64_t bad_chains
-    cdef readonly bint broken
+    cdef readonly uint64_t bad_heads      # avail entries naming no descriptor, skipped
+    cdef readonly uint64_t bad_avail      # times the avail index ran more than ``num`` ahead
+    cdef bint avail_bad                   # the avail index is out of reach right now
+    cdef uint64_t reported                # bad_heads + bad_avail when last logged
+    cdef uint64_t reported_ns
     cdef readonly bint retired
     cdef readonly Virtqueue successor
     cdef RingLock lock
@@ -1325,6 +1369,7 @@ cdef class Virtqueue:
     cdef bint signalled_used_valid
     cdef int kick_fd
     cdef int call_fd
+    cdef int err_fd
     cdef int stop_fd
     cdef volatile int stopping
     cdef uint32_t max_io
@@ -1382,7 +1427,7 @@ cdef class Virtqueue:
                  bint event_idx, bint indirect, uint32_t max_io=1 << 20, RingLock lock=None,
                  HandleTable inodes=None, double attr_timeout=0.0, RequestStats stats=None,
                  bint io_uring=False, uint32_t poll_us=0, bint uring_writes=False,
-                 bint read_only=False, bint fixed_buffers=False):
+                 bint read_only=False, bint fixed_buffers=False, int err_fd=-1):
         if num == 0 or num & (num - 1) or num > 32768:
             raise ValueError(f"queue size {num} is not a power of two up to 32768")
         # Sizes from virtio 1.2 section 2.7: the trailing u16 is used_event / avail_event.
@@ -1403,6 +1448,7 @@ cdef class Virtqueue:
         self.used_idx = fastvfs_load16(self.used + 2)
         self.kick_fd = kick_fd
         self.call_fd = call_fd
+        self.err_fd = err_fd
         self.stop_fd = stop_fd
         self.event_idx = event_idx
         self.indirect = indirect
@@ -1447,6 +1493,13 @@ cdef class Virtqueue:
             self.call_fd = fd
             pthread_mutex_unlock(&self.lock.m)
 
+    def set_err_fd(self, int fd):
+        """Swap the error eventfd (SET_VRING_ERR); as ``set_call_fd``."""
+        with nogil:
+            pthread_mutex_lock(&self.lock.m)
+            self.err_fd = fd
+            pthread_mutex_unlock(&self.lock.m)
+
     def retire(self, Virtqueue successor=None):
         """After ``stop``: pending replies go to ``successor`` (a restart of the same ring by
         the backend) or are dropped (the frontend stopped the ring)."""
@@ -1463,33 +1516,80 @@ cdef class Virtqueue:
     # -- ring access (no GIL) ----------------------------------------------------------------
 
     cdef int _pop(self) noexcept nogil:
-        """Take the next available head into ``self.chain.head``: 1 taken, 0 ring empty,
-        -1 ring broken (the driver claimed more buffers than the ring holds)."""
-        cdef uint16_t avail_idx = fastvfs_load16(self.avail + 2)
-        if avail_idx == self.last_avail_idx:
-            if not self.event_idx:
-                return 0
-            # Ask for a kick once anything past last_avail_idx is published, then look again
-            # so a buffer published meanwhile is not missed (section 2.7.10).
-            fastvfs_store16(self.used + 4 + 8 * <uint32_t>self.num, self.last_avail_idx)
-            fastvfs_full_barrier()
+        """Take the next available head into ``self.chain.head``: 1 taken, 0 nothing to take.
+
+        A bad avail ring never stops the queue (the guest's valid requests would then wait
+        forever, unanswered and unsignalled); each kind is counted, the frontend is told
+        through the ring's error eventfd (``_signal_error``) and the worker logs it
+        (``_report``):
+
+        - an entry naming a head at or beyond the queue size is skipped: no used element can
+          name it (virtio 1.2 section 2.7.8: ``id`` is the head of a chain the driver made
+          available), and the entries after it are served;
+        - an avail index more than ``num`` ahead of ``last_avail_idx`` cannot be (the driver
+          never has more than ``num`` buffers available, section 2.7.6), and which entries
+          behind it are real cannot be told.  That is the device error state of section
+          2.1.2 (DEVICE_NEEDS_RESET, which a vhost-user backend reports through SET_VRING_ERR's
+          eventfd; QEMU then marks the device broken for the guest, which resets it).  Nothing
+          is taken while the index stays out of reach, but the worker keeps waiting for kicks
+          and serves again as soon as the index is back within ``num`` (a driver that fixed
+          it, or a ring restarted with a new base).
+        """
+        cdef uint16_t avail_idx
+        while True:
             avail_idx = fastvfs_load16(self.avail + 2)
-            if avail_idx == self.last_avail_idx:
-                return 0
-        if <uint16_t>(avail_idx - self.last_avail_idx) > self.num:
-            self.broken = True
-            return -1
-        fastvfs_acquire()
-        self.chain.head = fastvfs_load16(self.avail + 4 + 2 * (self.last_avail_idx % self.num))
-        self.last_avail_idx += 1
-        if self.chain.head >= self.num:
-            # No used element can name this head; the ring cannot be trusted any more.
-            self.broken = True
-            return -1
-        self.cur_opcode = 0
-        if self.stats != NULL:
-            self.cur_start = _now_ns()
-        return 1
+            if avail_idx == self.last_avail_idx or \
+                    <uint16_t>(avail_idx - self.last_avail_idx) > self.num:
+                if avail_idx != self.last_avail_idx and not self.avail_bad:
+                    self.avail_bad = True
+                    self.bad_avail += 1
+                    self._signal_error()
+                if not self.event_idx:
+                    return 0
+                # Ask for a kick once anything past last_avail_idx is published, then look
+                # again so a buffer published meanwhile is not missed (section 2.7.10).
+                fastvfs_store16(self.used + 4 + 8 * <uint32_t>self.num, self.last_avail_idx)
+                fastvfs_full_barrier()
+                avail_idx = fastvfs_load16(self.avail + 2)
+                if avail_idx == self.last_avail_idx or \
+                        <uint16_t>(avail_idx - self.last_avail_idx) > self.num:
+                    return 0
+            self.avail_bad = False
+            fastvfs_acquire()
+            self.chain.head = fastvfs_load16(self.avail + 4 + 2 * (self.last_avail_idx % self.num))
+            self.last_avail_idx += 1
+            if self.chain.head >= self.num:
+                self.bad_heads += 1
+                self._signal_error()
+                continue
+            self.cur_opcode = 0
+            if self.stats != NULL:
+                self.cur_start = _now_ns()
+            return 1
+
+    cdef inline bint _avail_pending(self) noexcept nogil:
+        """Whether the avail index shows buffers ``_pop`` would look at (1 to ``num``)."""
+        return <uint16_t>(<uint16_t>(fastvfs_load16(self.avail + 2) - self.last_avail_idx) - 1) \
+            < self.num
+
+    cdef void _signal_error(self) noexcept nogil:
+        """Signal the error eventfd the frontend gave (SET_VRING_ERR), if any."""
+        cdef uint64_t one = 1
+        pthread_mutex_lock(&self.lock.m)
+        if self.err_fd >= 0:
+            c_write(self.err_fd, &one, 8)
+        pthread_mutex_unlock(&self.lock.m)
+
+    cdef void _report(self):
+        """Log the avail ring faults counted since the last report (called with the GIL, at
+        most every REPORT_INTERVAL_NS so a guest cannot flood the log)."""
+        self.reported = self.bad_heads + self.bad_avail
+        self.reported_ns = _now_ns()
+        _log.error("ring %d: the driver published %d avail entries naming no descriptor "
+                   "(skipped) and ran the avail index more than the queue size ahead %d times "
+                   "(nothing taken until it is back in reach); error eventfd %s",
+                   self.index, self.bad_heads, self.bad_avail,
+                   "signalled" if self.err_fd >= 0 else "not set")
 
     cdef int _walk(self) noexcept nogil:
         """Resolve the chain at ``self.chain.head`` into iovecs; 0 or -errno if malformed."""
@@ -1498,6 +1598,7 @@ cdef class Virtqueue:
         cdef uint32_t table_len = self.num
         cdef uint32_t idx = self.chain.head
         cdef uint32_t seen = 0
+        cdef uint32_t total = 0
         cdef bint in_indirect = False
         cdef int n
         cdef iovec *iov = self.iov
@@ -1528,6 +1629,11 @@ cdef class Virtqueue:
                 seen = 0
                 in_indirect = True
                 continue
+            # Section 2.7.5.3.1: no chain is longer than the queue size, indirect descriptors
+            # included; an indirect table may be far larger (up to 2^28 entries).
+            total += 1
+            if total > self.num:
+                return -EINVAL
             if d.len:
                 n = self.chain.nin + self.chain.nout
                 if d.flags & VRING_DESC_F_WRITE:
@@ -1657,24 +1763,20 @@ cdef class Virtqueue:
         cdef uint64_t unique
         cdef uint64_t got
         cdef int rc = self._walk()
-        if rc < 0:
-            # Answer with the request's unique when its header was readable; a buffer outside
-            # guest RAM (such as a DAX window address: the window is not in the memory table)
-            # gets EFAULT, any other malformed chain EINVAL.
-            self.bad_chains += 1
-            unique = 0
-            if _gather(self.iov, self.chain.nin, 0, self.hdr, IN_HEADER_SIZE) == IN_HEADER_SIZE:
-                memcpy(&unique, self.hdr + 8, 8)
-            self._reply(unique, rc, NULL, 0)
-            return 1
         got = _gather(self.iov, self.chain.nin, 0, self.hdr, IN_HEADER_SIZE + WRITE_IN_SIZE)
-        if got < IN_HEADER_SIZE:
+        # The error reply of a malformed chain carries the request's unique whenever the
+        # readable part held it (fuse_in_header bytes 8 to 15), even if the rest is missing.
+        unique = 0
+        if got >= UNIQUE_END:
+            memcpy(&unique, self.hdr + 8, 8)
+        if rc < 0 or got < IN_HEADER_SIZE:
+            # A buffer outside guest RAM (such as a DAX window address: the window is not in
+            # the memory table) gets EFAULT, any other malformed chain EINVAL.
             self.bad_chains += 1
-            self._reply(0, -EINVAL, NULL, 0)
+            self._reply(unique, rc if rc < 0 else -EINVAL, NULL, 0)
             return 1
         memcpy(&hlen, self.hdr, 4)
         memcpy(&opcode, self.hdr + 4, 4)
-        memcpy(&unique, self.hdr + 8, 8)
         self.cur_opcode = opcode
         # Never trust fuse_in_header.len over the buffers really given.
         if hlen < IN_HEADER_SIZE or hlen > self.chain.in_len:
@@ -1846,11 +1948,15 @@ cdef class Virtqueue:
         return 1
 
     cdef int _do_release(self, uint64_t unique) noexcept nogil:
-        """RELEASE in C unless lock descriptors exist: an OFD or flock lock belongs to the
-        guest's open file and goes with its RELEASE, which the engine handles."""
+        """RELEASE in C of a file handle while no lock descriptors exist (an OFD or flock lock
+        belongs to the guest's open file and goes with its RELEASE, which the engine handles);
+        a directory handle (released by RELEASE as well as by RELEASEDIR, whatever the guest
+        sends) goes to the engine too, whose file system frees its listing with it."""
         cdef uint64_t fh
         cdef int rc
         memcpy(&fh, self.hdr + IN_HEADER_SIZE, 8)
+        if self.handles.is_directory(fh):
+            return 0
         rc = self.handles.remove_fh_unless_locks(fh)
         if rc == 1:
             return 0
@@ -2361,8 +2467,12 @@ cdef class Virtqueue:
                         self._flush_used()
                         got = self._drain_fast()
                         continue
-                    if self.stopping or self.broken:
+                    if self.stopping:
                         break
+                    if self.bad_heads + self.bad_avail != self.reported and \
+                            _now_ns() - self.reported_ns >= REPORT_INTERVAL_NS:
+                        with gil:
+                            self._report()
                     if self.poll_us and self._busy_poll():
                         got = self._drain_fast()
                         continue
@@ -2390,7 +2500,7 @@ cdef class Virtqueue:
             # An event index just behind us: no kick is needed for anything published.
             fastvfs_store16(avail_event, <uint16_t>(self.last_avail_idx - 1))
         while not self.stopping:
-            if fastvfs_load16(self.avail + 2) != self.last_avail_idx:
+            if self._avail_pending():
                 found = 1
                 break
             if self.nflight and io_uring_cq_ready(self.uring):
@@ -2403,7 +2513,7 @@ cdef class Virtqueue:
             # Notifications back on, then one more look (section 2.7.10).
             fastvfs_store16(avail_event, self.last_avail_idx)
             fastvfs_full_barrier()
-            found = fastvfs_load16(self.avail + 2) != self.last_avail_idx
+            found = self._avail_pending()
         if found:
             self.poll_window = self.poll_window * 2 if self.poll_window * 2 < self.poll_us \
                 else self.poll_us
@@ -2416,7 +2526,7 @@ cdef class Virtqueue:
         """Serve what the fast path can, until the ring is empty (returns 0, everything
         published and the guest notified) or a request needs the Python engine (returns 1 with
         it popped; the I/O the guest sent before it has been answered first)."""
-        while not self.stopping and not self.broken:
+        while not self.stopping:
             if self._pop() <= 0:
                 break
             if not self._serve_fast():

@@ -23,6 +23,7 @@ allocator) and read/write helpers addressed by GPA.
 """
 
 import bisect
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -102,9 +103,13 @@ class GuestMemory:
             raise ValueError("empty memory region")
         if self.regions and self.regions[-1].end > guest_phys_addr:
             raise ValueError(f"memory region at {guest_phys_addr:#x} overlaps the previous one")
-        fd = os.memfd_create(f"fastvfs-guest-ram{number}", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"fastvfs-guest-ram{number}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, mmap_offset + memory_size)
+            # Sealed as QEMU's memory-backend-memfd seals guest RAM (seal=on, its default):
+            # a backend may require that the memory it maps can never shrink.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
             mapping = mmap.mmap(fd, mmap_offset + memory_size, mmap.MAP_SHARED,
                                 mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:

@@ -21,6 +21,7 @@ through ``/proc/self/fd`` only after checking they are regular files or director
 devices and sockets are never opened.
 """
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -43,6 +44,8 @@ OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | 
                       os.O_DSYNC | os.O_NOATIME | os.O_LARGEFILE)
 RENAME_FLAGS_ALLOWED = 0x7  # NOREPLACE | EXCHANGE | WHITEOUT
 OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
+# Bytes of directory listings (DirSnapshot) held across all open directory handles.
+LISTING_BYTES_MAX = 64 << 20
 # struct flock on x86-64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 FLOCK = struct.Struct("hh4xqqi4x")
 LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
@@ -235,11 +238,12 @@ class LockFile:
 
 
 class DirHandle:
-    __slots__ = ("fd", "entries")
+    __slots__ = ("fd", "entries", "size")
 
     def __init__(self, fd):
         self.fd = fd
-        self.entries = None
+        self.entries = None   # the DirSnapshot being paged through, or None
+        self.size = 0         # its bytes, as counted in PassthroughFs.listing_bytes
 
 
 class DirSnapshot:
@@ -254,6 +258,10 @@ class DirSnapshot:
 
     def __len__(self):
         return len(self.starts) - 1
+
+    @property
+    def nbytes(self):
+        return len(self.records) + self.starts.nbytes
 
     def name(self, i):
         start = self.starts[i]
@@ -315,7 +323,7 @@ class PassthroughFs:
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 xattrmap=None, fd_budget=None):
+                 xattrmap=None, fd_budget=None, listing_bytes_max=LISTING_BYTES_MAX):
         self.writeback = writeback
         # Descriptors the guest may make us hold (inodes, open files and directories, lock
         # holders): the rest of RLIMIT_NOFILE stays for the daemon itself (memory regions,
@@ -344,7 +352,15 @@ class PassthroughFs:
         self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd),
                                  inodes if inodes is not None else type(handles)(1 << 16))
         self.handles = handles
+        # Directory handles by fh, and those holding a listing, least recently listed first.
+        # The listings together hold at most ``listing_bytes_max`` bytes (beyond it the oldest
+        # are dropped, to be taken again if the guest goes on paging) plus the one just taken,
+        # whatever its size: a directory's listing is as large as the host made it.
+        # Guarded by dirs_lock (a leaf lock).
         self.dirs = {}
+        self.listings = collections.OrderedDict()
+        self.listing_bytes = 0
+        self.listing_bytes_max = listing_bytes_max
         self.dirs_lock = threading.Lock()
         # (nodeid, lock owner, "posix" | "flock") -> the open file description holding that
         # owner's locks on the inode.  Host OFD locks make the locks visible to host processes
@@ -686,9 +702,9 @@ class PassthroughFs:
             raise
         return self.inodes.adopt(path_fd, st).nodeid, st, self._add_handle(fd)
 
-    def _add_handle(self, fd):
+    def _add_handle(self, fd, directory=False):
         try:
-            return self.handles.add(fd)
+            return self.handles.add(fd, directory)
         except BaseException:
             os.close(fd)
             raise
@@ -739,6 +755,11 @@ class PassthroughFs:
             os.close(os.dup(fd))
 
     def release(self, fh):
+        """Close a handle: a file's, or a directory's (the guest may close one with RELEASE as
+        well as RELEASEDIR), then with its listing."""
+        with self.dirs_lock:
+            self.dirs.pop(fh, None)
+            self._drop_listing(fh)
         self.handles.remove(fh)
         self._release_handle_locks(fh)
 
@@ -1027,7 +1048,7 @@ class PassthroughFs:
         if not stat.S_ISDIR(inode.mode):
             raise OSError(errno.ENOTDIR, "not a directory")
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
-        fh = self._add_handle(fd)
+        fh = self._add_handle(fd, directory=True)
         with self.dirs_lock:
             self.dirs[fh] = DirHandle(fd)
         return fh
@@ -1043,9 +1064,35 @@ class PassthroughFs:
         caller sends the entries after cookie ``offset``.  Offset 0 takes a fresh one
         (rewinddir); later offsets page through the same one."""
         handle = self._dir(fh)
-        if offset == 0 or handle.entries is None:
-            handle.entries = self._list(nodeid, fh)
-        return handle.entries
+        entries = handle.entries
+        if offset == 0 or entries is None:
+            entries = self._list(nodeid, fh)
+            self._keep_listing(fh, handle, entries)
+        else:
+            with self.dirs_lock:
+                if fh in self.listings:
+                    self.listings.move_to_end(fh)
+        return entries
+
+    def _keep_listing(self, fh, handle, entries):
+        """Hold ``entries`` as ``handle``'s listing, then drop the least recently listed ones
+        of other handles while the total is over ``listing_bytes_max``."""
+        with self.dirs_lock:
+            if self.dirs.get(fh) is not handle:
+                return  # released meanwhile
+            self._drop_listing(fh)
+            handle.entries, handle.size = entries, entries.nbytes
+            self.listings[fh] = handle
+            self.listing_bytes += handle.size
+            while self.listing_bytes > self.listing_bytes_max and len(self.listings) > 1:
+                self._drop_listing(next(iter(self.listings)))
+
+    def _drop_listing(self, fh):
+        """Forget ``fh``'s listing, if it holds one (dirs_lock held)."""
+        handle = self.listings.pop(fh, None)
+        if handle is not None:
+            self.listing_bytes -= handle.size
+            handle.entries, handle.size = None, 0
 
     def _list(self, nodeid, fh):
         inode = self.inodes.get(nodeid)
@@ -1058,10 +1105,7 @@ class PassthroughFs:
             return DirSnapshot(*_sys.pack_dirents(fd, st.st_ino, dotdot))
 
     def releasedir(self, fh):
-        with self.dirs_lock:
-            self.dirs.pop(fh, None)
-        self.handles.remove(fh)
-        self._release_handle_locks(fh)  # flock locks of the directory taken through it
+        self.release(fh)
 
     def fsyncdir(self, fh, datasync):
         self._dir(fh)
@@ -1087,6 +1131,8 @@ class PassthroughFs:
         """End of a session: every inode but the root and every handle is dropped."""
         with self.dirs_lock:
             self.dirs.clear()
+            self.listings.clear()
+            self.listing_bytes = 0
         self._drop_lock_fds(lambda k: True)
         self.handles.clear()
         self.inodes.clear()

@@ -9,6 +9,7 @@ never with a crash.
 """
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -239,7 +240,8 @@ class VhostUserFsDevice:
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
                 bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
                 vring.lock, self.inodes, self.attr_timeout, self.stats, self.io_uring,
-                self.poll_us, self.uring_writes, self.read_only, self.fixed_buffers)
+                self.poll_us, self.uring_writes, self.read_only, self.fixed_buffers,
+                -1 if vring.err_fd is None else vring.err_fd)
         except BaseException:
             os.close(stop_fd)
             raise
@@ -260,9 +262,6 @@ class VhostUserFsDevice:
             queue.run(self.handler)
         except Exception:
             log.exception("ring %d worker failed", queue.index)
-        if queue.broken:
-            log.error("ring %d stopped: the driver published an invalid avail index or head",
-                      queue.index)
 
     def _stop(self, vring, pause=False, deadline=None):
         """Stop the ring's worker.  A frontend stop (``pause=False``: GET_VRING_BASE, reset)
@@ -293,9 +292,11 @@ class VhostUserFsDevice:
             self.stuck.append((vring.index, vring.thread, vring.queue, vring.stop_fd))
             vring.queue = vring.thread = vring.stop_fd = None
             return
-        if vring.queue.bad_chains:
-            log.warning("ring %d returned %d malformed chains", vring.index,
-                        vring.queue.bad_chains)
+        if vring.queue.bad_chains or vring.queue.bad_heads or vring.queue.bad_avail:
+            log.warning("ring %d returned %d malformed chains, skipped %d avail entries naming "
+                        "no descriptor, saw the avail index out of reach %d times",
+                        vring.index, vring.queue.bad_chains, vring.queue.bad_heads,
+                        vring.queue.bad_avail)
         if pause:
             vring.paused = vring.queue
         else:
@@ -327,6 +328,8 @@ class VhostUserFsDevice:
         old = getattr(vring, name)
         if name == "call_fd" and vring.running:
             vring.queue.set_call_fd(-1 if fd is None else fd)
+        elif name == "err_fd" and vring.running:
+            vring.queue.set_err_fd(-1 if fd is None else fd)
         elif name == "kick_fd" and vring.running:
             self._stop(vring, pause=True)
         setattr(vring, name, fd)
@@ -430,20 +433,32 @@ class VhostUserFsDevice:
             raise BadRequest("memory region message of the wrong size")
         return protocol.memory_region.unpack_from(msg.payload, protocol.single_memory_region.size)
 
+    def _mem_slots(self):
+        """ADD_MEM_REG and REM_MEM_REG exist only with CONFIGURE_MEM_SLOTS (vhost-user.rst)."""
+        if not self.protocol_features & (1 << PF.CONFIGURE_MEM_SLOTS):
+            raise BadRequest("CONFIGURE_MEM_SLOTS was not negotiated")
+
+    # A region is added or removed on a copy of the table (the rings and the deferred replies
+    # go on using the one they hold, see MemoryTable), which then replaces it.
+
     def do_add_mem_reg(self, msg):
+        self._mem_slots()
         gpa, size, uaddr, offset = self._region_body(msg)
         if len(msg.fds) != 1:
             raise BadRequest("ADD_MEM_REG needs exactly one fd")
         if len(self.memory) >= MAX_MEM_SLOTS:
             raise BadRequest("no free memory slot")
-        with self._rings_paused():
-            _map_region(self.memory, gpa, size, uaddr, offset, msg.fds[0])
+        table = self.memory.copy()
+        _map_region(table, gpa, size, uaddr, offset, msg.fds[0])
+        self._swap_memory(table)
 
     def do_rem_mem_reg(self, msg):
+        self._mem_slots()
         gpa, size, uaddr, _ = self._region_body(msg)
-        with self._rings_paused():
-            if not self.memory.remove_region(gpa, size, uaddr):
-                raise BadRequest("no such memory region")
+        table = self.memory.copy()
+        if not table.remove_region(gpa, size, uaddr):
+            raise BadRequest("no such memory region")
+        self._swap_memory(table)
 
     def _swap_memory(self, table):
         with self._rings_paused():
@@ -575,13 +590,30 @@ _GET_REQUESTS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
 
 def _map_region(table, gpa, size, uaddr, offset, fd):
     """Map one region after checking the file really holds it: touching a page past the end of
-    a memfd raises SIGBUS, which would kill the daemon."""
+    a memfd raises SIGBUS, which would kill the daemon.
+
+    A memfd must also be sealed against shrinking (F_SEAL_SHRINK), so that it cannot lose the
+    pages under the mapping later: QEMU's memory-backend-memfd seals its memfds so by default
+    (``seal=on``: F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL).  A file that cannot be sealed
+    (memory-backend-file on /dev/shm or hugetlbfs) is only checked for its size here; see
+    SECURITY.md, "Known limits"."""
     st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode) and st.st_size < offset + size:
-        raise BadRequest(f"memory region {gpa:#x}+{size:#x} is larger than its file")
     if not stat.S_ISREG(st.st_mode):
         raise BadRequest("memory region fd is not a regular file or memfd")
+    if st.st_size < offset + size:
+        raise BadRequest(f"memory region {gpa:#x}+{size:#x} is larger than its file")
+    if _is_memfd(fd) and not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+        raise BadRequest(f"memory region {gpa:#x}+{size:#x}: its memfd is not sealed against "
+                         "shrinking (F_SEAL_SHRINK)")
     table.add_region(gpa, size, uaddr, offset, fd)
+
+
+def _is_memfd(fd):
+    try:
+        with procfd.named(fd) as path:
+            return os.readlink(path).startswith("/memfd:")
+    except OSError:
+        return False
 
 
 def _is_eventfd(fd):

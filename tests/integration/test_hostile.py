@@ -1,7 +1,9 @@
 """Malformed vhost-user messages, descriptor chains and FUSE requests sent to the fastvfs daemon
 through the frontend driver: each gets an error, and the next valid request is served."""
 
+import fcntl
 import os
+import select
 import struct
 
 import pytest
@@ -36,9 +38,13 @@ def still_serving(frontend, client):
     assert client.getattr(ROOT).attr.mode & 0o170000 == 0o040000
 
 
-def memfd(size):
-    fd = os.memfd_create("hostile")
+def memfd(size, sealed=True):
+    """A memfd of ``size`` bytes, sealed against resizing as QEMU seals guest RAM unless not
+    ``sealed``."""
+    fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    if sealed:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     return fd
 
 
@@ -59,6 +65,9 @@ BAD_MESSAGES = {
     "SET_MEM_TABLE region larger than its file": lambda f: (
         Request.SET_MEM_TABLE, protocol.memory_header.pack(1, 0) +
         protocol.memory_region.pack(0, 1 << 30, 0x1000000, 0), (memfd(1 << 20),)),
+    "SET_MEM_TABLE memfd not sealed against shrinking": lambda f: (
+        Request.SET_MEM_TABLE, protocol.memory_header.pack(1, 0) +
+        protocol.memory_region.pack(0, 1 << 20, 0x1000000, 0), (memfd(1 << 20, sealed=False),)),
     "SET_MEM_TABLE wrapping region": lambda f: (
         Request.SET_MEM_TABLE, protocol.memory_header.pack(1, 0) +
         protocol.memory_region.pack(2 ** 64 - 4096, 8192, 0x1000000, 0), (memfd(8192),)),
@@ -136,7 +145,8 @@ def _raw_chain(queue, descs):
 
 @pytest.mark.parametrize("shape", ["outside_memory", "loop", "next_out_of_range",
                                    "readable_after_writable", "nested_indirect", "huge_length",
-                                   "short_header", "len_beyond_buffers"])
+                                   "short_header", "short_header_with_unique",
+                                   "len_beyond_buffers", "longer_than_the_queue"])
 def test_bad_chains_get_errors_and_service_continues(fastvfs, shape):
     frontend, client, _ = fastvfs()
     queue, mem = frontend.queues[1], frontend.memory
@@ -164,6 +174,18 @@ def test_bad_chains_get_errors_and_service_continues(fastvfs, shape):
         head = _raw_chain(queue, [(header, 0xFFFFFFF0, N, 1), (reply, 96, W, None)])
     elif shape == "short_header":
         head = _raw_chain(queue, [(header, 12, N, 1), (reply, 96, W, None)])
+    elif shape == "short_header_with_unique":
+        head = _raw_chain(queue, [(header, 24, N, 1), (reply, 96, W, None)])
+    elif shape == "longer_than_the_queue":
+        # One indirect table of queue size + 1 descriptors: header, reply, empty buffers.
+        count = queue.size + 1
+        table = mem.alloc(16 * count, 16)
+        queue.write_desc(0, header, 40, N, 1, table=table)
+        queue.write_desc(1, reply, 96, W | N, 2, table=table)
+        for i in range(2, count):
+            queue.write_desc(i, reply, 0, W | (N if i < count - 1 else 0), i + 1, table=table)
+        (head,) = queue.alloc_desc(1)
+        queue.write_desc(head, table, 16 * count, I)
     elif shape == "len_beyond_buffers":
         mem.write(header, abi.in_header.pack(1 << 20, Opcode.STATFS, 1000, ROOT, 0, 0, 0, 0, 0))
         head = _raw_chain(queue, [(header, 40, N, 1), (reply, 96, W, None)])
@@ -174,10 +196,12 @@ def test_bad_chains_get_errors_and_service_continues(fastvfs, shape):
         queue.wait_call(0.05)
     else:
         pytest.fail("the malformed chain was never returned")
-    if shape in ("short_header", "len_beyond_buffers"):
-        # The reply area was valid: an error header lands there.
-        length, error, _ = abi.out_header.unpack(mem.read(reply, 16))
-        assert (length, error) == (16, -22)
+    if shape in ("short_header", "short_header_with_unique", "len_beyond_buffers",
+                 "longer_than_the_queue"):
+        # The reply area was valid: an error header lands there, with the request's unique
+        # whenever the chain held it.
+        length, error, unique = abi.out_header.unpack(mem.read(reply, 16))
+        assert (length, error, unique) == (16, -22, 0 if shape == "short_header" else 1000)
     still_serving(frontend, client)
 
 
@@ -202,18 +226,28 @@ def test_bad_fuse_requests_get_errors(fastvfs, name, body):
     still_serving(frontend, client)
 
 
-def test_ring_with_impossible_avail_index_stops_until_restarted(fastvfs):
+def test_bad_avail_entries_are_signalled_and_serving_continues(fastvfs):
     frontend, client, _ = fastvfs()
     queue = frontend.queues[1]
-    struct.pack_into("<H", queue._avail_map, queue._avail_off + 2,
-                     (queue.published_idx + 5000) & 0xFFFF)
-    queue.kick()
-    # The backend gives up on the ring (virtio: the device needs a reset) but keeps its
-    # connection; stopping and restarting the ring brings service back.
-    assert frontend.get_u64(Request.GET_FEATURES) == frontend.features
-    struct.pack_into("<H", queue._avail_map, queue._avail_off + 2, queue.published_idx)
-    assert frontend.stop_queue(1) == queue.published_idx
-    frontend.start_queue(1)
-    frontend.enable_queue(1)
-    frontend.set_call(1)
-    assert client.getattr(ROOT).attr.mode & 0o170000 == 0o040000
+    err = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        frontend.set_vring_fd(Request.SET_VRING_ERR, 1, err)
+        # An avail index 5000 ahead of a 128-entry ring: the device error state (virtio 1.2
+        # section 2.1.2), reported on the error eventfd; nothing is taken meanwhile.
+        struct.pack_into("<H", queue._avail_map, queue._avail_off + 2,
+                         (queue.published_idx + 5000) & 0xFFFF)
+        queue.kick()
+        assert select.select([err], [], [], 5)[0], "the error eventfd was never signalled"
+        os.eventfd_read(err)
+        # The index back in reach: the same ring serves again, without a restart.
+        struct.pack_into("<H", queue._avail_map, queue._avail_off + 2, queue.published_idx)
+        still_serving(frontend, client)
+        # An entry naming no descriptor is skipped, signalled, and the request behind it served.
+        queue.publish_raw([queue.size + 3])
+        assert client.getattr(ROOT).attr.mode & 0o170000 == 0o040000
+        assert select.select([err], [], [], 5)[0]
+        assert os.eventfd_read(err) == 1
+        still_serving(frontend, client)
+    finally:
+        os.close(err)
+    assert fastvfs.process.poll() is None

@@ -841,3 +841,54 @@ def test_syncfs_syncs_the_file_system_of_its_node(s, tmp_path, monkeypatch):
         assert os.stat(sub).st_dev != os.stat(tmp_path).st_dev
     finally:
         subprocess.run(["umount", "-l", str(sub)])
+
+
+def _readdir_page(s, fh, offset, size=512):
+    """([names], cookie of the last) of one READDIR of ``size`` bytes from ``offset``."""
+    data = s.ok(Opcode.READDIR, ROOT, abi.read_in.pack(fh, offset, size, 0, 0, 0, 0))
+    names, pos = [], 0
+    while pos < len(data):
+        _, offset, namelen, _ = abi.dirent_head.unpack_from(data, pos)
+        names.append(data[pos + 24:pos + 24 + namelen])
+        pos += abi.rec_align(24 + namelen)
+    return names, offset
+
+
+@pytest.mark.parametrize("opcode", [Opcode.RELEASE, Opcode.RELEASEDIR])
+def test_a_released_directory_handle_frees_its_listing(s, tmp_path, opcode):
+    for i in range(100):
+        (tmp_path / f"f{i}").write_text("")
+    fh = abi.open_out.unpack(s.ok(Opcode.OPENDIR, ROOT, abi.open_in.pack(0, 0)))[0]
+    s.ok(Opcode.READDIR, ROOT, abi.read_in.pack(fh, 0, 512, 0, 0, 0, 0))
+    assert s.fs.listing_bytes > 0 and fh in s.fs.dirs
+    s.ok(opcode, ROOT, abi.release_in.pack(fh, 0, 0, 0))
+    assert s.fs.dirs == {} and s.fs.listing_bytes == 0 and not s.fs.listings
+    assert s.err(Opcode.READDIR, ROOT, abi.read_in.pack(fh, 0, 512, 0, 0, 0, 0)) == errno.EBADF
+
+
+def test_listings_of_open_directory_handles_stay_under_the_cap(s, tmp_path):
+    names = {f"entry-{i:04d}-{'x' * 40}".encode() for i in range(200)}
+    for n in names:
+        (tmp_path / n.decode()).write_text("")
+    cap = 40_000   # about two and a half listings of this directory
+    s.fs.listing_bytes_max = cap
+    pages = {}
+    for _ in range(20):
+        fh = abi.open_out.unpack(s.ok(Opcode.OPENDIR, ROOT, abi.open_in.pack(0, 0)))[0]
+        pages[fh] = _readdir_page(s, fh, 0)
+        assert s.fs.listing_bytes <= cap
+    assert s.fs.listing_bytes == sum(h.size for h in s.fs.listings.values())
+    assert 1 < len(s.fs.listings) < len(pages)
+    # A handle whose listing was dropped pages on through a fresh one: nothing lost or twice.
+    assert next(iter(pages)) not in s.fs.listings
+    for fh, (got, offset) in pages.items():
+        while True:
+            more, offset = _readdir_page(s, fh, offset)
+            if not more:
+                break
+            got += more
+            assert s.fs.listing_bytes <= cap
+        assert set(got) == names | {b".", b".."} and len(got) == len(names) + 2
+    for fh in pages:
+        s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
+    assert s.fs.listing_bytes == 0

@@ -47,6 +47,7 @@ class Harness:
                                   base=base)
         self.handles = _ring.HandleTable(64)
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.err_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.seen = []
         self.done = set()
         self.reply = reply or (lambda req, out_size: (0, b"R" * min(8, out_size)))
@@ -63,7 +64,7 @@ class Harness:
                                   io_uring=self.engine != "sync",
                                   uring_writes=self.engine == "uring-rw",
                                   read_only=self.read_only,
-                                  fixed_buffers=self.fixed_buffers)
+                                  fixed_buffers=self.fixed_buffers, err_fd=self.err_fd)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
 
@@ -107,7 +108,15 @@ class Harness:
         self.thread.join(TIMEOUT)
         assert not self.thread.is_alive()
         os.close(self.stop_fd)
+        os.close(self.err_fd)
         self.dq.close()
+
+    def errors_signalled(self):
+        """How often the error eventfd was written since the last call."""
+        try:
+            return os.eventfd_read(self.err_fd)
+        except BlockingIOError:
+            return 0
 
 
 @pytest.fixture
@@ -250,7 +259,22 @@ def test_malformed_chains_are_returned_and_service_continues(harness, shape):
     # The next well-formed request is served normally.
     data = h.roundtrip([req], [64])
     assert out_header(data) == (24, 0, 7)
-    assert not h.vq.broken
+
+
+@pytest.mark.parametrize("readable,unique", [(12, 0), (16, 0x1122334455667788),
+                                              (39, 0x1122334455667788)])
+def test_short_header_reply_echoes_the_unique_when_it_was_readable(harness, readable, unique):
+    h = harness()
+    req = request(abi.Opcode.GETATTR, bytes(16), unique=0x1122334455667788)
+    buf = h.mem.alloc(len(req))
+    h.mem.write(buf, req)
+    out = h.mem.alloc(64)
+    head = _raw_chain(h, [(buf, readable, VRING_DESC_F_NEXT, 1),
+                          (out, 64, VRING_DESC_F_WRITE, None)])
+    h.dq.publish_raw([head])
+    _wait_raw(h, head)
+    assert out_header(h.mem.read(out, 16)) == (16, -errno.EINVAL, unique)
+    assert h.seen == []
 
 
 def test_error_reply_when_chain_is_malformed_but_header_readable(harness):
@@ -261,17 +285,72 @@ def test_error_reply_when_chain_is_malformed_but_header_readable(harness):
     assert out_header(data) == (16, -22, 7)
 
 
-def test_avail_index_jump_marks_ring_broken(harness):
+def test_avail_index_out_of_reach_signals_the_error_and_serving_resumes(harness):
     h = harness(size=8)
+    published = h.dq.published_idx
     # Claim 100 new buffers in an 8-entry ring.
-    struct.pack_into("<H", h.dq._avail_map, h.dq._avail_off + 2, 100)
+    struct.pack_into("<H", h.dq._avail_map, h.dq._avail_off + 2, published + 100)
     h.dq.kick()
-    h.thread.join(0.5)
-    for _ in range(50):
-        if h.vq.broken:
-            break
-        h.dq.wait_call(0.05)
-    assert h.vq.broken
+    deadline = time.monotonic() + TIMEOUT
+    while not h.vq.bad_avail:
+        assert time.monotonic() < deadline, "the impossible avail index went unnoticed"
+        time.sleep(0.01)
+    assert h.errors_signalled() == 1
+    assert h.thread.is_alive() and h.vq.last_avail_idx == published and h.seen == []
+    # Kicks while it stays out of reach take nothing and signal nothing more.
+    h.dq.kick()
+    time.sleep(0.1)
+    assert h.vq.last_avail_idx == published and h.errors_signalled() == 0
+    # Back within reach: the same queue serves again, no restart.
+    struct.pack_into("<H", h.dq._avail_map, h.dq._avail_off + 2, published)
+    assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16))], [64])) == (24, 0, 7)
+    assert h.vq.bad_avail == 1
+
+
+@pytest.mark.parametrize("bad_head", [8, 0xFFFF])
+def test_avail_entry_naming_no_descriptor_is_skipped(harness, bad_head):
+    h = harness(size=8)
+    req = request(abi.Opcode.GETATTR, bytes(16), unique=9)
+    # The bad entry first, the valid head right behind it, both in the ring before one kick.
+    h.dq.publish_raw([bad_head], notify=False)
+    good = h.dq.add_chain([req], [64])
+    h.dq.publish()
+    h.dq.kick()   # publish() leaves it out when the device asked for one at the bad entry
+    data = h.wait_for(good)
+    assert out_header(data) == (24, 0, 9)
+    assert h.vq.bad_heads == 1 and h.errors_signalled() == 1
+    assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16))], [64])) == (24, 0, 7)
+
+
+def test_chain_longer_than_the_queue_size_is_an_error_reply(harness):
+    h = harness(size=8)
+    req = request(abi.Opcode.GETATTR, bytes(16), unique=11)
+    buf = h.mem.alloc(len(req))
+    h.mem.write(buf, req)
+    out = h.mem.alloc(64)
+    N, W = VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+    # An indirect table of 9 descriptors behind one head of an 8-entry ring: the header, the
+    # reply buffer and seven empty writable buffers (the walk stops at the ninth, after the
+    # reply buffer, which takes the error).
+    count = 9
+    table = h.mem.alloc(16 * count, 16)
+    h.dq.write_desc(0, buf, len(req), N, 1, table=table)
+    h.dq.write_desc(1, out, 64, W | N, 2, table=table)
+    for i in range(2, count - 1):
+        h.dq.write_desc(i, out, 0, W | N, i + 1, table=table)
+    h.dq.write_desc(count - 1, out, 0, W, 0, table=table)
+    (head,) = h.dq.alloc_desc(1)
+    h.dq.write_desc(head, table, 16 * count, VRING_DESC_F_INDIRECT)
+    h.dq.publish_raw([head])
+    _wait_raw(h, head)
+    assert out_header(h.mem.read(out, 16)) == (16, -errno.EINVAL, 11)
+    assert h.seen == [] and h.vq.bad_chains == 1
+    # One descriptor less is a chain of the queue size: served.
+    h.dq.write_desc(count - 2, out, 0, W, 0, table=table)
+    h.dq.write_desc(head, table, 16 * (count - 1), VRING_DESC_F_INDIRECT)
+    h.dq.publish_raw([head])
+    _wait_raw(h, head)
+    assert out_header(h.mem.read(out, 16)) == (24, 0, 11)
 
 
 def test_reply_larger_than_writable_space_becomes_erange(harness):
