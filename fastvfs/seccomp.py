@@ -39,6 +39,8 @@ _SIGNATURES = {
     "seccomp_attr_set": (ctypes.c_int, (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)),
     "seccomp_syscall_resolve_name": (ctypes.c_int, (ctypes.c_char_p,)),
     "seccomp_syscall_resolve_name_arch": (ctypes.c_int, (ctypes.c_uint32, ctypes.c_char_p)),
+    # Returns a string the caller frees (free(3)).
+    "seccomp_syscall_resolve_num_arch": (ctypes.c_void_p, (ctypes.c_uint32, ctypes.c_int)),
     # The array form of seccomp_rule_add(): not variadic, so ctypes passes it the same way on
     # every ABI.  No argument comparisons are used (arg_cnt 0, array NULL).
     "seccomp_rule_add_array": (ctypes.c_int, (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
@@ -100,6 +102,21 @@ def resolve(name, arch=None):
     architecture has no such call."""
     nr = _require().seccomp_syscall_resolve_name_arch(arch_token(arch), name.encode())
     return nr if nr >= 0 else None
+
+
+_free = ctypes.CDLL(None).free
+_free.argtypes = (ctypes.c_void_p,)
+
+
+def name(nr, arch=None):
+    """The name of system call ``nr`` on ``arch`` (default: this one), or None."""
+    text = _require().seccomp_syscall_resolve_num_arch(arch_token(arch), nr)
+    if not text:
+        return None
+    try:
+        return ctypes.string_at(text).decode()
+    finally:
+        _free(text)
 
 
 class Filter:
