@@ -359,7 +359,7 @@ def seccomp_filter(action, arch=None):
         filt.release()
         raise
     for name in skipped:
-        log.debug("seccomp: no system call %s on this architecture", name)
+        log.debug("seccomp: no system call %s on %s", name, arch or "this architecture")
     return filt, skipped
 
 
