@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
-APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev fio gcc python3-dev python3-venv strace
+# libseccomp2: the daemon's seccomp filter (apt depends on it, so every Debian has it).
+APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev libseccomp2 fio gcc python3-dev python3-venv strace
 PYTEST_ARGS ?=
 
 DEPLOYED ?= .venv-deployed

@@ -18,24 +18,29 @@ capabilities
     dropped from every set (``--modcaps=+sys_admin:-mknod`` adjusts the list); the bounding set
     too, so nothing can be regained.
 seccomp
-    An allow-list of system calls (x86-64) as a classic BPF filter; anything else kills the
-    process (``--seccomp kill``), is logged (``log``), raises SIGSYS (``trap``), or the filter is
-    not installed (``none``).
+    An allow-list of system calls kept by name (:data:`ALLOWED_SYSCALLS`), turned into a filter
+    by libseccomp for whatever architecture the daemon runs on (any libseccomp knows) and applied
+    to every thread; anything else kills the process (``--seccomp kill``), is logged (``log``),
+    raises SIGSYS (``trap``), or no filter is installed (``none``, the only mode that works
+    without libseccomp).
 """
 
 import ctypes
 import logging
 import os
 import signal
-import struct
 import sys
 
-from . import procfd
+from . import procfd, seccomp
 
 log = logging.getLogger("fastvfs.sandbox")
 
+# The C library's wrappers (pivot_root, capget and capset included) carry each architecture's
+# system call numbers; seccomp filters come from libseccomp (:mod:`fastvfs.seccomp`).
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_libc.pivot_root.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+_libc.capget.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+_libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
@@ -49,14 +54,8 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_RDONLY, MS_REMOUNT, MS_NOATIME, MS_NODIRATIME = 1, 32, 1024, 2048
 MS_BIND, MS_REC, MS_SLAVE, MS_RELATIME, MS_STRICTATIME = 4096, 16384, 1 << 19, 1 << 21, 1 << 24
 MNT_DETACH = 2
-SYS_PIVOT_ROOT = 155
-SYS_CAPGET, SYS_CAPSET = 125, 126
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-SYS_SECCOMP = 317
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_TSYNC = 1
 
 CAPABILITIES = {
     "chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3, "fsetid": 4, "kill": 5,
@@ -147,7 +146,7 @@ def enter(mode, shared_dir):
                "bind mount of the shared directory")
         _make_nodev_nosuid(target)
         os.chdir(shared_dir)
-        _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+        _check(_libc.pivot_root(b".", b"."), "pivot_root")
         _check(_libc.umount2(b".", MNT_DETACH), "unmount of the old root")
         os.chdir("/")
         _use_proc_fd(proc_fd)
@@ -303,13 +302,13 @@ def drop_capabilities(keep):
             _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)   # EPERM without SETPCAP: fine
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
-    _check(_libc.syscall(SYS_CAPGET, ctypes.byref(header), data), "capget")
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
     for i in range(2):
         bits = (mask >> (32 * i)) & 0xFFFFFFFF
         data[i].permitted &= bits
         data[i].effective &= bits
         data[i].inheritable = 0
-    _check(_libc.syscall(SYS_CAPSET, ctypes.byref(header), data), "capset")
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 def effective_capabilities():
@@ -330,105 +329,102 @@ def _last_cap():
 
 # -- seccomp ------------------------------------------------------------------------------------
 
-AUDIT_ARCH_X86_64 = 0xC000003E
-SECCOMP_RET_KILL_PROCESS = 0x80000000
-SECCOMP_RET_TRAP = 0x00030000
-SECCOMP_RET_LOG = 0x7FFC0000
-SECCOMP_RET_ALLOW = 0x7FFF0000
-SECCOMP_RET_ERRNO = 0x00050000
-ACTIONS = {"kill": SECCOMP_RET_KILL_PROCESS, "trap": SECCOMP_RET_TRAP, "log": SECCOMP_RET_LOG}
+ACTIONS = {"kill": seccomp.SCMP_ACT_KILL_PROCESS, "trap": seccomp.SCMP_ACT_TRAP,
+           "log": seccomp.SCMP_ACT_LOG}
 
-# Every system call the daemon makes once serving (x86-64 numbers): the Python runtime, the
-# vhost-user control plane, the Cython hot path and the passthrough file system.
-ALLOWED_SYSCALLS = {
-    "read": 0, "write": 1, "open": 2, "close": 3, "stat": 4, "fstat": 5, "lstat": 6, "poll": 7,
-    "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12, "rt_sigaction": 13,
-    "rt_sigprocmask": 14, "rt_sigreturn": 15, "ioctl": 16, "pread64": 17, "pwrite64": 18,
-    "readv": 19, "writev": 20, "access": 21, "pipe": 22, "select": 23, "sched_yield": 24,
-    "mremap": 25, "msync": 26, "madvise": 28, "dup": 32, "dup2": 33, "nanosleep": 35,
-    "getpid": 39, "sendfile": 40, "socket": 41, "connect": 42, "accept": 43, "sendto": 44,
-    "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "shutdown": 48, "bind": 49, "listen": 50,
-    "getsockname": 51, "getpeername": 52, "socketpair": 53, "setsockopt": 54, "getsockopt": 55,
-    "clone": 56, "exit": 60, "wait4": 61, "kill": 62, "uname": 63, "fcntl": 72, "flock": 73,
-    "fsync": 74, "fdatasync": 75, "truncate": 76, "ftruncate": 77, "getdents": 78,
-    "getcwd": 79, "chdir": 80, "fchdir": 81, "rename": 82, "mkdir": 83, "rmdir": 84,
-    "link": 86, "unlink": 87, "symlink": 88, "readlink": 89, "chmod": 90, "fchmod": 91,
-    "chown": 92, "fchown": 93, "lchown": 94, "umask": 95, "gettimeofday": 96, "getrlimit": 97,
-    "getrusage": 98, "sysinfo": 99, "times": 100, "getuid": 102, "getgid": 104, "setuid": 105,
-    "setgid": 106, "geteuid": 107, "getegid": 108, "getppid": 110, "getpgrp": 111,
-    "setsid": 112, "setresuid": 117, "getresuid": 118, "setresgid": 119, "getresgid": 120,
-    "getgroups": 115, "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capget": 125,
-    "capset": 126, "rt_sigpending": 127, "rt_sigtimedwait": 128, "rt_sigqueueinfo": 129,
-    "sigaltstack": 131, "utime": 132, "mknod": 133, "statfs": 137, "fstatfs": 138,
-    "getpriority": 140, "sched_getparam": 143, "sched_getscheduler": 145, "prctl": 157,
-    "arch_prctl": 158, "setrlimit": 160, "sync": 162, "gettid": 186, "readahead": 187,
-    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "getxattr": 191, "lgetxattr": 192,
-    "fgetxattr": 193, "listxattr": 194, "llistxattr": 195, "flistxattr": 196,
-    "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199, "tkill": 200, "time": 201,
-    "futex": 202, "sched_getaffinity": 204, "epoll_create": 213, "getdents64": 217,
-    "set_tid_address": 218, "restart_syscall": 219, "fadvise64": 221, "clock_gettime": 228,
-    "clock_getres": 229, "clock_nanosleep": 230, "exit_group": 231, "epoll_wait": 232,
-    "epoll_ctl": 233, "tgkill": 234, "utimes": 235, "openat": 257, "mkdirat": 258,
-    "mknodat": 259, "fchownat": 260, "futimesat": 261, "newfstatat": 262, "unlinkat": 263,
-    "renameat": 264, "linkat": 265, "symlinkat": 266, "readlinkat": 267, "fchmodat": 268,
-    "faccessat": 269, "pselect6": 270, "ppoll": 271, "unshare": 272, "set_robust_list": 273,
-    "get_robust_list": 274, "splice": 275, "tee": 276, "sync_file_range": 277, "vmsplice": 278,
-    "utimensat": 280, "epoll_pwait": 281, "eventfd": 284, "fallocate": 285, "accept4": 288,
-    "eventfd2": 290, "epoll_create1": 291, "dup3": 292, "pipe2": 293, "preadv": 295,
-    "pwritev": 296, "rt_tgsigqueueinfo": 297, "recvmmsg": 299, "prlimit64": 302,
-    "name_to_handle_at": 303, "open_by_handle_at": 304, "syncfs": 306, "sendmmsg": 307,
-    "getcpu": 309, "renameat2": 316, "getrandom": 318, "memfd_create": 319, "copy_file_range": 326,
-    "preadv2": 327, "pwritev2": 328, "statx": 332, "rseq": 334, "io_uring_setup": 425,
-    "io_uring_enter": 426, "io_uring_register": 427, "openat2": 437, "close_range": 436, "clone3": 435,
-    "faccessat2": 439, "epoll_pwait2": 441, "futex_waitv": 449,
-}
-
-
-def seccomp_filter(action):
-    """The classic BPF program: allow the listed calls on x86-64, ``action`` for the rest."""
-    def stmt(code, k):
-        return struct.pack("=HBBI", code, 0, 0, k)
-
-    def jump(code, k, jt, jf):
-        return struct.pack("=HBBI", code, jt, jf, k)
-    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
-    numbers = sorted(set(ALLOWED_SYSCALLS.values()))
-    prog = [stmt(BPF_LD_W_ABS, 4),                                   # seccomp_data.arch
-            jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-            stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
-            stmt(BPF_LD_W_ABS, 0)]                                   # seccomp_data.nr
-    # x32 system calls (bit 30) are not allowed: they fail the equality tests below.
-    for i, nr in enumerate(numbers):
-        remaining = len(numbers) - i - 1
-        prog.append(jump(BPF_JEQ_K, nr, remaining + 1, 0))
-    prog.append(stmt(BPF_RET_K, ACTIONS[action]))
-    prog.append(stmt(BPF_RET_K, SECCOMP_RET_ALLOW))
-    return prog
+# Every system call the daemon makes once serving, by name: libseccomp gives each its number on
+# the architecture the daemon runs on.  Names an architecture lacks (``open``, ``stat``,
+# ``arch_prctl``... on aarch64, whose C library uses the ``*at`` and ``p*`` forms listed too)
+# are left out of its filter.
+ALLOWED_SYSCALLS = frozenset((
+    # Memory: the allocator, thread stacks, guest memory regions mapped from the frontend's fds.
+    "brk", "mmap", "mremap", "munmap", "mprotect", "madvise", "msync",
+    # Threads (queue workers, the thread pool) and their synchronisation.
+    "clone", "clone3", "exit", "exit_group", "set_tid_address", "set_robust_list",
+    "get_robust_list", "rseq", "futex", "futex_waitv", "gettid", "sched_yield",
+    "sched_getaffinity", "sched_getparam", "sched_getscheduler", "getcpu", "arch_prctl",
+    "prctl", "restart_syscall",
+    # Signals: termination handling, the interpreter's signal wake-ups, glibc's set*id
+    # broadcast to every thread.
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
+    "rt_sigqueueinfo", "rt_tgsigqueueinfo", "sigaltstack", "kill", "tkill", "tgkill",
+    # Time: timeouts, statistics, log records.
+    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time",
+    "times", "getrusage",
+    # The process: identity, limits (the descriptor budget), randomness, reaping children.
+    "getpid", "getppid", "getpgrp", "setsid", "uname", "sysinfo", "umask", "getrandom",
+    "getrlimit", "setrlimit", "prlimit64", "getpriority", "wait4",
+    # Credentials: requests run with the caller's fsuid/fsgid and groups, per thread.
+    "getuid", "geteuid", "getresuid", "getgid", "getegid", "getresgid", "getgroups", "setuid",
+    "setgid", "setresuid", "setresgid", "setgroups", "setfsuid", "setfsgid", "capget",
+    "capset",
+    # Descriptors and waiting: the event loops, kick/call eventfds, memfds.
+    "read", "write", "readv", "writev", "close", "close_range", "dup", "dup2", "dup3",
+    "fcntl", "ioctl", "pipe", "pipe2", "poll", "ppoll", "select", "pselect6", "epoll_create",
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd",
+    "eventfd2", "memfd_create",
+    # Sockets: the vhost-user connection (descriptors passed with SCM_RIGHTS) and the
+    # statistics and metrics sockets.
+    "socket", "socketpair", "bind", "listen", "accept", "accept4", "connect", "shutdown",
+    "getsockname", "getpeername", "getsockopt", "setsockopt", "sendto", "recvfrom", "sendmsg",
+    "recvmsg", "sendmmsg", "recvmmsg",
+    # The passthrough file system: every FUSE operation, on O_PATH descriptors and
+    # /proc/self/fd names; ``unshare`` gives each worker thread its own umask (CLONE_FS).
+    "open", "openat", "openat2", "name_to_handle_at", "open_by_handle_at", "stat", "lstat",
+    "fstat", "newfstatat", "statx", "statfs", "fstatfs", "access", "faccessat", "faccessat2",
+    "getdents", "getdents64", "getcwd", "chdir", "fchdir", "mkdir", "mkdirat", "rmdir",
+    "mknod", "mknodat", "link", "linkat", "unlink", "unlinkat", "symlink", "symlinkat",
+    "readlink", "readlinkat", "rename", "renameat", "renameat2", "chmod", "fchmod",
+    "fchmodat", "chown", "fchown", "lchown", "fchownat", "utime", "utimes", "futimesat",
+    "utimensat", "truncate", "ftruncate", "fallocate", "flock", "unshare",
+    "setxattr", "lsetxattr", "fsetxattr", "getxattr", "lgetxattr", "fgetxattr", "listxattr",
+    "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
+    # File data: READ/WRITE, copies, flushes.
+    "lseek", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "sendfile",
+    "splice", "tee", "vmsplice", "copy_file_range", "readahead", "fadvise64", "fsync",
+    "fdatasync", "sync_file_range", "sync", "syncfs",
+    # io_uring: the queues' READ/WRITE/FSYNC rings.
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+))
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+def seccomp_filter(action, arch=None):
+    """The allow-list as a libseccomp filter for ``arch`` (default: this machine's): the
+    listed calls allowed, ``action`` (a key of :data:`ACTIONS`) for the rest.  Returns the
+    :class:`fastvfs.seccomp.Filter` (the caller releases it) and the sorted names left out as
+    absent on that architecture."""
+    filt = seccomp.Filter(ACTIONS[action], arch)
+    try:
+        skipped = sorted(name for name in ALLOWED_SYSCALLS if not filt.allow(name))
+    except BaseException:
+        filt.release()
+        raise
+    for name in skipped:
+        log.debug("seccomp: no system call %s on %s", name, arch or "this architecture")
+    return filt, skipped
 
 
 def install_seccomp(action):
+    """Install the filter on every thread of the process (``none``: nothing)."""
     if action == "none":
         return
-    if os.uname().machine != "x86_64":
-        raise SandboxError("the seccomp allow-list is for x86-64; use --seccomp none")
-    prog = b"".join(seccomp_filter(action))
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    # TSYNC: every thread of the process gets the filter, not only the calling one.
-    _check(_libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
-                         ctypes.byref(fprog)), "seccomp")
+    if not seccomp.available():
+        raise SandboxError(f"--seccomp {action} needs libseccomp (Debian package libseccomp2): "
+                           f"{seccomp.LOAD_ERROR}; --seccomp none runs without a filter")
+    try:
+        filt, _ = seccomp_filter(action)
+        with filt:
+            filt.load()
+    except seccomp.SeccompError as exc:
+        raise SandboxError(f"seccomp: {exc}") from None
 
 
-def restrict(capabilities, seccomp):
+def restrict(capabilities, seccomp_action):
     """Drop capabilities, then install the system-call filter (the last step: from here on
     every thread started inherits it)."""
     drop_capabilities(capabilities)
-    install_seccomp(seccomp)
-    log.info("sandbox: capabilities %s, seccomp %s", ",".join(capabilities) or "none", seccomp)
+    install_seccomp(seccomp_action)
+    log.info("sandbox: capabilities %s, seccomp %s", ",".join(capabilities) or "none",
+             seccomp_action)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fastvfs import sandbox
+from fastvfs import sandbox, seccomp
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
 from fastvfs_testing.frontend import VhostUserFrontend
@@ -402,7 +402,7 @@ def test_seccomp_filter_kills_a_call_outside_the_list():
         try:
             sandbox.install_seccomp("kill")
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall(169, 0, 0, 0, 0)    # reboot: never on the list
+            libc.syscall(seccomp.resolve("reboot"), 0, 0, 0, 0)    # never on the list
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)

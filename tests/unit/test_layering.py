@@ -28,6 +28,9 @@ FORBIDDEN = {
     # Process confinement and statistics serve the daemon; they know no protocol layer.
     "sandbox": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
                 "testing"},
+    # The libseccomp binding knows nothing of the daemon (the allow-list is the sandbox's).
+    "seccomp": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+                "testing", "dax", "sandbox", "stats", "procfd"},
     "procfd": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
                "testing", "dax", "sandbox", "stats"},
     "stats": {"fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli", "testing"},
