@@ -105,8 +105,7 @@ def test_legacy_o_options(daemon, tmp_path):
     shared = tmp_path / "legacy"
     shared.mkdir()
     (shared / "f").write_text("x")
-    d = daemon("-o", f"source={shared},cache=none", "-o", "xattr,no_posix_lock",
-               "--sandbox", "none", shared=shared)
+    d = daemon("-o", f"source={shared},cache=none", "-o", "xattr,no_posix_lock", shared=shared)
     client = d.connect()
     nid = client.lookup(ROOT, "f").nodeid
     os.setxattr(shared / "f", "user.k", b"v")
