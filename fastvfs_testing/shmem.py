@@ -134,6 +134,12 @@ class BackendChannelServer:
     def __init__(self, windows):
         self.windows = windows
         self.refuse = False
+        # While ``hold`` is set, requests are received (counted in ``received``) but answered
+        # only once it is cleared: a frontend busy elsewhere, as QEMU is while it waits for a
+        # reply of the back-end.
+        self.hold = threading.Event()
+        self._released = threading.Condition()
+        self.received = 0
         self.requests = []
         self.errors = []
         self.backend_sock, self.sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -141,7 +147,18 @@ class BackendChannelServer:
                                        daemon=True)
         self.thread.start()
 
+    def release(self):
+        """Answer the requests held back by ``hold``."""
+        with self._released:
+            self.hold.clear()
+            self._released.notify_all()
+
+    def wait_received(self, count, timeout=10):
+        with self._released:
+            return self._released.wait_for(lambda: self.received >= count, timeout)
+
     def close(self):
+        self.release()
         for s in (self.sock, self.backend_sock):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -182,6 +199,10 @@ class BackendChannelServer:
             if msg is None:
                 return
             request, flags, payload, fds = msg
+            with self._released:
+                self.received += 1
+                self._released.notify_all()
+                self._released.wait_for(lambda: not self.hold.is_set())
             status = 0
             try:
                 status = self._handle(request, payload, fds)

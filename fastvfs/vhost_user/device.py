@@ -91,6 +91,7 @@ class VhostUserFsDevice:
         self.inodes = inodes
         self.attr_timeout = attr_timeout
         self.fast_io = False
+        self._fast_io_lock = threading.Lock()
         self.shmem_sizes = tuple(shmem_sizes)
         if len(self.shmem_sizes) > protocol.VIRTIO_MAX_SHMEM_REGIONS:
             raise ValueError("too many shared memory regions")
@@ -207,11 +208,16 @@ class VhostUserFsDevice:
             self.on_reset()
 
     def set_fast_io(self, enabled):
-        """Called by the FUSE engine when a session starts or ends."""
-        self.fast_io = enabled
-        for vring in self.vrings:
-            if vring.queue is not None:
-                vring.queue.set_fast_io(enabled)
+        """Called by the FUSE engine when a session starts or ends, from a queue's worker while
+        the control thread may be starting or stopping rings: ``_fast_io_lock`` (a leaf lock,
+        never held while waiting for a worker) orders the flag with every queue that takes it,
+        so no ring starts with the value from before the change."""
+        with self._fast_io_lock:
+            self.fast_io = enabled
+            for vring in self.vrings:
+                queue = vring.queue
+                if queue is not None:
+                    queue.set_fast_io(enabled)
 
     # -- ring lifecycle -----------------------------------------------------------------------
 
@@ -249,8 +255,9 @@ class VhostUserFsDevice:
             # Requests still being answered (deferred replies) continue on the new queue.
             vring.paused.retire(queue)
             vring.paused = None
-        queue.set_fast_io(self.fast_io)
-        vring.queue = queue
+        with self._fast_io_lock:
+            vring.queue = queue
+            queue.set_fast_io(self.fast_io)
         vring.stop_fd = stop_fd
         vring.thread = threading.Thread(target=self._worker, args=(queue,),
                                         name=f"fastvfs-vq{vring.index}", daemon=True)
@@ -262,6 +269,11 @@ class VhostUserFsDevice:
             queue.run(self.handler)
         except Exception:
             log.exception("ring %d worker failed", queue.index)
+
+    def _backend_quiet(self):
+        """While a worker is waited for, no back-end request waits for the frontend (which
+        may answer only after the control plane's reply): see BackendChannel.quiet."""
+        return self.backend.quiet() if self.backend is not None else contextlib.nullcontext()
 
     def _stop(self, vring, pause=False, deadline=None):
         """Stop the ring's worker.  A frontend stop (``pause=False``: GET_VRING_BASE, reset)
@@ -280,7 +292,8 @@ class VhostUserFsDevice:
         vring.queue.stop()
         if deadline is None:
             deadline = time.monotonic() + self.stop_wait
-        vring.thread.join(max(0.0, deadline - time.monotonic()))
+        with self._backend_quiet():
+            vring.thread.join(max(0.0, deadline - time.monotonic()))
         vring.base = vring.queue.last_avail_idx
         if vring.thread.is_alive():
             log.error("ring %d: the worker is still in a request %.1f s after the stop; "
@@ -469,20 +482,26 @@ class VhostUserFsDevice:
         """Stop the running rings around a memory table change (their workers read the table
         without locks) and restart them on the new table, re-translating their addresses."""
         running = [v for v in self.vrings if v.running]
-        for vring in running:
-            self._stop(vring, pause=True)
-        try:
-            if self._stuck_workers():
-                raise BadRequest("a ring's worker is stuck in a request: guest memory cannot "
-                                 "change under it")
-            yield
-        finally:
+        with self._backend_quiet():
             for vring in running:
-                try:
-                    self._start(vring)
-                except ValueError as exc:
-                    log.error("ring %d cannot restart: %s", vring.index, exc)
-                    self._stop(vring)
+                self._stop(vring, pause=True)
+            try:
+                if self._stuck_workers():
+                    raise BadRequest("a ring's worker is stuck in a request: guest memory "
+                                     "cannot change under it")
+                yield
+            finally:
+                # Every paused ring is restarted or stopped for good, whatever one of them
+                # raises.
+                for vring in running:
+                    try:
+                        self._start(vring)
+                    except Exception as exc:
+                        log.error("ring %d cannot restart: %s", vring.index, exc)
+                        try:
+                            self._stop(vring)
+                        except Exception:
+                            log.exception("ring %d cannot be stopped either", vring.index)
 
     def do_set_log_base(self, msg):
         raise BadRequest("dirty logging (LOG_SHMFD) was not offered")

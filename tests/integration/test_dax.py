@@ -5,6 +5,7 @@ way a guest's loads and stores would."""
 import errno
 import faulthandler
 import os
+import time
 import signal
 import sys
 
@@ -304,6 +305,31 @@ def test_frontend_refusing_a_map_gives_eio_and_service_continues(launch):
     frontend.channel.refuse = False
     client.setupmapping(node(client, "f"), 0, R, 0)
     assert frontend.dax_window.read(0, 16) == content(R)[:16]
+
+
+def test_memory_table_change_while_a_map_waits_for_the_frontend(launch):
+    """A frontend that answers its back-end channel only after the control plane's reply (QEMU
+    waits for the SET_MEM_TABLE ack on the thread that serves that channel): the change is
+    answered at once, the waiting SETUPMAPPING fails with EAGAIN, the map the frontend makes
+    afterwards is undone, and DAX goes on working."""
+    frontend, client, _ = launch(files={"f": content(2 * R)})
+    nid = node(client, "f")
+    frontend.channel.hold.set()
+    ticket = client.submit(Opcode.SETUPMAPPING, nid, abi.setupmapping_in.pack(
+        abi.NO_FH, 0, R, abi.FUSE_SETUPMAPPING_FLAG_READ, 0))
+    assert frontend.channel.wait_received(1)
+    started = time.monotonic()
+    frontend.set_mem_table()
+    assert time.monotonic() - started < 5, "the memory table change waited for the map"
+    assert client.wait(ticket).error == errno.EAGAIN
+    frontend.channel.release()
+    # The next map first settles the abandoned one (unmapped again), then maps.
+    client.setupmapping(nid, R, R, R)
+    names = [r[0] for r in frontend.channel.requests]
+    assert names == ["SHMEM_MAP", "SHMEM_UNMAP", "SHMEM_MAP"], names
+    assert not frontend.dax_window.is_mapped(0, R)
+    assert frontend.dax_window.read(R, 16) == content(2 * R)[R:R + 16]
+    still_serving(frontend, client)
 
 
 def test_file_truncated_on_the_host_while_mapped(launch):

@@ -89,3 +89,30 @@ def test_a_hang_up_with_a_worker_stuck_ends_serving_within_the_wait(tmp_path, ca
         assert time.monotonic() - start < STOP_WAIT + 1.5
     finally:
         stuck.close()
+
+
+def test_a_ring_that_cannot_restart_after_a_memory_change_leaves_the_others_served(
+        tmp_path, caplog, monkeypatch):
+    """A memory table change pauses every running ring and restarts each on the new table: a
+    ring whose restart fails in any way is stopped and logged, and the others still restart."""
+    caplog.set_level(logging.ERROR, "fastvfs")
+    stuck = StuckDevice(tmp_path)
+    stuck.release.set()           # the engine answers at once
+    try:
+        stuck.client.wait(stuck.client.submit(Opcode.STATFS, abi.FUSE_ROOT_ID))  # ring 1 runs
+        device = stuck.device
+        real_start = device._start
+
+        def failing_start(vring):
+            if vring.index == 1:
+                raise RuntimeError("cannot start a thread")
+            real_start(vring)
+        monkeypatch.setattr(device, "_start", failing_start)
+        running = [v.index for v in device.vrings if v.running]
+        stuck.frontend.set_mem_table()
+        assert "ring 1 cannot restart: cannot start a thread" in caplog.text
+        assert not device.vrings[1].running and device.vrings[1].thread is None
+        assert [v.index for v in device.vrings if v.running] == [i for i in running if i != 1]
+        assert stuck.frontend.get_u64(Request.GET_FEATURES) == stuck.frontend.features
+    finally:
+        stuck.close()
