@@ -235,12 +235,22 @@ cdef enum:
     FALLOCATE_IN_SIZE = 32
     FUSE_RELEASE_FLOCK_UNLOCK = 2
 
+# What a queue's io_uring may do, and nothing else (the kernel enforces it: see
+# UringEngine's ``restrict``): the operations the hot path prepares, the registration of guest
+# memory for --fixed-buffers, and the drain flag FSYNC and FALLOCATE are submitted with.
+URING_ALLOWED = (("READ", "READV", "READ_FIXED", "WRITE", "WRITEV", "WRITE_FIXED", "FSYNC",
+                  "FALLOCATE"),
+                 ("REGISTER_BUFFERS", "UNREGISTER_BUFFERS"),
+                 ("IO_DRAIN",))
+
+
 def _open_uring(int index, unsigned num, bint writes):
     """The io_uring a queue worker drives (created on its own thread: SINGLE_ISSUER), or None
     where this kernel or the seccomp filter refuses one; READ/WRITE are then synchronous."""
     try:
         engine = UringEngine(min(max(num, 64), 4096),
-                             prefer=("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_SINGLE_ISSUER"))
+                             prefer=("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_SINGLE_ISSUER"),
+                             restrict=URING_ALLOWED)
     except (UringUnavailable, OSError) as exc:
         _log.warning("ring %d: no io_uring (%s); READ and WRITE are synchronous", index, exc)
         return None

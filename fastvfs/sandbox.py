@@ -47,6 +47,7 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong)
 
+CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -388,6 +389,12 @@ ALLOWED_SYSCALLS = frozenset((
 ))
 
 
+# Calls allowed with one first argument only.  ``unshare``: a thread's own file-system context
+# (CLONE_FS: its umask, its working directory in the chroot sandbox), never a new namespace
+# once the sandbox is set up.
+ALLOWED_FIRST_ARGUMENT = {"unshare": CLONE_FS}
+
+
 def seccomp_filter(action, arch=None):
     """The allow-list as a libseccomp filter for ``arch`` (default: this machine's): the
     listed calls allowed, ``action`` (a key of :data:`ACTIONS`) for the rest.  Returns the
@@ -395,7 +402,8 @@ def seccomp_filter(action, arch=None):
     absent on that architecture."""
     filt = seccomp.Filter(ACTIONS[action], arch)
     try:
-        skipped = sorted(name for name in ALLOWED_SYSCALLS if not filt.allow(name))
+        skipped = sorted(name for name in ALLOWED_SYSCALLS
+                         if not filt.allow(name, ALLOWED_FIRST_ARGUMENT.get(name)))
     except BaseException:
         filt.release()
         raise

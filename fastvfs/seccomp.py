@@ -28,6 +28,14 @@ SCMP_FLTATR_CTL_OPTIMIZE = 8
 # What seccomp_syscall_resolve_name*() return for a name libseccomp does not know at all;
 # a name it knows but this architecture lacks resolves to another negative (pseudo) number.
 _NR_SCMP_ERROR = -1
+# enum scmp_compare (seccomp.h): the argument equals datum_a.
+SCMP_CMP_EQ = 4
+
+
+class _ArgCmp(ctypes.Structure):
+    """struct scmp_arg_cmp (seccomp.h)."""
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
 
 _SIGNATURES = {
     "seccomp_init": (ctypes.c_void_p, (ctypes.c_uint32,)),
@@ -42,7 +50,7 @@ _SIGNATURES = {
     # Returns a string the caller frees (free(3)).
     "seccomp_syscall_resolve_num_arch": (ctypes.c_void_p, (ctypes.c_uint32, ctypes.c_int)),
     # The array form of seccomp_rule_add(): not variadic, so ctypes passes it the same way on
-    # every ABI.  No argument comparisons are used (arg_cnt 0, array NULL).
+    # every ABI; the comparisons are an array of struct scmp_arg_cmp (or NULL for none).
     "seccomp_rule_add_array": (ctypes.c_int, (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                               ctypes.c_uint, ctypes.c_void_p)),
     "seccomp_load": (ctypes.c_int, (ctypes.c_void_p,)),
@@ -148,9 +156,9 @@ class Filter:
             self.release()
             raise
 
-    def allow(self, name):
-        """Allow system call ``name``.  False (and nothing added) where the filter's
-        architecture has no such call."""
+    def allow(self, name, arg0=None):
+        """Allow system call ``name`` (only with first argument ``arg0`` when given).  False
+        (and nothing added) where the filter's architecture has no such call."""
         if self._lib.seccomp_syscall_resolve_name_arch(self.arch, name.encode()) < 0:
             return False
         # seccomp_rule_add*() takes the number in this process's (native) numbering, a pseudo
@@ -159,7 +167,11 @@ class Filter:
         nr = self._lib.seccomp_syscall_resolve_name(name.encode())
         if nr == _NR_SCMP_ERROR:
             return False
-        _check(self._lib.seccomp_rule_add_array(self._ctx, SCMP_ACT_ALLOW, nr, 0, None),
+        if arg0 is None:
+            cmp, count = None, 0
+        else:
+            cmp, count = ctypes.byref(_ArgCmp(0, SCMP_CMP_EQ, arg0, 0)), 1
+        _check(self._lib.seccomp_rule_add_array(self._ctx, SCMP_ACT_ALLOW, nr, count, cmp),
                f"seccomp_rule_add {name}")
         return True
 

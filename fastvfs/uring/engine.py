@@ -41,17 +41,26 @@ class UringEngine:
     SETUP_FLAG_PREFERENCE = ("IORING_SETUP_SUBMIT_ALL", "IORING_SETUP_COOP_TASKRUN",
                              "IORING_SETUP_SINGLE_ISSUER")
 
-    def __init__(self, entries=256, prefer=None):
+    def __init__(self, entries=256, prefer=None, restrict=None):
+        """``restrict``: ``(sqe_ops, register_ops, sqe_flags)``, the names (without
+        ``IORING_OP_``/``IORING_REGISTER_``/``IOSQE_``) of the only operations, registrations
+        and submission flags this ring will take: it is created disabled, restricted
+        (IORING_REGISTER_RESTRICTIONS) and only then enabled, so the kernel refuses anything
+        else with EACCES.  io_uring operations are not system calls, so the seccomp filter
+        cannot see them; this is their allow-list.  A kernel that refuses the restrictions
+        gives UringUnavailable: the ring is never used unrestricted."""
+        self._open = False
         if lib is None:
             raise UringUnavailable(errno.ENOSYS, f"liburing binding not built: {_import_error}")
         self._ring = ffi.new("struct io_uring *")
         self._keep = {}  # user_data -> Python objects a pending operation points into
-        self._open = False
         wanted = [getattr(lib, name)
                   for name in (self.SETUP_FLAG_PREFERENCE if prefer is None else prefer)]
         while True:
             params = ffi.new("struct io_uring_params *")
             params.flags = lib.IORING_SETUP_CLAMP
+            if restrict is not None:
+                params.flags |= lib.IORING_SETUP_R_DISABLED
             for flag in wanted:
                 params.flags |= flag
             ret = lib.io_uring_queue_init_params(entries, self._ring, params)
@@ -73,6 +82,31 @@ class UringEngine:
         finally:
             if probe != ffi.NULL:
                 lib.io_uring_free_probe(probe)
+        if restrict is not None:
+            try:
+                self._restrict(*restrict)
+            except OSError as exc:
+                self.close()
+                raise UringUnavailable(exc.errno, f"io_uring restrictions: {exc}") from None
+
+    def _restrict(self, sqe_ops, register_ops, sqe_flags):
+        entries = ([(lib.IORING_RESTRICTION_SQE_OP, "sqe_op", getattr(lib, "IORING_OP_" + op))
+                    for op in sqe_ops] +
+                   [(lib.IORING_RESTRICTION_REGISTER_OP, "register_op",
+                     getattr(lib, "IORING_" + op)) for op in register_ops])
+        flags = 0
+        for name in sqe_flags:
+            flags |= getattr(lib, "IOSQE_" + name)
+        entries.append((lib.IORING_RESTRICTION_SQE_FLAGS_ALLOWED, "sqe_flags", flags))
+        res = ffi.new("struct io_uring_restriction[]", len(entries))
+        for i, (kind, field, value) in enumerate(entries):
+            res[i].opcode = kind
+            setattr(res[i], field, value)
+        # The raw registration call: liburing 2.3 exports no wrappers for these two.
+        _check(lib.io_uring_register(self._ring.ring_fd, lib.IORING_REGISTER_RESTRICTIONS, res,
+                                     len(entries)), "register restrictions")
+        _check(lib.io_uring_register(self._ring.ring_fd, lib.IORING_REGISTER_ENABLE_RINGS,
+                                     ffi.NULL, 0), "enable the ring")
 
     # -- setup ---------------------------------------------------------------------------------
 

@@ -408,6 +408,27 @@ def test_seccomp_filter_kills_a_call_outside_the_list():
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
 
 
+@pytest.mark.parametrize("flags, killed", [(sandbox.CLONE_FS, False),
+                                          (sandbox.CLONE_NEWNS, True),
+                                          (sandbox.CLONE_FS | 0x10000000, True)])  # NEWUSER
+def test_seccomp_filter_allows_unshare_of_the_fs_context_only(flags, killed):
+    """Once sandboxed, a thread may take its own file-system context (CLONE_FS), never make a
+    namespace."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sandbox.install_seccomp("kill")
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.unshare(flags)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if killed:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+    else:
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def test_seccomp_filter_allows_the_daemons_calls():
     pid = os.fork()
     if pid == 0:

@@ -87,7 +87,14 @@ def test_filter_allows_exactly_the_list(arch, action):
     allowed = {}
     for name in sandbox.ALLOWED_SYSCALLS - set(skipped):
         allowed[name] = seccomp.resolve(name, arch)
-        assert run_bpf(prog, allowed[name], audit_arch) == seccomp.SCMP_ACT_ALLOW, name
+        first = sandbox.ALLOWED_FIRST_ARGUMENT.get(name)
+        args = (first or 0, 0, 0, 0, 0, 0)
+        assert run_bpf(prog, allowed[name], audit_arch, args) == seccomp.SCMP_ACT_ALLOW, name
+        if first is not None:
+            # Only that first argument: another value, or more bits, gets the action.
+            for other in (0, first | 1 << 30, first << 32):
+                assert run_bpf(prog, allowed[name], audit_arch,
+                               (other, 0, 0, 0, 0, 0)) == sandbox.ACTIONS[action], name
     for name, nr in KNOWN[arch].items():
         assert allowed[name] == nr, name
     refused = sandbox.ACTIONS[action]

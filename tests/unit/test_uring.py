@@ -104,3 +104,38 @@ def test_full_submission_queue_says_so(ring, datafile):
             ring.readv(fd, [bufs[-1]], 0, user_data=i)
     ring.submit(wait=ring.entries)
     assert len(ring.reap(1024)) == ring.entries
+
+
+def test_a_restricted_ring_refuses_everything_else():
+    """The queues' rings are restricted to what the hot path submits (io_uring operations are
+    not system calls: the seccomp filter never sees them)."""
+    import errno as errno_mod
+    import tempfile
+    from fastvfs import _ring
+    from fastvfs.uring.engine import ffi, lib
+    engine = UringEngine(64, restrict=_ring.URING_ALLOWED)
+    try:
+        with tempfile.TemporaryFile() as f:
+            f.write(b"restricted")
+            f.flush()
+            buf = bytearray(10)
+            engine.readv(f.fileno(), [buf], 0, user_data=1)
+            sqe = lib.io_uring_get_sqe(engine._ring)
+            lib.io_uring_prep_openat(sqe, -100, ffi.new("char[]", b"/etc/passwd"), 0, 0)
+            lib.io_uring_sqe_set_data64(sqe, 2)
+            sqe = lib.io_uring_get_sqe(engine._ring)
+            lib.io_uring_prep_nop(sqe)
+            lib.io_uring_sqe_set_data64(sqe, 3)
+            engine.submit()
+            results = {}
+            while len(results) < 3:
+                engine.submit(wait=1)
+                results.update(dict(engine.reap()))
+            assert results[1] == 10 and bytes(buf) == b"restricted"
+            assert results[2] == -errno_mod.EACCES and results[3] == -errno_mod.EACCES
+        # Registering anything but buffers is refused too.
+        with pytest.raises(OSError) as exc:
+            engine.register_files([0])
+        assert exc.value.errno == errno_mod.EACCES
+    finally:
+        engine.close()
