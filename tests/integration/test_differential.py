@@ -26,18 +26,25 @@ import fcntl
 import fnmatch
 import os
 import stat
+import subprocess
 
 import pytest
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
+from fastvfs_testing.frontend import VhostUserError
 from fastvfs_testing.fuse_client import FuseProtocolError
 
 from .conftest import BACKENDS, BackendLauncher, reference_argv
+from .test_hostile import (BAD_CHAIN_SHAPES, BAD_CHAIN_SHAPES_WITH_REPLY, BAD_FUSE_REQUESTS,
+                           BAD_MESSAGES, chain_returned, publish_bad_chain, send_bad_fuse_request,
+                           send_bad_message, still_serving)
 
 ROOT = abi.FUSE_ROOT_ID
 # Every request must be answered within this many seconds; a daemon that takes longer blocks.
 TIMEOUT = 5.0
+# How long a daemon that stopped serving gets to exit, to tell ending a session from crashing.
+EXIT_WAIT = 2.0
 CONTENTS = b"regular file contents"
 XATTR = b"user.fastvfs.differential"
 
@@ -389,6 +396,31 @@ ALLOWED = [
 ]
 
 
+# The same for malformed inputs: (group, cases or None for all, reference aftermath, fastvfs
+# aftermath, reason).
+ALLOWED_MALFORMED = [
+    ("message", None, "connection closed, *", "refused, serving",
+     "the reference panics (exit 1) on a message it cannot take; fastvfs refuses it, serves on"),
+    ("message", None, "accepted, *", "refused, serving",
+     "the reference does not check this message; fastvfs refuses it (test_hostile)"),
+    ("chain", None, "kept, *", "returned*, serving",
+     "the reference exits on a malformed chain; fastvfs returns the chain and serves on"),
+    ("chain", {"len_beyond_buffers"}, "returned, reply 96 bytes error 0, serving",
+     "returned, reply 16 bytes error -22, serving",
+     "the reference serves the request whatever fuse_in_header.len says; fastvfs answers EINVAL"),
+    ("FUSE request", {"unknown node"}, "EBADF, serving", "ENOENT, serving",
+     "a node id never given out is ENOENT in fastvfs, EBADF in the reference"),
+]
+
+
+def documented_malformed(group, case, reference, fastvfs):
+    for allowed_group, cases, ref, got, reason in ALLOWED_MALFORMED:
+        if (group == allowed_group and (cases is None or case in cases) and fnmatch.fnmatchcase(str(reference), ref)
+                and fnmatch.fnmatchcase(str(fastvfs), got)):
+            return reason
+    return None
+
+
 def documented(request, kind, reference, fastvfs):
     for requests, kinds, ref, got, reason in ALLOWED:
         if (request in requests and kind in kinds and fnmatch.fnmatchcase(str(reference), ref)
@@ -405,8 +437,14 @@ def summary(request):
     seen = {"cases": 0, "violations": [], "undocumented": [], "documented": {}}
     yield seen
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         return
+    with capture.global_and_fixture_disabled():
+        _print_summary(reporter, seen)
+
+
+def _print_summary(reporter, seen):
     documented_count = sum(seen["documented"].values())
     reporter.write_line("")
     reporter.write_line(
@@ -460,5 +498,122 @@ def test_file_type_requests_against_the_reference(daemons, summary, kind):
     print(f"{number} cases; fastvfs started {fastvfs.starts}x, reference {reference.starts}x")
     if reference.serving() and not fastvfs.serving():
         violations.append(f"{kind}: fastvfs stopped serving, the reference serves")
+    summary["violations"] += violations
+    assert not violations, "\n".join(violations)
+
+
+# -- malformed vhost-user messages, descriptor chains and FUSE requests ----------------------
+
+@dataclasses.dataclass(frozen=True)
+class Aftermath:
+    """What one malformed input got (``answer``) and whether the daemon still serves after it:
+    "serving" (vhost-user and FUSE requests answered), "not serving" (alive, not answering),
+    "exited" (status 0: it ended the session) or "crashed (status)"."""
+
+    answer: str
+    state: str
+
+    def __str__(self):
+        return f"{self.answer}, {self.state}"
+
+
+def _state(daemon):
+    try:
+        daemon.call(lambda c: still_serving(c.frontend, c))
+        return "serving"
+    except (Blocked, Died, OSError, AssertionError, KeyError, VhostUserError):
+        pass
+    try:
+        status = daemon.process.wait(EXIT_WAIT)
+    except subprocess.TimeoutExpired:
+        return "not serving"
+    return "exited" if status == 0 else f"crashed ({status})"
+
+
+def _malformed(daemon, send, case):
+    """Aftermath of ``send(daemon, case) -> answer``; the daemon is replaced unless it still
+    serves, so that each input meets a working daemon."""
+    try:
+        answer = send(daemon, case)
+    except (TimeoutError, Blocked):
+        answer = "no answer"
+    except (ConnectionError, Died):
+        answer = "connection closed"
+    except VhostUserError as exc:
+        answer = f"bad reply: {exc}"
+    aftermath = Aftermath(answer, _state(daemon))
+    if aftermath.state != "serving":
+        daemon.replace()
+    return aftermath
+
+
+def judge_malformed(fastvfs, reference):
+    """Why fastvfs did worse with a malformed input than it may, or None: it must never crash
+    or leave an input unanswered, nor serve less afterwards than the reference."""
+    def rank(state):
+        return {"serving": 2, "not serving": 1, "exited": 1}.get(state, 0)
+    if fastvfs.state.startswith("crashed"):
+        return f"fastvfs {fastvfs.state}"
+    if fastvfs.answer == "no answer":
+        return "fastvfs never answers"
+    if rank(fastvfs.state) < rank(reference.state):
+        return f"fastvfs is {fastvfs.state}, the reference {reference.state}"
+    if fastvfs.answer == "accepted" and reference.answer != "accepted":
+        return "fastvfs accepts what the reference does not"
+    return None
+
+
+def _message(daemon, case):
+    return "accepted" if send_bad_message(daemon.frontend, case) == 0 else "refused"
+
+
+def _chain(daemon, shape):
+    frontend = daemon.frontend
+    head, reply = publish_bad_chain(frontend, shape)
+    # Wait in slices, to stop waiting as soon as the daemon exits.
+    for _ in range(int(TIMEOUT / 0.25)):
+        if chain_returned(frontend.queues[1], head, 0.25):
+            break
+        if daemon.process.poll() is not None:
+            return "kept"
+    else:
+        return "kept"
+    if shape in BAD_CHAIN_SHAPES_WITH_REPLY:
+        length, error, _ = abi.out_header.unpack(frontend.memory.read(reply, 16))
+        return f"returned, reply {length} bytes error {error}"
+    return "returned"
+
+
+def _fuse_request(daemon, name):
+    reply = daemon.call(send_bad_fuse_request, name)
+    return "accepted" if reply.error == 0 else _errname(reply.error)
+
+
+MALFORMED = {
+    "message": (sorted(BAD_MESSAGES), _message),
+    "chain": (BAD_CHAIN_SHAPES, _chain),
+    "FUSE request": (list(BAD_FUSE_REQUESTS), _fuse_request),
+}
+
+
+@pytest.mark.parametrize("group", list(MALFORMED))
+def test_malformed_inputs_against_the_reference(daemons, summary, group):
+    """The malformed inputs of test_hostile, each sent to both daemons: fastvfs must not die,
+    block or stop serving where the reference survives, nor accept what the reference refuses."""
+    cases, send = MALFORMED[group]
+    fastvfs, reference = daemons("fastvfs"), daemons("reference")
+    violations = []
+    for case in cases:
+        got = _malformed(fastvfs, send, case)
+        ref = _malformed(reference, send, case)
+        summary["cases"] += 1
+        label = f"{group} {case!r}: fastvfs {got} / reference {ref}"
+        broken = judge_malformed(got, ref)
+        if broken:
+            violations.append(f"{label}: {broken}")
+        elif str(got) != str(ref):
+            record_difference(summary, label, documented_malformed(group, case, ref, got))
+    print(f"{len(cases)} cases; fastvfs started {fastvfs.starts}x, "
+          f"reference {reference.starts}x")
     summary["violations"] += violations
     assert not violations, "\n".join(violations)
