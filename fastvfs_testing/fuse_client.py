@@ -30,6 +30,7 @@ reply structs must have their full size.  Violations raise :class:`FuseProtocolE
 import contextlib
 import os
 import select
+import socket
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -428,11 +429,35 @@ class FuseClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"{len(self._pending)} FUSE requests still in flight")
-        readable, _, _ = select.select([queue.call_fd for queue in busy], [], [], remaining)
+        readable = self._wait_for_calls([queue.call_fd for queue in busy], remaining)
         for queue in busy:
             if queue.call_fd in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(queue.call_fd)
+
+    def _wait_for_calls(self, call_fds, timeout):
+        """select() on the call eventfds, and on the vhost-user socket too: a backend that died
+        closed it and will never answer, so the wait fails with ConnectionResetError at once
+        instead of TimeoutError at the deadline."""
+        sock = getattr(self.frontend, "sock", None)
+        readable, _, _ = select.select(call_fds + ([sock] if sock else []), [], [], timeout)
+        if sock is None or sock not in readable:
+            return readable
+        readable.remove(sock)
+        if readable:
+            return readable
+        try:
+            closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            closed = False
+        except ConnectionResetError:
+            closed = True
+        if closed:
+            raise ConnectionResetError(f"backend closed the vhost-user connection with "
+                                       f"{len(self._pending)} FUSE requests in flight")
+        # A vhost-user reply the caller has not read yet: wait on the calls alone.
+        readable, _, _ = select.select(call_fds, [], [], timeout)
+        return readable
 
     def _complete(self, queue, head, written):
         unique = self._by_head.pop((queue.index, head))

@@ -91,16 +91,21 @@ BAD_MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_MESSAGES))
-def test_bad_messages_are_refused_and_service_continues(fastvfs, case):
-    frontend, client, _ = fastvfs()
+def send_bad_message(frontend, case):
+    """Send BAD_MESSAGES[case] with NEED_REPLY; returns the backend's u64 status."""
     request, payload, fds = BAD_MESSAGES[case](frontend)
     flags = NEED_REPLY if case != "bad version flags" else (2 | protocol.VHOST_USER_NEED_REPLY_MASK)
     try:
-        assert ack(frontend, request, payload, fds, flags) != 0
+        return ack(frontend, request, payload, fds, flags)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MESSAGES))
+def test_bad_messages_are_refused_and_service_continues(fastvfs, case):
+    frontend, client, _ = fastvfs()
+    assert send_bad_message(frontend, case) != 0
     still_serving(frontend, client)
     assert fastvfs.process.poll() is None
 
@@ -143,12 +148,17 @@ def _raw_chain(queue, descs):
     return slots[0]
 
 
-@pytest.mark.parametrize("shape", ["outside_memory", "loop", "next_out_of_range",
-                                   "readable_after_writable", "nested_indirect", "huge_length",
-                                   "short_header", "short_header_with_unique",
-                                   "len_beyond_buffers", "longer_than_the_queue"])
-def test_bad_chains_get_errors_and_service_continues(fastvfs, shape):
-    frontend, client, _ = fastvfs()
+BAD_CHAIN_SHAPES = ["outside_memory", "loop", "next_out_of_range", "readable_after_writable",
+                    "nested_indirect", "huge_length", "short_header", "short_header_with_unique",
+                    "len_beyond_buffers", "longer_than_the_queue"]
+# The shapes whose reply area is valid: an error header lands there.
+BAD_CHAIN_SHAPES_WITH_REPLY = ("short_header", "short_header_with_unique", "len_beyond_buffers",
+                               "longer_than_the_queue")
+
+
+def publish_bad_chain(frontend, shape):
+    """Publish a STATFS chain of the given malformed shape on queue 1; returns (head, address
+    of its reply area)."""
     queue, mem = frontend.queues[1], frontend.memory
     header = mem.alloc(64)
     mem.write(header, abi.in_header.pack(abi.IN_HEADER_SIZE, Opcode.STATFS, 1000, ROOT,
@@ -190,36 +200,55 @@ def test_bad_chains_get_errors_and_service_continues(fastvfs, shape):
         mem.write(header, abi.in_header.pack(1 << 20, Opcode.STATFS, 1000, ROOT, 0, 0, 0, 0, 0))
         head = _raw_chain(queue, [(header, 40, N, 1), (reply, 96, W, None)])
     queue.publish_raw([head])
-    for _ in range(100):
+    return head, reply
+
+
+def chain_returned(queue, head, timeout=5.0):
+    """Whether the backend puts ``head`` in the used ring within ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.05)):
         if any(h == head for h, _ in queue.get_used()):
-            break
+            return True
         queue.wait_call(0.05)
-    else:
+    return False
+
+
+@pytest.mark.parametrize("shape", BAD_CHAIN_SHAPES)
+def test_bad_chains_get_errors_and_service_continues(fastvfs, shape):
+    frontend, client, _ = fastvfs()
+    head, reply = publish_bad_chain(frontend, shape)
+    if not chain_returned(frontend.queues[1], head):
         pytest.fail("the malformed chain was never returned")
-    if shape in ("short_header", "short_header_with_unique", "len_beyond_buffers",
-                 "longer_than_the_queue"):
-        # The reply area was valid: an error header lands there, with the request's unique
-        # whenever the chain held it.
-        length, error, unique = abi.out_header.unpack(mem.read(reply, 16))
+    if shape in BAD_CHAIN_SHAPES_WITH_REPLY:
+        # An error header lands there, with the request's unique whenever the chain held it.
+        length, error, unique = abi.out_header.unpack(frontend.memory.read(reply, 16))
         assert (length, error, unique) == (16, -22, 0 if shape == "short_header" else 1000)
     still_serving(frontend, client)
 
 
-@pytest.mark.parametrize("name,body", [
-    ("short body", lambda: (Opcode.SETATTR, b"\x01\x02")),
-    ("name without NUL", lambda: (Opcode.LOOKUP, b"abc")),
-    ("name with slash", lambda: (Opcode.MKDIR, abi.mkdir_in.pack(0o755, 0) + b"../x\0")),
-    ("dot-dot creation", lambda: (Opcode.MKDIR, abi.mkdir_in.pack(0o755, 0) + b"..\0")),
-    ("name too long", lambda: (Opcode.CREATE, abi.create_in.pack(0, 0o644, 0, 0) + b"x" * 300 + b"\0")),
-    ("unknown node", lambda: (Opcode.GETATTR, bytes(16))),
-    ("unknown handle", lambda: (Opcode.READ, abi.read_in.pack(12345, 0, 10, 0, 0, 0, 0))),
-    ("unknown opcode", lambda: (999, b"")),
-])
-def test_bad_fuse_requests_get_errors(fastvfs, name, body):
-    frontend, client, shared = fastvfs()
-    opcode, payload = body()
+BAD_FUSE_REQUESTS = {
+    "short body": lambda: (Opcode.SETATTR, b"\x01\x02"),
+    "name without NUL": lambda: (Opcode.LOOKUP, b"abc"),
+    "name with slash": lambda: (Opcode.MKDIR, abi.mkdir_in.pack(0o755, 0) + b"../x\0"),
+    "dot-dot creation": lambda: (Opcode.MKDIR, abi.mkdir_in.pack(0o755, 0) + b"..\0"),
+    "name too long": lambda: (Opcode.CREATE, abi.create_in.pack(0, 0o644, 0, 0) + b"x" * 300 + b"\0"),
+    "unknown node": lambda: (Opcode.GETATTR, bytes(16)),
+    "unknown handle": lambda: (Opcode.READ, abi.read_in.pack(12345, 0, 10, 0, 0, 0, 0)),
+    "unknown opcode": lambda: (999, b""),
+}
+
+
+def send_bad_fuse_request(client, name):
+    """Send BAD_FUSE_REQUESTS[name] on the root (or on a node never given out) and return the
+    :class:`Reply`."""
+    opcode, payload = BAD_FUSE_REQUESTS[name]()
     nodeid = 987654 if name == "unknown node" else ROOT
-    reply = client.wait(client.submit(opcode, nodeid, payload, reply_len=256, data_len=64))
+    return client.wait(client.submit(opcode, nodeid, payload, reply_len=256, data_len=64))
+
+
+@pytest.mark.parametrize("name", list(BAD_FUSE_REQUESTS))
+def test_bad_fuse_requests_get_errors(fastvfs, name):
+    frontend, client, shared = fastvfs()
+    reply = send_bad_fuse_request(client, name)
     assert reply.error > 0
     assert os.listdir(shared) == []
     assert not os.path.exists(os.path.join(os.path.dirname(shared), "x"))
