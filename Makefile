@@ -6,17 +6,27 @@ PY = $(VENV)/bin/python
 # libseccomp2: the daemon's seccomp filter (apt depends on it, so every Debian has it).
 APT_PACKAGES = qemu-system-x86 busybox-static cpio kmod liburing-dev libseccomp2 fio gcc python3-dev python3-venv strace
 PYTEST_ARGS ?=
+# libvirt's daemon and QEMU driver, for tests/guest/test_libvirt.py (a real libvirt starting
+# fastvfs); recommends (dnsmasq, firewall tools, ...) are not needed.
+LIBVIRT_PACKAGES = libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
 
 DEPLOYED ?= .venv-deployed
 FASTVFS_BIN = $(CURDIR)/$(DEPLOYED)/bin/fastvfs
 
-.PHONY: deps venv build dist deployed test test-all demo micro micro-pytest bench perf-gate clean
+.PHONY: deps libvirt-deps venv build dist deployed test test-all demo micro micro-pytest bench perf-gate clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+libvirt-deps:
+	@missing=$$(for p in $(LIBVIRT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -45,12 +55,12 @@ deployed: dist
 	$(DEPLOYED)/bin/pip install -q dist/fastvfs-*.whl
 
 # The test command: unit and integration tests, and the real-guest tests (QEMU + Debian
-# kernel), every daemon started from the installed wheel.
-test: build deployed
+# kernel, and a real libvirt), every daemon started from the installed wheel.
+test: build deployed libvirt-deps
 	FASTVFS_BIN=$(FASTVFS_BIN) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Everything, including the slow guest suites left out of CI.
-test-all: build deployed
+test-all: build deployed libvirt-deps
 	FASTVFS_BIN=$(FASTVFS_BIN) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The main job: serve a directory to a real Linux guest and show it working.

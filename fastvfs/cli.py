@@ -193,6 +193,7 @@ def _finish_fs_options(p, options):
     if getattr(options, "syslog", False):
         from logging.handlers import SysLogHandler
         try:
+            _probe_syslog("/dev/log")
             handler = SysLogHandler(address="/dev/log")
         except OSError as exc:
             handler = logging.StreamHandler(sys.stderr)
@@ -203,6 +204,23 @@ def _finish_fs_options(p, options):
     else:
         logging.basicConfig(level=LOG_LEVELS[options.log_level], stream=sys.stderr,
                             format="fastvfs[%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+def _probe_syslog(address):
+    """Raise OSError unless a syslog daemon accepts connections at ``address``.
+
+    SysLogHandler ignores a failed connection when it is created (Python 3.11 on) and retries
+    on every record, printing a traceback for each failure: the fallback to stderr has to be
+    decided here, before the handler exists."""
+    errors = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(address)
+                return
+            except OSError as exc:
+                errors.append(exc)
+    raise errors[0]
 
 
 _COMPAT_FLAGS = {

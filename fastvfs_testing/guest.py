@@ -500,7 +500,7 @@ def _shell_assignments(values: Mapping[str, str], export: bool) -> str:
     return "".join(f"{prefix}{k}={shlex.quote(str(v))}\n" for k, v in values.items())
 
 
-def _write_control(results_dir: Path, script_text: str, config: GuestConfig) -> None:
+def write_control(results_dir: Path, script_text: str, config: GuestConfig) -> None:
     """Put the run's settings where the generic /init finds them."""
     control = results_dir / CONTROL
     control.mkdir()
@@ -539,7 +539,7 @@ class Guest:
             self._tmp = None
             self.results_dir = Path(results_dir)
             self.results_dir.mkdir(parents=True, exist_ok=True)
-        _write_control(self.results_dir, script_text, config)
+        write_control(self.results_dir, script_text, config)
         self.command = qemu_command(config, kernel, initramfs, self.results_dir)
         self._console: list[str] = []
         self._markers: dict[tuple[str, int], float] = {}

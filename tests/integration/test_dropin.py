@@ -186,6 +186,9 @@ def test_kata_runtime_argv_with_an_inherited_socket(tmp_path):
         assert client.read(nid, fh, 0, 3) == b"pod"
         frontend.close()
         assert proc.wait(10) == 0
+        # Without a syslog daemon the log goes to stderr, every record intact.
+        output = proc.stdout.read().decode(errors="replace")
+        assert "Traceback" not in output and "Logging error" not in output, output
     finally:
         if proc.poll() is None:
             proc.kill()
