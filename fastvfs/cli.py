@@ -147,6 +147,23 @@ def add_sandbox_options(p):
                    help="action for a system call outside the daemon's allow-list (default kill)")
     p.add_argument("--modcaps", metavar="CAPS",
                    help="change the capabilities kept, e.g. +sys_admin:-mknod")
+    p.add_argument("--uid-map", action="append", default=[], type=_id_map,
+                   metavar=":NAMESPACE_UID:HOST_UID:COUNT:",
+                   help="for a daemon not started as root: map COUNT host uids from HOST_UID "
+                        "on to NAMESPACE_UID on in its user namespace, through newuidmap "
+                        "(repeatable; default: the daemon's own uid as 0)")
+    p.add_argument("--gid-map", action="append", default=[], type=_id_map,
+                   metavar=":NAMESPACE_GID:HOST_GID:COUNT:",
+                   help="the same for gids, through newgidmap (default: the daemon's own gid "
+                        "as 0)")
+
+
+def _id_map(text):
+    from .sandbox import IdMap
+    try:
+        return IdMap(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 

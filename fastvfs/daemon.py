@@ -216,6 +216,10 @@ def run(options):
     if getattr(options, "inode_file_handles", "never") != "never":
         log.warning("--inode-file-handles=%s: file handles are not implemented; inodes are "
                     "held as O_PATH descriptors", options.inode_file_handles)
+    if (getattr(options, "uid_map", None) or getattr(options, "gid_map", None)) and \
+            (os.geteuid() == 0 or options.sandbox == "none"):
+        log.warning("--uid-map/--gid-map: ignored (they map the user namespace a daemon not "
+                    "started as root sandboxes itself in)")
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
     pid_file = PidFile(socket_path + ".pid") if socket_path else None
     if options.fd is not None:
@@ -238,7 +242,8 @@ def run(options):
 
     prepare_process(options)
     try:
-        child = sandbox.enter(options.sandbox, options.shared_dir)
+        child = sandbox.enter(options.sandbox, options.shared_dir,
+                              getattr(options, "uid_map", ()), getattr(options, "gid_map", ()))
     except (sandbox.SandboxError, OSError) as exc:
         log.error("%s", exc)
         cleanup()
