@@ -11,6 +11,7 @@ import stat
 
 from . import _ring, sandbox
 from .dax import DaxWindow
+from .fs.idmap import IdTranslation
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
 from .stats import STATS_SUFFIX, StatsServer
@@ -181,7 +182,9 @@ def build_engine(options, handles, inodes=None, dax=None, root=None):
                       announce_submounts=getattr(options, "announce_submounts", False),
                       killpriv_v2=getattr(options, "killpriv_v2", False),
                       thread_pool_size=getattr(options, "thread_pool_size", 0),
-                      trace=getattr(options, "log_level", "") == "trace")
+                      trace=getattr(options, "log_level", "") == "trace",
+                      idmap=IdTranslation(getattr(options, "translate_uid", ()),
+                                          getattr(options, "translate_gid", ())))
 
 
 def run_mount(options):
@@ -300,8 +303,11 @@ def _serve_setup(options, stats):
     engine = build_engine(options, handles, inodes, dax=window,
                           root=sandbox.root_for(options.sandbox, options.shared_dir))
     sec, nsec = engine.cache.timeout
+    # The hot path answers LOOKUP and GETATTR with the host's ids: with an id translation the
+    # queues are not given the node id table, so those go to the engine, which translates.
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
-                               on_reset=engine.reset, inodes=inodes,
+                               on_reset=engine.reset,
+                               inodes=inodes if engine.idmap is None else None,
                                attr_timeout=sec + nsec / 1e9,
                                shmem_sizes=(window_size,) if window_size else (),
                                backend=backend, tag=options.tag, stats=stats,

@@ -227,6 +227,27 @@ def test_unsandboxed_daemon_refuses_other_owners(rootless, user):
     assert os.stat(os.path.join(daemon.shared, "as-user")).st_uid == user[0]
 
 
+def test_unsandboxed_daemon_squashes_guest_users(rootless, user):
+    """The remedy for the above: every guest id squashed onto the daemon's user, shown back as
+    guest root."""
+    uid, gid = user
+    daemon = rootless("--sandbox", "none", f"--translate-uid=squash-guest:0:{uid}:65536",
+                      f"--translate-gid=squash-guest:0:{gid}:65536",
+                      f"--translate-uid=squash-host:{uid}:0:1",
+                      f"--translate-gid=squash-host:{gid}:0:1")
+    client = daemon.connect()
+    entry, _ = client.create(1, b"as-root")
+    with client.as_user(1000, 1000):
+        other = client.mkdir(1, b"as-1000")
+    assert owner_of(daemon.shared, "as-root") == owner_of(daemon.shared, "as-1000") == user
+    assert (entry.attr.uid, entry.attr.gid) == (other.attr.uid, other.attr.gid) == (0, 0)
+
+
+def owner_of(*path):
+    st = os.lstat(os.path.join(*path))
+    return st.st_uid, st.st_gid
+
+
 def _subordinate(path, name):
     with open(path) as f:
         for line in f:
