@@ -2,18 +2,15 @@
 
 Not being root, fastvfs sandboxes itself inside a user namespace of its own in which the user is
 root (``fastvfs.sandbox.enter_user_namespace``); files it creates belong to that user on the
-host.  Each test starts the daemon with its default sandbox and seccomp, as a dedicated user
+host.  Each test starts the daemon (default sandbox and seccomp unless it says otherwise) as a dedicated user
 (created here if missing, with the subordinate id ranges ``useradd`` delegates) on a shared
 directory that user owns, and drives it with the frontend driver as root, as QEMU would.
 """
 
 import errno
 import os
-import pwd
 import shutil
-import stat
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -21,10 +18,10 @@ import pytest
 
 from fastvfs_testing.frontend import VhostUserFrontend
 from fastvfs_testing.fuse_client import FuseClient
+from fastvfs_testing.unprivileged import USER, ensure_user, subordinate_ids, unprivileged_argv
 from tests.deployed import FASTVFS
 from tests.integration.conftest import SANDBOX_IMPORT
 
-USER = "fvfs-rootless"
 TIMEOUT = 10.0
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
@@ -34,59 +31,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
 @pytest.fixture(scope="module")
 def user():
     """(uid, gid) of the unprivileged user; created with ``useradd`` if missing."""
-    try:
-        entry = pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        "--user-group", USER], check=True)
-        entry = pwd.getpwnam(USER)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _hidden_ancestors(paths, uid):
-    """Directories on the way to ``paths`` the user may not traverse (such as a 0700 /root
-    holding the interpreter), each with the child the daemon needs below it."""
-    hidden = {}
-    for path in paths:
-        parts = os.path.realpath(path).split("/")[1:]
-        for i in range(len(parts) - 1):
-            parent = "/" + "/".join(parts[:i])
-            st = os.stat(parent)
-            if not (st.st_mode & stat.S_IXOTH or st.st_uid == uid and st.st_mode & stat.S_IXUSR):
-                hidden.setdefault(parent, set()).add(parts[i])
-                break
-    return hidden
-
-
-def unprivileged(argv, uid, gid, hold_dir):
-    """``argv`` run as ``uid``:``gid`` with no supplementary groups and no capabilities (the
-    bounding set stays full, as a login's does: ``newuidmap`` is setuid root).
-
-    The program under test must be reachable by that user: where an ancestor directory of the
-    interpreter or the source tree is not (root's 0700 home holding a pyenv interpreter), the
-    command runs in a private mount namespace where that directory is a world-traversable
-    tmpfs holding bind mounts of what lies below it.  Only the path to the program changes;
-    the daemon's own view of the host and its privileges are the user's."""
-    drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
-            "--"]
-    needed = [sys.executable, sys.prefix, os.path.realpath(sys.executable), os.getcwd(),
-              *os.environ.get("PYTHONPATH", "").split(os.pathsep), FASTVFS[0]]
-    hidden = _hidden_ancestors([p for p in needed if p and os.path.exists(p)], uid)
-    if not hidden:
-        return drop + argv
-    script = []
-    for n, (parent, children) in enumerate(sorted(hidden.items())):
-        for child in sorted(children):
-            hold = os.path.join(hold_dir, f"{n}-{child}")
-            os.mkdir(hold)
-            script.append(f"mount --bind '{parent}/{child}' '{hold}'")
-        script.append(f"mount -t tmpfs -o mode=0755 fvfs-path '{parent}'")
-        for child in sorted(children):
-            hold = os.path.join(hold_dir, f"{n}-{child}")
-            script.append(f"mkdir '{parent}/{child}' && mount --move '{hold}' '{parent}/{child}'")
-    script.append('exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec",
-            " && ".join(script), "sh", *drop, *argv]
+    return ensure_user()
 
 
 class RootlessDaemon:
@@ -103,7 +48,7 @@ class RootlessDaemon:
             os.chown(d, uid, gid)
         self.socket_path = os.path.join(socket_dir, "vhost.sock")
         self.log_path = os.path.join(self.top, "daemon.log")
-        argv = unprivileged([*FASTVFS, "--socket-path", self.socket_path, "--shared-dir",
+        argv = unprivileged_argv([*FASTVFS, "--socket-path", self.socket_path, "--shared-dir",
                              self.shared, "--cache", "never", "--log-level", "debug",
                              *extra_args], uid, gid, self.top)
         with open(self.log_path, "wb") as log:
@@ -248,21 +193,12 @@ def owner_of(*path):
     return st.st_uid, st.st_gid
 
 
-def _subordinate(path, name):
-    with open(path) as f:
-        for line in f:
-            owner, start, count = line.strip().split(":")
-            if owner == name:
-                return int(start), int(count)
-    return None
-
-
 def test_uid_map_installs_a_multi_id_map(rootless, user):
     """``--uid-map``/``--gid-map`` as libvirt's session mode passes them: the user's own ids
     as 0, its subordinate range from 1 on, through newuidmap/newgidmap."""
     if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
         pytest.skip("newuidmap/newgidmap (Debian's uidmap package) are not installed")
-    sub_uid, sub_gid = _subordinate("/etc/subuid", USER), _subordinate("/etc/subgid", USER)
+    sub_uid, sub_gid = subordinate_ids("/etc/subuid"), subordinate_ids("/etc/subgid")
     if not (sub_uid and sub_gid):
         pytest.skip(f"no subordinate ids for {USER} in /etc/subuid, /etc/subgid")
     uid, gid = user

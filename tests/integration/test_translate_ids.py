@@ -94,7 +94,8 @@ def test_forbidden_guest_ids_are_refused(custom, tmp_path):  # noqa: F811
 
 @pytest.mark.parametrize("rule", ["squash:0:1:1", "map:0:1", "map:0:1:0", "map:x:1:1",
                                   "forbid-guest:1:2:3", "map:4294967295:0:2"])
-def test_malformed_rules_are_refused(rule, tmp_path):
+def test_malformed_rules_are_refused(rule, capsys):
     from fastvfs import cli
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["--socket-path", "s", f"--translate-uid={rule}"])
+    assert "argument --translate-uid: " in capsys.readouterr().err
