@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -213,3 +214,52 @@ def test_uid_map_installs_a_multi_id_map(rootless, user):
     st = os.stat(os.path.join(daemon.shared, "home", "guest-1000"))
     assert (st.st_uid, st.st_gid) == (sub_uid[0] + 999, sub_gid[0] + 999)
     assert f"uid map 0 {uid} 1 / 1 {sub_uid[0]} {sub_uid[1]}" in daemon.log()
+
+
+# Runs argv[1:] with unshare(CLONE_NEWUSER) failing with EPERM, as Docker's default seccomp
+# profile has it: a filter (x86-64) installed by root, so it needs no no_new_privs and the
+# setuid newuidmap would still work.
+_DENY_USERNS = r"""
+import ctypes, os, struct, sys
+def op(code, k, jt=0, jf=0):
+    return struct.pack("=HBBI", code, jt, jf, k)
+LD, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06
+ALLOW, ERRNO = 0x7FFF0000, 0x00050000
+prog = b"".join([op(LD, 4), op(JEQ, 0xC000003E, 1, 0), op(RET, ALLOW),
+                 op(LD, 0), op(JEQ, 272, 0, 3),             # unshare
+                 op(LD, 16), op(JSET, 0x10000000, 0, 1),    # args[0] & CLONE_NEWUSER
+                 op(RET, ERRNO | 1), op(RET, ALLOW)])
+buf = ctypes.create_string_buffer(prog, len(prog))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+libc = ctypes.CDLL(None, use_errno=True)
+fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):           # PR_SET_SECCOMP, FILTER
+    sys.exit(f"seccomp: {os.strerror(ctypes.get_errno())}")
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("sandbox", ["namespace", "chroot"])
+def test_no_user_namespaces_is_one_clear_line(user, sandbox):
+    """Where user namespaces are refused (a container's seccomp profile, a sysctl), each
+    sandbox says so in one line and the daemon exits."""
+    uid, gid = user
+    top = tempfile.mkdtemp(prefix="fvfs-rl-")
+    try:
+        os.chmod(top, 0o755)
+        for d in ("shared", "sock"):
+            os.mkdir(os.path.join(top, d))
+            os.chown(os.path.join(top, d), uid, gid)
+        argv = unprivileged_argv([*FASTVFS, "--socket-path", os.path.join(top, "sock", "s"),
+                                  "--shared-dir", os.path.join(top, "shared"),
+                                  "--sandbox", sandbox], uid, gid, top)
+        result = subprocess.run([sys.executable, "-c", _DENY_USERNS, *argv],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "unshare of a user namespace" in lines[0]
+        assert os.strerror(errno.EPERM) in lines[0]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
