@@ -61,8 +61,24 @@ def add_fs_options(p):
                    help="offer FUSE_HANDLE_KILLPRIV_V2: the guest leaves clearing setuid/setgid "
                         "on write, truncate and chown to fastvfs (default off: the guest clears "
                         "them itself, which also suits shares on NFS)")
+    p.add_argument("--translate-uid", action="append", default=[], type=_translation,
+                   metavar="TYPE:BASE:BASE:COUNT",
+                   help="translate user ids between guest and host (repeatable, first match "
+                        "wins): guest:GUEST:HOST:N, host:HOST:GUEST:N, map:GUEST:HOST:N, "
+                        "squash-guest:GUEST:HOST_ID:N, squash-host:HOST:GUEST_ID:N, "
+                        "forbid-guest:GUEST:N")
+    p.add_argument("--translate-gid", action="append", default=[], type=_translation,
+                   metavar="TYPE:BASE:BASE:COUNT", help="the same for group ids")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     p.add_argument("-V", "--version", action="version", version=f"fastvfs {__version__}")
+
+
+def _translation(text):
+    from .fs.idmap import Rule
+    try:
+        return Rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser():
@@ -150,6 +166,23 @@ def add_sandbox_options(p):
                    help="action for a system call outside the daemon's allow-list (default kill)")
     p.add_argument("--modcaps", metavar="CAPS",
                    help="change the capabilities kept, e.g. +sys_admin:-mknod")
+    p.add_argument("--uid-map", action="append", default=[], type=_id_map,
+                   metavar=":NAMESPACE_UID:HOST_UID:COUNT:",
+                   help="for a daemon not started as root: map COUNT host uids from HOST_UID "
+                        "on to NAMESPACE_UID on in its user namespace, through newuidmap "
+                        "(repeatable; default: the daemon's own uid as 0)")
+    p.add_argument("--gid-map", action="append", default=[], type=_id_map,
+                   metavar=":NAMESPACE_GID:HOST_GID:COUNT:",
+                   help="the same for gids, through newgidmap (default: the daemon's own gid "
+                        "as 0)")
+
+
+def _id_map(text):
+    from .sandbox import IdMap
+    try:
+        return IdMap(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 

@@ -11,6 +11,7 @@ import stat
 
 from . import _ring, sandbox
 from .dax import DaxWindow
+from .fs.idmap import IdTranslation
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
 from .stats import STATS_SUFFIX, StatsServer
@@ -181,7 +182,9 @@ def build_engine(options, handles, inodes=None, dax=None, root=None):
                       announce_submounts=getattr(options, "announce_submounts", False),
                       killpriv_v2=getattr(options, "killpriv_v2", False),
                       thread_pool_size=getattr(options, "thread_pool_size", 0),
-                      trace=getattr(options, "log_level", "") == "trace")
+                      trace=getattr(options, "log_level", "") == "trace",
+                      idmap=IdTranslation(getattr(options, "translate_uid", ()),
+                                          getattr(options, "translate_gid", ())))
 
 
 def run_mount(options):
@@ -216,6 +219,10 @@ def run(options):
     if getattr(options, "inode_file_handles", "never") != "never":
         log.warning("--inode-file-handles=%s: file handles are not implemented; inodes are "
                     "held as O_PATH descriptors", options.inode_file_handles)
+    if (getattr(options, "uid_map", None) or getattr(options, "gid_map", None)) and \
+            (os.geteuid() == 0 or options.sandbox == "none"):
+        log.warning("--uid-map/--gid-map: ignored (they map the user namespace a daemon not "
+                    "started as root sandboxes itself in)")
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
     pid_file = PidFile(socket_path + ".pid") if socket_path else None
     if options.fd is not None:
@@ -242,7 +249,8 @@ def run(options):
 
     prepare_process(options)
     try:
-        child = sandbox.enter(options.sandbox, options.shared_dir)
+        child = sandbox.enter(options.sandbox, options.shared_dir,
+                              getattr(options, "uid_map", ()), getattr(options, "gid_map", ()))
     except (sandbox.SandboxError, OSError) as exc:
         log.error("%s", exc)
         cleanup()
@@ -299,8 +307,11 @@ def _serve_setup(options, stats):
     engine = build_engine(options, handles, inodes, dax=window,
                           root=sandbox.root_for(options.sandbox, options.shared_dir))
     sec, nsec = engine.cache.timeout
+    # The hot path answers LOOKUP and GETATTR with the host's ids: with an id translation the
+    # queues are not given the node id table, so those go to the engine, which translates.
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
-                               on_reset=engine.reset, inodes=inodes,
+                               on_reset=engine.reset,
+                               inodes=inodes if engine.idmap is None else None,
                                attr_timeout=sec + nsec / 1e9,
                                shmem_sizes=(window_size,) if window_size else (),
                                backend=backend, tag=options.tag, stats=stats,

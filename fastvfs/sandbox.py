@@ -13,6 +13,13 @@ its code makes.  The steps, in the order :func:`enter` and :func:`restrict` take
 ``--sandbox chroot``
     ``chroot`` into the shared directory (for containers without namespace rights); the working
     directory stays inside it (:mod:`fastvfs.procfd` names descriptors without one outside).
+user namespace (a daemon not started as root)
+    Before either of the above, a new user namespace owned by the daemon's user, in which that
+    user is root: it holds the capabilities the steps above and file serving need, over the ids
+    the namespace maps.  By default the map is the daemon's own uid/gid as 0 (written directly,
+    ``setgroups`` denied); ``--uid-map``/``--gid-map`` install larger maps through the setuid
+    helpers ``newuidmap``/``newgidmap`` (subordinate ids from /etc/subuid, /etc/subgid).  A guest
+    id outside the map cannot own anything: its creations fail with EPERM.
 capabilities
     Everything but CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD and SETFCAP is
     dropped from every set (``--modcaps=+sys_admin:-mknod`` adjusts the list); the bounding set
@@ -49,6 +56,7 @@ _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 
 CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
@@ -109,13 +117,17 @@ def _check(result, what):
 
 # -- namespaces and chroot ----------------------------------------------------------------------
 
-def enter(mode, shared_dir):
+def enter(mode, shared_dir, uid_map=(), gid_map=()):
     """Isolate the process.  Returns the child's pid in the parent of a namespace sandbox (which
     must then only :func:`supervise` it), else None; the caller then serves from ``root``:
-    ``"/"`` when sandboxed, ``shared_dir`` otherwise (see :func:`root_for`)."""
+    ``"/"`` when sandboxed, ``shared_dir`` otherwise (see :func:`root_for`).  ``uid_map`` and
+    ``gid_map``: the user namespace's maps when the daemon is not root (see
+    :func:`enter_user_namespace`)."""
     if mode == "none":
         return None
     _preload()
+    if os.geteuid() != 0:
+        enter_user_namespace(uid_map, gid_map)
     proc_fd = None
     if mode == "chroot":
         # The working directory stays inside the chroot: one on the host's /proc would lead
@@ -190,6 +202,117 @@ def _mountinfo_unescape(field):
                           (b"\\134", b"\\")):
         field = field.replace(escaped, char)
     return field
+
+
+class IdMap:
+    """One ``--uid-map``/``--gid-map`` range, virtiofsd's syntax ``:NAMESPACE_ID:HOST_ID:COUNT:``
+    (any one character delimits, the first says which): ``count`` ids from ``host`` on are
+    ``namespace`` on within the user namespace."""
+    __slots__ = ("namespace", "host", "count")
+
+    def __init__(self, text):
+        sep = text[:1]
+        fields = text.split(sep) if sep and not sep.isalnum() else []
+        if len(fields) != 5 or fields[0] or fields[4]:
+            raise ValueError(f"expected :namespace_id:host_id:count:, got {text!r}")
+        try:
+            self.namespace, self.host, self.count = (int(f) for f in fields[1:4])
+        except ValueError:
+            raise ValueError(f"expected decimal ids in {text!r}") from None
+        if min(self.namespace, self.host) < 0 or self.count < 1 or \
+                max(self.namespace, self.host) + self.count > 1 << 32:
+            raise ValueError(f"id range out of bounds in {text!r}")
+
+    def __repr__(self):
+        return f":{self.namespace}:{self.host}:{self.count}:"
+
+
+def enter_user_namespace(uid_map=(), gid_map=()):
+    """For a daemon not started as root: move into a new user namespace in which it is root
+    (user_namespaces(7)), so the namespace or chroot steps and file serving have the
+    capabilities they need there.  Without maps, the daemon's uid and gid become 0: an
+    unprivileged process may write that one-id map itself once ``setgroups`` is denied.  With
+    ``uid_map``/``gid_map`` (:class:`IdMap` lists; a missing one defaults to the one-id map),
+    the setuid helpers ``newuidmap``/``newgidmap`` write them from outside the namespace, after
+    checking them against /etc/subuid and /etc/subgid.  Must run while the process has a single
+    thread (unshare(CLONE_NEWUSER) requires it)."""
+    uid, gid = os.geteuid(), os.getegid()
+    helpers = []
+    if uid_map:
+        helpers.append(["newuidmap", None, *_map_args(uid_map)])
+    if gid_map:
+        helpers.append(["newgidmap", None, *_map_args(gid_map)])
+    pid = os.getpid()
+    # The helpers act on this process from outside the namespace: a child started before the
+    # unshare runs them once told the namespace exists.
+    helper = None
+    if helpers:
+        ready_r, ready_w = os.pipe()
+        helper = os.fork()
+        if helper == 0:
+            status = 1
+            try:
+                os.close(ready_w)
+                if os.read(ready_r, 1) == b"1":
+                    import subprocess
+                    for argv in helpers:
+                        argv[1] = str(pid)
+                        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+                    status = 0
+            except BaseException as exc:
+                sys.stderr.write(f"fastvfs: cannot map ids in the user namespace: {exc}\n")
+            finally:
+                os._exit(status)
+        os.close(ready_r)
+    failed = _libc.unshare(CLONE_NEWUSER) < 0
+    err = ctypes.get_errno()
+    if helper:
+        os.write(ready_w, b"0" if failed else b"1")
+        os.close(ready_w)
+        _, status = os.waitpid(helper, 0)
+        if not failed and status:
+            raise SandboxError("newuidmap/newgidmap failed for --uid-map/--gid-map (are the "
+                               "host ids delegated to this user in /etc/subuid, /etc/subgid?)")
+    if failed:
+        raise SandboxError(f"unshare of a user namespace (needed to sandbox a daemon not "
+                           f"started as root): {os.strerror(err)}; unprivileged user "
+                           f"namespaces may be disabled here (user.max_user_namespaces, "
+                           f"kernel.apparmor_restrict_unprivileged_userns); else run as root "
+                           f"or with --sandbox none")
+    if not gid_map:
+        # An unprivileged writer may map its own gid only once setgroups(2) is refused for good.
+        _write_proc("/proc/self/setgroups", "deny")
+        _write_proc("/proc/self/gid_map", f"0 {gid} 1\n")
+    if not uid_map:
+        _write_proc("/proc/self/uid_map", f"0 {uid} 1\n")
+    # Become the namespace's root, so the credentials and capabilities are those of uid 0 there.
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError as exc:
+        raise SandboxError(f"the user namespace maps no id 0 for this daemon ({exc.strerror}): "
+                           f"--uid-map and --gid-map must map namespace id 0") from None
+    if gid_map:
+        os.setgroups([])
+    log.debug("user namespace: uid map %s, gid map %s", _read_proc("/proc/self/uid_map"),
+              _read_proc("/proc/self/gid_map"))
+
+
+def _map_args(ranges):
+    return [str(n) for r in ranges for n in (r.namespace, r.host, r.count)]
+
+
+def _write_proc(path, text):
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise SandboxError(f"{path}: {exc.strerror}") from None
+
+
+def _read_proc(path):
+    with open(path) as f:
+        return " / ".join(" ".join(line.split()) for line in f)
 
 
 def _preload():

@@ -8,7 +8,7 @@ around the call.  Everything here takes ``bytes`` names (the FUSE wire gives raw
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, c_statx, makedev,
                                      statx, statx_timestamp)
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ENOMEM
+from libc.errno cimport errno, EINTR, ENOMEM, EPERM
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strlen
@@ -124,11 +124,27 @@ def set_fs_creds(unsigned int uid, unsigned int gid):
     The raw system calls affect only the calling thread (the glibc wrappers of setresuid and
     friends would broadcast to every thread of the process); file system permission checks
     and the owner of new files follow fsuid/fsgid.
+
+    setfsuid(2) and setfsgid(2) report no error: they return the previous id whether or not
+    they changed it, and refuse an id the daemon's user namespace does not map or one it lacks
+    CAP_SETUID/CAP_SETGID for.  A refusal would leave the daemon's own ids in force, so that a
+    file would be created with the wrong owner: the ids are read back (an id of -1 is never
+    valid, so the call only returns the current one) and a refusal restores the previous pair
+    and raises EPERM.
     """
-    cdef long old_gid, old_uid
+    cdef long old_gid, old_uid, now_gid, now_uid
     with nogil:
         old_gid = syscall(SYS_setfsgid, gid)
         old_uid = syscall(SYS_setfsuid, uid)
+        now_gid = syscall(SYS_setfsgid, <unsigned int>-1)
+        now_uid = syscall(SYS_setfsuid, <unsigned int>-1)
+    if <unsigned int>now_uid != uid or <unsigned int>now_gid != gid:
+        with nogil:
+            syscall(SYS_setfsgid, <unsigned int>old_gid)
+            syscall(SYS_setfsuid, <unsigned int>old_uid)
+        import os
+        raise OSError(EPERM, f"{os.strerror(EPERM)}: uid {uid} gid {gid} cannot be taken on "
+                             f"(not mapped in the daemon's user namespace, or no capability)")
     return old_uid, old_gid
 
 

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import resource
 import stat
@@ -33,6 +34,8 @@ import threading
 
 from . import _sys
 from .. import procfd
+
+log = logging.getLogger("fastvfs.fs")
 
 NAME_MAX = 255
 FUSE_ROOT_ID = 1
@@ -294,12 +297,29 @@ def caller_credentials(caller):
     """Run the body with this thread's fsuid/fsgid, supplementary groups and umask set to the
     caller's.  All three are per thread (raw system calls; CLONE_FS unshared once for the
     umask).  The host then applies the umask only where the parent directory has no default
-    ACL, exactly as a local creation."""
-    old_uid, old_gid = _sys.set_fs_creds(caller.uid, caller.gid)
+    ACL, exactly as a local creation.
+
+    An id the daemon cannot take on (outside its user namespace's map, see
+    :mod:`fastvfs.sandbox`) fails the request with EPERM rather than let the daemon's own ids
+    own the result; it is logged once per id pair.  Where setgroups(2) is denied (a user
+    namespace with the one-id map) the supplementary group is not added: permission checks
+    are then only stricter."""
+    try:
+        old_uid, old_gid = _sys.set_fs_creds(caller.uid, caller.gid)
+    except OSError as exc:
+        if (caller.uid, caller.gid) not in _refused_ids:
+            _refused_ids.add((caller.uid, caller.gid))
+            log.warning("%s: requests of that guest user fail with EPERM", exc.strerror)
+        raise
     old_mask = None
+    groups_set = False
     try:
         if caller.groups:
-            _sys.set_thread_groups(caller.groups)
+            try:
+                _sys.set_thread_groups(caller.groups)
+                groups_set = True
+            except PermissionError:
+                pass
         if caller.umask is not None:
             if not getattr(_thread_state, "own_fs", False):
                 _sys.unshare_fs()  # the umask is per process otherwise
@@ -309,9 +329,13 @@ def caller_credentials(caller):
     finally:
         if old_mask is not None:
             os.umask(old_mask)
-        if caller.groups:
+        if groups_set:
             _sys.set_thread_groups(())
         _sys.set_fs_creds(old_uid, old_gid)
+
+
+# (uid, gid) pairs set_fs_creds refused, each logged once.
+_refused_ids = set()
 
 
 class PassthroughFs:

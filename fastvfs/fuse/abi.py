@@ -217,10 +217,11 @@ def rec_align(n):
     return (n + 7) & ~7
 
 
-def pack_attr(st, ino=None, flags=0):
+def pack_attr(st, ino=None, flags=0, uid=None, gid=None):
     """Encode an ``os.stat_result`` as ``struct fuse_attr``.
 
-    ``ino`` overrides st_ino (the engine reports host inode numbers, as passthrough daemons do).
+    ``ino`` overrides st_ino (the engine reports host inode numbers, as passthrough daemons do);
+    ``uid``/``gid`` override the owner (ids translated for the guest).
     """
     return attr.pack(
         st.st_ino if ino is None else ino, st.st_size, st.st_blocks,
@@ -229,8 +230,13 @@ def pack_attr(st, ino=None, flags=0):
         int(st.st_ctime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
         st.st_atime_ns % 1_000_000_000, st.st_mtime_ns % 1_000_000_000,
         st.st_ctime_ns % 1_000_000_000,
-        st.st_mode, min(st.st_nlink, 0xFFFFFFFF), st.st_uid, st.st_gid,
-        st.st_rdev & 0xFFFFFFFF, st.st_blksize, flags)
+        st.st_mode, min(st.st_nlink, 0xFFFFFFFF), st.st_uid if uid is None else uid,
+        st.st_gid if gid is None else gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, flags)
+
+
+# Offsets in a fuse_direntplus (fuse_entry_out, then fuse_dirent): the attribute's owner and
+# the dirent's name length.
+DIRENTPLUS_UID, DIRENTPLUS_GID, DIRENTPLUS_NAMELEN = 40 + 68, 40 + 72, ENTRY_OUT_SIZE + 16
 
 
 def split_timeout(seconds):

@@ -99,8 +99,12 @@ class FuseEngine:
     def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
                  readdirplus=True, posix_locks=True, flock=True, posix_acl=False,
                  max_lock_waiters=128, dax=None, readonly=False, announce_submounts=False,
-                 killpriv_v2=True, thread_pool_size=0, trace=False):
+                 killpriv_v2=True, thread_pool_size=0, trace=False, idmap=None):
         self.fs = fs
+        # Guest <-> host id translation (fastvfs.fs.idmap.IdTranslation), None for identity.
+        # The hot path's LOOKUP and GETATTR do not translate: with one, the daemon leaves them
+        # to this engine (the queues are not given the node id table).
+        self.idmap = idmap or None
         self.trace = trace
         self.readonly = readonly
         self.announce_submounts = announce_submounts
@@ -266,7 +270,11 @@ class FuseEngine:
 
     def _caller(self, ctx, umask=None):
         """The creator of a new object, with the umask when the client left it to us."""
-        return Caller(ctx[0], ctx[1], ctx[3], None if umask is None else self._umask(umask))
+        uid, gid, groups = ctx[0], ctx[1], ctx[3]
+        if self.idmap is not None:
+            uid, gid = self.idmap.host_uid(uid), self.idmap.host_gid(gid)
+            groups = [self.idmap.host_gid(g) for g in groups]
+        return Caller(uid, gid, groups, None if umask is None else self._umask(umask))
 
     # -- encoding helpers ----------------------------------------------------------------------
 
@@ -278,11 +286,33 @@ class FuseEngine:
             # A mount point on the host: the guest gives it a device number of its own.
             flags = FUSE_ATTR_SUBMOUNT
         return (abi.entry_out_head.pack(nodeid, 0, sec, sec, nsec, nsec) +
-                abi.pack_attr(st, flags=flags))
+                abi.pack_attr(st, flags=flags, **self._owner(st)))
 
     def _attr(self, st):
         sec, nsec = self.cache.timeout
-        return abi.attr_out_head.pack(sec, nsec, 0) + abi.pack_attr(st)
+        return abi.attr_out_head.pack(sec, nsec, 0) + abi.pack_attr(st, **self._owner(st))
+
+    def _owner(self, st):
+        """The owner the guest is shown (``pack_attr`` keywords): translated, if configured."""
+        if self.idmap is None:
+            return {}
+        return {"uid": self.idmap.guest_uid(st.st_uid), "gid": self.idmap.guest_gid(st.st_gid)}
+
+    def _translate_direntplus(self, chunk):
+        """Owners in fuse_direntplus records the hot path packed with host ids, translated."""
+        if self.idmap is None or not chunk:
+            return chunk
+        out = bytearray(chunk)
+        pos = 0
+        while pos + abi.ENTRY_OUT_SIZE + 24 <= len(out):
+            (nodeid,) = struct.unpack_from("<Q", out, pos)
+            if nodeid:   # "." and ".." carry an empty entry
+                uid, gid = struct.unpack_from("<II", out, pos + abi.DIRENTPLUS_UID)
+                struct.pack_into("<II", out, pos + abi.DIRENTPLUS_UID,
+                                 self.idmap.guest_uid(uid), self.idmap.guest_gid(gid))
+            (namelen,) = struct.unpack_from("<I", out, pos + abi.DIRENTPLUS_NAMELEN)
+            pos += abi.ENTRY_OUT_SIZE + abi.rec_align(24 + namelen)
+        return bytes(out)
 
     @staticmethod
     def _name(body, offset=0):
@@ -384,9 +414,9 @@ class FuseEngine:
         if valid & abi.FATTR_MODE:
             kw["mode"] = mode & 0o7777
         if valid & abi.FATTR_UID:
-            kw["uid"] = uid
+            kw["uid"] = uid if self.idmap is None else self.idmap.host_uid(uid)
         if valid & abi.FATTR_GID:
-            kw["gid"] = gid
+            kw["gid"] = gid if self.idmap is None else self.idmap.host_gid(gid)
         if valid & abi.FATTR_SIZE:
             if size > 0x7FFFFFFFFFFFFFFF:
                 raise OSError(errno.EINVAL, "size out of range")
@@ -684,7 +714,7 @@ class FuseEngine:
             # lookup for) are answered in C, up to the first that needs a lookup.
             chunk, i, need = self.fs.known_entries(nodeid, listing, i, size - len(out), sec,
                                                    nsec)
-            out += chunk
+            out += self._translate_direntplus(chunk)
             if not need:
                 break
             if len(out) + abi.ENTRY_OUT_SIZE + starts[i + 1] - starts[i] > size:
