@@ -32,6 +32,29 @@ def limit_files():
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
 
+def fuzz(target):
+    """Run libFuzzer on ``target`` with the command line's flags and corpora.  Every file the
+    harness writes is capped (RLIMIT_FSIZE): the write past the cap fails with EFBIG, and
+    libFuzzer is told not to treat SIGXFSZ as a crash."""
+    import atheris
+    limit_files()
+    atheris.Setup(sys.argv + ["-handle_xfsz=0"], target)
+    atheris.Fuzz()
+
+
+def drop_fs(fs):
+    """Close the share root's descriptor of a PassthroughFs the harness is done with: its node
+    id table holds the root without owning it (the daemon keeps one file system for its whole
+    life), so a harness making one per input closes it itself."""
+    fd, path = fs.inodes.root.fd, fs.root_path
+    fs.inodes.table.clear()
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}") == path:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 def load_ring():
     """Import ``fastvfs._ring`` (the instrumented build with ``FASTVFS_FUZZ_NATIVE``); call it
     from inside the fuzz target, before anything else imports fastvfs's extensions."""

@@ -5,7 +5,8 @@ Each input is a short sequence of requests (see fuzz/fuse_tree.py) sent to a fre
 node ids and file handles a seed learned (LOOKUP, OPEN) mean the same in every run.  Contract
 checked for every request: ``handle`` returns None, ``(errno <= 0, bytes-like)`` or a callable,
 never raises; nothing outside the shared directory changes (a file next to it is the target of
-two symbolic links inside it).
+two symbolic links inside it); once the engine is reset, every descriptor the session opened is
+closed.
 
     python fuzz/fuzz_fuse_engine.py -max_total_time=60 fuzz/corpus/fuse_engine
 """
@@ -18,7 +19,7 @@ import tempfile
 
 import atheris
 
-import _common  # noqa: F401  (sys.path, file size limit)
+import _common
 import fuse_tree
 
 with atheris.instrument_imports(include=["fastvfs"]):
@@ -73,7 +74,6 @@ class Env:
 
 
 ENV = Env()
-_common.limit_files()
 
 
 def check_result(result, out_size):
@@ -89,6 +89,7 @@ def check_result(result, out_size):
 
 
 def test_one_input(data):
+    fds_before = len(os.listdir("/proc/self/fd"))
     fs = PassthroughFs(ENV.root, _ring.HandleTable(256), inodes=_ring.HandleTable(256))
     engine = FuseEngine(fs, "never", xattr=True)
     try:
@@ -97,12 +98,13 @@ def test_one_input(data):
             check_result(engine.handle(request, out_size), out_size)
     finally:
         engine.reset()
+        _common.drop_fs(fs)
     ENV.check()
+    assert len(os.listdir("/proc/self/fd")) == fds_before, "the session's descriptors outlived it"
 
 
 def main():
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    _common.fuzz(test_one_input)
 
 
 if __name__ == "__main__":

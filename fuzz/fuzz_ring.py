@@ -72,7 +72,7 @@ def run_once(data):
     env.handler_mode = (config >> L.HANDLER_SHIFT) & 3
     handles = ring.HandleTable(64)
     inodes = ring.HandleTable(64)
-    env.PassthroughFs(env.root, handles, inodes=inodes)
+    fs = env.PassthroughFs(env.root, handles, inodes=inodes)
     handles.add(os.open(env.data_path, os.O_RDWR))
     u = env.mem.userspace_addr
     dq = env.dq
@@ -109,6 +109,7 @@ def run_once(data):
         assert (used_after - used_before) & 0xFFFF == vq.last_avail_idx, \
             f"{vq.last_avail_idx} chains popped, {(used_after - used_before) & 0xFFFF} returned"
     vq.retire(None)
+    _common.drop_fs(fs)
 
 
 def test_one_input(data):
@@ -122,9 +123,7 @@ def test_one_input(data):
 
 
 def main():
-    _common.limit_files()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    _common.fuzz(test_one_input)
 
 
 if __name__ == "__main__":

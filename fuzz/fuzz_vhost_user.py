@@ -20,7 +20,7 @@ import threading
 
 import atheris
 
-import _common  # noqa: F401  (sys.path)
+import _common
 import vhost_framing
 
 with atheris.instrument_imports(include=["fastvfs"]):
@@ -81,8 +81,7 @@ def test_one_input(data):
 
 
 def main():
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    _common.fuzz(test_one_input)
 
 
 if __name__ == "__main__":
