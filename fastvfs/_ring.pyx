@@ -525,10 +525,10 @@ cdef class HandleTable:
         self.buckets = <uint32_t *>calloc(self.nbuckets, sizeof(uint32_t))
         if self.slots == NULL or self.buckets == NULL:
             raise MemoryError()
-        cdef uint32_t i
-        for i in range(capacity):
-            self.slots[i].fd = -1
-            self.slots[i].state = <uint64_t>1 << 32
+        # The slots stay as calloc left them, untouched until first taken, so a table sized for
+        # a million node ids costs memory only for the entries in use: a zeroed slot is free
+        # (not in use, state 0: not LIVE), its fd is never read, and it is given generation 1
+        # when first taken (generation 0 is the root's, see add_root).
         self.capacity = capacity
         self.free_hint = 0
         self.count = 0
@@ -558,6 +558,8 @@ cdef class HandleTable:
                 self.slots[idx].nlookup = 0
                 self.slots[idx].fd = fd
                 gen = fastvfs_state_load(&self.slots[idx].state) >> 32
+                if gen == 0:
+                    gen = 1       # a slot never taken before (the root is placed by add_root)
                 fastvfs_state_store(&self.slots[idx].state, (gen << 32) | FASTVFS_LIVE)
                 self.free_hint = idx + 1
                 self.count += 1
