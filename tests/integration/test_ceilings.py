@@ -428,9 +428,14 @@ def test_lock_waiters_and_pending_replies(daemon):
         for ticket in list(state["waiting"]):
             reply = client.wait(ticket, PROBE_TIMEOUT)
             guest.count(f"SETLKW after {errno_name(reply.error) if reply.error else 'ok'}")
+        # The owners' lock descriptions go with the handle they were taken through.
         client.release(nodeid, fh)
+        held = sample(serving_pid(guest.launcher.process)).fds
+        state["fds_after_release"] = held
+        assert held <= idle_fds + 1, f"{held} descriptors held after RELEASE, {idle_fds} idle"
 
     state["host"] = host
+    idle_fds = sample(serving_pid(guest.launcher.process)).fds
     try:
         figures = hold(guest, step, "lock waiters", "128 waiters, then ENOLCK", after=after)
     finally:
