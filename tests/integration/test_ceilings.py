@@ -111,7 +111,7 @@ class Monitor:
             setattr(self.peak, name, max(getattr(self.peak, name), getattr(last, name)))
 
 
-# -- the daemon, the guest and the probe ------------------------------------------------------------
+# -- the daemon, the guest and the probe ---------------------------------------------------------
 
 @dataclass
 class Guest:
