@@ -240,6 +240,13 @@ class LockFile:
         self.read_ranges = merged
 
 
+def guest_fd_budget(nofile):
+    """Descriptors the guest may make the daemon hold under RLIMIT_NOFILE ``nofile``: all but
+    a reserve of an eighth, at least 32 and at most 256, for the daemon's own (memory regions,
+    eventfds, sockets, io_uring, the descriptors a request opens for a moment)."""
+    return nofile - max(32, min(256, nofile // 8))
+
+
 class DirHandle:
     __slots__ = ("fd", "entries", "size")
 
@@ -353,8 +360,7 @@ class PassthroughFs:
         # holders): the rest of RLIMIT_NOFILE stays for the daemon itself (memory regions,
         # eventfds, sockets), so a guest opening everything cannot starve the control plane.
         if fd_budget is None:
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            fd_budget = soft - max(32, min(256, soft // 8))
+            fd_budget = guest_fd_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.fd_budget = fd_budget
         self.xattrmap = xattrmap
         # The host name of the guest's security.capability when the map moves it elsewhere:
