@@ -155,7 +155,7 @@ def test_help_lists_the_subcommands():
 def test_idle_footprint(daemon):
     """A daemon serving an initialised session holds little memory of its own: tables sized
     for a million node ids are allocated but not touched until used (PSS of the serving process
-    from /proc/PID/smaps_rollup; it was 85 MiB when the node-id table was initialised at start)."""
+    from /proc/PID/smaps_rollup)."""
     d = daemon()
     d.connect()
     pss = {}
