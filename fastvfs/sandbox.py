@@ -319,10 +319,11 @@ def _preload():
     """Load now what the C library and the interpreter would otherwise load from disk later,
     when the host's tree is out of reach: libgcc_s (glibc unwinds exiting threads with it)
     and modules imported lazily on rare paths."""
-    import ctypes.util
-    name = ctypes.util.find_library("gcc_s")
-    if name:
-        ctypes.CDLL(name)
+    # By its soname, as glibc's own dlopen of it asks for it (no ldconfig run, no search).
+    try:
+        ctypes.CDLL("libgcc_s.so.1")
+    except OSError:
+        pass
     import encodings.idna  # noqa: F401  (socket error paths)
     import logging.handlers  # noqa: F401
     import traceback  # noqa: F401  (logging.exception)

@@ -12,7 +12,6 @@ away; building and loading a filter reads nothing from disk.
 
 import ctypes
 import os
-import tempfile
 
 # <seccomp.h>: filter actions (the kernel's SECCOMP_RET_* values).
 SCMP_ACT_KILL_PROCESS = 0x80000000
@@ -177,10 +176,12 @@ class Filter:
 
     def export_bpf(self):
         """The classic BPF program, as the kernel would be given it."""
-        with tempfile.TemporaryFile() as f:
-            _check(self._lib.seccomp_export_bpf(self._ctx, f.fileno()), "seccomp_export_bpf")
-            f.seek(0)
-            return f.read()
+        fd = os.memfd_create("fastvfs-seccomp-bpf", os.MFD_CLOEXEC)
+        try:
+            _check(self._lib.seccomp_export_bpf(self._ctx, fd), "seccomp_export_bpf")
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
 
     def load(self):
         """Install the filter (no_new_privs is set first, as seccomp(2) requires)."""

@@ -20,7 +20,6 @@ table from a running daemon.
 """
 
 import argparse
-import http.server
 import json
 import logging
 import os
@@ -118,6 +117,8 @@ class StatsServer:
         self._stop = threading.Event()
         self._listeners = []
         self._threads = []
+        if metrics_path or metrics_address:
+            self._handler_class = _metrics_handler()
         for path, handler in ((control_path, self._control), (metrics_path, self._metrics)):
             if path:
                 self._listeners.append((_bind(path), path, handler))
@@ -195,7 +196,7 @@ class StatsServer:
 
     def _metrics(self, conn):
         # One request per connection (HTTP/1.0 semantics), parsed by http.server.
-        _MetricsHandler(conn, ("", 0), self)
+        self._handler_class(conn, ("", 0), self)
 
     def _log_loop(self):
         last = self.stats.snapshot()
@@ -215,32 +216,47 @@ class StatsServer:
             last = now
 
 
-class _MetricsHandler(http.server.BaseHTTPRequestHandler):
-    """``GET /metrics`` (a query string is ignored): the Prometheus text format; other paths 404;
-    methods other than GET and HEAD 501 (the base class's answer)."""
+def _metrics_handler():
+    """The request handler class of the metrics endpoint.  ``http.server`` (with the email and
+    ssl modules it pulls in) is imported only by a daemon that serves metrics, when it sets up
+    its sockets, which is before the sandbox."""
+    global _MetricsHandler
+    if _MetricsHandler is not None:
+        return _MetricsHandler
+    import http.server
 
-    server_version = "fastvfs"
+    class MetricsHandler(http.server.BaseHTTPRequestHandler):
+        """``GET /metrics`` (a query string is ignored): the Prometheus text format; other
+        paths 404; methods other than GET and HEAD 501 (the base class's answer)."""
 
-    def do_GET(self):
-        self._answer(send_body=True)
+        server_version = "fastvfs"
 
-    def do_HEAD(self):
-        self._answer(send_body=False)
+        def do_GET(self):
+            self._answer(send_body=True)
 
-    def _answer(self, send_body):
-        if self.path.partition("?")[0] != "/metrics":
-            self.send_error(404, "only /metrics is served")
-            return
-        body = prometheus(self.server.stats.snapshot()).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
+        def do_HEAD(self):
+            self._answer(send_body=False)
 
-    def log_message(self, format, *args):
-        pass
+        def _answer(self, send_body):
+            if self.path.partition("?")[0] != "/metrics":
+                self.send_error(404, "only /metrics is served")
+                return
+            body = prometheus(self.server.stats.snapshot()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            pass
+
+    _MetricsHandler = MetricsHandler
+    return MetricsHandler
+
+
+_MetricsHandler = None
 
 
 def _bind_tcp(address):
