@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fastvfs_testing import guest
+from tests.deployed import FASTVFS
 from tests.guest import workload
 
 pytestmark = pytest.mark.guest
@@ -543,7 +544,6 @@ def test_data_integrity(guest_images, start_backend, tmp_path, cache, extra):
 ACL_SCRIPT = r'''set -e
 "$FASTVFS_PYTHON" - <<'PY'
 import os, stat, struct
-from tests.deployed import FASTVFS
 m = os.environ["FASTVFS_MNT"]
 acl = lambda *e: struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *x) for x in e)
 NO_ID = 0xFFFFFFFF
