@@ -155,7 +155,8 @@ def drop_supplementary_groups():
         os.setgroups([])
 
 
-# Node ids the guest may hold at once; each is an O_PATH descriptor (RLIMIT_NOFILE allowing).
+# Node ids the guest may hold at once; each is an O_PATH descriptor (RLIMIT_NOFILE allowing)
+# or, with --inode-file-handles, a file handle.
 MAX_INODES = 1 << 20
 
 
@@ -169,11 +170,18 @@ def prepare_process(options):
         log.debug("RLIMIT_MEMLOCK %d", raise_memlock_limit())
 
 
+def file_handles_mode(options):
+    """``--inode-file-handles`` as the file system takes it: ``fallback`` is ``prefer``."""
+    mode = getattr(options, "inode_file_handles", "never")
+    return "prefer" if mode == "fallback" else mode
+
+
 def build_engine(options, handles, inodes=None, dax=None, root=None):
     """The file system + FUSE engine over ``root`` (default: the shared directory)."""
     fs = PassthroughFs(root or options.shared_dir, handles, inodes=inodes,
                        writeback=options.writeback, allow_direct_io=options.allow_direct_io,
-                       xattrmap=options.xattrmap)
+                       xattrmap=options.xattrmap,
+                       file_handles=file_handles_mode(options))
     return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                       readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
                       flock=options.flock, posix_acl=options.posix_acl, dax=dax,
@@ -213,9 +221,6 @@ def run(options):
     # Termination signals wait until each process knows what to do with them: the supervisor
     # forwards them, the server shuts down (pid 1 of a namespace would ignore them otherwise).
     signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
-    if getattr(options, "inode_file_handles", "never") != "never":
-        log.warning("--inode-file-handles=%s: file handles are not implemented; inodes are "
-                    "held as O_PATH descriptors", options.inode_file_handles)
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
     pid_file = PidFile(socket_path + ".pid") if socket_path else None
     if options.fd is not None:
@@ -317,5 +322,8 @@ def _serve_setup(options, stats):
         # Registered buffers count as locked memory unless the ring's creator holds
         # CAP_IPC_LOCK; the rings are created after the sandbox, so it is kept.
         capabilities = tuple(capabilities) + ("ipc_lock",)
+    if file_handles_mode(options) != "never":
+        # open_by_handle_at(2) reopens inodes held by file handle.
+        capabilities = tuple(capabilities) + ("dac_read_search",)
     sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities), options.seccomp)
     return device
