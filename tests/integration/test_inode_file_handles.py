@@ -38,6 +38,21 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def effective_caps(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no CapEff")
+
+
+@pytest.mark.parametrize("mode, kept", [("never", False), ("prefer", True),
+                                        ("mandatory", True)])
+def test_dac_read_search_is_kept_only_with_handles(custom, mode, kept):
+    custom(f"--inode-file-handles={mode}")
+    caps = effective_caps(serving_pid(custom.launcher.process))
+    assert bool(caps & (1 << 2)) == kept  # CAP_DAC_READ_SEARCH
+
+
 def test_prefer_keeps_the_descriptor_count_flat(custom, tmp_path):
     share = tmp_path / "many"
     share.mkdir()
