@@ -184,6 +184,16 @@ def _finish_fs_options(p, options):
         p.error(f"shared directory {options.shared_dir!r} is not a directory")
     if options.posix_acl:
         options.xattr = True
+    if getattr(options, "inode_file_handles", "never") == "mandatory":
+        from .fs import _sys
+        fd = os.open(options.shared_dir, os.O_PATH | os.O_CLOEXEC)
+        try:
+            _sys.name_to_handle(fd)
+        except OSError as exc:
+            p.error(f"--inode-file-handles=mandatory: {options.shared_dir!r} is on a file "
+                    f"system without file handles ({exc.strerror})")
+        finally:
+            os.close(fd)
     if options.xattrmap is not None:
         from .fs.xattrmap import XattrMap
         try:

@@ -155,9 +155,11 @@ def drop_supplementary_groups():
         os.setgroups([])
 
 
-# Node ids the guest may hold at once; each is an O_PATH descriptor (RLIMIT_NOFILE allowing)
-# or, with --inode-file-handles, a file handle.
+# Node ids the guest may hold at once: each is an O_PATH descriptor (RLIMIT_NOFILE allowing),
+# or with --inode-file-handles a file handle, which no descriptor limit bounds.  A node id
+# table slot costs 80 bytes whether used or not.
 MAX_INODES = 1 << 20
+MAX_INODES_BY_HANDLE = 1 << 21
 
 
 def prepare_process(options):
@@ -295,7 +297,8 @@ def _serve_setup(options, stats):
     """Inside the sandbox: the engine over the sandbox's view of the share, the device, and the
     last restrictions (capabilities, seccomp) before any guest request is read."""
     handles = _ring.HandleTable()
-    inodes = _ring.HandleTable(MAX_INODES)
+    inodes = _ring.HandleTable(MAX_INODES if file_handles_mode(options) == "never"
+                               else MAX_INODES_BY_HANDLE)
     backend = window = None
     window_size = getattr(options, "dax_window_size", 0)
     if window_size:

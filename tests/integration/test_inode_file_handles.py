@@ -18,6 +18,7 @@ from fastvfs.fs.passthrough import HANDLE_FDS_MAX
 
 from .test_attacks import custom, expect_errno  # noqa: F401  (fixture)
 from .test_attacks_listings import serving_pid
+from tests.deployed import FASTVFS
 
 ROOT = abi.FUSE_ROOT_ID
 FILES = int(os.environ.get("FASTVFS_HANDLE_FILES", "200000"))
@@ -171,3 +172,11 @@ def test_never_holds_descriptors(custom, tmp_path):
     for i in range(1500):
         client.lookup(ROOT, f"f{i}")
     assert fd_count(pid) - before >= 1500
+
+
+def test_mandatory_does_not_start_on_a_share_without_handles(proc_mount, tmp_path):
+    out = subprocess.run([*FASTVFS, "--socket-path", str(tmp_path / "s"), "--shared-dir",
+                          str(proc_mount / "proc"), "--inode-file-handles=mandatory"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert "without file handles" in out.stderr and "Traceback" not in out.stderr
