@@ -13,6 +13,7 @@ takes its handle)."""
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main(argv=None):
     for mode in MODES:
         sock, proc, frontend, _ = sessions[mode]
         stop_daemon(proc, frontend, sock)
+    shutil.rmtree(work, ignore_errors=True)
     config = {"files": args.files, "rounds": args.rounds, "per_round": per,
               "handle_fds_max": HANDLE_FDS_MAX, "share_fs": "tmp dir of " + str(work),
               "python": sys.version.split()[0]}
