@@ -438,11 +438,15 @@ cdef class MemoryTable:
 
 cdef extern from *:
     """
-    /* A handle slot's state word: generation << 32 | LIVE | references (31 bits).  Taking a
-       reference is one compare-and-swap that also checks the generation and liveness, and
-       dropping one is one atomic subtract: the fast path takes no lock. */
+    /* A handle slot's state word: generation << 32 | LIVE | BUSY | references (30 bits).
+       Taking a reference is one compare-and-swap that also checks the generation and
+       liveness, and dropping one is one atomic subtract: the fast path takes no lock.  BUSY
+       is set, with no reference held, only while the table (mutex held) takes a cached
+       descriptor away from a node held by file handle: references wait for it to clear, so
+       nobody can read the descriptor being closed. */
     #define FASTVFS_LIVE (1ULL << 31)
-    #define FASTVFS_REFS 0x7fffffffULL
+    #define FASTVFS_BUSY (1ULL << 30)
+    #define FASTVFS_REFS 0x3fffffffULL
     static inline uint64_t fastvfs_state_load(uint64_t *p) {
         return __atomic_load_n(p, __ATOMIC_ACQUIRE);
     }
@@ -455,13 +459,18 @@ cdef extern from *:
     static inline uint64_t fastvfs_state_dec(uint64_t *p) {
         return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL);
     }
+    static inline void fastvfs_flag_set(uint8_t *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
+    static inline uint8_t fastvfs_flag_take(uint8_t *p) { return __atomic_exchange_n(p, 0, __ATOMIC_RELAXED); }
     static inline uint64_t fastvfs_key_hash(uint64_t dev, uint64_t ino, uint64_t mnt) {
         uint64_t h = ino * 0x9E3779B97F4A7C15ULL ^ dev * 0xC2B2AE3D27D4EB4FULL ^ mnt;
         return h ^ (h >> 29);
     }
     """
     uint64_t FASTVFS_LIVE
+    uint64_t FASTVFS_BUSY
     uint64_t FASTVFS_REFS
+    void fastvfs_flag_set(uint8_t *p) nogil
+    uint8_t fastvfs_flag_take(uint8_t *p) nogil
     uint64_t fastvfs_state_load(uint64_t *p) nogil
     void fastvfs_state_store(uint64_t *p, uint64_t v) nogil
     bint fastvfs_state_cas(uint64_t *p, uint64_t *expected, uint64_t v) nogil
@@ -470,8 +479,9 @@ cdef extern from *:
 
 
 cdef struct HandleSlot:
-    uint64_t state        # atomic: generation << 32 | LIVE | refs
-    int fd
+    uint64_t state        # atomic: generation << 32 | LIVE | BUSY | refs
+    int fd                # -1 for a node held by file handle whose descriptor is not cached
+    uint8_t recent        # atomic: a node held by file handle was used since the clock passed
     bint in_use           # the rest is guarded by the table mutex
     bint keyed
     bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
@@ -481,6 +491,8 @@ cdef struct HandleSlot:
     uint64_t mnt
     uint64_t nlookup
     uint32_t hnext        # next slot + 1 in the key's hash chain, 0 at the end
+    bint by_handle        # a node held by file handle: ``fd`` is a cache entry (``fds_max``)
+    bint queued           # the slot is in the cache's clock queue (kept across reuse)
 
 
 @cython.final
@@ -496,7 +508,17 @@ cdef class HandleTable:
     hash index and the guest's lookup count, so the hot path can answer a LOOKUP of a known
     inode (``lookup_key``) and the file system counts its lookups here (``adopt``, ``forget``).
 
-    Lock order: the table mutex is a leaf lock; nothing is called while holding it.
+    A node the file system holds by file handle (``adopt`` with ``by_handle``) may have no
+    descriptor: its fd is a cache entry, at most ``fds_max`` of them open (beyond, the least
+    recently used unreferenced ones are closed: a clock with second chance).  ``acquire`` of
+    such a node without a descriptor answers -2 and the fast path hands the request to the
+    engine, which opens the handle and ``install``s the descriptor.  A key match
+    (``lookup_key``) is trusted only while the node holds a descriptor: the open descriptor
+    pins the inode, so its inode number cannot have been reused for another file; without one
+    the engine compares file handles first.
+
+    Lock order: the table mutex is a leaf lock; nothing is called while holding it but
+    close(2) of an evicted cache descriptor.
     """
     cdef HandleSlot *slots
     cdef uint32_t *buckets
@@ -516,6 +538,14 @@ cdef class HandleTable:
     # Node ids the hot path dropped (FORGET), for the file system to prune its own records.
     cdef uint64_t dropped[DROPPED_MAX]
     cdef uint32_t ndropped
+    # Nodes held by file handle, those of them with a cached descriptor, and the bound on the
+    # latter; the clock queue of cached slots (a ring of slot indexes, each at most once).
+    cdef readonly uint32_t handle_nodes
+    cdef readonly uint32_t handle_fds
+    cdef readonly uint32_t fds_max
+    cdef uint32_t *clock
+    cdef uint32_t clock_head
+    cdef uint32_t clock_len
 
     def __cinit__(self, uint32_t capacity=65536):
         self.slots = <HandleSlot *>calloc(capacity, sizeof(HandleSlot))
@@ -540,6 +570,7 @@ cdef class HandleTable:
             free(self.slots)
             self.slots = NULL
         free(self.buckets)
+        free(self.clock)
         pthread_mutex_destroy(&self.lock)
 
     # -- slots (mutex held) --------------------------------------------------------------------
@@ -572,6 +603,11 @@ cdef class HandleTable:
         cdef uint64_t gen = (fastvfs_state_load(&self.slots[idx].state) >> 32) + 1
         if gen > 0xffffffffULL:
             gen = 1
+        if self.slots[idx].by_handle:
+            self.handle_nodes -= 1
+            if fd >= 0:
+                self.handle_fds -= 1
+            self.slots[idx].by_handle = False
         self.slots[idx].fd = -1
         self.slots[idx].in_use = False
         fastvfs_state_store(&self.slots[idx].state, gen << 32)
@@ -596,6 +632,10 @@ cdef class HandleTable:
         while True:
             if (w >> 32) != (fh >> 32) or not (w & FASTVFS_LIVE):
                 return -1
+            if w & FASTVFS_BUSY:
+                fastvfs_cpu_relax()
+                w = fastvfs_state_load(&self.slots[idx].state)
+                continue
             if fastvfs_state_cas(&self.slots[idx].state, &w, w & ~FASTVFS_LIVE):
                 return 1 if (w & FASTVFS_REFS) == 0 else 0
 
@@ -635,19 +675,38 @@ cdef class HandleTable:
 
     # -- the fast path -------------------------------------------------------------------------
 
-    cdef int acquire(self, uint64_t fh) noexcept nogil:
-        """The fd behind ``fh`` with a reference held, or -1 if ``fh`` is not a live handle."""
+    cdef bint _ref(self, uint64_t fh) noexcept nogil:
+        """Take a reference on live ``fh``; False if it is not live."""
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
         cdef uint64_t w
         if idx >= self.capacity:
-            return -1
+            return False
         w = fastvfs_state_load(&self.slots[idx].state)
         while True:
             if (w >> 32) != (fh >> 32) or not (w & FASTVFS_LIVE) or \
                     (w & FASTVFS_REFS) == FASTVFS_REFS:
-                return -1
+                return False
+            if w & FASTVFS_BUSY:
+                fastvfs_cpu_relax()
+                w = fastvfs_state_load(&self.slots[idx].state)
+                continue
             if fastvfs_state_cas(&self.slots[idx].state, &w, w + 1):
-                return self.slots[idx].fd
+                return True
+
+    cdef int acquire(self, uint64_t fh) noexcept nogil:
+        """The fd behind ``fh`` with a reference held, or -1 if ``fh`` is not a live handle;
+        -2 (no reference held) for a node held by file handle without a cached descriptor."""
+        cdef uint64_t idx = (fh & 0xffffffffUL) - 1
+        cdef int fd
+        if not self._ref(fh):
+            return -1
+        fd = self.slots[idx].fd
+        if fd < 0:
+            self.release(fh)
+            return -2
+        if self.slots[idx].by_handle:
+            fastvfs_flag_set(&self.slots[idx].recent)
+        return fd
 
     cdef void release(self, uint64_t fh) noexcept nogil:
         cdef uint64_t idx = (fh & 0xffffffffUL) - 1
@@ -661,11 +720,59 @@ cdef class HandleTable:
         cdef int64_t nodeid = 0
         pthread_mutex_lock(&self.lock)
         idx = self._find_key(dev, ino, mnt)
-        if idx >= 0:
+        if idx >= 0 and self.slots[idx].fd >= 0:
             self.slots[idx].nlookup += 1
             nodeid = self._id_of(idx)
         pthread_mutex_unlock(&self.lock)
         return nodeid
+
+    # -- the descriptor cache of nodes held by file handle (mutex held) -----------------------
+
+    cdef void _clock_push(self, uint32_t idx) noexcept nogil:
+        self.clock[(self.clock_head + self.clock_len) % self.capacity] = idx
+        self.clock_len += 1
+
+    cdef void _cache_locked(self, uint32_t idx) noexcept nogil:
+        """Slot ``idx`` (held by file handle) has just been given a descriptor."""
+        self.handle_fds += 1
+        fastvfs_flag_set(&self.slots[idx].recent)
+        if not self.slots[idx].queued:
+            self.slots[idx].queued = True
+            self._clock_push(idx)
+        self._evict_locked()
+
+    cdef void _evict_locked(self) noexcept nogil:
+        """Close cached descriptors while more than ``fds_max`` are open: the clock passes
+        over the queue, giving a recently used or referenced slot a second chance.  Only a
+        slot with no reference is taken (BUSY set across the change, so no reference can be
+        taken meanwhile): a descriptor is never closed under a request.  With every cached
+        slot in use the bound is exceeded until their requests end."""
+        cdef uint32_t tries = 2 * self.clock_len
+        cdef uint32_t idx
+        cdef uint64_t w
+        cdef int fd
+        cdef HandleSlot *sl
+        while self.handle_fds > self.fds_max and self.clock_len and tries:
+            tries -= 1
+            idx = self.clock[self.clock_head]
+            self.clock_head = (self.clock_head + 1) % self.capacity
+            self.clock_len -= 1
+            sl = &self.slots[idx]
+            if not sl.in_use or not sl.by_handle or sl.fd < 0:
+                sl.queued = False
+                continue
+            w = fastvfs_state_load(&sl.state)
+            if fastvfs_flag_take(&sl.recent) or (w & FASTVFS_REFS) or \
+                    not (w & FASTVFS_LIVE) or \
+                    not fastvfs_state_cas(&sl.state, &w, w | FASTVFS_BUSY):
+                self._clock_push(idx)
+                continue
+            fd = sl.fd
+            sl.fd = -1
+            fastvfs_state_store(&sl.state, w)
+            sl.queued = False
+            self.handle_fds -= 1
+            c_close(fd)
 
     cdef inline bint direct(self, uint64_t fh) noexcept nogil:
         """Whether the acquired handle ``fh`` was opened O_DIRECT."""
@@ -874,29 +981,99 @@ cdef class HandleTable:
 
     # -- node ids: lookup counts ---------------------------------------------------------------
 
-    def adopt(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt):
-        """Count one lookup of the inode with this key: ``(node id, True)`` for a new entry
-        owning ``fd``, ``(node id, False)`` when the inode was known (the caller closes
-        ``fd``).  Raises OSError(EMFILE) when full."""
+    def adopt(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle=False):
+        """Count one lookup of the inode with this key: ``(node id, created, taken)``,
+        ``created`` for a new entry, ``taken`` when the table now owns ``fd`` (else the
+        caller closes it): a new entry takes it, and so does a known node held by file handle
+        without a cached descriptor.  ``by_handle``: a new entry is held by file handle (its
+        descriptor is a cache entry; the caller compared the handle of a known node with
+        this key first, ``find_key``).  Raises OSError(EMFILE) when full."""
         cdef int64_t idx, nodeid
-        cdef bint created = False
+        cdef bint created = False, taken = False
+        if by_handle and self.clock == NULL:
+            raise ValueError("set_fds_max first")
         with nogil:
             pthread_mutex_lock(&self.lock)
             idx = self._find_key(dev, ino, mnt)
             if idx >= 0:
                 self.slots[idx].nlookup += 1
                 nodeid = self._id_of(idx)
+                if self.slots[idx].fd < 0:
+                    self.slots[idx].fd = fd
+                    taken = True
+                    self._cache_locked(idx)
             else:
                 nodeid = self._take_slot(fd)
                 if nodeid > 0:
-                    created = True
+                    created = taken = True
                     idx = (nodeid & <int64_t>0xffffffffLL) - 1
                     self.slots[idx].nlookup = 1
                     self._link_key(idx, dev, ino, mnt)
+                    if by_handle:
+                        self.slots[idx].by_handle = True
+                        self.handle_nodes += 1
+                        self._cache_locked(idx)
             pthread_mutex_unlock(&self.lock)
         if nodeid < 0:
             raise OSError(24, "node id table full")
-        return nodeid, created
+        return nodeid, created, taken
+
+    def set_fds_max(self, uint32_t fds_max):
+        """Allow nodes held by file handle, with at most ``fds_max`` cached descriptors."""
+        if self.clock == NULL:
+            self.clock = <uint32_t *>calloc(self.capacity, sizeof(uint32_t))
+            if self.clock == NULL:
+                raise MemoryError()
+        self.fds_max = fds_max
+
+    def find_key(self, uint64_t dev, uint64_t ino, uint64_t mnt):
+        """The live node id with this key, or 0 (no lookup counted)."""
+        cdef int64_t idx, nodeid = 0
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            idx = self._find_key(dev, ino, mnt)
+            if idx >= 0:
+                nodeid = self._id_of(idx)
+            pthread_mutex_unlock(&self.lock)
+        return nodeid
+
+    def unkey(self, uint64_t nodeid):
+        """Take live ``nodeid`` out of the key index: its inode is gone (a file handle of
+        another inode now comes with its key), so no lookup may find it any more."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        cdef uint64_t w
+        if idx >= self.capacity:
+            return
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            w = fastvfs_state_load(&self.slots[idx].state)
+            if w >> 32 == nodeid >> 32 and w & FASTVFS_LIVE and self.slots[idx].keyed:
+                self._unlink_key(idx)
+            pthread_mutex_unlock(&self.lock)
+
+    def hold_node(self, uint64_t nodeid):
+        """Take a reference on live ``nodeid`` (until :meth:`unhold`): its descriptor, or -1
+        for a node held by file handle without one (then :meth:`install` one).  Raises
+        OSError(EBADF)."""
+        if not self._ref(nodeid):
+            raise OSError(EBADF, "bad node id")
+        return self.slots[(nodeid & 0xffffffffUL) - 1].fd
+
+    def install(self, uint64_t nodeid, int fd):
+        """Give ``fd`` to ``nodeid`` (held by file handle, referenced by the caller) as its
+        cached descriptor; returns the descriptor it now has: ``fd``, or the one another
+        request installed first (the caller then closes ``fd``)."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        cdef int have
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            have = self.slots[idx].fd
+            if have < 0:
+                self.slots[idx].fd = have = fd
+                fastvfs_flag_set(&self.slots[idx].recent)
+                self._cache_locked(<uint32_t>idx)
+            pthread_mutex_unlock(&self.lock)
+        return have
 
     def relookup(self, uint64_t nodeid):
         """Count one more lookup of a live node id; raises OSError(ENOENT)."""
@@ -1804,8 +1981,7 @@ cdef class Virtqueue:
                 self._do_write(unique, hlen)
                 return 1
             if opcode == FUSE_GETATTR and self.inodes is not None:
-                self._do_getattr(unique)
-                return 1
+                return self._do_getattr(unique)
             if opcode == FUSE_LOOKUP and self.inodes is not None:
                 return self._do_lookup(unique, hlen)
             if opcode == FUSE_FSYNC and self.uring != NULL and hlen >= IN_HEADER_SIZE + 16:
@@ -1832,9 +2008,10 @@ cdef class Virtqueue:
                     return self._do_batch_forget(hlen)
         return 0
 
-    cdef void _do_getattr(self, uint64_t unique) noexcept nogil:
+    cdef int _do_getattr(self, uint64_t unique) noexcept nogil:
         """fuse_attr_out from statx of the node's O_PATH descriptor; the same bytes the Python
-        engine would send (fastvfs.fuse.abi.pack_attr)."""
+        engine would send (fastvfs.fuse.abi.pack_attr).  A node held by file handle without a
+        cached descriptor is left to the engine (returns 0)."""
         cdef uint64_t nodeid
         cdef statx st
         cdef uint8_t out[ATTR_OUT_SIZE]
@@ -1842,21 +2019,24 @@ cdef class Virtqueue:
         cdef uint32_t zero = 0
         memcpy(&nodeid, self.hdr + 16, 8)
         cdef int fd = self.inodes.acquire(nodeid)
+        if fd == -2:
+            return 0
         if fd < 0:
             self._reply(unique, -ENOENT, NULL, 0)
-            return
+            return 1
         rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &st)
         if rc < 0:
             rc = -errno
         self.inodes.release(nodeid)
         if rc < 0:
             self._reply(unique, rc, NULL, 0)
-            return
+            return 1
         memcpy(out, &self.attr_valid, 8)
         memcpy(out + 8, &self.attr_valid_nsec, 4)
         memcpy(out + 12, &zero, 4)
         _pack_attr(&st, out + 16)
         self._reply(unique, 0, out, ATTR_OUT_SIZE)
+        return 1
 
     cdef int _do_lookup(self, uint64_t unique, uint32_t hlen) noexcept nogil:
         """LOOKUP of an inode the node id table already knows: fuse_entry_out with one more

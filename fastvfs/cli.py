@@ -53,9 +53,10 @@ def add_fs_options(p):
                         "gives each file system its own device number (default on)")
     p.add_argument("--inode-file-handles", default="never",
                    choices=["never", "prefer", "fallback", "mandatory"],
-                   help="how inodes are held: never (O_PATH descriptors, the default); prefer "
-                        "(file handles where the file system has them: not implemented, so "
-                        "descriptors throughout, with a warning); mandatory is refused")
+                   help="how inodes are held: never (an O_PATH descriptor each, the default); "
+                        "prefer (file handles where the file system has them, descriptors "
+                        "elsewhere; fallback is the same); mandatory (file handles only: a "
+                        "lookup on a file system without them fails with EOPNOTSUPP)")
     p.add_argument("--killpriv-v2", dest="killpriv_v2", action=argparse.BooleanOptionalAction,
                    default=False,
                    help="offer FUSE_HANDLE_KILLPRIV_V2: the guest leaves clearing setuid/setgid "
@@ -216,6 +217,16 @@ def _finish_fs_options(p, options):
         p.error(f"shared directory {options.shared_dir!r} is not a directory")
     if options.posix_acl:
         options.xattr = True
+    if getattr(options, "inode_file_handles", "never") == "mandatory":
+        from .fs import _sys
+        fd = os.open(options.shared_dir, os.O_PATH | os.O_CLOEXEC)
+        try:
+            _sys.name_to_handle(fd)
+        except OSError as exc:
+            p.error(f"--inode-file-handles=mandatory: {options.shared_dir!r} is on a file "
+                    f"system without file handles ({exc.strerror})")
+        finally:
+            os.close(fd)
     if options.xattrmap is not None:
         from .fs.xattrmap import XattrMap
         try:
@@ -372,9 +383,6 @@ def main(argv=None):
         p.error("--thread-pool-size must not be negative")
     if options.tag is not None and not 0 < len(options.tag.encode()) <= 36:
         p.error("--tag must be 1 to 36 bytes")
-    if options.inode_file_handles == "mandatory":
-        p.error("--inode-file-handles=mandatory: fastvfs holds inodes as O_PATH descriptors "
-                "(file handles are not implemented)")
     if options.socket_path is not None:
         parent = os.path.dirname(os.path.abspath(options.socket_path))
         if not os.path.isdir(parent):

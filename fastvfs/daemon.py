@@ -156,8 +156,11 @@ def drop_supplementary_groups():
         os.setgroups([])
 
 
-# Node ids the guest may hold at once; each is an O_PATH descriptor (RLIMIT_NOFILE allowing).
+# Node ids the guest may hold at once: each is an O_PATH descriptor (RLIMIT_NOFILE allowing),
+# or with --inode-file-handles a file handle, which no descriptor limit bounds.  A node id
+# table slot costs 80 bytes whether used or not.
 MAX_INODES = 1 << 20
+MAX_INODES_BY_HANDLE = 1 << 21
 
 
 def prepare_process(options):
@@ -170,11 +173,18 @@ def prepare_process(options):
         log.debug("RLIMIT_MEMLOCK %d", raise_memlock_limit())
 
 
+def file_handles_mode(options):
+    """``--inode-file-handles`` as the file system takes it: ``fallback`` is ``prefer``."""
+    mode = getattr(options, "inode_file_handles", "never")
+    return "prefer" if mode == "fallback" else mode
+
+
 def build_engine(options, handles, inodes=None, dax=None, root=None):
     """The file system + FUSE engine over ``root`` (default: the shared directory)."""
     fs = PassthroughFs(root or options.shared_dir, handles, inodes=inodes,
                        writeback=options.writeback, allow_direct_io=options.allow_direct_io,
-                       xattrmap=options.xattrmap)
+                       xattrmap=options.xattrmap,
+                       file_handles=file_handles_mode(options))
     return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
                       readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
                       flock=options.flock, posix_acl=options.posix_acl, dax=dax,
@@ -216,9 +226,6 @@ def run(options):
     # Termination signals wait until each process knows what to do with them: the supervisor
     # forwards them, the server shuts down (pid 1 of a namespace would ignore them otherwise).
     signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
-    if getattr(options, "inode_file_handles", "never") != "never":
-        log.warning("--inode-file-handles=%s: file handles are not implemented; inodes are "
-                    "held as O_PATH descriptors", options.inode_file_handles)
     if (getattr(options, "uid_map", None) or getattr(options, "gid_map", None)) and \
             (os.geteuid() == 0 or options.sandbox == "none"):
         log.warning("--uid-map/--gid-map: ignored (they map the user namespace a daemon not "
@@ -298,7 +305,8 @@ def _serve_setup(options, stats):
     """Inside the sandbox: the engine over the sandbox's view of the share, the device, and the
     last restrictions (capabilities, seccomp) before any guest request is read."""
     handles = _ring.HandleTable()
-    inodes = _ring.HandleTable(MAX_INODES)
+    inodes = _ring.HandleTable(MAX_INODES if file_handles_mode(options) == "never"
+                               else MAX_INODES_BY_HANDLE)
     backend = window = None
     window_size = getattr(options, "dax_window_size", 0)
     if window_size:
@@ -328,5 +336,8 @@ def _serve_setup(options, stats):
         # Registered buffers count as locked memory unless the ring's creator holds
         # CAP_IPC_LOCK; the rings are created after the sandbox, so it is kept.
         capabilities = tuple(capabilities) + ("ipc_lock",)
+    if file_handles_mode(options) != "never":
+        # open_by_handle_at(2) reopens inodes held by file handle.
+        capabilities = tuple(capabilities) + ("dac_read_search",)
     sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities), options.seccomp)
     return device

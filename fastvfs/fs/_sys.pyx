@@ -209,6 +209,61 @@ def sync_fs(int fd):
         _raise()
 
 
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #ifndef MAX_HANDLE_SZ
+    #define MAX_HANDLE_SZ 128
+    #endif
+    /* struct file_handle with room for the largest handle (linux/exportfs.h, MAX_HANDLE_SZ). */
+    struct fastvfs_file_handle {
+        unsigned int handle_bytes;
+        int handle_type;
+        unsigned char f_handle[MAX_HANDLE_SZ];
+    };
+    """
+    enum: MAX_HANDLE_SZ
+    struct fastvfs_file_handle:
+        unsigned int handle_bytes
+        int handle_type
+        unsigned char f_handle[MAX_HANDLE_SZ]
+    int name_to_handle_at(int dirfd, const char *path, void *handle, int *mount_id,
+                          int flags) nogil
+    int open_by_handle_at(int mount_fd, void *handle, int flags) nogil
+
+
+def name_to_handle(int fd):
+    """name_to_handle_at(2) of the object ``fd`` refers to: ``(handle, mount id)``, the handle
+    as ``struct file_handle`` bytes (handle_bytes, handle_type, f_handle) for
+    :func:`open_by_handle`.  EOPNOTSUPP where the file system cannot export handles."""
+    cdef fastvfs_file_handle fh
+    cdef int mount_id = 0, rc
+    fh.handle_bytes = MAX_HANDLE_SZ
+    with nogil:
+        rc = name_to_handle_at(fd, "", &fh, &mount_id, AT_EMPTY_PATH)
+    if rc < 0:
+        _raise()
+    return PyBytes_FromStringAndSize(<char *>&fh, 8 + fh.handle_bytes), mount_id
+
+
+def open_by_handle(int mount_fd, bytes handle, int flags):
+    """open_by_handle_at(2): a new descriptor of the object ``handle`` (from
+    :func:`name_to_handle`) names, on the mount of ``mount_fd``.  ESTALE once the object is
+    gone.  Needs CAP_DAC_READ_SEARCH."""
+    cdef fastvfs_file_handle fh
+    cdef int rc
+    if len(handle) < 8 or len(handle) > 8 + MAX_HANDLE_SZ:
+        raise OSError(22, "not a file handle")
+    memcpy(&fh, <const char *>handle, len(handle))
+    if fh.handle_bytes != len(handle) - 8:
+        raise OSError(22, "not a file handle")
+    with nogil:
+        rc = open_by_handle_at(mount_fd, &fh, flags)
+    if rc < 0:
+        _raise()
+    return rc
+
+
 def unshare_fs():
     """Give the calling thread its own umask, cwd and root (unshare CLONE_FS), so it can set a
     guest caller's umask without touching other threads."""

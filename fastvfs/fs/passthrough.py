@@ -14,7 +14,8 @@ Contract with the FUSE engine (``fastvfs.fuse.engine``):
 * File handles come from a shared ``HandleTable`` so the hot path can serve READ and WRITE on
   them without calling back into Python.
 
-Safety: each inode holds an ``O_PATH | O_NOFOLLOW`` descriptor and every name is resolved one
+Safety: each inode holds an ``O_PATH | O_NOFOLLOW`` descriptor (with ``--inode-file-handles``,
+a file handle reopened as one when needed: see ``InodeStore``) and every name is resolved one
 component at a time relative to its parent's descriptor with ``O_NOFOLLOW``, so no guest-chosen
 name or planted symlink can lead outside the shared directory.  Files are reopened for I/O
 through ``/proc/self/fd`` only after checking they are regular files or directories: FIFOs,
@@ -47,6 +48,10 @@ OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | 
                       os.O_DSYNC | os.O_NOATIME | os.O_LARGEFILE)
 RENAME_FLAGS_ALLOWED = 0x7  # NOREPLACE | EXCHANGE | WHITEOUT
 OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
+# Descriptors kept open for inodes held by file handle (--inode-file-handles=prefer or
+# mandatory), least recently used closed first: hot inodes keep their O_PATH descriptor (and
+# the hot path's GETATTR and LOOKUP), the rest are reopened by handle when next used.
+HANDLE_FDS_MAX = 1024
 # Bytes of directory listings (DirSnapshot) held across all open directory handles.
 LISTING_BYTES_MAX = 64 << 20
 # struct flock on x86-64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
@@ -96,13 +101,18 @@ def kill_mapped_capability(fd_or_path, name):
 
 
 class Inode:
-    __slots__ = ("nodeid", "fd", "key", "mode")
+    """``fd``: the inode's O_PATH descriptor, or None when it is held by file handle
+    (``handle``, as ``_sys.name_to_handle`` gives it, on mount ``mount_id``): then ask the
+    store for a descriptor (:meth:`InodeStore.fd`)."""
+    __slots__ = ("nodeid", "fd", "key", "mode", "handle", "mount_id")
 
-    def __init__(self, nodeid, fd, key, mode):
+    def __init__(self, nodeid, fd, key, mode, handle=None, mount_id=0):
         self.nodeid = nodeid
         self.fd = fd
         self.key = key
         self.mode = mode
+        self.handle = handle
+        self.mount_id = mount_id
 
 
 class InodeStore:
@@ -114,11 +124,32 @@ class InodeStore:
     generation, so a forgotten node id is never mistaken for a newer inode.  ``lock`` guards
     ``by_id`` and orders it with the table's entries: an id the table hands out is in ``by_id``
     once the adopting call returns (the table's own mutex is a leaf lock below it).
+
+    ``file_handles`` (``--inode-file-handles``): ``"never"`` holds every inode by its O_PATH
+    descriptor; ``"prefer"`` holds inodes by file handle (name_to_handle_at) where their file
+    system has handles, by descriptor elsewhere; ``"mandatory"`` refuses (the errno of
+    name_to_handle_at, EOPNOTSUPP) a lookup where there is none.  An inode held by handle
+    costs no descriptor: the table caches at most ``fds_max`` of their descriptors, reopened
+    with open_by_handle_at (CAP_DAC_READ_SEARCH) when needed.  Handles come only from
+    name_to_handle_at of objects resolved under the shared directory (the guest names nodes
+    by id, never by handle), and each is opened on a mount descriptor the store keeps per
+    host mount (``mount_fds``: the root's, or a descriptor of the first inode found there).
+    The root and O_TMPFILE files (no name yet) are always held by descriptor.
     """
 
-    def __init__(self, root_fd, root_st, table):
+    def __init__(self, root_fd, root_st, table, file_handles="never", fds_max=HANDLE_FDS_MAX):
         self.lock = threading.Lock()
         self.table = table
+        self.file_handles = file_handles
+        self.mount_fds = {}
+        if file_handles != "never":
+            table.set_fds_max(fds_max)
+            try:
+                mount_id = _sys.name_to_handle(root_fd)[1]
+                self.mount_fds[mount_id] = _mount_fd(root_fd, root_st.st_mode)
+            except OSError:
+                if file_handles == "mandatory":
+                    raise
         table.add_root(root_fd, *root_st.key, keyed=True)
         self.root = Inode(FUSE_ROOT_ID, root_fd, root_st.key, root_st.st_mode)
         self.by_id = {FUSE_ROOT_ID: self.root}
@@ -137,33 +168,107 @@ class InodeStore:
         held = getattr(_request_refs, "held", None)
         if held is not None and inode is not self.root:
             try:
-                self.table.hold(nodeid)
+                self.table.hold_node(nodeid)
             except OSError:
                 raise OSError(errno.ENOENT, "node id forgotten meanwhile") from None
             held.append(nodeid)
         return inode
+
+    def fd(self, inode):
+        """An O_PATH descriptor of ``inode`` (from :meth:`get`), valid until the request
+        ends: its own, or for an inode held by file handle the cached one, opened by handle
+        if none is (ESTALE once the inode is gone).  The reference taken keeps the cache from
+        closing it.  Outside a request scope (single-threaded callers) it is valid until the
+        next call that may fill the cache."""
+        if inode.handle is None:
+            return inode.fd
+        nodeid = inode.nodeid
+        try:
+            fd = self.table.hold_node(nodeid)
+        except OSError:
+            raise OSError(errno.ENOENT, "node id forgotten meanwhile") from None
+        try:
+            if fd < 0:
+                new = _sys.open_by_handle(self.mount_fds[inode.mount_id], inode.handle,
+                                          O_PATH_FLAGS)
+                fd = self.table.install(nodeid, new)
+                if fd != new:
+                    os.close(new)
+        except BaseException:
+            self.table.unhold(nodeid)
+            raise
+        held = getattr(_request_refs, "held", None)
+        if held is not None:
+            held.append(nodeid)
+        else:
+            self.table.unhold(nodeid)
+        return fd
+
+    def fd_of(self, nodeid):
+        return self.fd(self.get(nodeid))
+
+    def _handle_of(self, fd):
+        """``(handle, mount id)`` to hold ``fd``'s inode by, or (None, 0) to hold it by the
+        descriptor (mode ``never``, or ``prefer`` on a file system without handles)."""
+        if self.file_handles == "never":
+            return None, 0
+        try:
+            return _sys.name_to_handle(fd)
+        except OSError:
+            if self.file_handles == "mandatory":
+                raise
+            return None, 0
 
     def _prune(self):
         """Forget the records of node ids the hot path dropped (lock held)."""
         for nodeid in self.table.take_dropped():
             self.by_id.pop(nodeid, None)
 
-    def adopt(self, fd, st):
-        """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``."""
+    def adopt(self, fd, st, pin=False):
+        """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``.
+        ``pin``: hold it by descriptor whatever the mode (an O_TMPFILE file, which no handle
+        can reopen before it has a name)."""
+        try:
+            handle, mount_id = (None, 0) if pin else self._handle_of(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         with self.lock:
             self._prune()
             try:
-                nodeid, created = self.table.adopt(fd, *st.key)
+                if handle is not None and mount_id not in self.mount_fds:
+                    try:
+                        self.mount_fds[mount_id] = _mount_fd(fd, st.st_mode)
+                    except OSError:
+                        if self.file_handles == "mandatory":
+                            raise
+                        handle = None
+                if handle is not None:
+                    self._unkey_stale(st.key, handle, mount_id)
+                nodeid, created, taken = self.table.adopt(fd, *st.key, handle is not None)
             except BaseException:
                 os.close(fd)
                 raise
             if created:
-                inode = self.by_id[nodeid] = Inode(nodeid, fd, st.key, st.st_mode)
+                inode = self.by_id[nodeid] = Inode(nodeid, None if handle else fd, st.key,
+                                                   st.st_mode, handle, mount_id)
             else:
                 inode = self.by_id[nodeid]
-        if not created:
+        if not taken:
             os.close(fd)
         return inode
+
+    def _unkey_stale(self, key, handle, mount_id):
+        """A node held by file handle with this key but another handle names an inode that
+        is gone (its inode number now belongs to the inode being adopted): no lookup may
+        find it any more (lock held).  A node held by descriptor pins its inode, so its key
+        cannot have been reused."""
+        known = self.table.find_key(*key)
+        if known:
+            inode = self.by_id.get(known)
+            if inode is not None and inode.handle is not None and (
+                    inode.handle != handle or inode.mount_id != mount_id):
+                self.table.unkey(known)
 
     def relookup(self, inode):
         """Count one more lookup of a known inode."""
@@ -193,6 +298,18 @@ class InodeStore:
         with self.lock:
             self._prune()
             return len(self.by_id)
+
+
+def _mount_fd(fd, mode):
+    """A descriptor on the mount of ``fd`` for open_by_handle_at, which takes no O_PATH
+    descriptor: the directory ``fd`` opened read-only (or a regular file, a bind-mounted
+    file's only object).  Anything else is never opened (EOPNOTSUPP)."""
+    if stat.S_ISDIR(mode):
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    if stat.S_ISREG(mode):
+        with _named(fd) as path:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    raise OSError(errno.EOPNOTSUPP, "no descriptor of this mount to open handles on")
 
 
 class LockFile:
@@ -354,7 +471,8 @@ class PassthroughFs:
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 xattrmap=None, fd_budget=None, listing_bytes_max=LISTING_BYTES_MAX):
+                 xattrmap=None, fd_budget=None, listing_bytes_max=LISTING_BYTES_MAX,
+                 file_handles="never", handle_fds_max=HANDLE_FDS_MAX):
         self.writeback = writeback
         # Descriptors the guest may make us hold (inodes, open files and directories, lock
         # holders): the rest of RLIMIT_NOFILE stays for the daemon itself (memory regions,
@@ -380,7 +498,8 @@ class PassthroughFs:
         # ``inodes``: the node id table, a table of the handle table's kind (the daemon hands
         # the same one to the hot path); by default a fresh one.
         self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd),
-                                 inodes if inodes is not None else type(handles)(1 << 16))
+                                 inodes if inodes is not None else type(handles)(1 << 16),
+                                 file_handles, handle_fds_max)
         self.handles = handles
         # Directory handles by fh, and those holding a listing, least recently listed first.
         # The listings together hold at most ``listing_bytes_max`` bytes (beyond it the oldest
@@ -415,8 +534,9 @@ class PassthroughFs:
                 self.inodes.table.unhold(nodeid)
 
     def fds_held(self):
-        return (self.handles.count + self.inodes.table.count + len(self.dirs) +
-                len(self.lock_fds))
+        table = self.inodes.table
+        return (self.handles.count + table.count - table.handle_nodes + table.handle_fds +
+                len(self.inodes.mount_fds) + len(self.dirs) + len(self.lock_fds))
 
     def _budget(self):
         """EMFILE for the guest once its share of descriptors is used up."""
@@ -425,7 +545,7 @@ class PassthroughFs:
 
     def _entry_at(self, parent, name):
         self._budget()
-        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=self.inodes.fd(parent))
         try:
             st = _sys.fstatx(fd)
         except BaseException:
@@ -452,7 +572,7 @@ class PassthroughFs:
                                                index, size, sec, nsec)
 
     def _relookup(self, inode):
-        st = _sys.fstatx(inode.fd)
+        st = _sys.fstatx(self.inodes.fd(inode))
         self.inodes.relookup(inode)
         return inode.nodeid, st
 
@@ -460,7 +580,7 @@ class PassthroughFs:
         # The root's parent is the root: the guest must not see above the shared directory.
         if parent is self.inodes.root:
             return self._relookup(parent)
-        fd = os.open("..", O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=parent.fd)
+        fd = os.open("..", O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=self.inodes.fd(parent))
         try:
             st = _sys.fstatx(fd)
             if not self._is_under_root(fd, st):
@@ -501,7 +621,7 @@ class PassthroughFs:
         return self.inodes.get(nodeid).key[2]
 
     def getattr(self, nodeid):
-        return _sys.fstatx(self.inodes.get(nodeid).fd)
+        return _sys.fstatx(self.inodes.fd_of(nodeid))
 
     # -- attributes -------------------------------------------------------------------------
 
@@ -514,6 +634,7 @@ class PassthroughFs:
         unprivileged caller (FATTR_KILL_SUIDGID).  Returns the new attributes.
         """
         inode = self.inodes.get(nodeid)
+        ifd = self.inodes.fd(inode)
         is_link = stat.S_ISLNK(inode.mode)
         with contextlib.ExitStack() as stack:
             fd = stack.enter_context(self.handles.borrow(fh)) if fh is not None else None
@@ -523,17 +644,17 @@ class PassthroughFs:
                 if fd is not None:
                     os.fchmod(fd, mode)
                 else:
-                    with _named(inode.fd) as path:
+                    with _named(ifd) as path:
                         os.chmod(path, mode)
             if self.cap_xattr is not None and stat.S_ISREG(inode.mode) and (
                     uid is not None or gid is not None or size is not None):
                 if fd is not None:
                     kill_mapped_capability(fd, self.cap_xattr)
                 else:
-                    with _named(inode.fd) as path:
+                    with _named(ifd) as path:
                         kill_mapped_capability(path, self.cap_xattr)
             if uid is not None or gid is not None:
-                _sys.chown(inode.fd, b"", 0xFFFFFFFF if uid is None else uid,
+                _sys.chown(ifd, b"", 0xFFFFFFFF if uid is None else uid,
                            0xFFFFFFFF if gid is None else gid,
                            _sys.EMPTY_PATH | _sys.SYMLINK_NOFOLLOW)
             if size is not None:
@@ -543,30 +664,30 @@ class PassthroughFs:
                     raise OSError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL,
                                   "only regular files can be truncated")
                 else:
-                    with _named(inode.fd) as path:
+                    with _named(ifd) as path:
                         os.truncate(path, size)
             if kill_suidgid and mode is None and stat.S_ISREG(inode.mode):
                 if fd is not None:
                     kill_suidgid_of(fd)
                 else:
-                    with _named(inode.fd) as path:
+                    with _named(ifd) as path:
                         kill_suidgid_of(path)
             if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
-                _sys.utimens(inode.fd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
-        return _sys.fstatx(inode.fd)
+                _sys.utimens(ifd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
+        return _sys.fstatx(ifd)
 
     def readlink(self, nodeid):
         inode = self.inodes.get(nodeid)
         if not stat.S_ISLNK(inode.mode):
             raise OSError(errno.EINVAL, "not a symlink")
-        return os.readlink(b"", dir_fd=inode.fd)
+        return os.readlink(b"", dir_fd=self.inodes.fd(inode))
 
     def statfs(self, nodeid):
-        return os.fstatvfs(self.inodes.get(nodeid).fd)
+        return os.fstatvfs(self.inodes.fd_of(nodeid))
 
     def access(self, nodeid, mask, caller):
         inode = self.inodes.get(nodeid)
-        with _named(inode.fd) as path, caller_credentials(caller):
+        with _named(self.inodes.fd(inode)) as path, caller_credentials(caller):
             ok = os.access(path, mask, effective_ids=True)
         if not ok:
             raise OSError(errno.EACCES, "access denied")
@@ -577,14 +698,14 @@ class PassthroughFs:
         parent = self.inodes.get(parent_id)
         check_name(name)
         with caller_credentials(caller):
-            os.mknod(name, mode, rdev, dir_fd=parent.fd)
+            os.mknod(name, mode, rdev, dir_fd=self.inodes.fd(parent))
         return self._created(parent, name)
 
     def mkdir(self, parent_id, name, mode, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
         with caller_credentials(caller):
-            os.mkdir(name, mode, dir_fd=parent.fd)
+            os.mkdir(name, mode, dir_fd=self.inodes.fd(parent))
         return self._created(parent, name)
 
     def symlink(self, parent_id, name, target, caller):
@@ -593,7 +714,7 @@ class PassthroughFs:
         if not target or b"\0" in target or len(target) >= 4096:
             raise OSError(errno.EINVAL, "invalid symlink target")
         with caller_credentials(caller):
-            os.symlink(target, name, dir_fd=parent.fd)
+            os.symlink(target, name, dir_fd=self.inodes.fd(parent))
         return self._created(parent, name)
 
     def link(self, nodeid, newparent_id, newname):
@@ -604,8 +725,8 @@ class PassthroughFs:
             raise OSError(errno.EPERM, "hard links to directories are not allowed")
         # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the very inode the
         # O_PATH descriptor holds (symlinks included), with no path lookup the guest controls.
-        with _named(inode.fd) as path:
-            os.link(path, newname, dst_dir_fd=newparent.fd, follow_symlinks=True)
+        with _named(self.inodes.fd(inode)) as path:
+            os.link(path, newname, dst_dir_fd=self.inodes.fd(newparent), follow_symlinks=True)
         return self._created(newparent, newname)
 
     def _created(self, parent, name):
@@ -614,11 +735,11 @@ class PassthroughFs:
 
     def unlink(self, parent_id, name):
         parent = self.inodes.get(parent_id)
-        os.unlink(check_name(name), dir_fd=parent.fd)
+        os.unlink(check_name(name), dir_fd=self.inodes.fd(parent))
 
     def rmdir(self, parent_id, name):
         parent = self.inodes.get(parent_id)
-        os.rmdir(check_name(name), dir_fd=parent.fd)
+        os.rmdir(check_name(name), dir_fd=self.inodes.fd(parent))
 
     def rename(self, parent_id, name, newparent_id, newname, flags=0):
         parent = self.inodes.get(parent_id)
@@ -628,9 +749,9 @@ class PassthroughFs:
         if flags & ~RENAME_FLAGS_ALLOWED:
             raise OSError(errno.EINVAL, "unknown rename flags")
         if flags:
-            _sys.rename2(parent.fd, name, newparent.fd, newname, flags)
+            _sys.rename2(self.inodes.fd(parent), name, self.inodes.fd(newparent), newname, flags)
         else:
-            os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=newparent.fd)
+            os.rename(name, newname, src_dir_fd=self.inodes.fd(parent), dst_dir_fd=self.inodes.fd(newparent))
 
     # -- files ------------------------------------------------------------------------------
 
@@ -650,15 +771,14 @@ class PassthroughFs:
                 raise
         return self._add_handle(fd)
 
-    @staticmethod
-    def _reopen(inode, flags, directory=False):
+    def _reopen(self, inode, flags, directory=False):
         """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags``: the one way an
         existing object is opened for reading or writing.  Only regular files (and directories
         where ``directory`` allows) are opened, checked before the open, since opening a FIFO
         blocks until a peer comes and opening a device reaches a host driver, and checked again
         on the descriptor the open returned."""
         _check_openable(inode.mode, directory)
-        with _named(inode.fd) as path:
+        with _named(self.inodes.fd(inode)) as path:
             fd = os.open(path, flags | os.O_CLOEXEC)
         try:
             _check_openable(os.fstat(fd).st_mode, directory)
@@ -689,7 +809,7 @@ class PassthroughFs:
         try:
             with caller_credentials(caller):
                 fd = os.open(name, open_flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                             os.O_CLOEXEC, mode, dir_fd=parent.fd)
+                             os.O_CLOEXEC, mode, dir_fd=self.inodes.fd(parent))
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -717,7 +837,7 @@ class PassthroughFs:
         if flags & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EINVAL, "O_TMPFILE needs write access")
         with caller_credentials(caller):
-            fd = os.open(".", flags, mode, dir_fd=parent.fd)
+            fd = os.open(".", flags, mode, dir_fd=self.inodes.fd(parent))
         try:
             with _named(fd) as path:
                 path_fd = os.open(path, O_PATH_FLAGS & ~os.O_NOFOLLOW)
@@ -730,7 +850,7 @@ class PassthroughFs:
             os.close(path_fd)
             os.close(fd)
             raise
-        return self.inodes.adopt(path_fd, st).nodeid, st, self._add_handle(fd)
+        return self.inodes.adopt(path_fd, st, pin=True).nodeid, st, self._add_handle(fd)
 
     def _add_handle(self, fd, directory=False):
         try:
@@ -815,11 +935,11 @@ class PassthroughFs:
     # opened, so FIFOs and devices are safe too.
 
     def getxattr(self, nodeid, name):
-        with _named(self.inodes.get(nodeid).fd) as path:
+        with _named(self.inodes.fd_of(nodeid)) as path:
             return os.getxattr(path, self._host_xattr(name, True))
 
     def listxattr(self, nodeid):
-        with _named(self.inodes.get(nodeid).fd) as path:
+        with _named(self.inodes.fd_of(nodeid)) as path:
             names = [os.fsencode(n) for n in os.listxattr(path)]
         if self.xattrmap is not None:
             names = filter(None, map(self.xattrmap.to_guest, names))
@@ -830,7 +950,7 @@ class PassthroughFs:
         group (FUSE_SETXATTR_ACL_KILL_SGID): clear setgid afterwards, as chmod would."""
         if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
             raise OSError(errno.EINVAL, "unknown setxattr flags")
-        with _named(self.inodes.get(nodeid).fd) as path:
+        with _named(self.inodes.fd_of(nodeid)) as path:
             os.setxattr(path, self._host_xattr(name), value, flags)
             if kill_sgid:
                 mode = os.stat(path).st_mode
@@ -838,7 +958,7 @@ class PassthroughFs:
                     os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def removexattr(self, nodeid, name):
-        with _named(self.inodes.get(nodeid).fd) as path:
+        with _named(self.inodes.fd_of(nodeid)) as path:
             os.removexattr(path, self._host_xattr(name))
 
     def _host_xattr(self, name, getting=False):
@@ -1077,7 +1197,7 @@ class PassthroughFs:
         inode = self.inodes.get(nodeid)
         if not stat.S_ISDIR(inode.mode):
             raise OSError(errno.ENOTDIR, "not a directory")
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.fd(inode))
         fh = self._add_handle(fd, directory=True)
         with self.dirs_lock:
             self.dirs[fh] = DirHandle(fd)
@@ -1126,11 +1246,11 @@ class PassthroughFs:
 
     def _list(self, nodeid, fh):
         inode = self.inodes.get(nodeid)
-        st = _sys.fstatx(inode.fd)
+        st = _sys.fstatx(self.inodes.fd(inode))
         dotdot = st.st_ino
         if inode is not self.inodes.root:
             with contextlib.suppress(OSError):
-                dotdot = _sys.fstatx(inode.fd, b"..", _sys.SYMLINK_NOFOLLOW).st_ino
+                dotdot = _sys.fstatx(self.inodes.fd(inode), b"..", _sys.SYMLINK_NOFOLLOW).st_ino
         with self.handles.borrow(fh) as fd:
             return DirSnapshot(*_sys.pack_dirents(fd, st.st_ino, dotdot))
 
@@ -1151,7 +1271,7 @@ class PassthroughFs:
         inode = self.inodes.get(nodeid)
         if not stat.S_ISDIR(inode.mode):
             inode = self.inodes.root
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.fd(inode))
         try:
             _sys.sync_fs(fd)
         finally:

@@ -93,6 +93,11 @@ BACKENDS = {
     "fastvfs": BackendSpec(
         lambda sock, shared: [*FASTVFS, "--socket-path", sock,
                               "--shared-dir", shared, "--cache", "never", "--log-level", "debug"]),
+    # Inodes held by file handle (the share's file system has them where the tests run).
+    "fastvfs-handles": BackendSpec(
+        lambda sock, shared: [*FASTVFS, "--socket-path", sock, "--shared-dir", shared,
+                              "--cache", "never", "--log-level", "debug",
+                              "--inode-file-handles=prefer"]),
     "reference": BackendSpec(
         reference_argv, (pytest.mark.reference,),
         missing_ops=frozenset({Opcode.ACCESS}),

@@ -26,6 +26,8 @@ from fastvfs.vhost_user.protocol import Request
 from tests.deployed import FASTVFS
 
 from .conftest import SANDBOX_IMPORT
+from .test_attacks_listings import serving_pid
+from .test_inode_file_handles import effective_caps
 
 DAEMON = FASTVFS
 ROOT = abi.FUSE_ROOT_ID
@@ -124,11 +126,20 @@ def test_bad_legacy_options_are_refused(tmp_path, bad):
     assert out.returncode == 2 and "-o" in out.stderr
 
 
-def test_inode_file_handles_mandatory_is_refused(tmp_path):
-    out = subprocess.run([*DAEMON, "--socket-path", str(tmp_path / "s"), "--shared-dir",
-                          str(tmp_path), "--inode-file-handles=mandatory"], capture_output=True,
-                         text=True)
-    assert out.returncode == 2 and "O_PATH" in out.stderr
+def test_inode_file_handles_mandatory_is_accepted(tmp_path):
+    """``mandatory`` parses (no usage error) and the daemon starts on a share with handles."""
+    proc = subprocess.Popen([*DAEMON, "--socket-path", str(tmp_path / "s"), "--shared-dir",
+                             str(tmp_path), "--inode-file-handles=mandatory"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(200):
+            if (tmp_path / "s").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -198,6 +209,8 @@ def test_kata_runtime_argv_with_an_inherited_socket(tmp_path):
         nid = client.lookup(ROOT, "f").nodeid
         fh = client.open(nid, os.O_RDONLY).fh
         assert client.read(nid, fh, 0, 3) == b"pod"
+        # prefer is served: the server keeps CAP_DAC_READ_SEARCH for open_by_handle_at.
+        assert effective_caps(serving_pid(proc)) & (1 << 2)
         frontend.close()
         assert proc.wait(10) == 0
         # Without a syslog daemon the log goes to stderr, every record intact.

@@ -1,0 +1,142 @@
+"""The passthrough file system with inodes held by file handle and a descriptor cache of one or
+two: every operation that names an inode works on an inode whose descriptor was closed, and a
+descriptor in use by a request is never closed under it."""
+
+import errno
+import fcntl
+import os
+import stat
+
+import pytest
+
+from fastvfs import _ring
+from fastvfs.fs import _sys
+from fastvfs.fs.passthrough import ROOT_CALLER, PassthroughFs
+
+ROOT = 1
+
+
+@pytest.fixture
+def fs(tmp_path):
+    share = tmp_path / "share"
+    share.mkdir()
+    fd = os.open(share, os.O_PATH)
+    try:
+        _sys.name_to_handle(fd)
+    except OSError:
+        pytest.skip("the test directory's file system has no file handles")
+    finally:
+        os.close(fd)
+    return PassthroughFs(str(share), _ring.HandleTable(64), file_handles="prefer",
+                         handle_fds_max=1)
+
+
+def call(fs, method, *args, **kwargs):
+    with fs.request_scope():
+        return getattr(fs, method)(*args, **kwargs)
+
+
+def evict(fs, *nodeids):
+    """Fill the one-descriptor cache with other inodes."""
+    for nodeid in nodeids:
+        call(fs, "getattr", nodeid)
+
+
+def test_inodes_are_held_by_handle(fs):
+    call(fs, "mknod", ROOT, b"a", stat.S_IFREG | 0o644, 0, ROOT_CALLER)
+    call(fs, "mkdir", ROOT, b"d", 0o755, ROOT_CALLER)
+    table = fs.inodes.table
+    assert table.handle_nodes == 2
+    assert table.handle_fds <= 1
+    assert fs.inodes.by_id[call(fs, "lookup", ROOT, b"a")[0]].fd is None
+
+
+def test_every_inode_operation_reopens_by_handle(fs):
+    f, _ = call(fs, "mknod", ROOT, b"f", stat.S_IFREG | 0o644, 0, ROOT_CALLER)
+    d, _ = call(fs, "mkdir", ROOT, b"d", 0o755, ROOT_CALLER)
+    ln, _ = call(fs, "symlink", ROOT, b"l", b"f", ROOT_CALLER)
+
+    evict(fs, d)
+    assert call(fs, "setattr", f, mode=0o600).st_mode & 0o777 == 0o600
+    evict(fs, d)
+    call(fs, "setattr", f, uid=1, gid=2, size=5, mtime_ns=10**9)
+    evict(fs, d)
+    st = call(fs, "getattr", f)
+    assert (st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) == (1, 2, 5, 10**9)
+    evict(fs, d)
+    assert call(fs, "readlink", ln) == b"f"
+    evict(fs, d)
+    call(fs, "setxattr", f, b"user.k", b"v", 0)
+    evict(fs, d)
+    assert call(fs, "getxattr", f, b"user.k") == b"v"
+    assert b"user.k\0" in call(fs, "listxattr", f)
+    evict(fs, d)
+    call(fs, "removexattr", f, b"user.k")
+    evict(fs, d)
+    call(fs, "access", f, os.R_OK, ROOT_CALLER)
+    evict(fs, d)
+    fh = call(fs, "open", f, os.O_RDWR)
+    assert call(fs, "write", fh, 0, b"hello") == 5
+    call(fs, "release", fh)
+    evict(fs, d)
+    call(fs, "link", f, d, b"hard")
+    evict(fs, f)
+    sub, _ = call(fs, "mkdir", d, b"sub", 0o755, ROOT_CALLER)
+    evict(fs, f)
+    assert call(fs, "lookup", sub, b"..")[0] == d
+    evict(fs, f)
+    dh = call(fs, "opendir", d)
+    names = call(fs, "readdir", d, dh, 0)
+    assert sorted(names.name(i) for i in range(len(names))) == [b".", b"..", b"hard", b"sub"]
+    call(fs, "releasedir", dh)
+    evict(fs, d)
+    fh = call(fs, "open", f, os.O_RDWR)
+    call(fs, "setlk", f, fh, 7, 0, 10, fcntl.F_WRLCK)
+    evict(fs, d)
+    call(fs, "setlk", f, fh, 7, 0, 10, fcntl.F_UNLCK)
+    call(fs, "release", fh)
+    evict(fs, d)
+    with fs.request_scope(), fs.mapping_fd(f, None, False) as mfd:
+        assert os.pread(mfd, 5, 0) == b"hello"
+    evict(fs, f)
+    call(fs, "statfs", d)
+    call(fs, "syncfs", d)
+    call(fs, "rename", d, b"hard", ROOT, b"moved")
+    evict(fs, f)
+    call(fs, "unlink", ROOT, b"moved")
+    evict(fs, f)
+    call(fs, "rmdir", d, b"sub")
+
+
+def test_a_descriptor_in_use_is_never_evicted(fs, tmp_path):
+    a, _ = call(fs, "mknod", ROOT, b"a", stat.S_IFREG | 0o644, 0, ROOT_CALLER)
+    others = [call(fs, "mknod", ROOT, b"o%d" % i, stat.S_IFREG | 0o644, 0, ROOT_CALLER)[0]
+              for i in range(8)]
+    ino = os.stat(tmp_path / "share" / "a").st_ino
+    with fs.request_scope():
+        fd = fs.inodes.fd_of(a)
+        # Other requests fill the cache meanwhile: the descriptor stays open and still
+        # names "a" (a closed one would be EBADF, or another file once its number is reused).
+        evict(fs, *others)
+        assert fs.inodes.table.handle_fds == 2
+        assert _sys.fstatx(fd).st_ino == ino
+    evict(fs, *others)
+    assert fs.inodes.table.handle_fds == 1
+
+
+def test_tmpfile_is_held_by_descriptor(fs):
+    nodeid, st, fh = call(fs, "tmpfile", ROOT, 0o600, os.O_RDWR, ROOT_CALLER)
+    assert fs.inodes.by_id[nodeid].fd is not None
+    evict(fs, call(fs, "mkdir", ROOT, b"d", 0o755, ROOT_CALLER)[0])
+    assert call(fs, "getattr", nodeid).st_ino == st.st_ino
+    call(fs, "release", fh)
+
+
+def test_stale_handle_is_estale(fs, tmp_path):
+    f, _ = call(fs, "mknod", ROOT, b"f", stat.S_IFREG | 0o644, 0, ROOT_CALLER)
+    d, _ = call(fs, "mkdir", ROOT, b"d", 0o755, ROOT_CALLER)
+    os.unlink(tmp_path / "share" / "f")
+    evict(fs, d)
+    with pytest.raises(OSError) as exc:
+        call(fs, "getattr", f)
+    assert exc.value.errno == errno.ESTALE
