@@ -358,8 +358,11 @@ def _check_listening_socket(p, fd):
 
 
 def capabilities():
-    """What --print-capabilities says (QEMU's docs/interop/vhost-user.json, type "fs"):
-    libvirt reads it to learn that the daemon takes --shared-dir/--cache/... separately."""
+    """What --print-capabilities says (QEMU's docs/interop/vhost-user.json, type "fs"): exactly
+    the features served.  "separate-options": libvirt then passes --shared-dir/--cache/...
+    (and refuses a domain's lock settings, for which no feature exists).  Not
+    "migrate-precopy": no backend state is offered for migration (no
+    VHOST_USER_PROTOCOL_F_DEVICE_STATE)."""
     return {"type": "fs", "features": ["separate-options"]}
 
 

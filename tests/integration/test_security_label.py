@@ -93,3 +93,18 @@ def test_unmapped_the_label_is_the_host_label(daemon):
     create(client, b"file")
     for name in ("dir", "file"):
         assert os.getxattr(os.path.join(shared, name), "security.selinux") == LABEL
+
+
+def test_migration_options_start_the_daemon_with_a_warning(tmp_path):
+    """The Rust virtiofsd's migration options, which fastvfs takes without effect: the daemon
+    starts, serves, and says so."""
+    launcher = BackendLauncher("fastvfs", BackendSpec(lambda sock, shared: [
+        *FASTVFS, "--socket-path", sock, "--shared-dir", shared, "--migration-mode",
+        "file-handles", "--migration-on-error=guest-error"]), tmp_path)
+    try:
+        _, client, _ = launcher()
+        assert client.lookup(ROOT, b".")[0] == ROOT
+    finally:
+        launcher.shutdown()
+    log = (tmp_path / "backend0.log").read_text()
+    assert "--migration-*: no effect" in log
