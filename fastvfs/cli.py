@@ -30,6 +30,18 @@ def add_fs_options(p):
                    help="let the client cache writes (FUSE_WRITEBACK_CACHE)")
     p.add_argument("--allow-direct-io", action="store_true",
                    help="honour the client's O_DIRECT on the host")
+    p.add_argument("--allow-mmap", action="store_true",
+                   help="let the client mmap files it does not cache (--cache never and "
+                        "metadata) shared, through FUSE_DIRECT_IO_ALLOW_MMAP; for a share no "
+                        "one else changes")
+    p.add_argument("--preserve-noatime", action="store_true",
+                   help="honour the client's O_NOATIME on the host (dropped by default: the "
+                        "host refuses it to a daemon that neither owns the file nor has "
+                        "CAP_FOWNER)")
+    p.add_argument("--security-label", action="store_true",
+                   help="FUSE_SECURITY_CTX: new files get the security label (e.g. "
+                        "security.selinux) the client sends, through --xattrmap; implies "
+                        "--xattr")
     p.add_argument("--no-readdirplus", action="store_true",
                    help="do not offer READDIRPLUS (listings then carry no attributes)")
     p.add_argument("--xattr", action=argparse.BooleanOptionalAction, default=False,
@@ -133,12 +145,26 @@ def parser():
                         "frontends that support VIRTIO shared memory (default: none)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user backend capabilities as JSON and exit")
+    # The Rust virtiofsd's migration options.  fastvfs keeps no device state for a frontend
+    # to migrate (no VHOST_USER_PROTOCOL_F_DEVICE_STATE, no "migrate-precopy"), so they are
+    # checked as there and have no effect.
+    p.add_argument("--migration-mode", choices=["find-paths", "file-handles"],
+                   default="find-paths",
+                   help="no effect: fastvfs does not migrate its state (accepted as the Rust "
+                        "virtiofsd takes it)")
+    p.add_argument("--migration-on-error", choices=["abort", "guest-error"], default="abort",
+                   help="no effect, as --migration-mode")
+    p.add_argument("--migration-verify-handles", action="store_true",
+                   help="no effect, as --migration-mode")
+    p.add_argument("--migration-confirm-paths", action="store_true",
+                   help="no effect, as --migration-mode")
     p.add_argument("-o", dest="compat_options", action="append", default=[], metavar="OPTS",
                    help="options in the legacy form, comma-separated: source=DIR, cache=, "
                         "xattr, no_xattr, xattrmap=, writeback, no_writeback, readdirplus, "
                         "no_readdirplus, allow_direct_io, announce_submounts, killpriv_v2, "
                         "no_killpriv_v2, posix_lock, no_posix_lock, flock, no_flock, "
-                        "posix_acl, sandbox=, modcaps=, loglevel=")
+                        "posix_acl, security_label, no_security_label, sandbox=, modcaps=, "
+                        "loglevel=")
     p.add_argument("-d", dest="compat_debug", action="store_true",
                    help="the same as --log-level debug (legacy)")
     p.add_argument("-f", dest="compat_foreground", action="store_true",
@@ -215,7 +241,7 @@ def _finish_fs_options(p, options):
     options.shared_dir = os.path.abspath(options.shared_dir)
     if not os.path.isdir(options.shared_dir):
         p.error(f"shared directory {options.shared_dir!r} is not a directory")
-    if options.posix_acl:
+    if options.posix_acl or options.security_label:
         options.xattr = True
     if getattr(options, "inode_file_handles", "never") == "mandatory":
         from .fs import _sys
@@ -278,6 +304,7 @@ _COMPAT_FLAGS = {
     "posix_lock": ("posix_lock", True), "no_posix_lock": ("posix_lock", False),
     "flock": ("flock", True), "no_flock": ("flock", False),
     "posix_acl": ("posix_acl", True), "no_posix_acl": ("posix_acl", False),
+    "security_label": ("security_label", True), "no_security_label": ("security_label", False),
     "readonly": ("readonly", True),
 }
 _COMPAT_VALUES = {
@@ -342,8 +369,11 @@ def _check_listening_socket(p, fd):
 
 
 def capabilities():
-    """What --print-capabilities says (QEMU's docs/interop/vhost-user.json, type "fs"):
-    libvirt reads it to learn that the daemon takes --shared-dir/--cache/... separately."""
+    """What --print-capabilities says (QEMU's docs/interop/vhost-user.json, type "fs"): exactly
+    the features served.  "separate-options": libvirt then passes --shared-dir/--cache/...
+    (and refuses a domain's lock settings, for which no feature exists).  Not
+    "migrate-precopy": no backend state is offered for migration (no
+    VHOST_USER_PROTOCOL_F_DEVICE_STATE)."""
     return {"type": "fs", "features": ["separate-options"]}
 
 
@@ -383,6 +413,10 @@ def main(argv=None):
         p.error("--thread-pool-size must not be negative")
     if options.tag is not None and not 0 < len(options.tag.encode()) <= 36:
         p.error("--tag must be 1 to 36 bytes")
+    if options.migration_mode == "file-handles" and (options.migration_verify_handles or
+                                                     options.migration_confirm_paths):
+        p.error("--migration-verify-handles and --migration-confirm-paths apply to "
+                "--migration-mode=find-paths only")
     if options.socket_path is not None:
         parent = os.path.dirname(os.path.abspath(options.socket_path))
         if not os.path.isdir(parent):

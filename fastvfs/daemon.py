@@ -183,6 +183,7 @@ def build_engine(options, handles, inodes=None, dax=None, root=None):
     """The file system + FUSE engine over ``root`` (default: the shared directory)."""
     fs = PassthroughFs(root or options.shared_dir, handles, inodes=inodes,
                        writeback=options.writeback, allow_direct_io=options.allow_direct_io,
+                       preserve_noatime=getattr(options, "preserve_noatime", False),
                        xattrmap=options.xattrmap,
                        file_handles=file_handles_mode(options))
     return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
@@ -193,6 +194,8 @@ def build_engine(options, handles, inodes=None, dax=None, root=None):
                       killpriv_v2=getattr(options, "killpriv_v2", False),
                       thread_pool_size=getattr(options, "thread_pool_size", 0),
                       trace=getattr(options, "log_level", "") == "trace",
+                      security_label=getattr(options, "security_label", False),
+                      allow_mmap=getattr(options, "allow_mmap", False),
                       idmap=IdTranslation(getattr(options, "translate_uid", ()),
                                           getattr(options, "translate_gid", ())))
 
@@ -230,6 +233,12 @@ def run(options):
             (os.geteuid() == 0 or options.sandbox == "none"):
         log.warning("--uid-map/--gid-map: ignored (they map the user namespace a daemon not "
                     "started as root sandboxes itself in)")
+    if (getattr(options, "migration_mode", "find-paths") != "find-paths" or
+            getattr(options, "migration_on_error", "abort") != "abort" or
+            getattr(options, "migration_verify_handles", False) or
+            getattr(options, "migration_confirm_paths", False)):
+        log.warning("--migration-*: no effect, fastvfs does not migrate its state (the "
+                    "frontend is not offered VHOST_USER_PROTOCOL_F_DEVICE_STATE)")
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
     pid_file = PidFile(socket_path + ".pid") if socket_path else None
     if options.fd is not None:

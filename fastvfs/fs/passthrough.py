@@ -42,10 +42,12 @@ NAME_MAX = 255
 FUSE_ROOT_ID = 1
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Open flags a guest may pass through.  O_CREAT/O_EXCL only reach the host through ``create``;
-# O_DIRECT is dropped because guest buffers carry no alignment promise; O_NOFOLLOW and
-# O_CLOEXEC are always added.
+# O_DIRECT is dropped because guest buffers carry no alignment promise (``allow_direct_io``
+# keeps it); O_NOATIME is dropped because the host refuses it with EPERM to an opener that
+# neither owns the file nor has CAP_FOWNER, which an unprivileged daemon often is not
+# (``preserve_noatime`` keeps it); O_NOFOLLOW and O_CLOEXEC are always added.
 OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC |
-                      os.O_DSYNC | os.O_NOATIME | os.O_LARGEFILE)
+                      os.O_DSYNC | os.O_LARGEFILE)
 RENAME_FLAGS_ALLOWED = 0x7  # NOREPLACE | EXCHANGE | WHITEOUT
 OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
 # Descriptors kept open for inodes held by file handle (--inode-file-handles=prefer or
@@ -402,15 +404,17 @@ _request_refs = threading.local()
 
 class Caller:
     """Who asks for a new object: uid/gid, the supplementary groups the client vouches for
-    (FUSE_CREATE_SUPP_GROUP: the parent directory's group when the caller is in it) and the
-    umask when the client left applying it to us (FUSE_DONT_MASK)."""
-    __slots__ = ("uid", "gid", "groups", "umask")
+    (FUSE_CREATE_SUPP_GROUP: the parent directory's group when the caller is in it), the
+    umask when the client left applying it to us (FUSE_DONT_MASK) and the security contexts
+    (xattr name, value) the new object is created with (FUSE_SECURITY_CTX)."""
+    __slots__ = ("uid", "gid", "groups", "umask", "labels")
 
-    def __init__(self, uid, gid, groups=(), umask=None):
+    def __init__(self, uid, gid, groups=(), umask=None, labels=()):
         self.uid = uid
         self.gid = gid
         self.groups = tuple(groups)
         self.umask = umask
+        self.labels = tuple(labels)
 
 
 ROOT_CALLER = Caller(0, 0)
@@ -468,11 +472,13 @@ class PassthroughFs:
     ``writeback``: the guest caches writes (FUSE_WRITEBACK_CACHE), so it may read a file it
     opened write-only (to fill partial pages) and it computes append offsets itself: files are
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
+    ``preserve_noatime``: pass the guest's O_NOATIME on.
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 xattrmap=None, fd_budget=None, listing_bytes_max=LISTING_BYTES_MAX,
-                 file_handles="never", handle_fds_max=HANDLE_FDS_MAX):
+                 preserve_noatime=False, xattrmap=None, fd_budget=None,
+                 listing_bytes_max=LISTING_BYTES_MAX, file_handles="never",
+                 handle_fds_max=HANDLE_FDS_MAX):
         self.writeback = writeback
         # Descriptors the guest may make us hold (inodes, open files and directories, lock
         # holders): the rest of RLIMIT_NOFILE stays for the daemon itself (memory regions,
@@ -492,7 +498,8 @@ class PassthroughFs:
             if mapped not in (None, b"security.capability"):
                 self.cap_xattr = mapped
         handles.set_cap_xattr(self.cap_xattr or b"")
-        self.open_flags_allowed = OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0)
+        self.open_flags_allowed = (OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0) |
+                                   (os.O_NOATIME if preserve_noatime else 0))
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         # ``inodes``: the node id table, a table of the handle table's kind (the daemon hands
@@ -699,14 +706,14 @@ class PassthroughFs:
         check_name(name)
         with caller_credentials(caller):
             os.mknod(name, mode, rdev, dir_fd=self.inodes.fd(parent))
-        return self._created(parent, name)
+        return self._created(parent, name, caller)
 
     def mkdir(self, parent_id, name, mode, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
         with caller_credentials(caller):
             os.mkdir(name, mode, dir_fd=self.inodes.fd(parent))
-        return self._created(parent, name)
+        return self._created(parent, name, caller)
 
     def symlink(self, parent_id, name, target, caller):
         parent = self.inodes.get(parent_id)
@@ -715,7 +722,7 @@ class PassthroughFs:
             raise OSError(errno.EINVAL, "invalid symlink target")
         with caller_credentials(caller):
             os.symlink(target, name, dir_fd=self.inodes.fd(parent))
-        return self._created(parent, name)
+        return self._created(parent, name, caller)
 
     def link(self, nodeid, newparent_id, newname):
         inode = self.inodes.get(nodeid)
@@ -729,9 +736,34 @@ class PassthroughFs:
             os.link(path, newname, dst_dir_fd=self.inodes.fd(newparent), follow_symlinks=True)
         return self._created(newparent, newname)
 
-    def _created(self, parent, name):
+    def _created(self, parent, name, caller=None):
+        """The entry of an object just created as ``name``, given the caller's security
+        contexts; when one cannot be set the object is removed again and the error stands."""
         inode, st = self._entry_at(parent, name)
+        if caller is not None and caller.labels:
+            try:
+                self._label(self.inodes.fd(inode), caller.labels)
+            except BaseException:
+                self.forget(inode.nodeid, 1)
+                try:
+                    (os.rmdir if stat.S_ISDIR(st.st_mode) else os.unlink)(
+                        name, dir_fd=self.inodes.fd(parent))
+                except OSError:
+                    pass
+                raise
         return inode.nodeid, st
+
+    def _label(self, fd, labels):
+        """Set the security contexts (FUSE_SECURITY_CTX) on the new object ``fd`` names, through
+        the xattr map, with the daemon's credentials as the reference daemons do: whether a
+        ``security.*`` attribute may be set is the host LSM's decision (without one, commoncap
+        asks for CAP_SYS_ADMIN).  Only LSM labels are taken: names in ``security.``, not
+        ``security.capability``, which grants privileges rather than labels."""
+        for name, value in labels:
+            if not name.startswith(b"security.") or name == b"security.capability":
+                raise OSError(errno.EINVAL, "not a security label")
+            with _named(fd) as path:
+                os.setxattr(path, self._host_xattr(name), value)
 
     def unlink(self, parent_id, name):
         parent = self.inodes.get(parent_id)
@@ -822,7 +854,7 @@ class PassthroughFs:
         try:
             if flags & os.O_TRUNC and self.cap_xattr is not None:  # an existing file truncated
                 kill_mapped_capability(fd, self.cap_xattr)
-            nodeid, st = self._created(parent, name)
+            nodeid, st = self._created(parent, name, caller)
         except BaseException:
             os.close(fd)
             raise
@@ -850,7 +882,16 @@ class PassthroughFs:
             os.close(path_fd)
             os.close(fd)
             raise
-        return self.inodes.adopt(path_fd, st, pin=True).nodeid, st, self._add_handle(fd)
+        inode = self.inodes.adopt(path_fd, st, pin=True)
+        nodeid = inode.nodeid
+        if caller.labels:
+            try:
+                self._label(self.inodes.fd(inode), caller.labels)
+            except BaseException:
+                self.forget(nodeid, 1)
+                os.close(fd)
+                raise
+        return nodeid, st, self._add_handle(fd)
 
     def _add_handle(self, fd, directory=False):
         try:

@@ -128,10 +128,18 @@ FUSE_INIT_EXT = 1 << 30
 FUSE_SECURITY_CTX = 1 << 32
 FUSE_HAS_INODE_DAX = 1 << 33
 FUSE_CREATE_SUPP_GROUP = 1 << 34  # 7.39: not in the 6.1 guest's header, newer clients send it
+FUSE_DIRECT_IO_ALLOW_MMAP = 1 << 36  # 7.39: shared mmap of FOPEN_DIRECT_IO files allowed
 
 # Request extensions (7.38/7.39), after the op's arguments; total_extlen counts 8-byte units.
 ext_header = struct.Struct("<II")  # size (whole extension, 8-aligned) type
 FUSE_EXT_GROUPS = 32  # struct fuse_supp_groups {u32 nr_groups; u32 groups[]}
+# Types 0..FUSE_MAX_NR_SECCTX are a fuse_secctx_header {u32 size; u32 nr_secctx}, the same
+# layout as ext_header with nr_secctx as the type (FUSE_SECURITY_CTX, 7.36; before 7.38 the
+# block is appended to the arguments of CREATE/MKDIR/MKNOD/SYMLINK with no total_extlen).
+# Each context: fuse_secctx {u32 size; u32 padding}, the xattr name (NUL-terminated), then
+# ``size`` bytes of value.
+FUSE_MAX_NR_SECCTX = 31
+secctx = struct.Struct("<II")
 
 FUSE_RELEASE_FLUSH = 1 << 0
 FUSE_RELEASE_FLOCK_UNLOCK = 1 << 1

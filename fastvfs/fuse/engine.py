@@ -99,7 +99,8 @@ class FuseEngine:
     def __init__(self, fs, cache="auto", on_session=None, *, xattr=False, writeback=False,
                  readdirplus=True, posix_locks=True, flock=True, posix_acl=False,
                  max_lock_waiters=128, dax=None, readonly=False, announce_submounts=False,
-                 killpriv_v2=True, thread_pool_size=0, trace=False, idmap=None):
+                 killpriv_v2=True, thread_pool_size=0, trace=False, idmap=None,
+                 security_label=False, allow_mmap=False):
         self.fs = fs
         # Guest <-> host id translation (fastvfs.fs.idmap.IdTranslation), None for identity.
         # The hot path's LOOKUP and GETATTR do not translate: with one, the daemon leaves them
@@ -125,7 +126,10 @@ class FuseEngine:
         self.wanted_flags = WANTED_FLAGS
         if writeback:
             self.wanted_flags |= abi.FUSE_WRITEBACK_CACHE
-        if not readdirplus:
+        if not readdirplus or self.cache.mode == "never":
+            # With cache never the entries of a READDIRPLUS expire at once: the guest looks each
+            # name up again anyway, so listing attributes is wasted work (and lookup counts to
+            # forget), as the reference daemons judge too.
             self.wanted_flags &= ~(abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO)
         if self.cache.auto_inval:
             self.wanted_flags |= abi.FUSE_AUTO_INVAL_DATA
@@ -142,6 +146,14 @@ class FuseEngine:
             # where no default ACL applies); ACL changes may ask us to drop setgid.
             self.wanted_flags |= (abi.FUSE_POSIX_ACL | abi.FUSE_DONT_MASK |
                                   abi.FUSE_SETXATTR_EXT)
+        if security_label:
+            # The guest sends the LSM label of every object it creates; the file system gives
+            # the object that label at creation (see ``_labels``).
+            self.wanted_flags |= abi.FUSE_SECURITY_CTX
+        if allow_mmap:
+            # The guest may mmap(MAP_SHARED) files opened with FOPEN_DIRECT_IO (--cache never
+            # and metadata), mapping them through its page cache.
+            self.wanted_flags |= abi.FUSE_DIRECT_IO_ALLOW_MMAP
         self.session_flags = 0
         # Each SETLKW that has to wait holds a thread until the lock is granted.
         self.lock_waiters = threading.BoundedSemaphore(max_lock_waiters)
@@ -220,9 +232,10 @@ class FuseEngine:
             self.counts[opcode] += 1
         body = memoryview(request)[abi.IN_HEADER_SIZE:]
         groups = ()
+        labels = None
         if extlen:
             try:
-                body, groups = self._extensions(body, extlen)
+                body, groups, labels = self._extensions(body, extlen)
             except (OSError, struct.error):
                 return -errno.EINVAL, b""
         method = self.table.get(opcode)
@@ -234,7 +247,7 @@ class FuseEngine:
             return -errno.EROFS, b""
         try:
             with self.fs.request_scope():
-                result = method(nodeid, body, out_size, (uid, gid, pid, groups))
+                result = method(nodeid, body, out_size, (uid, gid, pid, groups, labels))
         except OSError as exc:
             return _errno(exc), b""
         except (struct.error, ValueError, OverflowError, UnicodeError):
@@ -247,34 +260,75 @@ class FuseEngine:
         return 0, result
 
     def _extensions(self, body, extlen):
-        """Split request extensions off the body; returns (body, supplementary groups).
-        Only the group extension is negotiated (FUSE_CREATE_SUPP_GROUP)."""
+        """Split request extensions off the body; returns (body, supplementary groups, security
+        contexts or None).  Only negotiated extensions are taken: the group extension
+        (FUSE_CREATE_SUPP_GROUP) and one security context block (FUSE_SECURITY_CTX)."""
         size = extlen * 8
-        if size > len(body) or not self.session_flags & abi.FUSE_CREATE_SUPP_GROUP:
-            raise OSError(errno.EINVAL, "request extension not negotiated")
+        if size > len(body):
+            raise OSError(errno.EINVAL, "request extension longer than the request")
         ext, body = body[len(body) - size:], body[:len(body) - size]
         groups = ()
+        labels = None
         pos = 0
         while pos < size:
             ext_size, ext_type = abi.ext_header.unpack_from(ext, pos)
             if ext_size < abi.ext_header.size or ext_size % 8 or pos + ext_size > size:
                 raise OSError(errno.EINVAL, "malformed request extension")
-            if ext_type != abi.FUSE_EXT_GROUPS:
-                raise OSError(errno.EINVAL, "unknown request extension")
-            (count,) = struct.unpack_from("<I", ext, pos + abi.ext_header.size)
-            if abi.ext_header.size + 4 + 4 * count > ext_size or count > 16:
-                raise OSError(errno.EINVAL, "malformed group extension")
-            groups = struct.unpack_from(f"<{count}I", ext, pos + abi.ext_header.size + 4)
+            if (ext_type == abi.FUSE_EXT_GROUPS and
+                    self.session_flags & abi.FUSE_CREATE_SUPP_GROUP):
+                (count,) = struct.unpack_from("<I", ext, pos + abi.ext_header.size)
+                if abi.ext_header.size + 4 + 4 * count > ext_size or count > 16:
+                    raise OSError(errno.EINVAL, "malformed group extension")
+                groups = struct.unpack_from(f"<{count}I", ext, pos + abi.ext_header.size + 4)
+            elif (ext_type <= abi.FUSE_MAX_NR_SECCTX and labels is None and
+                    self.session_flags & abi.FUSE_SECURITY_CTX):
+                labels = self._security_contexts(ext[pos:pos + ext_size])
+            else:
+                raise OSError(errno.EINVAL, "request extension not negotiated")
             pos += ext_size
-        return body, groups
+        return body, groups, labels
 
-    def _caller(self, ctx, umask=None):
-        """The creator of a new object, with the umask when the client left it to us."""
+    @staticmethod
+    def _security_contexts(block):
+        """The (xattr name, value) pairs of a fuse_secctx_header block (``block`` starts at the
+        header; its ``size`` field bounds what is read).  Each fuse_secctx record, with its
+        name and value, is 8-aligned as the kernel lays them out (fs/fuse/dir.c)."""
+        size, count = abi.ext_header.unpack_from(block)
+        if size < abi.ext_header.size or size > len(block) or count > abi.FUSE_MAX_NR_SECCTX:
+            raise OSError(errno.EINVAL, "malformed security context")
+        block = block[:size]
+        labels = []
+        pos = abi.ext_header.size
+        for _ in range(count):
+            value_size, _ = abi.secctx.unpack_from(block, pos)
+            name, end = FuseEngine._name(block, pos + abi.secctx.size)
+            if not name or end + value_size > size:
+                raise OSError(errno.EINVAL, "malformed security context")
+            labels.append((name, bytes(block[end:end + value_size])))
+            pos += abi.rec_align(abi.secctx.size + len(name) + 1 + value_size)
+        return tuple(labels)
+
+    def _labels(self, ctx, body, end):
+        """The security contexts a CREATE, MKDIR, MKNOD, SYMLINK or TMPFILE carries under
+        FUSE_SECURITY_CTX: the request extension (7.38 on), or else the fuse_secctx_header block
+        a 7.36/7.37 client appends to the arguments (which end at ``end``) with no total_extlen.
+        Empty without the capability or when the guest has no label to give."""
+        if not self.session_flags & abi.FUSE_SECURITY_CTX:
+            return ()
+        if ctx[4] is not None:
+            return ctx[4]
+        if len(body) > end:
+            return self._security_contexts(body[end:])
+        return ()
+
+    def _caller(self, ctx, umask=None, labels=()):
+        """The creator of a new object, with the umask when the client left it to us and the
+        security contexts the new object is to carry."""
         uid, gid, groups = ctx[0], ctx[1], ctx[3]
         if self.idmap is not None:
             uid, gid = self.idmap.host_uid(uid), self.idmap.host_gid(gid)
             groups = [self.idmap.host_gid(g) for g in groups]
-        return Caller(uid, gid, groups, None if umask is None else self._umask(umask))
+        return Caller(uid, gid, groups, None if umask is None else self._umask(umask), labels)
 
     # -- encoding helpers ----------------------------------------------------------------------
 
@@ -434,8 +488,9 @@ class FuseEngine:
 
     def do_symlink(self, nodeid, body, out_size, ctx):
         name, end = self._name(body)
-        target, _ = self._name(body, end)
-        return self._entry(*self.fs.symlink(nodeid, name, target, self._caller(ctx)))
+        target, end = self._name(body, end)
+        caller = self._caller(ctx, labels=self._labels(ctx, body, end))
+        return self._entry(*self.fs.symlink(nodeid, name, target, caller))
 
     def _umask(self, umask):
         """The caller's umask when the guest left applying it to us (FUSE_DONT_MASK)."""
@@ -443,13 +498,15 @@ class FuseEngine:
 
     def do_mknod(self, nodeid, body, out_size, ctx):
         mode, rdev, umask, _ = abi.mknod_in.unpack_from(body)
-        name, _ = self._name(body, abi.mknod_in.size)
-        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, self._caller(ctx, umask)))
+        name, end = self._name(body, abi.mknod_in.size)
+        caller = self._caller(ctx, umask, self._labels(ctx, body, end))
+        return self._entry(*self.fs.mknod(nodeid, name, mode, rdev, caller))
 
     def do_mkdir(self, nodeid, body, out_size, ctx):
         mode, umask = abi.mkdir_in.unpack_from(body)
-        name, _ = self._name(body, abi.mkdir_in.size)
-        return self._entry(*self.fs.mkdir(nodeid, name, mode, self._caller(ctx, umask)))
+        name, end = self._name(body, abi.mkdir_in.size)
+        caller = self._caller(ctx, umask, self._labels(ctx, body, end))
+        return self._entry(*self.fs.mkdir(nodeid, name, mode, caller))
 
     def do_unlink(self, nodeid, body, out_size, ctx):
         self.fs.unlink(nodeid, self._name(body)[0])
@@ -490,15 +547,16 @@ class FuseEngine:
 
     def do_create(self, nodeid, body, out_size, ctx):
         flags, mode, umask, open_flags = abi.create_in.unpack_from(body)
-        name, _ = self._name(body, abi.create_in.size)
+        name, end = self._name(body, abi.create_in.size)
         child, st, fh = self.fs.create(
-            nodeid, name, mode, flags, self._caller(ctx, umask),
+            nodeid, name, mode, flags, self._caller(ctx, umask, self._labels(ctx, body, end)),
             kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_tmpfile(self, nodeid, body, out_size, ctx):
         flags, mode, umask, _ = abi.create_in.unpack_from(body)
-        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, self._caller(ctx, umask))
+        caller = self._caller(ctx, umask, self._labels(ctx, body, abi.create_in.size))
+        child, st, fh = self.fs.tmpfile(nodeid, mode, flags, caller)
         return self._entry(child, st) + abi.open_out.pack(fh, self.cache.open_flags, 0)
 
     def do_read(self, nodeid, body, out_size, ctx):

@@ -234,7 +234,7 @@ def engine_env():
     os.symlink("/etc/passwd", os.path.join(root, "link"))
     os.mkfifo(os.path.join(root, "fifo"))
     fs = PassthroughFs(root, _ring.HandleTable(4096), inodes=_ring.HandleTable(4096))
-    engine = FuseEngine(fs, "never", xattr=True)
+    engine = FuseEngine(fs, "never", xattr=True, security_label=True)
     init = abi.in_header.pack(abi.IN_HEADER_SIZE + 64, Opcode.INIT, 1, 0, 0, 0, 0, 0, 0) + \
         abi.init_in.pack(7, 38, 1 << 17, LINUX_6_1_INIT_FLAGS & 0xFFFFFFFF,
                          LINUX_6_1_INIT_FLAGS >> 32)
