@@ -41,10 +41,6 @@ CMDS = {("posix", "set"): fcntl.F_SETLK, ("posix", "wait"): fcntl.F_SETLKW,
 RD, WR, UN = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
 
 DIR = None
-# LOCKS_UNKNOWN_HOLDER=1: F_GETLK may answer l_pid 0 (holder unknown) for a POSIX lock of
-# another process.  Locks served by a virtio-fs backend are host OFD locks, which carry no
-# process; the backend cannot name the guest process holding one.
-UNKNOWN_HOLDER = os.environ.get("LOCKS_UNKNOWN_HOLDER") == "1"
 
 
 class Failure(Exception):
@@ -113,8 +109,6 @@ def getlk(fd, kind, ltype, start=0, length=EOF, holder=None):
     ltype, _, start, length, pid = lock(fd, kind, "get", ltype, start, length)
     if ltype == UN:
         return "unlck"
-    if pid == 0 and holder is not None and UNKNOWN_HOLDER:
-        pid = holder
     who = "holder" if pid == holder else "-1" if pid == -1 else f"other({pid})"
     return f"{TYPE_NAMES[ltype]} {start} {length} {who}"
 

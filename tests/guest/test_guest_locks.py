@@ -60,11 +60,8 @@ def test_lock_semantics_match_the_host(guest_images, start_backend, tmp_path, ex
                           capture_output=True, text=True, timeout=600)
     assert host.returncode == 0, f"the workload fails on the host:\n{host.stdout}{host.stderr}"
 
-    # Served locks are host OFD locks: F_GETLK in the guest cannot name the guest process
-    # holding a conflicting lock and answers l_pid 0 (the reference virtiofsd does the same).
-    env = {} if extra else {"LOCKS_UNKNOWN_HOLDER": "1"}
     with guest.start_guest(SCRIPT, vhost_user_socket=backend.socket_path, results_dir=results,
-                           kernel=kernel, initramfs=initramfs, env=env) as vm:
+                           kernel=kernel, initramfs=initramfs) as vm:
         vm.wait_for_script(timeout=300)
         deadline = time.monotonic() + GUEST_TIMEOUT
         while not (results / "holding").exists():
