@@ -8,7 +8,9 @@ must be gone within EXIT_LIMIT of QEMU's exit, after a clean power-off and after
 in the middle of I/O.
 """
 
+import fcntl
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -172,8 +174,6 @@ def test_daemon_exits_promptly_with_a_lock_wait_pending(guest_images, fastvfs_ba
                                                          how):
     """QEMU goes while the guest waits for a lock a host process holds (a SETLKW the daemon
     answers only once the lock is granted): the wait must not keep the daemon alive."""
-    import fcntl
-    import signal
     kernel, initramfs = guest_images
     backend, shared = fastvfs_backend
     (shared / "locked-by-host").write_text("x")

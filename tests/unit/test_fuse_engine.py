@@ -536,8 +536,8 @@ class TestLocks:
         s, nodeid, fh, path = lk
 
         def getlk(owner, start, end, lock_type=fcntl.F_WRLCK):
-            return abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid,
-                                          abi.lk_in.pack(fh, owner, start, end, lock_type, 0, 0, 0)))
+            body = abi.lk_in.pack(fh, owner, start, end, lock_type, 0, 0, 0)
+            return abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, body))
 
         def setlk(owner, pid, start, end, lock_type):
             s.ok(Opcode.SETLK, nodeid, abi.lk_in.pack(fh, owner, start, end, lock_type, pid, 0, 0))
