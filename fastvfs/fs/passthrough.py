@@ -320,10 +320,13 @@ class LockFile:
     ``refs`` counts the requests using ``fd`` (guarded by the file system's locks_lock): a
     description dropped by a FLUSH or RELEASE on another queue is closed by its last user, so
     its number is never reused under a request.  ``fhs``: the guest handles its locks went
-    through.  ``mutex`` orders the owner's lock calls with ``read_ranges``, the ranges a
-    read-only description holds read locks on, kept so that it can be given write access."""
+    through.  ``mutex`` orders the owner's lock calls with ``ranges``, the (start, end, type)
+    POSIX locks it holds, merged and split as the host merges and splits them: the read ones
+    are taken again when a read-only description is given write access, and F_GETLK finds the
+    owner of a conflicting lock there.  ``pid``: the guest process (fuse_lk_in.lk.pid) of the
+    owner's last lock, the one F_GETLK names as the holder."""
 
-    __slots__ = ("fd", "writable", "fhs", "refs", "dropped", "read_ranges", "mutex")
+    __slots__ = ("fd", "writable", "fhs", "refs", "dropped", "ranges", "pid", "mutex")
 
     def __init__(self, fd, writable):
         self.fd = fd
@@ -331,32 +334,36 @@ class LockFile:
         self.fhs = set()
         self.refs = 0
         self.dropped = False
-        self.read_ranges = []
+        self.ranges = []
+        self.pid = 0
         self.mutex = threading.Lock()
 
+    @property
+    def read_ranges(self):
+        return [(s, e) for s, e, t in self.ranges if t == fcntl.F_RDLCK]
+
     def note(self, start, end, lock_type):
-        """Record a lock granted on a read-only description (POSIX merge and split rules)."""
-        if self.writable:
-            return
+        """Record a lock granted or removed (POSIX rules: the range replaces what the owner
+        held there; adjacent ranges of one type merge)."""
         kept = []
-        for s, e in self.read_ranges:
+        for s, e, t in self.ranges:
             if e < start or s > end:
-                kept.append((s, e))
+                kept.append((s, e, t))
                 continue
             if s < start:
-                kept.append((s, start - 1))
+                kept.append((s, start - 1, t))
             if e > end:
-                kept.append((end + 1, e))
-        if lock_type == fcntl.F_RDLCK:
-            kept.append((start, end))
+                kept.append((end + 1, e, t))
+        if lock_type != fcntl.F_UNLCK:
+            kept.append((start, end, lock_type))
         kept.sort()
         merged = []
-        for s, e in kept:
-            if merged and s <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        for s, e, t in kept:
+            if merged and merged[-1][2] == t and s <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e), t)
             else:
-                merged.append((s, e))
-        self.read_ranges = merged
+                merged.append((s, e, t))
+        self.ranges = merged
 
 
 def guest_fd_budget(nofile):
@@ -1159,14 +1166,29 @@ class PassthroughFs:
                 got = fcntl.fcntl(lf.fd, fcntl.F_OFD_GETLK, data)
         finally:
             self._put_lock_file(lf)
-        t, _, s, length, pid = FLOCK.unpack(got)
+        t, _, s, length, _ = FLOCK.unpack(got)
         if t == fcntl.F_UNLCK:
             return 0, 0, fcntl.F_UNLCK, 0
-        return s, OFFSET_MAX if length == 0 else s + length - 1, t, max(pid, 0)
+        end = OFFSET_MAX if length == 0 else s + length - 1
+        return s, end, t, self._holder(nodeid, owner, s, end, t)
 
-    def setlk(self, nodeid, fh, owner, start, end, lock_type, *, flock=False, wait=False):
+    def _holder(self, nodeid, owner, start, end, lock_type):
+        """The guest process holding the conflicting lock the host reported: the other
+        owner on the inode holding exactly that range (the host reports a description's lock
+        as merged, and so does ``LockFile.note``).  0 (unknown to the guest) if none does: a
+        host process's lock, whose pid means nothing in the guest's pid namespace."""
+        with self.locks_lock:
+            others = [lf for (n, o, kind), lf in self.lock_fds.items()
+                      if n == nodeid and kind == "posix" and o != owner]
+        for lf in others:
+            if (start, end, lock_type) in lf.ranges:
+                return lf.pid
+        return 0
+
+    def setlk(self, nodeid, fh, owner, start, end, lock_type, *, flock=False, wait=False,
+              pid=0):
         """Take or release a lock through the guest's handle ``fh``; without ``wait`` a
-        conflict raises EAGAIN."""
+        conflict raises EAGAIN.  ``pid``: the guest process asking (fuse_lk_in.lk.pid)."""
         if flock:
             if lock_type not in LOCK_TYPES:
                 raise OSError(errno.EINVAL, "invalid lock type")
@@ -1195,11 +1217,13 @@ class PassthroughFs:
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, data)
                 with lf.mutex:
                     lf.note(start, end, lock_type)
+                    lf.pid = pid if lock_type != fcntl.F_UNLCK else lf.pid
             else:
                 with lf.mutex:
                     self._writable_for(lf, lock_type)
                     fcntl.fcntl(lf.fd, fcntl.F_OFD_SETLK, data)
                     lf.note(start, end, lock_type)
+                    lf.pid = pid if lock_type != fcntl.F_UNLCK else lf.pid
         finally:
             self._put_lock_file(lf)
 
@@ -1224,7 +1248,7 @@ class PassthroughFs:
         except BaseException:
             os.close(fd)
             raise
-        old, lf.fd, lf.writable, lf.read_ranges = lf.fd, fd, True, []
+        old, lf.fd, lf.writable = lf.fd, fd, True
         os.close(old)
 
     def release_locks(self, nodeid, owner, kind):

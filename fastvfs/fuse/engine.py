@@ -654,18 +654,18 @@ class FuseEngine:
         return abi.lk_out.pack(*self.fs.getlk(nodeid, owner, start, end, lock_type))
 
     def do_setlk(self, nodeid, body, out_size, ctx):
-        fh, owner, start, end, lock_type, _, lk_flags, _ = abi.lk_in.unpack_from(body)
+        fh, owner, start, end, lock_type, pid, lk_flags, _ = abi.lk_in.unpack_from(body)
         self.fs.setlk(nodeid, fh, owner, start, end, lock_type,
-                      flock=bool(lk_flags & abi.FUSE_LK_FLOCK))
+                      flock=bool(lk_flags & abi.FUSE_LK_FLOCK), pid=pid)
         return b""
 
     def do_setlkw(self, nodeid, body, out_size, ctx):
         """Try at once; if the lock is taken, wait on a thread of its own and answer then, so
         the queue goes on serving other requests meanwhile."""
-        fh, owner, start, end, lock_type, _, lk_flags, _ = abi.lk_in.unpack_from(body)
+        fh, owner, start, end, lock_type, pid, lk_flags, _ = abi.lk_in.unpack_from(body)
         flock = bool(lk_flags & abi.FUSE_LK_FLOCK)
         try:
-            self.fs.setlk(nodeid, fh, owner, start, end, lock_type, flock=flock)
+            self.fs.setlk(nodeid, fh, owner, start, end, lock_type, flock=flock, pid=pid)
             return b""
         except BlockingIOError:
             pass
@@ -675,12 +675,13 @@ class FuseEngine:
         def wait(pending):
             threading.Thread(target=self._wait_for_lock, name="fastvfs-lockwait", daemon=True,
                              args=(pending, nodeid, fh, owner, start, end, lock_type,
-                                   flock)).start()
+                                   flock, pid)).start()
         return wait
 
-    def _wait_for_lock(self, pending, nodeid, fh, owner, start, end, lock_type, flock):
+    def _wait_for_lock(self, pending, nodeid, fh, owner, start, end, lock_type, flock, pid):
         try:
-            self.fs.setlk(nodeid, fh, owner, start, end, lock_type, flock=flock, wait=True)
+            self.fs.setlk(nodeid, fh, owner, start, end, lock_type, flock=flock, wait=True,
+                          pid=pid)
             error = 0
         except OSError as exc:
             error = _errno(exc)

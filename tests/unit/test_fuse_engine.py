@@ -528,6 +528,33 @@ class TestLocks:
         free = abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, self.body(fh, 1, 70, 80, fcntl.F_WRLCK)))
         assert free[2] == fcntl.F_UNLCK
 
+    def test_getlk_names_the_guest_process_holding_the_lock(self, lk):
+        """l_pid of F_GETLK is the guest process that took the conflicting lock (its
+        fuse_lk_in.lk.pid), after merges and splits; 0 for a host process's lock (a host pid
+        means nothing in the guest)."""
+        import fcntl
+        s, nodeid, fh, path = lk
+
+        def getlk(owner, start, end, lock_type=fcntl.F_WRLCK):
+            body = abi.lk_in.pack(fh, owner, start, end, lock_type, 0, 0, 0)
+            return abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, body))
+
+        def setlk(owner, pid, start, end, lock_type):
+            s.ok(Opcode.SETLK, nodeid, abi.lk_in.pack(fh, owner, start, end, lock_type, pid, 0, 0))
+
+        setlk(1, 101, 0, 9, fcntl.F_WRLCK)
+        setlk(1, 101, 10, 19, fcntl.F_WRLCK)  # merges with [0, 9] on the host
+        setlk(2, 202, 40, 49, fcntl.F_RDLCK)
+        assert getlk(3, 0, abi.OFFSET_MAX) == (0, 19, fcntl.F_WRLCK, 101)
+        assert getlk(3, 45, 45) == (40, 49, fcntl.F_RDLCK, 202)
+        setlk(1, 101, 5, 5, fcntl.F_UNLCK)  # splits it
+        assert getlk(3, 6, 30) == (6, 19, fcntl.F_WRLCK, 101)
+        setlk(1, 101, 0, abi.OFFSET_MAX, fcntl.F_UNLCK)
+        setlk(2, 202, 0, abi.OFFSET_MAX, fcntl.F_UNLCK)
+        with open(path, "r+") as host:
+            fcntl.lockf(host, fcntl.LOCK_EX, 10, 60)
+            assert getlk(3, 0, abi.OFFSET_MAX) == (60, 69, fcntl.F_WRLCK, 0)
+
     def test_host_processes_see_guest_locks(self, lk):
         import fcntl
         import subprocess
