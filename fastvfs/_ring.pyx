@@ -187,6 +187,9 @@ cdef enum:
     # A chain may name every descriptor of a 32768-entry ring, and a buffer may split where
     # guest memory regions meet; beyond this many pieces the request is refused.
     MAX_IOV = 2048
+    # The fewest descriptors a chain may have before it is refused (see _walk): a FUSE request
+    # of MAX_PAGES (256) data pages with its headers, with room to spare.
+    CHAIN_DESCS_FLOOR = 512
     VRING_DESC_F_NEXT = 1
     VRING_DESC_F_WRITE = 2
     VRING_DESC_F_INDIRECT = 4
@@ -1818,10 +1821,13 @@ cdef class Virtqueue:
                 seen = 0
                 in_indirect = True
                 continue
-            # Section 2.7.5.3.1: no chain is longer than the queue size, indirect descriptors
-            # included; an indirect table may be far larger (up to 2^28 entries).
+            # Section 2.7.5.3.1 forbids drivers chains longer than the queue size, and an
+            # indirect table may hold 2^28 entries: a chain is bounded here, but at the queue
+            # size or CHAIN_DESCS_FLOOR, whichever is larger, because Linux's virtio core
+            # (virtio_ring.c) lays requests longer than a small queue into one indirect table
+            # (a 1 MiB FUSE WRITE is 258 descriptors, and QEMU's queue size defaults to 128).
             total += 1
-            if total > self.num:
+            if total > self.num and total > CHAIN_DESCS_FLOOR:
                 return -EINVAL
             if d.len:
                 n = self.chain.nin + self.chain.nout

@@ -150,10 +150,10 @@ def _raw_chain(queue, descs):
 
 BAD_CHAIN_SHAPES = ["outside_memory", "loop", "next_out_of_range", "readable_after_writable",
                     "nested_indirect", "huge_length", "short_header", "short_header_with_unique",
-                    "len_beyond_buffers", "longer_than_the_queue"]
+                    "len_beyond_buffers", "longer_than_the_limit"]
 # The shapes whose reply area is valid: an error header lands there.
 BAD_CHAIN_SHAPES_WITH_REPLY = ("short_header", "short_header_with_unique", "len_beyond_buffers",
-                               "longer_than_the_queue")
+                               "longer_than_the_limit")
 
 
 def publish_bad_chain(frontend, shape):
@@ -186,9 +186,10 @@ def publish_bad_chain(frontend, shape):
         head = _raw_chain(queue, [(header, 12, N, 1), (reply, 96, W, None)])
     elif shape == "short_header_with_unique":
         head = _raw_chain(queue, [(header, 24, N, 1), (reply, 96, W, None)])
-    elif shape == "longer_than_the_queue":
-        # One indirect table of queue size + 1 descriptors: header, reply, empty buffers.
-        count = queue.size + 1
+    elif shape == "longer_than_the_limit":
+        # One indirect table of one descriptor more than a chain may have (the queue size or
+        # 512, whichever is larger): header, reply, empty buffers.
+        count = max(queue.size, 512) + 1
         table = mem.alloc(16 * count, 16)
         queue.write_desc(0, header, 40, N, 1, table=table)
         queue.write_desc(1, reply, 96, W | N, 2, table=table)

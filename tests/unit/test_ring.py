@@ -322,17 +322,22 @@ def test_avail_entry_naming_no_descriptor_is_skipped(harness, bad_head):
     assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16))], [64])) == (24, 0, 7)
 
 
-def test_chain_longer_than_the_queue_size_is_an_error_reply(harness):
-    h = harness(size=8)
+@pytest.mark.parametrize("size", [8, 1024])
+def test_chain_longer_than_the_limit_is_an_error_reply(harness, size):
+    """A chain may have up to the queue size or 512 descriptors, whichever is larger (a Linux
+    guest puts a 1 MiB request of a small queue into one indirect table); one more is an error
+    reply, and an indirect table as long as it likes costs no more than that."""
+    limit = max(size, 512)
+    h = harness(size=size)
     req = request(abi.Opcode.GETATTR, bytes(16), unique=11)
     buf = h.mem.alloc(len(req))
     h.mem.write(buf, req)
     out = h.mem.alloc(64)
     N, W = VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
-    # An indirect table of 9 descriptors behind one head of an 8-entry ring: the header, the
-    # reply buffer and seven empty writable buffers (the walk stops at the ninth, after the
-    # reply buffer, which takes the error).
-    count = 9
+    # An indirect table of limit + 1 descriptors behind one head: the header, the reply buffer
+    # and empty writable buffers (the walk stops at the one past the limit, after the reply
+    # buffer, which takes the error).
+    count = limit + 1
     table = h.mem.alloc(16 * count, 16)
     h.dq.write_desc(0, buf, len(req), N, 1, table=table)
     h.dq.write_desc(1, out, 64, W | N, 2, table=table)
@@ -345,7 +350,7 @@ def test_chain_longer_than_the_queue_size_is_an_error_reply(harness):
     _wait_raw(h, head)
     assert out_header(h.mem.read(out, 16)) == (16, -errno.EINVAL, 11)
     assert h.seen == [] and h.vq.bad_chains == 1
-    # One descriptor less is a chain of the queue size: served.
+    # One descriptor less is a chain at the limit: served.
     h.dq.write_desc(count - 2, out, 0, W, 0, table=table)
     h.dq.write_desc(head, table, 16 * (count - 1), VRING_DESC_F_INDIRECT)
     h.dq.publish_raw([head])
