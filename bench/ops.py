@@ -738,8 +738,9 @@ def main(argv=None):
         reference_sandbox="namespace (default)",
         fastvfs_threads=f"defaults: --thread-pool-size 0, io-engine uring; "
                         f"{threads.get('fastvfs')} threads in its processes after start-up",
-        reference_threads=f"default thread pool; {threads.get('reference')} threads in its "
-                          f"processes after start-up",
+        reference_threads=f"defaults: --thread-pool-size 0 (requests served on the queue's "
+                          f"thread); {threads.get('reference')} threads in its processes after "
+                          f"start-up",
         tree_fs=_fs_type(tempfile.gettempdir()),
         driver="python: the project's FUSE client (fastvfs_testing.fuse_client) on its "
                "vhost-user frontend, one request queue, queue size 256, requests in indirect "
