@@ -464,6 +464,13 @@ def drive(client, workload, ctx, depth, seconds):
                     cycles += 1
                     if time.perf_counter() < deadline:
                         start(slot)
+    except BaseException:
+        # Leave the queue idle for the next workload: collect what is still in flight.
+        try:
+            client.wait_all()
+        except Exception:  # noqa: BLE001 - the first error is the one raised
+            pass
+        raise
     finally:
         del queue.kick
     wall = time.perf_counter() - t0
@@ -474,12 +481,12 @@ def drive(client, workload, ctx, depth, seconds):
 class Session:
     """One backend serving its own copy of the tree, the Python driver up on it."""
 
-    def __init__(self, name, workdir, cache):
+    def __init__(self, name, workdir, cache, prefix=()):
         self.name = name
         self.shared = Path(workdir) / name
         make_tree(self.shared)
         self.sock, self.proc, self.frontend = micro.start_daemon(
-            backend_argv(name, "{sock}", str(self.shared), cache), name)
+            [*prefix, *backend_argv(name, "{sock}", str(self.shared), cache)], name)
         self.client = FuseClient(self.frontend, timeout=30)
         init = self.client.init()
         self.setxattr_ext = bool(init.all_flags & abi.FUSE_SETXATTR_EXT)
@@ -555,6 +562,25 @@ def compare(fastvfs, reference, per_cycle):
         ("req_per_s", "backend_us_per_req")
     return {"rate": ratio(fastvfs.get(rate), reference.get(rate)),
             "cpu": ratio(fastvfs.get(cost), reference.get(cost))}
+
+
+# The gate's summary (bench/regress.py): one of each family of operations, at depth 1.
+GATE_WORKLOADS = ("lookup_miss", "setattr_mode", "open_release", "create", "mkdir", "rename",
+                  "readdirplus", "getxattr_hit", "setlk")
+
+
+def gate_ratios(results):
+    """{"ops:<workload>@<depth>": fastvfs/reference units per backend CPU-second}, the figure
+    the gate compares (higher is better for fastvfs); workloads a backend does not implement
+    are left out."""
+    out = {}
+    for row in results.values():
+        f, r = row.get("fastvfs") or {}, row.get("reference") or {}
+        if row["driver"] != "python" or "req_per_s" not in f or "req_per_s" not in r:
+            continue
+        cpu = compare(f, r, row["unit"] != "request")["cpu"]
+        out[f"ops:{row['workload']}@{row['depth']}"] = 1 / cpu if cpu else None
+    return out
 
 
 def _num(x, digits=0):
@@ -649,9 +675,9 @@ def _threads(pid):
     return len(list(micro.threads(pid)))
 
 
-def measure(names, depths, seconds, rounds, cache, lean=True, log=print):
-    """{key: row} for ``names`` at ``depths``; both backends run in one process of this
-    function, each started fresh."""
+def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=()):
+    """({key: row} for ``names`` at ``depths``, {backend: threads after start-up}); both
+    backends are started fresh for the call, fastvfs under the command ``prefix`` if given."""
     workdir = tempfile.mkdtemp(prefix="fastvfs-ops-")
     results, threads = {}, {}
     backends = ["fastvfs", "reference"]
@@ -659,7 +685,7 @@ def measure(names, depths, seconds, rounds, cache, lean=True, log=print):
         sessions = {}
         try:
             for b in backends:
-                sessions[b] = Session(b, workdir, cache)
+                sessions[b] = Session(b, workdir, cache, prefix if b == "fastvfs" else ())
             for b in backends:
                 threads[b] = _threads(sessions[b].proc.pid)
             for name in names:
@@ -727,10 +753,11 @@ def main(argv=None):
         if n not in BY_NAME:
             p.error(f"unknown workload {n}")
     depths = [int(d) for d in args.depths.split(",")]
+    commit = _git_commit()   # the commit measured, taken before a run a commit may outlast
     results, threads = measure(names, depths, args.seconds, args.rounds, args.cache,
                                lean=not args.no_lean)
     config = output.base_config(
-        commit=_git_commit(), seconds=args.seconds, rounds=args.rounds, depths=depths,
+        commit=commit, seconds=args.seconds, rounds=args.rounds, depths=depths,
         cache=args.cache, queue_size=256, request_queues_used=1,
         fastvfs_argv=backend_argv("fastvfs", "SOCK", "DIR", args.cache)[1:],
         reference_argv=backend_argv("reference", "SOCK", "DIR", args.cache),

@@ -73,7 +73,12 @@ class FakeClient:
         return ticket
 
     def collect(self):
-        done = [(t, Reply(t, self.answer(op), bytes(256))) for t, op in self.pending.items()]
+        """The oldest request's reply."""
+        ticket = next(iter(self.pending))
+        return [(ticket, Reply(ticket, self.answer(self.pending.pop(ticket)), bytes(256)))]
+
+    def wait_all(self):
+        done = {t: Reply(t, self.answer(op)) for t, op in self.pending.items()}
         self.pending.clear()
         return done
 
@@ -99,9 +104,11 @@ def test_drive_expects_the_miss_and_reports_not_implemented():
     assert r["requests"] == r["cycles"] > 0
     with pytest.raises(OSError):
         ops.drive(FakeClient(lambda op: errno.ENOENT), ops.BY_NAME["lookup_hit"], Ctx(), 1, 0.01)
+    client = FakeClient(lambda op: errno.ENOSYS)
     with pytest.raises(ops.NotImplementedByBackend):
-        ops.drive(FakeClient(lambda op: errno.ENOSYS), ops.BY_NAME["copy_file_range"], Ctx(),
-                  1, 0.01)
+        ops.drive(client, ops.BY_NAME["copy_file_range"], Ctx(), 4, 0.01)
+    # The other requests in flight were collected: the next workload starts on an idle queue.
+    assert not client.pending
 
 
 def _round(requests, cycles, wall, backend, driver=0.5, kicks=None):
@@ -157,3 +164,20 @@ def test_table_shows_cycles_ratios_and_not_implemented():
     copy = next(line for line in text.splitlines() if line.startswith("| copy_file_range"))
     assert "not implemented" in copy and "2,000" in copy
     assert "cache mode: auto" in text and "Commit abc" in text
+
+
+def test_gate_ratios_are_units_per_backend_cpu_second():
+    f = ops.summarise([_round(4000, 1000, 1.0, 0.1)])
+    r = ops.summarise([_round(2000, 500, 1.0, 0.1)])
+    results = {
+        "create@1/python": {"workload": "create", "depth": 1, "driver": "python",
+                            "unit": "CREATE+RELEASE+UNLINK+FORGET", "fastvfs": f,
+                            "reference": r},
+        "getattr@1/lean": {"workload": "getattr", "depth": 1, "driver": "lean",
+                           "unit": "request", "fastvfs": f, "reference": r},
+        "copy_file_range@1/python": {"workload": "copy_file_range", "depth": 1,
+                                     "driver": "python", "unit": "request",
+                                     "fastvfs": {"not_implemented": "ENOSYS"}, "reference": r},
+    }
+    # fastvfs does a cycle on half the reference's CPU: twice the cycles per CPU-second.
+    assert ops.gate_ratios(results) == {"ops:create@1": pytest.approx(2.0)}
