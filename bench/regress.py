@@ -76,13 +76,13 @@ def compare(results, baseline, threshold):
 
 
 def format_rows(rows, threshold):
-    out = [f"{'workload':<14}{'baseline':>10}{'current':>10}{'change':>9}  verdict "
+    out = [f"{'workload':<22}{'baseline':>10}{'current':>10}{'change':>9}  verdict "
            f"(fastvfs/reference requests per backend CPU-second; fails below {threshold:.2f}x "
            f"of baseline)"]
     for key, base, cur, change, verdict in rows:
         def f(x):
             return f"{x:.2f}" if x is not None else "-"
-        out.append(f"{key:<14}{f(base):>10}{f(cur):>10}{f(change):>9}  {verdict}")
+        out.append(f"{key:<22}{f(base):>10}{f(cur):>10}{f(change):>9}  {verdict}")
     return "\n".join(out)
 
 
