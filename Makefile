@@ -15,7 +15,7 @@ LIBVIRT_PACKAGES = libvirt-daemon-system libvirt-clients libvirt-daemon-driver-q
 DEPLOYED ?= .venv-deployed
 FASTVFS_BIN = $(CURDIR)/$(DEPLOYED)/bin/fastvfs
 
-.PHONY: deps libvirt-deps fuzz-deps fuzz-build fuzz fuzz-seeds venv build dist deployed test test-all demo micro micro-pytest bench perf-gate clean
+.PHONY: deps libvirt-deps fuzz-deps fuzz-build fuzz fuzz-seeds venv build dist deployed test test-all demo micro micro-pytest ops-bench bench perf-gate clean
 # The fuzzing set-up: the instrumented build of the extensions (a separate build directory:
 # the in-place build stays the plain one), the harnesses, and the long run's corpus and crashes.
 FUZZ_NATIVE = build/fuzz-lib
@@ -113,6 +113,11 @@ demo: build
 # Microbenchmarks against the reference virtiofsd in the same run (reports/micro/).
 micro: build
 	$(PY) -m bench.micro $(MICRO_ARGS)
+
+# Every opcode a Linux guest sends, fastvfs against the reference virtiofsd in the same run
+# (reports/ops/; OPS_ARGS="--seconds 1 --rounds 2" is the default length).
+ops-bench: build
+	$(PY) -m bench.ops $(OPS_ARGS)
 
 # The same microbenchmarks under pytest-benchmark (JSON in reports/micro/).
 micro-pytest: build $(VENV)/.bench

@@ -122,7 +122,7 @@ def cpu_seconds(pid):
     return total / 1e9
 
 
-def start_daemon(argv, name, **frontend_options):
+def start_daemon(argv, name, queue_size=256, **frontend_options):
     """Start a backend (``"{sock}"`` in ``argv`` becomes a fresh socket path) and bring a
     frontend driver up on it; returns (socket path, process, frontend)."""
     sock = str(Path(tempfile.mkdtemp(prefix="fvb-")) / "s.sock")
@@ -131,7 +131,7 @@ def start_daemon(argv, name, **frontend_options):
     deadline = time.monotonic() + 15
     while True:
         try:
-            return sock, proc, VhostUserFrontend(sock, queue_size=256, timeout=30,
+            return sock, proc, VhostUserFrontend(sock, queue_size=queue_size, timeout=30,
                                                  **frontend_options).start()
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline or proc.poll() is not None:

@@ -6,8 +6,11 @@ virtiofsd in the same run, compared with the stored baseline.
 
 The compared figure is fastvfs's requests per backend CPU-second divided by the reference's,
 measured side by side: machine speed and load cancel out, what is left is fastvfs's own cost per
-request.  A workload whose figure falls below ``--threshold`` (default 0.5, i.e. a 2x slowdown)
-of its baseline fails the run (exit status 1).  Every run is written to ``--history`` as
+request.  The every-opcode benchmark's summary (``bench.ops.GATE_WORKLOADS`` at depth 1, one
+short round each, keys ``ops:<workload>@1``) is measured and compared the same way, per request
+or per cycle; ``--no-ops`` leaves it out.  A workload whose figure falls below ``--threshold``
+(default 0.5, i.e. a 2x slowdown) of its baseline fails the run (exit status 1); one not in the
+baseline yet is reported as new.  Every run is written to ``--history`` as
 ``<time>-<commit>.json``; ``python -m bench.history`` plots them.
 """
 
@@ -22,8 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import micro
+from bench import micro, ops
 
+OPS_SECONDS = 0.5
 WORKLOADS = [("getattr", 1), ("getattr", 32), ("lookup", 1), ("read4k", 1), ("read4k", 32),
              ("write4k", 1), ("write4k", 32)]
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
@@ -72,13 +76,13 @@ def compare(results, baseline, threshold):
 
 
 def format_rows(rows, threshold):
-    out = [f"{'workload':<14}{'baseline':>10}{'current':>10}{'change':>9}  verdict "
+    out = [f"{'workload':<22}{'baseline':>10}{'current':>10}{'change':>9}  verdict "
            f"(fastvfs/reference requests per backend CPU-second; fails below {threshold:.2f}x "
            f"of baseline)"]
     for key, base, cur, change, verdict in rows:
         def f(x):
             return f"{x:.2f}" if x is not None else "-"
-        out.append(f"{key:<14}{f(base):>10}{f(cur):>10}{f(change):>9}  {verdict}")
+        out.append(f"{key:<22}{f(base):>10}{f(cur):>10}{f(change):>9}  {verdict}")
     return "\n".join(out)
 
 
@@ -99,6 +103,8 @@ def main(argv=None):
     p.add_argument("--history", type=Path, default=Path("reports/history"))
     p.add_argument("--update-baseline", action="store_true",
                    help="store this run's ratios as the new baseline")
+    p.add_argument("--no-ops", action="store_true",
+                   help="leave out the every-opcode summary (bench.ops)")
     p.add_argument("--fastvfs-prefix", default="",
                    help="command to run the fastvfs daemon under (e.g. to show the gate "
                         "catching a slowdown)")
@@ -107,12 +113,19 @@ def main(argv=None):
         print(f"regression gate skipped: {micro.REFERENCE} is not installed")
         return 0
     results = measure(args.seconds, shlex.split(args.fastvfs_prefix))
+    ops_results = {}
+    if not args.no_ops:
+        ops_results, _ = ops.measure(ops.GATE_WORKLOADS, [1], OPS_SECONDS, 1, "auto",
+                                     lean=False, log=lambda line: None,
+                                     prefix=shlex.split(args.fastvfs_prefix))
+        results.update({k: {"ratio": v} for k, v in ops.gate_ratios(ops_results).items()})
     baseline = json.loads(args.baseline.read_text()) if args.baseline.exists() else {}
     rows, ok = compare(results, baseline.get("ratios", {}), args.threshold)
     print(format_rows(rows, args.threshold))
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     record = {"date": stamp, "commit": commit(), "seconds": args.seconds,
               "ratios": {k: r["ratio"] for k, r in results.items()}, "results": results,
+              "ops": ops_results,
               "prefix": args.fastvfs_prefix}
     args.history.mkdir(parents=True, exist_ok=True)
     (args.history / f"{stamp}-{record['commit']}.json").write_text(json.dumps(record, indent=1))

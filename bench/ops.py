@@ -1,0 +1,790 @@
+"""Every opcode a Linux guest's virtiofs client sends: fastvfs against the reference virtiofsd in
+the same run.
+
+    python -m bench.ops [--seconds 1] [--rounds 2] [--depths 1,32] [--only getattr,create]
+                        [--cache auto] [--out reports/ops]
+
+Both backends are started fresh for the run, each serving its own copy of the same tree, with
+extended attributes and POSIX locks turned on (both default them off or on differently).  For
+each workload and depth the figure is taken in ``--rounds`` runs of ``--seconds`` each,
+interleaved A B A B, and summed.
+
+The driver is the project's Python FUSE client (``fastvfs_testing.fuse_client`` over
+``fastvfs_testing.frontend``), the "guest-like" one: requests laid out as Linux's
+``virtio_fs_enqueue_req`` does, in indirect tables, EVENT_IDX negotiated both ways, each
+request published on its own and the device kicked whenever its ``avail_event`` asks for it
+(counted as kicks per request).  ``depth`` requests (or cycles) are kept in flight on one
+request queue, closed loop.  Workloads whose steps depend on each other (CREATE then RELEASE,
+UNLINK and FORGET) run as cycles, ``depth`` of them at once, reported per cycle.  The Python
+driver costs tens of microseconds per request: its own CPU share is reported beside each figure,
+and where it is near 100 % the requests/s figure measures the driver, not the backend (CPU per
+request stays a backend figure).  For the few workloads it supports, the lean C driver
+(``fastvfs_testing.lean``, the one ``bench.micro`` uses) is run as a second driver.
+
+Backend CPU is the run time of every thread of the started process and its descendants (both
+daemons serve from a child they fork into their sandbox), from /proc/PID/task/TID/schedstat.
+"""
+
+import argparse
+import errno
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import micro, output
+from fastvfs.fuse import abi
+from fastvfs.fuse.abi import Opcode
+from fastvfs_testing.fuse_client import PAGE_SIZE, READLINK_SIZE, FuseClient
+from fastvfs_testing.lean import LeanLoad
+
+REFERENCE = micro.REFERENCE
+ROOT = abi.FUSE_ROOT_ID
+DEPTHS = (1, 32)
+SLOTS = 32          # per-slot files and names: the deepest depth a cycle workload may run at
+DATA_SIZE = 16 << 20
+# A 1 MiB READ or WRITE is a chain of 260 descriptors (header, in-args, 256 pages, out header,
+# out-args), and no chain may be longer than the queue size (virtio 1.2 section 2.7.5.3.1; Linux's
+# virtio_fs caps max_pages below it): queues as large as QEMU set-ups commonly configure.
+QUEUE_SIZE = 1024
+DIR_ENTRIES = 32
+XATTR = b"user.bench"
+XATTR_VALUE = b"v" * 32
+# fuse_copy_file_range_in: fh_in off_in nodeid_out fh_out off_out len flags.
+COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
+NOT_IMPLEMENTED = (errno.ENOSYS, errno.EOPNOTSUPP)
+# The cache modes of both daemons by name.
+CACHE = {"never": "none", "auto": "auto", "always": "always"}
+
+
+def backend_argv(name, sock, shared, cache):
+    if name == "fastvfs":
+        return [sys.executable, "-m", "fastvfs", "--socket-path", sock, "--shared-dir", shared,
+                "--cache", cache, "--xattr", "--posix-lock", "--log-level", "error"]
+    return [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}",
+            "-o", f"cache={CACHE[cache]}", "-o", "xattr", "-o", "posix_lock"]
+
+
+def make_tree(root):
+    """The tree every backend serves (its own copy): data files, a symlink, a directory to
+    list, files with and without an extended attribute, and one file per slot to rename."""
+    root.mkdir()
+    for name in ("data", "copy"):
+        with open(root / name, "wb") as f:
+            f.truncate(DATA_SIZE)
+            f.write(os.urandom(1 << 20))
+    (root / "small").write_bytes(b"x" * 100)
+    os.setxattr(root / "small", XATTR, XATTR_VALUE)
+    (root / "plain").write_bytes(b"y" * 100)
+    (root / "trunc").write_bytes(b"")
+    os.symlink("data", root / "sym")
+    (root / "dir").mkdir()
+    for i in range(DIR_ENTRIES):
+        (root / "dir" / f"entry{i:02}").write_bytes(b"")
+    (root / "w").mkdir()
+    for i in range(SLOTS):
+        (root / "w" / f"r{i}").write_bytes(b"")
+
+
+@dataclass
+class Req:
+    """One request of a workload: what ``FuseClient.submit`` takes, and the errors that count
+    as the expected answer (0: success)."""
+
+    opcode: int
+    nodeid: int
+    body: bytes = b""
+    kw: dict = field(default_factory=dict)
+    ok: tuple = (0,)
+
+
+def _name(s):
+    return s.encode() + b"\0"
+
+
+def _entry_node(reply):
+    return abi.entry_out_head.unpack_from(reply.payload)[0]
+
+
+# -- workloads: generators yielding Req and receiving the Reply --------------------------------
+# Each takes (ctx, slot, seq): ``ctx`` the session (nodes and handles), ``slot`` the index of the
+# cycle's place in the depth (its own names and lock range), ``seq`` the cycle's sequence number
+# within its slot.
+
+def w_lookup_hit(ctx, slot, seq):
+    yield Req(Opcode.LOOKUP, ROOT, _name("data"), {"reply_len": abi.ENTRY_OUT_SIZE})
+
+
+def w_lookup_miss(ctx, slot, seq):
+    yield Req(Opcode.LOOKUP, ROOT, _name("absent"), {"reply_len": abi.ENTRY_OUT_SIZE},
+              ok=(errno.ENOENT,))
+
+
+def w_getattr(ctx, slot, seq):
+    yield Req(Opcode.GETATTR, ctx.node["data"], abi.getattr_in.pack(0, 0, 0),
+              {"reply_len": abi.ATTR_OUT_SIZE})
+
+
+def _setattr(node, valid, *, size=0, atime=0, mtime=0, mode=0, uid=0, gid=0):
+    body = abi.setattr_in.pack(valid, 0, 0, size, 0, atime, mtime, 0, 0, 0, 0, mode, 0, uid,
+                               gid, 0)
+    return Req(Opcode.SETATTR, node, body, {"reply_len": abi.ATTR_OUT_SIZE})
+
+
+def w_setattr_mode(ctx, slot, seq):
+    yield _setattr(ctx.node["trunc"], abi.FATTR_MODE, mode=0o100640 if seq % 2 else 0o100644)
+
+
+def w_setattr_owner(ctx, slot, seq):
+    yield _setattr(ctx.node["trunc"], abi.FATTR_UID | abi.FATTR_GID)
+
+
+def w_setattr_size(ctx, slot, seq):
+    yield _setattr(ctx.node["trunc"], abi.FATTR_SIZE, size=4096 * (seq % 2))
+
+
+def w_setattr_times(ctx, slot, seq):
+    yield _setattr(ctx.node["trunc"], abi.FATTR_ATIME | abi.FATTR_MTIME,
+                   atime=1_600_000_000 + seq, mtime=1_600_000_000 + seq)
+
+
+def w_open_release(ctx, slot, seq):
+    reply = yield Req(Opcode.OPEN, ctx.node["data"], abi.open_in.pack(os.O_RDWR, 0),
+                      {"reply_len": abi.open_out.size})
+    fh = abi.open_out.unpack(reply.payload)[0]
+    yield Req(Opcode.RELEASE, ctx.node["data"], abi.release_in.pack(fh, os.O_RDWR, 0, 0))
+
+
+def _forget(node):
+    return Req(Opcode.FORGET, node, abi.forget_in.pack(1), {"noreply": True})
+
+
+def w_create(ctx, slot, seq):
+    w, name = ctx.node["w"], _name(f"c{slot}")
+    reply = yield Req(Opcode.CREATE, w, abi.create_in.pack(os.O_RDWR | os.O_CREAT, 0o100644, 0,
+                                                           0) + name,
+                      {"reply_len": abi.ENTRY_OUT_SIZE + abi.open_out.size})
+    node = _entry_node(reply)
+    fh = abi.open_out.unpack_from(reply.payload, abi.ENTRY_OUT_SIZE)[0]
+    yield Req(Opcode.RELEASE, node, abi.release_in.pack(fh, os.O_RDWR, 0, 0))
+    yield Req(Opcode.UNLINK, w, name)
+    yield _forget(node)
+
+
+def w_mknod(ctx, slot, seq):
+    w, name = ctx.node["w"], _name(f"n{slot}")
+    reply = yield Req(Opcode.MKNOD, w, abi.mknod_in.pack(0o010644, 0, 0, 0) + name,
+                      {"reply_len": abi.ENTRY_OUT_SIZE})
+    yield Req(Opcode.UNLINK, w, name)
+    yield _forget(_entry_node(reply))
+
+
+def w_mkdir(ctx, slot, seq):
+    w, name = ctx.node["w"], _name(f"d{slot}")
+    reply = yield Req(Opcode.MKDIR, w, abi.mkdir_in.pack(0o755, 0) + name,
+                      {"reply_len": abi.ENTRY_OUT_SIZE})
+    yield Req(Opcode.RMDIR, w, name)
+    yield _forget(_entry_node(reply))
+
+
+def w_symlink(ctx, slot, seq):
+    w, name = ctx.node["w"], _name(f"s{slot}")
+    reply = yield Req(Opcode.SYMLINK, w, name + _name("target"),
+                      {"reply_len": abi.ENTRY_OUT_SIZE})
+    yield Req(Opcode.UNLINK, w, name)
+    yield _forget(_entry_node(reply))
+
+
+def w_link(ctx, slot, seq):
+    w, name = ctx.node["w"], _name(f"l{slot}")
+    reply = yield Req(Opcode.LINK, w, abi.link_in.pack(ctx.node["plain"]) + name,
+                      {"reply_len": abi.ENTRY_OUT_SIZE})
+    yield Req(Opcode.UNLINK, w, name)
+    yield _forget(_entry_node(reply))
+
+
+def w_rename(ctx, slot, seq):
+    w, a, b = ctx.node["w"], _name(f"r{slot}"), _name(f"r{slot}x")
+    yield Req(Opcode.RENAME, w, abi.rename_in.pack(w) + a + b)
+    yield Req(Opcode.RENAME, w, abi.rename_in.pack(w) + b + a)
+
+
+def w_rename2(ctx, slot, seq):
+    w, a, b = ctx.node["w"], _name(f"r{slot}"), _name(f"r{slot}x")
+    noreplace = abi.RENAME_NOREPLACE
+    yield Req(Opcode.RENAME2, w, abi.rename2_in.pack(w, noreplace, 0) + a + b)
+    yield Req(Opcode.RENAME2, w, abi.rename2_in.pack(w, noreplace, 0) + b + a)
+
+
+def w_readlink(ctx, slot, seq):
+    yield Req(Opcode.READLINK, ctx.node["sym"], b"", {"data_len": READLINK_SIZE})
+
+
+def w_statfs(ctx, slot, seq):
+    yield Req(Opcode.STATFS, ROOT, b"", {"reply_len": abi.kstatfs.size})
+
+
+def w_opendir(ctx, slot, seq):
+    node = ctx.node["dir"]
+    reply = yield Req(Opcode.OPENDIR, node, abi.open_in.pack(os.O_RDONLY | os.O_DIRECTORY, 0),
+                      {"reply_len": abi.open_out.size})
+    fh = abi.open_out.unpack(reply.payload)[0]
+    yield Req(Opcode.RELEASEDIR, node, abi.release_in.pack(fh, 0, 0, 0))
+
+
+def _readdir(ctx, opcode):
+    # The whole directory fits one page: each READDIR from offset 0 returns all of it.
+    return Req(opcode, ctx.node["dir"], abi.read_in.pack(ctx.fh["dir"], 0, PAGE_SIZE, 0, 0, 0, 0),
+               {"data_len": PAGE_SIZE})
+
+
+def w_readdir(ctx, slot, seq):
+    yield _readdir(ctx, Opcode.READDIR)
+
+
+def w_readdirplus(ctx, slot, seq):
+    yield _readdir(ctx, Opcode.READDIRPLUS)
+
+
+def w_list(ctx, slot, seq):
+    """``ls -l`` of a directory as the kernel does it: OPENDIR, READDIRPLUS to the end (the
+    second one returns nothing), RELEASEDIR."""
+    node = ctx.node["dir"]
+    reply = yield Req(Opcode.OPENDIR, node, abi.open_in.pack(os.O_RDONLY | os.O_DIRECTORY, 0),
+                      {"reply_len": abi.open_out.size})
+    fh = abi.open_out.unpack(reply.payload)[0]
+    reply = yield Req(Opcode.READDIRPLUS, node, abi.read_in.pack(fh, 0, PAGE_SIZE, 0, 0, 0, 0),
+                      {"data_len": PAGE_SIZE})
+    last = 0
+    for entry in _direntplus_offsets(reply.data):
+        last = entry
+    yield Req(Opcode.READDIRPLUS, node, abi.read_in.pack(fh, last, PAGE_SIZE, 0, 0, 0, 0),
+              {"data_len": PAGE_SIZE})
+    yield Req(Opcode.RELEASEDIR, node, abi.release_in.pack(fh, 0, 0, 0))
+
+
+def _direntplus_offsets(buf):
+    pos = 0
+    while pos + abi.ENTRY_OUT_SIZE + abi.dirent_head.size <= len(buf):
+        _, off, namelen, _ = abi.dirent_head.unpack_from(buf, pos + abi.ENTRY_OUT_SIZE)
+        yield off
+        pos += abi.rec_align(abi.ENTRY_OUT_SIZE + abi.dirent_head.size + namelen)
+
+
+def _getxattr(node, name, size, ok=(0,)):
+    return Req(Opcode.GETXATTR, node, abi.getxattr_in.pack(size, 0) + name + b"\0",
+               {"data_len": size} if size else {"reply_len": abi.getxattr_out.size}, ok=ok)
+
+
+def w_getxattr_hit(ctx, slot, seq):
+    yield _getxattr(ctx.node["small"], XATTR, 64)
+
+
+def w_getxattr_miss(ctx, slot, seq):
+    yield _getxattr(ctx.node["plain"], XATTR, 64, ok=(errno.ENODATA,))
+
+
+def _listxattr(node):
+    return Req(Opcode.LISTXATTR, node, abi.getxattr_in.pack(256, 0), {"data_len": 256})
+
+
+def w_listxattr_hit(ctx, slot, seq):
+    yield _listxattr(ctx.node["small"])
+
+
+def w_listxattr_empty(ctx, slot, seq):
+    yield _listxattr(ctx.node["plain"])
+
+
+def w_setxattr(ctx, slot, seq):
+    node, name = ctx.node["plain"], b"user.s%d\0" % slot
+    head = (abi.setxattr_in_ext.pack(len(XATTR_VALUE), 0, 0, 0) if ctx.setxattr_ext
+            else abi.setxattr_in.pack(len(XATTR_VALUE), 0))
+    yield Req(Opcode.SETXATTR, node, head + name + XATTR_VALUE)
+    yield Req(Opcode.REMOVEXATTR, node, name)
+
+
+def w_flush(ctx, slot, seq):
+    yield Req(Opcode.FLUSH, ctx.node["data"], abi.flush_in.pack(ctx.fh["data"], 0, 0, 0))
+
+
+def w_fsync(ctx, slot, seq):
+    yield Req(Opcode.FSYNC, ctx.node["data"], abi.fsync_in.pack(ctx.fh["data"], 0, 0))
+
+
+def w_fallocate(ctx, slot, seq):
+    # Space already allocated (the first MiB was written): the allocation itself is a no-op.
+    yield Req(Opcode.FALLOCATE, ctx.node["data"],
+              abi.fallocate_in.pack(ctx.fh["data"], (slot % 64) * 4096, 4096, 0, 0))
+
+
+def w_lseek(ctx, slot, seq):
+    yield Req(Opcode.LSEEK, ctx.node["data"],
+              abi.lseek_in.pack(ctx.fh["data"], 0, os.SEEK_DATA, 0),
+              {"reply_len": abi.lseek_out.size})
+
+
+def w_copy_file_range(ctx, slot, seq):
+    yield Req(Opcode.COPY_FILE_RANGE, ctx.node["data"],
+              COPY_FILE_RANGE_IN.pack(ctx.fh["data"], slot * 65536, ctx.node["copy"],
+                                      ctx.fh["copy"], slot * 65536, 65536, 0),
+              {"reply_len": abi.write_out.size})
+
+
+def _lock(ctx, opcode, slot, kind):
+    start = slot * 100
+    return Req(opcode, ctx.node["data"],
+               abi.lk_in.pack(ctx.fh["data"], 1000 + slot, start, start + 9, kind, 0, 0, 0),
+               {"reply_len": abi.lk_out.size} if opcode == Opcode.GETLK else {})
+
+
+def w_getlk(ctx, slot, seq):
+    yield _lock(ctx, Opcode.GETLK, slot, 1)    # F_WRLCK
+
+
+def w_setlk(ctx, slot, seq):
+    yield _lock(ctx, Opcode.SETLK, slot, 1)    # F_WRLCK
+    yield _lock(ctx, Opcode.SETLK, slot, 2)    # F_UNLCK
+
+
+def _io(op, size):
+    count = DATA_SIZE // size
+
+    def workload(ctx, slot, seq):
+        offset = ((slot * 7919 + seq * 104729) % count) * size
+        if op == Opcode.READ:
+            yield Req(op, ctx.node["data"], abi.read_in.pack(ctx.fh["data"], offset, size, 0, 0,
+                                                             0, 0), {"data_len": size})
+        else:
+            yield Req(op, ctx.node["data"], abi.write_in.pack(ctx.fh["data"], offset, size, 0, 0,
+                                                              0, 0),
+                      {"data": ctx.payload[:size], "reply_len": abi.write_out.size})
+    return workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    run: object
+    cycle: str = ""     # the requests of one cycle, when reported per cycle
+    lean: tuple = ()    # (op, size) for the lean C driver, where it has this workload
+
+
+WORKLOADS = [
+    Workload("lookup_hit", w_lookup_hit, lean=("LOOKUP", 0)),
+    Workload("lookup_miss", w_lookup_miss),
+    Workload("getattr", w_getattr, lean=("GETATTR", 0)),
+    Workload("setattr_mode", w_setattr_mode),
+    Workload("setattr_owner", w_setattr_owner),
+    Workload("setattr_size", w_setattr_size),
+    Workload("setattr_times", w_setattr_times),
+    Workload("open_release", w_open_release, "OPEN+RELEASE"),
+    Workload("create", w_create, "CREATE+RELEASE+UNLINK+FORGET"),
+    Workload("mknod", w_mknod, "MKNOD+UNLINK+FORGET"),
+    Workload("mkdir", w_mkdir, "MKDIR+RMDIR+FORGET"),
+    Workload("symlink", w_symlink, "SYMLINK+UNLINK+FORGET"),
+    Workload("link", w_link, "LINK+UNLINK+FORGET"),
+    Workload("rename", w_rename),
+    Workload("rename2", w_rename2),
+    Workload("readlink", w_readlink),
+    Workload("statfs", w_statfs),
+    Workload("opendir_releasedir", w_opendir, "OPENDIR+RELEASEDIR"),
+    Workload("readdir", w_readdir),
+    Workload("readdirplus", w_readdirplus),
+    Workload("list", w_list, "OPENDIR+READDIRPLUS+READDIRPLUS+RELEASEDIR"),
+    Workload("getxattr_hit", w_getxattr_hit),
+    Workload("getxattr_miss", w_getxattr_miss),
+    Workload("listxattr_hit", w_listxattr_hit),
+    Workload("listxattr_empty", w_listxattr_empty),
+    Workload("setxattr_removexattr", w_setxattr, "SETXATTR+REMOVEXATTR"),
+    Workload("flush", w_flush),
+    Workload("fsync", w_fsync),
+    Workload("fallocate", w_fallocate),
+    Workload("lseek", w_lseek),
+    Workload("copy_file_range", w_copy_file_range),
+    Workload("getlk", w_getlk),
+    Workload("setlk", w_setlk, "SETLK(lock)+SETLK(unlock)"),
+    Workload("read4k", _io(Opcode.READ, 4096), lean=("READ", 4096)),
+    Workload("read128k", _io(Opcode.READ, 128 << 10), lean=("READ", 128 << 10)),
+    Workload("read1m", _io(Opcode.READ, 1 << 20)),
+    Workload("write4k", _io(Opcode.WRITE, 4096), lean=("WRITE", 4096)),
+    Workload("write128k", _io(Opcode.WRITE, 128 << 10)),
+    Workload("write1m", _io(Opcode.WRITE, 1 << 20), lean=("WRITE", 1 << 20)),
+]
+BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+class NotImplementedByBackend(Exception):
+    """The backend answered ENOSYS / EOPNOTSUPP: it does not implement the operation."""
+
+
+def drive(client, workload, ctx, depth, seconds):
+    """Keep ``depth`` cycles of ``workload`` in flight for ``seconds`` (the ones started by
+    then run to their end); returns counts and the driver thread's CPU time."""
+    queue = client.frontend.queues[1]
+    kicks = [0]
+    kick = queue.kick
+
+    def counted_kick():
+        kicks[0] += 1
+        kick()
+    queue.kick = counted_kick
+    live, seqs = {}, [0] * depth
+    requests = cycles = 0
+
+    def step(gen, reply, slot):
+        req = gen.send(reply)
+        live[client.submit(req.opcode, req.nodeid, req.body, **req.kw)] = (gen, req, slot)
+
+    def start(slot):
+        gen = workload.run(ctx, slot, seqs[slot])
+        seqs[slot] += 1
+        step(gen, None, slot)
+
+    cpu0, t0 = time.thread_time(), time.perf_counter()
+    deadline = t0 + seconds
+    try:
+        for slot in range(depth):
+            start(slot)
+        while live:
+            for ticket, reply in client.collect():
+                gen, req, slot = live.pop(ticket)
+                requests += 1
+                if isinstance(reply, Exception):
+                    raise reply
+                if reply.error not in req.ok:
+                    if reply.error in NOT_IMPLEMENTED:
+                        raise NotImplementedByBackend(os.strerror(reply.error))
+                    raise OSError(reply.error, f"{workload.name}: {Opcode(req.opcode).name} "
+                                               f"failed: {os.strerror(reply.error)}")
+                try:
+                    step(gen, reply, slot)
+                except StopIteration:
+                    cycles += 1
+                    if time.perf_counter() < deadline:
+                        start(slot)
+    except BaseException:
+        # Leave the queue idle for the next workload: collect what is still in flight.
+        try:
+            client.wait_all()
+        except Exception:  # noqa: BLE001 - the first error is the one raised
+            pass
+        raise
+    finally:
+        del queue.kick
+    wall = time.perf_counter() - t0
+    return {"requests": requests, "cycles": cycles, "wall_s": wall,
+            "driver_cpu_s": time.thread_time() - cpu0, "kicks": kicks[0]}
+
+
+class Session:
+    """One backend serving its own copy of the tree, the Python driver up on it."""
+
+    def __init__(self, name, workdir, cache, prefix=()):
+        self.name = name
+        self.shared = Path(workdir) / name
+        make_tree(self.shared)
+        self.sock, self.proc, self.frontend = micro.start_daemon(
+            [*prefix, *backend_argv(name, "{sock}", str(self.shared), cache)], name,
+            queue_size=QUEUE_SIZE)
+        # Data in page-sized descriptors, as the kernel's page vectors are.
+        self.client = FuseClient(self.frontend, data_desc_size=PAGE_SIZE, timeout=30)
+        init = self.client.init()
+        self.setxattr_ext = bool(init.all_flags & abi.FUSE_SETXATTR_EXT)
+        self.node = {n: self.client.lookup(ROOT, n).nodeid
+                     for n in ("data", "copy", "small", "plain", "trunc", "sym", "dir", "w")}
+        self.fh = {n: self.client.open(self.node[n], os.O_RDWR).fh for n in ("data", "copy")}
+        # A guest renames only what it has looked up (the reference answers EIO otherwise).
+        for i in range(SLOTS):
+            self.client.lookup(self.node["w"], f"r{i}")
+        self.fh["dir"] = self.client.opendir(self.node["dir"]).fh
+        self.payload = os.urandom(1 << 20)
+
+    def run(self, workload, depth, seconds):
+        cpu0 = micro.cpu_seconds(self.proc.pid)
+        r = drive(self.client, workload, self, depth, seconds)
+        r["backend_cpu_s"] = micro.cpu_seconds(self.proc.pid) - cpu0
+        return r
+
+    def run_lean(self, workload, depth, seconds):
+        op, size = workload.lean
+        load = LeanLoad(self.frontend, 1, op, depth,
+                        nodeid=ROOT if op == "LOOKUP" else self.node["data"],
+                        fh=self.fh["data"], name=b"data", size=size, file_size=DATA_SIZE)
+        try:
+            cpu0 = micro.cpu_seconds(self.proc.pid)
+            r = load.run(seconds)
+            backend = micro.cpu_seconds(self.proc.pid) - cpu0
+        finally:
+            load.close()
+        return {"requests": r["requests"], "cycles": r["requests"], "wall_s": r["wall_s"],
+                "driver_cpu_s": r["driver_cpu_s"], "kicks": r["kicks"],
+                "backend_cpu_s": backend}
+
+    def close(self):
+        micro.stop_daemon(self.proc, self.frontend, self.sock)
+
+
+# -- pure parts: combining rounds, ratios, the table --------------------------------------------
+
+SUMMED = ("requests", "cycles", "wall_s", "backend_cpu_s", "driver_cpu_s", "kicks")
+
+
+def summarise(rounds):
+    """One figure from a backend's rounds of a workload: counts and times summed, then rates
+    and per-request / per-cycle costs derived from the sums (a round of twice the wall time
+    weighs twice); each round's own requests/s kept to show the spread."""
+    total = {f: sum(r[f] for r in rounds) for f in SUMMED}
+    wall, req, cyc = total["wall_s"], total["requests"], total["cycles"]
+    total.update(
+        rounds_req_per_s=[r["requests"] / r["wall_s"] for r in rounds if r["wall_s"]],
+        req_per_s=req / wall if wall else None,
+        cycles_per_s=cyc / wall if wall else None,
+        backend_us_per_req=total["backend_cpu_s"] * 1e6 / req if req else None,
+        backend_us_per_cycle=total["backend_cpu_s"] * 1e6 / cyc if cyc else None,
+        driver_us_per_req=total["driver_cpu_s"] * 1e6 / req if req else None,
+        driver_cpu_share=total["driver_cpu_s"] / wall if wall else None,
+        backend_cpu_share=total["backend_cpu_s"] / wall if wall else None,
+        kicks_per_req=total["kicks"] / req if req else None)
+    return total
+
+
+def ratio(a, b):
+    """``a / b``, or None when either is missing or ``b`` is zero."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def compare(fastvfs, reference, per_cycle):
+    """fastvfs / reference ratios of throughput (requests or cycles per second: higher is
+    better for fastvfs) and of backend CPU per request or cycle (lower is better)."""
+    rate, cost = ("cycles_per_s", "backend_us_per_cycle") if per_cycle else \
+        ("req_per_s", "backend_us_per_req")
+    return {"rate": ratio(fastvfs.get(rate), reference.get(rate)),
+            "cpu": ratio(fastvfs.get(cost), reference.get(cost))}
+
+
+# The gate's summary (bench/regress.py): one of each family of operations, at depth 1.
+GATE_WORKLOADS = ("lookup_miss", "setattr_mode", "open_release", "create", "mkdir", "rename",
+                  "readdirplus", "getxattr_hit", "setlk")
+
+
+def gate_ratios(results):
+    """{"ops:<workload>@<depth>": fastvfs/reference units per backend CPU-second}, the figure
+    the gate compares (higher is better for fastvfs); workloads a backend does not implement
+    are left out."""
+    out = {}
+    for row in results.values():
+        f, r = row.get("fastvfs") or {}, row.get("reference") or {}
+        if row["driver"] != "python" or "req_per_s" not in f or "req_per_s" not in r:
+            continue
+        cpu = compare(f, r, row["unit"] != "request")["cpu"]
+        out[f"ops:{row['workload']}@{row['depth']}"] = 1 / cpu if cpu else None
+    return out
+
+
+def _num(x, digits=0):
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _x(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _pct(x):
+    return "-" if x is None else f"{x:.0%}"
+
+
+def table_rows(results):
+    """Markdown rows of ``results`` ({key: row}); a row has workload, depth, driver, unit
+    ("request" or the cycle's requests), and per backend either a summary or
+    {"not_implemented": reason}."""
+    lines = []
+    for row in results.values():
+        per_cycle = row["unit"] != "request"
+        f, r = row.get("fastvfs"), row.get("reference")
+        cells = []
+        for s in (f, r):
+            if s is None:
+                cells.append(("-", "-", "-"))
+            elif "not_implemented" in s:
+                cells.append(("not implemented", "-", "-"))
+            elif "failed" in s:
+                cells.append(("failed: " + s["failed"], "-", "-"))
+            else:
+                cells.append((_num(s["cycles_per_s" if per_cycle else "req_per_s"]),
+                              _num(s["backend_us_per_cycle" if per_cycle else
+                                     "backend_us_per_req"], 1),
+                              _pct(s["driver_cpu_share"])))
+        both = f and r and "req_per_s" in f and "req_per_s" in r
+        c = compare(f, r, per_cycle) if both else {"rate": None, "cpu": None}
+        unit = "request" if not per_cycle else f"cycle ({row['unit']})"
+        lines.append(f"| {row['workload']} | {row['depth']} | {row['driver']} | {unit} | "
+                     f"{cells[0][0]} | {cells[1][0]} | {_x(c['rate'])} | {cells[0][1]} | "
+                     f"{cells[1][1]} | {_x(c['cpu'])} | {cells[0][2]} / {cells[1][2]} |")
+    return lines
+
+
+def markdown(results, config):
+    lines = [
+        f"# Every opcode: fastvfs against the reference virtiofsd, {config['date']}", "",
+        f"Machine: {config['machine']}. Commit {config['commit']}.", "",
+        f"- fastvfs: `{' '.join(config['fastvfs_argv'])}` (sandbox {config['fastvfs_sandbox']}, "
+        f"{config['fastvfs_threads']})",
+        f"- reference: `{' '.join(config['reference_argv'])}` (sandbox "
+        f"{config['reference_sandbox']}, {config['reference_threads']})",
+        f"- cache mode: {config['cache']}; both daemons started fresh for this run, each on its "
+        f"own copy of the same tree (in {config['tree_fs']}), kept up for the whole run.",
+        f"- {config['rounds']} rounds of {config['seconds']} s per figure, interleaved "
+        f"A B A B (fastvfs, reference), summed.",
+        f"- Driver: {config['driver']}", "",
+        "| workload | depth | driver | unit | fastvfs /s | reference /s | ratio /s | "
+        "fastvfs backend CPU µs per unit | reference backend CPU µs per unit | ratio CPU | "
+        "driver CPU share (fastvfs / reference) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *table_rows(results), "",
+        "Ratio /s: fastvfs over reference (above 1: fastvfs faster). Ratio CPU: fastvfs's "
+        "backend CPU per unit over the reference's (below 1: fastvfs cheaper). Driver CPU "
+        "share: the driving thread's CPU time over the run's wall time; near 100 % the "
+        "throughput figure is bound by the driver, and only the CPU per unit speaks for the "
+        "backend. A cycle's steps depend on each other; at depth 32, 32 cycles run at once, "
+        "each on names of its own. Not implemented: the backend answered ENOSYS or EOPNOTSUPP."]
+    return "\n".join(lines) + "\n"
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _fs_type(path):
+    best = ("", "?")
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mount = parts[1]
+            if str(path).startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+                best = (mount, parts[2])
+    return best[1]
+
+
+def _threads(pid):
+    return len(list(micro.threads(pid)))
+
+
+def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=()):
+    """({key: row} for ``names`` at ``depths``, {backend: threads after start-up}); both
+    backends are started fresh for the call, fastvfs under the command ``prefix`` if given."""
+    workdir = tempfile.mkdtemp(prefix="fastvfs-ops-")
+    results, threads = {}, {}
+    backends = ["fastvfs", "reference"]
+    try:
+        sessions = {}
+        try:
+            for b in backends:
+                sessions[b] = Session(b, workdir, cache, prefix if b == "fastvfs" else ())
+            for b in backends:
+                threads[b] = _threads(sessions[b].proc.pid)
+            for name in names:
+                w = BY_NAME[name]
+                for depth in depths:
+                    drivers = ["python"] + (["lean"] if lean and w.lean else [])
+                    for drv in drivers:
+                        key = f"{name}@{depth}/{drv}"
+                        row = results[key] = {"workload": name, "depth": depth, "driver": drv,
+                                              "unit": w.cycle or "request"}
+                        taken = {b: [] for b in backends}
+                        for _ in range(rounds):
+                            for b in backends:
+                                if b in row:
+                                    continue
+                                s = sessions[b]
+                                try:
+                                    taken[b].append(s.run_lean(w, depth, seconds) if drv == "lean"
+                                                    else s.run(w, depth, seconds))
+                                except NotImplementedByBackend as exc:
+                                    row[b] = {"not_implemented": str(exc)}
+                        for b in backends:
+                            if b not in row:
+                                row[b] = summarise(taken[b])
+                        log(_line(key, row))
+        finally:
+            for s in sessions.values():
+                s.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results, threads
+
+
+def _line(key, row):
+    out = [f"{key:34}"]
+    per_cycle = row["unit"] != "request"
+    for b in ("fastvfs", "reference"):
+        s = row[b]
+        if "not_implemented" in s:
+            out.append(f"{b} not implemented")
+            continue
+        rate = s["cycles_per_s" if per_cycle else "req_per_s"]
+        cost = s["backend_us_per_cycle" if per_cycle else "backend_us_per_req"]
+        out.append(f"{b} {rate:>9,.0f}/s {cost:>7.1f}us drv {s['driver_cpu_share']:.0%}")
+    return "  ".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.ops", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=1.0, help="seconds per round (default 1)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
+    p.add_argument("--only", help="comma-separated workloads (default: all): "
+                                  + ",".join(BY_NAME))
+    p.add_argument("--cache", choices=list(CACHE), default="auto",
+                   help="both daemons' cache mode (default auto, a guest's usual one)")
+    p.add_argument("--no-lean", action="store_true", help="skip the lean C driver's rows")
+    p.add_argument("--out", default="reports/ops")
+    args = p.parse_args(argv)
+    if not os.access(REFERENCE, os.X_OK):
+        p.error(f"{REFERENCE} is not installed")
+    names = args.only.split(",") if args.only else list(BY_NAME)
+    for n in names:
+        if n not in BY_NAME:
+            p.error(f"unknown workload {n}")
+    depths = [int(d) for d in args.depths.split(",")]
+    commit = _git_commit()   # the commit measured, taken before a run a commit may outlast
+    results, threads = measure(names, depths, args.seconds, args.rounds, args.cache,
+                               lean=not args.no_lean)
+    config = output.base_config(
+        commit=commit, seconds=args.seconds, rounds=args.rounds, depths=depths,
+        cache=args.cache, queue_size=QUEUE_SIZE, request_queues_used=1,
+        fastvfs_argv=backend_argv("fastvfs", "SOCK", "DIR", args.cache)[1:],
+        reference_argv=backend_argv("reference", "SOCK", "DIR", args.cache),
+        fastvfs_sandbox="namespace (default), seccomp on (default)",
+        reference_sandbox="namespace (default)",
+        fastvfs_threads=f"defaults: --thread-pool-size 0, io-engine uring; "
+                        f"{threads.get('fastvfs')} threads in its processes after start-up",
+        reference_threads=f"defaults: --thread-pool-size 0 (requests served on the queue's "
+                          f"thread); {threads.get('reference')} threads in its processes after "
+                          f"start-up",
+        tree_fs=_fs_type(tempfile.gettempdir()),
+        driver=f"python: the project's FUSE client (fastvfs_testing.fuse_client) on its "
+               f"vhost-user frontend, one request queue, queue size {QUEUE_SIZE}, requests in "
+               f"indirect tables, READ/WRITE/READDIR data in page-sized descriptors, EVENT_IDX "
+               f"both ways, each request published on its own and a kick whenever the device's "
+               f"avail_event asks for one, single thread; lean: the C closed-loop driver of "
+               f"bench.micro (LOOKUP, GETATTR, READ, WRITE only), same ring features and "
+               f"layout, chains built once.")
+    output.write(args.out, config, results, markdown(results, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The pure parts of the every-opcode benchmark (bench/ops.py): the backend CPU accounting it
+relies on, the closed-loop cycle driver, combining rounds, ratios and the table."""
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bench import micro, ops
+from fastvfs.fuse.abi import Opcode
+from fastvfs_testing.fuse_client import Reply
+
+
+def test_backend_cpu_counts_the_serving_child():
+    # Both daemons serve from a process they fork: the CPU a grandchild burns must be counted
+    # against the started process.
+    script = textwrap.dedent("""
+        import os, sys, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            while time.thread_time() < 0.3:
+                pass
+            os.write(w, b"x")
+            time.sleep(30)
+            os._exit(0)
+        os.read(r, 1)
+        print("burnt", flush=True)
+        time.sleep(30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "burnt"
+        own = int(open(f"/proc/{proc.pid}/schedstat").read().split()[0]) / 1e9
+        total = micro.cpu_seconds(proc.pid)
+        assert total >= 0.3
+        assert total - own >= 0.25
+    finally:
+        for pid in micro.family(proc.pid) - {proc.pid}:
+            os.kill(pid, 9)
+        proc.kill()
+        proc.wait()
+
+
+class FakeQueue:
+    def kick(self):
+        pass
+
+
+class FakeFrontend:
+    queues = [FakeQueue(), FakeQueue()]
+
+
+class FakeClient:
+    """Answers every request at once with ``answer(opcode)`` as the error."""
+
+    def __init__(self, answer=lambda opcode: 0):
+        self.frontend = FakeFrontend()
+        self.answer = answer
+        self.pending = {}
+        self.next = 2
+        self.max_in_flight = 0
+        self.opcodes = []
+
+    def submit(self, opcode, nodeid=0, body=b"", **kw):
+        ticket, self.next = self.next, self.next + 2
+        self.pending[ticket] = opcode
+        self.opcodes.append(opcode)
+        self.max_in_flight = max(self.max_in_flight, len(self.pending))
+        self.frontend.queues[1].kick()
+        return ticket
+
+    def collect(self):
+        """The oldest request's reply."""
+        ticket = next(iter(self.pending))
+        return [(ticket, Reply(ticket, self.answer(self.pending.pop(ticket)), bytes(256)))]
+
+    def wait_all(self):
+        done = {t: Reply(t, self.answer(op)) for t, op in self.pending.items()}
+        self.pending.clear()
+        return done
+
+
+class Ctx:
+    node = {"w": 5, "plain": 6, "data": 7, "copy": 8}
+    fh = {"data": 1, "copy": 2}
+
+
+def test_drive_runs_whole_cycles_at_the_depth_and_counts_kicks():
+    client = FakeClient()
+    r = ops.drive(client, ops.BY_NAME["mkdir"], Ctx(), 4, 0.05)
+    assert client.max_in_flight == 4
+    assert r["cycles"] > 4 and r["requests"] == 3 * r["cycles"] == r["kicks"]
+    # Every started cycle ran to its end: no MKDIR without its RMDIR and FORGET.
+    assert client.opcodes.count(Opcode.MKDIR) == client.opcodes.count(Opcode.RMDIR) \
+        == client.opcodes.count(Opcode.FORGET) == r["cycles"]
+    assert FakeQueue.kick is client.frontend.queues[1].kick.__func__
+
+
+def test_drive_expects_the_miss_and_reports_not_implemented():
+    r = ops.drive(FakeClient(lambda op: errno.ENOENT), ops.BY_NAME["lookup_miss"], Ctx(), 1, 0.01)
+    assert r["requests"] == r["cycles"] > 0
+    with pytest.raises(OSError):
+        ops.drive(FakeClient(lambda op: errno.ENOENT), ops.BY_NAME["lookup_hit"], Ctx(), 1, 0.01)
+    client = FakeClient(lambda op: errno.ENOSYS)
+    with pytest.raises(ops.NotImplementedByBackend):
+        ops.drive(client, ops.BY_NAME["copy_file_range"], Ctx(), 4, 0.01)
+    # The other requests in flight were collected: the next workload starts on an idle queue.
+    assert not client.pending
+
+
+def _round(requests, cycles, wall, backend, driver=0.5, kicks=None):
+    return {"requests": requests, "cycles": cycles, "wall_s": wall, "backend_cpu_s": backend,
+            "driver_cpu_s": driver, "kicks": requests if kicks is None else kicks}
+
+
+def test_summarise_weighs_rounds_by_their_counts():
+    s = ops.summarise([_round(1000, 250, 1.0, 0.02), _round(3000, 750, 2.0, 0.06, 1.5, 300)])
+    assert s["req_per_s"] == pytest.approx(4000 / 3.0)
+    assert s["cycles_per_s"] == pytest.approx(1000 / 3.0)
+    assert s["backend_us_per_req"] == pytest.approx(0.08e6 / 4000)
+    assert s["backend_us_per_cycle"] == pytest.approx(0.08e6 / 1000)
+    assert s["driver_cpu_share"] == pytest.approx(2.0 / 3.0)
+    assert s["kicks_per_req"] == pytest.approx(1300 / 4000)
+    assert s["rounds_req_per_s"] == [1000, 1500]
+
+
+def test_ratios_per_request_and_per_cycle():
+    f = ops.summarise([_round(2000, 500, 1.0, 0.01)])
+    r = ops.summarise([_round(1000, 500, 1.0, 0.02)])
+    per_req = ops.compare(f, r, per_cycle=False)
+    assert per_req["rate"] == pytest.approx(2.0) and per_req["cpu"] == pytest.approx(0.25)
+    per_cycle = ops.compare(f, r, per_cycle=True)
+    assert per_cycle["rate"] == pytest.approx(1.0) and per_cycle["cpu"] == pytest.approx(0.5)
+    assert ops.ratio(None, 1.0) is None and ops.ratio(1.0, 0) is None
+
+
+def test_table_shows_cycles_ratios_and_not_implemented():
+    f = ops.summarise([_round(4000, 1000, 1.0, 0.1)])
+    r = ops.summarise([_round(2000, 500, 1.0, 0.1)])
+    results = {
+        "create@1/python": {"workload": "create", "depth": 1, "driver": "python",
+                            "unit": "CREATE+RELEASE+UNLINK+FORGET", "fastvfs": f,
+                            "reference": r},
+        "copy_file_range@1/python": {"workload": "copy_file_range", "depth": 1,
+                                     "driver": "python", "unit": "request",
+                                     "fastvfs": {"not_implemented": "Function not implemented"},
+                                     "reference": r},
+    }
+    config = {"date": "D", "machine": "M", "commit": "abc", "fastvfs_argv": ["-m", "fastvfs"],
+              "reference_argv": ["virtiofsd"], "fastvfs_sandbox": "namespace",
+              "reference_sandbox": "namespace", "fastvfs_threads": "t",
+              "reference_threads": "t", "cache": "auto", "tree_fs": "ext4", "rounds": 2,
+              "seconds": 1, "driver": "python"}
+    text = ops.markdown(results, config)
+    create = next(line for line in text.splitlines() if line.startswith("| create"))
+    cells = [c.strip() for c in create.strip("|").split("|")]
+    assert cells[3] == "cycle (CREATE+RELEASE+UNLINK+FORGET)"
+    assert cells[4:7] == ["1,000", "500", "2.00x"]
+    assert cells[7:10] == ["100.0", "200.0", "0.50x"]
+    assert cells[10] == "50% / 50%"
+    copy = next(line for line in text.splitlines() if line.startswith("| copy_file_range"))
+    assert "not implemented" in copy and "2,000" in copy
+    assert "cache mode: auto" in text and "Commit abc" in text
+
+
+def test_gate_ratios_are_units_per_backend_cpu_second():
+    f = ops.summarise([_round(4000, 1000, 1.0, 0.1)])
+    r = ops.summarise([_round(2000, 500, 1.0, 0.1)])
+    results = {
+        "create@1/python": {"workload": "create", "depth": 1, "driver": "python",
+                            "unit": "CREATE+RELEASE+UNLINK+FORGET", "fastvfs": f,
+                            "reference": r},
+        "getattr@1/lean": {"workload": "getattr", "depth": 1, "driver": "lean",
+                           "unit": "request", "fastvfs": f, "reference": r},
+        "copy_file_range@1/python": {"workload": "copy_file_range", "depth": 1,
+                                     "driver": "python", "unit": "request",
+                                     "fastvfs": {"not_implemented": "ENOSYS"}, "reference": r},
+    }
+    # fastvfs does a cycle on half the reference's CPU: twice the cycles per CPU-second.
+    assert ops.gate_ratios(results) == {"ops:create@1": pytest.approx(2.0)}
