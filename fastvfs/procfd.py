@@ -15,7 +15,6 @@ guest request:
   for the call that uses the name, then back.
 """
 
-import contextlib
 import ctypes
 import os
 import threading
@@ -42,19 +41,31 @@ def set_switched(proc_fd):
     _proc_fd = proc_fd
 
 
-@contextlib.contextmanager
-def named(fd):
-    """A path that names descriptor ``fd`` inside the ``with`` block."""
-    if _proc_fd is None:
-        yield f"{_prefix}{fd}"
-        return
-    if not getattr(_thread, "own_fs", False):
-        if _libc.unshare(CLONE_FS) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
-        _thread.own_fs = True
-    os.fchdir(_proc_fd)
-    try:
-        yield str(fd)
-    finally:
-        os.chdir("/")
+class named:
+    """``with named(fd) as path:`` a path that names descriptor ``fd`` inside the block.  A
+    plain class rather than a generator context manager: without the chroot sandbox this is
+    one string per call on every request that names an inode."""
+
+    __slots__ = ("fd", "switched")
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.switched = False
+
+    def __enter__(self):
+        if _proc_fd is None:
+            return f"{_prefix}{self.fd}"
+        if not getattr(_thread, "own_fs", False):
+            if _libc.unshare(CLONE_FS) < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
+            _thread.own_fs = True
+        os.fchdir(_proc_fd)
+        self.switched = True
+        return str(self.fd)
+
+    def __exit__(self, *exc):
+        if self.switched:
+            self.switched = False
+            os.chdir("/")
+        return False

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fastvfs_testing import guest
+from tests.guest.test_guest import BUSY_SCRIPT
 
 pytestmark = pytest.mark.guest
 
@@ -33,14 +34,6 @@ rm f1
 sync
 """
 
-BUSY_SCRIPT = """i=0
-while :; do
-    i=$((i + 1))
-    dd if=/dev/zero of="$FASTVFS_MNT/f$((i % 8))" bs=64k count=16 conv=fsync 2>/dev/null
-    ls -l "$FASTVFS_MNT" >/dev/null
-    echo $i >"$FASTVFS_RESULTS/progress"
-done
-"""
 
 
 def children(pid):
