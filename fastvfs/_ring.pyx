@@ -197,7 +197,6 @@ cdef enum:
     IN_HEADER_SIZE = 40
     OUT_HEADER_SIZE = 16
     UNIQUE_END = 16         # fuse_in_header.unique ends 16 bytes into the header
-    REPORT_INTERVAL_NS = 10 * 1000 * 1000 * 1000   # avail ring faults logged at most this often
     FUSE_LOOKUP = 1
     FUSE_GETATTR = 3
     ENTRY_OUT_SIZE = 128
@@ -268,6 +267,10 @@ MAX_CHAIN_IOV = MAX_IOV
 
 
 # --------------------------------------------------------------------------- guest memory
+
+# Avail ring faults are logged at most this often (a 64-bit constant: an enum is a C int).
+cdef uint64_t REPORT_INTERVAL_NS = 10 * 1000 * 1000 * 1000ULL
+
 
 cdef struct Region:
     uint64_t gpa
@@ -496,6 +499,7 @@ cdef struct HandleSlot:
     uint32_t hnext        # next slot + 1 in the key's hash chain, 0 at the end
     bint by_handle        # a node held by file handle: ``fd`` is a cache entry (``fds_max``)
     bint queued           # the slot is in the cache's clock queue (kept across reuse)
+    uint32_t mode         # a node id's st_mode when adopted (its file type never changes)
 
 
 @cython.final
@@ -930,7 +934,8 @@ cdef class HandleTable:
             pthread_mutex_unlock(&self.lock)
         return ok
 
-    def add_root(self, int fd, uint64_t dev=0, uint64_t ino=0, uint64_t mnt=0, bint keyed=False):
+    def add_root(self, int fd, uint64_t dev=0, uint64_t ino=0, uint64_t mnt=0, bint keyed=False,
+                 uint32_t mode=0):
         """Put ``fd`` in slot 0 with generation 0: id 1, FUSE_ROOT_ID, when the table holds node
         ids (with its inode key when ``keyed``).  Must be the first entry; it is never removed."""
         if self.count or self.slots[0].in_use:
@@ -938,6 +943,7 @@ cdef class HandleTable:
         self.slots[0].in_use = True
         self.slots[0].fd = fd
         self.slots[0].nlookup = 1
+        self.slots[0].mode = mode
         fastvfs_state_store(&self.slots[0].state, FASTVFS_LIVE)
         if keyed:
             self._link_key(0, dev, ino, mnt)
@@ -984,13 +990,15 @@ cdef class HandleTable:
 
     # -- node ids: lookup counts ---------------------------------------------------------------
 
-    def adopt(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle=False):
+    def adopt(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle=False,
+              uint32_t mode=0):
         """Count one lookup of the inode with this key: ``(node id, created, taken)``,
         ``created`` for a new entry, ``taken`` when the table now owns ``fd`` (else the
         caller closes it): a new entry takes it, and so does a known node held by file handle
         without a cached descriptor.  ``by_handle``: a new entry is held by file handle (its
         descriptor is a cache entry; the caller compared the handle of a known node with
-        this key first, ``find_key``).  Raises OSError(EMFILE) when full."""
+        this key first, ``find_key``); ``mode``: its st_mode, kept for :meth:`node`.  Raises
+        OSError(EMFILE) when full."""
         cdef int64_t idx, nodeid
         cdef bint created = False, taken = False
         if by_handle and self.clock == NULL:
@@ -1011,6 +1019,7 @@ cdef class HandleTable:
                     created = taken = True
                     idx = (nodeid & <int64_t>0xffffffffLL) - 1
                     self.slots[idx].nlookup = 1
+                    self.slots[idx].mode = mode
                     self._link_key(idx, dev, ino, mnt)
                     if by_handle:
                         self.slots[idx].by_handle = True
@@ -1061,6 +1070,30 @@ cdef class HandleTable:
         if not self._ref(nodeid):
             raise OSError(EBADF, "bad node id")
         return self.slots[(nodeid & 0xffffffffUL) - 1].fd
+
+    def node(self, uint64_t nodeid, bint hold=False):
+        """What the table knows of live ``nodeid``: ``(fd, dev, ino, mnt, mode, by_handle)``,
+        ``fd`` -1 for a node held by file handle without a cached descriptor.  With ``hold``
+        a reference is taken (until :meth:`unhold`), so the descriptor stays open; without,
+        it is valid only while nothing can forget the node.  Raises OSError(ENOENT)."""
+        cdef uint64_t idx = (nodeid & 0xffffffffUL) - 1
+        cdef uint64_t w
+        cdef bint ok = False
+        cdef HandleSlot sl
+        if idx >= self.capacity:
+            raise OSError(ENOENT, "unknown node id")
+        with nogil:
+            if hold and not self._ref(nodeid):
+                pass
+            else:
+                pthread_mutex_lock(&self.lock)
+                w = fastvfs_state_load(&self.slots[idx].state)
+                ok = w >> 32 == nodeid >> 32 and (hold or w & FASTVFS_LIVE)
+                sl = self.slots[idx]
+                pthread_mutex_unlock(&self.lock)
+        if not ok:
+            raise OSError(ENOENT, "unknown node id")
+        return sl.fd, sl.dev, sl.ino, sl.mnt, sl.mode, sl.by_handle
 
     def install(self, uint64_t nodeid, int fd):
         """Give ``fd`` to ``nodeid`` (held by file handle, referenced by the caller) as its

@@ -103,9 +103,11 @@ def kill_mapped_capability(fd_or_path, name):
 
 
 class Inode:
-    """``fd``: the inode's O_PATH descriptor, or None when it is held by file handle
-    (``handle``, as ``_sys.name_to_handle`` gives it, on mount ``mount_id``): then ask the
-    store for a descriptor (:meth:`InodeStore.fd`)."""
+    """A view of one node id, made by :class:`InodeStore` for the request that asks (the store
+    keeps no Python object per inode).  ``fd``: the inode's O_PATH descriptor, or None when it
+    is held by file handle (``handle``, as ``_sys.name_to_handle`` gives it, on mount
+    ``mount_id``): then ask the store for a descriptor (:meth:`InodeStore.fd`).  ``mode``: the
+    st_mode seen when the inode was first looked up; only its file type is meaningful."""
     __slots__ = ("nodeid", "fd", "key", "mode", "handle", "mount_id")
 
     def __init__(self, nodeid, fd, key, mode, handle=None, mount_id=0):
@@ -120,12 +122,17 @@ class Inode:
 class InodeStore:
     """Node id -> Inode, over the node id table.
 
-    Node ids, the O_PATH descriptors behind them, the inode keys (st_dev, st_ino, mount id) and
-    the guest's lookup counts live in ``table``, a handle table the hot path reads without the
-    GIL: it answers GETATTR, and LOOKUP of an inode already known, itself.  Its ids carry a
-    generation, so a forgotten node id is never mistaken for a newer inode.  ``lock`` guards
-    ``by_id`` and orders it with the table's entries: an id the table hands out is in ``by_id``
-    once the adopting call returns (the table's own mutex is a leaf lock below it).
+    Everything known of an inode held by descriptor lives in ``table``, a handle table in C
+    that the hot path reads without the GIL: the node id (with a generation, so a forgotten
+    id is never mistaken for a newer inode), the O_PATH descriptor, the inode key (st_dev,
+    st_ino, mount id), the file type and the guest's lookup count.  It answers GETATTR, and
+    LOOKUP of an inode already known, itself; :meth:`get` builds an :class:`Inode` view from
+    it per request.  So a known inode costs one table slot and no Python object, whatever the
+    number of inodes a guest makes the daemon hold (SECURITY.md, ceilings).  Only an inode
+    held by file handle has a record here too (``by_handle``: node id -> (handle, mount id)),
+    guarded by ``lock``, which also orders it with the table's entries: a node id the table
+    hands out with ``by_handle`` set is in the dict once the adopting call returns (the
+    table's own mutex is a leaf lock below it).
 
     ``file_handles`` (``--inode-file-handles``): ``"never"`` holds every inode by its O_PATH
     descriptor; ``"prefer"`` holds inodes by file handle (name_to_handle_at) where their file
@@ -144,6 +151,7 @@ class InodeStore:
         self.table = table
         self.file_handles = file_handles
         self.mount_fds = {}
+        self.by_handle = {}
         if file_handles != "never":
             table.set_fds_max(fds_max)
             try:
@@ -152,27 +160,37 @@ class InodeStore:
             except OSError:
                 if file_handles == "mandatory":
                     raise
-        table.add_root(root_fd, *root_st.key, keyed=True)
+        table.add_root(root_fd, *root_st.key, keyed=True, mode=root_st.st_mode)
         self.root = Inode(FUSE_ROOT_ID, root_fd, root_st.key, root_st.st_mode)
-        self.by_id = {FUSE_ROOT_ID: self.root}
+
+    def _view(self, nodeid, hold):
+        """The Inode view of live ``nodeid`` (a reference taken with ``hold``); ENOENT."""
+        try:
+            fd, dev, ino, mnt, mode, by_handle = self.table.node(nodeid, hold)
+        except OSError:
+            raise OSError(errno.ENOENT, "unknown node id") from None
+        if not by_handle:
+            return Inode(nodeid, fd, (dev, ino, mnt), mode)
+        record = self.by_handle.get(nodeid)
+        if record is None:
+            # The hot path may have answered a LOOKUP with an id whose adoption is finishing.
+            with self.lock:
+                record = self.by_handle.get(nodeid)
+            if record is None:
+                if hold:
+                    self.table.unhold(nodeid)
+                raise OSError(errno.ENOENT, "unknown node id")
+        return Inode(nodeid, None, (dev, ino, mnt), mode, *record)
 
     def get(self, nodeid):
         """The inode behind ``nodeid``.  Inside a :meth:`PassthroughFs.request_scope` its
         descriptor is also held open until the request ends: a FORGET racing on another queue
         cannot close it, and its number cannot be reused for another file meanwhile."""
-        inode = self.by_id.get(nodeid)
-        if inode is None:
-            # The hot path may have answered a LOOKUP with an id whose adoption is finishing.
-            with self.lock:
-                inode = self.by_id.get(nodeid)
-            if inode is None:
-                raise OSError(errno.ENOENT, "unknown node id")
+        if nodeid == FUSE_ROOT_ID:
+            return self.root
         held = getattr(_request_refs, "held", None)
-        if held is not None and inode is not self.root:
-            try:
-                self.table.hold_node(nodeid)
-            except OSError:
-                raise OSError(errno.ENOENT, "node id forgotten meanwhile") from None
+        inode = self._view(nodeid, held is not None)
+        if held is not None:
             held.append(nodeid)
         return inode
 
@@ -222,9 +240,10 @@ class InodeStore:
             return None, 0
 
     def _prune(self):
-        """Forget the records of node ids the hot path dropped (lock held)."""
+        """Drain the node ids the hot path dropped (FORGET), forgetting the records of those
+        held by file handle (lock held)."""
         for nodeid in self.table.take_dropped():
-            self.by_id.pop(nodeid, None)
+            self.by_handle.pop(nodeid, None)
 
     def adopt(self, fd, st, pin=False):
         """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``.
@@ -247,15 +266,18 @@ class InodeStore:
                         handle = None
                 if handle is not None:
                     self._unkey_stale(st.key, handle, mount_id)
-                nodeid, created, taken = self.table.adopt(fd, *st.key, handle is not None)
+                nodeid, created, taken = self.table.adopt(fd, *st.key, handle is not None,
+                                                          st.st_mode)
             except BaseException:
                 os.close(fd)
                 raise
             if created:
-                inode = self.by_id[nodeid] = Inode(nodeid, None if handle else fd, st.key,
-                                                   st.st_mode, handle, mount_id)
+                if handle is not None:
+                    self.by_handle[nodeid] = (handle, mount_id)
+                inode = Inode(nodeid, None if handle else fd, st.key, st.st_mode, handle,
+                              mount_id)
             else:
-                inode = self.by_id[nodeid]
+                inode = self._view(nodeid, False)
         if not taken:
             os.close(fd)
         return inode
@@ -267,9 +289,8 @@ class InodeStore:
         cannot have been reused."""
         known = self.table.find_key(*key)
         if known:
-            inode = self.by_id.get(known)
-            if inode is not None and inode.handle is not None and (
-                    inode.handle != handle or inode.mount_id != mount_id):
+            record = self.by_handle.get(known)
+            if record is not None and record != (handle, mount_id):
                 self.table.unkey(known)
 
     def relookup(self, inode):
@@ -286,7 +307,7 @@ class InodeStore:
             self._prune()
             if not self.table.forget(nodeid, count):
                 return False
-            self.by_id.pop(nodeid, None)
+            self.by_handle.pop(nodeid, None)
         return True
 
     def clear(self):
@@ -294,12 +315,10 @@ class InodeStore:
         with self.lock:
             self.table.clear()
             self.table.take_dropped()
-            self.by_id = {FUSE_ROOT_ID: self.root}
+            self.by_handle = {}
 
     def __len__(self):
-        with self.lock:
-            self._prune()
-            return len(self.by_id)
+        return self.table.count
 
 
 def _mount_fd(fd, mode):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from fastvfs import cli
 from fastvfs.daemon import MAX_INODES
 from fastvfs.fs.passthrough import LISTING_BYTES_MAX, guest_fd_budget
 from fastvfs.fuse import abi
@@ -39,6 +40,7 @@ MiB = 1 << 20
 SECONDS = float(os.environ.get("FASTVFS_CEILING_SECONDS", "60"))
 RSS_HEADROOM = 256 * MiB
 NOFILE = 4096
+DEFAULT_NOFILE = cli.parser().get_default("rlimit_nofile")
 BUDGET = guest_fd_budget(NOFILE)
 PROBE_EVERY = 0.5
 # Generous: other tests and guests share the machine's CPUs.
@@ -159,16 +161,18 @@ class Guest:
 
 @pytest.fixture
 def daemon(tmp_path):
-    """daemon(*extra_args, init_flags=None, **frontend_options) -> Guest, with the daemon's
-    defaults plus ``--rlimit-nofile NOFILE`` and ``extra_args``; the last request queue is the
+    """daemon(*extra_args, init_flags=None, nofile=NOFILE, **frontend_options) -> Guest, with
+    the daemon's defaults plus ``--rlimit-nofile nofile`` (None: the daemon's default) and
+    ``extra_args``; the last request queue is the
     probe's, which only the probe uses once the guest is returned (the other queues may be
     flooded with republished heads, whose used index nothing else may move)."""
     launchers = []
 
-    def start(*extra, init_flags=None, **frontend_options):
+    def start(*extra, init_flags=None, nofile=NOFILE, **frontend_options):
         def argv(sock, shared):
+            limit = ["--rlimit-nofile", str(nofile)] if nofile is not None else []
             return [*FASTVFS, "--socket-path", sock, "--shared-dir", shared,
-                    "--cache", "never", "--rlimit-nofile", str(NOFILE), *extra]
+                    "--cache", "never", *limit, *extra]
         run = tmp_path / f"run{len(launchers)}"
         run.mkdir()
         launcher = BackendLauncher("fastvfs", BackendSpec(argv), run)
@@ -184,17 +188,21 @@ def daemon(tmp_path):
         launcher.shutdown()
 
 
-def hold(guest, step, name, bound, *, after=None):
+def hold(guest, step, name, bound, *, after=None, nofile=NOFILE, until=None, limit_s=600):
     """Run ``step`` (the abuse, a short burst per call) for SECONDS with the probe every
     PROBE_EVERY seconds, sampling the serving process; then check the ceilings and print the
     figures.  ``after`` runs once the abuse has stopped (and the probe has been answered), before
-    the last check."""
+    the last check.  ``nofile``: the daemon's RLIMIT_NOFILE, whose guest budget the descriptors
+    are checked against.  ``until``: the abuse goes on past SECONDS until it returns True (the
+    resource reached its limit; at most ``limit_s`` seconds in all)."""
+    budget = guest_fd_budget(nofile)
     pid = serving_pid(guest.launcher.process)
     monitor = Monitor(pid)
     started = time.monotonic()
     deadline = started + SECONDS
     next_probe = started
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or until is not None and not until():
+        assert time.monotonic() < started + limit_s, f"{name}: the limit was not reached"
         step()
         if time.monotonic() >= next_probe:
             guest.probe()
@@ -205,7 +213,7 @@ def hold(guest, step, name, bound, *, after=None):
         grown = monitor.peak.rss - monitor.idle.rss
         assert grown <= RSS_HEADROOM, f"{name}: RSS grew by {grown // MiB} MiB"
         guest_fds = monitor.peak.fds - monitor.idle.fds
-        assert guest_fds <= BUDGET, f"{name}: {guest_fds} descriptors over the idle ones"
+        assert guest_fds <= budget, f"{name}: {guest_fds} descriptors over the idle ones"
     guest.probe()
     monitor.stop()
     if after is not None:
@@ -218,7 +226,7 @@ def hold(guest, step, name, bound, *, after=None):
         "idle_rss_mib": round(idle.rss / MiB, 1),
         "rss_growth_mib": round((peak.rss - idle.rss) / MiB, 1),
         "shmem_growth_mib": round((peak.shmem - idle.shmem) / MiB, 1),
-        "idle_fds": idle.fds, "peak_fds": peak.fds, "budget": BUDGET, "nofile": NOFILE,
+        "idle_fds": idle.fds, "peak_fds": peak.fds, "budget": budget, "nofile": nofile,
         "idle_threads": idle.threads, "peak_threads": peak.threads,
         "samples": monitor.samples, "probes": guest.probes,
         "worst_probe_s": round(guest.probe_worst, 3), "counts": guest.counts}
@@ -226,8 +234,8 @@ def hold(guest, step, name, bound, *, after=None):
     assert peak.rss - idle.rss <= RSS_HEADROOM, figures
     # The daemon's own descriptors fit in the reserve, and those the guest made it open (what
     # came on top of the idle ones) in the guest's budget.
-    assert idle.fds <= NOFILE - BUDGET, figures
-    assert peak.fds - idle.fds <= BUDGET, figures
+    assert idle.fds <= nofile - budget, figures
+    assert peak.fds - idle.fds <= budget, figures
     # Sampled throughout, not once or twice (the sampling thread shares the test's GIL with a
     # busy driver, so it runs less often than it asks to) ...
     assert monitor.samples >= SECONDS / 4, figures
@@ -513,6 +521,60 @@ def test_inode_table(daemon):
                    f"MAX_INODES = {MAX_INODES} slots (preallocated); descriptors first")
     assert guest.counts.get("LOOKUP EMFILE"), figures
     assert figures["peak_fds"] - figures["idle_fds"] >= BUDGET - 64, figures
+
+
+def test_inode_table_at_the_default_descriptor_limit(daemon):
+    """The daemon's own ``--rlimit-nofile`` default, with nothing made small: LOOKUP of new
+    files, never FORGET, until every descriptor of the guest's budget holds an inode and LOOKUP
+    answers EMFILE.  The default asks for 1,000,000 descriptors; the daemon gets what the host
+    allows (a host without CAP_SYS_RESOURCE keeps its hard limit), and the test drives whatever
+    it got.  RSS stays within idle + 256 MiB there, and the RSS each further inode costs
+    (measured from half the budget to all of it) stays within 200 bytes, so that at the full
+    default budget (999,744 inodes) the node-id table stays within the ceiling too.  (The
+    kernel's own memory for the open descriptors is the host's, bounded by the same budget.)"""
+    guest = daemon(num_request_queues=3, queue_size=256, nofile=None)
+    pid = serving_pid(guest.launcher.process)
+    nofile = next(int(line.split()[3]) for line in
+                  Path(f"/proc/{pid}/limits").read_text().splitlines()
+                  if line.startswith("Max open files"))
+    assert nofile <= DEFAULT_NOFILE
+    budget = guest_fd_budget(nofile)
+    client = guest.client
+    d = guest.shared / "d"
+    names = make_files(d, budget + 2000)
+    dnode = client.lookup(ROOT, b"d").nodeid
+    state = {"next": 0, "full": False, "half": None}
+
+    def step():
+        i = state["next"]
+        state["next"] += 256
+        batch = [names[(i + k) % len(names)] for k in range(256)]
+        tickets = [client.submit(Opcode.LOOKUP, dnode, name + b"\0",
+                                 reply_len=abi.ENTRY_OUT_SIZE, queue=1 + k % 2)
+                   for k, name in enumerate(batch)]
+        for ticket in tickets:
+            reply = client.wait(ticket, PROBE_TIMEOUT)
+            guest.count(f"LOOKUP {errno_name(reply.error) if reply.error else 'ok'}")
+            if reply.error == errno.EMFILE:
+                state["full"] = True
+        if state["half"] is None:
+            now = sample(pid)
+            if now.fds >= budget // 2:
+                state["half"] = now
+
+    figures = hold(guest, step, "inode table, default --rlimit-nofile",
+                   f"the guest budget of the daemon's default --rlimit-nofile "
+                   f"({DEFAULT_NOFILE}, {nofile} granted here): {budget}",
+                   nofile=nofile, until=lambda: state["full"])
+    assert guest.counts.get("LOOKUP EMFILE"), figures
+    assert figures["peak_fds"] - figures["idle_fds"] >= budget - 64, figures
+    half, full = state["half"], sample(pid)
+    per_inode = (full.rss - half.rss) / (full.fds - half.fds)
+    projected = per_inode * guest_fd_budget(DEFAULT_NOFILE)
+    print(f"CEILING per known inode: {per_inode:.0f} bytes of RSS; at the full default budget "
+          f"{projected / MiB:.0f} MiB", file=sys.stderr)
+    assert per_inode <= 200, figures
+    assert projected <= RSS_HEADROOM, figures
 
 
 def test_dax_mappings(daemon):

@@ -116,3 +116,64 @@ def test_a_ring_that_cannot_restart_after_a_memory_change_leaves_the_others_serv
         assert stuck.frontend.get_u64(Request.GET_FEATURES) == stuck.frontend.features
     finally:
         stuck.close()
+
+
+class _RecordingQueue:
+    """A real queue whose set_fast_io records each value and, the first time it is called
+    (by the control thread starting the ring), lets ``on_first`` run in between."""
+
+    def __init__(self, queue, on_first):
+        self._queue = queue
+        self._on_first = on_first
+        self.values = []
+
+    def set_fast_io(self, enabled):
+        if self._on_first is not None:
+            on_first, self._on_first = self._on_first, None
+            on_first()
+        self._queue.set_fast_io(enabled)
+        self.values.append(enabled)
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+
+def test_a_session_starting_while_a_ring_starts_reaches_the_new_ring(tmp_path, monkeypatch):
+    """The FUSE engine turns the fast path on (set_fast_io, from a worker) while the control
+    thread is starting a ring: the new ring must end with the value set last, never with the
+    one read before the change (fastvfs.vhost_user.device, _fast_io_lock)."""
+    from fastvfs.vhost_user import device as device_module
+    stuck = StuckDevice.__new__(StuckDevice)
+    queues, flips = [], []
+
+    def flip_meanwhile():
+        # A worker's session start, concurrent with the ring start: given a moment to run.
+        flip = threading.Thread(target=stuck.device.set_fast_io, args=(True,), daemon=True)
+        flips.append(flip)
+        flip.start()
+        flip.join(0.3)
+
+    class RingModule:
+        def __getattr__(self, name):
+            return getattr(_ring, name)
+
+        @staticmethod
+        def Virtqueue(*args):
+            queue = _RecordingQueue(_ring.Virtqueue(*args),
+                                    flip_meanwhile if args[0] == 1 else None)
+            queues.append(queue)
+            return queue
+
+    monkeypatch.setattr(device_module, "_ring", RingModule())
+    StuckDevice.__init__(stuck, tmp_path)
+    stuck.release.set()
+    try:
+        stuck.client.wait(stuck.client.submit(Opcode.STATFS, abi.FUSE_ROOT_ID))  # ring 1 runs
+        for flip in flips:
+            flip.join(5)
+            assert not flip.is_alive()
+        assert flips and stuck.device.fast_io is True
+        ring1 = [q for q in queues if q.index == 1]
+        assert ring1 and ring1[-1].values[-1] is True, ring1[-1].values
+    finally:
+        stuck.close()

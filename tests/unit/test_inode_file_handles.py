@@ -48,7 +48,7 @@ def test_inodes_are_held_by_handle(fs):
     table = fs.inodes.table
     assert table.handle_nodes == 2
     assert table.handle_fds <= 1
-    assert fs.inodes.by_id[call(fs, "lookup", ROOT, b"a")[0]].fd is None
+    assert fs.inodes.get(call(fs, "lookup", ROOT, b"a")[0]).fd is None
 
 
 def test_every_inode_operation_reopens_by_handle(fs):
@@ -126,7 +126,7 @@ def test_a_descriptor_in_use_is_never_evicted(fs, tmp_path):
 
 def test_tmpfile_is_held_by_descriptor(fs):
     nodeid, st, fh = call(fs, "tmpfile", ROOT, 0o600, os.O_RDWR, ROOT_CALLER)
-    assert fs.inodes.by_id[nodeid].fd is not None
+    assert fs.inodes.get(nodeid).fd is not None
     evict(fs, call(fs, "mkdir", ROOT, b"d", 0o755, ROOT_CALLER)[0])
     assert call(fs, "getattr", nodeid).st_ino == st.st_ino
     call(fs, "release", fh)
