@@ -1,0 +1,290 @@
+"""Parity of the two implementations of every operation that has one in C and one in Python.
+
+The hot path answers GETATTR, LOOKUP of a known name, FLUSH, RELEASE, FORGET, BATCH_FORGET,
+FSYNC, FALLOCATE and WRITE's kill-suid/sgid itself; the FUSE engine (``fastvfs.fuse.engine``
+over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
+(a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
+case below sends the same request both ways on the same tree and requires the same reply, byte
+for byte, and the same effect on the host (file contents, size, blocks, mode, lookup counts,
+descriptors held).  The ring is served in-process (``tests/unit/test_ring.py``'s harness); the
+Python side is the engine called directly.
+"""
+
+import errno
+import os
+import shutil
+import struct
+
+import pytest
+
+from fastvfs import _ring
+from fastvfs.fs.passthrough import PassthroughFs
+from fastvfs.fuse import abi
+from fastvfs.fuse.engine import FuseEngine
+from tests.unit.test_ring import Harness, out_header, request
+
+FUSE_GETATTR_FH = 1
+FUSE_WRITE_KILL_SUIDGID = 1 << 2
+FUSE_FSYNC_FDATASYNC = 1
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+CONTENT = bytes(range(256)) * 64  # 16 KiB
+
+
+class Pair:
+    """One tree, one node id table, one handle table: a ring worker serving in C and the
+    engine it hands requests to."""
+
+    def __init__(self, root, io_engine):
+        self.root = root
+        self.inodes = _ring.HandleTable(256)
+        self.ring = Harness(reply=lambda req, out: self.engine.handle(req, out),
+                            inodes=self.inodes, engine=io_engine)
+        self.ring.vq.set_fast_io(True)
+        self.fs = PassthroughFs(root, self.ring.handles, inodes=self.inodes)
+        self.engine = FuseEngine(self.fs, "auto")
+        init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
+        assert self.engine.handle(init, 4096)[0] == 0
+
+    def in_c(self, req, out_lens, split=None):
+        """The ring's reply, trimmed to the length its header gives; fails if the request was
+        handed to the engine instead.  ``split``: where the request's first descriptor ends
+        (WRITE's payload in descriptors of its own, as the guest sends it)."""
+        seen = len(self.ring.seen)
+        data = self.ring.roundtrip([req[:split], req[split:]] if split else [req], out_lens)
+        assert len(self.ring.seen) == seen, "served by the engine, not in C"
+        return data[:out_header(data)[0]] if out_lens else data
+
+    def in_python(self, req, out_size):
+        """The engine's reply, framed as the ring frames it."""
+        result = self.engine.handle(req, out_size)
+        if out_size == 0:
+            assert result is None  # FORGET and BATCH_FORGET have no reply
+            return b""
+        error, payload = result
+        payload = bytes(payload) if error == 0 else b""
+        unique = abi.in_header.unpack_from(req)[2]
+        return abi.out_header.pack(abi.OUT_HEADER_SIZE + len(payload), error, unique) + payload
+
+    def lookup(self, name, parent=abi.FUSE_ROOT_ID):
+        error, payload = self.engine.handle(request(abi.Opcode.LOOKUP, name + b"\0",
+                                                    nodeid=parent), 4096)
+        assert error == 0
+        return abi.entry_out_head.unpack_from(payload)[0]
+
+    def open(self, nodeid, flags=os.O_RDWR):
+        error, payload = self.engine.handle(
+            request(abi.Opcode.OPEN, abi.open_in.pack(flags, 0), nodeid=nodeid), 4096)
+        assert error == 0
+        return abi.open_out.unpack_from(payload)[0]
+
+    def close(self):
+        self.ring.close()
+
+
+@pytest.fixture(params=["sync", "uring"])
+def pair(request, tmp_path):
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "f").write_bytes(CONTENT)
+    os.utime(root / "f", ns=(-1_500_000_001, 1_700_000_000_123_456_789))
+    (root / "d").mkdir()
+    for i in range(40):
+        (root / "d" / f"entry-{i:03}").write_bytes(b"e" * i)
+    os.symlink("f", root / "link")
+    p = Pair(root, request.param)
+    yield p
+    p.close()
+
+
+def fds_open():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def file_state(path):
+    st = os.stat(path)
+    return (path.read_bytes(), st.st_size, st.st_blocks, st.st_mode, st.st_uid, st.st_gid)
+
+
+def test_getattr(pair):
+    f = pair.lookup(b"f")
+    fh = pair.open(f, os.O_RDONLY)
+    for nodeid, flags, handle in ((f, 0, 0), (abi.FUSE_ROOT_ID, 0, 0), (f, FUSE_GETATTR_FH, fh),
+                                  (pair.lookup(b"d"), 0, 0), (pair.lookup(b"link"), 0, 0)):
+        req = request(abi.Opcode.GETATTR, abi.getattr_in.pack(flags, 0, handle), nodeid=nodeid)
+        assert pair.in_c(req, [16, 200]) == pair.in_python(req, 216)
+    # A node the table does not know, and one forgotten: the same error both ways.
+    for nodeid in (f + 1000, 2 ** 63):
+        req = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodeid)
+        assert out_header(pair.in_c(req, [216]))[1] == out_header(pair.in_python(req, 216))[1]
+
+
+def test_lookup_of_a_known_name_and_its_count(pair):
+    d = pair.lookup(b"d")
+    known = [(abi.FUSE_ROOT_ID, b"f"), (abi.FUSE_ROOT_ID, b"d"), (abi.FUSE_ROOT_ID, b"link"),
+             (d, b"entry-007")]
+    for parent, name in known:
+        node = pair.lookup(name, parent)
+        req = request(abi.Opcode.LOOKUP, name + b"\0", nodeid=parent)
+        before = pair.fs.inodes.nlookup(node)
+        c = pair.in_c(req, [16, 200])
+        assert pair.fs.inodes.nlookup(node) == before + 1
+        assert c == pair.in_python(req, 216)
+        assert pair.fs.inodes.nlookup(node) == before + 2
+    # A name that does not exist is answered in C; the engine gives the same answer.
+    req = request(abi.Opcode.LOOKUP, b"missing\0")
+    assert pair.in_c(req, [16, 200]) == pair.in_python(req, 216)
+
+
+def test_readdirplus_records_match_lookup(pair):
+    """The node table packs READDIRPLUS's records (fuse_direntplus) for the inodes it knows;
+    each one's fuse_entry_out is what a LOOKUP of the same name answers."""
+    d = pair.lookup(b"d")
+    for i in range(0, 40, 3):
+        pair.lookup(b"entry-%03d" % i, d)
+    error, payload = pair.engine.handle(request(abi.Opcode.OPENDIR, abi.open_in.pack(0, 0),
+                                                nodeid=d), 4096)
+    assert error == 0
+    fh = abi.open_out.unpack_from(payload)[0]
+    error, listing = pair.engine.handle(
+        request(abi.Opcode.READDIRPLUS, abi.read_in.pack(fh, 0, 65536, 0, 0, 0, 0),
+                nodeid=d), 65536)
+    assert error == 0
+    entry_size = abi.entry_out_head.size + abi.attr.size
+    off, names = 0, []
+    listing = bytes(listing)
+    while off < len(listing):
+        entry = listing[off:off + entry_size]
+        ino, doff, namelen, typ = struct.unpack_from("<QQII", listing, off + entry_size)
+        name = listing[off + entry_size + 24:off + entry_size + 24 + namelen]
+        off += (entry_size + 24 + namelen + 7) & ~7
+        if name in (b".", b".."):
+            continue
+        names.append(name)
+        lookup = pair.in_python(request(abi.Opcode.LOOKUP, name + b"\0", nodeid=d), 4096)
+        assert entry == lookup[16:], name
+        assert struct.unpack_from("<Q", entry)[0] != 0
+    assert sorted(names) == sorted(b"entry-%03d" % i for i in range(40))
+
+
+def _flush(fh, nodeid, owner=0x99):
+    return request(abi.Opcode.FLUSH, abi.flush_in.pack(fh, 0, 0, owner), nodeid=nodeid)
+
+
+def _release(fh, nodeid, flags=0):
+    return request(abi.Opcode.RELEASE, abi.release_in.pack(fh, os.O_RDWR, flags, 0x99),
+                   nodeid=nodeid)
+
+
+def test_flush_and_release(pair):
+    f = pair.lookup(b"f")
+    a, b = pair.open(f), pair.open(f)
+    pair.in_c(_flush(a, f), [16])  # a queue's io_uring is set up at its first use
+    held = fds_open()
+    assert pair.in_c(_flush(a, f), [16]) == pair.in_python(_flush(b, f), 16)
+    assert fds_open() == held  # FLUSH's duplicate is closed again, both ways
+    assert pair.in_c(_release(a, f), [16]) == pair.in_python(_release(b, f), 16)
+    assert fds_open() == held - 2 and pair.ring.handles.count == 0
+    # Released already, and never opened: the same errors both ways.
+    for fh in (a, b, 12345):
+        assert pair.in_c(_flush(fh, f), [16]) == pair.in_python(_flush(fh, f), 16)
+        assert pair.in_c(_release(fh, f), [16]) == pair.in_python(_release(fh, f), 16)
+    # RELEASE asking for flock unlock (FUSE_RELEASE_FLOCK_UNLOCK) of a handle holding none.
+    a, b = pair.open(f), pair.open(f)
+    assert pair.in_c(_release(a, f, 2), [16]) == pair.in_python(_release(b, f, 2), 16)
+    assert pair.ring.handles.count == 0
+
+
+def test_forget_and_batch_forget(pair):
+    names = [b"f", b"d", b"link"]
+    nodes = [pair.lookup(n) for n in names]
+    for n in names:
+        for _ in range(4):
+            pair.lookup(n)
+    counts = [pair.fs.inodes.nlookup(n) for n in nodes]
+    assert counts == [5, 5, 5]
+    forget = [request(abi.Opcode.FORGET, abi.forget_in.pack(2), nodeid=n) for n in nodes]
+    pair.in_c(forget[0], [])
+    pair.in_python(forget[1], 0)
+    assert pair.fs.inodes.nlookup(nodes[0]) == pair.fs.inodes.nlookup(nodes[1]) == 3
+    batch = (abi.batch_forget_in.pack(2, 0) + abi.forget_one.pack(nodes[0], 3) +
+             abi.forget_one.pack(12345, 1))
+    pair.in_c(request(abi.Opcode.BATCH_FORGET, batch, nodeid=0), [])
+    batch = (abi.batch_forget_in.pack(2, 0) + abi.forget_one.pack(nodes[1], 3) +
+             abi.forget_one.pack(12345, 1))
+    pair.in_python(request(abi.Opcode.BATCH_FORGET, batch, nodeid=0), 0)
+    assert pair.fs.inodes.nlookup(nodes[0]) == pair.fs.inodes.nlookup(nodes[1]) == 0
+    assert pair.fs.inodes.nlookup(nodes[2]) == 5
+    assert len(pair.fs.inodes) == 2  # the root and "link"
+    # Forgotten both ways: both answer the same for the node.
+    for n in nodes[:2]:
+        req = request(abi.Opcode.GETATTR, bytes(16), nodeid=n)
+        assert pair.in_python(req, 216)[4:8] == struct.pack("<i", -errno.ENOENT)
+
+
+def test_fsync(pair):
+    if pair.ring.engine == "sync":
+        pytest.skip("a synchronous queue hands FSYNC to the engine: one implementation")
+    f = pair.lookup(b"f")
+    fh = pair.open(f)
+    for flags in (0, FUSE_FSYNC_FDATASYNC):
+        req = request(abi.Opcode.FSYNC, abi.fsync_in.pack(fh, flags, 0), nodeid=f)
+        assert pair.in_c(req, [16]) == pair.in_python(req, 16)
+    req = request(abi.Opcode.FSYNC, abi.fsync_in.pack(fh + 1, 0, 0), nodeid=f)
+    assert pair.in_c(req, [16]) == pair.in_python(req, 16)
+
+
+FALLOCATE_CASES = [
+    (0, 65536, 0),                                     # grows the file
+    (1 << 20, 1 << 20, FALLOC_FL_KEEP_SIZE),
+    (4096, 4096, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+    (0, 4096, FALLOC_FL_PUNCH_HOLE),                   # EOPNOTSUPP: punch needs keep-size
+    (0, 0, 0),                                         # EINVAL
+    (1 << 63, 4096, 0),                                # offset past off_t
+    (0, 1 << 63, 0),
+    (0, 4096, 0x80),                                   # a mode bit the kernel does not know
+]
+
+
+@pytest.mark.parametrize("offset,length,mode", FALLOCATE_CASES)
+def test_fallocate(pair, offset, length, mode):
+    shutil.copyfile(pair.root / "f", pair.root / "g")
+    c_node, py_node = pair.lookup(b"f"), pair.lookup(b"g")
+    c_fh, py_fh = pair.open(c_node), pair.open(py_node)
+
+    def req(fh, nodeid):
+        return request(abi.Opcode.FALLOCATE, abi.fallocate_in.pack(fh, offset, length, mode, 0),
+                       nodeid=nodeid)
+
+    assert pair.in_c(req(c_fh, c_node), [16]) == pair.in_python(req(py_fh, py_node), 16)
+    assert file_state(pair.root / "f") == file_state(pair.root / "g")
+
+
+def test_fallocate_refused_handles(pair):
+    f = pair.lookup(b"f")
+    reader = pair.open(f, os.O_RDONLY)
+    for fh in (reader, reader + 1000):
+        req = request(abi.Opcode.FALLOCATE, abi.fallocate_in.pack(fh, 0, 1 << 17, 0, 0),
+                      nodeid=f)
+        assert pair.in_c(req, [16]) == pair.in_python(req, 16)
+    assert os.stat(pair.root / "f").st_size == len(CONTENT)
+
+
+@pytest.mark.parametrize("mode", [0o6755, 0o4755, 0o2755, 0o2745, 0o6700, 0o755])
+@pytest.mark.parametrize("write_flags", [FUSE_WRITE_KILL_SUIDGID, 0])
+def test_write_kills_suid_and_sgid_alike(pair, mode, write_flags):
+    """WRITE with FUSE_WRITE_KILL_SUIDGID drops set-user-ID always and set-group-ID when the
+    group may execute (as the kernel's should_remove_suid does); the same bits either way."""
+    shutil.copyfile(pair.root / "f", pair.root / "g")
+    for name in ("f", "g"):
+        os.chmod(pair.root / name, mode)
+    c_node, py_node = pair.lookup(b"f"), pair.lookup(b"g")
+    c_fh, py_fh = pair.open(c_node), pair.open(py_node)
+    payload = b"kill" * 8
+
+    def req(fh, nodeid):
+        body = abi.write_in.pack(fh, 100, len(payload), write_flags, 0, 0, 0)
+        return request(abi.Opcode.WRITE, body + payload, nodeid=nodeid)
+
+    split = abi.IN_HEADER_SIZE + abi.write_in.size
+    assert pair.in_c(req(c_fh, c_node), [32], split) == pair.in_python(req(py_fh, py_node), 32)
+    assert file_state(pair.root / "f") == file_state(pair.root / "g")
