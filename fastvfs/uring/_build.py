@@ -1,6 +1,8 @@
 """cffi builder for the liburing binding (API mode: compiled against <liburing.h>).
 
-Mirrors liburing 2.3 (Debian 12's liburing-dev).  Only what the engine uses is declared; struct
+Mirrors liburing 2.3 (Debian 12's liburing-dev).  Only what the engine uses is declared (set-up,
+probing, restriction, registration: the hot path declares its own submit/complete helpers in
+``fastvfs/includes/liburing.pxd``); struct
 layouts the compiler knows are left partial (``...;``) instead of being copied.  cffi releases
 the GIL around every call declared here.
 """
@@ -45,8 +47,6 @@ struct io_uring_restriction { uint16_t opcode; uint8_t register_op; uint8_t sqe_
 #define IORING_SETUP_SINGLE_ISSUER ...
 #define IORING_FEAT_NODROP ...
 #define IORING_FEAT_FAST_POLL ...
-#define IOSQE_FIXED_FILE ...
-#define IORING_FSYNC_DATASYNC ...
 #define IORING_OP_READV ...
 #define IORING_OP_WRITEV ...
 #define IORING_OP_FSYNC ...
@@ -54,7 +54,6 @@ struct io_uring_restriction { uint16_t opcode; uint8_t register_op; uint8_t sqe_
 #define IORING_OP_WRITE_FIXED ...
 #define IORING_OP_FALLOCATE ...
 #define IORING_OP_OPENAT ...
-#define IORING_OP_STATX ...
 #define IORING_OP_LAST ...
 """)
 
@@ -68,32 +67,13 @@ void io_uring_free_probe(struct io_uring_probe *probe);
 int io_uring_opcode_supported(const struct io_uring_probe *p, int op);
 int io_uring_register_buffers(struct io_uring *ring, const struct iovec *iovecs, unsigned nr_iovecs);
 int io_uring_unregister_buffers(struct io_uring *ring);
-int io_uring_register_files(struct io_uring *ring, const int *files, unsigned nr_files);
-int io_uring_unregister_files(struct io_uring *ring);
 int io_uring_register(unsigned int fd, unsigned int opcode, const void *arg,
                       unsigned int nr_args);
 void io_uring_prep_nop(struct io_uring_sqe *sqe);
-void io_uring_prep_openat(struct io_uring_sqe *sqe, int dfd, const char *path, int flags,
-                          unsigned mode);
 struct io_uring_sqe *io_uring_get_sqe(struct io_uring *ring);
-void io_uring_prep_readv(struct io_uring_sqe *sqe, int fd, const struct iovec *iovecs,
-                         unsigned nr_vecs, uint64_t offset);
-void io_uring_prep_writev(struct io_uring_sqe *sqe, int fd, const struct iovec *iovecs,
-                          unsigned nr_vecs, uint64_t offset);
-void io_uring_prep_read_fixed(struct io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes,
-                              uint64_t offset, int buf_index);
-void io_uring_prep_write_fixed(struct io_uring_sqe *sqe, int fd, const void *buf,
-                               unsigned nbytes, uint64_t offset, int buf_index);
-void io_uring_prep_fsync(struct io_uring_sqe *sqe, int fd, unsigned fsync_flags);
-void io_uring_prep_fallocate(struct io_uring_sqe *sqe, int fd, int mode, uint64_t offset,
-                             uint64_t len);
-void io_uring_sqe_set_data64(struct io_uring_sqe *sqe, uint64_t data);
-void io_uring_sqe_set_flags(struct io_uring_sqe *sqe, unsigned flags);
-int io_uring_submit(struct io_uring *ring);
 int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
 unsigned io_uring_peek_batch_cqe(struct io_uring *ring, struct io_uring_cqe **cqes, unsigned count);
 void io_uring_cq_advance(struct io_uring *ring, unsigned nr);
-unsigned io_uring_sq_space_left(const struct io_uring *ring);
 """)
 
 if __name__ == "__main__":

@@ -1,17 +1,14 @@
-"""``UringEngine``: one io_uring instance, batch submission and batch reaping.
+"""``UringEngine``: the control plane of one io_uring instance.
 
-Submissions are prepared into the submission queue without a system call and go to the kernel
-together with ``submit``; completions are reaped in batches with ``reap``.  Each operation
-carries a 64-bit ``user_data`` chosen by the caller, which comes back with its result.
+It sets the ring up, probes what the kernel implements, restricts the ring to an allow-list and
+registers guest memory for READ_FIXED/WRITE_FIXED.  It submits nothing itself: the hot path
+(``fastvfs.ring``) prepares, submits and reaps on the same ``struct io_uring`` from C through
+``ring_address``, with liburing's inline helpers declared for it in ``includes/liburing.pxd``.
+liburing is bound once per side: here for set-up and registration, there for the data path.
 
 The ring is set up with the most helpful flags this kernel accepts (``SUBMIT_ALL``: a failing
 submission does not stop the batch; ``COOP_TASKRUN`` and ``SINGLE_ISSUER``: completions are
 run when the owner thread enters the kernel anyway), falling back flag by flag on older kernels.
-Guest memory regions can be registered once (``register_buffers``) so READ_FIXED/WRITE_FIXED
-skip per-I/O page pinning, and file descriptors can be registered (``register_files``).
-
-Buffers given to ``readv``/``writev`` from Python are kept alive until their completion is
-reaped.  The hot path drives the same ring from Cython through ``ring_address``.
 """
 
 import errno
@@ -53,7 +50,6 @@ class UringEngine:
         if lib is None:
             raise UringUnavailable(errno.ENOSYS, f"liburing binding not built: {_import_error}")
         self._ring = ffi.new("struct io_uring *")
-        self._keep = {}  # user_data -> Python objects a pending operation points into
         wanted = [getattr(lib, name)
                   for name in (self.SETUP_FLAG_PREFERENCE if prefer is None else prefer)]
         while True:
@@ -107,8 +103,23 @@ class UringEngine:
                                      len(entries)), "register restrictions")
         _check(lib.io_uring_register(self._ring.ring_fd, lib.IORING_REGISTER_ENABLE_RINGS,
                                      ffi.NULL, 0), "enable the ring")
+        if "NOP" not in sqe_ops:
+            self._check_enforced()
 
-    # -- setup ---------------------------------------------------------------------------------
+    def _check_enforced(self):
+        """Submit one NOP, which the allow-list leaves out, and require the kernel to refuse
+        it (EACCES): a kernel that took the restrictions without enforcing them gives a ring
+        that is never used."""
+        sqe = lib.io_uring_get_sqe(self._ring)
+        lib.io_uring_prep_nop(sqe)
+        _check(lib.io_uring_submit_and_wait(self._ring, 1), "submit the restriction check")
+        cqe = ffi.new("struct io_uring_cqe *[1]")
+        if lib.io_uring_peek_batch_cqe(self._ring, cqe, 1) != 1:
+            raise OSError(errno.EIO, "the restriction check was not completed")
+        res = cqe[0].res
+        lib.io_uring_cq_advance(self._ring, 1)
+        if res != -errno.EACCES:
+            raise OSError(errno.EPERM, f"a NOP outside the allow-list completed with {res}")
 
     @property
     def ring_address(self):
@@ -120,8 +131,8 @@ class UringEngine:
         return getattr(lib, "IORING_OP_" + opcode_name) in self.supported
 
     def register_buffers(self, regions):
-        """Register ``[(address, length), ...]`` (e.g. guest memory regions) for *_FIXED I/O;
-        buffer index i is regions[i]."""
+        """Register ``[(address, length), ...]`` (guest memory regions) for READ_FIXED and
+        WRITE_FIXED; buffer index i is regions[i]."""
         iovs = ffi.new("struct iovec[]", len(regions))
         for i, (address, length) in enumerate(regions):
             iovs[i].iov_base = ffi.cast("void *", address)
@@ -131,104 +142,10 @@ class UringEngine:
     def unregister_buffers(self):
         _check(lib.io_uring_unregister_buffers(self._ring), "unregister buffers")
 
-    def register_files(self, fds):
-        """Register fds; an operation then names index i with ``fixed_file=True``."""
-        arr = ffi.new("int[]", list(fds))
-        _check(lib.io_uring_register_files(self._ring, arr, len(fds)), "register files")
-
-    def unregister_files(self):
-        _check(lib.io_uring_unregister_files(self._ring), "unregister files")
-
-    # -- preparing operations ---------------------------------------------------------------------
-
-    def _sqe(self):
-        sqe = lib.io_uring_get_sqe(self._ring)
-        if sqe == ffi.NULL:
-            raise BlockingIOError(errno.EAGAIN, "submission queue full: submit first")
-        return sqe
-
-    def _finish(self, sqe, user_data, keep, fixed_file):
-        # After the prep call: io_uring_prep_* resets the flags.
-        lib.io_uring_sqe_set_data64(sqe, user_data)
-        if fixed_file:
-            lib.io_uring_sqe_set_flags(sqe, lib.IOSQE_FIXED_FILE)
-        if keep is not None:
-            self._keep[user_data] = keep
-
-    def _iovecs(self, buffers, writable):
-        views = [ffi.from_buffer(b, require_writable=writable) for b in buffers]
-        iovs = ffi.new("struct iovec[]", len(views))
-        for i, view in enumerate(views):
-            iovs[i].iov_base = view
-            iovs[i].iov_len = len(view)
-        return iovs, views
-
-    def readv(self, fd, buffers, offset, user_data, fixed_file=False):
-        """Queue a read into writable Python buffers."""
-        sqe = self._sqe()
-        iovs, views = self._iovecs(buffers, True)
-        lib.io_uring_prep_readv(sqe, fd, iovs, len(views), offset)
-        self._finish(sqe, user_data, (iovs, views), fixed_file)
-
-    def writev(self, fd, buffers, offset, user_data, fixed_file=False):
-        """Queue a write from Python buffers."""
-        sqe = self._sqe()
-        iovs, views = self._iovecs(buffers, False)
-        lib.io_uring_prep_writev(sqe, fd, iovs, len(views), offset)
-        self._finish(sqe, user_data, (iovs, views), fixed_file)
-
-    def read_fixed(self, fd, address, length, offset, buf_index, user_data, fixed_file=False):
-        """Queue a read into registered buffer ``buf_index`` at ``address``."""
-        sqe = self._sqe()
-        lib.io_uring_prep_read_fixed(sqe, fd, ffi.cast("void *", address), length, offset,
-                                     buf_index)
-        self._finish(sqe, user_data, None, fixed_file)
-
-    def write_fixed(self, fd, address, length, offset, buf_index, user_data, fixed_file=False):
-        sqe = self._sqe()
-        lib.io_uring_prep_write_fixed(sqe, fd, ffi.cast("void *", address), length, offset,
-                                      buf_index)
-        self._finish(sqe, user_data, None, fixed_file)
-
-    def fsync(self, fd, user_data, datasync=False, fixed_file=False):
-        sqe = self._sqe()
-        lib.io_uring_prep_fsync(sqe, fd, lib.IORING_FSYNC_DATASYNC if datasync else 0)
-        self._finish(sqe, user_data, None, fixed_file)
-
-    def fallocate(self, fd, mode, offset, length, user_data, fixed_file=False):
-        sqe = self._sqe()
-        lib.io_uring_prep_fallocate(sqe, fd, mode, offset, length)
-        self._finish(sqe, user_data, None, fixed_file)
-
-    # -- submitting and reaping -----------------------------------------------------------------
-
-    @property
-    def sq_space(self):
-        return lib.io_uring_sq_space_left(self._ring)
-
-    def submit(self, wait=0):
-        """Hand every queued operation to the kernel in one system call, optionally waiting
-        for ``wait`` completions; returns how many were submitted."""
-        if wait:
-            return _check(lib.io_uring_submit_and_wait(self._ring, wait), "submit")
-        return _check(lib.io_uring_submit(self._ring), "submit")
-
-    def reap(self, max_count=256):
-        """Completed operations as ``[(user_data, result), ...]``; result is -errno on error.
-        Does not block."""
-        cqes = ffi.new("struct io_uring_cqe *[]", max_count)
-        n = lib.io_uring_peek_batch_cqe(self._ring, cqes, max_count)
-        done = [(cqes[i].user_data, cqes[i].res) for i in range(n)]
-        lib.io_uring_cq_advance(self._ring, n)
-        for user_data, _ in done:
-            self._keep.pop(user_data, None)
-        return done
-
     def close(self):
         if self._open:
             lib.io_uring_queue_exit(self._ring)
             self._open = False
-            self._keep.clear()
 
     def __enter__(self):
         return self
