@@ -159,7 +159,6 @@ class FuseEngine:
         self.lock_waiters = threading.BoundedSemaphore(max_lock_waiters)
         self.initialized = False
         self.minor = abi.FUSE_KERNEL_MINOR_VERSION
-        self.counts = [0] * 64
         self.init_lock = threading.Lock()
         self.table = {}
         for op in Opcode:
@@ -228,8 +227,6 @@ class FuseEngine:
         if len(request) < abi.IN_HEADER_SIZE:
             return -errno.EINVAL, b""
         _, opcode, _, nodeid, uid, gid, pid, extlen, _ = abi.in_header.unpack_from(request)
-        if opcode < len(self.counts):
-            self.counts[opcode] += 1
         body = memoryview(request)[abi.IN_HEADER_SIZE:]
         groups = ()
         labels = None
