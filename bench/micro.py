@@ -155,8 +155,9 @@ class Session:
     read-write."""
 
     def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1,
-                 files_of=None, cpus=None):
+                 files_of=None, cpus=None, publish_each=False):
         self.name = label or name
+        self.publish_each = publish_each
         self.cpus = cpus
         self.queues = queues
         self.shared = Path(workdir) / self.name
@@ -188,7 +189,7 @@ class Session:
         return [LeanLoad(self.frontend, q + 1, opcode, depth,
                          nodeid=ROOT if opcode == "LOOKUP" else self.nodes[files[q]],
                          fh=self.fhs[files[q]], name=self.names[files[q]], size=size,
-                         file_size=FILE_SIZE, seed=seed + q)
+                         file_size=FILE_SIZE, seed=seed + q, publish_each=self.publish_each)
                 for q in range(queues)]
 
     def run(self, opcode, size, depth, seconds, queues=1, max_requests=0, same_file=False):
@@ -307,8 +308,8 @@ def floor_run(seconds, echo_cpu=-1):
 def markdown(results, config, multiqueue=None):
     fastvfs_cmd = " ".join(["--cache never", config.get("fastvfs_args") or ""]).strip()
     lines = [f"# Microbenchmarks {config['date']}", "",
-             f"Machine: {config['machine']}. Driver: the project's lean frontend driver (C, "
-             f"one thread per queue), queue size 256, EVENT_IDX and INDIRECT_DESC negotiated, "
+             f"Machine: {config['machine']}. Driver: {config.get('driver', 'lean (C)')}, "
+             f"one thread per queue, queue size 256, EVENT_IDX and INDIRECT_DESC negotiated, "
              f"chains laid out as Linux's virtiofs driver does. fastvfs `{fastvfs_cmd}` "
              f"(defaults: io_uring READs, no busy polling unless `--poll-us`, sandbox on); reference "
              f"virtiofsd `-o cache=none` (its default single thread). {config['seconds']} s per "
@@ -400,8 +401,13 @@ def main(argv=None):
                    help="pin the driver to CPU 0 and the backend (every thread) to CPU 1 "
                         "(apart) or to CPU 0 as well (together), for both backends and the "
                         "floor alike; the two-queue comparison is left unpinned")
+    p.add_argument("--driver", choices=("lean", "guest"), default="lean",
+                   help="lean: the avail index published once per round of completions reaped "
+                        "(default); guest: each request published on its own and the kick "
+                        "decided for each, as Linux's virtio_fs_enqueue_req does")
     p.add_argument("--out", default="reports/micro")
     args = p.parse_args(argv)
+    each = args.driver == "guest"
     driver_cpus = backend_cpus = None
     echo_cpu = -1
     if args.pin:
@@ -420,10 +426,11 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="fastvfs-bench-")
     results, multiqueue = {}, {}
     try:
-        sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra, cpus=backend_cpus)}
+        sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra, cpus=backend_cpus,
+                                       publish_each=each)}
         if "reference" in backends:
             sessions["reference"] = Session("reference", workdir, files_of=sessions["fastvfs"],
-                                            cpus=backend_cpus)
+                                            cpus=backend_cpus, publish_each=each)
         try:
             for name in names:
                 opcode, size = WORKLOADS[name]
@@ -451,7 +458,8 @@ def main(argv=None):
         if args.pin:
             os.sched_setaffinity(0, everywhere)
         if not args.no_multiqueue:
-            mq = Session("fastvfs", workdir, queues=2, label="fastvfs-2q", extra=extra)
+            mq = Session("fastvfs", workdir, queues=2, label="fastvfs-2q", extra=extra,
+                         publish_each=each)
             try:
                 for name, depth in MULTIQUEUE:
                     if args.only and name not in names:
@@ -472,7 +480,10 @@ def main(argv=None):
         shutil.rmtree(workdir, ignore_errors=True)
     config = output.base_config(seconds=args.seconds, reps=args.reps, slices=args.slices,
                                 queue_size=256,
-                                driver="lean (C)", fastvfs_cache="never",
+                                driver="the project's lean frontend driver (C)" if not each else
+                                "the project's lean frontend driver (C) in its guest-like mode "
+                                "(each request published and its kick decided on its own, as "
+                                "Linux's virtio_fs_enqueue_req does)", fastvfs_cache="never",
                                 fastvfs_args=args.fastvfs_args, pin=args.pin,
                                 reference=REFERENCE if "reference" in backends else None)
     output.write(args.out, config, {"backends": results, "multiqueue": multiqueue},

@@ -10,7 +10,11 @@ length of a run and does what the guest's virtio driver does, without the GIL:
   VIRTIO_RING_F_INDIRECT_DESC is negotiated, as Linux does); a completed chain is re-published
   with a fresh ``unique`` and, for READ/WRITE, a fresh random offset;
 * the avail index is published once per reaping round and the device is kicked only when
-  ``avail_event`` asks for it (VIRTIO_RING_F_EVENT_IDX, virtio 1.2 section 2.7.10);
+  ``avail_event`` asks for it (VIRTIO_RING_F_EVENT_IDX, virtio 1.2 section 2.7.10); with
+  ``publish_each`` every request is published on its own and the kick decided for each, as
+  Linux's ``virtio_fs_enqueue_req`` does (``virtqueue_add_sgs``, then
+  ``virtqueue_kick_prepare`` and ``virtqueue_notify`` per request: each request is submitted by
+  its own process as the previous one's completion wakes it);
 * completions are reaped until the used ring is empty; only then is ``used_event`` armed and the
   thread put to sleep on the call eventfd (Linux's ``virtqueue_enable_cb`` before sleeping).
 
@@ -68,6 +72,7 @@ cdef class LeanQueue:
     cdef uint8_t *used
     cdef uint16_t num
     cdef bint event_idx
+    cdef bint publish_each
     cdef int kick_fd, call_fd
     cdef readonly uint16_t avail_idx
     cdef readonly uint16_t last_used_idx
@@ -77,7 +82,7 @@ cdef class LeanQueue:
     cdef uint64_t next_unique
     cdef uint64_t span, block
     cdef uint64_t rng
-    cdef readonly uint64_t kicks, sleeps, errors
+    cdef readonly uint64_t kicks, sleeps, errors, publishes
     cdef readonly int first_error
 
     def __cinit__(self):
@@ -90,8 +95,10 @@ cdef class LeanQueue:
 
     def __init__(self, uint64_t avail, uint64_t used, uint16_t num, bint event_idx, int kick_fd,
                  int call_fd, uint16_t avail_idx, uint16_t last_used_idx, slots,
-                 uint64_t span=1, uint64_t block=0, uint64_t first_unique=1 << 40, seed=1):
+                 uint64_t span=1, uint64_t block=0, uint64_t first_unique=1 << 40, seed=1,
+                 bint publish_each=False):
         self.avail = <uint8_t *>avail
+        self.publish_each = publish_each
         self.used = <uint8_t *>used
         self.num = num
         self.event_idx = event_idx
@@ -140,6 +147,7 @@ cdef class LeanQueue:
         cdef uint64_t one = 1
         if old == new:
             return
+        self.publishes += 1
         # Ring entries before the index (x86-64 keeps stores in order; the compiler must too).
         lean_release()
         lean_store16(self.avail + 2, new)
@@ -187,6 +195,9 @@ cdef class LeanQueue:
                 self._prepare(self.heads[i])
                 self._queue(self.heads[i])
                 inflight += 1
+                if self.publish_each:
+                    self._publish(old)
+                    old = self.avail_idx
             self._publish(old)
             while inflight:
                 used_idx = lean_load16(self.used + 2)
@@ -233,6 +244,9 @@ cdef class LeanQueue:
                     if running:
                         self._prepare(head)
                         self._queue(head)
+                        if self.publish_each:
+                            self._publish(old)
+                            old = self.avail_idx
                     else:
                         inflight -= 1
                 if bad:
@@ -254,6 +268,7 @@ cdef class LeanQueue:
         if bad:
             raise RuntimeError("the device broke the used ring contract")
         return {"requests": counted, "wall_s": wall, "driver_cpu_s": cpu_used, "kicks": self.kicks,
+                "publishes": self.publishes,
                 "sleeps": self.sleeps, "errors": self.errors, "first_error": self.first_error}
 
 

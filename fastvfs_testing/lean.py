@@ -41,11 +41,13 @@ class LeanLoad:
     """``depth`` copies of one request kept in flight on ``frontend.queues[queue]``.
 
     ``op``: "GETATTR", "LOOKUP" (``name`` in ``nodeid``), "READ" or "WRITE" (``size`` bytes at
-    random ``size``-aligned offsets below ``file_size`` of handle ``fh``).
+    random ``size``-aligned offsets below ``file_size`` of handle ``fh``).  ``publish_each``:
+    publish every request on its own and decide the kick for each, as the Linux guest does,
+    instead of once per round of completions reaped.
     """
 
     def __init__(self, frontend, queue, op, depth, *, nodeid, fh=0, size=0, file_size=0,
-                 name=b"data", seed=1, uid=0, gid=0):
+                 name=b"data", seed=1, uid=0, gid=0, publish_each=False):
         self.memory = frontend.memory
         self.vq = vq = frontend.queues[queue]
         if vq.in_flight or vq.published_idx != vq.avail_idx:
@@ -68,7 +70,7 @@ class LeanLoad:
             _host_address(self.memory, vq.avail_addr, virtq.avail_ring_size(vq.size)),
             _host_address(self.memory, vq.used_addr, virtq.used_ring_size(vq.size)),
             vq.size, vq.event_idx, vq.kick_fd, vq.call_fd, vq.avail_idx, vq.last_used_idx,
-            slots, span, size, FIRST_UNIQUE + queue, seed)
+            slots, span, size, FIRST_UNIQUE + queue, seed, publish_each)
 
     def _alloc(self, data_or_len, align=8):
         length = data_or_len if isinstance(data_or_len, int) else len(data_or_len)

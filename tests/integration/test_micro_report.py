@@ -31,12 +31,15 @@ def test_wake_floor_counts_round_trips():
     assert r["us_per_request"] == pytest.approx(r["wall_s"] * 1e6 / r["requests"])
 
 
-def test_micro_reports_floor_and_ceiling(tmp_path, capsys):
+@pytest.mark.parametrize("driver", ["lean", "guest"])
+def test_micro_reports_floor_and_ceiling(tmp_path, capsys, driver):
     assert micro.main(["--seconds", "0.2", "--reps", "1", "--only", "getattr,read4k",
                        "--depths", "1,4", "--slices", "2", "--no-multiqueue",
-                       "--out", str(tmp_path)]) == 0
+                       "--driver", driver, "--out", str(tmp_path)]) == 0
     (report,) = tmp_path.glob("*.json")
-    rows = json.loads(report.read_text())["results"]["backends"]
+    data = json.loads(report.read_text())
+    assert ("guest-like" in data["config"]["driver"]) == (driver == "guest")
+    rows = data["results"]["backends"]
     assert set(rows) == {"getattr@1", "getattr@4", "read4k@1", "read4k@4"}
     for key, row in rows.items():
         for backend in ("fastvfs", "reference"):

@@ -975,6 +975,31 @@ class TestWakeCoalescing:
         assert self._drive(harness, tmp_path, cpus[0], cpus[1]) == 1
 
 
+@pytest.mark.parametrize("publish_each", [False, True])
+def test_lean_driver_publishes_per_round_or_per_request(harness, tmp_path, publish_each):
+    """The lean driver publishes the avail index once per round of completions reaped; in its
+    guest-like mode once per request (and decides the kick for each), as Linux does."""
+    from types import SimpleNamespace
+    from fastvfs_testing.lean import LeanLoad
+    inodes = _ring.HandleTable(64)
+    inodes.add_root(os.open(tmp_path, os.O_PATH))
+    h = harness(inodes=inodes, size=64)
+    h.vq.set_fast_io(True)
+    load = LeanLoad(SimpleNamespace(memory=h.mem, queues={1: h.dq}), 1, "GETATTR", 32,
+                    nodeid=1, publish_each=publish_each)
+    try:
+        result = load.run(60, max_requests=20000)
+    finally:
+        load.close()
+    assert result["errors"] == 0 and result["requests"] >= 20000
+    # Every request published: the first 32, then one per completion until the stop.
+    if publish_each:
+        assert result["publishes"] >= result["requests"]
+    else:
+        assert result["publishes"] < result["requests"] / 2
+    assert result["kicks"] <= result["publishes"]
+
+
 class TestMemoryTable:
     def test_host_ranges_in_pieces_io_uring_takes(self):
         """io_uring registers buffers of at most 1 GiB: a larger region comes in pieces."""
