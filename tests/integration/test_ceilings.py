@@ -89,19 +89,29 @@ class Monitor:
         self.samples = 0
         self.error = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ceiling-monitor", daemon=True)
         self._thread.start()
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            try:
-                s = sample(self.pid)
-            except (OSError, KeyError, IndexError) as exc:
-                self.error = exc
+            if not self.take():
                 return
+
+    def take(self):
+        """One sample now: from the monitor's thread, and from the abuse loop after each burst
+        (the thread shares the test's GIL with a busy driver and may run far less often than
+        it asks to).  Returns False once sampling failed."""
+        try:
+            s = sample(self.pid)
+        except (OSError, KeyError, IndexError) as exc:
+            self.error = exc
+            return False
+        with self._lock:
             self.samples += 1
             for name in ("rss", "shmem", "threads", "fds"):
                 setattr(self.peak, name, max(getattr(self.peak, name), getattr(s, name)))
+        return True
 
     def stop(self):
         self._stop.set()
@@ -204,6 +214,7 @@ def hold(guest, step, name, bound, *, after=None, nofile=NOFILE, until=None, lim
     while time.monotonic() < deadline or until is not None and not until():
         assert time.monotonic() < started + limit_s, f"{name}: the limit was not reached"
         step()
+        monitor.take()
         if time.monotonic() >= next_probe:
             guest.probe()
             next_probe = time.monotonic() + PROBE_EVERY
@@ -236,8 +247,7 @@ def hold(guest, step, name, bound, *, after=None, nofile=NOFILE, until=None, lim
     # came on top of the idle ones) in the guest's budget.
     assert idle.fds <= nofile - budget, figures
     assert peak.fds - idle.fds <= budget, figures
-    # Sampled throughout, not once or twice (the sampling thread shares the test's GIL with a
-    # busy driver, so it runs less often than it asks to) ...
+    # Sampled throughout, not once or twice (by the monitor's thread and after every burst) ...
     assert monitor.samples >= SECONDS / 4, figures
     # ... and the kernel's own high-water mark of the serving process's RSS, which no peak
     # between samples escapes, stays within the ceiling too.
