@@ -22,6 +22,9 @@ cdef extern from *:
        on another thread still sees whole values. */
     #define fastvfs_inc64(p, v) __atomic_store_n((uint64_t *)(p), \
         __atomic_load_n((uint64_t *)(p), __ATOMIC_RELAXED) + (uint64_t)(v), __ATOMIC_RELAXED)
+    /* An int flag handed between two threads: release store, acquire load. */
+    #define fastvfs_load_int(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define fastvfs_store_int(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
     #define fastvfs_cpu_relax() __builtin_ia32_pause()
     static inline unsigned fastvfs_log2(uint64_t v) { return v ? 63u - (unsigned)__builtin_clzll(v) : 0u; }
     """
@@ -35,3 +38,5 @@ cdef extern from *:
     uint64_t fastvfs_load64(const uint64_t *p) nogil
     unsigned fastvfs_log2(uint64_t v) nogil
     void fastvfs_cpu_relax() nogil
+    int fastvfs_load_int(const int *p) nogil
+    void fastvfs_store_int(int *p, int v) nogil
