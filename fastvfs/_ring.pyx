@@ -35,152 +35,38 @@ from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EFAULT, EINVAL, EIO, ENOMEM
 if sys.byteorder != "little":
     raise ImportError("fastvfs assumes a little-endian host (virtio 1.x rings are little-endian)")
 
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t preadv(int fd, const iovec *iov, int iovcnt, long offset)
-    ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags)
-    enum: RWF_NOWAIT
-    ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long offset)
-
-cdef extern from "<sys/xattr.h>" nogil:
-    ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
-    int fremovexattr(int fd, const char *name)
-    enum: ENODATA
-    enum: EOPNOTSUPP
-
-cdef extern from "<sys/mman.h>" nogil:
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
-    int munmap(void *addr, size_t length)
-    int PROT_READ
-    int PROT_WRITE
-    int MAP_SHARED
-    void *MAP_FAILED
-
-cdef extern from *:
-    """
-    #include <fcntl.h>
-    #ifndef STATX_MNT_ID
-    #define STATX_MNT_ID 0x00001000U
-    #endif
-    #define FASTVFS_LOOKUP_MASK (STATX_BASIC_STATS | STATX_MNT_ID)
-    """
-    unsigned int STATX_MNT_ID
-    unsigned int FASTVFS_LOOKUP_MASK
-
-cdef extern from "<sys/stat.h>" nogil:
-    struct stat:
-        unsigned int st_mode
-    int fstat(int fd, stat *buf)
-    int fchmod(int fd, unsigned int mode)
-    unsigned int S_ISUID
-    unsigned int S_ISGID
-    unsigned int S_IXGRP
-
-cdef extern from "<sys/resource.h>" nogil:
-    struct rusage:
-        long ru_nivcsw
-    int RUSAGE_THREAD
-    int getrusage(int who, rusage *usage)
-
-cdef extern from "<fcntl.h>" nogil:
-    int fallocate(int fd, int mode, int64_t offset, int64_t length)
-    int fcntl(int fd, int cmd, ...)
-    enum: F_GETFL, O_DIRECT
-
-cdef extern from "<sys/epoll.h>" nogil:
-    ctypedef union epoll_data_t:
-        void *ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
-    enum: EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLIN, EPOLLET
-
-cdef extern from "<string.h>" nogil:
-    size_t strnlen(const char *s, size_t maxlen)
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
-    int pthread_mutex_destroy(pthread_mutex_t *m)
-    int pthread_mutex_lock(pthread_mutex_t *m)
-    int pthread_mutex_unlock(pthread_mutex_t *m)
-
-cdef extern from *:
-    """
-    /* Ring memory ordering (virtio 1.2 section 2.7.13): read the avail index, then an acquire
-       fence before reading ring entries and descriptors; a release fence between writing a used
-       element and publishing the used index; a full fence between publishing (used index or
-       avail_event) and reading the driver's notification suppression fields. */
-    #define fastvfs_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
-    #define fastvfs_release() __atomic_thread_fence(__ATOMIC_RELEASE)
-    #define fastvfs_full_barrier() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-    #define fastvfs_load16(p) (*(volatile uint16_t *)(p))
-    #define fastvfs_store16(p, v) (*(volatile uint16_t *)(p) = (uint16_t)(v))
-    /* Statistics counters are bumped by several queue threads and read by the stats thread:
-       relaxed atomic adds, no ordering needed between them. */
-    #define fastvfs_add64(p, v) __atomic_fetch_add((uint64_t *)(p), (uint64_t)(v), __ATOMIC_RELAXED)
-    #define fastvfs_load64(p) __atomic_load_n((uint64_t *)(p), __ATOMIC_RELAXED)
-    /* A counter with one writer (a queue's own block): no locked instruction, and a reader
-       on another thread still sees whole values. */
-    #define fastvfs_inc64(p, v) __atomic_store_n((uint64_t *)(p), \
-        __atomic_load_n((uint64_t *)(p), __ATOMIC_RELAXED) + (uint64_t)(v), __ATOMIC_RELAXED)
-    #define fastvfs_cpu_relax() __builtin_ia32_pause()
-    static inline unsigned fastvfs_log2(uint64_t v) { return v ? 63u - (unsigned)__builtin_clzll(v) : 0u; }
-    """
-    void fastvfs_acquire() nogil
-    void fastvfs_release() nogil
-    void fastvfs_full_barrier() nogil
-    uint16_t fastvfs_load16(const void *p) nogil
-    void fastvfs_store16(void *p, uint16_t v) nogil
-    void fastvfs_add64(uint64_t *p, uint64_t v) nogil
-    void fastvfs_inc64(uint64_t *p, uint64_t v) nogil
-    uint64_t fastvfs_load64(const uint64_t *p) nogil
-    unsigned fastvfs_log2(uint64_t v) nogil
-    void fastvfs_cpu_relax() nogil
-
-cdef extern from "<liburing.h>" nogil:
-    struct io_uring_sqe:
-        pass
-    struct io_uring_cqe:
-        uint64_t user_data
-        int32_t res
-        uint32_t flags
-    struct io_uring:
-        int ring_fd
-    io_uring_sqe *io_uring_get_sqe(io_uring *ring)
-    void io_uring_prep_readv(io_uring_sqe *sqe, int fd, const iovec *iovecs, unsigned nr_vecs,
-                             uint64_t offset)
-    void io_uring_prep_writev(io_uring_sqe *sqe, int fd, const iovec *iovecs, unsigned nr_vecs,
-                              uint64_t offset)
-    void io_uring_prep_read(io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes,
-                            uint64_t offset)
-    void io_uring_prep_write(io_uring_sqe *sqe, int fd, const void *buf, unsigned nbytes,
-                             uint64_t offset)
-    void io_uring_prep_read_fixed(io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes,
-                                  uint64_t offset, int buf_index)
-    void io_uring_prep_write_fixed(io_uring_sqe *sqe, int fd, const void *buf, unsigned nbytes,
-                                   uint64_t offset, int buf_index)
-    void io_uring_prep_fsync(io_uring_sqe *sqe, int fd, unsigned fsync_flags)
-    void io_uring_prep_fallocate(io_uring_sqe *sqe, int fd, int mode, int64_t offset,
-                                 int64_t length)
-    void io_uring_sqe_set_flags(io_uring_sqe *sqe, unsigned flags)
-    unsigned IORING_FSYNC_DATASYNC
-    unsigned IOSQE_IO_DRAIN
-    void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
-    int io_uring_submit(io_uring *ring)
-    unsigned io_uring_peek_batch_cqe(io_uring *ring, io_uring_cqe **cqes, unsigned count)
-    void io_uring_cq_advance(io_uring *ring, unsigned nr)
-    int io_uring_wait_cqe(io_uring *ring, io_uring_cqe **cqe_ptr)
-    unsigned io_uring_cq_ready(const io_uring *ring)
+from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
+                                       fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
+                                       fastvfs_load64, fastvfs_log2, fastvfs_release,
+                                       fastvfs_store16)
+from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOLLIN, epoll_create1,
+                                     epoll_ctl, epoll_event, epoll_wait)
+from fastvfs.includes.fcntl cimport F_GETFL, O_DIRECT, fallocate, fcntl
+from fastvfs.includes.handle_state cimport (FASTVFS_BUSY, FASTVFS_LIVE, FASTVFS_REFS,
+                                            fastvfs_flag_set, fastvfs_flag_take,
+                                            fastvfs_key_hash, fastvfs_state_cas,
+                                            fastvfs_state_dec, fastvfs_state_load,
+                                            fastvfs_state_store)
+from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN, io_uring,
+                                        io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
+                                        io_uring_get_sqe, io_uring_peek_batch_cqe,
+                                        io_uring_prep_fallocate, io_uring_prep_fsync,
+                                        io_uring_prep_read, io_uring_prep_read_fixed,
+                                        io_uring_prep_readv, io_uring_prep_write,
+                                        io_uring_prep_write_fixed, io_uring_prep_writev,
+                                        io_uring_sqe, io_uring_sqe_set_data64,
+                                        io_uring_sqe_set_flags, io_uring_submit,
+                                        io_uring_wait_cqe)
+from fastvfs.includes.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from fastvfs.includes.posix cimport strnlen
+from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
+                                       pthread_mutex_lock, pthread_mutex_t,
+                                       pthread_mutex_unlock)
+from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage
+from fastvfs.includes.stat cimport S_ISGID, S_ISUID, S_IXGRP, fchmod, fstat, stat
+from fastvfs.includes.statx cimport FASTVFS_STATX_MASK, STATX_MNT_ID
+from fastvfs.includes.uio cimport RWF_NOWAIT, iovec, preadv, preadv2, pwritev
+from fastvfs.includes.xattr cimport ENODATA, EOPNOTSUPP, fgetxattr, fremovexattr
 
 cdef enum:
     MAX_REGIONS = 64
@@ -441,48 +327,6 @@ cdef class MemoryTable:
 
 
 # --------------------------------------------------------------------------- file handles
-
-cdef extern from *:
-    """
-    /* A handle slot's state word: generation << 32 | LIVE | BUSY | references (30 bits).
-       Taking a reference is one compare-and-swap that also checks the generation and
-       liveness, and dropping one is one atomic subtract: the fast path takes no lock.  BUSY
-       is set, with no reference held, only while the table (mutex held) takes a cached
-       descriptor away from a node held by file handle: references wait for it to clear, so
-       nobody can read the descriptor being closed. */
-    #define FASTVFS_LIVE (1ULL << 31)
-    #define FASTVFS_BUSY (1ULL << 30)
-    #define FASTVFS_REFS 0x3fffffffULL
-    static inline uint64_t fastvfs_state_load(uint64_t *p) {
-        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-    }
-    static inline void fastvfs_state_store(uint64_t *p, uint64_t v) {
-        __atomic_store_n(p, v, __ATOMIC_RELEASE);
-    }
-    static inline int fastvfs_state_cas(uint64_t *p, uint64_t *expected, uint64_t v) {
-        return __atomic_compare_exchange_n(p, expected, v, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-    }
-    static inline uint64_t fastvfs_state_dec(uint64_t *p) {
-        return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL);
-    }
-    static inline void fastvfs_flag_set(uint8_t *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
-    static inline uint8_t fastvfs_flag_take(uint8_t *p) { return __atomic_exchange_n(p, 0, __ATOMIC_RELAXED); }
-    static inline uint64_t fastvfs_key_hash(uint64_t dev, uint64_t ino, uint64_t mnt) {
-        uint64_t h = ino * 0x9E3779B97F4A7C15ULL ^ dev * 0xC2B2AE3D27D4EB4FULL ^ mnt;
-        return h ^ (h >> 29);
-    }
-    """
-    uint64_t FASTVFS_LIVE
-    uint64_t FASTVFS_BUSY
-    uint64_t FASTVFS_REFS
-    void fastvfs_flag_set(uint8_t *p) nogil
-    uint8_t fastvfs_flag_take(uint8_t *p) nogil
-    uint64_t fastvfs_state_load(uint64_t *p) nogil
-    void fastvfs_state_store(uint64_t *p, uint64_t v) nogil
-    bint fastvfs_state_cas(uint64_t *p, uint64_t *expected, uint64_t v) nogil
-    uint64_t fastvfs_state_dec(uint64_t *p) nogil
-    uint64_t fastvfs_key_hash(uint64_t dev, uint64_t ino, uint64_t mnt) nogil
-
 
 cdef struct HandleSlot:
     uint64_t state        # atomic: generation << 32 | LIVE | BUSY | refs
@@ -1230,7 +1074,7 @@ cdef int64_t _known_entry(HandleTable inodes, uint64_t parent, const char *name,
         return 0
     # One statx of the name, as an O_PATH open of it would see it (the link itself, no
     # automount, mounts crossed), without the open and close: a known inode needs no new fd.
-    rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_LOOKUP_MASK, &st)
+    rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK, &st)
     if rc < 0:
         err = errno
         inodes.release(parent)

@@ -32,23 +32,11 @@ from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, P
                                      c_write, clock_gettime, poll, pollfd, pread, pwrite,
                                      timespec)
 
-cdef extern from *:
-    """
-    #define lean_full_barrier() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-    #define lean_load16(p) (*(volatile uint16_t *)(p))
-    #define lean_store16(p, v) (*(volatile uint16_t *)(p) = (uint16_t)(v))
-    #define lean_release() __atomic_thread_fence(__ATOMIC_RELEASE)
-    #define lean_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
-    #define lean_load_int(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-    #define lean_store_int(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-    """
-    int lean_load_int(const int *p) nogil
-    void lean_store_int(int *p, int v) nogil
-    void lean_release() nogil
-    void lean_acquire() nogil
-    void lean_full_barrier() nogil
-    uint16_t lean_load16(const void *p) nogil
-    void lean_store16(void *p, uint16_t v) nogil
+from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_full_barrier, fastvfs_load16,
+                                       fastvfs_load_int, fastvfs_release, fastvfs_store16,
+                                       fastvfs_store_int)
+from fastvfs.includes.pthread cimport pthread_create, pthread_join, pthread_t
+from fastvfs.includes.sched cimport CPU_SET, CPU_ZERO, cpu_set_t, sched_setaffinity
 
 cdef inline double _clock(int clk) noexcept nogil:
     cdef timespec ts
@@ -139,7 +127,7 @@ cdef class LeanQueue:
             memcpy(s.offset_field, &off, 8)
 
     cdef inline void _queue(self, uint16_t head) noexcept nogil:
-        lean_store16(self.avail + 4 + 2 * <uint32_t>(self.avail_idx % self.num), head)
+        fastvfs_store16(self.avail + 4 + 2 * <uint32_t>(self.avail_idx % self.num), head)
         self.avail_idx += 1
 
     cdef inline void _publish(self, uint16_t old) noexcept nogil:
@@ -149,14 +137,14 @@ cdef class LeanQueue:
             return
         self.publishes += 1
         # Ring entries before the index (x86-64 keeps stores in order; the compiler must too).
-        lean_release()
-        lean_store16(self.avail + 2, new)
-        lean_full_barrier()
+        fastvfs_release()
+        fastvfs_store16(self.avail + 2, new)
+        fastvfs_full_barrier()
         if self.event_idx:
-            event = lean_load16(self.used + 4 + 8 * <uint32_t>self.num)
+            event = fastvfs_load16(self.used + 4 + 8 * <uint32_t>self.num)
             if <uint16_t>(new - event - 1) >= <uint16_t>(new - old):
                 return
-        elif lean_load16(self.used) & 1:     # VRING_USED_F_NO_NOTIFY
+        elif fastvfs_load16(self.used) & 1:     # VRING_USED_F_NO_NOTIFY
             return
         c_write(self.kick_fd, &one, 8)
         self.kicks += 1
@@ -200,13 +188,13 @@ cdef class LeanQueue:
                     old = self.avail_idx
             self._publish(old)
             while inflight:
-                used_idx = lean_load16(self.used + 2)
+                used_idx = fastvfs_load16(self.used + 2)
                 if used_idx == self.last_used_idx:
                     if self.event_idx:
                         # Arm the interrupt, then look again (a completion may have landed).
-                        lean_store16(self.avail + 4 + 2 * <uint32_t>self.num, self.last_used_idx)
-                        lean_full_barrier()
-                        if lean_load16(self.used + 2) != self.last_used_idx:
+                        fastvfs_store16(self.avail + 4 + 2 * <uint32_t>self.num, self.last_used_idx)
+                        fastvfs_full_barrier()
+                        if fastvfs_load16(self.used + 2) != self.last_used_idx:
                             continue
                     self.sleeps += 1
                     rc = poll(&pfd, 1, 1000)
@@ -225,7 +213,7 @@ cdef class LeanQueue:
                 if <uint16_t>(used_idx - self.last_used_idx) > inflight:
                     bad = True
                     break
-                lean_acquire()
+                fastvfs_acquire()
                 old = self.avail_idx
                 while self.last_used_idx != used_idx:
                     memcpy(&id32, self.used + 4 + 8 * <uint32_t>(self.last_used_idx % self.num), 4)
@@ -310,21 +298,6 @@ def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, 
     return {"requests": done, "wall_s": now - t0, "cpu_s": cpu0}
 
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil,
-                       void *arg)
-    int pthread_join(pthread_t thread, void **ret)
-
-
-cdef extern from "<sched.h>" nogil:
-    ctypedef struct cpu_set_t:
-        pass
-    void CPU_ZERO(cpu_set_t *set)
-    void CPU_SET(int cpu, cpu_set_t *set)
-    int sched_setaffinity(int pid, size_t size, const cpu_set_t *mask)
-
-
 cdef struct Echo:
     int kick_fd
     int call_fd
@@ -349,7 +322,7 @@ cdef void *_echo(void *arg) noexcept nogil:
         if poll(&pfd, 1, -1) < 0:
             continue
         c_read(e.kick_fd, &counter, 8)
-        if lean_load_int(&e.stop):
+        if fastvfs_load_int(&e.stop):
             break
         c_write(e.call_fd, &one, 8)
     return NULL
@@ -386,7 +359,7 @@ def wake_floor(int kick_fd, int call_fd, double seconds, int echo_cpu=-1):
             c_read(call_fd, &counter, 8)
             done += 1
             now = _clock(CLOCK_MONOTONIC)
-        lean_store_int(&e.stop, 1)
+        fastvfs_store_int(&e.stop, 1)
         c_write(kick_fd, &one, 8)
         pthread_join(thread, NULL)
     return {"requests": done, "wall_s": now - t0, "req_per_s": done / (now - t0),

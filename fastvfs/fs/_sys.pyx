@@ -13,51 +13,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strlen
 
-cdef extern from "<dirent.h>" nogil:
-    ssize_t getdents64(int fd, void *dirp, size_t count)
-
-cdef extern from "<sys/stat.h>" nogil:
-    struct stat:
-        unsigned int st_mode
-    int fstatat(int dirfd, const char *path, stat *buf, int flags)
-
-cdef extern from "<fcntl.h>" nogil:
-    int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
-                  unsigned int flags)
-    int fallocate(int fd, int mode, long offset, long len)
-
-cdef extern from "<sys/stat.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int utimensat(int dirfd, const char *path, const timespec *times, int flags)
-    long UTIME_NOW
-    long UTIME_OMIT
-
-cdef extern from "<unistd.h>" nogil:
-    long lseek(int fd, long offset, int whence)
-    int fchownat(int dirfd, const char *path, unsigned int owner, unsigned int group, int flags)
-    int syncfs(int fd)
-    long syscall(long number, ...)
-
-cdef extern from "<sched.h>" nogil:
-    int unshare(int flags)
-    int CLONE_FS
-
-cdef extern from "<sys/syscall.h>" nogil:
-    long SYS_setfsuid
-    long SYS_setfsgid
-    long SYS_setgroups
-
-cdef extern from *:
-    """
-    #ifndef STATX_MNT_ID
-    #define STATX_MNT_ID 0x00001000U
-    #endif
-    #define FASTVFS_STATX_MASK (STATX_BASIC_STATS | STATX_MNT_ID)
-    """
-    unsigned int FASTVFS_STATX_MASK
-    unsigned int STATX_MNT_ID
+from fastvfs.includes.dirent cimport getdents64
+from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_handle,
+                                     name_to_handle_at, open_by_handle_at, renameat2)
+from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
+                                     fchownat, lseek, syncfs, syscall, timespec, unshare)
+from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, fstatat, stat, utimensat
+from fastvfs.includes.statx cimport FASTVFS_STATX_MASK, STATX_MNT_ID
 
 EMPTY_PATH = AT_EMPTY_PATH
 SYMLINK_NOFOLLOW = AT_SYMLINK_NOFOLLOW
@@ -207,29 +169,6 @@ def sync_fs(int fd):
         rc = syncfs(fd)
     if rc < 0:
         _raise()
-
-
-cdef extern from *:
-    """
-    #include <fcntl.h>
-    #ifndef MAX_HANDLE_SZ
-    #define MAX_HANDLE_SZ 128
-    #endif
-    /* struct file_handle with room for the largest handle (linux/exportfs.h, MAX_HANDLE_SZ). */
-    struct fastvfs_file_handle {
-        unsigned int handle_bytes;
-        int handle_type;
-        unsigned char f_handle[MAX_HANDLE_SZ];
-    };
-    """
-    enum: MAX_HANDLE_SZ
-    struct fastvfs_file_handle:
-        unsigned int handle_bytes
-        int handle_type
-        unsigned char f_handle[MAX_HANDLE_SZ]
-    int name_to_handle_at(int dirfd, const char *path, void *handle, int *mount_id,
-                          int flags) nogil
-    int open_by_handle_at(int mount_fd, void *handle, int flags) nogil
 
 
 def name_to_handle(int fd):

@@ -1,5 +1,6 @@
-# C declarations of the POSIX calls the queue worker and the lean frontend driver share:
-# poll(2), the fd calls of <unistd.h> and clock_gettime(2) (glibc 2.36).
+# C declarations of the POSIX calls the queue worker, the file system's system-call helpers and
+# the lean frontend driver share: poll(2), <unistd.h>, clock_gettime(2), strnlen, unshare(2) and
+# the raw system-call numbers (glibc 2.36).
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -24,3 +25,21 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk, timespec *ts)
     int CLOCK_MONOTONIC
     int CLOCK_THREAD_CPUTIME_ID
+
+cdef extern from "<unistd.h>" nogil:
+    long lseek(int fd, long offset, int whence)
+    int fchownat(int dirfd, const char *path, unsigned int owner, unsigned int group, int flags)
+    int syncfs(int fd)
+    long syscall(long number, ...)
+
+cdef extern from "<string.h>" nogil:
+    size_t strnlen(const char *s, size_t maxlen)
+
+cdef extern from "<sched.h>" nogil:
+    int unshare(int flags)
+    int CLONE_FS
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_setfsuid
+    long SYS_setfsgid
+    long SYS_setgroups

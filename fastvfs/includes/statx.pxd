@@ -38,3 +38,17 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<sys/sysmacros.h>" nogil:
     uint64_t makedev(unsigned int major, unsigned int minor)
+
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <sys/stat.h>
+    /* STATX_MNT_ID (Linux 5.8) is missing from older headers; the kernel ignores a bit it does
+       not know, and stx_mask says whether stx_mnt_id was filled. */
+    #ifndef STATX_MNT_ID
+    #define STATX_MNT_ID 0x00001000U
+    #endif
+    #define FASTVFS_STATX_MASK (STATX_BASIC_STATS | STATX_MNT_ID)
+    """
+    unsigned int STATX_MNT_ID
+    unsigned int FASTVFS_STATX_MASK

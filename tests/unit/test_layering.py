@@ -2,6 +2,8 @@
 
 Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> _ring (hot path) and
 fuse (FUSE engine) -> uring (io_uring engine), fs (file system backend) and dax (cache window).
+``includes`` holds the C declarations (one ``.pxd`` per C header) and imports no layer.  Cython
+sources (``.pyx``, ``.pxd``, ``.pxi``) are read for their ``import`` and ``cimport`` lines.
 The harness (``fastvfs_testing``, outside the distributed package) is a client of all of them
 and nothing in the product imports it.
 """
@@ -34,19 +36,27 @@ FORBIDDEN = {
     "procfd": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
                "testing", "dax", "sandbox", "stats"},
     "stats": {"fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli", "testing"},
+    # C declarations only: nothing of fastvfs above them.
+    "includes": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+                 "testing", "dax", "sandbox", "stats", "procfd", "seccomp"},
 }
+
+CYTHON = (".pyx", ".pxd", ".pxi")
 
 
 def layer_of(path):
     rel = path.relative_to(PACKAGE)
-    return rel.parts[0].removesuffix(".py").removesuffix(".pyx")
+    name = rel.parts[0]
+    for suffix in (".py",) + CYTHON:
+        name = name.removesuffix(suffix)
+    return name
 
 
 def imported_layers(path):
     tree = ast.parse(path.read_text()) if path.suffix == ".py" else None
     names = set()
     if tree is None:
-        # Cython sources: look at plain import lines only.
+        # Cython sources: look at plain import and cimport lines only.
         for line in path.read_text().splitlines():
             words = line.split()
             if len(words) >= 2 and words[0] in ("import", "from", "cimport"):
@@ -72,7 +82,7 @@ def imported_layers(path):
     return {layer for layer in layers if layer}
 
 
-SOURCES = sorted(p for p in PACKAGE.rglob("*") if p.suffix in (".py", ".pyx"))
+SOURCES = sorted(p for p in PACKAGE.rglob("*") if p.suffix in (".py",) + CYTHON)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -91,3 +101,17 @@ def test_the_product_never_imports_the_harness(path):
 def test_the_check_sees_imports():
     # Guard against a checker that finds nothing: the daemon wires every layer.
     assert {"fs", "fuse", "vhost_user", "_ring"} <= imported_layers(PACKAGE / "daemon.py")
+
+
+def test_the_check_sees_cimports():
+    assert "includes" in imported_layers(PACKAGE / "_ring.pyx")
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if p.suffix in CYTHON],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_c_declarations_live_in_includes(path):
+    # Every C declaration is in fastvfs/includes/, one .pxd per header, declared once.
+    if layer_of(path) == "includes":
+        return
+    lines = [line for line in path.read_text().splitlines() if line.startswith("cdef extern")]
+    assert not lines, f"{path.relative_to(PACKAGE)} declares C outside includes/: {lines}"

@@ -1,0 +1,34 @@
+# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl, renameat2 and the file-handle
+# calls, with struct file_handle sized for the largest handle (linux/exportfs.h MAX_HANDLE_SZ).
+# The AT_* flags statx takes are in statx.pxd.
+
+from libc.stdint cimport int64_t
+
+cdef extern from "<fcntl.h>" nogil:
+    int fallocate(int fd, int mode, int64_t offset, int64_t length)
+    int fcntl(int fd, int cmd, ...)
+    enum: F_GETFL, O_DIRECT
+    int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                  unsigned int flags)
+
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #ifndef MAX_HANDLE_SZ
+    #define MAX_HANDLE_SZ 128
+    #endif
+    /* struct file_handle with room for the largest handle (linux/exportfs.h, MAX_HANDLE_SZ). */
+    struct fastvfs_file_handle {
+        unsigned int handle_bytes;
+        int handle_type;
+        unsigned char f_handle[MAX_HANDLE_SZ];
+    };
+    """
+    enum: MAX_HANDLE_SZ
+    struct fastvfs_file_handle:
+        unsigned int handle_bytes
+        int handle_type
+        unsigned char f_handle[MAX_HANDLE_SZ]
+    int name_to_handle_at(int dirfd, const char *path, void *handle, int *mount_id,
+                          int flags) nogil
+    int open_by_handle_at(int mount_fd, void *handle, int flags) nogil

@@ -1,0 +1,16 @@
+# C declarations of <sys/stat.h> (glibc 2.36) other than statx (see statx.pxd).
+
+from fastvfs.includes.posix cimport timespec
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct stat:
+        unsigned int st_mode
+    int fstat(int fd, stat *buf)
+    int fstatat(int dirfd, const char *path, stat *buf, int flags)
+    int fchmod(int fd, unsigned int mode)
+    int utimensat(int dirfd, const char *path, const timespec *times, int flags)
+    unsigned int S_ISUID
+    unsigned int S_ISGID
+    unsigned int S_IXGRP
+    long UTIME_NOW
+    long UTIME_OMIT

@@ -1,0 +1,7 @@
+# C declarations of <sys/xattr.h> (glibc 2.36) and the errno values its callers test.
+
+cdef extern from "<sys/xattr.h>" nogil:
+    ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+    int fremovexattr(int fd, const char *name)
+    enum: ENODATA
+    enum: EOPNOTSUPP
