@@ -37,9 +37,8 @@ import time
 from pathlib import Path
 
 from bench import output
-from bench.micro import REFERENCE, family
+from bench.micro import REFERENCE, family, start_daemon, stop_daemon
 from fastvfs.fuse import abi
-from fastvfs_testing.frontend import VhostUserFrontend
 from fastvfs_testing.fuse_client import FuseClient
 
 VHOST_USER_GET_FEATURES = 1
@@ -149,31 +148,15 @@ class Started:
     """A daemon started and brought up by the frontend driver, FUSE_INIT answered."""
 
     def __init__(self, name, fastvfs, shared):
-        self.tmp = tempfile.mkdtemp(prefix="fvfp-")
-        sock = os.path.join(self.tmp, "s.sock")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv_of(name, fastvfs, sock, shared),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = t0 + 15
-        self.frontend = VhostUserFrontend(sock, queue_size=256, timeout=30)
-        while True:
-            try:
-                self.frontend.connect()
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.frontend.close()
-                    raise RuntimeError(f"{name} did not start") from None
-                time.sleep(0.0002)
-        self.frontend.start()
+        self.sock, self.proc, self.frontend = start_daemon(
+            argv_of(name, fastvfs, "{sock}", shared), name, poll_s=0.0002)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init()
         self.up_s = time.monotonic() - t0
 
     def close(self):
-        self.frontend.close()
-        _finish(self.proc)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        stop_daemon(self.proc, self.frontend, self.sock)
 
 
 def settle_pss(pid, wait=0.3):

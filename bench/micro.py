@@ -122,21 +122,24 @@ def cpu_seconds(pid):
     return total / 1e9
 
 
-def start_daemon(argv, name, queue_size=256, **frontend_options):
+def start_daemon(argv, name, queue_size=256, poll_s=0.05, **frontend_options):
     """Start a backend (``"{sock}"`` in ``argv`` becomes a fresh socket path) and bring a
-    frontend driver up on it; returns (socket path, process, frontend)."""
+    frontend driver up on it, trying to connect every ``poll_s``; returns (socket path,
+    process, frontend)."""
     sock = str(Path(tempfile.mkdtemp(prefix="fvb-")) / "s.sock")
     proc = subprocess.Popen([a.replace("{sock}", sock) for a in argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
+    frontend = VhostUserFrontend(sock, queue_size=queue_size, timeout=30, **frontend_options)
     while True:
         try:
-            return sock, proc, VhostUserFrontend(sock, queue_size=queue_size, timeout=30,
-                                                 **frontend_options).start()
+            frontend.connect()
+            return sock, proc, frontend.start()
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline or proc.poll() is not None:
+                frontend.close()
                 raise RuntimeError(f"{name} did not start") from None
-            time.sleep(0.05)
+            time.sleep(poll_s)
 
 
 def stop_daemon(proc, frontend, sock):

@@ -927,9 +927,7 @@ cdef class HandleTable:
         if idx >= self.capacity:
             raise OSError(ENOENT, "unknown node id")
         with nogil:
-            if hold and not self._ref(nodeid):
-                pass
-            else:
+            if not hold or self._ref(nodeid):
                 pthread_mutex_lock(&self.lock)
                 w = fastvfs_state_load(&self.slots[idx].state)
                 ok = w >> 32 == nodeid >> 32 and (hold or w & FASTVFS_LIVE)
