@@ -1,5 +1,5 @@
-"""Builds the Cython extensions (the hot path fastvfs._ring, the file system's system-call
-helpers fastvfs.fs._sys) and the cffi binding of liburing (fastvfs.uring._liburing, needs
+"""Builds the Cython extensions (the hot path fastvfs.ring._ring, the file system's C face
+fastvfs.fs._tables and system-call helpers fastvfs.fs._sys) and the cffi binding of liburing (fastvfs.uring._liburing, needs
 liburing-dev).  Set FASTVFS_DEBUG=1 for assertions and line tracing.
 
 FASTVFS_HARNESS=1 also builds the C load driver of the test and bench harness
@@ -16,8 +16,9 @@ compile_args = ["-O2", "-g"] if not debug else ["-O0", "-g"]
 directives = {"language_level": 3, "linetrace": debug}
 
 extensions = [
-    Extension("fastvfs._ring", ["fastvfs/_ring.pyx"], extra_compile_args=compile_args,
+    Extension("fastvfs.ring._ring", ["fastvfs/ring/_ring.pyx"], extra_compile_args=compile_args,
               libraries=["uring"]),
+    Extension("fastvfs.fs._tables", ["fastvfs/fs/_tables.pyx"], extra_compile_args=compile_args),
     Extension("fastvfs.fs._sys", ["fastvfs/fs/_sys.pyx"], extra_compile_args=compile_args,
               define_macros=[("_GNU_SOURCE", "1")]),
 ]

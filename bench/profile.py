@@ -45,15 +45,18 @@ KERNEL_STAGES = [   # stage -> system calls, each as the names its entry point m
                   ("__x64_sys_openat", "do_sys_openat2"), ("__x64_sys_close",),
                   ("__x64_sys_dup",)]),
 ]
-RING = "_ring.*Virtqueue__"
+# Cython's C names in the hot path's module (fastvfs.ring._ring) and for its worker's methods.
+RING = "__pyx_f_7fastvfs_4ring_5_ring_"
+WORKER = RING + "9Virtqueue_"
 USER_STAGES = [
-    ("ring", [RING + "_pop$", RING + "_walk$", "MemoryTable_gpa_to_iov", "_ring__slice",
-              "_ring__gather", "_ring__scatter", "_ring__copy_iov", RING + "_push_used",
-              RING + "_flush_used", RING + "_notify", "_ring__write_reply"]),
+    ("ring", [RING + "ring_", WORKER + "_pop$", "MemoryTable_gpa_to_iov", RING + "__slice",
+              RING + "__gather", RING + "__scatter", RING + "__copy_iov", WORKER + "_push_used",
+              WORKER + "_flush_used", WORKER + "_notify", RING + "write_reply",
+              RING + "write_out_header"]),
     ("stats", ["clock_gettime", "_stats_record", "_now_ns"]),
     ("locks", ["pthread_mutex", "HandleTable_acquire", "HandleTable_release",
                "HandleTable_lookup_key"]),
-    ("decode", [RING, "__pyx_f_7fastvfs_5_ring_", "_pack_attr", "liburing", "io_uring_"]),
+    ("decode", [RING, "pack_attr", "known_entry", "liburing", "io_uring_"]),
 ]
 STAGE_ORDER = ["ring", "decode", "file I/O", "notify", "wait", "locks", "stats", "other"]
 WORKLOADS = ["getattr@32", "lookup@32", "read4k@32", "write4k@32", "read4k@1"]

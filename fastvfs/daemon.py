@@ -9,7 +9,8 @@ import signal
 import socket
 import stat
 
-from . import _ring, sandbox
+from . import ring, sandbox
+from .fs._tables import HandleTable
 from .dax import DaxWindow
 from .fs.idmap import IdTranslation
 from .fs.passthrough import PassthroughFs
@@ -204,7 +205,7 @@ def run_mount(options):
     """Serve ``options.shared_dir`` to the host kernel at ``options.mountpoint`` until it is
     unmounted or a signal arrives; returns the exit status."""
     prepare_process(options)
-    engine = build_engine(options, _ring.HandleTable())
+    engine = build_engine(options, HandleTable())
     fuse = FuseMount(engine, options.mountpoint, threads=options.threads)
     fuse.mount()
     old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -246,7 +247,7 @@ def run(options):
     else:
         listener = listen(socket_path, options.socket_group)
     socket_remover = PathRemover(socket_path) if socket_path else None
-    stats = _ring.RequestStats()
+    stats = ring.RequestStats()
     stats_path = options.stats_socket or (socket_path + STATS_SUFFIX if socket_path else None)
     try:
         stats_server = StatsServer(stats, stats_path, options.metrics_socket,
@@ -313,8 +314,8 @@ def run(options):
 def _serve_setup(options, stats):
     """Inside the sandbox: the engine over the sandbox's view of the share, the device, and the
     last restrictions (capabilities, seccomp) before any guest request is read."""
-    handles = _ring.HandleTable()
-    inodes = _ring.HandleTable(MAX_INODES if file_handles_mode(options) == "never"
+    handles = HandleTable()
+    inodes = HandleTable(MAX_INODES if file_handles_mode(options) == "never"
                                else MAX_INODES_BY_HANDLE)
     backend = window = None
     window_size = getattr(options, "dax_window_size", 0)

@@ -1,7 +1,7 @@
 """Request statistics: the control socket behind ``fastvfs stats``, a Prometheus endpoint and a
 periodic log line.
 
-The hot path counts every request it answers in a :class:`fastvfs._ring.RequestStats` (per
+The hot path counts every request it answers in a :class:`fastvfs.ring.RequestStats` (per
 opcode: count, errors, total latency and a log2 latency histogram, from the moment the request
 is taken off the ring to the moment its reply is in the used ring).  This module only reads
 those counters:

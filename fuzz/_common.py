@@ -3,15 +3,16 @@
 Each harness is a libFuzzer binary in Python: ``python fuzz/fuzz_<target>.py [libFuzzer flags]
 [corpus dirs]``.  Python code is instrumented by atheris (``instrument_imports``); the C hot path
 is instrumented when ``FASTVFS_FUZZ_NATIVE`` names a build of the extensions made with clang and
-SanitizerCoverage (``make fuzz-build``), whose ``fastvfs/_ring*.so`` then replaces the plain one.
+SanitizerCoverage (``make fuzz-build``), whose extensions then replace the plain ones.
 
 The instrumented extension calls libFuzzer's coverage hooks (``__sanitizer_cov_*``), which live
 in atheris's core library.  That library is loaded (privately) only once ``atheris.Fuzz`` runs,
-so :func:`load_ring` promotes it to the global symbol namespace and imports the extension from
-inside the first input, before any fastvfs code has touched ``fastvfs._ring``.
+so :func:`load_hot_path` promotes it to the global symbol namespace and imports the extension from
+inside the first input, before any fastvfs code has touched the hot path.
 """
 
 import ctypes
+import importlib.util
 import os
 import resource
 import signal
@@ -55,21 +56,34 @@ def drop_fs(fs):
         pass
 
 
-def load_ring():
-    """Import ``fastvfs._ring`` (the instrumented build with ``FASTVFS_FUZZ_NATIVE``); call it
-    from inside the fuzz target, before anything else imports fastvfs's extensions."""
-    if "fastvfs._ring" in sys.modules:
-        return sys.modules["fastvfs._ring"]
+def load_hot_path():
+    """Import the hot path, ``fastvfs.ring._ring`` and the file system's C face it calls,
+    ``fastvfs.fs._tables`` (the instrumented builds with ``FASTVFS_FUZZ_NATIVE``); returns both
+    modules.  Call it from inside the fuzz target, before anything else imports fastvfs's
+    extensions."""
+    if "fastvfs.ring._ring" in sys.modules:
+        return sys.modules["fastvfs.ring._ring"], sys.modules["fastvfs.fs._tables"]
     if NATIVE:
         cores = [line.split()[-1] for line in open("/proc/self/maps")
                  if "/atheris/core_with" in line]
         if not cores:
             raise RuntimeError("atheris's libFuzzer core is not loaded: call from the fuzz target")
         ctypes.CDLL(cores[0], mode=os.RTLD_NOW | os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+        # The instrumented extensions come first in their packages' search paths; the
+        # packages themselves (their __init__.py) are the source tree's.
         import fastvfs
-        fastvfs.__path__.insert(0, os.path.join(os.path.abspath(NATIVE), "fastvfs"))
-    from fastvfs import _ring
-    if NATIVE and not _ring.__file__.startswith(os.path.abspath(NATIVE)):
-        raise RuntimeError(f"fastvfs._ring came from {_ring.__file__}, not {NATIVE}")
-    print(f"INFO: fastvfs._ring from {_ring.__file__}", file=sys.stderr, flush=True)
-    return _ring
+        native = os.path.join(os.path.abspath(NATIVE), "fastvfs")
+        fastvfs.__path__.insert(0, native)
+        for package in ("fastvfs.fs", "fastvfs.ring"):
+            spec = importlib.util.find_spec(package)
+            spec.submodule_search_locations.insert(0, os.path.join(native, package.split(".")[1]))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[package] = module
+            spec.loader.exec_module(module)
+    from fastvfs.fs import _tables
+    from fastvfs.ring import _ring
+    for module in (_ring, _tables):
+        if NATIVE and not module.__file__.startswith(os.path.abspath(NATIVE)):
+            raise RuntimeError(f"{module.__name__} came from {module.__file__}, not {NATIVE}")
+        print(f"INFO: {module.__name__} from {module.__file__}", file=sys.stderr, flush=True)
+    return _ring, _tables

@@ -1,5 +1,5 @@
 """libFuzzer target: the hot path's split virtqueue walker and C FUSE fast path
-(``fastvfs._ring.Virtqueue``): descriptor tables, indirect tables, the avail index and heads,
+(``fastvfs.ring.Virtqueue``): descriptor tables, indirect tables, the avail index and heads,
 ``fuse_in_header`` and the fast ops (READ, WRITE, GETATTR, LOOKUP, FLUSH, RELEASE, FORGET,
 BATCH_FORGET, FSYNC, FALLOCATE) over a real file and directory.
 
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 import atheris
 
@@ -29,7 +30,8 @@ import _common
 import ring_layout as L
 
 HANG_S = 5.0
-ring = None     # fastvfs._ring, imported inside the first input (see _common.load_ring)
+ring = tables = None   # fastvfs.ring._ring and fastvfs.fs._tables, imported inside the first
+                      # input (see _common.load_hot_path)
 ENV = None
 
 
@@ -80,8 +82,8 @@ def run_once(data):
     env = ENV
     env.mem.write(L.WINDOW_GPA, window.ljust(L.WINDOW, b"\0"))
     env.handler_mode = (config >> L.HANDLER_SHIFT) & 3
-    handles = ring.HandleTable(64)
-    inodes = ring.HandleTable(64)
+    handles = tables.HandleTable(64)
+    inodes = tables.HandleTable(64)
     fs = env.PassthroughFs(env.root, handles, inodes=inodes)
     handles.add(os.open(env.data_path, os.O_RDWR))
     u = env.mem.userspace_addr
@@ -89,10 +91,14 @@ def run_once(data):
     uring = bool(config & L.URING)
     vq = ring.Virtqueue(1, env.table, handles, L.QUEUE_SIZE, u(dq.desc_addr), u(dq.avail_addr),
                         u(dq.used_addr), 0, dq.kick_fd, dq.call_fd, env.stop_fd,
-                        bool(config & L.EVENT_IDX), bool(config & L.INDIRECT), 1 << 16,
-                        ring.RingLock(), inodes=inodes, attr_timeout=1.0, io_uring=uring,
-                        uring_writes=uring, read_only=bool(config & L.READ_ONLY))
+                        bool(config & L.EVENT_IDX), bool(config & L.INDIRECT),
+                        types.SimpleNamespace(max_io=1 << 16, attr_timeout=1.0, io_uring=uring,
+                                              uring_writes=uring, poll_us=0,
+                                              read_only=bool(config & L.READ_ONLY),
+                                              fixed_buffers=False),
+                        ring.RingLock(), inodes=inodes)
     vq.set_fast_io(bool(config & L.FAST_IO))
+    used_base = vq.used_idx     # taken from guest memory, where the input put it
     os.eventfd_write(dq.kick_fd, 1)
     thread = threading.Thread(target=vq.run, args=(env.handler,), daemon=True)
     thread.start()
@@ -116,8 +122,9 @@ def run_once(data):
         except BlockingIOError:
             pass
     # Counted by the worker, not read back from the used ring (which a reply may overwrite).
-    assert vq.requests + vq.bad_heads == vq.last_avail_idx, \
-        f"{vq.last_avail_idx} avail entries taken, {vq.requests} chains returned, " \
+    returned = (vq.used_idx - used_base) & 0xFFFF
+    assert (returned + vq.bad_heads) & 0xFFFF == vq.last_avail_idx, \
+        f"{vq.last_avail_idx} avail entries taken, {returned} chains returned, " \
         f"{vq.bad_heads} skipped"
     vq.retire(None)
     _common.drop_fs(fs)
@@ -127,9 +134,9 @@ def run_once(data):
 
 
 def test_one_input(data):
-    global ring, ENV
+    global ring, tables, ENV
     if ring is None:
-        ring = _common.load_ring()
+        ring, tables = _common.load_hot_path()
         ENV = Env()
     if not data:
         return

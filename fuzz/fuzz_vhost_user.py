@@ -24,7 +24,7 @@ import _common
 import vhost_framing
 
 with atheris.instrument_imports(include=["fastvfs"]):
-    from fastvfs import _ring
+    from fastvfs.fs._tables import HandleTable
     from fastvfs.vhost_user.connection import Connection
     from fastvfs.vhost_user.device import VhostUserFsDevice
 
@@ -55,7 +55,7 @@ def _fd_count():
 
 def test_one_input(data):
     threads, fds_before = threading.active_count(), _fd_count()
-    device = VhostUserFsDevice(lambda request, out_size: (0, b""), _ring.HandleTable(64),
+    device = VhostUserFsDevice(lambda request, out_size: (0, b""), HandleTable(64),
                                num_queues=3, tag="fuzz")
     frontend, backend = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     frontend.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)

@@ -28,7 +28,7 @@ import fuse_tree  # noqa: E402
 import ring_layout  # noqa: E402
 import vhost_framing  # noqa: E402
 
-from fastvfs import _ring  # noqa: E402
+from fastvfs.fs._tables import HandleTable  # noqa: E402
 from fastvfs.fs.passthrough import PassthroughFs  # noqa: E402
 from fastvfs.fuse import abi  # noqa: E402
 from fastvfs.fuse.abi import Opcode  # noqa: E402
@@ -79,7 +79,7 @@ def engine_session():
     from fastvfs_testing.virtq import DriverVirtqueue
     outer = tempfile.mkdtemp(prefix="fastvfs-seeds-")
     root = fuse_tree.make_tree(outer)
-    fs = PassthroughFs(root, _ring.HandleTable(256), inodes=_ring.HandleTable(256))
+    fs = PassthroughFs(root, HandleTable(256), inodes=HandleTable(256))
     engine = FuseEngine(fs, "never", xattr=True)
     memory = GuestMemory([(0, 4 << 20)])
     queues = [DriverVirtqueue(memory, i, 64, indirect_desc=False) for i in range(3)]
@@ -250,7 +250,7 @@ def vhost_session(drive, **options):
     listener.bind(path)
     listener.listen(1)
     log = []
-    device = VhostUserFsDevice(lambda request, out_size: (0, b""), _ring.HandleTable(64),
+    device = VhostUserFsDevice(lambda request, out_size: (0, b""), HandleTable(64),
                                num_queues=3, tag="fuzz")
 
     def serve():

@@ -13,7 +13,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strlen
 
-from fastvfs.includes.dirent cimport getdents64
+from fastvfs.includes.dirent cimport dirent64, getdents64
+from fastvfs.includes.fuse_kernel cimport FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, fuse_dirent
 from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_handle,
                                      name_to_handle_at, open_by_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
@@ -239,7 +240,7 @@ cdef struct DirBuf:
 cdef int _dir_append(DirBuf *b, uint64_t ino, uint32_t dtype, const char *name,
                      uint32_t namelen) noexcept nogil:
     """Add one record, its cookie its position + 1; -ENOMEM or 0."""
-    cdef size_t reclen = (24 + namelen + 7) & ~(<size_t>7)
+    cdef size_t reclen = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + namelen)
     cdef uint64_t off = b.count + 1
     cdef void *grown
     if b.used + reclen > b.cap:
@@ -256,13 +257,14 @@ cdef int _dir_append(DirBuf *b, uint64_t ino, uint32_t dtype, const char *name,
         b.starts_cap = b.starts_cap * 2 + 2
     if b.used + reclen > 0xFFFFFFFFUL:
         return -ENOMEM
-    cdef uint8_t *r = b.records + b.used
-    memcpy(r, &ino, 8)
-    memcpy(r + 8, &off, 8)
-    memcpy(r + 16, &namelen, 4)
-    memcpy(r + 20, &dtype, 4)
-    memcpy(r + 24, name, namelen)
-    memset(r + 24 + namelen, 0, reclen - 24 - namelen)
+    # Records start at multiples of 8 in a malloc'ed buffer: aligned for the structure.
+    cdef fuse_dirent *r = <fuse_dirent *>(b.records + b.used)
+    r.ino = ino
+    r.off = off
+    r.namelen = namelen
+    r.type = dtype
+    memcpy(<uint8_t *>r + FUSE_NAME_OFFSET, name, namelen)
+    memset(<uint8_t *>r + FUSE_NAME_OFFSET + namelen, 0, reclen - FUSE_NAME_OFFSET - namelen)
     b.starts[b.count] = <uint32_t>b.used
     b.used += reclen
     b.count += 1
@@ -271,7 +273,9 @@ cdef int _dir_append(DirBuf *b, uint64_t ino, uint32_t dtype, const char *name,
 
 
 cdef int _dir_fill(DirBuf *b, int fd, uint64_t dot_ino, uint64_t dotdot_ino) noexcept nogil:
-    cdef uint8_t chunk[32768]
+    cdef uint64_t chunk_words[4096]      # 32 KiB, 8-byte aligned
+    cdef uint8_t *chunk = <uint8_t *>chunk_words
+    cdef const dirent64 *ent
     cdef ssize_t n, pos
     cdef uint16_t reclen
     cdef uint64_t ino
@@ -288,7 +292,7 @@ cdef int _dir_fill(DirBuf *b, int fd, uint64_t dot_ino, uint64_t dotdot_ino) noe
     if lseek(fd, 0, 0) < 0:
         return -errno
     while True:
-        n = getdents64(fd, chunk, sizeof(chunk))
+        n = getdents64(fd, chunk, sizeof(chunk_words))
         if n < 0:
             if errno == EINTR:
                 continue
@@ -297,11 +301,12 @@ cdef int _dir_fill(DirBuf *b, int fd, uint64_t dot_ino, uint64_t dotdot_ino) noe
             return 0
         pos = 0
         while pos < n:
-            # struct linux_dirent64: d_ino, d_off, d_reclen, d_type, d_name
-            memcpy(&ino, chunk + pos, 8)
-            memcpy(&reclen, chunk + pos + 16, 2)
-            dtype = chunk[pos + 18]
-            name = <const char *>(chunk + pos + 19)
+            # The kernel aligns each record to 8 bytes (fs/readdir.c), as is the chunk.
+            ent = <const dirent64 *>(chunk + pos)
+            ino = ent.d_ino
+            reclen = ent.d_reclen
+            dtype = ent.d_type
+            name = ent.d_name
             pos += reclen
             namelen = strlen(name)
             if name[0] == 46 and (namelen == 1 or (namelen == 2 and name[1] == 46)):

@@ -33,7 +33,7 @@ import stat
 import struct
 import threading
 
-from . import _sys
+from . import _sys, _tables
 from .. import procfd
 
 log = logging.getLogger("fastvfs.fs")
@@ -75,31 +75,12 @@ def check_name(name):
 _named = procfd.named
 
 
-def kill_suidgid_of(fd_or_path):
-    """Clear setuid, and setgid where group-execute makes it one: what the kernel does when a
-    caller without CAP_FSETID writes, truncates or chowns.  Under HANDLE_KILLPRIV_V2 the guest
-    leaves it to us, and our own calls (made with CAP_FSETID) would keep the bits."""
-    mode = stat.S_IMODE(os.stat(fd_or_path).st_mode)
-    new = mode & ~stat.S_ISUID
-    if new & stat.S_ISGID and new & stat.S_IXGRP:
-        new &= ~stat.S_ISGID
-    if new != mode:
-        os.chmod(fd_or_path, new)
-
-
-def kill_mapped_capability(fd_or_path, name):
-    """Remove ``name``, the host name a ``--xattrmap`` gives the guest's security.capability,
-    where the kernel would remove security.capability itself: a write or fallocate of the file
-    (fs/inode.c, file_remove_privs, for any writer: security_inode_need_killpriv), a truncate
-    or a chown (fs/attr.c, setattr_prepare with ATTR_KILL_PRIV).  Under another name the host
-    kernel keeps it, so a guest file capability would survive a change of content or owner.
-    A file system without the attribute (ENODATA) or without xattrs (ENOTSUP) has none to
-    remove; any other failure fails the change, as the kernel's does."""
-    try:
-        os.removexattr(fd_or_path, name)
-    except OSError as exc:
-        if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
-            raise
+# One implementation each, in C, shared with the hot path (fastvfs/fs/_tables.pyx): clearing
+# setuid/setgid after a write, truncate or chown under HANDLE_KILLPRIV_V2, removing the mapped
+# security.capability where the kernel would remove the real one, and FLUSH's close of a
+# duplicate descriptor.  Each takes a descriptor or a path and raises OSError.
+kill_suidgid_of = _tables.kill_suidgid_of
+kill_mapped_capability = _tables.kill_mapped_capability_of
 
 
 class Inode:
@@ -966,10 +947,8 @@ class PassthroughFs:
             return written
 
     def flush(self, fh):
-        # Closing a duplicate gives the host file system its close-time hook (and drops POSIX
-        # locks the way a close in the guest would) while the handle stays open.
         with self.handles.borrow(fh) as fd:
-            os.close(os.dup(fd))
+            _tables.flush(fd)
 
     def release(self, fh):
         """Close a handle: a file's, or a directory's (the guest may close one with RELEASE as

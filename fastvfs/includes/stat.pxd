@@ -8,6 +8,8 @@ cdef extern from "<sys/stat.h>" nogil:
     int fstat(int fd, stat *buf)
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int fchmod(int fd, unsigned int mode)
+    int c_stat "stat"(const char *path, stat *buf)
+    int chmod(const char *path, unsigned int mode)
     int utimensat(int dirfd, const char *path, const timespec *times, int flags)
     unsigned int S_ISUID
     unsigned int S_ISGID

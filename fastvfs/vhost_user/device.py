@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 
-from .. import _ring, procfd
+from .. import procfd, ring
 from . import protocol
 from .connection import Connection, Disconnected, ProtocolError
 from .protocol import ProtocolFeature as PF
@@ -55,9 +55,9 @@ class VringState:
         self.call_fd = None
         self.err_fd = None
         self.enabled = False
-        self.queue = None         # _ring.Virtqueue while running
+        self.queue = None         # ring.Virtqueue while running
         self.paused = None        # the stopped Virtqueue a backend-side restart hands over from
-        self.lock = _ring.RingLock()
+        self.lock = ring.RingLock()
         self.thread = None
         self.stop_fd = None
 
@@ -136,7 +136,7 @@ class VhostUserFsDevice:
             # its own reply depends on REPLY_ACK still being in force.
             self.protocol_features = 0
         self.status = 0
-        self.memory = _ring.MemoryTable()
+        self.memory = ring.MemoryTable()
         self.vrings = [VringState(i) for i in range(self.num_queues)]
 
     # -- serving a connection -----------------------------------------------------------------
@@ -240,14 +240,12 @@ class VhostUserFsDevice:
         desc, used, avail = vring.addr
         stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         try:
-            queue = _ring.Virtqueue(
+            queue = ring.Virtqueue(
                 vring.index, self.memory, self.handles, vring.num, desc, avail, used,
                 vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
-                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.max_io,
-                vring.lock, self.inodes, self.attr_timeout, self.stats, self.io_uring,
-                self.poll_us, self.uring_writes, self.read_only, self.fixed_buffers,
-                -1 if vring.err_fd is None else vring.err_fd)
+                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self,
+                vring.lock, self.inodes, self.stats, -1 if vring.err_fd is None else vring.err_fd)
         except BaseException:
             os.close(stop_fd)
             raise
@@ -433,7 +431,7 @@ class VhostUserFsDevice:
             raise BadRequest("SET_MEM_TABLE size disagrees with its region count")
         if len(msg.fds) != nregions:
             raise BadRequest(f"{len(msg.fds)} fds for {nregions} regions")
-        table = _ring.MemoryTable()
+        table = ring.MemoryTable()
         for i in range(nregions):
             gpa, size, uaddr, offset = protocol.memory_region.unpack_from(
                 msg.payload, protocol.memory_header.size + i * protocol.memory_region.size)

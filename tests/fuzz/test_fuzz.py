@@ -22,7 +22,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
+from fastvfs.ring import _ring
+from tests.unit.test_ring import ring_options
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
@@ -111,7 +113,7 @@ def _fds(kind):
 @FUZZ
 @given(st.lists(message, min_size=1, max_size=12))
 def test_device_dispatch_survives_any_message_sequence(messages):
-    device = VhostUserFsDevice(lambda req, size: (0, b""), _ring.HandleTable(16), num_queues=3)
+    device = VhostUserFsDevice(lambda req, size: (0, b""), HandleTable(16), num_queues=3)
     conn = RecordingConnection()
     try:
         for request, flags, payload, fds in messages:
@@ -137,16 +139,17 @@ class Ring:
         self.dq = DriverVirtqueue(self.mem, 1, size, event_idx=True, indirect_desc=True)
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         u = self.mem.userspace_addr
-        handles = _ring.HandleTable(16)
+        handles = HandleTable(16)
         # A real open file, so READ and WRITE reach the I/O path (synchronous or io_uring).
         self.fh = handles.add(os.open(os.path.join(tmp, "data"), os.O_RDWR | os.O_CREAT, 0o600))
         self.vq = _ring.Virtqueue(1, self.table, handles, size,
                                   u(self.dq.desc_addr), u(self.dq.avail_addr),
                                   u(self.dq.used_addr), 0, self.dq.kick_fd, self.dq.call_fd,
-                                  self.stop_fd, True, True, 1 << 20, _ring.RingLock(),
-                                  io_uring=engine != "sync",
-                                  uring_writes=engine.startswith("uring-rw"),
-                                  fixed_buffers=engine.endswith("fixed"))
+                                  self.stop_fd, True, True,
+                                  ring_options(io_uring=engine != "sync",
+                                               uring_writes=engine.startswith("uring-rw"),
+                                               fixed_buffers=engine.endswith("fixed")),
+                                  _ring.RingLock())
         self.vq.set_fast_io(True)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
@@ -233,7 +236,7 @@ def engine_env():
         f.write(b"data" * 100)
     os.symlink("/etc/passwd", os.path.join(root, "link"))
     os.mkfifo(os.path.join(root, "fifo"))
-    fs = PassthroughFs(root, _ring.HandleTable(4096), inodes=_ring.HandleTable(4096))
+    fs = PassthroughFs(root, HandleTable(4096), inodes=HandleTable(4096))
     engine = FuseEngine(fs, "never", xattr=True, security_label=True)
     init = abi.in_header.pack(abi.IN_HEADER_SIZE + 64, Opcode.INIT, 1, 0, 0, 0, 0, 0, 0) + \
         abi.init_in.pack(7, 38, 1 << 17, LINUX_6_1_INIT_FLAGS & 0xFFFFFFFF,

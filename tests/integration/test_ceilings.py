@@ -47,7 +47,7 @@ PROBE_EVERY = 0.5
 PROBE_TIMEOUT = 30.0
 PROBE_DATA = b"the daemon still answers\n"
 XATTR_VALUE_MAX = 64 * 1024     # XATTR_SIZE_MAX, linux/limits.h
-SLOW_REQUEST_MAX = 1 * MiB      # largest request the engine copies (_ring.pyx)
+SLOW_REQUEST_MAX = 1 * MiB      # largest request the engine copies (ring/consts.pxi)
 WRITE_MAX = 1 * MiB             # max_write offered at INIT (engine.MAX_WRITE)
 
 

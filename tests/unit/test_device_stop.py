@@ -7,7 +7,8 @@ import socket
 import threading
 import time
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
+from fastvfs.ring import _ring
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
 from fastvfs_testing.frontend import VhostUserFrontend
@@ -25,7 +26,7 @@ class StuckDevice:
     def __init__(self, tmp_path):
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.device = VhostUserFsDevice(self._handler, _ring.HandleTable(16), num_queues=2,
+        self.device = VhostUserFsDevice(self._handler, HandleTable(16), num_queues=2,
                                         stop_wait=STOP_WAIT)
         path = str(tmp_path / "vhost.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -164,7 +165,7 @@ def test_a_session_starting_while_a_ring_starts_reaches_the_new_ring(tmp_path, m
             queues.append(queue)
             return queue
 
-    monkeypatch.setattr(device_module, "_ring", RingModule())
+    monkeypatch.setattr(device_module, "ring", RingModule())
     StuckDevice.__init__(stuck, tmp_path)
     stuck.release.set()
     try:

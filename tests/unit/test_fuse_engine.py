@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
@@ -19,7 +19,7 @@ ROOT = abi.FUSE_ROOT_ID
 
 class Session:
     def __init__(self, root, cache="never"):
-        self.handles = _ring.HandleTable(256)
+        self.handles = HandleTable(256)
         self.fs = PassthroughFs(root, self.handles)
         self.engine = FuseEngine(self.fs, cache)
         self.unique = 0
@@ -474,7 +474,7 @@ def test_tmpfile_can_be_linked_later(s, tmp_path):
 
 
 def test_writeback_opens_write_only_files_read_write(tmp_path):
-    handles = _ring.HandleTable(16)
+    handles = HandleTable(16)
     fs = PassthroughFs(tmp_path, handles, writeback=True)
     engine = FuseEngine(fs, "auto", writeback=True)
     (tmp_path / "f").write_bytes(b"abc")

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
 from fastvfs.fs import _sys
 from fastvfs.fs.passthrough import ROOT_CALLER, PassthroughFs
 
@@ -27,7 +27,7 @@ def fs(tmp_path):
         pytest.skip("the test directory's file system has no file handles")
     finally:
         os.close(fd)
-    return PassthroughFs(str(share), _ring.HandleTable(64), file_handles="prefer",
+    return PassthroughFs(str(share), HandleTable(64), file_handles="prefer",
                          handle_fds_max=1)
 
 

@@ -1,7 +1,9 @@
 """Each layer imports only the layers below it (README, "Layout").
 
-Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> _ring (hot path) and
+Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> ring (hot path) and
 fuse (FUSE engine) -> uring (io_uring engine), fs (file system backend) and dax (cache window).
+The ring may cimport one module of the file system, its C face (``fs._tables``: the handle
+and node id tables and the helpers both sides serve requests with), and nothing else of it.
 ``includes`` holds the C declarations (one ``.pxd`` per C header) and imports no layer.  Cython
 sources (``.pyx``, ``.pxd``, ``.pxi``) are read for their ``import`` and ``cimport`` lines.
 The harness (``fastvfs_testing``, outside the distributed package) is a client of all of them
@@ -17,29 +19,36 @@ PACKAGE = Path(__file__).resolve().parents[2] / "fastvfs"
 
 # layer -> layers it must not import
 FORBIDDEN = {
-    "fs": {"fuse", "vhost_user", "_ring", "daemon", "cli", "testing"},
-    "fuse": {"vhost_user", "_ring", "daemon", "cli", "testing"},
-    "_ring": {"fuse", "fs", "vhost_user", "daemon", "cli", "testing"},
+    "fs": {"fuse", "vhost_user", "ring", "daemon", "cli", "testing"},
+    "fuse": {"vhost_user", "ring", "daemon", "cli", "testing"},
+    "ring": {"fuse", "fs", "vhost_user", "daemon", "cli", "testing"},
     "vhost_user": {"fuse", "fs", "daemon", "cli", "testing"},
-    "uring": {"fuse", "fs", "vhost_user", "_ring", "daemon", "cli", "testing"},
-    "transport": {"vhost_user", "_ring", "fs", "daemon", "cli", "testing"},
+    "uring": {"fuse", "fs", "vhost_user", "ring", "daemon", "cli", "testing"},
+    "transport": {"vhost_user", "ring", "fs", "daemon", "cli", "testing"},
     "daemon": {"testing", "cli"},
     # The DAX window talks to an abstract map/unmap channel, never to FUSE or vhost-user.
-    "dax": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+    "dax": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
             "testing"},
     # Process confinement and statistics serve the daemon; they know no protocol layer.
-    "sandbox": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+    "sandbox": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
                 "testing"},
     # The libseccomp binding knows nothing of the daemon (the allow-list is the sandbox's).
-    "seccomp": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+    "seccomp": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
                 "testing", "dax", "sandbox", "stats", "procfd"},
-    "procfd": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+    "procfd": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
                "testing", "dax", "sandbox", "stats"},
-    "stats": {"fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli", "testing"},
+    "stats": {"fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli", "testing"},
     # C declarations only: nothing of fastvfs above them.
-    "includes": {"fuse", "fs", "vhost_user", "_ring", "uring", "transport", "daemon", "cli",
+    "includes": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
                  "testing", "dax", "sandbox", "stats", "procfd", "seccomp"},
 }
+
+# The file system's C face: a layer of its own for this check, forbidden wherever ``fs`` is
+# except in the ring.
+C_FACE = "fs._tables"
+for _layer, _forbidden in FORBIDDEN.items():
+    if "fs" in _forbidden and _layer != "ring":
+        _forbidden.add(C_FACE)
 
 CYTHON = (".pyx", ".pxd", ".pxi")
 
@@ -73,7 +82,9 @@ def imported_layers(path):
     layers = set()
     own = layer_of(path)
     for name in names:
-        if name.startswith("fastvfs."):
+        if name == "fastvfs." + C_FACE or name.startswith("fastvfs." + C_FACE + "."):
+            layers.add(C_FACE)
+        elif name.startswith("fastvfs."):
             layers.add(name.split(".")[1])
         elif name.startswith(".."):
             layers.add(name.lstrip(".").split(".")[0])
@@ -100,11 +111,17 @@ def test_the_product_never_imports_the_harness(path):
 
 def test_the_check_sees_imports():
     # Guard against a checker that finds nothing: the daemon wires every layer.
-    assert {"fs", "fuse", "vhost_user", "_ring"} <= imported_layers(PACKAGE / "daemon.py")
+    assert {"fs", "fuse", "vhost_user", "ring"} <= imported_layers(PACKAGE / "daemon.py")
 
 
 def test_the_check_sees_cimports():
-    assert "includes" in imported_layers(PACKAGE / "_ring.pyx")
+    assert {"includes", C_FACE} <= imported_layers(PACKAGE / "ring" / "_ring.pyx")
+    assert C_FACE in imported_layers(PACKAGE / "ring" / "_ring.pxd")
+
+
+def test_the_ring_reaches_the_file_system_only_through_its_c_face():
+    assert "fs" not in imported_layers(PACKAGE / "ring" / "_ring.pyx")
+    assert "fs" in FORBIDDEN["ring"] and C_FACE not in FORBIDDEN["ring"]
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if p.suffix in CYTHON],

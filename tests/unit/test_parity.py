@@ -17,7 +17,8 @@ import struct
 
 import pytest
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
+from fastvfs.ring import _ring
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
 from fastvfs.fuse.engine import FuseEngine
@@ -36,7 +37,7 @@ class Pair:
 
     def __init__(self, root, io_engine):
         self.root = root
-        self.inodes = _ring.HandleTable(256)
+        self.inodes = HandleTable(256)
         self.ring = Harness(reply=lambda req, out: self.engine.handle(req, out),
                             inodes=self.inodes, engine=io_engine)
         self.ring.vq.set_fast_io(True)

@@ -9,16 +9,26 @@ import os
 import struct
 import threading
 import time
+import types
 
 import pytest
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
+from fastvfs.ring import _ring
 from fastvfs.fuse import abi
 from fastvfs_testing.guestmem import GuestMemory
 from fastvfs_testing.virtq import (Chain, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
                                    VRING_DESC_F_WRITE, DriverVirtqueue)
 
 TIMEOUT = 5.0
+
+
+def ring_options(**settings):
+    """A ring's settings as the control plane passes them (``Virtqueue``'s ``options``)."""
+    base = dict(max_io=1 << 20, attr_timeout=1.0, io_uring=False, uring_writes=False,
+                poll_us=0, read_only=False, fixed_buffers=False)
+    base.update(settings)
+    return types.SimpleNamespace(**base)
 
 
 def request(opcode, body=b"", unique=7, nodeid=1, length=None):
@@ -45,7 +55,7 @@ class Harness:
                                   r.mmap_offset, r.fd)
         self.dq = DriverVirtqueue(self.mem, 1, size, event_idx=event_idx, indirect_desc=indirect,
                                   base=base)
-        self.handles = _ring.HandleTable(64)
+        self.handles = HandleTable(64)
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self.err_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.seen = []
@@ -59,12 +69,12 @@ class Harness:
         self.vq = _ring.Virtqueue(1, self.table, self.handles, self.size, u(self.dq.desc_addr),
                                   u(self.dq.avail_addr), u(self.dq.used_addr), base,
                                   self.dq.kick_fd, self.dq.call_fd, self.stop_fd,
-                                  self.event_idx, self.indirect, 1 << 20, self.lock,
-                                  inodes=self.inodes, attr_timeout=1.0,
-                                  io_uring=self.engine != "sync",
-                                  uring_writes=self.engine == "uring-rw",
-                                  read_only=self.read_only,
-                                  fixed_buffers=self.fixed_buffers, err_fd=self.err_fd)
+                                  self.event_idx, self.indirect,
+                                  ring_options(io_uring=self.engine != "sync",
+                                               uring_writes=self.engine == "uring-rw",
+                                               read_only=self.read_only,
+                                               fixed_buffers=self.fixed_buffers),
+                                  self.lock, inodes=self.inodes, err_fd=self.err_fd)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
 
@@ -457,8 +467,8 @@ class TestGetattrInC:
         from fastvfs.fuse.engine import FuseEngine
         (tmp_path / "f").write_bytes(b"x" * 12345)
         os.utime(tmp_path / "f", ns=(-1_500_000_001, 1_700_000_000_123_456_789))
-        inodes = _ring.HandleTable(64)
-        engine = FuseEngine(PassthroughFs(tmp_path, _ring.HandleTable(8), inodes=inodes),
+        inodes = HandleTable(64)
+        engine = FuseEngine(PassthroughFs(tmp_path, HandleTable(8), inodes=inodes),
                             "auto")
         init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
         assert engine.handle(init, 4096)[0] == 0
@@ -490,7 +500,7 @@ class TestMetadataInC:
         (tmp_path / "f").write_bytes(b"x" * 100)
         (tmp_path / "g").write_bytes(b"y")
         (tmp_path / "d").mkdir()
-        inodes = _ring.HandleTable(64)
+        inodes = HandleTable(64)
         h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
         h.vq.set_fast_io(True)
         fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
@@ -570,7 +580,7 @@ class TestMetadataInC:
         from fastvfs.fs.passthrough import PassthroughFs
         from fastvfs.fuse.engine import FuseEngine
         (tmp_path / "f").write_bytes(b"x" * 100)
-        inodes = _ring.HandleTable(64)
+        inodes = HandleTable(64)
         h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
         h.vq.set_fast_io(True)
         fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
@@ -946,7 +956,7 @@ class TestWakeCoalescing:
     def _drive(self, harness, tmp_path, driver_cpu, worker_cpu):
         from types import SimpleNamespace
         from fastvfs_testing.lean import LeanLoad
-        inodes = _ring.HandleTable(64)
+        inodes = HandleTable(64)
         inodes.add_root(os.open(tmp_path, os.O_PATH))
         h = harness(inodes=inodes, size=64)
         h.vq.set_fast_io(True)
@@ -981,7 +991,7 @@ def test_lean_driver_publishes_per_round_or_per_request(harness, tmp_path, publi
     guest-like mode once per request (and decides the kick for each), as Linux does."""
     from types import SimpleNamespace
     from fastvfs_testing.lean import LeanLoad
-    inodes = _ring.HandleTable(64)
+    inodes = HandleTable(64)
     inodes.add_root(os.open(tmp_path, os.O_PATH))
     h = harness(inodes=inodes, size=64)
     h.vq.set_fast_io(True)
@@ -1038,17 +1048,17 @@ class TestMemoryTable:
         os.close(fd)
         e = os.eventfd(0)
         with pytest.raises(ValueError):
-            _ring.Virtqueue(0, t, _ring.HandleTable(4), 256, 0x10000000 + (1 << 20) - 64,
-                            0x10000000, 0x10001000, 0, e, e, e, True, True)
+            _ring.Virtqueue(0, t, HandleTable(4), 256, 0x10000000 + (1 << 20) - 64,
+                            0x10000000, 0x10001000, 0, e, e, e, True, True, ring_options())
         with pytest.raises(ValueError):
-            _ring.Virtqueue(0, t, _ring.HandleTable(4), 100, 0x10000000, 0x10001000,
-                            0x10002000, 0, e, e, e, True, True)
+            _ring.Virtqueue(0, t, HandleTable(4), 100, 0x10000000, 0x10001000,
+                            0x10002000, 0, e, e, e, True, True, ring_options())
         os.close(e)
 
 
 class TestHandleTable:
     def test_handles_are_unique_and_generations_catch_reuse(self):
-        t = _ring.HandleTable(4)
+        t = HandleTable(4)
         fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]
         handles = [t.add(fd) for fd in fds]
         assert len(set(handles)) == 4
@@ -1065,7 +1075,7 @@ class TestHandleTable:
         assert t.count == 0
 
     def test_borrowed_fd_survives_remove_until_returned(self):
-        t = _ring.HandleTable(4)
+        t = HandleTable(4)
         fd = os.open("/dev/null", os.O_RDONLY)
         fh = t.add(fd)
         with t.borrow(fh) as borrowed:

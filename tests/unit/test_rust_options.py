@@ -10,7 +10,8 @@ import struct
 
 import pytest
 
-from fastvfs import _ring, cli
+from fastvfs.fs._tables import HandleTable
+from fastvfs import cli
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fs.xattrmap import XattrMap
 from fastvfs.fuse import abi
@@ -33,7 +34,7 @@ def secctx_block(*labels):
 class Session:
     def __init__(self, root, *, minor=38, offered=abi.FUSE_SECURITY_CTX, xattrmap=None,
                  preserve_noatime=False, cache="auto", **engine):
-        self.handles = _ring.HandleTable(256)
+        self.handles = HandleTable(256)
         self.fs = PassthroughFs(root, self.handles, xattrmap=xattrmap,
                                 preserve_noatime=preserve_noatime)
         self.engine = FuseEngine(self.fs, cache, **engine)

@@ -9,7 +9,7 @@ import mmap
 
 import pytest
 
-from fastvfs import _ring
+from fastvfs.ring import _ring
 from fastvfs.uring import UringEngine, UringUnavailable
 from fastvfs.uring.engine import ffi, lib
 

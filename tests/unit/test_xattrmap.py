@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fastvfs import _ring
+from fastvfs.fs._tables import HandleTable
 from fastvfs.fs.passthrough import ROOT_CALLER, PassthroughFs
 from fastvfs.fs.xattrmap import XattrMap, parse
 
@@ -54,7 +54,7 @@ def test_bad_unsupported_and_unmatched():
 
 def test_mapping_applied_by_the_file_system(tmp_path):
     (tmp_path / "f").write_text("")
-    fs = PassthroughFs(tmp_path, _ring.HandleTable(4),
+    fs = PassthroughFs(tmp_path, HandleTable(4),
                        xattrmap=XattrMap(":prefix:all:trusted.:user.g.::bad:server::user.g.::ok:all:::"))
     nodeid, _ = fs.lookup(1, b"f")
     fs.setxattr(nodeid, b"trusted.t", b"1", 0)
@@ -72,7 +72,7 @@ def test_remapped_capability_dropped_by_the_file_system(tmp_path):
     security.capability, as the kernel removes the real one; an empty write keeps it."""
     path = tmp_path / "f"
     path.write_bytes(b"x" * 16)
-    fs = PassthroughFs(tmp_path, _ring.HandleTable(16),
+    fs = PassthroughFs(tmp_path, HandleTable(16),
                        xattrmap=XattrMap(":prefix:all:security.:user.virtiofs.::ok:all:::"))
     nodeid, _ = fs.lookup(1, b"f")
     fh = fs.open(nodeid, os.O_RDWR)

@@ -1,0 +1,142 @@
+# C declarations of <linux/fuse.h>, the FUSE wire ABI (protocol 7.38, Linux 6.1; every member
+# used here is in the ABI since 7.31, the oldest protocol fastvfs speaks).  Only the structures
+# and constants the C paths read or write are declared; the compiler takes their layout from
+# the header, so no offset into a FUSE message is written anywhere else.
+
+from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "<linux/fuse.h>" nogil:
+    enum fuse_opcode:
+        FUSE_LOOKUP
+        FUSE_FORGET
+        FUSE_GETATTR
+        FUSE_READ
+        FUSE_WRITE
+        FUSE_RELEASE
+        FUSE_FSYNC
+        FUSE_FLUSH
+        FUSE_BATCH_FORGET
+        FUSE_FALLOCATE
+
+    enum:
+        FUSE_WRITE_KILL_SUIDGID
+        FUSE_FSYNC_FDATASYNC
+        FUSE_RELEASE_FLOCK_UNLOCK
+
+    struct fuse_in_header:
+        uint32_t len
+        uint32_t opcode
+        uint64_t unique
+        uint64_t nodeid
+        uint32_t uid
+        uint32_t gid
+        uint32_t pid
+
+    struct fuse_out_header:
+        uint32_t len
+        int32_t error
+        uint64_t unique
+
+    struct fuse_attr:
+        uint64_t ino
+        uint64_t size
+        uint64_t blocks
+        uint64_t atime
+        uint64_t mtime
+        uint64_t ctime
+        uint32_t atimensec
+        uint32_t mtimensec
+        uint32_t ctimensec
+        uint32_t mode
+        uint32_t nlink
+        uint32_t uid
+        uint32_t gid
+        uint32_t rdev
+        uint32_t blksize
+        uint32_t flags
+
+    struct fuse_entry_out:
+        uint64_t nodeid
+        uint64_t generation
+        uint64_t entry_valid
+        uint64_t attr_valid
+        uint32_t entry_valid_nsec
+        uint32_t attr_valid_nsec
+        fuse_attr attr
+
+    struct fuse_attr_out:
+        uint64_t attr_valid
+        uint32_t attr_valid_nsec
+        uint32_t dummy
+        fuse_attr attr
+
+    struct fuse_forget_in:
+        uint64_t nlookup
+
+    struct fuse_forget_one:
+        uint64_t nodeid
+        uint64_t nlookup
+
+    struct fuse_batch_forget_in:
+        uint32_t count
+        uint32_t dummy
+
+    struct fuse_read_in:
+        uint64_t fh
+        uint64_t offset
+        uint32_t size
+        uint32_t read_flags
+
+    struct fuse_write_in:
+        uint64_t fh
+        uint64_t offset
+        uint32_t size
+        uint32_t write_flags
+
+    struct fuse_write_out:
+        uint32_t size
+        uint32_t padding
+
+    struct fuse_release_in:
+        uint64_t fh
+        uint32_t flags
+        uint32_t release_flags
+
+    struct fuse_flush_in:
+        uint64_t fh
+
+    struct fuse_fsync_in:
+        uint64_t fh
+        uint32_t fsync_flags
+
+    struct fuse_fallocate_in:
+        uint64_t fh
+        uint64_t offset
+        uint64_t length
+        uint32_t mode
+
+    struct fuse_dirent:
+        uint64_t ino
+        uint64_t off
+        uint32_t namelen
+        uint32_t type
+        char name[1]        # flexible: ``namelen`` bytes
+
+    struct fuse_direntplus:
+        fuse_entry_out entry_out
+        fuse_dirent dirent
+
+    # Where a dirent's name starts, and a record's length rounded up to the 8 bytes records
+    # are padded to.
+    size_t FUSE_NAME_OFFSET
+    size_t FUSE_DIRENT_ALIGN(size_t length)
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <linux/fuse.h>
+    /* Where fuse_in_header.unique ends: a chain that holds this much of the header gets its
+       error reply with the right unique. */
+    #define FASTVFS_FUSE_UNIQUE_END (offsetof(struct fuse_in_header, unique) + sizeof(uint64_t))
+    """
+    size_t FASTVFS_FUSE_UNIQUE_END

@@ -1,0 +1,94 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The hot path, one extension module built from the fragments below (structures and fields
+in _ring.pxd, tuning knobs in consts.pxi).
+
+One ``Virtqueue`` is served by one thread.  The thread sleeps on the queue's kick eventfd (epoll,
+edge-triggered) with the GIL released, walks descriptor chains and serves the requests the fast
+operations cover (READ and WRITE through io_uring or preadv/pwritev straight into and out of
+guest memory, and the metadata table of fastops.pxi) without touching a Python object; every
+other request is handed to the Python FUSE engine with the GIL held, and its reply is scattered
+back into the chain's writable buffers.  Every address the guest gives is translated through
+``MemoryTable`` with bounds checks.
+
+Fragments, each knowing only those above it:
+  guestmem.pxi  guest memory regions and address translation
+  iov.pxi       iovec copies, slices and the synchronous transfer loop
+  splitq.pxi    the split virtqueue (virtio 1.2 section 2.7), no FUSE
+  stats.pxi     per-opcode request statistics
+  reply.pxi     FUSE replies into a chain, and replies sent later (PendingReply)
+  uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
+  dataops.pxi   READ and WRITE
+  fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
+  engine.pxi    asking the Python engine for the rest
+  worker.pxi    Virtqueue: the worker that owns one ring and its loop
+
+Spec references: virtio 1.2 section 2.7 (split virtqueues), include/uapi/linux/virtio_ring.h,
+include/uapi/linux/fuse.h.
+"""
+
+import logging
+import sys
+
+_log = logging.getLogger("fastvfs.ring")
+
+if sys.byteorder != "little":
+    raise ImportError("fastvfs assumes a little-endian host (virtio 1.x rings are little-endian)")
+
+# Imported now, before the daemon confines itself: the sandbox's root holds no Python modules.
+from fastvfs.uring.engine import UringEngine, UringUnavailable
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.errno cimport EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENOENT, ERANGE, errno
+from libc.stdint cimport INT64_MAX
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
+
+from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, flush_fd, kill_mapped_capability,
+                                 kill_suidgid, known_entry, pack_attr)
+from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
+                                       fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
+                                       fastvfs_load64, fastvfs_log2, fastvfs_release,
+                                       fastvfs_store16)
+from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOLLIN,
+                                     epoll_create1, epoll_ctl, epoll_event, epoll_wait)
+from fastvfs.includes.fcntl cimport fallocate
+from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
+                                           FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
+                                           FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
+                                           FUSE_LOOKUP, FUSE_READ, FUSE_RELEASE, FUSE_WRITE,
+                                           FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
+                                           fuse_entry_out, fuse_forget_one, fuse_out_header,
+                                           fuse_write_out)
+from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
+                                        io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
+                                        io_uring_get_sqe, io_uring_peek_batch_cqe,
+                                        io_uring_prep_fallocate, io_uring_prep_fsync,
+                                        io_uring_prep_read, io_uring_prep_read_fixed,
+                                        io_uring_prep_readv, io_uring_prep_write,
+                                        io_uring_prep_write_fixed, io_uring_prep_writev,
+                                        io_uring_sqe_set_data64, io_uring_sqe_set_flags,
+                                        io_uring_submit, io_uring_wait_cqe)
+from fastvfs.includes.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_write, clock_gettime, strnlen,
+                                     timespec)
+from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
+                                       pthread_mutex_lock, pthread_mutex_unlock)
+from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage
+from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                                     c_statx, statx)
+from fastvfs.includes.uio cimport RWF_NOWAIT, preadv, preadv2, pwritev
+from fastvfs.includes.virtio_ring cimport (VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
+                                           VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+                                           vring_used_elem)
+
+include "guestmem.pxi"
+include "iov.pxi"
+include "splitq.pxi"
+include "stats.pxi"
+include "reply.pxi"
+include "uring_io.pxi"
+include "dataops.pxi"
+include "fastops.pxi"
+include "engine.pxi"
+include "worker.pxi"

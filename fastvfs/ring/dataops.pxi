@@ -1,0 +1,97 @@
+# READ and WRITE, straight between guest memory and the file: through the queue's io_uring
+# when it has one (uring_io.pxi), else (or when the ring has no room) with preadv/pwritev here.
+
+cdef inline bint _lone(Virtqueue vq) noexcept nogil:
+    """The popped request is the only work there is: nothing in flight or prepared, no other
+    request published, and no recent lone READ that would have blocked."""
+    if vq.io.lone_skip:
+        vq.io.lone_skip -= 1
+        return False
+    return vq.io.nflight == 0 and vq.io.nqueued == 0 and not ring_avail_pending(&vq.ring)
+
+
+cdef int do_read(Virtqueue vq) noexcept nogil:
+    cdef Request *q = &vq.req
+    cdef uint64_t fh = q.hdr.arg.read.fh
+    cdef uint64_t offset = q.hdr.arg.read.offset
+    cdef uint32_t size = q.hdr.arg.read.size
+    cdef const iovec *reply = q.iov + q.chain.out_num
+    cdef int fd, n
+    cdef int64_t done = -EAGAIN
+    if offset > <uint64_t>INT64_MAX:
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    if q.chain.in_len < sizeof(fuse_out_header):
+        vq._push_used(q.chain.head, 0)
+        vq._account(-EINVAL)
+        return 1
+    if size > vq.cfg.max_io:
+        size = vq.cfg.max_io
+    if size > q.chain.in_len - sizeof(fuse_out_header):
+        size = <uint32_t>(q.chain.in_len - sizeof(fuse_out_header))
+    fd = vq.handles.acquire(fh)
+    if fd < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    n = _slice(reply, q.chain.in_num, sizeof(fuse_out_header), size, q.scratch)
+    if vq.io.uring != NULL and _lone(vq) and not vq.handles.direct(fh):
+        # Nothing else to overlap it with: a read the page cache can answer is cheaper as a
+        # preadv2 than through the ring.  One that would block, or a file that does not take
+        # preadv2 (a pipe: ESPIPE), goes there, and so do the next LONE_SKIP.
+        done = _full_io(fd, q.scratch, n, <int64_t>offset, size, False, RWF_NOWAIT)
+        if done < 0:
+            vq.io.lone_skip = LONE_SKIP
+        else:
+            vq.io.lone_reads += 1
+    if done < 0:
+        if vq.io.uring != NULL and io_queue(vq, fd, fh, <int64_t>offset, size, False, False):
+            return 1
+        done = _full_io(fd, q.scratch, n, <int64_t>offset, size, False, 0)
+    vq.handles.release(fh)
+    if done < 0:
+        vq._reply(<int32_t>done, NULL, 0)
+        return 1
+    write_out_header(reply, q.chain.in_num, q.hdr.h.unique, <uint32_t>done)
+    vq._push_used(q.chain.head, <uint32_t>(sizeof(fuse_out_header) + done))
+    vq._account(0)
+    return 1
+
+
+cdef int do_write(Virtqueue vq) noexcept nogil:
+    cdef Request *q = &vq.req
+    cdef uint64_t fh = q.hdr.arg.write.fh
+    cdef uint64_t offset = q.hdr.arg.write.offset
+    cdef uint32_t size = q.hdr.arg.write.size
+    cdef bint kill = q.hdr.arg.write.write_flags & FUSE_WRITE_KILL_SUIDGID != 0
+    cdef uint64_t data_at = sizeof(fuse_in_header) + sizeof(fuse_write_in)
+    cdef int fd, rc, n
+    cdef int64_t done
+    cdef fuse_write_out out
+    if offset > <uint64_t>INT64_MAX or size > vq.cfg.max_io or size != q.hdr.h.len - data_at:
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    fd = vq.handles.acquire(fh)
+    if fd < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    if size and vq.handles.cap_xattr[0]:
+        rc = kill_mapped_capability(fd, vq.handles.cap_xattr)
+        if rc < 0:
+            vq.handles.release(fh)
+            vq._reply(rc, NULL, 0)
+            return 1
+    if vq.io.uring != NULL and vq.cfg.uring_writes and \
+            io_queue(vq, fd, fh, <int64_t>offset, size, True, kill):
+        return 1
+    n = _slice(q.iov, q.chain.out_num, data_at, size, q.scratch)
+    done = _full_io(fd, q.scratch, n, <int64_t>offset, size, True, 0)
+    if done > 0 and kill:
+        kill_suidgid(fd)
+    vq.handles.release(fh)
+    if done < 0:
+        vq._reply(<int32_t>done, NULL, 0)
+        return 1
+    out.size = <uint32_t>done
+    out.padding = 0
+    vq._reply(0, &out, sizeof(out))
+    return 1

@@ -1,0 +1,243 @@
+# FUSE requests served in C: the request header decoded through fuse_kernel.pxd, a table by
+# opcode (in the shape of libfuse's fuse_ll_ops[]) saying which the hot path may serve and
+# under what conditions, and the metadata operations themselves (READ and WRITE are in
+# dataops.pxi).  Whatever the table does not cover, or an operation declines (returns 0), the
+# worker hands to the Python engine with the request untouched.
+
+cdef enum:
+    # Conditions of a table entry.
+    NEEDS_INODES = 1        # the node id table is shared with the file system
+    NEEDS_WRITABLE = 2      # the share is writable (a read-only one refuses in the engine)
+    NEEDS_NO_LOCKS = 4      # the file system holds no lock descriptor (see below)
+    NEEDS_URING = 8         # the queue has its io_uring
+    FAST_OPS_MAX = FUSE_FALLOCATE + 1
+
+cdef FastOp FAST_OPS[FAST_OPS_MAX]
+
+
+cdef int serve_fast(Virtqueue vq) noexcept nogil:
+    """Serve the popped chain if C can: 1 done (or in flight), 0 it needs the Python engine."""
+    cdef Request *q = &vq.req
+    cdef const FastOp *op
+    cdef int rc = ring_walk(&vq.ring, vq.mem, q.chain.head, &q.chain, q.iov)
+    cdef uint64_t got = _gather(q.iov, q.chain.out_num, 0, <uint8_t *>&q.hdr, sizeof(InHeaders))
+    # The error reply of a malformed chain carries the request's unique whenever the readable
+    # part held it, even if the rest is missing.
+    if got < FASTVFS_FUSE_UNIQUE_END:
+        q.hdr.h.unique = 0
+    if rc < 0 or got < sizeof(fuse_in_header):
+        # A buffer outside guest RAM (such as a DAX window address: the window is not in the
+        # memory table) gets EFAULT, any other malformed chain EINVAL.
+        vq._bad_chains += 1
+        vq._reply(rc if rc < 0 else -EINVAL, NULL, 0)
+        return 1
+    q.opcode = q.hdr.h.opcode
+    # Never trust fuse_in_header.len over the buffers really given.
+    if q.hdr.h.len < sizeof(fuse_in_header) or q.hdr.h.len > q.chain.out_len:
+        vq._bad_chains += 1
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    if not vq.fast_io or q.opcode >= FAST_OPS_MAX:
+        return 0
+    op = &FAST_OPS[q.opcode]
+    if op.serve == NULL or q.hdr.h.len < sizeof(fuse_in_header) + op.arg_size:
+        return 0
+    if (op.needs & NEEDS_INODES and vq.inodes is None or
+            op.needs & NEEDS_WRITABLE and vq.cfg.read_only or
+            op.needs & NEEDS_URING and vq.io.uring == NULL or
+            op.needs & NEEDS_NO_LOCKS and vq.handles.lock_fds_open):
+        return 0
+    return op.serve(vq)
+
+
+cdef int do_getattr(Virtqueue vq) noexcept nogil:
+    """fuse_attr_out from statx of the node's O_PATH descriptor; the same bytes the Python
+    engine would send.  A node held by file handle without a cached descriptor is left to the
+    engine."""
+    cdef uint64_t nodeid = vq.req.hdr.h.nodeid
+    cdef statx st
+    cdef fuse_attr_out out
+    cdef int rc
+    cdef int fd = vq.inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        vq._reply(-ENOENT, NULL, 0)
+        return 1
+    rc = c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &st)
+    if rc < 0:
+        rc = -errno
+    vq.inodes.release(nodeid)
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+        return 1
+    out.attr_valid = vq.cfg.attr_valid
+    out.attr_valid_nsec = vq.cfg.attr_valid_nsec
+    out.dummy = 0
+    pack_attr(&st, &out.attr)
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+cdef int do_lookup(Virtqueue vq) noexcept nogil:
+    """LOOKUP of an inode the node id table already knows: fuse_entry_out with one more lookup
+    counted, the same bytes the engine would send.  A name it would refuse, a new inode, a
+    mount point or any failure but ENOENT is left to the engine."""
+    cdef char name[LOOKUP_NAME_MAX + 1]
+    cdef uint32_t nlen = vq.req.hdr.h.len - <uint32_t>sizeof(fuse_in_header)
+    cdef size_t length
+    cdef int64_t nodeid
+    cdef fuse_entry_out out
+    if nlen > LOOKUP_NAME_MAX + 1:
+        nlen = LOOKUP_NAME_MAX + 1
+    if _gather(vq.req.iov, vq.req.chain.out_num, sizeof(fuse_in_header), <uint8_t *>name,
+               nlen) != nlen:
+        return 0
+    length = strnlen(name, nlen)
+    if length == nlen:
+        return 0                    # no NUL within NAME_MAX + 1 bytes
+    nodeid = known_entry(vq.inodes, vq.req.hdr.h.nodeid, name, length, vq.cfg.attr_valid,
+                         vq.cfg.attr_valid_nsec, &out)
+    if nodeid == -ENOENT:
+        vq._reply(-ENOENT, NULL, 0)
+        return 1
+    if nodeid <= 0:
+        return 0
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+# The lock-descriptor contract (fastvfs.fs._tables.HandleTable.set_lock_fds): while the file
+# system holds a descriptor for a POSIX or flock lock, FLUSH, RELEASE and FORGET are its own,
+# since closing or forgetting may have to drop that lock; with none held they need nothing of
+# the engine's (a lock taken meanwhile on another queue is tied to its handle and goes at that
+# handle's RELEASE, which the table refuses to the hot path under the same mutex).
+
+cdef int do_flush(Virtqueue vq) noexcept nogil:
+    """FLUSH with the handle left open (what the engine does when no lock needs dropping)."""
+    cdef uint64_t fh = vq.req.hdr.arg.flush.fh
+    cdef int rc, fd = vq.handles.acquire(fh)
+    if fd < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    rc = flush_fd(fd)
+    vq.handles.release(fh)
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+cdef int do_release(Virtqueue vq) noexcept nogil:
+    """RELEASE of a file handle (an OFD or flock lock belongs to the guest's open file and goes
+    with its RELEASE, which the engine handles while lock descriptors exist); a directory
+    handle (released by RELEASE as well as by RELEASEDIR, whatever the guest sends) goes to
+    the engine too, whose file system frees its listing with it."""
+    cdef uint64_t fh = vq.req.hdr.arg.release.fh
+    cdef int rc
+    if vq.handles.is_directory(fh):
+        return 0
+    rc = vq.handles.remove_fh_unless_locks(fh)
+    if rc == 1:
+        return 0
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+cdef int do_forget(Virtqueue vq) noexcept nogil:
+    if not vq.inodes.dropped_room(1):
+        return 0
+    vq.inodes.forget_c(vq.req.hdr.h.nodeid, vq.req.hdr.arg.forget.nlookup, True)
+    vq._push_used(vq.req.chain.head, 0)   # FORGET has no reply
+    vq._account(0)
+    return 1
+
+
+cdef int do_batch_forget(Virtqueue vq) noexcept nogil:
+    """BATCH_FORGET: only the entries really present are read (the count is the guest's
+    word)."""
+    cdef uint32_t count = vq.req.hdr.arg.batch_forget.count, i, room
+    cdef fuse_forget_one entry
+    cdef uint64_t at = sizeof(fuse_in_header) + sizeof(fuse_batch_forget_in)
+    room = (vq.req.hdr.h.len - <uint32_t>at) // sizeof(fuse_forget_one)
+    if count > room:
+        count = room
+    if not vq.inodes.dropped_room(count):
+        return 0
+    for i in range(count):
+        if _gather(vq.req.iov, vq.req.chain.out_num, at + i * sizeof(fuse_forget_one),
+                   <uint8_t *>&entry, sizeof(entry)) != sizeof(entry):
+            break
+        vq.inodes.forget_c(entry.nodeid, entry.nlookup, True)
+    vq._push_used(vq.req.chain.head, 0)
+    vq._account(0)
+    return 1
+
+
+cdef int do_fsync(Virtqueue vq) noexcept nogil:
+    """FSYNC handed to the kernel's workers through the ring (NEEDS_URING): the queue goes on
+    serving while the file system syncs."""
+    cdef uint64_t fh = vq.req.hdr.arg.fsync.fh
+    cdef io_uring_sqe *sqe
+    cdef int fd = vq.handles.acquire(fh)
+    if fd < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    sqe = io_drained_sqe(vq, fd, fh)
+    if sqe == NULL:
+        vq.handles.release(fh)
+        return 0
+    io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC
+                        if vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC else 0)
+    io_drained(vq, sqe)
+    return 1
+
+
+cdef int do_fallocate(Virtqueue vq) noexcept nogil:
+    """FALLOCATE: through the ring, after what was submitted before it, so the queue goes on
+    serving while the file system allocates; fallocate(2) here when the queue has no ring or
+    no room in it."""
+    cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
+    cdef io_uring_sqe *sqe
+    cdef int fd, rc = 0
+    if arg.offset > <uint64_t>INT64_MAX or arg.length > <uint64_t>INT64_MAX:
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    fd = vq.handles.acquire(arg.fh)
+    if fd < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    if vq.handles.cap_xattr[0]:
+        rc = kill_mapped_capability(fd, vq.handles.cap_xattr)
+        if rc < 0:
+            vq.handles.release(arg.fh)
+            vq._reply(rc, NULL, 0)
+            return 1
+    sqe = io_drained_sqe(vq, fd, arg.fh)
+    if sqe != NULL:
+        io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
+                                <int64_t>arg.length)
+        io_drained(vq, sqe)
+        return 1
+    if fallocate(fd, <int>arg.mode, <int64_t>arg.offset, <int64_t>arg.length) < 0:
+        rc = -errno
+    vq.handles.release(arg.fh)
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+cdef void _fast_op(uint32_t opcode, fast_op serve, uint32_t arg_size, uint32_t needs):
+    FAST_OPS[opcode].serve = serve
+    FAST_OPS[opcode].arg_size = arg_size
+    FAST_OPS[opcode].needs = needs
+
+
+_fast_op(FUSE_LOOKUP, do_lookup, 0, NEEDS_INODES)
+_fast_op(FUSE_GETATTR, do_getattr, 0, NEEDS_INODES)
+_fast_op(FUSE_READ, do_read, sizeof(fuse_read_in), 0)
+_fast_op(FUSE_WRITE, do_write, sizeof(fuse_write_in), NEEDS_WRITABLE)
+_fast_op(FUSE_FSYNC, do_fsync, sizeof(fuse_fsync_in), NEEDS_URING)
+_fast_op(FUSE_FALLOCATE, do_fallocate, sizeof(fuse_fallocate_in), NEEDS_WRITABLE)
+_fast_op(FUSE_RELEASE, do_release, sizeof(fuse_release_in), 0)
+_fast_op(FUSE_FLUSH, do_flush, sizeof(fuse_flush_in), NEEDS_NO_LOCKS)
+_fast_op(FUSE_FORGET, do_forget, sizeof(fuse_forget_in), NEEDS_INODES | NEEDS_NO_LOCKS)
+_fast_op(FUSE_BATCH_FORGET, do_batch_forget, sizeof(fuse_batch_forget_in),
+         NEEDS_INODES | NEEDS_NO_LOCKS)
