@@ -65,8 +65,8 @@ def add_fs_options(p):
     p.add_argument("--announce-submounts", action=argparse.BooleanOptionalAction, default=True,
                    help="tell the guest which directories are mount points on the host, so it "
                         "gives each file system its own device number (default on)")
-    p.add_argument("--inode-file-handles", default="never",
-                   choices=["never", "prefer", "fallback", "mandatory"],
+    p.add_argument("--inode-file-handles", default=InodeFileHandles.NEVER.value,
+                   choices=[mode.value for mode in InodeFileHandles],
                    help="how inodes are held: never (an O_PATH descriptor each, the default); "
                         "prefer (file handles where the file system has them, descriptors "
                         "elsewhere; fallback is the same); mandatory (file handles only: a "
@@ -119,7 +119,8 @@ def parser():
                    help="serve requests that block (everything but the C fast path) on a pool "
                         "of N threads, so a slow one never holds up its queue (default 0: on "
                         "the queue's own thread)")
-    p.add_argument("--io-engine", choices=("uring", "uring-rw", "sync"), default="uring",
+    p.add_argument("--io-engine", choices=[engine.value for engine in IoEngine],
+                   default=IoEngine.URING.value,
                    help="how the hot path does READ and WRITE straight into guest memory: "
                         "uring submits each poll round's READs to a per-queue io_uring in "
                         "batches, WRITE is a pwritev on the queue's thread; uring-rw submits "
@@ -246,7 +247,8 @@ def share_options(p, ns, *, thread_pool_size=0):
     shared_dir = os.path.abspath(ns.shared_dir)
     if not os.path.isdir(shared_dir):
         p.error(f"shared directory {shared_dir!r} is not a directory")
-    if ns.inode_file_handles == "mandatory":
+    file_handles = InodeFileHandles(ns.inode_file_handles)
+    if file_handles is InodeFileHandles.MANDATORY:
         from .fs import _sys
         fd = os.open(shared_dir, os.O_PATH | os.O_CLOEXEC)
         try:
@@ -270,7 +272,7 @@ def share_options(p, ns, *, thread_pool_size=0):
                   xattr=ns.xattr, xattrmap=xattrmap, posix_acl=ns.posix_acl,
                   posix_lock=ns.posix_lock, flock=ns.flock, readonly=ns.readonly,
                   announce_submounts=ns.announce_submounts,
-                  inode_file_handles=InodeFileHandles(ns.inode_file_handles),
+                  inode_file_handles=file_handles,
                   killpriv_v2=ns.killpriv_v2, translate_uid=tuple(ns.translate_uid),
                   translate_gid=tuple(ns.translate_gid), thread_pool_size=thread_pool_size,
                   trace=ns.log_level == "trace")

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 
 
 class IoEngine(enum.Enum):
-    """``--io-engine``: how a virtqueue worker does READ and WRITE into guest memory."""
+    """``--io-engine``: how a virtqueue worker does READ and WRITE into guest memory (in the
+    order ``--help`` lists them)."""
 
-    #: One preadv/pwritev per request on the queue's thread.
-    SYNC = "sync"
     #: READs go to a per-queue io_uring in batches; WRITE is a pwritev on the queue's thread.
     URING = "uring"
     #: READs and WRITEs both go to the per-queue io_uring.
     URING_RW = "uring-rw"
+    #: One preadv/pwritev per request on the queue's thread.
+    SYNC = "sync"
 
     @property
     def uses_uring(self):
@@ -38,7 +39,8 @@ class IoEngine(enum.Enum):
 
 
 class InodeFileHandles(enum.Enum):
-    """``--inode-file-handles``: how the file system holds the inodes the guest knows."""
+    """``--inode-file-handles``: how the file system holds the inodes the guest knows (in the
+    order ``--help`` lists them)."""
 
     #: An O_PATH descriptor per inode.
     NEVER = "never"

@@ -172,11 +172,16 @@ def test_io_engine():
         RingOptions(io_engine="aio")
 
 
-@pytest.mark.parametrize("dest,kind", [("io_engine", IoEngine),
-                                       ("inode_file_handles", InodeFileHandles)])
-def test_enums_name_the_parsers_choices(dest, kind):
+@pytest.mark.parametrize("dest,kind,values", [
+    ("io_engine", IoEngine, ["uring", "uring-rw", "sync"]),
+    ("inode_file_handles", InodeFileHandles, ["never", "prefer", "fallback", "mandatory"]),
+])
+def test_the_parser_offers_the_enums_values(dest, kind, values):
+    """The choices, in the order --help lists them, are the enum's (the Rust virtiofsd's
+    spellings for --inode-file-handles)."""
     action = next(a for a in cli.parser()._actions if a.dest == dest)
-    assert sorted(action.choices) == sorted(e.value for e in kind)
+    assert list(action.choices) == values == [e.value for e in kind]
+    assert kind(action.default) is list(kind)[0]
 
 
 def test_frozen(tmp_path):
