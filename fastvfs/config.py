@@ -163,8 +163,9 @@ class RingOptions:
 class DaemonOptions:
     """The vhost-user daemon: the process, its sockets, and the share and rings it serves.
 
-    ``share``: the ``ShareOptions``.  ``ring``: the ``RingOptions`` (its ``attr_timeout`` is
-      the engine's to set, from the cache mode).
+    ``share``: the ``ShareOptions``.  ``ring``: the ``RingOptions``; the daemon starts the
+      rings with its ``attr_timeout`` set from the share's cache mode and its ``read_only``
+      from the share's ``readonly``.
     ``socket_path``: the vhost-user socket to create; ``fd``: an inherited listening socket;
       exactly one of them is given.
     ``socket_group``: group owning ``socket_path`` (not with ``fd``); default None (root only).
