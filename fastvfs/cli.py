@@ -13,6 +13,8 @@ import stat as stat_mod
 import sys
 
 from . import __version__
+from .config import (DaemonOptions, InodeFileHandles, IoEngine, MountOptions, RingOptions,
+                     ShareOptions)
 
 # The reference daemons' spellings: trace/debug/info/warn/error/off, and err.
 LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
@@ -63,8 +65,8 @@ def add_fs_options(p):
     p.add_argument("--announce-submounts", action=argparse.BooleanOptionalAction, default=True,
                    help="tell the guest which directories are mount points on the host, so it "
                         "gives each file system its own device number (default on)")
-    p.add_argument("--inode-file-handles", default="never",
-                   choices=["never", "prefer", "fallback", "mandatory"],
+    p.add_argument("--inode-file-handles", default=InodeFileHandles.NEVER.value,
+                   choices=[mode.value for mode in InodeFileHandles],
                    help="how inodes are held: never (an O_PATH descriptor each, the default); "
                         "prefer (file handles where the file system has them, descriptors "
                         "elsewhere; fallback is the same); mandatory (file handles only: a "
@@ -117,7 +119,8 @@ def parser():
                    help="serve requests that block (everything but the C fast path) on a pool "
                         "of N threads, so a slow one never holds up its queue (default 0: on "
                         "the queue's own thread)")
-    p.add_argument("--io-engine", choices=("uring", "uring-rw", "sync"), default="uring",
+    p.add_argument("--io-engine", choices=[engine.value for engine in IoEngine],
+                   default=IoEngine.URING.value,
                    help="how the hot path does READ and WRITE straight into guest memory: "
                         "uring submits each poll round's READs to a per-queue io_uring in "
                         "batches, WRITE is a pwritev on the queue's thread; uring-rw submits "
@@ -237,30 +240,100 @@ def mount_parser():
     return p
 
 
-def _finish_fs_options(p, options):
-    options.shared_dir = os.path.abspath(options.shared_dir)
-    if not os.path.isdir(options.shared_dir):
-        p.error(f"shared directory {options.shared_dir!r} is not a directory")
-    if options.posix_acl or options.security_label:
-        options.xattr = True
-    if getattr(options, "inode_file_handles", "never") == "mandatory":
+def share_options(p, ns, *, thread_pool_size=0):
+    """The ``ShareOptions`` of either command line's parsed arguments (``add_fs_options``);
+    a bad value ends the program through ``p.error``.  The ``mount`` form has no
+    ``--thread-pool-size``: the vhost-user form passes its value."""
+    shared_dir = os.path.abspath(ns.shared_dir)
+    if not os.path.isdir(shared_dir):
+        p.error(f"shared directory {shared_dir!r} is not a directory")
+    file_handles = InodeFileHandles(ns.inode_file_handles)
+    if file_handles is InodeFileHandles.MANDATORY:
         from .fs import _sys
-        fd = os.open(options.shared_dir, os.O_PATH | os.O_CLOEXEC)
+        fd = os.open(shared_dir, os.O_PATH | os.O_CLOEXEC)
         try:
             _sys.name_to_handle(fd)
         except OSError as exc:
-            p.error(f"--inode-file-handles=mandatory: {options.shared_dir!r} is on a file "
+            p.error(f"--inode-file-handles=mandatory: {shared_dir!r} is on a file "
                     f"system without file handles ({exc.strerror})")
         finally:
             os.close(fd)
-    if options.xattrmap is not None:
+    xattrmap = None
+    if ns.xattrmap is not None:
         from .fs.xattrmap import XattrMap
         try:
-            options.xattrmap = XattrMap(options.xattrmap)
+            xattrmap = XattrMap(ns.xattrmap)
         except ValueError as exc:
             p.error(str(exc))
-        options.xattr = True
-    if getattr(options, "syslog", False):
+    return _build(p, ShareOptions, shared_dir=shared_dir, cache=ns.cache,
+                  writeback=ns.writeback, allow_direct_io=ns.allow_direct_io,
+                  allow_mmap=ns.allow_mmap, preserve_noatime=ns.preserve_noatime,
+                  security_label=ns.security_label, readdirplus=not ns.no_readdirplus,
+                  xattr=ns.xattr, xattrmap=xattrmap, posix_acl=ns.posix_acl,
+                  posix_lock=ns.posix_lock, flock=ns.flock, readonly=ns.readonly,
+                  announce_submounts=ns.announce_submounts,
+                  inode_file_handles=file_handles,
+                  killpriv_v2=ns.killpriv_v2, translate_uid=tuple(ns.translate_uid),
+                  translate_gid=tuple(ns.translate_gid), thread_pool_size=thread_pool_size,
+                  trace=ns.log_level == "trace")
+
+
+def daemon_options(p, ns):
+    """The ``DaemonOptions`` of the vhost-user command line's parsed arguments (``-o`` forms
+    applied); a bad value ends the program through ``p.error``."""
+    if ns.socket_path is None and ns.fd is None:
+        p.error("one of --socket-path or --fd is required")
+    if not ns.shared_dir:
+        p.error("--shared-dir (or -o source=DIR) is required")
+    if ns.socket_path is not None:
+        parent = os.path.dirname(os.path.abspath(ns.socket_path))
+        if not os.path.isdir(parent):
+            p.error(f"--socket-path: directory {parent!r} does not exist")
+    if ns.fd is not None:
+        _check_listening_socket(p, ns.fd)
+    if ns.modcaps is not None:
+        from .sandbox import parse_modcaps
+        try:
+            parse_modcaps(ns.modcaps)
+        except ValueError as exc:
+            p.error(str(exc))
+    share = share_options(p, ns, thread_pool_size=ns.thread_pool_size)
+    ring = _build(p, RingOptions, io_engine=IoEngine(ns.io_engine), poll_us=ns.poll_us,
+                  fixed_buffers=ns.fixed_buffers, read_only=share.readonly)
+    return _build(p, DaemonOptions, share=share, ring=ring, socket_path=ns.socket_path,
+                  fd=ns.fd, socket_group=ns.socket_group, tag=ns.tag,
+                  request_queues=ns.request_queues, dax_window_size=ns.dax_window_size,
+                  sandbox=ns.sandbox, seccomp=ns.seccomp, modcaps=ns.modcaps,
+                  uid_map=tuple(ns.uid_map), gid_map=tuple(ns.gid_map),
+                  rlimit_nofile=ns.rlimit_nofile, log_level=ns.log_level, syslog=ns.syslog,
+                  stats_socket=ns.stats_socket, metrics_socket=ns.metrics_socket,
+                  metrics_address=ns.metrics_address, metrics_interval=ns.metrics_interval,
+                  migration_mode=ns.migration_mode, migration_on_error=ns.migration_on_error,
+                  migration_verify_handles=ns.migration_verify_handles,
+                  migration_confirm_paths=ns.migration_confirm_paths)
+
+
+def mount_options(p, ns):
+    """The ``MountOptions`` of the ``mount`` command line's parsed arguments; a bad value
+    ends the program through ``p.error``."""
+    if not os.path.isdir(ns.mountpoint):
+        p.error(f"mount point {ns.mountpoint!r} is not a directory")
+    return _build(p, MountOptions, share=share_options(p, ns), mountpoint=ns.mountpoint,
+                  threads=ns.threads, rlimit_nofile=ns.rlimit_nofile, log_level=ns.log_level)
+
+
+def _build(p, kind, **fields):
+    """``kind(**fields)``, its ValueError (a broken invariant) reported as a usage error."""
+    try:
+        return kind(**fields)
+    except ValueError as exc:
+        p.error(str(exc))
+
+
+def setup_logging(log_level, syslog=False):
+    """Log at ``log_level`` (a ``LOG_LEVELS`` name) to stderr, or to syslog where one
+    listens (else to stderr, saying so)."""
+    if syslog:
         from logging.handlers import SysLogHandler
         try:
             _probe_syslog("/dev/log")
@@ -270,9 +343,9 @@ def _finish_fs_options(p, options):
             print(f"fastvfs: cannot log to syslog ({exc}); logging to stderr", file=sys.stderr)
         handler.setFormatter(logging.Formatter("fastvfs[%(process)d]: %(levelname)s %(name)s: "
                                                "%(message)s"))
-        logging.basicConfig(level=LOG_LEVELS[options.log_level], handlers=[handler])
+        logging.basicConfig(level=LOG_LEVELS[log_level], handlers=[handler])
     else:
-        logging.basicConfig(level=LOG_LEVELS[options.log_level], stream=sys.stderr,
+        logging.basicConfig(level=LOG_LEVELS[log_level], stream=sys.stderr,
                             format="fastvfs[%(process)d] %(levelname)s %(name)s: %(message)s")
 
 
@@ -381,12 +454,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "mount":
         p = mount_parser()
-        options = p.parse_args(argv[1:])
-        if not os.path.isdir(options.mountpoint):
-            p.error(f"mount point {options.mountpoint!r} is not a directory")
-        if options.threads < 1:
-            p.error("--threads must be at least 1")
-        _finish_fs_options(p, options)
+        options = mount_options(p, p.parse_args(argv[1:]))
+        setup_logging(options.log_level)
         from .daemon import run_mount
         return run_mount(options)
     if argv and argv[0] == "stats":
@@ -396,40 +465,13 @@ def main(argv=None):
         from .descriptor import descriptor_main
         return descriptor_main(argv[1:])
     p = parser()
-    options = p.parse_args(argv)
-    apply_compat_options(p, options)
-    if options.print_capabilities:
+    ns = p.parse_args(argv)
+    apply_compat_options(p, ns)
+    if ns.print_capabilities:
         print(json.dumps(capabilities(), indent=2))
         return 0
-    if options.socket_path is None and options.fd is None:
-        p.error("one of --socket-path or --fd is required")
-    if options.socket_group is not None and options.fd is not None:
-        p.error("--socket-group applies to --socket-path only")
-    if not options.shared_dir:
-        p.error("--shared-dir (or -o source=DIR) is required")
-    if not 1 <= options.request_queues <= 254:
-        p.error("--request-queues must be between 1 and 254")
-    if options.thread_pool_size < 0:
-        p.error("--thread-pool-size must not be negative")
-    if options.tag is not None and not 0 < len(options.tag.encode()) <= 36:
-        p.error("--tag must be 1 to 36 bytes")
-    if options.migration_mode == "file-handles" and (options.migration_verify_handles or
-                                                     options.migration_confirm_paths):
-        p.error("--migration-verify-handles and --migration-confirm-paths apply to "
-                "--migration-mode=find-paths only")
-    if options.socket_path is not None:
-        parent = os.path.dirname(os.path.abspath(options.socket_path))
-        if not os.path.isdir(parent):
-            p.error(f"--socket-path: directory {parent!r} does not exist")
-    if options.fd is not None:
-        _check_listening_socket(p, options.fd)
-    if options.modcaps is not None:
-        from .sandbox import parse_modcaps
-        try:
-            parse_modcaps(options.modcaps)
-        except ValueError as exc:
-            p.error(str(exc))
-    _finish_fs_options(p, options)
+    options = daemon_options(p, ns)
+    setup_logging(options.log_level, options.syslog)
     from .daemon import run
     return run(options)
 

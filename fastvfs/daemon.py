@@ -1,6 +1,7 @@
 """Wires the layers together and runs the daemon: one frontend connection, then exit."""
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -12,7 +13,6 @@ import stat
 from . import ring, sandbox
 from .fs._tables import HandleTable
 from .dax import DaxWindow
-from .fs.idmap import IdTranslation
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
 from .stats import STATS_SUFFIX, StatsServer
@@ -164,48 +164,29 @@ MAX_INODES = 1 << 20
 MAX_INODES_BY_HANDLE = 1 << 21
 
 
-def prepare_process(options):
+def prepare_process(rlimit_nofile, fixed_buffers=False):
     """Process-wide set-up every transport needs, done before any sandbox."""
     os.umask(0)  # the client already applied its umask to the modes it sends
-    nofile = raise_fd_limit(options.rlimit_nofile)
+    nofile = raise_fd_limit(rlimit_nofile)
     drop_supplementary_groups()
     log.debug("RLIMIT_NOFILE %d", nofile)
-    if getattr(options, "fixed_buffers", False):
+    if fixed_buffers:
         log.debug("RLIMIT_MEMLOCK %d", raise_memlock_limit())
 
 
-def file_handles_mode(options):
-    """``--inode-file-handles`` as the file system takes it: ``fallback`` is ``prefer``."""
-    mode = getattr(options, "inode_file_handles", "never")
-    return "prefer" if mode == "fallback" else mode
-
-
-def build_engine(options, handles, inodes=None, dax=None, root=None):
-    """The file system + FUSE engine over ``root`` (default: the shared directory)."""
-    fs = PassthroughFs(root or options.shared_dir, handles, inodes=inodes,
-                       writeback=options.writeback, allow_direct_io=options.allow_direct_io,
-                       preserve_noatime=getattr(options, "preserve_noatime", False),
-                       xattrmap=options.xattrmap,
-                       file_handles=file_handles_mode(options))
-    return FuseEngine(fs, options.cache, xattr=options.xattr, writeback=options.writeback,
-                      readdirplus=not options.no_readdirplus, posix_locks=options.posix_lock,
-                      flock=options.flock, posix_acl=options.posix_acl, dax=dax,
-                      readonly=getattr(options, "readonly", False),
-                      announce_submounts=getattr(options, "announce_submounts", False),
-                      killpriv_v2=getattr(options, "killpriv_v2", False),
-                      thread_pool_size=getattr(options, "thread_pool_size", 0),
-                      trace=getattr(options, "log_level", "") == "trace",
-                      security_label=getattr(options, "security_label", False),
-                      allow_mmap=getattr(options, "allow_mmap", False),
-                      idmap=IdTranslation(getattr(options, "translate_uid", ()),
-                                          getattr(options, "translate_gid", ())))
+def build_engine(share, handles, inodes=None, dax=None, root=None):
+    """The file system + FUSE engine of ``share`` (a ``ShareOptions``) over ``root``
+    (default: the shared directory)."""
+    fs = PassthroughFs.from_share(share, handles, inodes=inodes, root=root)
+    return FuseEngine.from_share(fs, share, dax=dax)
 
 
 def run_mount(options):
-    """Serve ``options.shared_dir`` to the host kernel at ``options.mountpoint`` until it is
-    unmounted or a signal arrives; returns the exit status."""
-    prepare_process(options)
-    engine = build_engine(options, HandleTable())
+    """Serve ``options.share`` (a ``MountOptions``) to the host kernel at
+    ``options.mountpoint`` until it is unmounted or a signal arrives; returns the exit
+    status."""
+    prepare_process(options.rlimit_nofile)
+    engine = build_engine(options.share, HandleTable())
     fuse = FuseMount(engine, options.mountpoint, threads=options.threads)
     fuse.mount()
     old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -222,7 +203,8 @@ def run_mount(options):
 
 
 def run(options):
-    """Serve ``options.shared_dir`` on one vhost-user connection; returns the exit status.
+    """Serve ``options.share`` (a ``DaemonOptions``) on one vhost-user connection; returns the
+    exit status.
 
     Order: pid file, listening sockets (vhost-user, statistics), process set-up, the sandbox
     (a namespace sandbox forks: the parent only supervises), the engine over the sandbox's
@@ -230,14 +212,11 @@ def run(options):
     # Termination signals wait until each process knows what to do with them: the supervisor
     # forwards them, the server shuts down (pid 1 of a namespace would ignore them otherwise).
     signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
-    if (getattr(options, "uid_map", None) or getattr(options, "gid_map", None)) and \
+    if (options.uid_map or options.gid_map) and \
             (os.geteuid() == 0 or options.sandbox == "none"):
         log.warning("--uid-map/--gid-map: ignored (they map the user namespace a daemon not "
                     "started as root sandboxes itself in)")
-    if (getattr(options, "migration_mode", "find-paths") != "find-paths" or
-            getattr(options, "migration_on_error", "abort") != "abort" or
-            getattr(options, "migration_verify_handles", False) or
-            getattr(options, "migration_confirm_paths", False)):
+    if options.migration_options_given:
         log.warning("--migration-*: no effect, fastvfs does not migrate its state (the "
                     "frontend is not offered VHOST_USER_PROTOCOL_F_DEVICE_STATE)")
     socket_path = os.path.abspath(options.socket_path) if options.socket_path else None
@@ -252,7 +231,7 @@ def run(options):
     try:
         stats_server = StatsServer(stats, stats_path, options.metrics_socket,
                                    options.metrics_interval,
-                                   metrics_address=getattr(options, "metrics_address", None))
+                                   metrics_address=options.metrics_address)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"fastvfs: cannot serve statistics: {exc}") from None
     removers = [PathRemover(p) for p in stats_server.paths]
@@ -264,10 +243,10 @@ def run(options):
         if pid_file:
             pid_file.close()
 
-    prepare_process(options)
+    prepare_process(options.rlimit_nofile, options.ring.fixed_buffers)
     try:
-        child = sandbox.enter(options.sandbox, options.shared_dir,
-                              getattr(options, "uid_map", ()), getattr(options, "gid_map", ()))
+        child = sandbox.enter(options.sandbox, options.share.shared_dir, options.uid_map,
+                              options.gid_map)
     except (sandbox.SandboxError, OSError) as exc:
         log.error("%s", exc)
         cleanup()
@@ -291,8 +270,8 @@ def run(options):
         listener.close()
         if socket_remover:
             socket_remover()
-        log.info("frontend connected; serving %s (cache=%s, sandbox=%s)", options.shared_dir,
-                 options.cache, options.sandbox)
+        log.info("frontend connected; serving %s (cache=%s, sandbox=%s)",
+                 options.share.shared_dir, options.share.cache, options.sandbox)
         device.serve(Connection(conn_sock))
         conn_sock.close()
     except Shutdown as exc:
@@ -314,39 +293,37 @@ def run(options):
 def _serve_setup(options, stats):
     """Inside the sandbox: the engine over the sandbox's view of the share, the device, and the
     last restrictions (capabilities, seccomp) before any guest request is read."""
+    share = options.share
     handles = HandleTable()
-    inodes = HandleTable(MAX_INODES if file_handles_mode(options) == "never"
-                               else MAX_INODES_BY_HANDLE)
+    inodes = HandleTable(MAX_INODES_BY_HANDLE if share.inode_file_handles.uses_handles
+                         else MAX_INODES)
     backend = window = None
-    window_size = getattr(options, "dax_window_size", 0)
+    window_size = options.dax_window_size
     if window_size:
         backend = BackendChannel()
         window = DaxWindow(window_size, backend)
-    engine = build_engine(options, handles, inodes, dax=window,
-                          root=sandbox.root_for(options.sandbox, options.shared_dir))
+    engine = build_engine(share, handles, inodes, dax=window,
+                          root=sandbox.root_for(options.sandbox, share.shared_dir))
     sec, nsec = engine.cache.timeout
+    # The hot path answers GETATTR with the cache mode's attribute timeout.
+    ring_options = dataclasses.replace(options.ring, attr_timeout=sec + nsec / 1e9,
+                                       read_only=engine.readonly)
     # The hot path answers LOOKUP and GETATTR with the host's ids: with an id translation the
     # queues are not given the node id table, so those go to the engine, which translates.
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,
-                               on_reset=engine.reset,
+                               on_reset=engine.reset, ring=ring_options,
                                inodes=inodes if engine.idmap is None else None,
-                               attr_timeout=sec + nsec / 1e9,
                                shmem_sizes=(window_size,) if window_size else (),
-                               backend=backend, tag=options.tag, stats=stats,
-                               io_uring=getattr(options, "io_engine", "uring") != "sync",
-                               uring_writes=getattr(options, "io_engine", "") == "uring-rw",
-                               poll_us=getattr(options, "poll_us", 0),
-                               read_only=engine.readonly,
-                               fixed_buffers=getattr(options, "fixed_buffers", False))
+                               backend=backend, tag=options.tag, stats=stats)
     # Tracing sees every request: the C fast path then hands everything to the engine.
     engine.on_session = (lambda on: device.set_fast_io(False)) if engine.trace \
         else device.set_fast_io
     capabilities = sandbox.DEFAULT_CAPABILITIES
-    if getattr(options, "fixed_buffers", False):
+    if ring.fixed_buffers:
         # Registered buffers count as locked memory unless the ring's creator holds
         # CAP_IPC_LOCK; the rings are created after the sandbox, so it is kept.
         capabilities = tuple(capabilities) + ("ipc_lock",)
-    if file_handles_mode(options) != "never":
+    if share.inode_file_handles.uses_handles:
         # open_by_handle_at(2) reopens inodes held by file handle.
         capabilities = tuple(capabilities) + ("dac_read_search",)
     sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities), options.seccomp)

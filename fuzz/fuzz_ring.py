@@ -22,12 +22,12 @@ import sys
 import tempfile
 import threading
 import time
-import types
 
 import atheris
 
 import _common
 import ring_layout as L
+from fastvfs.config import IoEngine, RingOptions  # noqa: E402 (no extension: loads nothing)
 
 HANG_S = 5.0
 ring = tables = None   # fastvfs.ring._ring and fastvfs.fs._tables, imported inside the first
@@ -92,10 +92,9 @@ def run_once(data):
     vq = ring.Virtqueue(1, env.table, handles, L.QUEUE_SIZE, u(dq.desc_addr), u(dq.avail_addr),
                         u(dq.used_addr), 0, dq.kick_fd, dq.call_fd, env.stop_fd,
                         bool(config & L.EVENT_IDX), bool(config & L.INDIRECT),
-                        types.SimpleNamespace(max_io=1 << 16, attr_timeout=1.0, io_uring=uring,
-                                              uring_writes=uring, poll_us=0,
-                                              read_only=bool(config & L.READ_ONLY),
-                                              fixed_buffers=False),
+                        RingOptions(max_io=1 << 16, attr_timeout=1.0,
+                                    io_engine=IoEngine.URING_RW if uring else IoEngine.SYNC,
+                                    read_only=bool(config & L.READ_ONLY)),
                         ring.RingLock(), inodes=inodes)
     vq.set_fast_io(bool(config & L.FAST_IO))
     used_base = vq.used_idx     # taken from guest memory, where the input put it

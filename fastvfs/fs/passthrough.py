@@ -533,6 +533,15 @@ class PassthroughFs:
         self.lock_fhs = {}
         self.locks_lock = threading.Lock()
 
+    @classmethod
+    def from_share(cls, share, handles, *, inodes=None, root=None):
+        """The file system ``share`` (a ``fastvfs.config.ShareOptions``) describes, served from
+        ``root`` (default: its shared directory; a sandbox sees it elsewhere)."""
+        return cls(root or share.shared_dir, handles, inodes=inodes, writeback=share.writeback,
+                   allow_direct_io=share.allow_direct_io,
+                   preserve_noatime=share.preserve_noatime, xattrmap=share.xattrmap,
+                   file_handles=share.inode_file_handles.fs_mode)
+
     # -- lookups ----------------------------------------------------------------------------
 
     @contextlib.contextmanager

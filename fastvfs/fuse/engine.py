@@ -24,6 +24,7 @@ from .. import dax
 from . import abi
 from .abi import Opcode
 from ..fs import _sys
+from ..fs.idmap import IdTranslation
 from ..fs.passthrough import Caller
 
 log = logging.getLogger("fastvfs.fuse")
@@ -165,6 +166,19 @@ class FuseEngine:
             method = getattr(self, f"do_{op.name.lower()}", None)
             if method is not None:
                 self.table[int(op)] = method
+
+    @classmethod
+    def from_share(cls, fs, share, *, dax=None):
+        """The FUSE session ``share`` (a ``fastvfs.config.ShareOptions``) describes, over
+        ``fs``, with the DAX window ``dax`` if any."""
+        return cls(fs, share.cache, xattr=share.xattr, writeback=share.writeback,
+                   readdirplus=share.readdirplus, posix_locks=share.posix_lock,
+                   flock=share.flock, posix_acl=share.posix_acl, dax=dax,
+                   readonly=share.readonly, announce_submounts=share.announce_submounts,
+                   killpriv_v2=share.killpriv_v2, thread_pool_size=share.thread_pool_size,
+                   trace=share.trace, security_label=share.security_label,
+                   allow_mmap=share.allow_mmap,
+                   idmap=IdTranslation(share.translate_uid, share.translate_gid))
 
     # -- entry point -------------------------------------------------------------------------
 

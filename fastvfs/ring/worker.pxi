@@ -9,8 +9,7 @@ cdef class Virtqueue:
 
     Built by the control plane once the ring's size, addresses and eventfds are known; ``run``
     serves it until ``stop``.  ``last_avail_idx`` is what GET_VRING_BASE reports.  ``options``
-    carries the ring's settings (``max_io``, ``attr_timeout``, ``io_uring``, ``uring_writes``,
-    ``poll_us``, ``read_only``, ``fixed_buffers``), read once here.
+    (a ``fastvfs.config.RingOptions``) is read once, into the ring's configuration.
     """
 
     def __cinit__(self):
@@ -36,8 +35,8 @@ cdef class Virtqueue:
         self.cfg.max_io = options.max_io
         self.cfg.attr_valid = <uint64_t>options.attr_timeout
         self.cfg.attr_valid_nsec = <uint32_t>((options.attr_timeout - self.cfg.attr_valid) * 1e9)
-        self.cfg.want_uring = options.io_uring
-        self.cfg.uring_writes = options.uring_writes
+        self.cfg.want_uring = options.io_engine.uses_uring
+        self.cfg.uring_writes = options.io_engine.uring_writes
         self.cfg.read_only = options.read_only
         self.cfg.want_fixed = options.fixed_buffers
         self.cfg.poll_us = options.poll_us

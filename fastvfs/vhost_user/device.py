@@ -18,6 +18,7 @@ import threading
 import time
 
 from .. import procfd, ring
+from ..config import IoEngine, RingOptions
 from . import protocol
 from .connection import Connection, Disconnected, ProtocolError
 from .protocol import ProtocolFeature as PF
@@ -37,6 +38,8 @@ MAX_MEM_SLOTS = 32
 # How long stopping a ring waits for its worker to return from the request it is in (a host
 # file system that hangs): past it the stop is answered anyway (see ``_stop``).
 STOP_WAIT = 2.0
+# The rings of a device built without ``ring`` options: synchronous I/O, no polling.
+DEFAULT_RING = RingOptions(io_engine=IoEngine.SYNC)
 
 
 class BadRequest(Exception):
@@ -73,23 +76,23 @@ class VhostUserFsDevice:
     ``on_reset()`` is called when the device is reset or the frontend goes away.
     ``shmem_sizes`` lists the device's VIRTIO shared memory regions by shmid (region 0 is the
     DAX window); with any, the backend-request channel ``backend`` carries the map requests.
+    ``ring`` (a ``fastvfs.config.RingOptions``, default ``DEFAULT_RING``) is what every
+    virtqueue worker is started with.
     """
 
-    def __init__(self, handler, handles, num_queues=2, on_reset=None, max_io=1 << 20,
-                 inodes=None, attr_timeout=0.0, shmem_sizes=(), backend=None, tag=None,
-                 stats=None, io_uring=False, poll_us=0, uring_writes=False, read_only=False,
-                 fixed_buffers=False, stop_wait=STOP_WAIT):
+    def __init__(self, handler, handles, num_queues=2, on_reset=None, ring=DEFAULT_RING,
+                 inodes=None, shmem_sizes=(), backend=None, tag=None, stats=None,
+                 stop_wait=STOP_WAIT):
         if num_queues < 2:
             raise ValueError("a virtio-fs device has a hiprio queue and at least one request queue")
         self.handler = handler
         self.handles = handles
         self.num_queues = num_queues
         self.on_reset = on_reset
-        self.max_io = max_io
+        self.ring = ring
         # With the file system's node id table the hot path answers GETATTR itself, with
-        # this attribute timeout.
+        # the ring options' attribute timeout.
         self.inodes = inodes
-        self.attr_timeout = attr_timeout
         self.fast_io = False
         self._fast_io_lock = threading.Lock()
         self.shmem_sizes = tuple(shmem_sizes)
@@ -98,12 +101,6 @@ class VhostUserFsDevice:
         self.backend = backend
         self.offered_protocol_features = OFFERED_PROTOCOL_FEATURES
         self.stats = stats
-        self.io_uring = io_uring
-        self.poll_us = poll_us
-        self.uring_writes = uring_writes
-        # A read-only share: the hot path leaves WRITE and FALLOCATE to the engine's refusal.
-        self.read_only = read_only
-        self.fixed_buffers = fixed_buffers
         self.stop_wait = stop_wait
         # Workers that did not return within ``stop_wait``: (ring index, thread, queue,
         # stop eventfd), kept until they return (see ``_stop``).
@@ -244,7 +241,7 @@ class VhostUserFsDevice:
                 vring.index, self.memory, self.handles, vring.num, desc, avail, used,
                 vring.base, vring.kick_fd, -1 if vring.call_fd is None else vring.call_fd,
                 stop_fd, bool(self.features & (1 << protocol.VIRTIO_RING_F_EVENT_IDX)),
-                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self,
+                bool(self.features & (1 << protocol.VIRTIO_RING_F_INDIRECT_DESC)), self.ring,
                 vring.lock, self.inodes, self.stats, -1 if vring.err_fd is None else vring.err_fd)
         except BaseException:
             os.close(stop_fd)

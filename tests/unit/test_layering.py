@@ -4,6 +4,7 @@ Top to bottom: cli/daemon (wiring) -> vhost_user (control plane) -> ring (hot pa
 fuse (FUSE engine) -> uring (io_uring engine), fs (file system backend) and dax (cache window).
 The ring may cimport one module of the file system, its C face (``fs._tables``: the handle
 and node id tables and the helpers both sides serve requests with), and nothing else of it.
+``config`` (the typed options) is a leaf every layer may import; it imports nothing of fastvfs.
 ``includes`` holds the C declarations (one ``.pxd`` per C header) and imports no layer.  Cython
 sources (``.pyx``, ``.pxd``, ``.pxi``) are read for their ``import`` and ``cimport`` lines.
 The harness (``fastvfs_testing``, outside the distributed package) is a client of all of them
@@ -40,7 +41,11 @@ FORBIDDEN = {
     "stats": {"fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli", "testing"},
     # C declarations only: nothing of fastvfs above them.
     "includes": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
-                 "testing", "dax", "sandbox", "stats", "procfd", "seccomp"},
+                 "testing", "dax", "sandbox", "stats", "procfd", "seccomp", "config"},
+    # Typed configuration: a leaf every layer may import, importing nothing of fastvfs.
+    "config": {"fuse", "fs", "vhost_user", "ring", "uring", "transport", "daemon", "cli",
+               "testing", "dax", "sandbox", "stats", "procfd", "seccomp", "includes",
+               "descriptor", "__init__", "__main__"},
 }
 
 # The file system's C face: a layer of its own for this check, forbidden wherever ``fs`` is
@@ -88,7 +93,7 @@ def imported_layers(path):
             layers.add(name.split(".")[1])
         elif name.startswith(".."):
             layers.add(name.lstrip(".").split(".")[0])
-        elif name.startswith(".") and own in ("cli", "daemon", "__main__", "__init__"):
+        elif name.startswith(".") and own in ("cli", "daemon", "config", "__main__", "__init__"):
             layers.add(name.lstrip(".").split(".")[0])
     return {layer for layer in layers if layer}
 
@@ -112,6 +117,11 @@ def test_the_product_never_imports_the_harness(path):
 def test_the_check_sees_imports():
     # Guard against a checker that finds nothing: the daemon wires every layer.
     assert {"fs", "fuse", "vhost_user", "ring"} <= imported_layers(PACKAGE / "daemon.py")
+
+
+def test_config_is_a_leaf():
+    # Every layer may import the typed options, so they import nothing of fastvfs.
+    assert imported_layers(PACKAGE / "config.py") == set()
 
 
 def test_the_check_sees_cimports():

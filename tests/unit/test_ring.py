@@ -9,10 +9,10 @@ import os
 import struct
 import threading
 import time
-import types
 
 import pytest
 
+from fastvfs.config import IoEngine, RingOptions
 from fastvfs.fs._tables import HandleTable
 from fastvfs.ring import _ring
 from fastvfs.fuse import abi
@@ -23,12 +23,10 @@ from fastvfs_testing.virtq import (Chain, VRING_DESC_F_INDIRECT, VRING_DESC_F_NE
 TIMEOUT = 5.0
 
 
-def ring_options(**settings):
-    """A ring's settings as the control plane passes them (``Virtqueue``'s ``options``)."""
-    base = dict(max_io=1 << 20, attr_timeout=1.0, io_uring=False, uring_writes=False,
-                poll_us=0, read_only=False, fixed_buffers=False)
-    base.update(settings)
-    return types.SimpleNamespace(**base)
+def ring_options(io_uring=False, uring_writes=False, **settings):
+    """The ring's options (``Virtqueue``'s ``options``) with the engine as two switches."""
+    engine = IoEngine.URING_RW if uring_writes else IoEngine.URING if io_uring else IoEngine.SYNC
+    return RingOptions(**{"attr_timeout": 1.0, "io_engine": engine, **settings})
 
 
 def request(opcode, body=b"", unique=7, nodeid=1, length=None):

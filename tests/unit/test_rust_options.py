@@ -201,8 +201,7 @@ class TestCommandLine:
     def test_security_label_implies_xattr(self, tmp_path):
         p = cli.parser()
         o = p.parse_args(["--socket-path", "s", "--shared-dir", str(tmp_path), "--security-label"])
-        cli._finish_fs_options(p, o)
-        assert o.xattr
+        assert cli.share_options(p, o).xattr
 
     def test_migration_checks_as_the_rust_daemon(self, tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
