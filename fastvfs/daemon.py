@@ -319,7 +319,7 @@ def _serve_setup(options, stats):
     engine.on_session = (lambda on: device.set_fast_io(False)) if engine.trace \
         else device.set_fast_io
     capabilities = sandbox.DEFAULT_CAPABILITIES
-    if ring.fixed_buffers:
+    if ring_options.fixed_buffers:
         # Registered buffers count as locked memory unless the ring's creator holds
         # CAP_IPC_LOCK; the rings are created after the sandbox, so it is kept.
         capabilities = tuple(capabilities) + ("ipc_lock",)

@@ -70,7 +70,7 @@ cdef struct Chain:
 
 
 # Replies written into guest memory but not yet in the used ring, and the pacing of the
-# guest's wake-ups (Virtqueue._push_used, _adapt_notify).
+# guest's wake-ups (used.pxi).
 cdef struct UsedBatch:
     uint16_t heads[PUBLISH_BATCH]
     uint32_t lens[PUBLISH_BATCH]
@@ -224,10 +224,6 @@ cdef class Virtqueue:
 
     cdef void _signal_error(self) noexcept nogil
     cdef void _report(self)
-    cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil
-    cdef void _flush_used(self) noexcept nogil
-    cdef void _notify_locked(self, bint by_worker=*) noexcept nogil
-    cdef void _adapt_notify(self) noexcept nogil
     cdef void _reply(self, int32_t error, const void *payload, uint32_t length) noexcept nogil
     cdef void _account(self, int32_t error) noexcept nogil
     cdef int _pop(self) noexcept nogil

@@ -16,6 +16,7 @@ Fragments, each knowing only those above it:
   splitq.pxi    the split virtqueue (virtio 1.2 section 2.7), no FUSE
   stats.pxi     per-opcode request statistics
   reply.pxi     FUSE replies into a chain, and replies sent later (PendingReply)
+  used.pxi      publishing replies in batches; when to wake the guest
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
@@ -87,6 +88,7 @@ include "iov.pxi"
 include "splitq.pxi"
 include "stats.pxi"
 include "reply.pxi"
+include "used.pxi"
 include "uring_io.pxi"
 include "dataops.pxi"
 include "fastops.pxi"

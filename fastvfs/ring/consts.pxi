@@ -19,7 +19,7 @@ cdef enum:
     # Lone READs sent straight to the ring after one that the page cache could not answer.
     LONE_SKIP = 64
     # READ/WRITE replies published (with one notification check) per batch; guest wake-ups
-    # per sample of the worker's involuntary context switches (Virtqueue._adapt_notify).
+    # per sample of the worker's involuntary context switches (used_adapt_notify in used.pxi).
     PUBLISH_BATCH = 8
     WAKE_SAMPLE = 64
     # Guest memory registered with a queue's io_uring (--fixed-buffers): the kernel takes

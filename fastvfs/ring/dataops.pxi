@@ -22,7 +22,7 @@ cdef int do_read(Virtqueue vq) noexcept nogil:
         vq._reply(-EINVAL, NULL, 0)
         return 1
     if q.chain.in_len < sizeof(fuse_out_header):
-        vq._push_used(q.chain.head, 0)
+        used_push(vq, q.chain.head, 0)
         vq._account(-EINVAL)
         return 1
     if size > vq.cfg.max_io:
@@ -52,7 +52,7 @@ cdef int do_read(Virtqueue vq) noexcept nogil:
         vq._reply(<int32_t>done, NULL, 0)
         return 1
     write_out_header(reply, q.chain.in_num, q.hdr.h.unique, <uint32_t>done)
-    vq._push_used(q.chain.head, <uint32_t>(sizeof(fuse_out_header) + done))
+    used_push(vq, q.chain.head, <uint32_t>(sizeof(fuse_out_header) + done))
     vq._account(0)
     return 1
 

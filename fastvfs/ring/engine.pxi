@@ -21,7 +21,7 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     except BaseException:
         result = (-EIO, b"")
     if result is None:
-        vq._push_used(vq.req.chain.head, 0)
+        used_push(vq, vq.req.chain.head, 0)
         vq._account(0)
         return 0
     if type(result) is not tuple:

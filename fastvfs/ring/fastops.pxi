@@ -146,7 +146,7 @@ cdef int do_forget(Virtqueue vq) noexcept nogil:
     if not vq.inodes.dropped_room(1):
         return 0
     vq.inodes.forget_c(vq.req.hdr.h.nodeid, vq.req.hdr.arg.forget.nlookup, True)
-    vq._push_used(vq.req.chain.head, 0)   # FORGET has no reply
+    used_push(vq, vq.req.chain.head, 0)   # FORGET has no reply
     vq._account(0)
     return 1
 
@@ -167,7 +167,7 @@ cdef int do_batch_forget(Virtqueue vq) noexcept nogil:
                    <uint8_t *>&entry, sizeof(entry)) != sizeof(entry):
             break
         vq.inodes.forget_c(entry.nodeid, entry.nlookup, True)
-    vq._push_used(vq.req.chain.head, 0)
+    used_push(vq, vq.req.chain.head, 0)
     vq._account(0)
     return 1
 

@@ -189,7 +189,7 @@ cdef int io_reap(Virtqueue vq) noexcept nogil:
         pthread_mutex_lock(&vq.lock.m)
         for i in range(n):
             ring_push_used(&vq.ring, heads[i], lengths[i])
-        vq._notify_locked()
+        used_notify_locked(vq)
         pthread_mutex_unlock(&vq.lock.m)
         total += n
     if vq.io.nflight == 0:
@@ -203,7 +203,7 @@ cdef void io_flush(Virtqueue vq) noexcept nogil:
     cdef int rc
     io_submit(vq)
     io_reap(vq)
-    vq._flush_used()
+    used_flush(vq)
     while vq.io.nflight:
         if vq.io.nqueued:
             io_submit(vq)

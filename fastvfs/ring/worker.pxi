@@ -161,72 +161,10 @@ cdef class Virtqueue:
                    self.cfg.index, self.ring.bad_heads, self.ring.bad_avail,
                    "signalled" if self.fds.err >= 0 else "not set")
 
-    cdef void _push_used(self, uint16_t head, uint32_t length) noexcept nogil:
-        """Queue one used element.  READ and WRITE replies are published (with one
-        notification check) every PUBLISH_BATCH replies and whenever the worker is about to
-        wait or take the GIL.  Any other reply is published at once (a quick op finishes
-        sooner than a guest wakes up: holding it back starves the guest's ring, which takes
-        what it finds there).  The guest is woken for it at once, or, while its wake-ups
-        keep taking the worker's CPU (``_adapt_notify``), every PUBLISH_BATCH replies and
-        when the worker is about to wait: there a wake-up per reply costs more than the
-        reply."""
-        cdef bint data = self.req.opcode == FUSE_READ or self.req.opcode == FUSE_WRITE
-        if not data and self.pub.n == 0:
-            pthread_mutex_lock(&self.lock.m)
-            ring_push_used(&self.ring, head, length)
-            self.pub.unsignalled += 1
-            if self.pub.unsignalled >= self.pub.notify_every:
-                self._notify_locked()
-            pthread_mutex_unlock(&self.lock.m)
-            return
-        self.pub.heads[self.pub.n] = head
-        self.pub.lens[self.pub.n] = length
-        self.pub.n += 1
-        if self.pub.n == PUBLISH_BATCH or not data:
-            self._flush_used()
-
-    cdef void _flush_used(self) noexcept nogil:
-        """Publish the queued used elements and check, once, whether the guest wants to be
-        woken for what was published since the last check."""
-        cdef uint32_t i
-        if self.pub.n == 0 and self.pub.unsignalled == 0:
-            return
-        pthread_mutex_lock(&self.lock.m)
-        for i in range(self.pub.n):
-            ring_push_used(&self.ring, self.pub.heads[i], self.pub.lens[i])
-        self._notify_locked()
-        pthread_mutex_unlock(&self.lock.m)
-        self.pub.n = 0
-
-    cdef void _notify_locked(self, bint by_worker=True) noexcept nogil:
-        """Signal the call eventfd unless the driver suppressed it.  Ring lock held."""
-        cdef uint64_t one = 1
-        self.pub.unsignalled = 0
-        if ring_need_notify(&self.ring) and self.fds.call >= 0:
-            c_write(self.fds.call, &one, 8)
-            if by_worker:               # the worker's own wake-ups steer _adapt_notify
-                self.pub.wakes += 1
-                if self.pub.wakes == WAKE_SAMPLE:
-                    self._adapt_notify()
-
-    cdef void _adapt_notify(self) noexcept nogil:
-        """Every WAKE_SAMPLE wake-ups of the guest: when a quarter or more of them took this
-        worker's CPU away (the guest's thread runs where the worker does, as on a host
-        with more busy threads than CPUs), wake the guest only every PUBLISH_BATCH replies;
-        otherwise at the first (it wakes elsewhere, and the sooner it refills the ring the
-        less the worker waits)."""
-        cdef rusage ru
-        self.pub.wakes = 0
-        if getrusage(RUSAGE_THREAD, &ru) < 0:
-            return
-        self.pub.notify_every = PUBLISH_BATCH \
-            if (ru.ru_nivcsw - self.pub.nivcsw) * 4 >= WAKE_SAMPLE else 1
-        self.pub.nivcsw = ru.ru_nivcsw
-
     cdef void _reply(self, int32_t error, const void *payload, uint32_t length) noexcept nogil:
         """Answer the popped request: its reply in the chain's writable buffers, the chain
         returned."""
-        self._push_used(self.req.chain.head,
+        used_push(self, self.req.chain.head,
                         write_reply(self.req.iov + self.req.chain.out_num, self.req.chain.in_num,
                                     self.req.chain.in_len, self.req.hdr.h.unique, error,
                                     payload, length))
@@ -255,7 +193,7 @@ cdef class Virtqueue:
             with nogil:
                 if self.io.uring != NULL:
                     io_flush(self)
-                self._flush_used()
+                used_flush(self)
             self.io.uring = NULL
             free(self.io.fixed)
             self.io.fixed = NULL
@@ -270,7 +208,8 @@ cdef class Virtqueue:
         It sleeps in ``epoll_wait`` on the kick eventfd (edge-triggered: each kick is an event,
         so the counter is never read back, one system call less per wake-up), the stop eventfd
         and the io_uring's completion queue."""
-        cdef epoll_event ev, events[3]
+        cdef epoll_event ev
+        cdef epoll_event events[3]
         cdef int rc, epfd, got, err = 0
         epfd = epoll_create1(EPOLL_CLOEXEC)
         if epfd < 0:
@@ -296,7 +235,7 @@ cdef class Virtqueue:
                     if got:
                         with gil:
                             ask_engine(self, handler)
-                        self._flush_used()
+                        used_flush(self)
                         got = self._drain_fast()
                         continue
                     if self.stopping:
@@ -331,12 +270,12 @@ cdef class Virtqueue:
             if not serve_fast(self):
                 if self.io.nflight:
                     io_flush(self)
-                self._flush_used()
+                used_flush(self)
                 return 1
         if self.io.uring != NULL:
             io_submit(self)
             io_reap(self)
-        self._flush_used()
+        used_flush(self)
         return 0
 
     def stop(self):
