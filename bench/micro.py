@@ -55,10 +55,14 @@ WORKLOADS = {
 }
 
 
-def backend_argv(name, sock, shared, extra=()):
-    if name == "fastvfs":
-        return [sys.executable, "-m", "fastvfs", "--socket-path", sock, "--shared-dir", shared,
-                "--cache", "never", "--log-level", "error", *extra]
+def backend_argv(name, sock, shared, extra=(), baseline=None):
+    """The command line of ``name``: "fastvfs" (this tree, through this interpreter),
+    "baseline" (the same options through the ``baseline`` interpreter: another build of
+    fastvfs, installed in its own environment) or "reference"."""
+    if name in ("fastvfs", "baseline"):
+        return [sys.executable if name == "fastvfs" else baseline, "-m", "fastvfs",
+                "--socket-path", sock, "--shared-dir", shared, "--cache", "never",
+                "--log-level", "error", *extra]
     return [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}", "-o", "cache=none"]
 
 
@@ -158,7 +162,7 @@ class Session:
     read-write."""
 
     def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1,
-                 files_of=None, cpus=None, publish_each=False):
+                 files_of=None, cpus=None, publish_each=False, baseline=None):
         self.name = label or name
         self.publish_each = publish_each
         self.cpus = cpus
@@ -177,7 +181,7 @@ class Session:
                 f.truncate(FILE_SIZE)
                 f.write(os.urandom(1 << 20))
         self.sock, self.proc, self.frontend = start_daemon(
-            [*prefix, *backend_argv(name, "{sock}", str(self.shared), extra)], name,
+            [*prefix, *backend_argv(name, "{sock}", str(self.shared), extra, baseline)], name,
             num_request_queues=queues)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init()
@@ -361,6 +365,26 @@ def markdown(results, config, multiqueue=None):
               "interleaved with the backends; a request at depth 1 costs at least this round "
               "trip, so near 100 % the figure is the machine's cross-CPU wake-up, not the "
               "backend."]
+    if any("baseline" in row for row in results.values()):
+        lines += ["", "## Against the baseline build", "",
+                  f"This tree's fastvfs against `{config.get('baseline')} -m fastvfs` (same "
+                  "options), interleaved in the same run, and each against the reference.", "",
+                  "| workload | depth | req/s ratio | req/backend-CPU-s ratio | fastvfs ÷ "
+                  "reference (req/s, per CPU-s) | baseline ÷ reference (req/s, per CPU-s) |",
+                  "|---|---|---|---|---|---|"]
+        for key, row in results.items():
+            f, b, r = row.get("fastvfs"), row.get("baseline"), row.get("reference")
+            if not (f and b):
+                continue
+            against = ["-", "-"]
+            if r:
+                against = [f"{ratio(x['req_per_s'], r['req_per_s'])}, "
+                           f"{ratio(x['req_per_backend_cpu_s'], r['req_per_backend_cpu_s'])}"
+                           for x in (f, b)]
+            lines.append(f"| {row['workload']} | {row['depth']} | "
+                         f"{ratio(f['req_per_s'], b['req_per_s'])} | "
+                         f"{ratio(f['req_per_backend_cpu_s'], b['req_per_backend_cpu_s'])} | "
+                         f"{against[0]} | {against[1]} |")
     if multiqueue:
         lines += ["", "## Request queues (fastvfs)", "",
                   "Two queues, each driven by its own driver thread: each on its own file (as "
@@ -408,6 +432,10 @@ def main(argv=None):
                    help="lean: the avail index published once per round of completions reaped "
                         "(default); guest: each request published on its own and the kick "
                         "decided for each, as Linux's virtio_fs_enqueue_req does")
+    p.add_argument("--baseline", metavar="PYTHON",
+                   help="also run another build of fastvfs, started as PYTHON -m fastvfs with "
+                        "the same options (e.g. an earlier commit's venv), interleaved with the "
+                        "others: the report then has this tree's ratios to it from the same run")
     p.add_argument("--out", default="reports/micro")
     args = p.parse_args(argv)
     each = args.driver == "guest"
@@ -425,12 +453,17 @@ def main(argv=None):
     extra = shlex.split(args.fastvfs_args)
     names = args.only.split(",") if args.only else list(WORKLOADS)
     depths = [int(d) for d in args.depths.split(",")]
-    backends = ["fastvfs"] + (["reference"] if os.access(REFERENCE, os.X_OK) else [])
+    backends = ["fastvfs"] + (["baseline"] if args.baseline else []) + \
+        (["reference"] if os.access(REFERENCE, os.X_OK) else [])
     workdir = tempfile.mkdtemp(prefix="fastvfs-bench-")
     results, multiqueue = {}, {}
     try:
         sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra, cpus=backend_cpus,
                                        publish_each=each)}
+        if args.baseline:
+            sessions["baseline"] = Session("baseline", workdir, extra=extra,
+                                           files_of=sessions["fastvfs"], cpus=backend_cpus,
+                                           publish_each=each, baseline=args.baseline)
         if "reference" in backends:
             sessions["reference"] = Session("reference", workdir, files_of=sessions["fastvfs"],
                                             cpus=backend_cpus, publish_each=each)
@@ -488,7 +521,8 @@ def main(argv=None):
                                 "(each request published and its kick decided on its own, as "
                                 "Linux's virtio_fs_enqueue_req does)", fastvfs_cache="never",
                                 fastvfs_args=args.fastvfs_args, pin=args.pin,
-                                reference=REFERENCE if "reference" in backends else None)
+                                reference=REFERENCE if "reference" in backends else None,
+                                baseline=args.baseline)
     output.write(args.out, config, {"backends": results, "multiqueue": multiqueue},
                  markdown(results, config, multiqueue))
     return 0

@@ -58,3 +58,24 @@ def test_micro_reports_floor_and_ceiling(tmp_path, capsys, driver):
     assert line.rstrip("|").split("|")[-1].strip().endswith("%)")
     line = next(l for l in table.splitlines() if l.startswith("| getattr | 4 |"))
     assert line.rstrip(" |").endswith("-")
+
+
+def test_micro_against_a_baseline_build(tmp_path):
+    # The baseline is another fastvfs started through its own interpreter; this tree's
+    # interpreter stands in for an earlier build's venv: both then serve, interleaved.
+    import sys
+    assert micro.main(["--seconds", "0.2", "--reps", "1", "--only", "getattr",
+                       "--depths", "1", "--slices", "2", "--no-multiqueue",
+                       "--baseline", sys.executable, "--out", str(tmp_path)]) == 0
+    (report,) = tmp_path.glob("*.json")
+    data = json.loads(report.read_text())
+    assert data["config"]["baseline"] == sys.executable
+    row = data["results"]["backends"]["getattr@1"]
+    for backend in ("fastvfs", "baseline", "reference"):
+        assert row[backend]["req_per_s"] > 0 and row[backend]["slices"] == 2
+    table = report.with_suffix(".md").read_text()
+    assert "## Against the baseline build" in table
+    line = next(l for l in table.split("## Against the baseline build")[1].splitlines()
+                if l.startswith("| getattr | 1 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2].endswith("x") and cells[3].endswith("x") and cells[4].count("x") == 2
