@@ -13,7 +13,87 @@ them already parsed; their types are named in the field descriptions only.
 """
 
 import enum
-from dataclasses import dataclass, field
+
+
+class FrozenError(AttributeError):
+    """An option object's fields are set once, when it is built."""
+
+
+class _Default:
+    """A field default made afresh for each object (a nested option object)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        self.make = make
+
+
+class _Record:
+    """An immutable record of the class's annotated fields: built by position or keyword with
+    the class attributes as defaults, then checked by ``__post_init__``; compared and hashed
+    by value.  What ``dataclasses.dataclass(frozen=True, slots=True)`` gives, without
+    importing ``dataclasses``, whose ``inspect`` and ``ast`` would cost every daemon's
+    start-up more than the rest of its configuration (see ``_record``)."""
+
+    __slots__ = ()
+    _fields = ()
+    _defaults = {}
+
+    def __init__(self, *args, **kwargs):
+        kind = type(self).__name__
+        if len(args) > len(self._fields):
+            raise TypeError(f"{kind}() takes at most {len(self._fields)} positional arguments")
+        values = dict(zip(self._fields, args))
+        for name, value in kwargs.items():
+            if name not in self._fields or name in values:
+                raise TypeError(f"{kind}() got an unexpected or repeated argument {name!r}")
+            values[name] = value
+        for name in self._fields:
+            if name not in values:
+                if name not in self._defaults:
+                    raise TypeError(f"{kind}() missing argument {name!r}")
+                default = self._defaults[name]
+                values[name] = default.make() if isinstance(default, _Default) else default
+            object.__setattr__(self, name, values[name])
+        self.__post_init__()
+
+    def __post_init__(self):
+        pass
+
+    def __setattr__(self, name, value):
+        raise FrozenError(f"cannot assign to field {name!r} of a {type(self).__name__}")
+
+    def __delattr__(self, name):
+        raise FrozenError(f"cannot delete field {name!r} of a {type(self).__name__}")
+
+    def _values(self):
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._values() == other._values()
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self):
+        return f"{type(self).__name__}(" + ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in self._fields) + ")"
+
+
+def _record(cls):
+    """``cls`` as a ``_Record`` of its annotated fields, in order, with slots."""
+    names = tuple(cls.__dict__.get("__annotations__", {}))
+    body = {key: value for key, value in cls.__dict__.items()
+            if key not in names and key not in ("__dict__", "__weakref__")}
+    body.update(__slots__=names, _fields=names,
+                _defaults={name: cls.__dict__[name] for name in names if name in cls.__dict__})
+    return type(cls.__name__, (_Record,), body)
+
+
+def replace(options, **changes):
+    """A copy of ``options`` with ``changes`` (checked again, as a new object is)."""
+    return type(options)(**{**{name: getattr(options, name) for name in options._fields},
+                            **changes})
 
 
 class IoEngine(enum.Enum):
@@ -66,7 +146,7 @@ class InodeFileHandles(enum.Enum):
 CACHE_MODES = ("never", "none", "auto", "metadata", "always")
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class ShareOptions:
     """What the file system (``PassthroughFs``) and the FUSE engine (``FuseEngine``) serve,
     the same for every transport.
@@ -131,7 +211,7 @@ class ShareOptions:
             object.__setattr__(self, "xattr", True)
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class RingOptions:
     """What each virtqueue worker (the hot path's ``Virtqueue``) needs.
 
@@ -159,7 +239,7 @@ class RingOptions:
             raise ValueError("max_io must be positive")
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class DaemonOptions:
     """The vhost-user daemon: the process, its sockets, and the share and rings it serves.
 
@@ -193,7 +273,7 @@ class DaemonOptions:
     """
 
     share: ShareOptions
-    ring: RingOptions = field(default_factory=RingOptions)
+    ring: RingOptions = _Default(RingOptions)
     socket_path: str | None = None
     fd: int | None = None
     socket_group: str | None = None
@@ -244,7 +324,7 @@ class DaemonOptions:
                 self.migration_verify_handles or self.migration_confirm_paths)
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class MountOptions:
     """The /dev/fuse daemon (``fastvfs mount``): the share served to the host kernel.
 

@@ -1,7 +1,6 @@
 """Wires the layers together and runs the daemon: one frontend connection, then exit."""
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -10,9 +9,9 @@ import signal
 import socket
 import stat
 
-from . import ring, sandbox
-from .fs._tables import HandleTable
+from . import config, ring, sandbox
 from .dax import DaxWindow
+from .fs._tables import HandleTable
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
 from .stats import STATS_SUFFIX, StatsServer
@@ -306,8 +305,8 @@ def _serve_setup(options, stats):
                           root=sandbox.root_for(options.sandbox, share.shared_dir))
     sec, nsec = engine.cache.timeout
     # The hot path answers GETATTR with the cache mode's attribute timeout.
-    ring_options = dataclasses.replace(options.ring, attr_timeout=sec + nsec / 1e9,
-                                       read_only=engine.readonly)
+    ring_options = config.replace(options.ring, attr_timeout=sec + nsec / 1e9,
+                                  read_only=engine.readonly)
     # The hot path answers LOOKUP and GETATTR with the host's ids: with an id translation the
     # queues are not given the node id table, so those go to the engine, which translates.
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,

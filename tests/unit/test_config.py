@@ -2,16 +2,15 @@
 vectors libvirt and Kata pass, from the ``mount`` form, with the command line's defaults and
 refusals, immutable once built."""
 
-import dataclasses
 import os
 import socket
 
 import pytest
 
-from fastvfs.fs._tables import HandleTable
-from fastvfs import cli, daemon
+from fastvfs import cli, config, daemon
 from fastvfs.config import (DaemonOptions, InodeFileHandles, IoEngine, MountOptions, RingOptions,
                             ShareOptions)
+from fastvfs.fs._tables import HandleTable
 from fastvfs.vhost_user.device import DEFAULT_RING, VhostUserFsDevice
 
 
@@ -189,12 +188,45 @@ def test_frozen(tmp_path):
     o = DaemonOptions(ShareOptions(str(tmp_path)), socket_path="s")
     for target, name, value in ((o, "sandbox", "none"), (o.share, "readonly", True),
                                 (o.ring, "io_engine", IoEngine.SYNC)):
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(config.FrozenError):
             setattr(target, name, value)
-    with pytest.raises((AttributeError, TypeError)):
+        with pytest.raises(config.FrozenError):
+            delattr(target, name)
+    with pytest.raises(AttributeError):
         o.share.unknown = 1          # slots: no attribute outside the fields
-    assert dataclasses.replace(o.ring, attr_timeout=1.0).attr_timeout == 1.0
+    with pytest.raises(AttributeError):
+        o.share.__dict__             # noqa: B018 (slots: no instance dictionary)
+    assert config.replace(o.ring, attr_timeout=1.0).attr_timeout == 1.0
     assert o.ring.attr_timeout == 0.0
+    with pytest.raises(ValueError):
+        config.replace(o.ring, max_io=0)     # checked again, as a new object is
+
+
+def test_records_build_compare_and_print_by_value(tmp_path):
+    share = ShareOptions(str(tmp_path), "never", readonly=True)
+    assert share == ShareOptions(shared_dir=str(tmp_path), cache="never", readonly=True)
+    assert hash(share) == hash(ShareOptions(str(tmp_path), "never", readonly=True))
+    assert share != ShareOptions(str(tmp_path), "never") and share != (str(tmp_path),)
+    assert repr(RingOptions()).startswith("RingOptions(max_io=1048576, attr_timeout=0.0,")
+    # A nested default is made for each object, not shared.
+    a, b = (DaemonOptions(share, socket_path="s") for _ in range(2))
+    assert a.ring == b.ring == RingOptions()
+    for bad in (lambda: ShareOptions(), lambda: ShareOptions(str(tmp_path), unknown=1),
+                lambda: ShareOptions(str(tmp_path), shared_dir="x"),
+                lambda: RingOptions(*range(7))):
+        with pytest.raises(TypeError):
+            bad()
+
+
+def test_the_daemon_loads_without_dataclasses():
+    # Importing dataclasses (inspect, ast) would cost every daemon's start-up.
+    import subprocess
+    import sys
+    code = ("import sys, fastvfs.cli, fastvfs.daemon; "
+            "print('dataclasses' in sys.modules, 'inspect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
 
 
 def test_xattr_is_implied(tmp_path):
