@@ -87,9 +87,11 @@ cdef class NodeTable(SlotTable):
             at = sl.hnext
         return -1
 
-    cdef void _link_key(self, uint64_t idx, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil:
+    cdef void _link_key(self, uint64_t idx, uint64_t dev, uint64_t ino,
+                        uint64_t mnt) noexcept nogil:
         cdef NodeSlot *sl = &self.nodes[idx]
-        cdef uint32_t *bucket = &self.buckets[fastvfs_key_hash(dev, ino, mnt) & (self.nbuckets - 1)]
+        cdef uint32_t *bucket = &self.buckets[fastvfs_key_hash(dev, ino, mnt) &
+                                              (self.nbuckets - 1)]
         sl.dev = dev
         sl.ino = ino
         sl.mnt = mnt
