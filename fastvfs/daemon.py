@@ -159,7 +159,7 @@ def drop_supplementary_groups():
 
 # Node ids the guest may hold at once: each is an O_PATH descriptor (RLIMIT_NOFILE allowing),
 # or with --inode-file-handles a file handle, which no descriptor limit bounds.  A node id
-# table slot costs 72 bytes of address space whether used or not (memory once taken).
+# table slot reserves 72 bytes, touched only once taken.
 MAX_INODES = 1 << 20
 MAX_INODES_BY_HANDLE = 1 << 21
 
