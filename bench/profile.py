@@ -54,8 +54,8 @@ USER_STAGES = [
               WORKER + "_flush_used", WORKER + "_notify", RING + "write_reply",
               RING + "write_out_header"]),
     ("stats", ["clock_gettime", "_stats_record", "_now_ns"]),
-    ("locks", ["pthread_mutex", "HandleTable_acquire", "HandleTable_release",
-               "HandleTable_lookup_key"]),
+    ("locks", ["pthread_mutex", "SlotTable_acquire", "SlotTable_release", "NodeTable_acquire",
+               "NodeTable_lookup_key"]),
     ("decode", [RING, "pack_attr", "known_entry", "liburing", "io_uring_"]),
 ]
 STAGE_ORDER = ["ring", "decode", "file I/O", "notify", "wait", "locks", "stats", "other"]

@@ -23,7 +23,7 @@ import _common
 import fuse_tree
 
 with atheris.instrument_imports(include=["fastvfs"]):
-    from fastvfs.fs._tables import HandleTable
+    from fastvfs.fs._tables import HandleTable, NodeTable
     from fastvfs.fs.passthrough import PassthroughFs
     from fastvfs.fuse import abi
     from fastvfs.fuse.abi import Opcode
@@ -90,7 +90,7 @@ def check_result(result, out_size):
 
 def test_one_input(data):
     fds_before = len(os.listdir("/proc/self/fd"))
-    fs = PassthroughFs(ENV.root, HandleTable(256), inodes=HandleTable(256))
+    fs = PassthroughFs(ENV.root, HandleTable(256), inodes=NodeTable(256))
     engine = FuseEngine(fs, "never", xattr=True)
     try:
         assert engine.handle(INIT, 4096)[0] == 0

@@ -83,7 +83,7 @@ def run_once(data):
     env.mem.write(L.WINDOW_GPA, window.ljust(L.WINDOW, b"\0"))
     env.handler_mode = (config >> L.HANDLER_SHIFT) & 3
     handles = tables.HandleTable(64)
-    inodes = tables.HandleTable(64)
+    inodes = tables.NodeTable(64)
     fs = env.PassthroughFs(env.root, handles, inodes=inodes)
     handles.add(os.open(env.data_path, os.O_RDWR))
     u = env.mem.userspace_addr

@@ -28,7 +28,7 @@ import fuse_tree  # noqa: E402
 import ring_layout  # noqa: E402
 import vhost_framing  # noqa: E402
 
-from fastvfs.fs._tables import HandleTable  # noqa: E402
+from fastvfs.fs._tables import HandleTable, NodeTable  # noqa: E402
 from fastvfs.fs.passthrough import PassthroughFs  # noqa: E402
 from fastvfs.fuse import abi  # noqa: E402
 from fastvfs.fuse.abi import Opcode  # noqa: E402
@@ -79,7 +79,7 @@ def engine_session():
     from fastvfs_testing.virtq import DriverVirtqueue
     outer = tempfile.mkdtemp(prefix="fastvfs-seeds-")
     root = fuse_tree.make_tree(outer)
-    fs = PassthroughFs(root, HandleTable(256), inodes=HandleTable(256))
+    fs = PassthroughFs(root, HandleTable(256), inodes=NodeTable(256))
     engine = FuseEngine(fs, "never", xattr=True)
     memory = GuestMemory([(0, 4 << 20)])
     queues = [DriverVirtqueue(memory, i, 64, indirect_desc=False) for i in range(3)]

@@ -39,11 +39,9 @@ cdef class Statx:
     """The fields of ``struct statx`` the filesystem uses, named as ``os.stat_result`` names them.
 
     ``st_mnt_id`` completes the inode key (st_dev, st_ino, mount id): two bind mounts of one
-    file system show the same st_dev and st_ino but are different places in the tree.
+    file system show the same st_dev and st_ino but are different places in the tree.  The
+    fields are declared in _sys.pxd.
     """
-    cdef readonly uint64_t st_ino, st_size, st_blocks, st_dev, st_rdev, st_mnt_id
-    cdef readonly uint32_t st_mode, st_nlink, st_uid, st_gid, st_blksize
-    cdef readonly int64_t st_atime_ns, st_mtime_ns, st_ctime_ns
 
     @property
     def key(self):

@@ -1,9 +1,11 @@
-# The file system's C face, cimported by the hot path (fastvfs.ring): the table of file
-# handles and node ids both sides share, and the helpers of every operation the hot path
-# serves itself (attribute packing, known-entry lookup, kill-suid/sgid, the mapped capability).
-# Each exists once, here; fs/passthrough.py calls the same code through the Python wrappers of
-# fastvfs/fs/_tables.pyx.
+# The file system's C face, cimported by the hot path (fastvfs.ring): the two tables both sides
+# share (HandleTable: the guest's open files and directories; NodeTable: its node ids) and the
+# helpers of every operation the hot path serves itself (attribute packing, known-entry lookup,
+# kill-suid/sgid, the mapped capability, FLUSH).  Each exists once, here; fs/passthrough.py
+# calls the same code through the Python methods and wrappers of fastvfs/fs/_tables.pyx, whose
+# fragments (fastvfs/fs/tables/*.pxi) hold the bodies.
 
+cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from fastvfs.includes.fuse_kernel cimport fuse_attr, fuse_entry_out
@@ -16,40 +18,99 @@ cdef enum:
     LOOKUP_NAME_MAX = 255
 
 
-cdef struct HandleSlot:
-    uint64_t state        # atomic: generation << 32 | LIVE | BUSY | refs
+# -- slots: what every table's entry starts with (tables/slots.pxi) ----------------------------
+
+cdef struct Slot:
+    uint64_t state        # atomic: generation << 32 | LIVE | BUSY | refs (includes/handle_state)
     int fd                # -1 for a node held by file handle whose descriptor is not cached
-    uint8_t recent        # atomic: a node held by file handle was used since the clock passed
-    bint in_use           # the rest is guarded by the table mutex
-    bint keyed
-    bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
-    bint directory        # an OPENDIR handle: the file system holds a listing for it
-    uint64_t dev
-    uint64_t ino
-    uint64_t mnt
-    uint64_t nlookup
-    uint32_t hnext        # next slot + 1 in the key's hash chain, 0 at the end
-    bint by_handle        # a node held by file handle: ``fd`` is a cache entry (``fds_max``)
-    bint queued           # the slot is in the cache's clock queue (kept across reuse)
-    uint32_t mode         # a node id's st_mode when adopted (its file type never changes)
+    bint in_use           # guarded by the table mutex, as is the rest of an entry
 
 
-cdef class HandleTable:
-    cdef HandleSlot *slots
-    cdef uint32_t *buckets
-    cdef uint32_t nbuckets
+cdef class SlotTable:
+    """The slot machinery both tables share: entries named generation << 32 | slot + 1, taken
+    and dropped under a leaf mutex, referenced and released without a lock.  ``mem`` holds
+    ``capacity`` entries of ``stride`` bytes, each a leaf table's struct starting with a
+    ``Slot``."""
+    cdef char *mem
+    cdef size_t stride
     cdef uint32_t capacity
     cdef uint32_t free_hint
     cdef pthread_mutex_t lock
     cdef readonly uint32_t count
-    # Descriptors the file system holds for POSIX/flock locks (kept up to date by it through
-    # ``set_lock_fds``, under the mutex): while there are any, FLUSH, RELEASE and FORGET go to
-    # the engine, which drops them.  The hot path reads it through ``lock_fds``.
+
+    cdef int _alloc(self, uint32_t capacity, size_t stride) except -1
+    # Mutex held.
+    cdef int64_t _take_slot(self, int fd) noexcept nogil
+    cdef int _reclaim_locked(self, uint64_t idx) noexcept nogil
+    cdef int _kill(self, uint64_t fh) noexcept nogil
+    cdef int _drop_locked(self, uint64_t fh) noexcept nogil
+    cdef int64_t _id_of(self, int64_t idx) noexcept nogil
+    # No lock, or the leaf mutex taken inside.
+    cdef bint _live(self, uint64_t fh) noexcept nogil
+    cdef void _reclaim(self, uint64_t idx) noexcept nogil
+    cdef void _drop_all(self) noexcept nogil
+
+    # The hot path's verbs: no GIL, no lock but the table's leaf mutex.
+    cdef bint _ref(self, uint64_t fh) noexcept nogil
+    cdef int acquire(self, uint64_t fh) noexcept nogil
+    cdef void release(self, uint64_t fh) noexcept nogil
+    cdef int remove_fh(self, uint64_t fh) noexcept nogil
+
+
+# -- open files and directories (tables/handles.pxi) ------------------------------------------
+
+cdef struct HandleSlot:
+    Slot s
+    bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
+    bint directory        # an OPENDIR handle: the file system holds a listing for it
+
+
+@cython.final
+cdef class HandleTable(SlotTable):
+    cdef HandleSlot *files            # mem, typed
+    # Descriptors the file system holds for POSIX/flock locks, kept up to date by it through
+    # ``set_lock_fds`` under the mutex; the hot path asks ``holds_lock_fds``.
     cdef readonly int lock_fds_open
     # The host name of the guest's security.capability when --xattrmap moves it (empty when
     # not): removed before a WRITE or FALLOCATE, as the kernel removes the real one
     # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
     cdef char cap_xattr[256]
+
+    cdef bint direct(self, uint64_t fh) noexcept nogil
+    cdef bint is_directory(self, uint64_t fh) noexcept nogil
+    cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil
+
+    cdef inline bint holds_lock_fds(self) noexcept nogil:
+        """The lock-descriptor contract: True while the file system holds a descriptor for a
+        POSIX or flock lock.  Then FLUSH, RELEASE and FORGET are the engine's, since closing
+        or forgetting may have to drop that lock; with none held they need nothing of the
+        engine's.  A lock taken meanwhile on another queue is tied to its handle and goes at
+        that handle's RELEASE, which ``remove_fh_unless_locks`` refuses to the hot path under
+        the mutex ``set_lock_fds`` takes: so the count is read here without the mutex."""
+        return self.lock_fds_open != 0
+
+
+# -- node ids (tables/nodes.pxi) ----------------------------------------------------------------
+
+cdef struct NodeSlot:
+    Slot s
+    uint8_t recent        # atomic: a node held by file handle was used since the clock passed
+    bint keyed            # in the key index
+    bint by_handle        # held by file handle: ``fd`` is a cache entry (``fds_max``)
+    bint queued           # in the cache's clock queue (kept across reuse)
+    uint32_t hnext        # next slot + 1 in the key's hash chain, 0 at the end
+    uint32_t mode         # st_mode when adopted (a node's file type never changes)
+    uint64_t dev
+    uint64_t ino
+    uint64_t mnt
+    uint64_t nlookup
+
+
+@cython.final
+cdef class NodeTable(SlotTable):
+    cdef NodeSlot *nodes              # mem, typed
+    cdef uint32_t *buckets
+    cdef uint32_t nbuckets
     # Node ids the hot path dropped (FORGET), for the file system to prune its own records.
     cdef uint64_t dropped[DROPPED_MAX]
     cdef uint32_t ndropped
@@ -62,36 +123,24 @@ cdef class HandleTable:
     cdef uint32_t clock_head
     cdef uint32_t clock_len
 
-    # Slots (mutex held).
-    cdef int64_t _take_slot(self, int fd) noexcept nogil
-    cdef int _reclaim_locked(self, uint64_t idx) noexcept nogil
-    cdef void _reclaim(self, uint64_t idx) noexcept nogil
-    cdef int _kill(self, uint64_t fh) noexcept nogil
+    # Mutex held.
     cdef void _unlink_key(self, uint64_t idx) noexcept nogil
     cdef int64_t _find_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
     cdef void _link_key(self, uint64_t idx, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
     cdef void _clock_push(self, uint32_t idx) noexcept nogil
     cdef void _cache_locked(self, uint32_t idx) noexcept nogil
     cdef void _evict_locked(self) noexcept nogil
-    cdef int64_t _id_of(self, int64_t idx) noexcept nogil
-    cdef int _drop_locked(self, uint64_t fh) noexcept nogil
-    cdef bint _ref(self, uint64_t fh) noexcept nogil
 
-    # The hot path's verbs: no GIL, no lock but the table's leaf mutex.
-    cdef int acquire(self, uint64_t fh) noexcept nogil
-    cdef void release(self, uint64_t fh) noexcept nogil
     cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
-    cdef bint direct(self, uint64_t fh) noexcept nogil
-    cdef bint is_directory(self, uint64_t fh) noexcept nogil
-    cdef uint64_t mount_of(self, uint64_t fh) noexcept nogil
-    cdef int remove_fh(self, uint64_t fh) noexcept nogil
-    cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil
+    cdef uint64_t mount_of(self, uint64_t nodeid) noexcept nogil
     cdef bint dropped_room(self, uint32_t n) noexcept nogil
     cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil
 
 
+# -- helpers (tables/helpers.pxi) ---------------------------------------------------------------
+
 cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil
-cdef int64_t known_entry(HandleTable inodes, uint64_t parent, const char *name, size_t length,
+cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, size_t length,
                          uint64_t valid, uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil

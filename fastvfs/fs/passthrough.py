@@ -11,8 +11,9 @@ Contract with the FUSE engine (``fastvfs.fuse.engine``):
 * Errors are raised as ``OSError`` with the errno the guest should see.
 * Objects are created with the caller's fsuid/fsgid (per-thread credentials), so new files
   belong to the guest user who made them; everything else runs as the daemon.
-* File handles come from a shared ``HandleTable`` so the hot path can serve READ and WRITE on
-  them without calling back into Python.
+* File handles come from a shared ``HandleTable``, node ids from a shared ``NodeTable``
+  (fastvfs/fs/_tables.pxd), so the hot path can serve READ and WRITE on the former and
+  GETATTR, LOOKUP and FORGET of the latter without calling back into Python.
 
 Safety: each inode holds an ``O_PATH | O_NOFOLLOW`` descriptor (with ``--inode-file-handles``,
 a file handle reopened as one when needed: see ``InodeStore``) and every name is resolved one
@@ -103,7 +104,7 @@ class Inode:
 class InodeStore:
     """Node id -> Inode, over the node id table.
 
-    Everything known of an inode held by descriptor lives in ``table``, a handle table in C
+    Everything known of an inode held by descriptor lives in ``table``, a ``NodeTable`` in C
     that the hot path reads without the GIL: the node id (with a generation, so a forgotten
     id is never mistaken for a newer inode), the O_PATH descriptor, the inode key (st_dev,
     st_ino, mount id), the file type and the guest's lookup count.  It answers GETATTR, and
@@ -509,10 +510,10 @@ class PassthroughFs:
                                    (os.O_NOATIME if preserve_noatime else 0))
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
-        # ``inodes``: the node id table, a table of the handle table's kind (the daemon hands
-        # the same one to the hot path); by default a fresh one.
+        # ``inodes``: the node id table, a ``_tables.NodeTable`` (the daemon hands the same one
+        # to the hot path); by default a fresh one.
         self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd),
-                                 inodes if inodes is not None else type(handles)(1 << 16),
+                                 inodes if inodes is not None else _tables.NodeTable(1 << 16),
                                  file_handles, handle_fds_max)
         self.handles = handles
         # Directory handles by fh, and those holding a listing, least recently listed first.

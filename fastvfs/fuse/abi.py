@@ -164,6 +164,8 @@ IN_HEADER_SIZE = in_header.size  # 40
 OUT_HEADER_SIZE = out_header.size  # 16
 
 attr = struct.Struct("<QQQQQQIIIIIIIIII")  # ino size blocks atime mtime ctime *nsec mode nlink uid gid rdev blksize flags
+# The daemon packs struct fuse_attr in one place, C (fastvfs.fs._tables: pack_attr for the hot
+# path, pack_attr_of for the engine); ``attr`` decodes it (the frontend driver, the tests).
 entry_out_head = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid *_nsec
 ENTRY_OUT_SIZE = entry_out_head.size + attr.size  # 128
 attr_out_head = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy
@@ -223,23 +225,6 @@ WRITE_IN_COMPAT_SIZE = 24
 def rec_align(n):
     """FUSE_REC_ALIGN: dirents are padded to 8 bytes."""
     return (n + 7) & ~7
-
-
-def pack_attr(st, ino=None, flags=0, uid=None, gid=None):
-    """Encode an ``os.stat_result`` as ``struct fuse_attr``.
-
-    ``ino`` overrides st_ino (the engine reports host inode numbers, as passthrough daemons do);
-    ``uid``/``gid`` override the owner (ids translated for the guest).
-    """
-    return attr.pack(
-        st.st_ino if ino is None else ino, st.st_size, st.st_blocks,
-        int(st.st_atime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
-        int(st.st_mtime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
-        int(st.st_ctime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
-        st.st_atime_ns % 1_000_000_000, st.st_mtime_ns % 1_000_000_000,
-        st.st_ctime_ns % 1_000_000_000,
-        st.st_mode, min(st.st_nlink, 0xFFFFFFFF), st.st_uid if uid is None else uid,
-        st.st_gid if gid is None else gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, flags)
 
 
 # Offsets in a fuse_direntplus (fuse_entry_out, then fuse_dirent): the attribute's owner and

@@ -23,7 +23,7 @@ import time
 from .. import dax
 from . import abi
 from .abi import Opcode
-from ..fs import _sys
+from ..fs import _sys, _tables
 from ..fs.idmap import IdTranslation
 from ..fs.passthrough import Caller
 
@@ -351,14 +351,14 @@ class FuseEngine:
             # A mount point on the host: the guest gives it a device number of its own.
             flags = FUSE_ATTR_SUBMOUNT
         return (abi.entry_out_head.pack(nodeid, 0, sec, sec, nsec, nsec) +
-                abi.pack_attr(st, flags=flags, **self._owner(st)))
+                _tables.pack_attr_of(st, flags=flags, **self._owner(st)))
 
     def _attr(self, st):
         sec, nsec = self.cache.timeout
-        return abi.attr_out_head.pack(sec, nsec, 0) + abi.pack_attr(st, **self._owner(st))
+        return abi.attr_out_head.pack(sec, nsec, 0) + _tables.pack_attr_of(st, **self._owner(st))
 
     def _owner(self, st):
-        """The owner the guest is shown (``pack_attr`` keywords): translated, if configured."""
+        """The owner the guest is shown (``pack_attr_of`` keywords): translated, if configured."""
         if self.idmap is None:
             return {}
         return {"uid": self.idmap.guest_uid(st.st_uid), "gid": self.idmap.guest_gid(st.st_gid)}

@@ -1,5 +1,6 @@
-# The handle table's slot state word and its lock-free verbs (GCC/Clang __atomic built-ins,
-# GCC 12): one compare-and-swap to take a reference, one atomic subtract to drop it.
+# The slot state word of the file system's tables (SlotTable, fastvfs/fs/_tables.pxd) and its
+# lock-free verbs (GCC/Clang __atomic built-ins, GCC 12): one compare-and-swap to take a
+# reference, one atomic subtract to drop it.
 
 from libc.stdint cimport uint8_t, uint64_t
 

@@ -1,5 +1,5 @@
-# C declarations of <sys/stat.h> statx(2) and <sys/sysmacros.h> makedev (glibc 2.36), shared by
-# the hot path and the file system's system-call helpers.
+# C declarations of <sys/stat.h> statx(2) and <sys/sysmacros.h> makedev, major and minor
+# (glibc 2.36), shared by the hot path and the file system's system-call helpers.
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
@@ -38,6 +38,9 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<sys/sysmacros.h>" nogil:
     uint64_t makedev(unsigned int major, unsigned int minor)
+    # major() and minor(): with makedev, a one-to-one mapping of the 64-bit dev_t.
+    unsigned int dev_major "major"(uint64_t dev)
+    unsigned int dev_minor "minor"(uint64_t dev)
 
 cdef extern from *:
     """

@@ -4,7 +4,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 
-from fastvfs.fs._tables cimport HandleTable
+from fastvfs.fs._tables cimport HandleTable, NodeTable
 from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
                                            fuse_in_header, fuse_read_in, fuse_release_in,
@@ -212,7 +212,7 @@ cdef class Virtqueue:
     cdef RingLock lock
     cdef MemoryTable mem
     cdef HandleTable handles
-    cdef HandleTable inodes         # None: GETATTR, LOOKUP and FORGET are the engine's
+    cdef NodeTable inodes           # None: GETATTR, LOOKUP and FORGET are the engine's
     cdef RequestStats stats_owner
     cdef StatsBlock *stats          # NULL: no statistics
     cdef volatile int stopping

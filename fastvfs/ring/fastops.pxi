@@ -45,7 +45,7 @@ cdef int serve_fast(Virtqueue vq) noexcept nogil:
     if (op.needs & NEEDS_INODES and vq.inodes is None or
             op.needs & NEEDS_WRITABLE and vq.cfg.read_only or
             op.needs & NEEDS_URING and vq.io.uring == NULL or
-            op.needs & NEEDS_NO_LOCKS and vq.handles.lock_fds_open):
+            op.needs & NEEDS_NO_LOCKS and vq.handles.holds_lock_fds()):
         return 0
     return op.serve(vq)
 
@@ -107,7 +107,7 @@ cdef int do_lookup(Virtqueue vq) noexcept nogil:
     return 1
 
 
-# The lock-descriptor contract (fastvfs.fs._tables.HandleTable.set_lock_fds): while the file
+# The lock-descriptor contract (fastvfs.fs._tables.HandleTable.holds_lock_fds): while the file
 # system holds a descriptor for a POSIX or flock lock, FLUSH, RELEASE and FORGET are its own,
 # since closing or forgetting may have to drop that lock; with none held they need nothing of
 # the engine's (a lock taken meanwhile on another queue is tied to its handle and goes at that

@@ -28,7 +28,7 @@ cdef class Virtqueue:
                  uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
                  uint16_t last_avail_idx, int kick_fd, int call_fd, int stop_fd,
                  bint event_idx, bint indirect, options, RingLock lock=None,
-                 HandleTable inodes=None, RequestStats stats=None, int err_fd=-1):
+                 NodeTable inodes=None, RequestStats stats=None, int err_fd=-1):
         ring_init(&self.ring, mem, num, desc_uaddr, avail_uaddr, used_uaddr, last_avail_idx,
                   event_idx, indirect)
         self.cfg.index = index

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fastvfs.fs._tables import HandleTable
+from fastvfs.fs._tables import HandleTable, NodeTable
 from fastvfs.ring import _ring
 from tests.unit.test_ring import ring_options
 from fastvfs.fs.passthrough import PassthroughFs
@@ -236,7 +236,7 @@ def engine_env():
         f.write(b"data" * 100)
     os.symlink("/etc/passwd", os.path.join(root, "link"))
     os.mkfifo(os.path.join(root, "fifo"))
-    fs = PassthroughFs(root, HandleTable(4096), inodes=HandleTable(4096))
+    fs = PassthroughFs(root, HandleTable(4096), inodes=NodeTable(4096))
     engine = FuseEngine(fs, "never", xattr=True, security_label=True)
     init = abi.in_header.pack(abi.IN_HEADER_SIZE + 64, Opcode.INIT, 1, 0, 0, 0, 0, 0, 0) + \
         abi.init_in.pack(7, 38, 1 << 17, LINUX_6_1_INIT_FLAGS & 0xFFFFFFFF,

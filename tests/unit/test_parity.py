@@ -17,7 +17,7 @@ import struct
 
 import pytest
 
-from fastvfs.fs._tables import HandleTable
+from fastvfs.fs._tables import HandleTable, NodeTable
 from fastvfs.ring import _ring
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
@@ -37,7 +37,7 @@ class Pair:
 
     def __init__(self, root, io_engine):
         self.root = root
-        self.inodes = HandleTable(256)
+        self.inodes = NodeTable(256)
         self.ring = Harness(reply=lambda req, out: self.engine.handle(req, out),
                             inodes=self.inodes, engine=io_engine)
         self.ring.vq.set_fast_io(True)
@@ -289,3 +289,59 @@ def test_write_kills_suid_and_sgid_alike(pair, mode, write_flags):
     split = abi.IN_HEADER_SIZE + abi.write_in.size
     assert pair.in_c(req(c_fh, c_node), [32], split) == pair.in_python(req(py_fh, py_node), 32)
     assert file_state(pair.root / "f") == file_state(pair.root / "g")
+
+
+def _fuse_attr(st):
+    """struct fuse_attr of an ``os.stat_result`` as FUSE defines it, written out field by
+    field here (the daemon packs it only in C): seconds rounded down with their nanoseconds,
+    rdev's low 32 bits, the link count capped at 2^32 - 1."""
+    times = [divmod(ns, 10 ** 9) for ns in (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)]
+    return abi.attr.pack(st.st_ino, st.st_size, st.st_blocks,
+                         *(sec % 2 ** 64 for sec, _ in times), *(nsec for _, nsec in times),
+                         st.st_mode, min(st.st_nlink, 2 ** 32 - 1), st.st_uid, st.st_gid,
+                         st.st_rdev % 2 ** 32, st.st_blksize, 0)
+
+
+def test_pack_attr_of_statx_and_stat_result(tmp_path):
+    """The engine's attribute packing (pack_attr_of, the hot path's pack_attr underneath)
+    gives the same 88 bytes from a _sys.Statx and from an os.stat_result, times before 1970
+    and device numbers included; the overrides replace their field and nothing else."""
+    from fastvfs.fs import _sys
+    from fastvfs.fs._tables import pack_attr_of
+    (tmp_path / "f").write_bytes(b"x" * 5000)
+    os.utime(tmp_path / "f", ns=(-1_500_000_001, 1_700_000_000_123_456_789))
+    for directory, name in ((tmp_path, "f"), ("/dev", "null"), ("/", "")):
+        fd = os.open(directory, os.O_PATH)
+        try:
+            statx = _sys.fstatx(fd, name.encode(), _sys.SYMLINK_NOFOLLOW if name else
+                                _sys.EMPTY_PATH)
+        finally:
+            os.close(fd)
+        st = os.lstat(os.path.join(directory, name))
+        assert pack_attr_of(statx) == pack_attr_of(st) == _fuse_attr(st)
+        assert len(pack_attr_of(st)) == abi.attr.size == 88
+        fields = list(abi.attr.unpack(_fuse_attr(st)))
+        fields[0], fields[11], fields[12], fields[15] = 7, 1000, 2000, 1   # FUSE_ATTR_SUBMOUNT
+        for source in (statx, st):
+            assert abi.attr.unpack(pack_attr_of(source, ino=7, flags=1, uid=1000, gid=2000)) \
+                == tuple(fields)
+            assert abi.attr.unpack(pack_attr_of(source, uid=1000))[11:13] == (1000, st.st_gid)
+    # The file's times: atime -1.500000001 s is -2 s + 499999999 ns.
+    fields = abi.attr.unpack(pack_attr_of(os.lstat(tmp_path / "f")))
+    assert (fields[3], fields[4], fields[6], fields[7]) == (
+        2 ** 64 - 2, 1_700_000_000, 499_999_999, 123_456_789)
+
+
+def test_pack_attr_of_clamps_what_fuse_attr_cannot_hold():
+    """Fields wider than fuse_attr's: a link count over 2^32 - 1 is capped, rdev keeps its
+    low 32 bits, a time before 1970 is a negative second count with positive nanoseconds."""
+    from types import SimpleNamespace
+    from fastvfs.fs._tables import pack_attr_of
+    st = SimpleNamespace(st_ino=2 ** 64 - 1, st_size=2 ** 40, st_blocks=9,
+                         st_atime_ns=-1, st_mtime_ns=-2 * 10 ** 9, st_ctime_ns=10 ** 9 + 5,
+                         st_mode=0o20644, st_nlink=2 ** 40, st_uid=1, st_gid=2,
+                         st_rdev=(1 << 40) | 0x12345678, st_blksize=4096)
+    assert pack_attr_of(st) == _fuse_attr(st)
+    fields = abi.attr.unpack(pack_attr_of(st))
+    assert fields[3:9] == (2 ** 64 - 1, 2 ** 64 - 2, 1, 999_999_999, 0, 5)
+    assert fields[10] == 2 ** 32 - 1 and fields[13] == 0x12345678

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fastvfs.config import IoEngine, RingOptions
-from fastvfs.fs._tables import HandleTable
+from fastvfs.fs._tables import HandleTable, NodeTable
 from fastvfs.ring import _ring
 from fastvfs.fuse import abi
 from fastvfs_testing.guestmem import GuestMemory
@@ -465,7 +465,7 @@ class TestGetattrInC:
         from fastvfs.fuse.engine import FuseEngine
         (tmp_path / "f").write_bytes(b"x" * 12345)
         os.utime(tmp_path / "f", ns=(-1_500_000_001, 1_700_000_000_123_456_789))
-        inodes = HandleTable(64)
+        inodes = NodeTable(64)
         engine = FuseEngine(PassthroughFs(tmp_path, HandleTable(8), inodes=inodes),
                             "auto")
         init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
@@ -498,7 +498,7 @@ class TestMetadataInC:
         (tmp_path / "f").write_bytes(b"x" * 100)
         (tmp_path / "g").write_bytes(b"y")
         (tmp_path / "d").mkdir()
-        inodes = HandleTable(64)
+        inodes = NodeTable(64)
         h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
         h.vq.set_fast_io(True)
         fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
@@ -578,7 +578,7 @@ class TestMetadataInC:
         from fastvfs.fs.passthrough import PassthroughFs
         from fastvfs.fuse.engine import FuseEngine
         (tmp_path / "f").write_bytes(b"x" * 100)
-        inodes = HandleTable(64)
+        inodes = NodeTable(64)
         h = harness(reply=lambda req, out: engine.handle(req, out), inodes=inodes)
         h.vq.set_fast_io(True)
         fs = PassthroughFs(tmp_path, h.handles, inodes=inodes)
@@ -954,7 +954,7 @@ class TestWakeCoalescing:
     def _drive(self, harness, tmp_path, driver_cpu, worker_cpu):
         from types import SimpleNamespace
         from fastvfs_testing.lean import LeanLoad
-        inodes = HandleTable(64)
+        inodes = NodeTable(64)
         inodes.add_root(os.open(tmp_path, os.O_PATH))
         h = harness(inodes=inodes, size=64)
         h.vq.set_fast_io(True)
@@ -989,7 +989,7 @@ def test_lean_driver_publishes_per_round_or_per_request(harness, tmp_path, publi
     guest-like mode once per request (and decides the kick for each), as Linux does."""
     from types import SimpleNamespace
     from fastvfs_testing.lean import LeanLoad
-    inodes = HandleTable(64)
+    inodes = NodeTable(64)
     inodes.add_root(os.open(tmp_path, os.O_PATH))
     h = harness(inodes=inodes, size=64)
     h.vq.set_fast_io(True)

@@ -1,0 +1,151 @@
+# The guest's open files and directories (HandleTable in _tables.pxd): the ``fh`` of OPEN,
+# CREATE and OPENDIR, read by the hot path's READ, WRITE, FLUSH, RELEASE, FSYNC and FALLOCATE.
+
+
+@cython.final
+cdef class HandleTable(SlotTable):
+    """File handles (``fh``) the guest holds, visible to the fast path without the GIL and
+    without a lock.
+
+    ``fh`` = generation << 32 | slot + 1, so a stale or forged handle never reaches a reused
+    slot.  A handle's fd is closed when it has been removed and no request is using it any
+    more: a hostile guest may RELEASE a handle while its READ is still running on another
+    queue.  A handle remembers whether it was opened O_DIRECT (``direct``) and whether it is a
+    directory's (``is_directory``: the hot path never releases those, the file system holds a
+    listing for them).
+
+    The lock-descriptor contract (``set_lock_fds``, ``holds_lock_fds``): the file system
+    records here how many descriptors it holds for POSIX and flock locks; while there are any,
+    FLUSH, RELEASE and FORGET are the engine's.
+    """
+    def __cinit__(self, uint32_t capacity=65536):
+        self._alloc(capacity, sizeof(HandleSlot))
+        self.files = <HandleSlot *>self.mem
+
+    def __dealloc__(self):
+        self._drop_all()
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    cdef bint direct(self, uint64_t fh) noexcept nogil:
+        """Whether the acquired handle ``fh`` was opened O_DIRECT."""
+        return self.files[_index(fh)].direct
+
+    cdef bint is_directory(self, uint64_t fh) noexcept nogil:
+        """Whether ``fh`` is a live directory handle (False for a stale or forged one)."""
+        cdef bint directory
+        if self.acquire(fh) < 0:
+            return False
+        directory = self.files[_index(fh)].directory
+        self.release(fh)
+        return directory
+
+    cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil:
+        """``remove_fh`` while no lock descriptor exists; 1 (nothing done) when one does.
+
+        The test and the removal are one step under the mutex, as ``set_lock_fds`` is: a lock
+        tied to ``fh`` on another queue is either registered first (and this RELEASE goes to
+        the engine, which drops it) or finds ``fh`` already gone (EBADF, nothing held)."""
+        cdef int rc
+        pthread_mutex_lock(&self.lock)
+        if self.lock_fds_open:
+            pthread_mutex_unlock(&self.lock)
+            return 1
+        rc = self._drop_locked(fh)
+        pthread_mutex_unlock(&self.lock)
+        if rc == 1:
+            self._reclaim(_index(fh))
+        return -EBADF if rc < 0 else 0
+
+    # -- the file system's -------------------------------------------------------------------
+
+    def add(self, int fd, bint directory=False):
+        """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full.
+        A ``directory`` handle is never released by the hot path (``is_directory``)."""
+        cdef int64_t fh
+        cdef bint direct
+        with nogil:
+            direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
+            pthread_mutex_lock(&self.lock)
+            fh = self._take_slot(fd)
+            if fh >= 0:
+                self.files[_index(fh)].direct = direct
+                self.files[_index(fh)].directory = directory
+            pthread_mutex_unlock(&self.lock)
+        if fh < 0:
+            raise OSError(24, "handle table full")
+        return fh
+
+    def get(self, uint64_t fh):
+        """The fd behind ``fh`` for a request served with the GIL held; raises OSError(EBADF).
+
+        Use ``borrow`` when the fd is used by a call that could race with a RELEASE.
+        """
+        cdef int fd = self.acquire(fh)
+        if fd < 0:
+            raise OSError(EBADF, "bad file handle")
+        self.release(fh)
+        return fd
+
+    def hold(self, uint64_t fh):
+        """Take a reference on ``fh`` (its fd stays open until :meth:`unhold`, even if it is
+        removed meanwhile); returns the fd or raises OSError(EBADF)."""
+        cdef int fd = self.acquire(fh)
+        if fd < 0:
+            raise OSError(EBADF, "bad file handle")
+        return fd
+
+    def borrow(self, uint64_t fh):
+        """Context manager holding a reference to the fd behind ``fh`` while it is used."""
+        return _Borrow(self, fh)
+
+    def remove(self, uint64_t fh):
+        """Drop ``fh``; its fd is closed now or when the last request using it finishes."""
+        cdef int rc
+        with nogil:
+            rc = self.remove_fh(fh)
+        if rc < 0:
+            raise OSError(EBADF, "bad file handle")
+
+    def set_lock_fds(self, int count, uint64_t fh=0):
+        """Record how many lock descriptors the file system holds (``holds_lock_fds``).  With
+        ``fh``, the count is set only if ``fh`` is a live handle, checked under the same mutex
+        as the hot path's ``remove_fh_unless_locks``; returns whether it was set."""
+        cdef bint ok = True
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if fh:
+                ok = self._live(fh)
+            if ok:
+                self.lock_fds_open = count
+            pthread_mutex_unlock(&self.lock)
+        return ok
+
+    def set_cap_xattr(self, bytes name):
+        """Set the host name of security.capability to remove on WRITE and FALLOCATE (b"" for
+        none)."""
+        if len(name) > 255 or b"\0" in name:
+            raise ValueError("not an xattr name")
+        memcpy(self.cap_xattr, <const char *>name, len(name))
+        self.cap_xattr[len(name)] = 0
+
+
+cdef class _Borrow:
+    cdef HandleTable table
+    cdef uint64_t fh
+    cdef int fd
+
+    def __cinit__(self, HandleTable table, uint64_t fh):
+        self.table = table
+        self.fh = fh
+        self.fd = -1
+
+    def __enter__(self):
+        self.fd = self.table.acquire(self.fh)
+        if self.fd < 0:
+            raise OSError(EBADF, "bad file handle")
+        return self.fd
+
+    def __exit__(self, *exc):
+        self.table.release(self.fh)
+        return False

@@ -1,0 +1,323 @@
+# The helpers of the operations both the hot path and the file system serve, in C (declared in
+# _tables.pxd): the lookup of a known entry (LOOKUP, and READDIRPLUS through
+# NodeTable.known_entries), attribute packing, kill-suid/sgid, the mapped capability and
+# FLUSH; then their Python wrappers, attribute packing for the engine among them.
+
+
+cdef inline bint _dot_name(const char *name, size_t length) noexcept nogil:
+    """"." or ".."."""
+    return length and name[0] == 46 and (length == 1 or (length == 2 and name[1] == 46))
+
+
+cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
+    """A name the hot path looks up itself: 1 to NAME_MAX bytes, no slash or NUL, neither "."
+    nor ".." (anything else is the engine's to refuse or resolve)."""
+    if length == 0 or length > LOOKUP_NAME_MAX or memchr(name, 47, length) != NULL or \
+            memchr(name, 0, length) != NULL:
+        return False
+    return not _dot_name(name, length)
+
+
+cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, size_t length,
+                          uint64_t valid, uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil:
+    """``name`` (``length`` bytes, NUL-terminated) in directory ``parent`` when it is a plain
+    name and the node id table already holds its inode: fills ``out`` with fuse_entry_out
+    (both timeouts ``valid``) with one more lookup counted, and returns the node id.  -ENOENT
+    when there is no such name; 0 when the engine must look it up (another name, a new inode,
+    a directory on another mount, any other failure)."""
+    cdef uint64_t mnt
+    cdef int64_t nodeid
+    cdef statx st
+    cdef int pfd, rc, err
+    if not _plain_name(name, length):
+        return 0
+    pfd = inodes.acquire(parent)
+    if pfd < 0:
+        return 0
+    # One statx of the name, as an O_PATH open of it would see it (the link itself, no
+    # automount, mounts crossed), without the open and close: a known inode needs no new fd.
+    rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK, &st)
+    if rc < 0:
+        err = errno
+        inodes.release(parent)
+        return -ENOENT if err == ENOENT else 0
+    mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
+        inodes.release(parent)
+        return 0
+    nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
+    inodes.release(parent)
+    if nodeid <= 0:
+        return 0
+    out.nodeid = <uint64_t>nodeid
+    out.generation = 0
+    out.entry_valid = valid                     # the same timeout for the name and attributes
+    out.attr_valid = valid
+    out.entry_valid_nsec = valid_nsec
+    out.attr_valid_nsec = valid_nsec
+    pack_attr(&st, &out.attr)
+    return nodeid
+
+
+cdef tuple _known_entries(NodeTable inodes, uint64_t parent, bytes records,
+                          const uint32_t[::1] starts, uint32_t index, uint32_t size,
+                          uint64_t sec, uint32_t nsec):
+    """NodeTable.known_entries: fuse_direntplus records of a snapshot's known entries, by
+    ``known_entry`` (the hot path's LOOKUP)."""
+    cdef Py_ssize_t total = len(records)
+    cdef const uint8_t *recs = records
+    cdef uint32_t count = <uint32_t>(starts.shape[0] - 1) if starts.shape[0] else 0
+    cdef uint32_t i = index, start, end, namelen, used = 0
+    cdef bint need = False
+    cdef int64_t rc
+    cdef char name[LOOKUP_NAME_MAX + 1]
+    cdef uint8_t *buf = <uint8_t *>malloc(size if size else 1)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            while i < count:
+                start = starts[i]
+                end = starts[i + 1]
+                if end > total or end < start + FUSE_NAME_OFFSET:
+                    break                       # not a snapshot this table made
+                if used + sizeof(fuse_entry_out) + (end - start) > size:
+                    break
+                namelen = (<const fuse_dirent *>(recs + start)).namelen
+                if namelen > end - start - FUSE_NAME_OFFSET:
+                    break
+                if _dot_name(<const char *>recs + start + FUSE_NAME_OFFSET, namelen):
+                    memset(buf + used, 0, sizeof(fuse_entry_out))
+                else:
+                    if namelen > LOOKUP_NAME_MAX:
+                        need = True
+                        break
+                    memcpy(name, recs + start + FUSE_NAME_OFFSET, namelen)
+                    name[namelen] = 0
+                    rc = known_entry(inodes, parent, name, namelen, sec, nsec,
+                                     <fuse_entry_out *>(buf + used))
+                    if rc == -ENOENT:
+                        i += 1                  # removed since the snapshot
+                        continue
+                    if rc <= 0:
+                        need = True
+                        break
+                memcpy(buf + used + sizeof(fuse_entry_out), recs + start, end - start)
+                used += sizeof(fuse_entry_out) + (end - start)
+                i += 1
+        return PyBytes_FromStringAndSize(<char *>buf, used), i, need
+    finally:
+        free(buf)
+
+
+cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil:
+    """struct fuse_attr from statx: the one packing of it, for the hot path's replies and,
+    through ``pack_attr_of``, the engine's (flags 0: the caller sets them)."""
+    a.ino = st.stx_ino
+    a.size = st.stx_size
+    a.blocks = st.stx_blocks
+    a.atime = <uint64_t>st.stx_atime.tv_sec
+    a.mtime = <uint64_t>st.stx_mtime.tv_sec
+    a.ctime = <uint64_t>st.stx_ctime.tv_sec
+    a.atimensec = st.stx_atime.tv_nsec
+    a.mtimensec = st.stx_mtime.tv_nsec
+    a.ctimensec = st.stx_ctime.tv_nsec
+    a.mode = st.stx_mode
+    a.nlink = st.stx_nlink
+    a.uid = st.stx_uid
+    a.gid = st.stx_gid
+    a.rdev = <uint32_t>(makedev(st.stx_rdev_major, st.stx_rdev_minor) & 0xffffffffUL)
+    a.blksize = st.stx_blksize
+    a.flags = 0
+
+
+cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil:
+    """Remove ``name``, the host name a ``--xattrmap`` gives the guest's security.capability,
+    from ``fd``'s file, where the kernel would remove security.capability itself: a write or
+    fallocate of the file (fs/inode.c, file_remove_privs, for any writer:
+    security_inode_need_killpriv), a truncate or a chown (fs/attr.c, setattr_prepare with
+    ATTR_KILL_PRIV).  Under another name the host kernel keeps it, so a guest file capability
+    would survive a change of content or owner.  0 when gone or never there (ENODATA; ENOTSUP:
+    no xattrs at all), else -errno: any other failure fails the change, as the kernel's does.
+    Asked first, as the kernel asks, so a file without it costs one fgetxattr and never takes
+    the inode lock a removal takes."""
+    if fgetxattr(fd, name, NULL, 0) < 0:
+        return 0 if errno == ENODATA or errno == EOPNOTSUPP else -errno
+    if fremovexattr(fd, name) < 0 and errno != ENODATA:
+        return -errno
+    return 0
+
+
+cdef int _kill_mapped_capability_path(const char *path, const char *name) noexcept nogil:
+    """``kill_mapped_capability`` of the file at ``path`` (an inode's /proc/self/fd name)."""
+    if getxattr(path, name, NULL, 0) < 0:
+        return 0 if errno == ENODATA or errno == EOPNOTSUPP else -errno
+    if removexattr(path, name) < 0 and errno != ENODATA:
+        return -errno
+    return 0
+
+
+cdef inline unsigned int _without_suidgid(unsigned int mode) noexcept nogil:
+    mode &= 0o7777
+    if mode & S_ISUID:
+        mode &= ~S_ISUID
+    if mode & S_ISGID and mode & S_IXGRP:
+        mode &= ~S_ISGID
+    return mode
+
+
+cdef int kill_suidgid(int fd) noexcept nogil:
+    """Clear setuid, and setgid where group-execute makes it one: what the kernel does when a
+    caller without CAP_FSETID writes, truncates or chowns.  Under HANDLE_KILLPRIV_V2 the guest
+    leaves it to us, and our own calls (made with CAP_FSETID) would keep the bits.  0 or
+    -errno."""
+    cdef stat st
+    cdef unsigned int mode
+    if fstat(fd, &st) < 0:
+        return -errno
+    mode = _without_suidgid(st.st_mode)
+    if mode != st.st_mode & 0o7777 and fchmod(fd, mode) < 0:
+        return -errno
+    return 0
+
+
+cdef int _kill_suidgid_path(const char *path) noexcept nogil:
+    """``kill_suidgid`` of the file at ``path`` (an inode's /proc/self/fd name)."""
+    cdef stat st
+    cdef unsigned int mode
+    if c_stat(path, &st) < 0:
+        return -errno
+    mode = _without_suidgid(st.st_mode)
+    if mode != st.st_mode & 0o7777 and chmod(path, mode) < 0:
+        return -errno
+    return 0
+
+
+cdef int flush_fd(int fd) noexcept nogil:
+    """FLUSH of an open file: close a duplicate of its descriptor, which gives the host file
+    system its close-time hook (and drops POSIX locks the way a close in the guest would)
+    while the handle stays open.  0 or -errno."""
+    cdef int dupfd = dup(fd)
+    if dupfd < 0 or c_close(dupfd) < 0:
+        return -errno
+    return 0
+
+
+# -- the same helpers for the Python engine (fs/passthrough.py) ------------------------------
+
+cdef int _check(int rc) except -1:
+    if rc < 0:
+        import os
+        raise OSError(-rc, os.strerror(-rc))
+    return 0
+
+
+def kill_suidgid_of(fd_or_path):
+    """``kill_suidgid`` of a descriptor (int) or a path (bytes or str); raises OSError."""
+    cdef int rc, fd
+    cdef bytes path
+    cdef const char *p
+    if isinstance(fd_or_path, int):
+        fd = fd_or_path
+        with nogil:
+            rc = kill_suidgid(fd)
+    else:
+        path = fd_or_path.encode() if isinstance(fd_or_path, str) else fd_or_path
+        p = path
+        with nogil:
+            rc = _kill_suidgid_path(p)
+    _check(rc)
+
+
+def kill_mapped_capability_of(fd_or_path, name):
+    """``kill_mapped_capability`` of a descriptor (int) or a path (bytes or str) for the
+    attribute ``name`` (bytes or str); raises OSError."""
+    cdef int rc, fd
+    cdef bytes path, xname = name.encode() if isinstance(name, str) else name
+    cdef const char *p
+    cdef const char *n = xname
+    if isinstance(fd_or_path, int):
+        fd = fd_or_path
+        with nogil:
+            rc = kill_mapped_capability(fd, n)
+    else:
+        path = fd_or_path.encode() if isinstance(fd_or_path, str) else fd_or_path
+        p = path
+        with nogil:
+            rc = _kill_mapped_capability_path(p, n)
+    _check(rc)
+
+
+def flush(int fd):
+    """``flush_fd``; raises OSError."""
+    cdef int rc
+    with nogil:
+        rc = flush_fd(fd)
+    _check(rc)
+
+
+cdef inline void _set_time(statx_timestamp *t, int64_t ns) noexcept nogil:
+    """Nanoseconds since the epoch as statx gives them: seconds rounded down, nanoseconds
+    0 to 999999999 (before 1970 too)."""
+    cdef int64_t rem = ns % 1000000000
+    t.tv_sec = ns // 1000000000
+    if rem < 0:
+        rem += 1000000000
+        t.tv_sec -= 1
+    t.tv_nsec = <uint32_t>rem
+
+
+cdef void _statx_of(Statx st, statx *buf) noexcept nogil:
+    buf.stx_ino = st.st_ino
+    buf.stx_size = st.st_size
+    buf.stx_blocks = st.st_blocks
+    _set_time(&buf.stx_atime, st.st_atime_ns)
+    _set_time(&buf.stx_mtime, st.st_mtime_ns)
+    _set_time(&buf.stx_ctime, st.st_ctime_ns)
+    buf.stx_mode = <uint16_t>st.st_mode
+    buf.stx_nlink = st.st_nlink
+    buf.stx_uid = st.st_uid
+    buf.stx_gid = st.st_gid
+    buf.stx_rdev_major = dev_major(st.st_rdev)
+    buf.stx_rdev_minor = dev_minor(st.st_rdev)
+    buf.stx_blksize = st.st_blksize
+
+
+def pack_attr_of(st, ino=None, uint32_t flags=0, uid=None, gid=None):
+    """``pack_attr`` for the Python engine: struct fuse_attr (88 bytes) of ``st``, a
+    ``fastvfs.fs._sys.Statx`` (its fields read directly) or any object with the fields of an
+    ``os.stat_result`` (``st_*``, times as ``st_*time_ns``), packed by the same C code as the
+    hot path's replies, so both send the same bytes: seconds rounded down with their
+    nanoseconds, rdev cut to its low 32 bits, the link count capped at 2^32 - 1.
+
+    ``ino`` overrides st_ino; ``uid``/``gid`` override the owner (ids translated for the
+    guest); ``flags`` is fuse_attr.flags (FUSE_ATTR_SUBMOUNT)."""
+    cdef statx buf
+    cdef fuse_attr a
+    memset(&buf, 0, sizeof(buf))
+    if isinstance(st, Statx):
+        _statx_of(<Statx>st, &buf)
+    else:
+        buf.stx_ino = st.st_ino
+        buf.stx_size = st.st_size
+        buf.stx_blocks = st.st_blocks
+        _set_time(&buf.stx_atime, st.st_atime_ns)
+        _set_time(&buf.stx_mtime, st.st_mtime_ns)
+        _set_time(&buf.stx_ctime, st.st_ctime_ns)
+        buf.stx_mode = st.st_mode
+        buf.stx_nlink = min(st.st_nlink, 0xFFFFFFFF)
+        buf.stx_uid = st.st_uid
+        buf.stx_gid = st.st_gid
+        rdev = st.st_rdev & 0xFFFFFFFF
+        buf.stx_rdev_major = dev_major(rdev)
+        buf.stx_rdev_minor = dev_minor(rdev)
+        buf.stx_blksize = st.st_blksize
+    pack_attr(&buf, &a)
+    if ino is not None:
+        a.ino = ino
+    if uid is not None:
+        a.uid = uid
+    if gid is not None:
+        a.gid = gid
+    a.flags = flags
+    return PyBytes_FromStringAndSize(<char *>&a, sizeof(a))
