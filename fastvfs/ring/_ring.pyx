@@ -20,6 +20,7 @@ Fragments, each knowing only those above it:
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
+  metaops.pxi   more metadata operations: STATFS, OPEN
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 
@@ -43,7 +44,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENOENT, ERANGE, errno
 from libc.stdint cimport INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, flush_fd, kill_mapped_capability,
                                  kill_suidgid, known_entry, pack_attr)
@@ -57,10 +58,10 @@ from fastvfs.includes.fcntl cimport fallocate
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
-                                           FUSE_LOOKUP, FUSE_READ, FUSE_RELEASE, FUSE_WRITE,
-                                           FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
+                                           FUSE_LOOKUP, FUSE_READ, FUSE_RELEASE, FUSE_STATFS,
+                                           FUSE_WRITE, FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
                                            fuse_entry_out, fuse_forget_one, fuse_out_header,
-                                           fuse_write_out)
+                                           fuse_statfs_out, fuse_write_out)
 from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
                                         io_uring_get_sqe, io_uring_peek_batch_cqe,
@@ -78,6 +79,7 @@ from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init
 from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, statx)
+from fastvfs.includes.statvfs cimport fstatvfs, statvfs
 from fastvfs.includes.uio cimport RWF_NOWAIT, preadv, preadv2, pwritev
 from fastvfs.includes.virtio_ring cimport (VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
                                            VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -92,5 +94,6 @@ include "used.pxi"
 include "uring_io.pxi"
 include "dataops.pxi"
 include "fastops.pxi"
+include "metaops.pxi"
 include "engine.pxi"
 include "worker.pxi"

@@ -289,3 +289,20 @@ def test_write_kills_suid_and_sgid_alike(pair, mode, write_flags):
     split = abi.IN_HEADER_SIZE + abi.write_in.size
     assert pair.in_c(req(c_fh, c_node), [32], split) == pair.in_python(req(py_fh, py_node), 32)
     assert file_state(pair.root / "f") == file_state(pair.root / "g")
+
+
+def test_statfs(pair):
+    # The root, a file, a directory and a symlink: the same fuse_statfs_out both ways (a
+    # fixed tree, so the counts cannot move between the two requests).
+    for nodeid in (abi.FUSE_ROOT_ID, pair.lookup(b"f"), pair.lookup(b"d"), pair.lookup(b"link")):
+        req = request(abi.Opcode.STATFS, nodeid=nodeid)
+        c = pair.in_c(req, [16, 80])
+        assert out_header(c)[1] == 0 and len(c) == 16 + abi.kstatfs.size
+        assert c == pair.in_python(req, 96)
+    # A node the table does not know, and one forgotten: the same error both ways.
+    f = pair.lookup(b"f")
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(2), nodeid=f), 0)
+    for nodeid in (f, f + 1000, 2 ** 63):
+        req = request(abi.Opcode.STATFS, nodeid=nodeid)
+        assert pair.in_c(req, [96]) == pair.in_python(req, 96)
+        assert out_header(pair.in_c(req, [96]))[1] == -errno.ENOENT
