@@ -34,6 +34,19 @@ cdef struct HandleSlot:
     uint32_t mode         # a node id's st_mode when adopted (its file type never changes)
 
 
+# How the file system opens an existing node for I/O (PassthroughFs.open, _open_flags,
+# _reopen), for the hot path to open one the same way (``open_node``).  Set once by the file
+# system on its handle table (``set_open_policy``) before any queue runs; until then
+# ``enabled`` is False and OPEN is the engine's.
+cdef struct OpenPolicy:
+    bint enabled
+    int flags_allowed       # PassthroughFs.open_flags_allowed: the guest flags passed on
+    bint writeback          # write-only opened read-write, O_APPEND dropped (``_open_flags``)
+    uint64_t fd_budget      # PassthroughFs.fd_budget: beyond it, the engine answers EMFILE
+    int proc_dir            # names ``proc_prefix`` + "N" relative to it (fastvfs.procfd):
+    char proc_prefix[16]    #   AT_FDCWD and "/proc/self/fd/" or "", or a chroot's proc fd
+
+
 cdef class HandleTable:
     cdef HandleSlot *slots
     cdef uint32_t *buckets
@@ -61,6 +74,12 @@ cdef class HandleTable:
     cdef uint32_t *clock
     cdef uint32_t clock_head
     cdef uint32_t clock_len
+    # Descriptors the file system holds besides this table's slots, counted against the
+    # guest's descriptor budget (PassthroughFs.fds_held): on the handle table its directory
+    # handles' records, on the node id table its mount descriptors (``set_fds_other``).
+    cdef readonly uint32_t fds_other
+    # Set on the handle table only (``set_open_policy``).
+    cdef OpenPolicy open_policy
 
     # Slots (mutex held).
     cdef int64_t _take_slot(self, int fd) noexcept nogil
@@ -96,3 +115,5 @@ cdef int64_t known_entry(HandleTable inodes, uint64_t parent, const char *name, 
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil
+cdef int open_node(HandleTable handles, HandleTable inodes, uint64_t nodeid, int flags,
+                   uint64_t *fh) noexcept nogil

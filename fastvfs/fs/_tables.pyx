@@ -386,15 +386,8 @@ cdef class HandleTable:
         """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full.
         A ``directory`` handle is never released by the hot path (``is_directory``)."""
         cdef int64_t fh
-        cdef bint direct
         with nogil:
-            direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
-            pthread_mutex_lock(&self.lock)
-            fh = self._take_slot(fd)
-            if fh >= 0:
-                self.slots[(fh & 0xffffffffUL) - 1].direct = direct
-                self.slots[(fh & 0xffffffffUL) - 1].directory = directory
-            pthread_mutex_unlock(&self.lock)
+            fh = _add_fd(self, fd, directory)
         if fh < 0:
             raise OSError(24, "handle table full")
         return fh
@@ -920,3 +913,6 @@ def flush(int fd):
     with nogil:
         rc = flush_fd(fd)
     _check(rc)
+
+
+include "opens.pxi"

@@ -11,6 +11,9 @@ cdef extern from "<sys/stat.h>" nogil:
     int c_stat "stat"(const char *path, stat *buf)
     int chmod(const char *path, unsigned int mode)
     int utimensat(int dirfd, const char *path, const timespec *times, int flags)
+    bint S_ISREG(unsigned int mode)
+    bint S_ISDIR(unsigned int mode)
+    bint S_ISLNK(unsigned int mode)
     unsigned int S_ISUID
     unsigned int S_ISGID
     unsigned int S_IXGRP

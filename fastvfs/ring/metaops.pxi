@@ -41,4 +41,35 @@ cdef int do_statfs(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef int do_open(Virtqueue vq) noexcept nogil:
+    """OPEN of a regular file, as the engine's do_open over PassthroughFs.open
+    (fastvfs.fs._tables.open_node: the same checks, flags, budget and handle), answered with
+    the cache mode's open flags.  Left to the engine: request extensions, O_CREAT or O_EXCL,
+    O_TRUNC asking to kill set-user-ID (FUSE_OPEN_KILL_SUIDGID), writing or truncating on a
+    read-only share (EROFS there), and whatever ``open_node`` declines."""
+    cdef const fuse_open_in *arg = &vq.req.hdr.arg.open
+    cdef int flags = <int>arg.flags
+    cdef fuse_open_out out
+    cdef uint64_t fh = 0
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or flags & (O_CREAT | O_EXCL):
+        return 0
+    if flags & O_TRUNC and arg.open_flags & FUSE_OPEN_KILL_SUIDGID:
+        return 0
+    if vq.cfg.read_only and (flags & O_ACCMODE != O_RDONLY or flags & O_TRUNC):
+        return 0
+    rc = open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, flags, &fh)
+    if rc == 1:
+        return 0
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+        return 1
+    memset(&out, 0, sizeof(out))
+    out.fh = fh
+    out.open_flags = vq.cfg.open_flags
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
 _fast_op(FUSE_STATFS, do_statfs, 0, NEEDS_INODES)
+_fast_op(FUSE_OPEN, do_open, sizeof(fuse_open_in), NEEDS_INODES)
