@@ -117,3 +117,4 @@ cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil
 cdef int open_node(HandleTable handles, HandleTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil
+cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil

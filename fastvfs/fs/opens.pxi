@@ -1,15 +1,16 @@
-# Opening an existing node for I/O in C (the hot path's OPEN), exactly as PassthroughFs.open
-# does it in Python: the descriptor budget, the node's file type checked before the open and
+# Naming a node through /proc/self/fd in C as the file system does (fastvfs.procfd): for the
+# hot path's OPEN, exactly as PassthroughFs.open does it in Python, the descriptor budget, the node's file type checked before the open and
 # again on the new descriptor, the guest's flags filtered as ``_open_flags`` filters them, the
 # reopen through /proc/self/fd (fastvfs.procfd) with O_CLOEXEC, and a handle in the handle
-# table.  The settings are the file system's own, given once through ``set_open_policy``.
+# table; and for SETATTR's chmod (PassthroughFs.setattr).  The settings are the file system's
+# own, given once through ``set_open_policy``.
 
 from libc.errno cimport EACCES, EINTR, EISDIR, ELOOP, EMFILE
 from libc.stdio cimport snprintf
 
 from fastvfs.includes.fcntl cimport (AT_FDCWD, O_ACCMODE, O_APPEND, O_CLOEXEC, O_RDWR, O_TRUNC,
                                      O_WRONLY, openat)
-from fastvfs.includes.stat cimport S_ISDIR, S_ISLNK, S_ISREG
+from fastvfs.includes.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fchmodat
 
 
 def set_open_policy(HandleTable handles, int flags_allowed, bint writeback, uint64_t fd_budget,
@@ -116,3 +117,15 @@ cdef int open_node(HandleTable handles, HandleTable inodes, uint64_t nodeid, int
         return -EMFILE
     fh[0] = <uint64_t>got
     return 0
+
+
+cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil:
+    """chmod(2) of the inode behind O_PATH descriptor ``fd`` through its /proc/self/fd name,
+    as PassthroughFs.setattr changes a mode without a file handle: 0, -errno, or 1 when no
+    policy is set (the file system then decides)."""
+    cdef OpenPolicy *policy = &handles.open_policy
+    cdef char path[48]
+    if not policy.enabled:
+        return 1
+    snprintf(path, sizeof(path), "%s%d", policy.proc_prefix, fd)
+    return -errno if fchmodat(policy.proc_dir, path, mode, 0) < 0 else 0

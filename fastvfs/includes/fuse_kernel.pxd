@@ -10,6 +10,7 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_LOOKUP
         FUSE_FORGET
         FUSE_GETATTR
+        FUSE_SETATTR
         FUSE_OPEN
         FUSE_READ
         FUSE_WRITE
@@ -25,6 +26,13 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_FSYNC_FDATASYNC
         FUSE_RELEASE_FLOCK_UNLOCK
         FUSE_OPEN_KILL_SUIDGID
+        FATTR_MODE
+        FATTR_ATIME
+        FATTR_MTIME
+        FATTR_ATIME_NOW
+        FATTR_MTIME_NOW
+        FATTR_LOCKOWNER
+        FATTR_CTIME
 
     struct fuse_in_header:
         uint32_t len
@@ -73,6 +81,21 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint32_t attr_valid_nsec
         uint32_t dummy
         fuse_attr attr
+
+    struct fuse_setattr_in:
+        uint32_t valid          # FATTR_*
+        uint64_t fh
+        uint64_t size
+        uint64_t lock_owner
+        uint64_t atime
+        uint64_t mtime
+        uint64_t ctime
+        uint32_t atimensec
+        uint32_t mtimensec
+        uint32_t ctimensec
+        uint32_t mode
+        uint32_t uid
+        uint32_t gid
 
     struct fuse_forget_in:
         uint64_t nlookup

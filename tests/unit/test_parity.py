@@ -1,12 +1,12 @@
 """Parity of the two implementations of every operation that has one in C and one in Python.
 
 The hot path answers GETATTR, LOOKUP of a known name, FLUSH, RELEASE, FORGET, BATCH_FORGET,
-FSYNC, FALLOCATE, STATFS, OPEN and WRITE's kill-suid/sgid itself; the FUSE engine (``fastvfs.fuse.engine``
-over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
+FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times and WRITE's kill-suid/sgid itself;
+the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
-for byte, and the same effect on the host (file contents, size, blocks, mode, lookup counts,
-descriptors held).  The ring is served in-process (``tests/unit/test_ring.py``'s harness); the
+for byte (an OPEN's handle number and the times the clock gives aside), and the same effect on
+the host (file contents, size, blocks, mode, lookup counts, descriptors held).  The ring is served in-process (``tests/unit/test_ring.py``'s harness); the
 Python side is the engine called directly.
 """
 
@@ -488,5 +488,110 @@ def test_open_within_the_descriptor_budget(tmp_path, io_engine):
         assert reply == pair.in_python(_open(f, os.O_RDONLY), 32)
         assert out_header(reply)[1] == -errno.EMFILE
         assert pair.fs.fds_held() == budget
+    finally:
+        pair.close()
+
+
+FATTR_NOW = abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW
+ATTR_AT = abi.OUT_HEADER_SIZE + abi.attr_out_head.size  # fuse_attr in a SETATTR reply
+
+
+def _setattr(nodeid, valid, mode=0, atime=(0, 0), mtime=(0, 0), fh=0, size=0):
+    body = abi.setattr_in.pack(valid, 0, fh, size, 0, atime[0], mtime[0], 0, atime[1], mtime[1],
+                               0, mode, 0, 0, 0, 0)
+    return request(abi.Opcode.SETATTR, body, nodeid=nodeid)
+
+
+def _unclocked(reply, valid):
+    """A SETATTR reply without the times the clock gives (ctime, and a time set to now)."""
+    if out_header(reply)[1]:
+        return reply
+    reply = bytearray(reply)
+    fields = [(40, 8, 0), (48 + 8, 4, 0)]  # ctime, ctimensec (offsets in fuse_attr)
+    if valid & abi.FATTR_ATIME_NOW:
+        fields += [(24, 8, 0), (48, 4, 0)]
+    if valid & abi.FATTR_MTIME_NOW:
+        fields += [(32, 8, 0), (52, 4, 0)]
+    for off, size, _ in fields:
+        reply[ATTR_AT + off:ATTR_AT + off + size] = bytes(size)
+    return bytes(reply)
+
+
+SETATTR_CASES = [
+    (0, {}),
+    (abi.FATTR_MODE, {"mode": 0o600}),
+    (abi.FATTR_MODE, {"mode": 0o104755}),        # file type bits are not the guest's to set
+    (abi.FATTR_MODE, {"mode": 0o7777}),
+    (abi.FATTR_ATIME, {"atime": (1_000_000_000, 5)}),
+    (abi.FATTR_MTIME, {"mtime": (1_700_000_000, 999_999_999)}),
+    (abi.FATTR_ATIME | abi.FATTR_MTIME, {"atime": (0, 0), "mtime": (3, 4)}),
+    (FATTR_NOW | abi.FATTR_ATIME | abi.FATTR_MTIME, {"atime": (5, 0), "mtime": (6, 0)}),
+    (abi.FATTR_MTIME_NOW | abi.FATTR_MTIME, {}),
+    (abi.FATTR_MODE | abi.FATTR_MTIME | abi.FATTR_LOCKOWNER | abi.FATTR_CTIME,
+     {"mode": 0o640, "mtime": (1_234_567_890, 1)}),
+]
+
+
+@pytest.mark.parametrize("valid,values", SETATTR_CASES)
+def test_setattr_of_mode_and_times(pair, valid, values):
+    """The same request sent in C then by the engine to the same node: the same reply but
+    for the times the clock gives, and the same mode and times on the host after each."""
+    for name in (b"f", b"d", b"link", None):
+        nodeid = pair.lookup(name) if name else abi.FUSE_ROOT_ID
+        path = pair.root / name.decode() if name else pair.root
+        req = _setattr(nodeid, valid, **values)
+        c = pair.in_c(req, [16, 200])
+        after_c = os.lstat(path)
+        py = pair.in_python(req, 216)
+        after_py = os.lstat(path)
+        assert _unclocked(c, valid) == _unclocked(py, valid), (name, oct(valid))
+        if valid & FATTR_NOW:
+            continue
+        assert (after_c.st_mode, after_c.st_atime_ns, after_c.st_mtime_ns) == \
+            (after_py.st_mode, after_py.st_atime_ns, after_py.st_mtime_ns)
+        if valid & abi.FATTR_MODE and name != b"link":
+            assert after_c.st_mode & 0o7777 == values["mode"] & 0o7777
+        if valid & abi.FATTR_MTIME and not out_header(c)[1]:
+            assert after_c.st_mtime_ns == values["mtime"][0] * 10 ** 9 + values["mtime"][1]
+    os.chmod(pair.root, 0o755)
+
+
+def test_setattr_mode_of_a_symlink_and_unknown_nodes(pair):
+    link = pair.lookup(b"link")
+    req = _setattr(link, abi.FATTR_MODE, mode=0o600)
+    assert pair.in_c(req, [216]) == pair.in_python(req, 216)
+    assert out_header(pair.in_c(req, [216]))[1] == -errno.EOPNOTSUPP
+    f = pair.lookup(b"f")
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=f), 0)
+    for nodeid in (f, f + 1000, 0, 2 ** 63):
+        req = _setattr(nodeid, abi.FATTR_MODE, mode=0o600)
+        assert pair.in_c(req, [216]) == pair.in_python(req, 216)
+        assert out_header(pair.in_c(req, [216]))[1] == -errno.ENOENT
+    assert os.stat(pair.root / "f").st_mode & 0o777 != 0o600
+
+
+def test_setattr_declined_to_the_engine(tmp_path, io_engine):
+    """Any other attribute, a file handle, a time the engine refuses or reads as signed, a
+    read-only share: the engine answers."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        f = pair.lookup(b"f")
+        fh = pair.open(f)
+        for valid, values in ((abi.FATTR_SIZE, {"size": 10}),
+                              (abi.FATTR_MODE | abi.FATTR_FH, {"mode": 0o600, "fh": fh}),
+                              (abi.FATTR_MODE | abi.FATTR_KILL_SUIDGID, {"mode": 0o644}),
+                              (abi.FATTR_UID, {}),
+                              (abi.FATTR_MTIME, {"mtime": (1, 10 ** 9)}),      # EINVAL
+                              (abi.FATTR_MTIME, {"mtime": (2 ** 64 - 1, 0)}),  # before 1970
+                              (abi.FATTR_ATIME, {"atime": (2 ** 40, 0)})):
+            via_engine(pair, _setattr(f, valid, **values), [216])
+        assert os.stat(pair.root / "f").st_size == 10
+        assert os.stat(pair.root / "f").st_mtime_ns == -10 ** 9
+    finally:
+        pair.close()
+    pair = _make_pair(tmp_path / "ro", io_engine, readonly=True)
+    try:
+        reply = via_engine(pair, _setattr(pair.lookup(b"f"), abi.FATTR_MODE, mode=0), [216])
+        assert out_header(reply)[1] == -errno.EROFS
     finally:
         pair.close()
