@@ -1,7 +1,8 @@
-"""OPEN and STATFS through the daemon as deployed, in each sandbox that names descriptors its
-own way (fastvfs.procfd): the hot path answers both in C, reopening a node through
-/proc/self/fd as the file system does (tests/unit/test_parity.py compares the two paths byte
-for byte; here the sandboxes' naming, the cache mode's open flags and writeback reach it)."""
+"""OPEN, STATFS and SETATTR of mode and times through the daemon as deployed, in each sandbox
+that names descriptors its own way (fastvfs.procfd): the hot path answers them in C, reopening
+a node through /proc/self/fd (or changing its mode there) as the file system does
+(tests/unit/test_parity.py compares the two paths byte for byte; here the sandboxes' naming,
+the cache mode's open flags and writeback reach it)."""
 
 import errno
 import os
@@ -68,6 +69,11 @@ def test_open_and_statfs(custom, sandbox, cache, open_flags):
     s, host = client.statfs(f), os.statvfs(shared)
     assert (s.bsize, s.frsize, s.namelen, s.blocks, s.files) == (
         host.f_bsize, host.f_frsize, host.f_namemax, host.f_blocks, host.f_files)
+    # SETATTR of the mode (chmod through the same /proc/self/fd name) and times.
+    attr = client.setattr(f, mode=0o600, mtime=1_234_567_890_123_456_789)
+    st = os.stat(shared / "f")
+    assert attr.attr.mode & 0o7777 == st.st_mode & 0o7777 == 0o600
+    assert st.st_mtime_ns == 1_234_567_890_123_456_789
     still_serving(frontend, client)
 
 
