@@ -224,6 +224,8 @@ class RingOptions:
     ``fixed_buffers``: register guest memory with each queue's io_uring; default off.
     ``read_only``: a read-only share: WRITE and FALLOCATE are left to the engine's EROFS;
       default off.
+    ``open_flags``: the fuse_open_out flags (FOPEN_*) the hot path answers OPEN with: the
+      cache mode's; default 0.
     """
 
     max_io: int = 1 << 20
@@ -232,6 +234,7 @@ class RingOptions:
     poll_us: int = 0
     fixed_buffers: bool = False
     read_only: bool = False
+    open_flags: int = 0
 
     def __post_init__(self):
         _coerce(self, "io_engine", IoEngine)
@@ -244,8 +247,8 @@ class DaemonOptions:
     """The vhost-user daemon: the process, its sockets, and the share and rings it serves.
 
     ``share``: the ``ShareOptions``.  ``ring``: the ``RingOptions``; the daemon starts the
-      rings with its ``attr_timeout`` set from the share's cache mode and its ``read_only``
-      from the share's ``readonly``.
+      rings with its ``attr_timeout`` and ``open_flags`` set from the share's cache mode and
+      its ``read_only`` from the share's ``readonly``.
     ``socket_path``: the vhost-user socket to create; ``fd``: an inherited listening socket;
       exactly one of them is given.
     ``socket_group``: group owning ``socket_path`` (not with ``fd``); default None (root only).

@@ -41,6 +41,13 @@ def set_switched(proc_fd):
     _proc_fd = proc_fd
 
 
+def base():
+    """``(dir_fd, prefix)``: ``prefix`` + "N" opened relative to ``dir_fd`` (None: the working
+    directory) names descriptor N, in every mode above, without moving the working directory:
+    for openat(2) from C, which takes the directory itself."""
+    return _proc_fd, _prefix
+
+
 class named:
     """``with named(fd) as path:`` a path that names descriptor ``fd`` inside the block.  A
     plain class rather than a generator context manager: without the chroot sandbox this is

@@ -37,6 +37,10 @@ cdef class SlotTable:
     cdef uint32_t free_hint
     cdef pthread_mutex_t lock
     cdef readonly uint32_t count
+    # Descriptors the file system holds besides this table's slots, counted against the
+    # guest's descriptor budget (PassthroughFs.fds_held): on the handle table its directory
+    # handles' records, on the node id table its mount descriptors (``set_fds_other``).
+    cdef readonly uint32_t fds_other
 
     cdef int _alloc(self, uint32_t capacity, size_t stride) except -1
     # Mutex held.
@@ -65,6 +69,19 @@ cdef struct HandleSlot:
     bint directory        # an OPENDIR handle: the file system holds a listing for it
 
 
+# How the file system opens an existing node for I/O (PassthroughFs.open, _open_flags,
+# _reopen), for the hot path to open one the same way (``open_node``).  Set once by the file
+# system on its handle table (``set_open_policy``) before any queue runs; until then
+# ``enabled`` is False and OPEN is the engine's.
+cdef struct OpenPolicy:
+    bint enabled
+    int flags_allowed       # PassthroughFs.open_flags_allowed: the guest flags passed on
+    bint writeback          # write-only opened read-write, O_APPEND dropped (``_open_flags``)
+    uint64_t fd_budget      # PassthroughFs.fd_budget: beyond it, the engine answers EMFILE
+    int proc_dir            # names ``proc_prefix`` + "N" relative to it (fastvfs.procfd):
+    char proc_prefix[16]    #   AT_FDCWD and "/proc/self/fd/" or "", or a chroot's proc fd
+
+
 @cython.final
 cdef class HandleTable(SlotTable):
     cdef HandleSlot *files            # mem, typed
@@ -75,10 +92,12 @@ cdef class HandleTable(SlotTable):
     # not): removed before a WRITE or FALLOCATE, as the kernel removes the real one
     # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
     cdef char cap_xattr[256]
+    cdef OpenPolicy open_policy       # set_open_policy
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
     cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil
+    cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil
 
     cdef inline bint holds_lock_fds(self) noexcept nogil:
         """The lock-descriptor contract: True while the file system holds a descriptor for a
@@ -145,3 +164,10 @@ cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, si
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil
+
+
+# -- opening and changing a node as the file system does (tables/opens.pxi) ---------------------
+
+cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
+                   uint64_t *fh) noexcept nogil
+cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil

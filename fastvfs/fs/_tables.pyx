@@ -13,6 +13,8 @@ Fragments, each knowing only those above it:
                       descriptor cache of nodes held by file handle
   tables/helpers.pxi  attribute packing, known-entry lookup, kill-suid/sgid, the mapped
                       capability, FLUSH; their Python wrappers
+  tables/opens.pxi    a node opened for I/O and a mode changed as the file system does it
+                      (the open policy it sets, the descriptor budget), for OPEN and SETATTR
 
 Lock order: a table's mutex is a leaf lock; nothing is called while holding it but close(2)
 of an evicted cache descriptor.
@@ -48,3 +50,4 @@ include "tables/slots.pxi"
 include "tables/handles.pxi"
 include "tables/nodes.pxi"
 include "tables/helpers.pxi"
+include "tables/opens.pxi"

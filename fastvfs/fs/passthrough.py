@@ -139,6 +139,7 @@ class InodeStore:
             try:
                 mount_id = _sys.name_to_handle(root_fd)[1]
                 self.mount_fds[mount_id] = _mount_fd(root_fd, root_st.st_mode)
+                _tables.set_fds_other(table, len(self.mount_fds))
             except OSError:
                 if file_handles == "mandatory":
                     raise
@@ -242,6 +243,7 @@ class InodeStore:
                 if handle is not None and mount_id not in self.mount_fds:
                     try:
                         self.mount_fds[mount_id] = _mount_fd(fd, st.st_mode)
+                        _tables.set_fds_other(self.table, len(self.mount_fds))
                     except OSError:
                         if self.file_handles == "mandatory":
                             raise
@@ -508,6 +510,9 @@ class PassthroughFs:
         handles.set_cap_xattr(self.cap_xattr or b"")
         self.open_flags_allowed = (OPEN_FLAGS_ALLOWED | (os.O_DIRECT if allow_direct_io else 0) |
                                    (os.O_NOATIME if preserve_noatime else 0))
+        # The hot path opens regular files as ``open`` does, with these settings.
+        _tables.set_open_policy(handles, self.open_flags_allowed, writeback, fd_budget,
+                                *procfd.base())
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         # ``inodes``: the node id table, a ``_tables.NodeTable`` (the daemon hands the same one
@@ -558,6 +563,8 @@ class PassthroughFs:
                 self.inodes.table.unhold(nodeid)
 
     def fds_held(self):
+        """Descriptors the guest makes us hold (the hot path's OPEN sums the same counts, each
+        table's ``fds_other`` standing for ``dirs`` and ``mount_fds``)."""
         table = self.inodes.table
         return (self.handles.count + table.count - table.handle_nodes + table.handle_fds +
                 len(self.inodes.mount_fds) + len(self.dirs) + len(self.lock_fds))
@@ -966,6 +973,7 @@ class PassthroughFs:
         with self.dirs_lock:
             self.dirs.pop(fh, None)
             self._drop_listing(fh)
+            _tables.set_fds_other(self.handles, len(self.dirs))
         self.handles.remove(fh)
         self._release_handle_locks(fh)
 
@@ -1274,6 +1282,7 @@ class PassthroughFs:
         fh = self._add_handle(fd, directory=True)
         with self.dirs_lock:
             self.dirs[fh] = DirHandle(fd)
+            _tables.set_fds_other(self.handles, len(self.dirs))
         return fh
 
     def _dir(self, fh):
@@ -1354,6 +1363,7 @@ class PassthroughFs:
         """End of a session: every inode but the root and every handle is dropped."""
         with self.dirs_lock:
             self.dirs.clear()
+            _tables.set_fds_other(self.handles, 0)
             self.listings.clear()
             self.listing_bytes = 0
         self._drop_lock_fds(lambda k: True)

@@ -1,4 +1,4 @@
-# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl, renameat2 and the file-handle
+# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl, openat, renameat2 and the file-handle
 # calls, with struct file_handle sized for the largest handle (linux/exportfs.h MAX_HANDLE_SZ).
 # The AT_* flags statx takes are in statx.pxd.
 
@@ -8,6 +8,9 @@ cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
     int fcntl(int fd, int cmd, ...)
     enum: F_GETFL, O_DIRECT
+    int openat(int dirfd, const char *path, int flags, ...)
+    enum: AT_FDCWD, O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC, O_CREAT, O_EXCL
+    enum: O_CLOEXEC
     int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                   unsigned int flags)
 

@@ -10,9 +10,12 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_LOOKUP
         FUSE_FORGET
         FUSE_GETATTR
+        FUSE_SETATTR
+        FUSE_OPEN
         FUSE_READ
         FUSE_WRITE
         FUSE_RELEASE
+        FUSE_STATFS
         FUSE_FSYNC
         FUSE_FLUSH
         FUSE_BATCH_FORGET
@@ -22,6 +25,14 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_WRITE_KILL_SUIDGID
         FUSE_FSYNC_FDATASYNC
         FUSE_RELEASE_FLOCK_UNLOCK
+        FUSE_OPEN_KILL_SUIDGID
+        FATTR_MODE
+        FATTR_ATIME
+        FATTR_MTIME
+        FATTR_ATIME_NOW
+        FATTR_MTIME_NOW
+        FATTR_LOCKOWNER
+        FATTR_CTIME
 
     struct fuse_in_header:
         uint32_t len
@@ -31,6 +42,7 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint32_t uid
         uint32_t gid
         uint32_t pid
+        uint16_t total_extlen   # request extensions, in 8-byte units
 
     struct fuse_out_header:
         uint32_t len
@@ -70,6 +82,21 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint32_t dummy
         fuse_attr attr
 
+    struct fuse_setattr_in:
+        uint32_t valid          # FATTR_*
+        uint64_t fh
+        uint64_t size
+        uint64_t lock_owner
+        uint64_t atime
+        uint64_t mtime
+        uint64_t ctime
+        uint32_t atimensec
+        uint32_t mtimensec
+        uint32_t ctimensec
+        uint32_t mode
+        uint32_t uid
+        uint32_t gid
+
     struct fuse_forget_in:
         uint64_t nlookup
 
@@ -80,6 +107,27 @@ cdef extern from "<linux/fuse.h>" nogil:
     struct fuse_batch_forget_in:
         uint32_t count
         uint32_t dummy
+
+    struct fuse_open_in:
+        uint32_t flags
+        uint32_t open_flags     # FUSE_OPEN_KILL_SUIDGID
+
+    struct fuse_open_out:       # the rest (padding, or backing_id since 7.40) is zero
+        uint64_t fh
+        uint32_t open_flags
+
+    struct fuse_kstatfs:        # the rest (padding, spare) is zero
+        uint64_t blocks
+        uint64_t bfree
+        uint64_t bavail
+        uint64_t files
+        uint64_t ffree
+        uint32_t bsize
+        uint32_t namelen
+        uint32_t frsize
+
+    struct fuse_statfs_out:
+        fuse_kstatfs st
 
     struct fuse_read_in:
         uint64_t fh

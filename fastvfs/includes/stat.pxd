@@ -10,7 +10,11 @@ cdef extern from "<sys/stat.h>" nogil:
     int fchmod(int fd, unsigned int mode)
     int c_stat "stat"(const char *path, stat *buf)
     int chmod(const char *path, unsigned int mode)
+    int fchmodat(int dirfd, const char *path, unsigned int mode, int flags)
     int utimensat(int dirfd, const char *path, const timespec *times, int flags)
+    bint S_ISREG(unsigned int mode)
+    bint S_ISDIR(unsigned int mode)
+    bint S_ISLNK(unsigned int mode)
     unsigned int S_ISUID
     unsigned int S_ISGID
     unsigned int S_IXGRP

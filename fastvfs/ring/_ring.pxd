@@ -7,8 +7,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from fastvfs.fs._tables cimport HandleTable, NodeTable
 from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
-                                           fuse_in_header, fuse_read_in, fuse_release_in,
-                                           fuse_write_in)
+                                           fuse_in_header, fuse_open_in, fuse_read_in,
+                                           fuse_release_in, fuse_setattr_in, fuse_write_in)
 from fastvfs.includes.liburing cimport io_uring, io_uring_sqe
 from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.uio cimport iovec
@@ -94,6 +94,8 @@ cdef union InArg:
     fuse_fallocate_in fallocate
     fuse_forget_in forget
     fuse_batch_forget_in batch_forget
+    fuse_open_in open
+    fuse_setattr_in setattr
 
 cdef struct InHeaders:
     fuse_in_header h
@@ -178,6 +180,7 @@ cdef struct RingConfig:
     bint uring_writes               # WRITE too
     bint read_only                  # WRITE and FALLOCATE are the engine's (it refuses them)
     bint want_fixed                 # register guest memory with the ring (--fixed-buffers)
+    uint32_t open_flags             # fuse_open_out.open_flags of C replies (the cache mode's)
 
 
 cdef struct RingFds:

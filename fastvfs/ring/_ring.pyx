@@ -20,6 +20,7 @@ Fragments, each knowing only those above it:
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
+  metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 
@@ -40,26 +41,34 @@ from fastvfs.uring.engine import UringEngine, UringUnavailable
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENOENT, ERANGE, errno
+from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENOENT, EOPNOTSUPP, ERANGE,
+                         errno)
 from libc.stdint cimport INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
-from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, flush_fd, kill_mapped_capability,
-                                 kill_suidgid, known_entry, pack_attr)
+from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, chmod_node, flush_fd,
+                                 kill_mapped_capability, kill_suidgid, known_entry, open_node,
+                                 pack_attr)
 from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
                                        fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
                                        fastvfs_load64, fastvfs_log2, fastvfs_release,
                                        fastvfs_store16)
 from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOLLIN,
                                      epoll_create1, epoll_ctl, epoll_event, epoll_wait)
-from fastvfs.includes.fcntl cimport fallocate
+from fastvfs.includes.fcntl cimport O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC, fallocate
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
-                                           FUSE_LOOKUP, FUSE_READ, FUSE_RELEASE, FUSE_WRITE,
+                                           FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME,
+                                           FATTR_LOCKOWNER, FATTR_MODE, FATTR_MTIME,
+                                           FATTR_MTIME_NOW, FUSE_LOOKUP, FUSE_OPEN,
+                                           FUSE_OPEN_KILL_SUIDGID, FUSE_SETATTR,
+                                           FUSE_READ, FUSE_RELEASE, FUSE_STATFS, FUSE_WRITE,
                                            FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
-                                           fuse_entry_out, fuse_forget_one, fuse_out_header,
+                                           fuse_entry_out, fuse_forget_one, fuse_open_in,
+                                           fuse_open_out, fuse_out_header, fuse_setattr_in,
+                                           fuse_statfs_out,
                                            fuse_write_out)
 from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
@@ -76,8 +85,10 @@ from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_write, clock_ge
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
 from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage
+from fastvfs.includes.stat cimport S_ISLNK, UTIME_NOW, UTIME_OMIT, utimensat
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, statx)
+from fastvfs.includes.statvfs cimport fstatvfs, statvfs
 from fastvfs.includes.uio cimport RWF_NOWAIT, preadv, preadv2, pwritev
 from fastvfs.includes.virtio_ring cimport (VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
                                            VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -92,5 +103,6 @@ include "used.pxi"
 include "uring_io.pxi"
 include "dataops.pxi"
 include "fastops.pxi"
+include "metaops.pxi"
 include "engine.pxi"
 include "worker.pxi"

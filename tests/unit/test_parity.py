@@ -1,18 +1,20 @@
 """Parity of the two implementations of every operation that has one in C and one in Python.
 
 The hot path answers GETATTR, LOOKUP of a known name, FLUSH, RELEASE, FORGET, BATCH_FORGET,
-FSYNC, FALLOCATE and WRITE's kill-suid/sgid itself; the FUSE engine (``fastvfs.fuse.engine``
-over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
+FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times and WRITE's kill-suid/sgid itself;
+the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
-for byte, and the same effect on the host (file contents, size, blocks, mode, lookup counts,
-descriptors held).  The ring is served in-process (``tests/unit/test_ring.py``'s harness); the
+for byte (an OPEN's handle number and the times the clock gives aside), and the same effect on
+the host (file contents, size, blocks, mode, lookup counts, descriptors held).  The ring is served in-process (``tests/unit/test_ring.py``'s harness); the
 Python side is the engine called directly.
 """
 
 import errno
+import fcntl
 import os
 import shutil
+import stat
 import struct
 
 import pytest
@@ -21,7 +23,7 @@ from fastvfs.fs._tables import HandleTable, NodeTable
 from fastvfs.ring import _ring
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
-from fastvfs.fuse.engine import FuseEngine
+from fastvfs.fuse.engine import CachePolicy, FuseEngine
 from tests.unit.test_ring import Harness, out_header, request
 
 FUSE_GETATTR_FH = 1
@@ -35,14 +37,15 @@ class Pair:
     """One tree, one node id table, one handle table: a ring worker serving in C and the
     engine it hands requests to."""
 
-    def __init__(self, root, io_engine):
+    def __init__(self, root, io_engine, cache="auto", readonly=False, **fs_options):
         self.root = root
         self.inodes = NodeTable(256)
         self.ring = Harness(reply=lambda req, out: self.engine.handle(req, out),
-                            inodes=self.inodes, engine=io_engine)
+                            inodes=self.inodes, engine=io_engine, read_only=readonly,
+                            open_flags=CachePolicy(cache).open_flags)
         self.ring.vq.set_fast_io(True)
-        self.fs = PassthroughFs(root, self.ring.handles, inodes=self.inodes)
-        self.engine = FuseEngine(self.fs, "auto")
+        self.fs = PassthroughFs(root, self.ring.handles, inodes=self.inodes, **fs_options)
+        self.engine = FuseEngine(self.fs, cache, readonly=readonly)
         init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
         assert self.engine.handle(init, 4096)[0] == 0
 
@@ -345,3 +348,306 @@ def test_pack_attr_of_clamps_what_fuse_attr_cannot_hold():
     fields = abi.attr.unpack(pack_attr_of(st))
     assert fields[3:9] == (2 ** 64 - 1, 2 ** 64 - 2, 1, 999_999_999, 0, 5)
     assert fields[10] == 2 ** 32 - 1 and fields[13] == 0x12345678
+
+
+def test_statfs(pair):
+    # The root, a file, a directory and a symlink: the same fuse_statfs_out both ways (a
+    # fixed tree, so the counts cannot move between the two requests).
+    for nodeid in (abi.FUSE_ROOT_ID, pair.lookup(b"f"), pair.lookup(b"d"), pair.lookup(b"link")):
+        req = request(abi.Opcode.STATFS, nodeid=nodeid)
+        c = pair.in_c(req, [16, 80])
+        assert out_header(c)[1] == 0 and len(c) == 16 + abi.kstatfs.size
+        assert c == pair.in_python(req, 96)
+    # A node the table does not know, and one forgotten: the same error both ways.
+    f = pair.lookup(b"f")
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(2), nodeid=f), 0)
+    for nodeid in (f, f + 1000, 2 ** 63):
+        req = request(abi.Opcode.STATFS, nodeid=nodeid)
+        assert pair.in_c(req, [96]) == pair.in_python(req, 96)
+        assert out_header(pair.in_c(req, [96]))[1] == -errno.ENOENT
+
+
+O_KERNEL_LARGEFILE = 0o100000  # what a 64-bit guest kernel sets on every open
+OPEN_FLAGS = [os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_APPEND,
+              os.O_WRONLY | os.O_APPEND, os.O_RDONLY | os.O_NONBLOCK, os.O_RDWR | os.O_SYNC,
+              os.O_WRONLY | os.O_DSYNC, os.O_RDONLY | O_KERNEL_LARGEFILE,
+              os.O_RDONLY | os.O_NOATIME, os.O_RDWR | os.O_DIRECT, os.O_RDONLY | os.O_NOFOLLOW,
+              os.O_RDONLY | os.O_DIRECTORY, os.O_RDONLY | os.O_PATH, os.O_RDONLY | os.O_NOCTTY,
+              os.O_WRONLY | os.O_TRUNC, os.O_RDWR | os.O_TRUNC | os.O_APPEND, 3]
+
+
+def _open(nodeid, flags, open_flags=0):
+    return request(abi.Opcode.OPEN, abi.open_in.pack(flags, open_flags), nodeid=nodeid)
+
+
+def _handle_state(pair, reply):
+    """An OPEN reply with its fh taken out, and what the handle holds on the host: the
+    descriptor's status flags and the file it names."""
+    length, error, unique = out_header(reply)
+    if error:
+        return reply, None
+    fh, open_flags, padding = abi.open_out.unpack_from(reply, 16)
+    fd = pair.ring.handles.get(fh)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    descriptor = (flags, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+                  os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).rstrip("fg"))
+    return (length, error, unique, open_flags, padding), descriptor
+
+
+def _make_pair(tmp_path, io_engine, **options):
+    root = tmp_path / "share"
+    root.mkdir(parents=True)
+    (root / "f").write_bytes(CONTENT)
+    (root / "d").mkdir()
+    os.symlink("f", root / "link")
+    return Pair(root, io_engine, **options)
+
+
+@pytest.fixture(params=["sync", "uring"])
+def io_engine(request):
+    return request.param
+
+
+@pytest.mark.parametrize("options", [{}, {"writeback": True}, {"allow_direct_io": True},
+                                     {"preserve_noatime": True}, {"cache": "never"},
+                                     {"cache": "always"}, {"cache": "metadata"}])
+def test_open(tmp_path, io_engine, options):
+    """OPEN of a regular file with every kind of flag: the same reply (but for the handle's
+    number), the same descriptor behind the handle, the same effect on the file."""
+    pair = _make_pair(tmp_path, io_engine, **options)
+    try:
+        for flags in OPEN_FLAGS:
+            shutil.copyfile(pair.root / "f", pair.root / "g")
+            os.chmod(pair.root / "g", os.stat(pair.root / "f").st_mode)
+            c_node, py_node = pair.lookup(b"f"), pair.lookup(b"g")
+            handles = pair.ring.handles.count
+            c = pair.in_c(_open(c_node, flags), [16, 16])
+            py = pair.in_python(_open(py_node, flags), 32)
+            assert _handle_state(pair, c) == _handle_state(pair, py), oct(flags)
+            assert file_state(pair.root / "f") == file_state(pair.root / "g")
+            opened = pair.ring.handles.count - handles
+            assert opened == (2 if out_header(c)[1] == 0 else 0)
+            # The handles opened in C and in Python are released alike.
+            if opened:
+                for reply, node in ((c, c_node), (py, py_node)):
+                    fh = abi.open_out.unpack_from(reply, 16)[0]
+                    assert pair.in_c(_release(fh, node), [16])[4:8] == bytes(4)
+            assert pair.ring.handles.count == handles
+            (pair.root / "f").write_bytes(CONTENT)
+    finally:
+        pair.close()
+
+
+def test_open_answers_cache_mode_flags(tmp_path, io_engine):
+    for cache, flags in (("never", abi.FOPEN_DIRECT_IO), ("always", abi.FOPEN_KEEP_CACHE),
+                         ("auto", 0)):
+        pair = _make_pair(tmp_path / cache, io_engine, cache=cache)
+        try:
+            reply = pair.in_c(_open(pair.lookup(b"f"), os.O_RDONLY), [32])
+            assert abi.open_out.unpack_from(reply, 16)[1:] == (flags, 0)
+        finally:
+            pair.close()
+
+
+def test_open_refuses_all_but_regular_files(pair):
+    """A FIFO, a device node, a socket, a symlink, a directory and the root are answered in C
+    with the errno the engine gives, and nothing is opened: a FIFO would block the queue, a
+    device would reach a host driver."""
+    os.mkfifo(pair.root / "fifo")
+    os.mknod(pair.root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(pair.root / "sock", stat.S_IFSOCK | 0o666)
+    nodes = [pair.lookup(name) for name in (b"fifo", b"null", b"sock", b"link", b"d")]
+    nodes.append(abi.FUSE_ROOT_ID)
+    pair.in_c(request(abi.Opcode.STATFS), [96])  # a queue's io_uring is set up at first use
+    held = fds_open()
+    for nodeid in nodes:
+        for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR | os.O_NONBLOCK, os.O_RDONLY | 3):
+            c = pair.in_c(_open(nodeid, flags), [32])
+            assert c == pair.in_python(_open(nodeid, flags), 32)
+            assert out_header(c)[1] in (-errno.EACCES, -errno.ELOOP, -errno.EISDIR)
+    assert fds_open() == held and pair.ring.handles.count == 0
+
+
+def test_open_of_stale_and_forged_node_ids(pair):
+    f = pair.lookup(b"f")
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=f), 0)
+    for nodeid in (f, f + 1000, f + (1 << 32), 0, 2 ** 63, 2 ** 64 - 1):
+        c = pair.in_c(_open(nodeid, os.O_RDWR), [32])
+        assert c == pair.in_python(_open(nodeid, os.O_RDWR), 32)
+        assert out_header(c)[1] == -errno.ENOENT
+    assert pair.ring.handles.count == 0
+
+
+def via_engine(pair, req, out_lens):
+    """The ring's reply to a request it must hand to the engine (fails if served in C)."""
+    seen = len(pair.ring.seen)
+    data = pair.ring.roundtrip([req], out_lens)
+    assert len(pair.ring.seen) == seen + 1, "served in C, not by the engine"
+    return data[:out_header(data)[0]]
+
+
+def test_open_declined_to_the_engine(tmp_path, io_engine):
+    """What the C path cannot decide as the file system would goes to the engine: O_CREAT or
+    O_EXCL, O_TRUNC asking to kill set-user-ID, request extensions."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        f = pair.lookup(b"f")
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDWR | os.O_EXCL):
+            reply = via_engine(pair, _open(f, flags), [32])
+            assert out_header(reply)[1] == 0
+        os.chmod(pair.root / "f", 0o6755)
+        reply = via_engine(pair, _open(f, os.O_RDWR | os.O_TRUNC, abi.FUSE_OPEN_KILL_SUIDGID),
+                           [32])
+        assert out_header(reply)[1] == 0
+        assert os.stat(pair.root / "f").st_mode & 0o7777 == 0o755
+        assert os.stat(pair.root / "f").st_size == 0
+        # The same O_TRUNC without the kill flag is C's.
+        pair.in_c(_open(f, os.O_RDWR | os.O_TRUNC), [32])
+        ext = bytearray(_open(f, os.O_RDONLY))
+        struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+        via_engine(pair, bytes(ext), [32])
+    finally:
+        pair.close()
+
+
+def test_open_on_a_read_only_share(tmp_path, io_engine):
+    pair = _make_pair(tmp_path, io_engine, readonly=True)
+    try:
+        f = pair.lookup(b"f")
+        assert out_header(pair.in_c(_open(f, os.O_RDONLY), [32]))[1] == 0
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+            reply = via_engine(pair, _open(f, flags), [32])
+            assert reply == pair.in_python(_open(f, flags), 32)
+            assert out_header(reply)[1] == -errno.EROFS
+        assert os.stat(pair.root / "f").st_size == len(CONTENT)
+    finally:
+        pair.close()
+
+
+def test_open_within_the_descriptor_budget(tmp_path, io_engine):
+    """The budget counts what the file system counts (handles, nodes, directory handles' records):
+    C opens while it is not used up, the engine answers EMFILE once it is."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        f, d = pair.lookup(b"f"), pair.lookup(b"d")
+        pair.close()
+        budget = pair.fs.fds_held() + 3
+        pair = _make_pair(tmp_path / "again", io_engine, fd_budget=budget)
+        f, d = pair.lookup(b"f"), pair.lookup(b"d")
+        assert pair.fs.fds_held() == budget - 3
+        assert out_header(pair.in_c(_open(f, os.O_RDONLY), [32]))[1] == 0
+        # A directory handle counts twice (its handle and its listing's record).
+        error, _ = pair.engine.handle(request(abi.Opcode.OPENDIR, abi.open_in.pack(0, 0),
+                                              nodeid=d), 4096)
+        assert error == 0 and pair.fs.fds_held() == budget
+        reply = via_engine(pair, _open(f, os.O_RDONLY), [32])
+        assert reply == pair.in_python(_open(f, os.O_RDONLY), 32)
+        assert out_header(reply)[1] == -errno.EMFILE
+        assert pair.fs.fds_held() == budget
+    finally:
+        pair.close()
+
+
+FATTR_NOW = abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW
+ATTR_AT = abi.OUT_HEADER_SIZE + abi.attr_out_head.size  # fuse_attr in a SETATTR reply
+
+
+def _setattr(nodeid, valid, mode=0, atime=(0, 0), mtime=(0, 0), fh=0, size=0):
+    body = abi.setattr_in.pack(valid, 0, fh, size, 0, atime[0], mtime[0], 0, atime[1], mtime[1],
+                               0, mode, 0, 0, 0, 0)
+    return request(abi.Opcode.SETATTR, body, nodeid=nodeid)
+
+
+def _unclocked(reply, valid):
+    """A SETATTR reply without the times the clock gives (ctime, and a time set to now)."""
+    if out_header(reply)[1]:
+        return reply
+    reply = bytearray(reply)
+    fields = [(40, 8, 0), (48 + 8, 4, 0)]  # ctime, ctimensec (offsets in fuse_attr)
+    if valid & abi.FATTR_ATIME_NOW:
+        fields += [(24, 8, 0), (48, 4, 0)]
+    if valid & abi.FATTR_MTIME_NOW:
+        fields += [(32, 8, 0), (52, 4, 0)]
+    for off, size, _ in fields:
+        reply[ATTR_AT + off:ATTR_AT + off + size] = bytes(size)
+    return bytes(reply)
+
+
+SETATTR_CASES = [
+    (0, {}),
+    (abi.FATTR_MODE, {"mode": 0o600}),
+    (abi.FATTR_MODE, {"mode": 0o104755}),        # file type bits are not the guest's to set
+    (abi.FATTR_MODE, {"mode": 0o7777}),
+    (abi.FATTR_ATIME, {"atime": (1_000_000_000, 5)}),
+    (abi.FATTR_MTIME, {"mtime": (1_700_000_000, 999_999_999)}),
+    (abi.FATTR_ATIME | abi.FATTR_MTIME, {"atime": (0, 0), "mtime": (3, 4)}),
+    (FATTR_NOW | abi.FATTR_ATIME | abi.FATTR_MTIME, {"atime": (5, 0), "mtime": (6, 0)}),
+    (abi.FATTR_MTIME_NOW | abi.FATTR_MTIME, {}),
+    (abi.FATTR_MODE | abi.FATTR_MTIME | abi.FATTR_LOCKOWNER | abi.FATTR_CTIME,
+     {"mode": 0o640, "mtime": (1_234_567_890, 1)}),
+]
+
+
+@pytest.mark.parametrize("valid,values", SETATTR_CASES)
+def test_setattr_of_mode_and_times(pair, valid, values):
+    """The same request sent in C then by the engine to the same node: the same reply but
+    for the times the clock gives, and the same mode and times on the host after each."""
+    for name in (b"f", b"d", b"link", None):
+        nodeid = pair.lookup(name) if name else abi.FUSE_ROOT_ID
+        path = pair.root / name.decode() if name else pair.root
+        req = _setattr(nodeid, valid, **values)
+        c = pair.in_c(req, [16, 200])
+        after_c = os.lstat(path)
+        py = pair.in_python(req, 216)
+        after_py = os.lstat(path)
+        assert _unclocked(c, valid) == _unclocked(py, valid), (name, oct(valid))
+        if valid & FATTR_NOW:
+            continue
+        assert (after_c.st_mode, after_c.st_atime_ns, after_c.st_mtime_ns) == \
+            (after_py.st_mode, after_py.st_atime_ns, after_py.st_mtime_ns)
+        if valid & abi.FATTR_MODE and name != b"link":
+            assert after_c.st_mode & 0o7777 == values["mode"] & 0o7777
+        if valid & abi.FATTR_MTIME and not out_header(c)[1]:
+            assert after_c.st_mtime_ns == values["mtime"][0] * 10 ** 9 + values["mtime"][1]
+    os.chmod(pair.root, 0o755)
+
+
+def test_setattr_mode_of_a_symlink_and_unknown_nodes(pair):
+    link = pair.lookup(b"link")
+    req = _setattr(link, abi.FATTR_MODE, mode=0o600)
+    assert pair.in_c(req, [216]) == pair.in_python(req, 216)
+    assert out_header(pair.in_c(req, [216]))[1] == -errno.EOPNOTSUPP
+    f = pair.lookup(b"f")
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=f), 0)
+    for nodeid in (f, f + 1000, 0, 2 ** 63):
+        req = _setattr(nodeid, abi.FATTR_MODE, mode=0o600)
+        assert pair.in_c(req, [216]) == pair.in_python(req, 216)
+        assert out_header(pair.in_c(req, [216]))[1] == -errno.ENOENT
+    assert os.stat(pair.root / "f").st_mode & 0o777 != 0o600
+
+
+def test_setattr_declined_to_the_engine(tmp_path, io_engine):
+    """Any other attribute, a file handle, a time the engine refuses or reads as signed, a
+    read-only share: the engine answers."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        f = pair.lookup(b"f")
+        fh = pair.open(f)
+        for valid, values in ((abi.FATTR_SIZE, {"size": 10}),
+                              (abi.FATTR_MODE | abi.FATTR_FH, {"mode": 0o600, "fh": fh}),
+                              (abi.FATTR_MODE | abi.FATTR_KILL_SUIDGID, {"mode": 0o644}),
+                              (abi.FATTR_UID, {}),
+                              (abi.FATTR_MTIME, {"mtime": (1, 10 ** 9)}),      # EINVAL
+                              (abi.FATTR_MTIME, {"mtime": (2 ** 64 - 1, 0)}),  # before 1970
+                              (abi.FATTR_ATIME, {"atime": (2 ** 40, 0)})):
+            via_engine(pair, _setattr(f, valid, **values), [216])
+        assert os.stat(pair.root / "f").st_size == 10
+        assert os.stat(pair.root / "f").st_mtime_ns == -10 ** 9
+    finally:
+        pair.close()
+    pair = _make_pair(tmp_path / "ro", io_engine, readonly=True)
+    try:
+        reply = via_engine(pair, _setattr(pair.lookup(b"f"), abi.FATTR_MODE, mode=0), [216])
+        assert out_header(reply)[1] == -errno.EROFS
+    finally:
+        pair.close()

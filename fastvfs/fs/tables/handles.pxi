@@ -57,21 +57,26 @@ cdef class HandleTable(SlotTable):
             self._reclaim(_index(fh))
         return -EBADF if rc < 0 else 0
 
+    cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil:
+        """A new handle owning ``fd`` (``add``, ``open_node``), or -1 when the table is full."""
+        cdef bint direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
+        cdef int64_t fh
+        pthread_mutex_lock(&self.lock)
+        fh = self._take_slot(fd)
+        if fh >= 0:
+            self.files[_index(fh)].direct = direct
+            self.files[_index(fh)].directory = directory
+        pthread_mutex_unlock(&self.lock)
+        return fh
+
     # -- the file system's -------------------------------------------------------------------
 
     def add(self, int fd, bint directory=False):
         """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full.
         A ``directory`` handle is never released by the hot path (``is_directory``)."""
         cdef int64_t fh
-        cdef bint direct
         with nogil:
-            direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
-            pthread_mutex_lock(&self.lock)
-            fh = self._take_slot(fd)
-            if fh >= 0:
-                self.files[_index(fh)].direct = direct
-                self.files[_index(fh)].directory = directory
-            pthread_mutex_unlock(&self.lock)
+            fh = self._add_fd(fd, directory)
         if fh < 0:
             raise OSError(24, "handle table full")
         return fh

@@ -1,0 +1,118 @@
+# Naming a node through /proc/self/fd in C as the file system does (fastvfs.procfd): for the
+# hot path's OPEN, as PassthroughFs.open does it in Python (the descriptor budget, the node's
+# file type checked before the open and again on the new descriptor, the guest's flags
+# filtered as ``_open_flags`` filters them, the reopen with O_CLOEXEC, a handle in the handle
+# table); and for SETATTR's chmod (PassthroughFs.setattr).  The settings are the file system's
+# own, given once through ``set_open_policy``.
+
+from libc.errno cimport EACCES, EINTR, EISDIR, ELOOP, EMFILE
+from libc.stdio cimport snprintf
+
+from fastvfs.includes.fcntl cimport (AT_FDCWD, O_ACCMODE, O_APPEND, O_CLOEXEC, O_RDWR, O_TRUNC,
+                                     O_WRONLY, openat)
+from fastvfs.includes.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fchmodat
+
+
+def set_open_policy(HandleTable handles, int flags_allowed, bint writeback, uint64_t fd_budget,
+                    proc_dir, str proc_prefix):
+    """Let the hot path open nodes as the file system does (``open_node``): ``flags_allowed``,
+    ``writeback`` and ``fd_budget`` as PassthroughFs has them, and how a descriptor is named
+    (fastvfs.procfd: ``proc_prefix`` + "N" relative to ``proc_dir``, None for the working
+    directory).  Called once, before any queue runs."""
+    cdef bytes prefix = proc_prefix.encode()
+    if len(prefix) >= sizeof(handles.open_policy.proc_prefix) or b"\0" in prefix:
+        raise ValueError("not a descriptor path prefix")
+    handles.open_policy.flags_allowed = flags_allowed
+    handles.open_policy.writeback = writeback
+    handles.open_policy.fd_budget = fd_budget
+    handles.open_policy.proc_dir = AT_FDCWD if proc_dir is None else <int>proc_dir
+    memcpy(handles.open_policy.proc_prefix, <const char *>prefix, len(prefix))
+    handles.open_policy.proc_prefix[len(prefix)] = 0
+    handles.open_policy.enabled = True
+
+
+def set_fds_other(SlotTable table, uint32_t count):
+    """Record the descriptors the file system holds besides ``table``'s slots (its
+    ``fds_other``), for the hot path's budget check; kept up to date by the file system."""
+    table.fds_other = count
+
+
+cdef int _openable(uint32_t mode) noexcept nogil:
+    """0 for a regular file, else the errno OPEN answers (passthrough._check_openable)."""
+    if S_ISREG(mode):
+        return 0
+    return -ELOOP if S_ISLNK(mode) else -EISDIR if S_ISDIR(mode) else -EACCES
+
+
+cdef bint _within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
+    """Whether PassthroughFs._budget lets the guest hold one more descriptor: the same sum as
+    ``fds_held``, read without the mutexes as the file system reads it."""
+    cdef uint64_t held = (<uint64_t>handles.count + inodes.count - inodes.handle_nodes +
+                          inodes.handle_fds + inodes.fds_other + handles.fds_other +
+                          <uint32_t>handles.lock_fds_open)
+    return held < handles.open_policy.fd_budget
+
+
+cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
+                   uint64_t *fh) noexcept nogil:
+    """OPEN of ``nodeid`` with the guest's ``flags`` as PassthroughFs.open (without its
+    kill-suid/sgid on O_TRUNC, which the caller leaves to the engine): 0 with ``fh`` set,
+    -errno, or 1 for what only the file system decides (no policy set, the budget used up:
+    EMFILE there, a node held by file handle without a descriptor, O_TRUNC with a mapped
+    capability to remove).  Only a regular file is opened: its type is checked before the
+    open, since opening a FIFO blocks and opening a device reaches a host driver, and again
+    on the new descriptor."""
+    cdef OpenPolicy *policy = &handles.open_policy
+    cdef char path[48]
+    cdef stat st
+    cdef int rc, nfd = -1
+    cdef int fd
+    cdef int64_t got
+    if not policy.enabled or not _within_budget(handles, inodes):
+        return 1
+    if flags & O_TRUNC and handles.cap_xattr[0]:
+        return 1
+    fd = inodes.acquire(nodeid)
+    if fd == -2:
+        return 1
+    if fd < 0:
+        return -ENOENT
+    # A node's type never changes: the mode kept at adoption is its type for good.
+    rc = _openable(inodes.nodes[_index(nodeid)].mode)
+    if rc == 0:
+        flags &= policy.flags_allowed
+        if policy.writeback:
+            if flags & O_ACCMODE == O_WRONLY:
+                flags = (flags & ~O_ACCMODE) | O_RDWR
+            flags &= ~O_APPEND
+        snprintf(path, sizeof(path), "%s%d", policy.proc_prefix, fd)
+        nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
+        while nfd < 0 and errno == EINTR:
+            nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
+        if nfd < 0:
+            rc = -errno
+    inodes.release(nodeid)
+    if rc < 0:
+        return rc
+    rc = -errno if fstat(nfd, &st) < 0 else _openable(st.st_mode)
+    if rc < 0:
+        c_close(nfd)
+        return rc
+    got = handles._add_fd(nfd, False)
+    if got < 0:
+        c_close(nfd)
+        return -EMFILE
+    fh[0] = <uint64_t>got
+    return 0
+
+
+cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil:
+    """chmod(2) of the inode behind O_PATH descriptor ``fd`` through its /proc/self/fd name,
+    as PassthroughFs.setattr changes a mode without a file handle: 0, -errno, or 1 when no
+    policy is set (the file system then decides)."""
+    cdef OpenPolicy *policy = &handles.open_policy
+    cdef char path[48]
+    if not policy.enabled:
+        return 1
+    snprintf(path, sizeof(path), "%s%d", policy.proc_prefix, fd)
+    return -errno if fchmodat(policy.proc_dir, path, mode, 0) < 0 else 0

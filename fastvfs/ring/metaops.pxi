@@ -1,0 +1,157 @@
+# Metadata requests served in C beyond those of fastops.pxi: STATFS, OPEN and SETATTR of mode
+# and times, each answering
+# exactly what the engine's do_<op> would (fastvfs/fuse/engine.py over PassthroughFs) and
+# declining (0) whatever it could not decide the same way.  Their table entries are at the end.
+
+cdef int do_statfs(Virtqueue vq) noexcept nogil:
+    """fuse_statfs_out from fstatvfs(3) of the node's O_PATH descriptor, packed as the engine
+    packs os.fstatvfs (PassthroughFs.statfs): frsize and namelen as the host gives them.  A
+    node held by file handle without a cached descriptor is left to the engine."""
+    cdef uint64_t nodeid = vq.req.hdr.h.nodeid
+    cdef statvfs st
+    cdef fuse_statfs_out out
+    cdef int rc = 0
+    cdef int fd
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    fd = vq.inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        vq._reply(-ENOENT, NULL, 0)
+        return 1
+    while fstatvfs(fd, &st) < 0:
+        rc = -errno
+        if rc != -EINTR:
+            break
+        rc = 0
+    vq.inodes.release(nodeid)
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+        return 1
+    memset(&out, 0, sizeof(out))
+    out.st.blocks = st.f_blocks
+    out.st.bfree = st.f_bfree
+    out.st.bavail = st.f_bavail
+    out.st.files = st.f_files
+    out.st.ffree = st.f_ffree
+    out.st.bsize = <uint32_t>st.f_bsize
+    out.st.namelen = <uint32_t>st.f_namemax
+    out.st.frsize = <uint32_t>st.f_frsize
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+cdef int do_open(Virtqueue vq) noexcept nogil:
+    """OPEN of a regular file, as the engine's do_open over PassthroughFs.open
+    (fastvfs.fs._tables.open_node: the same checks, flags, budget and handle), answered with
+    the cache mode's open flags.  Left to the engine: request extensions, O_CREAT or O_EXCL,
+    O_TRUNC asking to kill set-user-ID (FUSE_OPEN_KILL_SUIDGID), writing or truncating on a
+    read-only share (EROFS there), and whatever ``open_node`` declines."""
+    cdef const fuse_open_in *arg = &vq.req.hdr.arg.open
+    cdef int flags = <int>arg.flags
+    cdef fuse_open_out out
+    cdef uint64_t fh = 0
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or flags & (O_CREAT | O_EXCL):
+        return 0
+    if flags & O_TRUNC and arg.open_flags & FUSE_OPEN_KILL_SUIDGID:
+        return 0
+    if vq.cfg.read_only and (flags & O_ACCMODE != O_RDONLY or flags & O_TRUNC):
+        return 0
+    rc = open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, flags, &fh)
+    if rc == 1:
+        return 0
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+        return 1
+    memset(&out, 0, sizeof(out))
+    out.fh = fh
+    out.open_flags = vq.cfg.open_flags
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+cdef enum:
+    # SETATTR's attributes served here (LOCKOWNER and CTIME change nothing, in the engine
+    # either); with any other the engine serves the request.
+    SETATTR_FAST = (FATTR_MODE | FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW |
+                    FATTR_LOCKOWNER | FATTR_CTIME)
+    # Times from the guest served here: seconds below 2**SETATTR_SEC_BITS (the year 2242),
+    # never negative, nanoseconds below a second; the rest (EINVAL, or times the engine reads
+    # as signed) goes to the engine.
+    SETATTR_SEC_BITS = 33
+
+
+cdef bint _set_time(timespec *t, uint32_t valid, uint32_t set_bit, uint32_t now_bit,
+                    uint64_t sec, uint32_t nsec) noexcept nogil:
+    """The utimensat(2) time of one FATTR pair, as the engine's _time_arg and _sys.utimens
+    make it; False when the engine must decide."""
+    t.tv_sec = 0
+    if valid & now_bit:
+        t.tv_nsec = UTIME_NOW
+    elif valid & set_bit:
+        if sec >> SETATTR_SEC_BITS or nsec >= 1000000000:
+            return False
+        t.tv_sec = <long>sec
+        t.tv_nsec = nsec
+    else:
+        t.tv_nsec = UTIME_OMIT
+    return True
+
+
+cdef int do_setattr(Virtqueue vq) noexcept nogil:
+    """SETATTR of the mode and times only, as the engine's do_setattr over
+    PassthroughFs.setattr without a file handle: chmod through the node's /proc/self/fd name
+    (EOPNOTSUPP for a symlink), then utimensat of its O_PATH descriptor, then fuse_attr_out
+    from statx as GETATTR answers.  Any other attribute, a file handle, an unusual time, a
+    node held by file handle without a descriptor are left to the engine."""
+    cdef const fuse_setattr_in *arg = &vq.req.hdr.arg.setattr
+    cdef uint64_t nodeid = vq.req.hdr.h.nodeid
+    cdef uint32_t valid = arg.valid
+    cdef timespec times[2]
+    cdef statx st
+    cdef fuse_attr_out out
+    cdef int rc = 0
+    cdef int fd
+    if vq.req.hdr.h.total_extlen or valid & ~SETATTR_FAST:
+        return 0
+    if not _set_time(&times[0], valid, FATTR_ATIME, FATTR_ATIME_NOW, arg.atime, arg.atimensec):
+        return 0
+    if not _set_time(&times[1], valid, FATTR_MTIME, FATTR_MTIME_NOW, arg.mtime, arg.mtimensec):
+        return 0
+    fd = vq.inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        vq._reply(-ENOENT, NULL, 0)
+        return 1
+    if valid & FATTR_MODE:
+        if S_ISLNK(vq.inodes.nodes[(nodeid & 0xffffffffUL) - 1].mode):
+            rc = -EOPNOTSUPP
+        else:
+            rc = chmod_node(vq.handles, fd, arg.mode & 0o7777)
+            if rc == 1:
+                vq.inodes.release(nodeid)
+                return 0
+    if rc == 0 and (times[0].tv_nsec != UTIME_OMIT or times[1].tv_nsec != UTIME_OMIT):
+        if utimensat(fd, "", times, AT_EMPTY_PATH) < 0:
+            rc = -errno
+    if rc == 0 and c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                           &st) < 0:
+        rc = -errno
+    vq.inodes.release(nodeid)
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+        return 1
+    out.attr_valid = vq.cfg.attr_valid
+    out.attr_valid_nsec = vq.cfg.attr_valid_nsec
+    out.dummy = 0
+    pack_attr(&st, &out.attr)
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+_fast_op(FUSE_STATFS, do_statfs, 0, NEEDS_INODES)
+_fast_op(FUSE_OPEN, do_open, sizeof(fuse_open_in), NEEDS_INODES)
+_fast_op(FUSE_SETATTR, do_setattr, sizeof(fuse_setattr_in), NEEDS_INODES | NEEDS_WRITABLE)
