@@ -141,29 +141,20 @@ cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil:
     no xattrs at all), else -errno: any other failure fails the change, as the kernel's does.
     Asked first, as the kernel asks, so a file without it costs one fgetxattr and never takes
     the inode lock a removal takes."""
-    if fgetxattr(fd, name, NULL, 0) < 0:
+    return _kill_mapped_capability_at(fd, NULL, name)
+
+
+cdef int _kill_mapped_capability_at(int fd, const char *path, const char *name) noexcept nogil:
+    """``kill_mapped_capability`` of the file at ``path`` (an inode's /proc/self/fd name), or
+    of ``fd``'s when ``path`` is NULL."""
+    cdef ssize_t got = getxattr(path, name, NULL, 0) if path != NULL else \
+        fgetxattr(fd, name, NULL, 0)
+    if got < 0:
         return 0 if errno == ENODATA or errno == EOPNOTSUPP else -errno
-    if fremovexattr(fd, name) < 0 and errno != ENODATA:
+    got = removexattr(path, name) if path != NULL else fremovexattr(fd, name)
+    if got < 0 and errno != ENODATA:
         return -errno
     return 0
-
-
-cdef int _kill_mapped_capability_path(const char *path, const char *name) noexcept nogil:
-    """``kill_mapped_capability`` of the file at ``path`` (an inode's /proc/self/fd name)."""
-    if getxattr(path, name, NULL, 0) < 0:
-        return 0 if errno == ENODATA or errno == EOPNOTSUPP else -errno
-    if removexattr(path, name) < 0 and errno != ENODATA:
-        return -errno
-    return 0
-
-
-cdef inline unsigned int _without_suidgid(unsigned int mode) noexcept nogil:
-    mode &= 0o7777
-    if mode & S_ISUID:
-        mode &= ~S_ISUID
-    if mode & S_ISGID and mode & S_IXGRP:
-        mode &= ~S_ISGID
-    return mode
 
 
 cdef int kill_suidgid(int fd) noexcept nogil:
@@ -171,24 +162,24 @@ cdef int kill_suidgid(int fd) noexcept nogil:
     caller without CAP_FSETID writes, truncates or chowns.  Under HANDLE_KILLPRIV_V2 the guest
     leaves it to us, and our own calls (made with CAP_FSETID) would keep the bits.  0 or
     -errno."""
-    cdef stat st
-    cdef unsigned int mode
-    if fstat(fd, &st) < 0:
-        return -errno
-    mode = _without_suidgid(st.st_mode)
-    if mode != st.st_mode & 0o7777 and fchmod(fd, mode) < 0:
-        return -errno
-    return 0
+    return _kill_suidgid_at(fd, NULL)
 
 
-cdef int _kill_suidgid_path(const char *path) noexcept nogil:
-    """``kill_suidgid`` of the file at ``path`` (an inode's /proc/self/fd name)."""
+cdef int _kill_suidgid_at(int fd, const char *path) noexcept nogil:
+    """``kill_suidgid`` of the file at ``path`` (an inode's /proc/self/fd name), or of
+    ``fd``'s when ``path`` is NULL."""
     cdef stat st
     cdef unsigned int mode
-    if c_stat(path, &st) < 0:
+    if (c_stat(path, &st) if path != NULL else fstat(fd, &st)) < 0:
         return -errno
-    mode = _without_suidgid(st.st_mode)
-    if mode != st.st_mode & 0o7777 and chmod(path, mode) < 0:
+    mode = st.st_mode & 0o7777
+    if mode & S_ISUID:
+        mode &= ~S_ISUID
+    if mode & S_ISGID and mode & S_IXGRP:
+        mode &= ~S_ISGID
+    if mode == st.st_mode & 0o7777:
+        return 0
+    if (chmod(path, mode) if path != NULL else fchmod(fd, mode)) < 0:
         return -errno
     return 0
 
@@ -212,39 +203,39 @@ cdef int _check(int rc) except -1:
     return 0
 
 
+cdef bytes _path_of(fd_or_path):
+    """None for a descriptor (int), else the path as bytes (from bytes or str)."""
+    if isinstance(fd_or_path, int):
+        return None
+    return fd_or_path.encode() if isinstance(fd_or_path, str) else fd_or_path
+
+
 def kill_suidgid_of(fd_or_path):
     """``kill_suidgid`` of a descriptor (int) or a path (bytes or str); raises OSError."""
-    cdef int rc, fd
-    cdef bytes path
-    cdef const char *p
-    if isinstance(fd_or_path, int):
+    cdef bytes path = _path_of(fd_or_path)
+    cdef const char *p = NULL if path is None else <const char *>path
+    cdef int fd = -1
+    cdef int rc
+    if path is None:
         fd = fd_or_path
-        with nogil:
-            rc = kill_suidgid(fd)
-    else:
-        path = fd_or_path.encode() if isinstance(fd_or_path, str) else fd_or_path
-        p = path
-        with nogil:
-            rc = _kill_suidgid_path(p)
+    with nogil:
+        rc = _kill_suidgid_at(fd, p)
     _check(rc)
 
 
 def kill_mapped_capability_of(fd_or_path, name):
     """``kill_mapped_capability`` of a descriptor (int) or a path (bytes or str) for the
     attribute ``name`` (bytes or str); raises OSError."""
-    cdef int rc, fd
-    cdef bytes path, xname = name.encode() if isinstance(name, str) else name
-    cdef const char *p
+    cdef bytes path = _path_of(fd_or_path)
+    cdef bytes xname = name.encode() if isinstance(name, str) else name
+    cdef const char *p = NULL if path is None else <const char *>path
     cdef const char *n = xname
-    if isinstance(fd_or_path, int):
+    cdef int fd = -1
+    cdef int rc
+    if path is None:
         fd = fd_or_path
-        with nogil:
-            rc = kill_mapped_capability(fd, n)
-    else:
-        path = fd_or_path.encode() if isinstance(fd_or_path, str) else fd_or_path
-        p = path
-        with nogil:
-            rc = _kill_mapped_capability_path(p, n)
+    with nogil:
+        rc = _kill_mapped_capability_at(fd, p, n)
     _check(rc)
 
 
