@@ -78,8 +78,8 @@ cdef class SlotTable:
         cdef Slot *sl = _slot(self, idx)
         cdef int fd = sl.fd
         cdef uint64_t gen = (fastvfs_state_load(&sl.state) >> 32) + 1
-        if gen > 0xffffffffULL:
-            gen = 1
+        if gen > 0x7fffffffULL:
+            gen = 1       # an id stays a positive int64 (_take_slot's -1 is "full")
         sl.fd = -1
         sl.in_use = False
         fastvfs_state_store(&sl.state, gen << 32)
