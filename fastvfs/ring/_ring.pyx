@@ -20,7 +20,8 @@ Fragments, each knowing only those above it:
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
-  metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times
+  metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times, UNLINK,
+                RMDIR, RENAME, RENAME2
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 

@@ -1,7 +1,8 @@
 """Parity of the two implementations of every operation that has one in C and one in Python.
 
 The hot path answers GETATTR, LOOKUP of a known name, FLUSH, RELEASE, FORGET, BATCH_FORGET,
-FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times and WRITE's kill-suid/sgid itself;
+FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times, UNLINK, RMDIR, RENAME, RENAME2 and
+WRITE's kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
