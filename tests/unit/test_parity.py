@@ -705,6 +705,18 @@ class Halves:
             _names_tree(pair.root / half)
         self.nodes = {half: self._nodes(half) for half in ("c", "py")}
 
+    def reset(self):
+        """Forget every node looked up, and make both trees afresh."""
+        for nodes in self.nodes.values():
+            for key, nodeid in nodes.items():
+                if key != "root" and self.pair.fs.inodes.nlookup(nodeid):
+                    self.pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(
+                        self.pair.fs.inodes.nlookup(nodeid)), nodeid=nodeid), 0)
+        for half in ("c", "py"):
+            shutil.rmtree(self.pair.root / half)
+            _names_tree(self.pair.root / half)
+        self.nodes = {half: self._nodes(half) for half in ("c", "py")}
+
     def _nodes(self, half):
         top = self.pair.lookup(half.encode())
         nodes = {"top": top, "root": abi.FUSE_ROOT_ID}
@@ -1022,3 +1034,51 @@ def test_check_name_is_one_rule():
                     check(name)
                 assert exc.value.errno == err, name
     assert check_name(b"ok") == b"ok"
+
+
+NAME_PIECES = [b"f", b"g", b"d", b"e", b"full", b"x", b"link", b"fifo", b".", b"..", b"/",
+               b"\0", b"n" * 255, b"l" * 200]
+
+
+def test_names_in_any_framing(tmp_path):
+    """Requests made of pieces of names, NULs and slashes, cut short by fuse_in_header.len
+    and split across two descriptors anywhere: whichever path serves each, the reply and the
+    trees are the engine's."""
+    from hypothesis import given, settings, strategies as st
+
+    pair = _make_pair(tmp_path, "sync")
+    halves = Halves(pair)
+
+    @settings(max_examples=120, deadline=None, database=None)
+    @given(opcode=st.sampled_from([abi.Opcode.UNLINK, abi.Opcode.RMDIR, abi.Opcode.RENAME,
+                                   abi.Opcode.RENAME2]),
+           names=st.lists(st.sampled_from(NAME_PIECES), max_size=6).map(b"".join),
+           parent=st.sampled_from(["top", "d", "f"]),
+           newdir=st.sampled_from(["top", "d", "f", "fifo"]),
+           flags=st.sampled_from([0, 1, 2, 3, 4, 8, 1 << 31]),
+           cut=st.integers(0, 12), split=st.integers(0, 600))
+    def run(opcode, names, parent, newdir, flags, cut, split):
+        halves.reset()
+
+        def make(nodes):
+            body = names
+            if opcode == abi.Opcode.RENAME:
+                body = abi.rename_in.pack(nodes[newdir]) + names
+            elif opcode == abi.Opcode.RENAME2:
+                body = abi.rename2_in.pack(nodes[newdir], flags, 0) + names
+            full = abi.IN_HEADER_SIZE + len(body)
+            return request(opcode, body, nodeid=nodes[parent],
+                           length=max(abi.IN_HEADER_SIZE, full - cut))
+
+        c_req, py_req = make(halves.nodes["c"]), make(halves.nodes["py"])
+        pieces = [c_req[:split], c_req[split:]] if 0 < split < len(c_req) else [c_req]
+        c = pair.ring.roundtrip(pieces, [16])
+        c = c[:out_header(c)[0]]
+        py = pair.in_python(py_req[:abi.in_header.unpack_from(py_req)[0]], 16)
+        assert c == py
+        assert _tree_state(pair.root / "c") == _tree_state(pair.root / "py")
+
+    try:
+        run()
+    finally:
+        pair.close()
