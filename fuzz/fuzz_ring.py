@@ -17,6 +17,7 @@ the Python side (the slow-path handler) gives coverage, and the run still finds 
 """
 
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -48,12 +49,25 @@ class Env:
         self.dir = tempfile.mkdtemp(prefix="fastvfs-fuzz-ring-")
         self.root = os.path.join(self.dir, "share")
         os.mkdir(self.root)
-        with open(os.path.join(self.root, "f"), "wb") as f:
-            f.write(b"0123456789" * 500)
         self.data_path = os.path.join(self.root, "f")
+        self.restore_data()
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.handler_mode = 0
         self.violations = []
+
+    def restore_data(self):
+        """The data file every input opens, made again when an input's UNLINK, RMDIR or
+        RENAME served in C took it away or left something else under its name (a whiteout)."""
+        try:
+            mode = os.lstat(self.data_path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISREG(mode):
+            return
+        if mode is not None:
+            (os.rmdir if stat.S_ISDIR(mode) else os.unlink)(self.data_path)
+        with open(self.data_path, "wb") as f:
+            f.write(b"0123456789" * 500)
 
     def handler(self, request, out_size):
         # The Python engine's side of the contract: it gets the whole request, and no more
@@ -85,6 +99,7 @@ def run_once(data):
     handles = tables.HandleTable(64)
     inodes = tables.NodeTable(64)
     fs = env.PassthroughFs(env.root, handles, inodes=inodes)
+    env.restore_data()
     handles.add(os.open(env.data_path, os.O_RDWR))
     u = env.mem.userspace_addr
     dq = env.dq

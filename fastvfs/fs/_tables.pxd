@@ -1,9 +1,10 @@
 # The file system's C face, cimported by the hot path (fastvfs.ring): the two tables both sides
 # share (HandleTable: the guest's open files and directories; NodeTable: its node ids) and the
 # helpers of every operation the hot path serves itself (attribute packing, known-entry lookup,
-# kill-suid/sgid, the mapped capability, FLUSH).  Each exists once, here; fs/passthrough.py
-# calls the same code through the Python methods and wrappers of fastvfs/fs/_tables.pyx, whose
-# fragments (fastvfs/fs/tables/*.pxi) hold the bodies.
+# kill-suid/sgid, the mapped capability, FLUSH, opening a node, the rule for names and their
+# removal and renaming).  Each exists once, here; fs/passthrough.py calls the same code through
+# the Python methods and wrappers of fastvfs/fs/_tables.pyx, whose fragments
+# (fastvfs/fs/tables/*.pxi) hold the bodies.
 
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -171,3 +172,13 @@ cdef int flush_fd(int fd) noexcept nogil
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil
 cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil
+
+
+# -- names from the guest: removing and moving them as the file system does (tables/names.pxi) -
+
+cdef int check_name(const char *name, size_t length) noexcept nogil
+cdef int unlink_node(NodeTable inodes, uint64_t parent, const char *name, size_t length,
+                     int flags) noexcept nogil
+cdef int rename_node(NodeTable inodes, uint64_t parent, const char *name, size_t length,
+                     uint64_t newparent, const char *newname, size_t newlength,
+                     uint32_t flags) noexcept nogil

@@ -15,6 +15,8 @@ Fragments, each knowing only those above it:
                       capability, FLUSH; their Python wrappers
   tables/opens.pxi    a node opened for I/O and a mode changed as the file system does it
                       (the open policy it sets, the descriptor budget), for OPEN and SETATTR
+  tables/names.pxi    the rule for a name from the guest, and UNLINK, RMDIR and RENAME(2)
+                      as the file system does them
 
 Lock order: a table's mutex is a leaf lock; nothing is called while holding it but close(2)
 of an evicted cache descriptor.
@@ -51,3 +53,4 @@ include "tables/handles.pxi"
 include "tables/nodes.pxi"
 include "tables/helpers.pxi"
 include "tables/opens.pxi"
+include "tables/names.pxi"

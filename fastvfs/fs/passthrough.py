@@ -39,7 +39,6 @@ from .. import procfd
 
 log = logging.getLogger("fastvfs.fs")
 
-NAME_MAX = 255
 FUSE_ROOT_ID = 1
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Open flags a guest may pass through.  O_CREAT/O_EXCL only reach the host through ``create``;
@@ -49,7 +48,7 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # (``preserve_noatime`` keeps it); O_NOFOLLOW and O_CLOEXEC are always added.
 OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC |
                       os.O_DSYNC | os.O_LARGEFILE)
-RENAME_FLAGS_ALLOWED = 0x7  # NOREPLACE | EXCHANGE | WHITEOUT
+RENAME_FLAGS_ALLOWED = _tables.RENAME_FLAGS_ALLOWED  # NOREPLACE | EXCHANGE | WHITEOUT
 OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
 # Descriptors kept open for inodes held by file handle (--inode-file-handles=prefer or
 # mandatory), least recently used closed first: hot inodes keep their O_PATH descriptor (and
@@ -63,13 +62,10 @@ LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
 
 
 def check_name(name):
-    """Validate a single path component from the guest (raises OSError)."""
-    if not name or b"/" in name or b"\0" in name:
-        raise OSError(errno.EINVAL, "invalid name")
-    if len(name) > NAME_MAX:
-        raise OSError(errno.ENAMETOOLONG, "name too long")
-    if name in (b".", b".."):
-        raise OSError(errno.EINVAL, "'.' and '..' cannot be created, removed or renamed")
+    """Validate a single path component from the guest (raises OSError: EINVAL for an empty
+    name, one with '/' or NUL, '.' or '..'; ENAMETOOLONG beyond NAME_MAX bytes); returns it.
+    The rule is the hot path's own (``_tables.check_name_of``), so both answer alike."""
+    _tables.check_name_of(name)
     return name
 
 

@@ -1,5 +1,6 @@
-# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl, openat, renameat2 and the file-handle
-# calls, with struct file_handle sized for the largest handle (linux/exportfs.h MAX_HANDLE_SZ).
+# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl, openat, renameat2 (its RENAME_*
+# flags from <stdio.h>, as glibc declares them under _GNU_SOURCE) and the file-handle calls,
+# with struct file_handle sized for the largest handle (linux/exportfs.h MAX_HANDLE_SZ).
 # The AT_* flags statx takes are in statx.pxd.
 
 from libc.stdint cimport int64_t
@@ -10,9 +11,12 @@ cdef extern from "<fcntl.h>" nogil:
     enum: F_GETFL, O_DIRECT
     int openat(int dirfd, const char *path, int flags, ...)
     enum: AT_FDCWD, O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC, O_CREAT, O_EXCL
-    enum: O_CLOEXEC
+    enum: O_CLOEXEC, AT_REMOVEDIR
     int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                   unsigned int flags)
+
+cdef extern from "<stdio.h>" nogil:
+    enum: RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT
 
 cdef extern from *:
     """

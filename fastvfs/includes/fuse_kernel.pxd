@@ -20,6 +20,10 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_FLUSH
         FUSE_BATCH_FORGET
         FUSE_FALLOCATE
+        FUSE_UNLINK
+        FUSE_RMDIR
+        FUSE_RENAME
+        FUSE_RENAME2
 
     enum:
         FUSE_WRITE_KILL_SUIDGID
@@ -111,6 +115,14 @@ cdef extern from "<linux/fuse.h>" nogil:
     struct fuse_open_in:
         uint32_t flags
         uint32_t open_flags     # FUSE_OPEN_KILL_SUIDGID
+
+    struct fuse_rename_in:      # followed by the old name and the new, each NUL-terminated
+        uint64_t newdir
+
+    struct fuse_rename2_in:     # the same names follow
+        uint64_t newdir
+        uint32_t flags          # renameat2(2)'s RENAME_*
+        uint32_t padding
 
     struct fuse_open_out:       # the rest (padding, or backing_id since 7.40) is zero
         uint64_t fh

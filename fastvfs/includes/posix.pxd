@@ -17,6 +17,7 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
     int c_close "close"(int fd)
     int dup(int fd)
+    int unlinkat(int dirfd, const char *path, int flags)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:

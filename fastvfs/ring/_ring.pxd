@@ -8,7 +8,8 @@ from fastvfs.fs._tables cimport HandleTable, NodeTable
 from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
-                                           fuse_release_in, fuse_setattr_in, fuse_write_in)
+                                           fuse_release_in, fuse_rename_in, fuse_rename2_in,
+                                           fuse_setattr_in, fuse_write_in)
 from fastvfs.includes.liburing cimport io_uring, io_uring_sqe
 from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.uio cimport iovec
@@ -96,6 +97,8 @@ cdef union InArg:
     fuse_batch_forget_in batch_forget
     fuse_open_in open
     fuse_setattr_in setattr
+    fuse_rename_in rename
+    fuse_rename2_in rename2
 
 cdef struct InHeaders:
     fuse_in_header h

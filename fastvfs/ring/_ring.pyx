@@ -20,7 +20,8 @@ Fragments, each knowing only those above it:
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
-  metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times
+  metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times, UNLINK,
+                RMDIR, RENAME, RENAME2
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 
@@ -49,14 +50,15 @@ from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, chmod_node, flush_fd,
                                  kill_mapped_capability, kill_suidgid, known_entry, open_node,
-                                 pack_attr)
+                                 pack_attr, rename_node, unlink_node)
 from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
                                        fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
                                        fastvfs_load64, fastvfs_log2, fastvfs_release,
                                        fastvfs_store16)
 from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOLLIN,
                                      epoll_create1, epoll_ctl, epoll_event, epoll_wait)
-from fastvfs.includes.fcntl cimport O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC, fallocate
+from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC,
+                                     fallocate)
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
@@ -64,11 +66,12 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            FATTR_LOCKOWNER, FATTR_MODE, FATTR_MTIME,
                                            FATTR_MTIME_NOW, FUSE_LOOKUP, FUSE_OPEN,
                                            FUSE_OPEN_KILL_SUIDGID, FUSE_SETATTR,
-                                           FUSE_READ, FUSE_RELEASE, FUSE_STATFS, FUSE_WRITE,
+                                           FUSE_READ, FUSE_RELEASE, FUSE_RENAME, FUSE_RENAME2,
+                                           FUSE_RMDIR, FUSE_STATFS, FUSE_UNLINK, FUSE_WRITE,
                                            FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
                                            fuse_entry_out, fuse_forget_one, fuse_open_in,
-                                           fuse_open_out, fuse_out_header, fuse_setattr_in,
-                                           fuse_statfs_out,
+                                           fuse_open_out, fuse_out_header, fuse_rename_in,
+                                           fuse_rename2_in, fuse_setattr_in, fuse_statfs_out,
                                            fuse_write_out)
 from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,

@@ -10,7 +10,7 @@ cdef enum:
     NEEDS_WRITABLE = 2      # the share is writable (a read-only one refuses in the engine)
     NEEDS_NO_LOCKS = 4      # the file system holds no lock descriptor (see below)
     NEEDS_URING = 8         # the queue has its io_uring
-    FAST_OPS_MAX = FUSE_FALLOCATE + 1
+    FAST_OPS_MAX = FUSE_RENAME2 + 1
 
 cdef FastOp FAST_OPS[FAST_OPS_MAX]
 

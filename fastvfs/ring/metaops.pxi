@@ -1,5 +1,5 @@
-# Metadata requests served in C beyond those of fastops.pxi: STATFS, OPEN and SETATTR of mode
-# and times, each answering
+# Metadata requests served in C beyond those of fastops.pxi: STATFS, OPEN, SETATTR of mode
+# and times, UNLINK, RMDIR, RENAME and RENAME2, each answering
 # exactly what the engine's do_<op> would (fastvfs/fuse/engine.py over PassthroughFs) and
 # declining (0) whatever it could not decide the same way.  Their table entries are at the end.
 
@@ -152,6 +152,86 @@ cdef int do_setattr(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef bint _names(Virtqueue vq, uint32_t at, char *buf, uint32_t count,
+                 size_t *lengths) noexcept nogil:
+    """Copy the ``count`` NUL-terminated names that start ``at`` bytes into the request (and
+    end within its fuse_in_header.len, the bytes the engine sees) into ``buf`` (``count``
+    times LOOKUP_NAME_MAX + 1 bytes), one after the other as the guest sent them, and their
+    lengths into ``lengths``.  False, for the engine to answer, when a name has no NUL within
+    NAME_MAX + 1 bytes (EINVAL or ENAMETOOLONG there) or the request ends first (EINVAL)."""
+    cdef uint32_t avail = vq.req.hdr.h.len - at
+    cdef uint32_t pos = 0, room, i
+    if avail > count * (LOOKUP_NAME_MAX + 1):
+        avail = count * (LOOKUP_NAME_MAX + 1)
+    if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>buf, avail) != avail:
+        return False
+    for i in range(count):
+        room = avail - pos
+        if room > LOOKUP_NAME_MAX + 1:
+            room = LOOKUP_NAME_MAX + 1
+        lengths[i] = strnlen(buf + pos, room)
+        if lengths[i] == room:
+            return False
+        pos += <uint32_t>lengths[i] + 1
+    return True
+
+
+cdef int _remove(Virtqueue vq, int flags) noexcept nogil:
+    """UNLINK (``flags`` 0) and RMDIR (AT_REMOVEDIR), as the engine's do_unlink and do_rmdir
+    over PassthroughFs (fastvfs.fs._tables.unlink_node).  Left to the engine: request
+    extensions, a name it must refuse for how it is framed, a parent held by file handle
+    without a descriptor."""
+    cdef char name[LOOKUP_NAME_MAX + 1]
+    cdef size_t length
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or not _names(vq, sizeof(fuse_in_header), name, 1, &length):
+        return 0
+    rc = unlink_node(vq.inodes, vq.req.hdr.h.nodeid, name, length, flags)
+    if rc == 1:
+        return 0
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+cdef int do_unlink(Virtqueue vq) noexcept nogil:
+    return _remove(vq, 0)
+
+
+cdef int do_rmdir(Virtqueue vq) noexcept nogil:
+    return _remove(vq, AT_REMOVEDIR)
+
+
+cdef int _rename(Virtqueue vq, uint32_t at, uint64_t newdir, uint32_t flags) noexcept nogil:
+    """RENAME and RENAME2 (their names ``at`` bytes into the request), as the engine's
+    do_rename and do_rename2 over PassthroughFs.rename (fastvfs.fs._tables.rename_node: its
+    flag rule too).  Left to the engine: what ``_remove`` leaves it."""
+    cdef char names[2 * (LOOKUP_NAME_MAX + 1)]
+    cdef size_t lengths[2]
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or not _names(vq, at, names, 2, lengths):
+        return 0
+    rc = rename_node(vq.inodes, vq.req.hdr.h.nodeid, names, lengths[0], newdir,
+                     names + lengths[0] + 1, lengths[1], flags)
+    if rc == 1:
+        return 0
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+cdef int do_rename(Virtqueue vq) noexcept nogil:
+    return _rename(vq, sizeof(fuse_in_header) + sizeof(fuse_rename_in),
+                   vq.req.hdr.arg.rename.newdir, 0)
+
+
+cdef int do_rename2(Virtqueue vq) noexcept nogil:
+    return _rename(vq, sizeof(fuse_in_header) + sizeof(fuse_rename2_in),
+                   vq.req.hdr.arg.rename2.newdir, vq.req.hdr.arg.rename2.flags)
+
+
 _fast_op(FUSE_STATFS, do_statfs, 0, NEEDS_INODES)
 _fast_op(FUSE_OPEN, do_open, sizeof(fuse_open_in), NEEDS_INODES)
 _fast_op(FUSE_SETATTR, do_setattr, sizeof(fuse_setattr_in), NEEDS_INODES | NEEDS_WRITABLE)
+_fast_op(FUSE_UNLINK, do_unlink, 0, NEEDS_INODES | NEEDS_WRITABLE)
+_fast_op(FUSE_RMDIR, do_rmdir, 0, NEEDS_INODES | NEEDS_WRITABLE)
+_fast_op(FUSE_RENAME, do_rename, sizeof(fuse_rename_in), NEEDS_INODES | NEEDS_WRITABLE)
+_fast_op(FUSE_RENAME2, do_rename2, sizeof(fuse_rename2_in), NEEDS_INODES | NEEDS_WRITABLE)

@@ -1,7 +1,8 @@
 """Parity of the two implementations of every operation that has one in C and one in Python.
 
 The hot path answers GETATTR, LOOKUP of a known name, FLUSH, RELEASE, FORGET, BATCH_FORGET,
-FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times and WRITE's kill-suid/sgid itself;
+FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times, UNLINK, RMDIR, RENAME, RENAME2 and
+WRITE's kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
@@ -649,5 +650,435 @@ def test_setattr_declined_to_the_engine(tmp_path, io_engine):
     try:
         reply = via_engine(pair, _setattr(pair.lookup(b"f"), abi.FATTR_MODE, mode=0), [216])
         assert out_header(reply)[1] == -errno.EROFS
+    finally:
+        pair.close()
+
+
+# -- UNLINK, RMDIR, RENAME, RENAME2 -------------------------------------------------------------
+
+def _names_tree(top):
+    """The same small tree in each of the two halves the C path and the engine work on."""
+    top.mkdir()
+    (top / "f").write_bytes(b"f")
+    (top / "g").write_bytes(b"gg")
+    (top / "d").mkdir()
+    (top / "e").mkdir()
+    (top / "full").mkdir()
+    (top / "full" / "x").write_bytes(b"x")
+    os.symlink("f", top / "link")
+    os.symlink("d", top / "dirlink")
+    os.mkfifo(top / "fifo")
+    (top / ("n" * 255)).write_bytes(b"n")
+
+
+def _tree_state(top):
+    """Every entry under ``top``: its relative path, file type, size and contents."""
+    state = []
+    for path in sorted(top.rglob("*")):
+        st = os.lstat(path)
+        data = path.read_bytes() if stat.S_ISREG(st.st_mode) else (
+            os.readlink(path).encode() if stat.S_ISLNK(st.st_mode) else b"")
+        state.append((str(path.relative_to(top)), stat.S_IFMT(st.st_mode), data))
+    return state
+
+
+def _unlink(parent, name, opcode=abi.Opcode.UNLINK, **kw):
+    return request(opcode, name, nodeid=parent, **kw)
+
+
+def _rename(parent, name, newdir, newname, flags=None, **kw):
+    if flags is None:
+        return request(abi.Opcode.RENAME, abi.rename_in.pack(newdir) + name + newname,
+                       nodeid=parent, **kw)
+    return request(abi.Opcode.RENAME2, abi.rename2_in.pack(newdir, flags, 0) + name + newname,
+                   nodeid=parent, **kw)
+
+
+class Halves:
+    """Two copies of the names tree, ``c`` and ``py``, each with its nodes looked up: a request
+    built for one half by ``make(nodes)`` is sent in C to one and through the engine to the
+    other, and both the replies and the trees that result must be equal."""
+
+    def __init__(self, pair):
+        self.pair = pair
+        for half in ("c", "py"):
+            _names_tree(pair.root / half)
+        self.nodes = {half: self._nodes(half) for half in ("c", "py")}
+
+    def reset(self):
+        """Forget every node looked up, and make both trees afresh."""
+        for nodes in self.nodes.values():
+            for key, nodeid in nodes.items():
+                if key != "root" and self.pair.fs.inodes.nlookup(nodeid):
+                    self.pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(
+                        self.pair.fs.inodes.nlookup(nodeid)), nodeid=nodeid), 0)
+        for half in ("c", "py"):
+            shutil.rmtree(self.pair.root / half)
+            _names_tree(self.pair.root / half)
+        self.nodes = {half: self._nodes(half) for half in ("c", "py")}
+
+    def _nodes(self, half):
+        top = self.pair.lookup(half.encode())
+        nodes = {"top": top, "root": abi.FUSE_ROOT_ID}
+        for name in ("f", "d", "e", "full", "link", "fifo"):
+            nodes[name] = self.pair.lookup(name.encode(), top)
+        return nodes
+
+    def same(self, make, served="c", out_lens=(16,)):
+        """The reply of ``make``'s request to each half; ``served``: "c" (fails if the engine
+        had it) or "engine" (fails if C served it)."""
+        pair = self.pair
+        c_req, py_req = make(self.nodes["c"]), make(self.nodes["py"])
+        py_req = py_req[:abi.in_header.unpack_from(py_req)[0]]  # what the ring hands over
+        if served == "c":
+            c = pair.in_c(c_req, list(out_lens))
+        else:
+            c = via_engine(pair, c_req, list(out_lens))
+        py = pair.in_python(py_req, sum(out_lens))
+        assert c == py
+        assert _tree_state(pair.root / "c") == _tree_state(pair.root / "py")
+        return out_header(c)[1]
+
+
+def test_unlink_and_rmdir(pair):
+    """UNLINK and RMDIR of every kind of entry and of names the file system refuses, in C,
+    with the engine's errno and effect."""
+    halves = Halves(pair)
+    U, R = abi.Opcode.UNLINK, abi.Opcode.RMDIR
+    cases = [
+        (U, "top", b"f\0", 0), (U, "top", b"missing\0", -errno.ENOENT),
+        (U, "top", b"d\0", -errno.EISDIR), (U, "top", b"link\0", 0),
+        (U, "top", b"fifo\0", 0), (U, "top", b"dirlink\0", 0),
+        (U, "top", b"\0", -errno.EINVAL), (U, "top", b".\0", -errno.EINVAL),
+        (U, "top", b"..\0", -errno.EINVAL), (U, "top", b"full/x\0", -errno.EINVAL),
+        (U, "top", b"/\0", -errno.EINVAL), (U, "top", b"n" * 255 + b"\0", 0),
+        (U, "top", b"x" * 255 + b"\0", -errno.ENOENT),
+        (U, "top", b"g\0trailing bytes after the name", 0),
+        (R, "top", b"d\0", 0), (R, "top", b"full\0", -errno.ENOTEMPTY),
+        (R, "top", b"e\0", 0), (R, "top", b"missing\0", -errno.ENOENT),
+        (R, "top", b".\0", -errno.EINVAL), (R, "top", b"..\0", -errno.EINVAL),
+        (R, "top", b"\0", -errno.EINVAL),
+        (R, "full", b"x\0", -errno.ENOTDIR), (U, "full", b"x\0", 0),
+        (R, "top", b"full\0", 0),
+    ]
+    for opcode, parent, name, err in cases:
+        got = halves.same(lambda nodes: _unlink(nodes[parent], name, opcode))
+        assert got == err, (opcode, parent, name)
+
+
+def test_unlink_and_rename_under_a_parent_that_is_no_directory(pair):
+    """A parent node that is a file, a symlink or a FIFO: ENOTDIR from the kernel, both ways
+    (the parent's O_PATH descriptor is what the name is resolved against)."""
+    halves = Halves(pair)
+    for parent in ("f", "link", "fifo"):
+        for opcode in (abi.Opcode.UNLINK, abi.Opcode.RMDIR):
+            got = halves.same(lambda nodes: _unlink(nodes[parent], b"x\0", opcode))
+            assert got == -errno.ENOTDIR
+        got = halves.same(lambda nodes: _rename(nodes[parent], b"x\0", nodes["top"], b"y\0"))
+        assert got == -errno.ENOTDIR
+        got = halves.same(lambda nodes: _rename(nodes["top"], b"g\0", nodes[parent], b"y\0"))
+        assert got == -errno.ENOTDIR
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+# (parent, old name, new parent, new name, RENAME2 flags or None for RENAME, errno)
+RENAME_CASES = [
+    ("top", b"f\0", "top", b"f2\0", None, 0),
+    ("top", b"f2\0", "d", b"f\0", None, 0),            # into another directory
+    ("d", b"f\0", "top", b"f\0", 0, 0),                # RENAME2 without flags
+    ("top", b"missing\0", "top", b"m\0", None, -errno.ENOENT),
+    ("top", b"f\0", "top", b"d\0", None, -errno.EISDIR),     # a file over a directory
+    ("top", b"d\0", "top", b"f\0", None, -errno.ENOTDIR),    # a directory over a file
+    ("top", b"d\0", "top", b"full\0", None, -errno.ENOTEMPTY),
+    ("top", b"d\0", "top", b"e\0", None, 0),           # over an empty directory
+    ("top", b"full\0", "full", b"sub\0", None, -errno.EINVAL),  # into itself
+    ("top", b"g\0", "top", b"link\0", None, 0),        # over a symlink
+    ("top", b"link\0", "top", b"f\0", None, 0),
+    ("top", b"f\0", "top", b"f\0", None, 0),           # onto itself
+    ("top", b".\0", "top", b"x\0", None, -errno.EINVAL),
+    ("top", b"f\0", "top", b"..\0", None, -errno.EINVAL),
+    ("top", b"\0", "top", b"x\0", None, -errno.EINVAL),
+    ("top", b"f\0", "top", b"\0", None, -errno.EINVAL),
+    ("top", b"f\0", "top", b"a/b\0", None, -errno.EINVAL),
+    ("top", b"full/x\0", "top", b"x\0", None, -errno.EINVAL),
+    ("top", b"n" * 255 + b"\0", "top", b"m" * 255 + b"\0", None, 0),
+    ("top", b"fifo\0", "full", b"fifo\0", None, 0),
+    ("top", b"full\0", "top", b"fifo\0", 0, 0),
+    ("top", b"f\0", "top", b"fifo\0", RENAME_NOREPLACE, -errno.EEXIST),
+    ("top", b"f\0", "top", b"new\0", RENAME_NOREPLACE, 0),
+    ("top", b"new\0", "top", b"fifo\0", RENAME_EXCHANGE, 0),
+    ("top", b"new\0", "top", b"missing\0", RENAME_EXCHANGE, -errno.ENOENT),
+    ("top", b"new\0", "top", b"fifo\0", RENAME_EXCHANGE | RENAME_NOREPLACE, -errno.EINVAL),
+    ("top", b"new\0", "top", b"x\0", 8, -errno.EINVAL),
+    ("top", b"new\0", "top", b"x\0", 0xffffffff, -errno.EINVAL),
+    ("top", b".\0", "top", b"x\0", 8, -errno.EINVAL),
+    ("top", b"new\0", "top", b"wh\0", RENAME_WHITEOUT, None),   # CAP_MKNOD decides
+    ("root", b"c\0", "root", b"c\0", None, 0),          # the share's root as a parent
+]
+
+
+@pytest.mark.parametrize("flags_kind", ["rename", "rename2"])
+def test_rename(pair, flags_kind):
+    halves = Halves(pair)
+    for parent, name, newparent, newname, flags, err in RENAME_CASES:
+        if flags is None and flags_kind == "rename2":
+            flags = 0
+        if parent == "root":
+            # The halves' own names, "c" and "py", in the share's root.
+            def make(nodes):
+                own = b"c\0" if nodes is halves.nodes["c"] else b"py\0"
+                return _rename(abi.FUSE_ROOT_ID, own, abi.FUSE_ROOT_ID, own, flags)
+        else:
+            def make(nodes):
+                return _rename(nodes[parent], name, nodes[newparent], newname, flags)
+        got = halves.same(make)
+        assert err is None or got == err, (name, newname, flags)
+
+
+def test_names_of_stale_and_forged_node_ids(pair):
+    """Parents the node id table does not know (forgotten, never given, another generation,
+    0): ENOENT in C as in the engine, whichever of the two parents of a RENAME it is."""
+    halves = Halves(pair)
+    for half in ("c", "py"):
+        gone = pair.lookup(b"g", halves.nodes[half]["top"])
+        pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=gone), 0)
+        halves.nodes[half]["gone"] = gone
+    for bad in (lambda n: n["gone"], lambda n: n["top"] + 1000,
+                lambda n: n["top"] + (1 << 32), lambda n: 0, lambda n: 2 ** 63):
+        for opcode in (abi.Opcode.UNLINK, abi.Opcode.RMDIR):
+            assert halves.same(lambda n: _unlink(bad(n), b"f\0", opcode)) == -errno.ENOENT
+        for flags in (None, 0, RENAME_EXCHANGE, 8):
+            assert halves.same(lambda n: _rename(bad(n), b"f\0", n["top"], b"x\0",
+                                                 flags)) == -errno.ENOENT
+            assert halves.same(lambda n: _rename(n["top"], b"f\0", bad(n), b"x\0",
+                                                 flags)) == -errno.ENOENT
+            # Both unknown, and the names refused too: ENOENT comes first.
+            assert halves.same(lambda n: _rename(n["top"], b".\0", bad(n), b"x\0",
+                                                 flags)) == -errno.ENOENT
+
+
+def test_names_release_their_parents(pair):
+    """Every reference C takes on a parent is dropped, whatever the answer: once the guest
+    forgets the node, its descriptor is closed."""
+    halves = Halves(pair)
+    n = halves.nodes["c"]
+    e, top = n["e"], n["top"]
+    (pair.root / "c" / "e" / "a").write_bytes(b"a")
+    pair.in_c(request(abi.Opcode.STATFS), [96])  # a queue's io_uring is set up at first use
+    for req in (_unlink(e, b"missing\0"), _unlink(e, b".\0"),
+                _unlink(e, b"a\0", abi.Opcode.RMDIR),
+                _rename(e, b"a\0", top, b"a\0"), _rename(top, b"a\0", e, b"a\0", 0),
+                _rename(e, b"a\0", e + 1000, b"b\0"), _rename(e, b"a\0", e, b"..\0"),
+                _rename(e, b"a\0", e, b"b\0", 8), _rename(e, b"a\0", top, b"f\0", 1),
+                _rename(e + 1000, b"a\0", e, b"b\0"), _unlink(e, b"a\0")):
+        pair.in_c(req, [16])
+    held = fds_open()
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(pair.fs.inodes.nlookup(e)),
+                           nodeid=e), 0)
+    assert fds_open() == held - 1
+
+
+def test_names_framed_by_a_hostile_guest(pair):
+    """Names as a hostile guest frames them.  In C: a name in a descriptor of its own, or
+    split across two, bytes after the NUL or after fuse_in_header.len.  To the engine, which
+    answers them: a name without its NUL, one that ends past fuse_in_header.len, a second
+    name missing, a name longer than NAME_MAX (ENAMETOOLONG), request extensions."""
+    halves = Halves(pair)
+    head = abi.IN_HEADER_SIZE
+    # A name split across descriptors, and in a descriptor after the header's.
+    for split in (head, head + 1, head + 2):
+        def split_c(req_c, req_py, split=split):
+            c = pair.in_c(req_c, [16], split=split)
+            assert c == pair.in_python(req_py, 16)
+            assert _tree_state(pair.root / "c") == _tree_state(pair.root / "py")
+            return out_header(c)[1]
+        for name in (b"f", b"g"):
+            reqs = [_unlink(halves.nodes[h]["top"], name + b"\0") for h in ("c", "py")]
+            assert split_c(*reqs) == 0
+            (pair.root / "c" / name.decode()).write_bytes(b"again")
+            (pair.root / "py" / name.decode()).write_bytes(b"again")
+        reqs = [_rename(halves.nodes[h]["top"], b"f\0", halves.nodes[h]["d"], b"moved\0")
+                for h in ("c", "py")]
+        assert split_c(*reqs) == 0
+        reqs = [_rename(halves.nodes[h]["d"], b"moved\0", halves.nodes[h]["top"], b"f\0", 0)
+                for h in ("c", "py")]
+        assert split_c(*reqs) == 0
+    # Bytes past fuse_in_header.len are not the request's: a name that ends there, or whose
+    # NUL lies there, is the engine's (EINVAL); one that ends before is C's.
+    length = head + 2
+    assert halves.same(lambda n: _unlink(n["top"], b"f\0garbage", length=length)) == 0
+    (pair.root / "c" / "f").write_bytes(b"f")
+    (pair.root / "py" / "f").write_bytes(b"f")
+    for body, length in ((b"f", None), (b"fifo\0", head + 4), (b"x" * 300, None)):
+        for opcode in (abi.Opcode.UNLINK, abi.Opcode.RMDIR):
+            got = halves.same(lambda n: _unlink(n["top"], body, opcode, length=length),
+                              served="engine")
+            assert got == -errno.EINVAL
+    rename_head = head + abi.rename_in.size
+    for name, newname, length in ((b"f\0", b"x", None), (b"f\0", b"", None), (b"f", b"", None),
+                                  (b"f\0", b"x\0", rename_head + 3)):
+        for flags in (None, 0):
+            size = rename_head if flags is None else rename_head + 8
+            got = halves.same(lambda n: _rename(n["top"], name, n["top"], newname, flags,
+                                                length=length and length - rename_head + size),
+                              served="engine")
+            assert got == -errno.EINVAL
+    # Names longer than NAME_MAX: ENAMETOOLONG from the engine (the C path reads no further).
+    long = b"l" * 256 + b"\0"
+    assert halves.same(lambda n: _unlink(n["top"], long), served="engine") == -errno.ENAMETOOLONG
+    assert halves.same(lambda n: _rename(n["top"], long, n["top"], b"x\0"),
+                       served="engine") == -errno.ENAMETOOLONG
+    assert halves.same(lambda n: _rename(n["top"], b"f\0", n["top"], long),
+                       served="engine") == -errno.ENAMETOOLONG
+    # RENAME and RENAME2 too short for their own header.
+    for opcode in (abi.Opcode.RENAME, abi.Opcode.RENAME2):
+        got = halves.same(lambda n: request(opcode, b"\1\0\0", nodeid=n["top"]),
+                          served="engine")
+        assert got == -errno.EINVAL
+    # Request extensions (total_extlen): the engine's.
+    for make in (lambda n: _unlink(n["top"], b"f\0" + bytes(14)),
+                 lambda n: _rename(n["top"], b"f\0", n["top"], b"h\0" + bytes(12))):
+        def extended(n, make=make):
+            req = bytearray(make(n))
+            struct.pack_into("<H", req, 36, 1)
+            return bytes(req)
+        halves.same(extended, served="engine")
+
+
+def test_names_on_a_read_only_share(tmp_path, io_engine):
+    pair = _make_pair(tmp_path, io_engine, readonly=True)
+    try:
+        d = pair.lookup(b"d")
+        for req in (_unlink(abi.FUSE_ROOT_ID, b"f\0"),
+                    _unlink(abi.FUSE_ROOT_ID, b"d\0", abi.Opcode.RMDIR),
+                    _rename(abi.FUSE_ROOT_ID, b"f\0", d, b"f\0"),
+                    _rename(abi.FUSE_ROOT_ID, b"f\0", d, b"f\0", 0)):
+            reply = via_engine(pair, req, [16])
+            assert reply == pair.in_python(req, 16)
+            assert out_header(reply)[1] == -errno.EROFS
+        assert sorted(os.listdir(pair.root)) == ["d", "f", "link"]
+    finally:
+        pair.close()
+
+
+def test_names_under_a_parent_held_by_file_handle(tmp_path, io_engine):
+    """A parent held by file handle whose descriptor the cache closed is the engine's, which
+    reopens it; once it has a descriptor again, C serves it."""
+    pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
+    try:
+        d = pair.lookup(b"d")
+        (pair.root / "d" / "a").write_bytes(b"a")
+        (pair.root / "d" / "b").write_bytes(b"b")
+        pair.lookup(b"f")  # takes the one cached descriptor from "d"
+        assert pair.inodes.node(d)[0] == -1
+        reply = via_engine(pair, _unlink(d, b"a\0"), [16])
+        assert out_header(reply)[1] == 0 and not (pair.root / "d" / "a").exists()
+        pair.lookup(b"f")
+        assert pair.inodes.node(d)[0] == -1
+        reply = via_engine(pair, _rename(d, b"b\0", abi.FUSE_ROOT_ID, b"b\0"), [16])
+        assert out_header(reply)[1] == 0 and (pair.root / "b").exists()
+        pair.lookup(b"f")
+        reply = via_engine(pair, _rename(abi.FUSE_ROOT_ID, b"b\0", d, b"b\0", 0), [16])
+        assert out_header(reply)[1] == 0 and (pair.root / "d" / "b").exists()
+        # With its descriptor back in the cache the node is C's.
+        assert pair.inodes.node(d)[0] >= 0
+        assert out_header(pair.in_c(_unlink(d, b"b\0"), [16]))[1] == 0
+        assert os.listdir(pair.root / "d") == []
+    finally:
+        pair.close()
+
+
+def test_names_without_the_node_table(tmp_path, io_engine):
+    """A ring without the node id table (an id-mapped share, --translate-uid): the engine
+    serves every one of them."""
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "f").write_bytes(b"f")
+    (root / "d").mkdir()
+    ring = Harness(reply=lambda req, out: engine.handle(req, out), inodes=None,
+                   engine=io_engine)
+    ring.vq.set_fast_io(True)
+    try:
+        fs = PassthroughFs(root, ring.handles, inodes=NodeTable(256))
+        engine = FuseEngine(fs, "auto")
+        assert engine.handle(request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0)),
+                             4096)[0] == 0
+        pair = type("Bare", (), {"ring": ring})()
+        for req, left in ((_rename(abi.FUSE_ROOT_ID, b"f\0", abi.FUSE_ROOT_ID, b"g\0"),
+                           ["d", "g"]),
+                          (_rename(abi.FUSE_ROOT_ID, b"g\0", abi.FUSE_ROOT_ID, b"h\0", 0),
+                           ["d", "h"]),
+                          (_unlink(abi.FUSE_ROOT_ID, b"h\0"), ["d"]),
+                          (_unlink(abi.FUSE_ROOT_ID, b"d\0", abi.Opcode.RMDIR), [])):
+            assert out_header(via_engine(pair, req, [16]))[1] == 0
+            assert sorted(os.listdir(root)) == left
+    finally:
+        ring.close()
+
+
+def test_check_name_is_one_rule():
+    """The file system's check_name is the C rule the hot path applies."""
+    from fastvfs.fs import _tables
+    from fastvfs.fs.passthrough import check_name
+    for name, err in ((b"", errno.EINVAL), (b".", errno.EINVAL), (b"..", errno.EINVAL),
+                      (b"a/b", errno.EINVAL), (b"/", errno.EINVAL), (b"a\0b", errno.EINVAL),
+                      (b"x" * 256, errno.ENAMETOOLONG), (b"/" * 256, errno.EINVAL),
+                      (b"." * 256, errno.ENAMETOOLONG), (b"...", None), (b".a", None),
+                      (b"x" * 255, None), (b"\xff\xfe", None)):
+        for check in (check_name, _tables.check_name_of):
+            if err is None:
+                check(name)
+            else:
+                with pytest.raises(OSError) as exc:
+                    check(name)
+                assert exc.value.errno == err, name
+    assert check_name(b"ok") == b"ok"
+
+
+NAME_PIECES = [b"f", b"g", b"d", b"e", b"full", b"x", b"link", b"fifo", b".", b"..", b"/",
+               b"\0", b"n" * 255, b"l" * 200]
+
+
+def test_names_in_any_framing(tmp_path):
+    """Requests made of pieces of names, NULs and slashes, cut short by fuse_in_header.len
+    and split across two descriptors anywhere: whichever path serves each, the reply and the
+    trees are the engine's."""
+    from hypothesis import given, settings, strategies as st
+
+    pair = _make_pair(tmp_path, "sync")
+    halves = Halves(pair)
+
+    @settings(max_examples=120, deadline=None, database=None)
+    @given(opcode=st.sampled_from([abi.Opcode.UNLINK, abi.Opcode.RMDIR, abi.Opcode.RENAME,
+                                   abi.Opcode.RENAME2]),
+           names=st.lists(st.sampled_from(NAME_PIECES), max_size=6).map(b"".join),
+           parent=st.sampled_from(["top", "d", "f"]),
+           newdir=st.sampled_from(["top", "d", "f", "fifo"]),
+           flags=st.sampled_from([0, 1, 2, 3, 4, 8, 1 << 31]),
+           cut=st.integers(0, 12), split=st.integers(0, 600))
+    def run(opcode, names, parent, newdir, flags, cut, split):
+        halves.reset()
+
+        def make(nodes):
+            body = names
+            if opcode == abi.Opcode.RENAME:
+                body = abi.rename_in.pack(nodes[newdir]) + names
+            elif opcode == abi.Opcode.RENAME2:
+                body = abi.rename2_in.pack(nodes[newdir], flags, 0) + names
+            full = abi.IN_HEADER_SIZE + len(body)
+            return request(opcode, body, nodeid=nodes[parent],
+                           length=max(abi.IN_HEADER_SIZE, full - cut))
+
+        c_req, py_req = make(halves.nodes["c"]), make(halves.nodes["py"])
+        pieces = [c_req[:split], c_req[split:]] if 0 < split < len(c_req) else [c_req]
+        c = pair.ring.roundtrip(pieces, [16])
+        c = c[:out_header(c)[0]]
+        py = pair.in_python(py_req[:abi.in_header.unpack_from(py_req)[0]], 16)
+        assert c == py
+        assert _tree_state(pair.root / "c") == _tree_state(pair.root / "py")
+
+    try:
+        run()
     finally:
         pair.close()
