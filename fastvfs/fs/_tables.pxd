@@ -1,7 +1,8 @@
 # The file system's C face, cimported by the hot path (fastvfs.ring): the two tables both sides
 # share (HandleTable: the guest's open files and directories; NodeTable: its node ids) and the
 # helpers of every operation the hot path serves itself (attribute packing, known-entry lookup,
-# kill-suid/sgid, the mapped capability, FLUSH).  Each exists once, here; fs/passthrough.py
+# kill-suid/sgid, the mapped capability, FLUSH, opening a node, reading its extended
+# attributes).  Each exists once, here; fs/passthrough.py
 # calls the same code through the Python methods and wrappers of fastvfs/fs/_tables.pyx, whose
 # fragments (fastvfs/fs/tables/*.pxi) hold the bodies.
 
@@ -16,6 +17,7 @@ cdef enum:
     # Node ids the hot path may drop (FORGET) before the file system has pruned its records.
     DROPPED_MAX = 1024
     LOOKUP_NAME_MAX = 255
+    XATTR_NAME_MAX = 255  # the longest attribute name (linux/limits.h); longer is ERANGE
 
 
 # -- slots: what every table's entry starts with (tables/slots.pxi) ----------------------------
@@ -93,6 +95,11 @@ cdef class HandleTable(SlotTable):
     # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
     cdef char cap_xattr[256]
     cdef OpenPolicy open_policy       # set_open_policy
+    # The file system serves extended attributes under their own names (--xattr without
+    # --xattrmap), each read through the node's /proc/self/fd name as the open policy names
+    # it: the hot path may then answer GETXATTR and LISTXATTR (``getxattr_node``).  Set once
+    # by the file system (``set_xattr_policy``) before any queue runs.
+    cdef bint xattrs_unmapped
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
@@ -171,3 +178,12 @@ cdef int flush_fd(int fd) noexcept nogil
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil
 cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil
+cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil
+
+
+# -- extended attributes as the file system reads them (tables/xattrs.pxi) ----------------------
+
+cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, const char *name,
+                       void *value, size_t size, size_t *length) noexcept nogil
+cdef int listxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, char *names,
+                        size_t size, size_t *length) noexcept nogil
