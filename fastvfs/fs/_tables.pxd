@@ -97,8 +97,9 @@ cdef class HandleTable(SlotTable):
     cdef OpenPolicy open_policy       # set_open_policy
     # The file system serves extended attributes under their own names (--xattr without
     # --xattrmap), each read through the node's /proc/self/fd name as the open policy names
-    # it: the hot path may then answer GETXATTR and LISTXATTR (``getxattr_node``).  Set once
-    # by the file system (``set_xattr_policy``) before any queue runs.
+    # it (fastvfs.procfd): the hot path may then answer GETXATTR and LISTXATTR
+    # (``getxattr_node``).  Set once by the file system (``set_xattr_policy``) before any
+    # queue runs.
     cdef bint xattrs_unmapped
 
     cdef bint direct(self, uint64_t fh) noexcept nogil

@@ -18,6 +18,8 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
     int c_close "close"(int fd)
     int dup(int fd)
+    int chdir(const char *path)
+    int fchdir(int fd)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:

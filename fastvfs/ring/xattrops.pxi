@@ -1,8 +1,8 @@
 # GETXATTR and LISTXATTR served in C where the file system reads extended attributes as the
-# host has them (fastvfs.fs._tables.set_xattr_policy: --xattr, no --xattrmap, descriptors
-# named relative to the working directory), each answering exactly what the engine's
-# do_getxattr/do_listxattr and _sized_reply would over PassthroughFs, and declining (0) what
-# it could not decide the same way.  Their table entries are at the end.
+# host has them (fastvfs.fs._tables.set_xattr_policy: --xattr, no --xattrmap), each answering
+# exactly what the engine's do_getxattr/do_listxattr and _sized_reply would over
+# PassthroughFs, and declining (0) what it could not decide the same way.  Their table entries
+# are at the end.
 
 cdef enum:
     # Values and name lists read here, on the worker's stack: larger ones (the host allows up

@@ -1,9 +1,9 @@
 """LOOKUP of a missing name, GETXATTR and LISTXATTR through the daemon as deployed, in each
 sandbox that names descriptors its own way (fastvfs.procfd): the hot path answers them in C
-where it reads attributes through a node's /proc/self/fd name as the file system does (the
-namespace sandbox, with --xattr and no --xattrmap), the engine elsewhere (the chroot
-sandbox); tests/unit/test_parity.py compares the two paths byte for byte, here the guest sees
-the same answers either way and no descriptor is left behind."""
+(with --xattr and no --xattrmap), reading attributes through a node's /proc/self/fd name as
+the file system does, in the chroot sandbox with the thread's own working directory moved to
+the sandbox's /proc descriptor and back (tests/unit/test_parity.py compares the two paths
+byte for byte; here the sandboxes' naming reaches it, and no descriptor is left behind)."""
 
 import errno
 import os

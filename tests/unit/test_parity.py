@@ -876,8 +876,9 @@ def test_getxattr_hostile_names(xpair):
 
 
 def test_xattrs_declined_to_the_engine(tmp_path, io_engine):
-    """Extended attributes off (ENOSYS), renamed by --xattrmap, reached through the chroot
-    sandbox's /proc descriptor, request extensions: the engine answers."""
+    """Extended attributes off (ENOSYS), renamed by --xattrmap, request extensions: the engine
+    answers.  Descriptors named through a /proc descriptor (the chroot sandbox): C, with its
+    thread's own working directory moved there for the call and back to / after."""
     for options in ({}, {"xattrmap": XattrMap(":prefix:all:user.:user.g.::ok:all:::")}):
         pair = _make_pair(tmp_path / str(len(options)), io_engine, **options)
         try:
@@ -903,8 +904,14 @@ def test_xattrs_declined_to_the_engine(tmp_path, io_engine):
         try:
             _tables.set_open_policy(pair.ring.handles, pair.fs.open_flags_allowed, False,
                                     pair.fs.fd_budget, proc, "")
-            for req in (_getxattr(f, b"user.a", 64), _listxattr(f, 64)):
-                assert via_engine(pair, req, [16, 64])[4:8] == bytes(4)
+            cwd = os.getcwd()
+            for req in (_getxattr(f, b"user.a", 64), _listxattr(f, 64), _getxattr(f, b"no", 64),
+                        _getxattr(f + 1000, b"user.a", 64)):
+                assert pair.in_c(req, [16, 64]) == framed(pair, req, [16, 64])
+            assert out_header(pair.in_c(_getxattr(f, b"user.a", 64), [16, 64]))[:2] == (17, 0)
+            assert os.getcwd() == cwd   # the worker moved its own working directory only
+            worker = pair.ring.thread.native_id
+            assert os.readlink(f"/proc/self/task/{worker}/cwd") == "/"
         finally:
             os.close(proc)
     finally:

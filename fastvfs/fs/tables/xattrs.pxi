@@ -1,11 +1,13 @@
 # Extended attributes read in C as the file system reads them (PassthroughFs.getxattr and
-# listxattr without an xattr map): through the node's /proc/self/fd name, so the kernel
-# resolves the magic link to the very inode (a symlink's own attributes, a FIFO's or a
-# device's without opening it).  For the hot path's GETXATTR and LISTXATTR; the setting is the
-# file system's own, given once through ``set_xattr_policy``.
+# listxattr without an xattr map): through the node's /proc/self/fd name (fastvfs.procfd), so
+# the kernel resolves the magic link to the very inode (a symlink's own attributes, a FIFO's
+# or a device's without opening it).  For the hot path's GETXATTR and LISTXATTR; the setting
+# is the file system's own, given once through ``set_xattr_policy``.
 
 from libc.errno cimport ERANGE
 
+from fastvfs.includes.own_fs cimport fastvfs_own_fs
+from fastvfs.includes.posix cimport CLONE_FS, chdir, fchdir, unshare
 from fastvfs.includes.xattr cimport listxattr
 
 
@@ -17,13 +19,32 @@ def set_xattr_policy(HandleTable handles, bint unmapped):
     handles.xattrs_unmapped = unmapped
 
 
-cdef inline bint _xattrs_named(HandleTable handles) noexcept nogil:
-    """Whether a node's attributes can be read here as the file system reads them: names as
-    it gives them, and a descriptor name relative to the working directory (xattr calls take
-    no directory descriptor, so the chroot sandbox's naming through its /proc descriptor is
-    the file system's alone)."""
-    return (handles.xattrs_unmapped and handles.open_policy.enabled and
-            handles.open_policy.proc_dir == AT_FDCWD)
+cdef int _enter_named(HandleTable handles, int fd, char *path, size_t size) noexcept nogil:
+    """Write in ``path`` the name of descriptor ``fd`` as fastvfs.procfd.named makes it, for a
+    call that takes no directory descriptor: relative to the working directory, which in the
+    chroot sandbox (a /proc descriptor of its own) is this thread's own, moved there for the
+    call (``_leave_named`` moves it back to the chroot's /).  0 named, 1 named with the
+    working directory moved, -1 when only the file system can name it (no policy, attributes
+    renamed or not served, the move refused)."""
+    global fastvfs_own_fs
+    cdef OpenPolicy *policy = &handles.open_policy
+    if not handles.xattrs_unmapped or not policy.enabled:
+        return -1
+    snprintf(path, size, "%s%d", policy.proc_prefix, fd)
+    if policy.proc_dir == AT_FDCWD:
+        return 0
+    if not fastvfs_own_fs:
+        if unshare(CLONE_FS) < 0:
+            return -1
+        fastvfs_own_fs = 1
+    return 1 if fchdir(policy.proc_dir) == 0 else -1
+
+
+cdef inline void _leave_named(int entered) noexcept nogil:
+    """Back to the chroot's /, the working directory every thread of that sandbox keeps
+    between calls (fastvfs.procfd.named)."""
+    if entered == 1:
+        chdir("/")
 
 
 cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, const char *name,
@@ -36,8 +57,8 @@ cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, c
     XATTR_SIZE_MAX)."""
     cdef char path[48]
     cdef ssize_t got
-    cdef int fd, err = 0
-    if not _xattrs_named(handles):
+    cdef int fd, entered, err = 0
+    if not handles.xattrs_unmapped or not handles.open_policy.enabled:
         return 1
     fd = inodes.acquire(nodeid)
     if fd == -2:
@@ -47,10 +68,14 @@ cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, c
     if name[0] == 0:
         inodes.release(nodeid)
         return -EINVAL              # passthrough._xattr_name (the kernel would say ERANGE)
-    snprintf(path, sizeof(path), "%s%d", handles.open_policy.proc_prefix, fd)
+    entered = _enter_named(handles, fd, path, sizeof(path))
+    if entered < 0:
+        inodes.release(nodeid)
+        return 1
     got = getxattr(path, name, value, size)
     if got < 0:
         err = errno
+    _leave_named(entered)
     inodes.release(nodeid)
     if got < 0:
         return 1 if err == ERANGE else -err
@@ -67,18 +92,22 @@ cdef int listxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, 
     cdef char path[48]
     cdef ssize_t got
     cdef const char *last
-    cdef int fd, err = 0
-    if not _xattrs_named(handles):
+    cdef int fd, entered, err = 0
+    if not handles.xattrs_unmapped or not handles.open_policy.enabled:
         return 1
     fd = inodes.acquire(nodeid)
     if fd == -2:
         return 1
     if fd < 0:
         return -ENOENT
-    snprintf(path, sizeof(path), "%s%d", handles.open_policy.proc_prefix, fd)
+    entered = _enter_named(handles, fd, path, sizeof(path))
+    if entered < 0:
+        inodes.release(nodeid)
+        return 1
     got = listxattr(path, names, size)
     if got < 0:
         err = errno
+    _leave_named(entered)
     inodes.release(nodeid)
     if got < 0:
         return 1 if err == ERANGE else -err
