@@ -98,7 +98,8 @@ def run_once(data):
     env.handler_mode = (config >> L.HANDLER_SHIFT) & 3
     handles = tables.HandleTable(64)
     inodes = tables.NodeTable(64)
-    fs = env.PassthroughFs(env.root, handles, inodes=inodes)
+    # Extended attributes served, so GETXATTR and LISTXATTR reach their C path too.
+    fs = env.PassthroughFs(env.root, handles, inodes=inodes, xattr=True)
     env.restore_data()
     handles.add(os.open(env.data_path, os.O_RDWR))
     u = env.mem.userspace_addr

@@ -338,6 +338,11 @@ def ring_seeds():
          (Opcode.GETATTR, 2, abi.getattr_in.pack(0, 0, 0), {"reply_len": 104}),
          (Opcode.READ, 2, read, {"data_len": 64}),
          (Opcode.OPEN, 2, abi.open_in.pack(0, 0), {"reply_len": 16})],
+        [(Opcode.GETXATTR, ROOT, abi.getxattr_in.pack(64, 0) + b"user.x\0", {"data_len": 64}),
+         (Opcode.GETXATTR, ROOT, abi.getxattr_in.pack(0, 0) + b"user.x\0",
+          {"reply_len": abi.getxattr_out.size})],
+        [(Opcode.LISTXATTR, ROOT, abi.getxattr_in.pack(64, 0), {"data_len": 64}),
+         (Opcode.LISTXATTR, 2, abi.getxattr_in.pack(0, 0), {"reply_len": abi.getxattr_out.size})],
     ]
     for i, batch in enumerate(batches):
         for indirect in (False, True):

@@ -2,9 +2,9 @@
 # share (HandleTable: the guest's open files and directories; NodeTable: its node ids) and the
 # helpers of every operation the hot path serves itself (attribute packing, known-entry lookup,
 # kill-suid/sgid, the mapped capability, FLUSH, opening a node, the rule for names and their
-# removal and renaming).  Each exists once, here; fs/passthrough.py calls the same code through
-# the Python methods and wrappers of fastvfs/fs/_tables.pyx, whose fragments
-# (fastvfs/fs/tables/*.pxi) hold the bodies.
+# removal and renaming, reading a node's extended attributes).  Each exists once, here;
+# fs/passthrough.py calls the same code through the Python methods and wrappers of
+# fastvfs/fs/_tables.pyx, whose fragments (fastvfs/fs/tables/*.pxi) hold the bodies.
 
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -17,6 +17,7 @@ cdef enum:
     # Node ids the hot path may drop (FORGET) before the file system has pruned its records.
     DROPPED_MAX = 1024
     LOOKUP_NAME_MAX = 255
+    XATTR_NAME_MAX = 255  # the longest attribute name (linux/limits.h); longer is ERANGE
 
 
 # -- slots: what every table's entry starts with (tables/slots.pxi) ----------------------------
@@ -94,6 +95,12 @@ cdef class HandleTable(SlotTable):
     # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
     cdef char cap_xattr[256]
     cdef OpenPolicy open_policy       # set_open_policy
+    # The file system serves extended attributes under their own names (--xattr without
+    # --xattrmap), each read through the node's /proc/self/fd name as the open policy names
+    # it (fastvfs.procfd): the hot path may then answer GETXATTR and LISTXATTR
+    # (``getxattr_node``).  Set once by the file system (``set_xattr_policy``) before any
+    # queue runs.
+    cdef bint xattrs_unmapped
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
@@ -172,6 +179,7 @@ cdef int flush_fd(int fd) noexcept nogil
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil
 cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil
+cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil
 
 
 # -- names from the guest: removing and moving them as the file system does (tables/names.pxi) -
@@ -182,3 +190,11 @@ cdef int unlink_node(NodeTable inodes, uint64_t parent, const char *name, size_t
 cdef int rename_node(NodeTable inodes, uint64_t parent, const char *name, size_t length,
                      uint64_t newparent, const char *newname, size_t newlength,
                      uint32_t flags) noexcept nogil
+
+
+# -- extended attributes as the file system reads them (tables/xattrs.pxi) ----------------------
+
+cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, const char *name,
+                       void *value, size_t size, size_t *length) noexcept nogil
+cdef int listxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, char *names,
+                        size_t size, size_t *length) noexcept nogil

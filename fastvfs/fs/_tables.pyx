@@ -17,6 +17,8 @@ Fragments, each knowing only those above it:
                       (the open policy it sets, the descriptor budget), for OPEN and SETATTR
   tables/names.pxi    the rule for a name from the guest, and UNLINK, RMDIR and RENAME(2)
                       as the file system does them
+  tables/xattrs.pxi   extended attributes read as the file system reads them (the xattr
+                      policy it sets), for GETXATTR and LISTXATTR
 
 Lock order: a table's mutex is a leaf lock; nothing is called while holding it but close(2)
 of an evicted cache descriptor.
@@ -24,7 +26,7 @@ of an evicted cache descriptor.
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EBADF, ENOENT
+from libc.errno cimport errno, EBADF, EINVAL, ENOENT
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memchr, memcpy, memset
@@ -38,7 +40,7 @@ from fastvfs.includes.handle_state cimport (FASTVFS_BUSY, FASTVFS_LIVE, FASTVFS_
                                             fastvfs_key_hash, fastvfs_state_cas,
                                             fastvfs_state_dec, fastvfs_state_load,
                                             fastvfs_state_store)
-from fastvfs.includes.posix cimport c_close, dup
+from fastvfs.includes.posix cimport c_close, dup, memrchr
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
 from fastvfs.includes.stat cimport S_ISGID, S_ISUID, S_IXGRP, c_stat, chmod, fchmod, fstat, stat
@@ -54,3 +56,4 @@ include "tables/nodes.pxi"
 include "tables/helpers.pxi"
 include "tables/opens.pxi"
 include "tables/names.pxi"
+include "tables/xattrs.pxi"

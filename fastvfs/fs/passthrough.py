@@ -478,11 +478,13 @@ class PassthroughFs:
     ``writeback``: the guest caches writes (FUSE_WRITEBACK_CACHE), so it may read a file it
     opened write-only (to fill partial pages) and it computes append offsets itself: files are
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
-    ``preserve_noatime``: pass the guest's O_NOATIME on.
+    ``preserve_noatime``: pass the guest's O_NOATIME on.  ``xattr``: extended attributes are
+    served (the engine's ``--xattr``), which lets the hot path read them itself where no
+    ``xattrmap`` renames them.
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 preserve_noatime=False, xattrmap=None, fd_budget=None,
+                 preserve_noatime=False, xattr=False, xattrmap=None, fd_budget=None,
                  listing_bytes_max=LISTING_BYTES_MAX, file_handles="never",
                  handle_fds_max=HANDLE_FDS_MAX):
         self.writeback = writeback
@@ -509,6 +511,9 @@ class PassthroughFs:
         # The hot path opens regular files as ``open`` does, with these settings.
         _tables.set_open_policy(handles, self.open_flags_allowed, writeback, fd_budget,
                                 *procfd.base())
+        # ... and reads extended attributes as ``getxattr`` and ``listxattr`` do, where they
+        # are served (``xattr``: the engine's --xattr) under the guest's own names.
+        _tables.set_xattr_policy(handles, xattr and xattrmap is None)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         # ``inodes``: the node id table, a ``_tables.NodeTable`` (the daemon hands the same one
@@ -541,7 +546,8 @@ class PassthroughFs:
         ``root`` (default: its shared directory; a sandbox sees it elsewhere)."""
         return cls(root or share.shared_dir, handles, inodes=inodes, writeback=share.writeback,
                    allow_direct_io=share.allow_direct_io,
-                   preserve_noatime=share.preserve_noatime, xattrmap=share.xattrmap,
+                   preserve_noatime=share.preserve_noatime, xattr=share.xattr,
+                   xattrmap=share.xattrmap,
                    file_handles=share.inode_file_handles.fs_mode)
 
     # -- lookups ----------------------------------------------------------------------------

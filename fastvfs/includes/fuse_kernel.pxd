@@ -17,6 +17,8 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_RELEASE
         FUSE_STATFS
         FUSE_FSYNC
+        FUSE_GETXATTR
+        FUSE_LISTXATTR
         FUSE_FLUSH
         FUSE_BATCH_FORGET
         FUSE_FALLOCATE
@@ -140,6 +142,14 @@ cdef extern from "<linux/fuse.h>" nogil:
 
     struct fuse_statfs_out:
         fuse_kstatfs st
+
+    struct fuse_getxattr_in:    # GETXATTR (the name follows, NUL-terminated) and LISTXATTR
+        uint32_t size           # the caller's buffer; 0 asks for the length alone
+        uint32_t padding
+
+    struct fuse_getxattr_out:   # the reply to a size-0 GETXATTR or LISTXATTR
+        uint32_t size
+        uint32_t padding
 
     struct fuse_read_in:
         uint64_t fh

@@ -1,5 +1,6 @@
 # C declarations of the POSIX calls the queue worker, the file system's system-call helpers and
-# the lean frontend driver share: poll(2), <unistd.h>, clock_gettime(2), strnlen, unshare(2) and
+# the lean frontend driver share: poll(2), <unistd.h>, clock_gettime(2), strnlen and memrchr (a GNU
+# extension: Python.h defines _GNU_SOURCE), unshare(2) and
 # the raw system-call numbers (glibc 2.36).
 
 cdef extern from "<poll.h>" nogil:
@@ -18,6 +19,8 @@ cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
     int dup(int fd)
     int unlinkat(int dirfd, const char *path, int flags)
+    int chdir(const char *path)
+    int fchdir(int fd)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
@@ -35,6 +38,7 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
+    void *memrchr(const void *s, int c, size_t n)
 
 cdef extern from "<sched.h>" nogil:
     int unshare(int flags)

@@ -4,6 +4,7 @@ cdef extern from "<sys/xattr.h>" nogil:
     ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
     int fremovexattr(int fd, const char *name)
     ssize_t getxattr(const char *path, const char *name, void *value, size_t size)
+    ssize_t listxattr(const char *path, char *list, size_t size)
     int removexattr(const char *path, const char *name)
     enum: ENODATA
     enum: EOPNOTSUPP

@@ -22,6 +22,7 @@ Fragments, each knowing only those above it:
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
   metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times, UNLINK,
                 RMDIR, RENAME, RENAME2
+  xattrops.pxi  GETXATTR and LISTXATTR
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 
@@ -48,9 +49,10 @@ from libc.stdint cimport INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, chmod_node, flush_fd,
-                                 kill_mapped_capability, kill_suidgid, known_entry, open_node,
-                                 pack_attr, rename_node, unlink_node)
+from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, XATTR_NAME_MAX, chmod_node, flush_fd,
+                                 getxattr_node, kill_mapped_capability, kill_suidgid,
+                                 known_entry, listxattr_node, open_node, pack_attr, rename_node,
+                                 unlink_node, within_budget)
 from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
                                        fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
                                        fastvfs_load64, fastvfs_log2, fastvfs_release,
@@ -62,6 +64,7 @@ from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, O_ACCMODE, O_CREAT, O_EXCL, O
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
+                                           FUSE_GETXATTR, FUSE_LISTXATTR,
                                            FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME,
                                            FATTR_LOCKOWNER, FATTR_MODE, FATTR_MTIME,
                                            FATTR_MTIME_NOW, FUSE_LOOKUP, FUSE_OPEN,
@@ -69,7 +72,8 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            FUSE_READ, FUSE_RELEASE, FUSE_RENAME, FUSE_RENAME2,
                                            FUSE_RMDIR, FUSE_STATFS, FUSE_UNLINK, FUSE_WRITE,
                                            FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
-                                           fuse_entry_out, fuse_forget_one, fuse_open_in,
+                                           fuse_entry_out, fuse_forget_one,
+                                           fuse_getxattr_in, fuse_getxattr_out, fuse_open_in,
                                            fuse_open_out, fuse_out_header, fuse_rename_in,
                                            fuse_rename2_in, fuse_setattr_in, fuse_statfs_out,
                                            fuse_write_out)
@@ -107,5 +111,6 @@ include "uring_io.pxi"
 include "dataops.pxi"
 include "fastops.pxi"
 include "metaops.pxi"
+include "xattrops.pxi"
 include "engine.pxi"
 include "worker.pxi"

@@ -81,8 +81,10 @@ cdef int do_getattr(Virtqueue vq) noexcept nogil:
 
 cdef int do_lookup(Virtqueue vq) noexcept nogil:
     """LOOKUP of an inode the node id table already knows: fuse_entry_out with one more lookup
-    counted, the same bytes the engine would send.  A name it would refuse, a new inode, a
-    mount point or any failure but ENOENT is left to the engine."""
+    counted, the same bytes the engine would send; of a name that does not exist: ENOENT, as
+    the engine answers it in every cache mode (no negative entry).  A name it would refuse, a
+    new inode, a mount point, a used-up descriptor budget or any failure but ENOENT is left
+    to the engine."""
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef uint32_t nlen = vq.req.hdr.h.len - <uint32_t>sizeof(fuse_in_header)
     cdef size_t length
@@ -96,6 +98,8 @@ cdef int do_lookup(Virtqueue vq) noexcept nogil:
     length = strnlen(name, nlen)
     if length == nlen:
         return 0                    # no NUL within NAME_MAX + 1 bytes
+    if not within_budget(vq.handles, vq.inodes):
+        return 0                    # EMFILE in the file system, before it looks
     nodeid = known_entry(vq.inodes, vq.req.hdr.h.nodeid, name, length, vq.cfg.attr_valid,
                          vq.cfg.attr_valid_nsec, &out)
     if nodeid == -ENOENT:

@@ -53,6 +53,13 @@ cdef bint _within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
     return held < handles.open_policy.fd_budget
 
 
+cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
+    """False when the file system would refuse a new descriptor (EMFILE, PassthroughFs._budget):
+    LOOKUP of a plain name, known or missing, is then the engine's to refuse.  True with no
+    policy set (no file system has a budget to keep)."""
+    return not handles.open_policy.enabled or _within_budget(handles, inodes)
+
+
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil:
     """OPEN of ``nodeid`` with the guest's ``flags`` as PassthroughFs.open (without its

@@ -1,0 +1,116 @@
+# Extended attributes read in C as the file system reads them (PassthroughFs.getxattr and
+# listxattr without an xattr map): through the node's /proc/self/fd name (fastvfs.procfd), so
+# the kernel resolves the magic link to the very inode (a symlink's own attributes, a FIFO's
+# or a device's without opening it).  For the hot path's GETXATTR and LISTXATTR; the setting
+# is the file system's own, given once through ``set_xattr_policy``.
+
+from libc.errno cimport ERANGE
+
+from fastvfs.includes.own_fs cimport fastvfs_own_fs
+from fastvfs.includes.posix cimport CLONE_FS, chdir, fchdir, unshare
+from fastvfs.includes.xattr cimport listxattr
+
+
+def set_xattr_policy(HandleTable handles, bint unmapped):
+    """Let the hot path read extended attributes as the file system does (``getxattr_node``,
+    ``listxattr_node``): ``unmapped`` when it serves them (``--xattr``) under the guest's own
+    names (no ``--xattrmap``); False leaves GETXATTR and LISTXATTR to the engine.  Called
+    once, before any queue runs."""
+    handles.xattrs_unmapped = unmapped
+
+
+cdef int _enter_named(HandleTable handles, int fd, char *path, size_t size) noexcept nogil:
+    """Write in ``path`` the name of descriptor ``fd`` as fastvfs.procfd.named makes it, for a
+    call that takes no directory descriptor: relative to the working directory, which in the
+    chroot sandbox (a /proc descriptor of its own) is this thread's own, moved there for the
+    call (``_leave_named`` moves it back to the chroot's /).  0 named, 1 named with the
+    working directory moved, -1 when only the file system can name it (no policy, attributes
+    renamed or not served, the move refused)."""
+    global fastvfs_own_fs
+    cdef OpenPolicy *policy = &handles.open_policy
+    if not handles.xattrs_unmapped or not policy.enabled:
+        return -1
+    snprintf(path, size, "%s%d", policy.proc_prefix, fd)
+    if policy.proc_dir == AT_FDCWD:
+        return 0
+    if not fastvfs_own_fs:
+        if unshare(CLONE_FS) < 0:
+            return -1
+        fastvfs_own_fs = 1
+    return 1 if fchdir(policy.proc_dir) == 0 else -1
+
+
+cdef inline void _leave_named(int entered) noexcept nogil:
+    """Back to the chroot's /, the working directory every thread of that sandbox keeps
+    between calls (fastvfs.procfd.named)."""
+    if entered == 1:
+        chdir("/")
+
+
+cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, const char *name,
+                       void *value, size_t size, size_t *length) noexcept nogil:
+    """The value of attribute ``name`` (NUL-terminated, at most XATTR_NAME_MAX bytes) of
+    ``nodeid`` into ``value`` (``size`` bytes), as PassthroughFs.getxattr reads it: 0 with
+    ``length`` set, -errno (ENOENT for an unknown node, then EINVAL for an empty name, then
+    the host's error), or 1 for what only the file system decides (no policy, a node held by
+    file handle without a descriptor, a value larger than ``size``: os.getxattr reads up to
+    XATTR_SIZE_MAX)."""
+    cdef char path[48]
+    cdef ssize_t got
+    cdef int fd, entered, err = 0
+    if not handles.xattrs_unmapped or not handles.open_policy.enabled:
+        return 1
+    fd = inodes.acquire(nodeid)
+    if fd == -2:
+        return 1
+    if fd < 0:
+        return -ENOENT
+    if name[0] == 0:
+        inodes.release(nodeid)
+        return -EINVAL              # passthrough._xattr_name (the kernel would say ERANGE)
+    entered = _enter_named(handles, fd, path, sizeof(path))
+    if entered < 0:
+        inodes.release(nodeid)
+        return 1
+    got = getxattr(path, name, value, size)
+    if got < 0:
+        err = errno
+    _leave_named(entered)
+    inodes.release(nodeid)
+    if got < 0:
+        return 1 if err == ERANGE else -err
+    length[0] = <size_t>got
+    return 0
+
+
+cdef int listxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, char *names,
+                        size_t size, size_t *length) noexcept nogil:
+    """The attribute names of ``nodeid`` into ``names`` (``size`` bytes), each NUL-terminated,
+    as PassthroughFs.listxattr joins what os.listxattr splits (a trailing piece without its
+    NUL is dropped there, so here too): 0 with ``length`` set, -errno, or 1 as for
+    ``getxattr_node``."""
+    cdef char path[48]
+    cdef ssize_t got
+    cdef const char *last
+    cdef int fd, entered, err = 0
+    if not handles.xattrs_unmapped or not handles.open_policy.enabled:
+        return 1
+    fd = inodes.acquire(nodeid)
+    if fd == -2:
+        return 1
+    if fd < 0:
+        return -ENOENT
+    entered = _enter_named(handles, fd, path, sizeof(path))
+    if entered < 0:
+        inodes.release(nodeid)
+        return 1
+    got = listxattr(path, names, size)
+    if got < 0:
+        err = errno
+    _leave_named(entered)
+    inodes.release(nodeid)
+    if got < 0:
+        return 1 if err == ERANGE else -err
+    last = <const char *>memrchr(names, 0, <size_t>got) if got else NULL
+    length[0] = <size_t>(last - names + 1) if last != NULL else 0
+    return 0
