@@ -159,6 +159,11 @@ cdef class NodeTable(SlotTable):
     cdef void _evict_locked(self) noexcept nogil
 
     cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
+
+    cdef inline uint32_t mode_of(self, uint64_t nodeid) noexcept nogil:
+        """The st_mode ``nodeid`` had when adopted, its file type for good (a reference held,
+        so the slot is the node's)."""
+        return self.nodes[(nodeid & 0xffffffffUL) - 1].mode
     cdef uint64_t mount_of(self, uint64_t nodeid) noexcept nogil
     cdef bint dropped_room(self, uint32_t n) noexcept nogil
     cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil

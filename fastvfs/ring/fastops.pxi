@@ -79,6 +79,30 @@ cdef int do_getattr(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef bint _names(Virtqueue vq, uint32_t at, char *buf, uint32_t count,
+                 size_t *lengths) noexcept nogil:
+    """Copy the ``count`` NUL-terminated names that start ``at`` bytes into the request (and
+    end within its fuse_in_header.len, the bytes the engine sees) into ``buf`` (``count``
+    times LOOKUP_NAME_MAX + 1 bytes), one after the other as the guest sent them, and their
+    lengths into ``lengths``.  False, for the engine to answer, when a name has no NUL within
+    NAME_MAX + 1 bytes (EINVAL or ENAMETOOLONG there) or the request ends first (EINVAL)."""
+    cdef uint32_t avail = vq.req.hdr.h.len - at
+    cdef uint32_t pos = 0, room, i
+    if avail > count * (LOOKUP_NAME_MAX + 1):
+        avail = count * (LOOKUP_NAME_MAX + 1)
+    if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>buf, avail) != avail:
+        return False
+    for i in range(count):
+        room = avail - pos
+        if room > LOOKUP_NAME_MAX + 1:
+            room = LOOKUP_NAME_MAX + 1
+        lengths[i] = strnlen(buf + pos, room)
+        if lengths[i] == room:
+            return False
+        pos += <uint32_t>lengths[i] + 1
+    return True
+
+
 cdef int do_lookup(Virtqueue vq) noexcept nogil:
     """LOOKUP of an inode the node id table already knows: fuse_entry_out with one more lookup
     counted, the same bytes the engine would send; of a name that does not exist: ENOENT, as
@@ -86,18 +110,11 @@ cdef int do_lookup(Virtqueue vq) noexcept nogil:
     new inode, a mount point, a used-up descriptor budget or any failure but ENOENT is left
     to the engine."""
     cdef char name[LOOKUP_NAME_MAX + 1]
-    cdef uint32_t nlen = vq.req.hdr.h.len - <uint32_t>sizeof(fuse_in_header)
     cdef size_t length
     cdef int64_t nodeid
     cdef fuse_entry_out out
-    if nlen > LOOKUP_NAME_MAX + 1:
-        nlen = LOOKUP_NAME_MAX + 1
-    if _gather(vq.req.iov, vq.req.chain.out_num, sizeof(fuse_in_header), <uint8_t *>name,
-               nlen) != nlen:
+    if not _names(vq, sizeof(fuse_in_header), name, 1, &length):
         return 0
-    length = strnlen(name, nlen)
-    if length == nlen:
-        return 0                    # no NUL within NAME_MAX + 1 bytes
     if not within_budget(vq.handles, vq.inodes):
         return 0                    # EMFILE in the file system, before it looks
     nodeid = known_entry(vq.inodes, vq.req.hdr.h.nodeid, name, length, vq.cfg.attr_valid,

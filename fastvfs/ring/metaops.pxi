@@ -127,7 +127,7 @@ cdef int do_setattr(Virtqueue vq) noexcept nogil:
         vq._reply(-ENOENT, NULL, 0)
         return 1
     if valid & FATTR_MODE:
-        if S_ISLNK(vq.inodes.nodes[(nodeid & 0xffffffffUL) - 1].mode):
+        if S_ISLNK(vq.inodes.mode_of(nodeid)):
             rc = -EOPNOTSUPP
         else:
             rc = chmod_node(vq.handles, fd, arg.mode & 0o7777)
@@ -150,30 +150,6 @@ cdef int do_setattr(Virtqueue vq) noexcept nogil:
     pack_attr(&st, &out.attr)
     vq._reply(0, &out, sizeof(out))
     return 1
-
-
-cdef bint _names(Virtqueue vq, uint32_t at, char *buf, uint32_t count,
-                 size_t *lengths) noexcept nogil:
-    """Copy the ``count`` NUL-terminated names that start ``at`` bytes into the request (and
-    end within its fuse_in_header.len, the bytes the engine sees) into ``buf`` (``count``
-    times LOOKUP_NAME_MAX + 1 bytes), one after the other as the guest sent them, and their
-    lengths into ``lengths``.  False, for the engine to answer, when a name has no NUL within
-    NAME_MAX + 1 bytes (EINVAL or ENAMETOOLONG there) or the request ends first (EINVAL)."""
-    cdef uint32_t avail = vq.req.hdr.h.len - at
-    cdef uint32_t pos = 0, room, i
-    if avail > count * (LOOKUP_NAME_MAX + 1):
-        avail = count * (LOOKUP_NAME_MAX + 1)
-    if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>buf, avail) != avail:
-        return False
-    for i in range(count):
-        room = avail - pos
-        if room > LOOKUP_NAME_MAX + 1:
-            room = LOOKUP_NAME_MAX + 1
-        lengths[i] = strnlen(buf + pos, room)
-        if lengths[i] == room:
-            return False
-        pos += <uint32_t>lengths[i] + 1
-    return True
 
 
 cdef int _remove(Virtqueue vq, int flags) noexcept nogil:

@@ -44,20 +44,22 @@ cdef int _openable(uint32_t mode) noexcept nogil:
     return -ELOOP if S_ISLNK(mode) else -EISDIR if S_ISDIR(mode) else -EACCES
 
 
-cdef bint _within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
-    """Whether PassthroughFs._budget lets the guest hold one more descriptor: the same sum as
-    ``fds_held``, read without the mutexes as the file system reads it."""
+cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
+    """False when the file system would refuse a new descriptor (EMFILE, PassthroughFs._budget):
+    the same sum as its ``fds_held``, read without the mutexes as the file system reads it.
+    LOOKUP of a plain name, known or missing, and OPEN are then the engine's to refuse.  True
+    with no policy set (no file system has a budget to keep)."""
     cdef uint64_t held = (<uint64_t>handles.count + inodes.count - inodes.handle_nodes +
                           inodes.handle_fds + inodes.fds_other + handles.fds_other +
                           <uint32_t>handles.lock_fds_open)
-    return held < handles.open_policy.fd_budget
+    return not handles.open_policy.enabled or held < handles.open_policy.fd_budget
 
 
-cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
-    """False when the file system would refuse a new descriptor (EMFILE, PassthroughFs._budget):
-    LOOKUP of a plain name, known or missing, is then the engine's to refuse.  True with no
-    policy set (no file system has a budget to keep)."""
-    return not handles.open_policy.enabled or _within_budget(handles, inodes)
+cdef inline void _proc_name(const OpenPolicy *policy, int fd, char *path,
+                            size_t size) noexcept nogil:
+    """The name of descriptor ``fd`` relative to ``policy.proc_dir``, as fastvfs.procfd makes
+    it: ``proc_prefix`` + "N"."""
+    snprintf(path, size, "%s%d", policy.proc_prefix, fd)
 
 
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
@@ -75,7 +77,7 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
     cdef int rc, nfd = -1
     cdef int fd
     cdef int64_t got
-    if not policy.enabled or not _within_budget(handles, inodes):
+    if not policy.enabled or not within_budget(handles, inodes):
         return 1
     if flags & O_TRUNC and handles.cap_xattr[0]:
         return 1
@@ -84,15 +86,14 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
         return 1
     if fd < 0:
         return -ENOENT
-    # A node's type never changes: the mode kept at adoption is its type for good.
-    rc = _openable(inodes.nodes[_index(nodeid)].mode)
+    rc = _openable(inodes.mode_of(nodeid))
     if rc == 0:
         flags &= policy.flags_allowed
         if policy.writeback:
             if flags & O_ACCMODE == O_WRONLY:
                 flags = (flags & ~O_ACCMODE) | O_RDWR
             flags &= ~O_APPEND
-        snprintf(path, sizeof(path), "%s%d", policy.proc_prefix, fd)
+        _proc_name(policy, fd, path, sizeof(path))
         nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
         while nfd < 0 and errno == EINTR:
             nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
@@ -121,5 +122,5 @@ cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil:
     cdef char path[48]
     if not policy.enabled:
         return 1
-    snprintf(path, sizeof(path), "%s%d", policy.proc_prefix, fd)
+    _proc_name(policy, fd, path, sizeof(path))
     return -errno if fchmodat(policy.proc_dir, path, mode, 0) < 0 else 0
