@@ -297,6 +297,11 @@ class DriverVirtqueue:
             self.kick()
         return needed
 
+    @property
+    def avail_event(self):
+        """The device's ``avail_event`` (virtio 2.7.10): the avail index it asks a kick at."""
+        return self._used16[avail_event_offset(self.size) // 2]
+
     def kick(self):
         os.eventfd_write(self.kick_fd, 1)
 
