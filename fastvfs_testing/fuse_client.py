@@ -675,6 +675,15 @@ class FuseClient:
                           reply_len=abi.lseek_out.size)
         return abi.lseek_out.unpack(_fixed(reply, abi.lseek_out.size, "LSEEK"))[0]
 
+    def copy_file_range(self, nodeid_in, fh_in, off_in, nodeid_out, fh_out, off_out, length,
+                        flags=0):
+        """Bytes copied by the backend from one handle's file to another's."""
+        reply = self.call(Opcode.COPY_FILE_RANGE, nodeid_in,
+                          abi.copy_file_range_in.pack(fh_in, off_in, nodeid_out, fh_out,
+                                                      off_out, length, flags),
+                          reply_len=abi.write_out.size)
+        return abi.write_out.unpack(_fixed(reply, abi.write_out.size, "COPY_FILE_RANGE"))[0]
+
     def syncfs(self):
         self.call(Opcode.SYNCFS, abi.FUSE_ROOT_ID, abi.syncfs_in.pack(0))
 

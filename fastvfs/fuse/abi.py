@@ -206,6 +206,7 @@ getxattr_in = struct.Struct("<II")  # size padding
 getxattr_out = struct.Struct("<II")  # size padding
 fallocate_in = struct.Struct("<QQQII")  # fh offset length mode padding
 lseek_in = struct.Struct("<QQII")  # fh offset whence padding
+copy_file_range_in = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out off_out len flags
 lseek_out = struct.Struct("<Q")
 dirent_head = struct.Struct("<QQII")  # ino off namelen type
 syncfs_in = struct.Struct("<Q")

@@ -40,6 +40,8 @@ def _op_name(opcode):
 MAX_WRITE = 1 << 20
 MAX_PAGES = 256
 MAX_BACKGROUND = 256
+# The most one read, write or copy moves in Linux (INT_MAX rounded down to a page).
+MAX_RW_COUNT = 0x7FFFF000
 CONGESTION_THRESHOLD = 192
 # Capabilities offered at INIT; the reply carries those the guest also offered.
 # HANDLE_KILLPRIV_V2: the guest leaves clearing setuid/setgid on write, truncate and
@@ -652,6 +654,21 @@ class FuseEngine:
         if offset > 0x7FFFFFFFFFFFFFFF:
             raise OSError(errno.EINVAL, "offset out of range")
         return abi.lseek_out.pack(self.fs.lseek(fh, offset, whence))
+
+    def do_copy_file_range(self, nodeid, body, out_size, ctx):
+        """copy_file_range(2) between two open handles, answered with the bytes copied as a
+        WRITE is (fuse_write_out).  No flags are defined (EINVAL, as the call answers); at most
+        MAX_RW_COUNT bytes are copied at once, as the host kernel does, so the count fits the
+        reply's 32 bits; the guest asks again for the rest."""
+        fh_in, off_in, _, fh_out, off_out, length, flags = \
+            abi.copy_file_range_in.unpack_from(body)
+        if flags:
+            raise OSError(errno.EINVAL, "copy_file_range takes no flags")
+        if off_in > 0x7FFFFFFFFFFFFFFF or off_out > 0x7FFFFFFFFFFFFFFF:
+            raise OSError(errno.EINVAL, "offset out of range")
+        copied = self.fs.copy_file_range(fh_in, off_in, fh_out, off_out,
+                                         min(length, MAX_RW_COUNT))
+        return abi.write_out.pack(copied, 0)
 
     def do_access(self, nodeid, body, out_size, ctx):
         mask, _ = abi.access_in.unpack_from(body)

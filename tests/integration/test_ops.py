@@ -309,6 +309,28 @@ def test_fallocate(client, shared):
     client.release(entry.nodeid, handle.fh)
 
 
+def test_copy_file_range(client, shared):
+    data = os.urandom(200_000)
+    (shared / "source").write_bytes(data)
+    src = client.lookup(ROOT, "source")
+    src_handle = client.open(src.nodeid)
+    dst, dst_handle = client.create(ROOT, "copy")
+    assert client.copy_file_range(src.nodeid, src_handle.fh, 1000, dst.nodeid, dst_handle.fh,
+                                  10, 100_000) == 100_000
+    # Short at the end of the source, nothing past it.
+    assert client.copy_file_range(src.nodeid, src_handle.fh, 150_000, dst.nodeid,
+                                  dst_handle.fh, 100_010, 100_000) == 50_000
+    assert client.copy_file_range(src.nodeid, src_handle.fh, 300_000, dst.nodeid,
+                                  dst_handle.fh, 0, 10) == 0
+    assert (shared / "copy").read_bytes() == bytes(10) + data[1000:101_000] + data[150_000:]
+    with pytest.raises(OSError) as excinfo:
+        client.copy_file_range(src.nodeid, src_handle.fh, 0, dst.nodeid, dst_handle.fh, 0, 1,
+                               flags=1)
+    assert excinfo.value.errno == errno.EINVAL
+    client.release(src.nodeid, src_handle.fh)
+    client.release(dst.nodeid, dst_handle.fh)
+
+
 def test_lseek(client, shared):
     path = shared / "sparse"
     with open(path, "wb") as f:

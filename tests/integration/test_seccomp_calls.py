@@ -105,6 +105,9 @@ def every_operation(client, shared):
     client.fallocate(f, fh, len(data), CHUNK)
     client.lseek(f, fh, 0, SEEK_DATA)
     client.lseek(f, fh, 0, SEEK_HOLE)
+    copy, copy_handle = client.create(ROOT, "copy")
+    assert client.copy_file_range(f, fh, 0, copy.nodeid, copy_handle.fh, 0, CHUNK) == CHUNK
+    client.release(copy.nodeid, copy_handle.fh)
     client.setattr(f, fh=fh, size=len(data) // 2)
     client.setattr(f, mode=0o640)
     client.setattr(f, atime=1_000_000_000, mtime=2_000_000_000)
