@@ -101,6 +101,10 @@ cdef class HandleTable(SlotTable):
     # (``getxattr_node``).  Set once by the file system (``set_xattr_policy``) before any
     # queue runs.
     cdef bint xattrs_unmapped
+    # ... and SETXATTR always comes as fuse_setxattr_in: the session cannot negotiate
+    # FUSE_SETXATTR_EXT (no POSIX ACLs), so the hot path may answer SETXATTR and REMOVEXATTR
+    # (``setxattr_node``, ``removexattr_node``).  Set with ``xattrs_unmapped``.
+    cdef bint xattrs_settable
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
@@ -203,3 +207,7 @@ cdef int getxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, c
                        void *value, size_t size, size_t *length) noexcept nogil
 cdef int listxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, char *names,
                         size_t size, size_t *length) noexcept nogil
+cdef int setxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, const char *name,
+                       const void *value, size_t size, uint32_t flags) noexcept nogil
+cdef int removexattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
+                          const char *name) noexcept nogil

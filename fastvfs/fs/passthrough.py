@@ -480,11 +480,13 @@ class PassthroughFs:
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
     ``preserve_noatime``: pass the guest's O_NOATIME on.  ``xattr``: extended attributes are
     served (the engine's ``--xattr``), which lets the hot path read them itself where no
-    ``xattrmap`` renames them.
+    ``xattrmap`` renames them, and write them too unless ``posix_acl`` (the engine's: the
+    session may then frame SETXATTR as FUSE_SETXATTR_EXT, which only the engine reads).
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 preserve_noatime=False, xattr=False, xattrmap=None, fd_budget=None,
+                 preserve_noatime=False, xattr=False, xattrmap=None, posix_acl=False,
+                 fd_budget=None,
                  listing_bytes_max=LISTING_BYTES_MAX, file_handles="never",
                  handle_fds_max=HANDLE_FDS_MAX):
         self.writeback = writeback
@@ -511,9 +513,10 @@ class PassthroughFs:
         # The hot path opens regular files as ``open`` does, with these settings.
         _tables.set_open_policy(handles, self.open_flags_allowed, writeback, fd_budget,
                                 *procfd.base())
-        # ... and reads extended attributes as ``getxattr`` and ``listxattr`` do, where they
-        # are served (``xattr``: the engine's --xattr) under the guest's own names.
-        _tables.set_xattr_policy(handles, xattr and xattrmap is None)
+        # ... and reads and writes extended attributes as ``getxattr``, ``listxattr``,
+        # ``setxattr`` and ``removexattr`` do, where they are served (``xattr``: the engine's
+        # --xattr) under the guest's own names.
+        _tables.set_xattr_policy(handles, xattr and xattrmap is None, not posix_acl)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         # ``inodes``: the node id table, a ``_tables.NodeTable`` (the daemon hands the same one
@@ -547,7 +550,7 @@ class PassthroughFs:
         return cls(root or share.shared_dir, handles, inodes=inodes, writeback=share.writeback,
                    allow_direct_io=share.allow_direct_io,
                    preserve_noatime=share.preserve_noatime, xattr=share.xattr,
-                   xattrmap=share.xattrmap,
+                   xattrmap=share.xattrmap, posix_acl=share.posix_acl,
                    file_handles=share.inode_file_handles.fs_mode)
 
     # -- lookups ----------------------------------------------------------------------------

@@ -17,8 +17,10 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_RELEASE
         FUSE_STATFS
         FUSE_FSYNC
+        FUSE_SETXATTR
         FUSE_GETXATTR
         FUSE_LISTXATTR
+        FUSE_REMOVEXATTR
         FUSE_FLUSH
         FUSE_BATCH_FORGET
         FUSE_FALLOCATE
@@ -39,6 +41,7 @@ cdef extern from "<linux/fuse.h>" nogil:
         FATTR_MTIME_NOW
         FATTR_LOCKOWNER
         FATTR_CTIME
+        FUSE_COMPAT_SETXATTR_IN_SIZE    # fuse_setxattr_in as sent without FUSE_SETXATTR_EXT
 
     struct fuse_in_header:
         uint32_t len
@@ -142,6 +145,12 @@ cdef extern from "<linux/fuse.h>" nogil:
 
     struct fuse_statfs_out:
         fuse_kstatfs st
+
+    struct fuse_setxattr_in:    # SETXATTR (the name, NUL-terminated, then the value follow)
+        uint32_t size           # the value's length
+        uint32_t flags          # XATTR_CREATE, XATTR_REPLACE
+        uint32_t setxattr_flags # with FUSE_SETXATTR_EXT only: without it, the first
+        uint32_t padding        # FUSE_COMPAT_SETXATTR_IN_SIZE bytes are sent
 
     struct fuse_getxattr_in:    # GETXATTR (the name follows, NUL-terminated) and LISTXATTR
         uint32_t size           # the caller's buffer; 0 asks for the length alone

@@ -7,7 +7,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from fastvfs.fs._tables cimport HandleTable, NodeTable
 from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
-                                           fuse_getxattr_in,
+                                           fuse_getxattr_in, fuse_setxattr_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
                                            fuse_release_in, fuse_rename_in, fuse_rename2_in,
                                            fuse_setattr_in, fuse_write_in)
@@ -101,6 +101,7 @@ cdef union InArg:
     fuse_rename_in rename
     fuse_rename2_in rename2
     fuse_getxattr_in getxattr
+    fuse_setxattr_in setxattr
 
 cdef struct InHeaders:
     fuse_in_header h

@@ -51,8 +51,9 @@ from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, XATTR_NAME_MAX, chmod_node, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
-                                 known_entry, listxattr_node, open_node, pack_attr, rename_node,
-                                 unlink_node, within_budget)
+                                 known_entry, listxattr_node, open_node, pack_attr,
+                                 removexattr_node, rename_node, setxattr_node, unlink_node,
+                                 within_budget)
 from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
                                        fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
                                        fastvfs_load64, fastvfs_log2, fastvfs_release,
@@ -65,6 +66,8 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
                                            FUSE_GETXATTR, FUSE_LISTXATTR,
+                                           FUSE_REMOVEXATTR, FUSE_SETXATTR,
+                                           FUSE_COMPAT_SETXATTR_IN_SIZE,
                                            FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME,
                                            FATTR_LOCKOWNER, FATTR_MODE, FATTR_MTIME,
                                            FATTR_MTIME_NOW, FUSE_LOOKUP, FUSE_OPEN,
@@ -75,7 +78,8 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            fuse_entry_out, fuse_forget_one,
                                            fuse_getxattr_in, fuse_getxattr_out, fuse_open_in,
                                            fuse_open_out, fuse_out_header, fuse_rename_in,
-                                           fuse_rename2_in, fuse_setattr_in, fuse_statfs_out,
+                                           fuse_rename2_in, fuse_setattr_in,
+                                           fuse_setxattr_in, fuse_statfs_out,
                                            fuse_write_out)
 from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,

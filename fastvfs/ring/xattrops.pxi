@@ -1,8 +1,9 @@
-# GETXATTR and LISTXATTR served in C where the file system reads extended attributes as the
-# host has them (fastvfs.fs._tables.set_xattr_policy: --xattr, no --xattrmap), each answering
-# exactly what the engine's do_getxattr/do_listxattr and _sized_reply would over
-# PassthroughFs, and declining (0) what it could not decide the same way.  Their table entries
-# are at the end.
+# Extended attributes served in C where the file system handles them as the host has them
+# (fastvfs.fs._tables.set_xattr_policy: --xattr, no --xattrmap; SETXATTR and REMOVEXATTR
+# also need a session without FUSE_SETXATTR_EXT), each answering exactly what the engine's
+# do_getxattr/do_listxattr/do_setxattr/do_removexattr and _sized_reply would over
+# PassthroughFs, and declining (0) what it could not decide the same way.  Their table
+# entries are at the end.
 
 cdef enum:
     # Values and name lists read here, on the worker's stack: larger ones (the host allows up
@@ -28,28 +29,36 @@ cdef void _sized_reply(Virtqueue vq, const void *value, size_t length) noexcept 
         vq._reply(0, value, <uint32_t>length)
 
 
-cdef int do_getxattr(Virtqueue vq) noexcept nogil:
-    """GETXATTR: the name after fuse_getxattr_in must end (NUL) within the request, else
-    EINVAL, as the engine's _name finds it; a name longer than XATTR_NAME_MAX (ERANGE there
-    if it ends at all), request extensions, and what ``getxattr_node`` declines are left to
-    the engine."""
-    cdef uint32_t at = sizeof(fuse_in_header) + sizeof(fuse_getxattr_in)
+cdef int _xattr_name(Virtqueue vq, uint32_t at, char *name, uint32_t *length) noexcept nogil:
+    """The attribute name at ``at`` of the request into ``name`` (XATTR_NAME_MAX + 1 bytes):
+    1 with its ``length``; -EINVAL when no NUL ends it within the request, as the engine's
+    _name finds it; 0 (the engine's) for a name longer than XATTR_NAME_MAX (ERANGE there if
+    it ends at all) or buffers shorter than the request says."""
     cdef uint32_t avail = vq.req.hdr.h.len - at
-    cdef uint32_t nlen
-    cdef char name[XATTR_NAME_MAX + 1]
-    cdef uint8_t value[XATTR_FAST_MAX]
-    cdef size_t length = 0
-    cdef int rc
-    if vq.req.hdr.h.total_extlen:
-        return 0
-    nlen = avail if avail < sizeof(name) else sizeof(name)
+    cdef uint32_t nlen = avail if avail < XATTR_NAME_MAX + 1 else XATTR_NAME_MAX + 1
     if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>name, nlen) != nlen:
         return 0
-    if strnlen(name, nlen) == nlen:
-        if avail > nlen:
-            return 0
-        vq._reply(-EINVAL, NULL, 0)     # no NUL in the request
-        return 1
+    length[0] = <uint32_t>strnlen(name, nlen)
+    if length[0] == nlen:
+        return 0 if avail > nlen else -EINVAL
+    return 1
+
+
+cdef int do_getxattr(Virtqueue vq) noexcept nogil:
+    """GETXATTR: the name after fuse_getxattr_in (``_xattr_name``); request extensions and
+    what ``getxattr_node`` declines are left to the engine."""
+    cdef char name[XATTR_NAME_MAX + 1]
+    cdef uint8_t value[XATTR_FAST_MAX]
+    cdef uint32_t nlen
+    cdef size_t length = 0
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_unmapped:
+        return 0
+    rc = _xattr_name(vq, sizeof(fuse_in_header) + sizeof(fuse_getxattr_in), name, &nlen)
+    if rc <= 0:
+        if rc < 0:
+            vq._reply(rc, NULL, 0)
+        return rc < 0
     rc = getxattr_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, value, sizeof(value),
                        &length)
     if rc == 1:
@@ -67,7 +76,7 @@ cdef int do_listxattr(Virtqueue vq) noexcept nogil:
     cdef char names[XATTR_FAST_MAX]
     cdef size_t length = 0
     cdef int rc
-    if vq.req.hdr.h.total_extlen:
+    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_unmapped:
         return 0
     rc = listxattr_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, names, sizeof(names),
                         &length)
@@ -80,5 +89,62 @@ cdef int do_listxattr(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef int do_setxattr(Virtqueue vq) noexcept nogil:
+    """SETXATTR framed without FUSE_SETXATTR_EXT (FUSE_COMPAT_SETXATTR_IN_SIZE bytes of
+    fuse_setxattr_in: size and flags): the name (``_xattr_name``),
+    then ``size`` bytes of value, which must be in the request (EINVAL, as the engine finds a
+    value shorter than its size); values larger than XATTR_FAST_MAX, request extensions and
+    what ``setxattr_node`` declines are left to the engine."""
+    cdef char name[XATTR_NAME_MAX + 1]
+    cdef uint8_t value[XATTR_FAST_MAX]
+    cdef uint32_t at = sizeof(fuse_in_header) + FUSE_COMPAT_SETXATTR_IN_SIZE
+    cdef uint32_t size = vq.req.hdr.arg.setxattr.size
+    cdef uint32_t nlen
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_settable:
+        return 0
+    rc = _xattr_name(vq, at, name, &nlen)
+    if rc <= 0:
+        if rc < 0:
+            vq._reply(rc, NULL, 0)
+        return rc < 0
+    at += nlen + 1
+    if size > vq.req.hdr.h.len - at:
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    if size > sizeof(value) or \
+            _gather(vq.req.iov, vq.req.chain.out_num, at, value, size) != size:
+        return 0
+    rc = setxattr_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, value, size,
+                       vq.req.hdr.arg.setxattr.flags)
+    if rc == 1:
+        return 0
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+cdef int do_removexattr(Virtqueue vq) noexcept nogil:
+    """REMOVEXATTR: the name right after the header (``_xattr_name``); request extensions and
+    what ``removexattr_node`` declines are left to the engine."""
+    cdef char name[XATTR_NAME_MAX + 1]
+    cdef uint32_t nlen
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_settable:
+        return 0
+    rc = _xattr_name(vq, sizeof(fuse_in_header), name, &nlen)
+    if rc <= 0:
+        if rc < 0:
+            vq._reply(rc, NULL, 0)
+        return rc < 0
+    rc = removexattr_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name)
+    if rc == 1:
+        return 0
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
 _fast_op(FUSE_GETXATTR, do_getxattr, sizeof(fuse_getxattr_in), NEEDS_INODES)
 _fast_op(FUSE_LISTXATTR, do_listxattr, sizeof(fuse_getxattr_in), NEEDS_INODES)
+_fast_op(FUSE_SETXATTR, do_setxattr, FUSE_COMPAT_SETXATTR_IN_SIZE,
+         NEEDS_INODES | NEEDS_WRITABLE)
+_fast_op(FUSE_REMOVEXATTR, do_removexattr, 0, NEEDS_INODES | NEEDS_WRITABLE)
