@@ -1,13 +1,18 @@
 # READ and WRITE, straight between guest memory and the file: through the queue's io_uring
 # when it has one (uring_io.pxi), else (or when the ring has no room) with preadv/pwritev here.
 
+cdef inline bint io_alone(Virtqueue vq) noexcept nogil:
+    """The popped request is the only work there is: nothing in flight or prepared, and no
+    other request published."""
+    return vq.io.nflight == 0 and vq.io.nqueued == 0 and not ring_avail_pending(&vq.ring)
+
+
 cdef inline bint _lone(Virtqueue vq) noexcept nogil:
-    """The popped request is the only work there is: nothing in flight or prepared, no other
-    request published, and no recent lone READ that would have blocked."""
+    """``io_alone``, and no recent lone READ that would have blocked."""
     if vq.io.lone_skip:
         vq.io.lone_skip -= 1
         return False
-    return vq.io.nflight == 0 and vq.io.nqueued == 0 and not ring_avail_pending(&vq.ring)
+    return io_alone(vq)
 
 
 cdef int do_read(Virtqueue vq) noexcept nogil:

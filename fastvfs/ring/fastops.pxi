@@ -215,7 +215,8 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
     """FALLOCATE: through the ring, after what was submitted before it, so the queue goes on
     serving while the file system allocates; fallocate(2) here when the queue has no ring or
-    no room in it."""
+    no room in it, or when it is the only work there is (``io_alone``: the kernel's worker
+    would cost more than the call)."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
@@ -232,7 +233,7 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
             vq.handles.release(arg.fh)
             vq._reply(rc, NULL, 0)
             return 1
-    sqe = io_drained_sqe(vq, fd, arg.fh)
+    sqe = io_drained_sqe(vq, fd, arg.fh) if not io_alone(vq) else NULL
     if sqe != NULL:
         io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
                                 <int64_t>arg.length)

@@ -88,8 +88,10 @@ cdef io_uring_sqe *io_drained_sqe(Virtqueue vq, int fd, uint64_t fh) noexcept no
 
 cdef inline void io_drained(Virtqueue vq, io_uring_sqe *sqe) noexcept nogil:
     """Finish a prepared ``io_drained_sqe`` entry: it runs after everything submitted before it
-    (the writes of the same burst included)."""
-    io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
+    (the writes of the same burst included).  With nothing else in flight there is nothing to
+    wait for, and the entry goes without IOSQE_IO_DRAIN, which costs a deferral of its own."""
+    if vq.io.nflight > 1:
+        io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
     io_uring_sqe_set_data64(sqe, vq.req.chain.head)
 
 
