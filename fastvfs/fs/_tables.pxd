@@ -181,6 +181,8 @@ cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, si
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil
+cdef ssize_t copy_range(HandleTable handles, int fd_in, int64_t off_in, int fd_out,
+                        int64_t off_out, size_t length) noexcept nogil
 
 
 # -- opening and changing a node as the file system does (tables/opens.pxi) ---------------------

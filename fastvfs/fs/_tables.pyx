@@ -26,7 +26,7 @@ of an evicted cache descriptor.
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EBADF, EINVAL, ENOENT
+from libc.errno cimport errno, EBADF, EINTR, EINVAL, ENOENT
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memchr, memcpy, memset
@@ -40,7 +40,7 @@ from fastvfs.includes.handle_state cimport (FASTVFS_BUSY, FASTVFS_LIVE, FASTVFS_
                                             fastvfs_key_hash, fastvfs_state_cas,
                                             fastvfs_state_dec, fastvfs_state_load,
                                             fastvfs_state_store)
-from fastvfs.includes.posix cimport c_close, dup, memrchr
+from fastvfs.includes.posix cimport c_close, c_copy_file_range, dup, memrchr
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
 from fastvfs.includes.stat cimport S_ISGID, S_ISUID, S_IXGRP, c_stat, chmod, fchmod, fstat, stat

@@ -994,12 +994,11 @@ class PassthroughFs:
 
     def copy_file_range(self, fh_in, off_in, fh_out, off_out, length):
         """Copy ``length`` bytes between two handles' files in the host kernel (no data
-        through the daemon); returns the bytes copied, short at end of file.  The output is
-        modified as a write modifies it (the mapped capability dropped)."""
+        through the daemon; ``_tables.copy_range``, the hot path's too); returns the bytes
+        copied, short at end of file.  The output is modified as a write modifies it (the
+        mapped capability dropped)."""
         with self.handles.borrow(fh_in) as fd_in, self.handles.borrow(fh_out) as fd_out:
-            if self.cap_xattr is not None and length:
-                kill_mapped_capability(fd_out, self.cap_xattr)
-            return os.copy_file_range(fd_in, fd_out, length, off_in, off_out)
+            return _tables.copy_file_range(self.handles, fd_in, off_in, fd_out, off_out, length)
 
     def lseek(self, fh, offset, whence):
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):

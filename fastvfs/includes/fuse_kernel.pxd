@@ -24,6 +24,7 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_FLUSH
         FUSE_BATCH_FORGET
         FUSE_FALLOCATE
+        FUSE_COPY_FILE_RANGE
         FUSE_UNLINK
         FUSE_RMDIR
         FUSE_RENAME
@@ -193,6 +194,15 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint64_t offset
         uint64_t length
         uint32_t mode
+
+    struct fuse_copy_file_range_in:   # answered with fuse_write_out (the bytes copied)
+        uint64_t fh_in
+        uint64_t off_in
+        uint64_t nodeid_out
+        uint64_t fh_out
+        uint64_t off_out
+        uint64_t len
+        uint64_t flags          # none defined: EINVAL
 
     struct fuse_dirent:
         uint64_t ino

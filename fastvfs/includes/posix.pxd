@@ -1,6 +1,7 @@
 # C declarations of the POSIX calls the queue worker, the file system's system-call helpers and
-# the lean frontend driver share: poll(2), <unistd.h>, clock_gettime(2), strnlen and memrchr (a GNU
-# extension: Python.h defines _GNU_SOURCE), unshare(2) and
+# the lean frontend driver share: poll(2), <unistd.h> (copy_file_range(2) a GNU extension),
+# clock_gettime(2), strnlen and memrchr (a GNU extension: Python.h defines _GNU_SOURCE),
+# unshare(2) and
 # the raw system-call numbers (glibc 2.36).
 
 cdef extern from "<poll.h>" nogil:
@@ -21,6 +22,9 @@ cdef extern from "<unistd.h>" nogil:
     int unlinkat(int dirfd, const char *path, int flags)
     int chdir(const char *path)
     int fchdir(int fd)
+    ssize_t c_copy_file_range "copy_file_range"(int fd_in, long *off_in, int fd_out,
+                                                long *off_out, size_t length,
+                                                unsigned int flags)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:

@@ -5,7 +5,8 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 
 from fastvfs.fs._tables cimport HandleTable, NodeTable
-from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_fallocate_in,
+from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_copy_file_range_in,
+                                           fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
                                            fuse_getxattr_in, fuse_setxattr_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
@@ -94,6 +95,7 @@ cdef union InArg:
     fuse_flush_in flush
     fuse_fsync_in fsync
     fuse_fallocate_in fallocate
+    fuse_copy_file_range_in copy_file_range
     fuse_forget_in forget
     fuse_batch_forget_in batch_forget
     fuse_open_in open

@@ -49,7 +49,7 @@ from libc.stdint cimport INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, XATTR_NAME_MAX, chmod_node, flush_fd,
+from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, XATTR_NAME_MAX, chmod_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
                                  known_entry, listxattr_node, open_node, pack_attr,
                                  removexattr_node, rename_node, setxattr_node, unlink_node,
@@ -63,7 +63,8 @@ from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOL
 from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC,
                                      fallocate)
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
-                                           FUSE_FALLOCATE, FUSE_FLUSH, FUSE_FORGET,
+                                           FUSE_COPY_FILE_RANGE, FUSE_FALLOCATE, FUSE_FLUSH,
+                                           FUSE_FORGET,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
                                            FUSE_GETXATTR, FUSE_LISTXATTR,
                                            FUSE_REMOVEXATTR, FUSE_SETXATTR,
@@ -75,7 +76,8 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            FUSE_READ, FUSE_RELEASE, FUSE_RENAME, FUSE_RENAME2,
                                            FUSE_RMDIR, FUSE_STATFS, FUSE_UNLINK, FUSE_WRITE,
                                            FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
-                                           fuse_entry_out, fuse_forget_one,
+                                           fuse_copy_file_range_in, fuse_entry_out,
+                                           fuse_forget_one,
                                            fuse_getxattr_in, fuse_getxattr_out, fuse_open_in,
                                            fuse_open_out, fuse_out_header, fuse_rename_in,
                                            fuse_rename2_in, fuse_setattr_in,

@@ -1,5 +1,11 @@
 # READ and WRITE, straight between guest memory and the file: through the queue's io_uring
-# when it has one (uring_io.pxi), else (or when the ring has no room) with preadv/pwritev here.
+# when it has one (uring_io.pxi), else (or when the ring has no room) with preadv/pwritev here;
+# COPY_FILE_RANGE, between two files in the host kernel.
+
+cdef enum:
+    # The most one read, write or copy moves in Linux (MAX_RW_COUNT: INT_MAX rounded down to
+    # a page), and so the most a COPY_FILE_RANGE reply counts (the engine's MAX_RW_COUNT).
+    LINUX_MAX_RW_COUNT = 0x7FFFF000
 
 cdef inline bint io_alone(Virtqueue vq) noexcept nogil:
     """The popped request is the only work there is: nothing in flight or prepared, and no
@@ -97,6 +103,43 @@ cdef int do_write(Virtqueue vq) noexcept nogil:
         vq._reply(<int32_t>done, NULL, 0)
         return 1
     out.size = <uint32_t>done
+    out.padding = 0
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+cdef int do_copy_file_range(Virtqueue vq) noexcept nogil:
+    """COPY_FILE_RANGE as the engine's do_copy_file_range over PassthroughFs.copy_file_range
+    (``copy_range``, one body): flags or offsets past off_t are EINVAL, then each handle must
+    be live (EBADF); at most LINUX_MAX_RW_COUNT bytes at once, answered with the bytes copied.
+    The copy runs on the queue's thread, as the host call runs it.  Request extensions are
+    left to the engine."""
+    cdef const fuse_copy_file_range_in *arg = &vq.req.hdr.arg.copy_file_range
+    cdef fuse_write_out out
+    cdef int fd_in, fd_out
+    cdef ssize_t n
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    if arg.flags or arg.off_in > <uint64_t>INT64_MAX or arg.off_out > <uint64_t>INT64_MAX:
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    fd_in = vq.handles.acquire(arg.fh_in)
+    if fd_in < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    fd_out = vq.handles.acquire(arg.fh_out)
+    if fd_out < 0:
+        vq.handles.release(arg.fh_in)
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    n = copy_range(vq.handles, fd_in, <int64_t>arg.off_in, fd_out, <int64_t>arg.off_out,
+                   arg.len if arg.len < LINUX_MAX_RW_COUNT else LINUX_MAX_RW_COUNT)
+    vq.handles.release(arg.fh_out)
+    vq.handles.release(arg.fh_in)
+    if n < 0:
+        vq._reply(<int32_t>n, NULL, 0)
+        return 1
+    out.size = <uint32_t>n
     out.padding = 0
     vq._reply(0, &out, sizeof(out))
     return 1

@@ -10,7 +10,7 @@ cdef enum:
     NEEDS_WRITABLE = 2      # the share is writable (a read-only one refuses in the engine)
     NEEDS_NO_LOCKS = 4      # the file system holds no lock descriptor (see below)
     NEEDS_URING = 8         # the queue has its io_uring
-    FAST_OPS_MAX = FUSE_RENAME2 + 1
+    FAST_OPS_MAX = FUSE_COPY_FILE_RANGE + 1
 
 cdef FastOp FAST_OPS[FAST_OPS_MAX]
 
@@ -258,6 +258,8 @@ _fast_op(FUSE_READ, do_read, sizeof(fuse_read_in), 0)
 _fast_op(FUSE_WRITE, do_write, sizeof(fuse_write_in), NEEDS_WRITABLE)
 _fast_op(FUSE_FSYNC, do_fsync, sizeof(fuse_fsync_in), NEEDS_URING)
 _fast_op(FUSE_FALLOCATE, do_fallocate, sizeof(fuse_fallocate_in), NEEDS_WRITABLE)
+_fast_op(FUSE_COPY_FILE_RANGE, do_copy_file_range, sizeof(fuse_copy_file_range_in),
+         NEEDS_WRITABLE)
 _fast_op(FUSE_RELEASE, do_release, sizeof(fuse_release_in), 0)
 _fast_op(FUSE_FLUSH, do_flush, sizeof(fuse_flush_in), NEEDS_NO_LOCKS)
 _fast_op(FUSE_FORGET, do_forget, sizeof(fuse_forget_in), NEEDS_INODES | NEEDS_NO_LOCKS)

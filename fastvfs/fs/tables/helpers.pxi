@@ -194,6 +194,27 @@ cdef int flush_fd(int fd) noexcept nogil:
     return 0
 
 
+cdef ssize_t copy_range(HandleTable handles, int fd_in, int64_t off_in, int fd_out,
+                        int64_t off_out, size_t length) noexcept nogil:
+    """COPY_FILE_RANGE between two open files: copy_file_range(2) in the host kernel (no data
+    through the daemon), the output modified as a write modifies it (the mapped capability
+    removed first, as PassthroughFs.write does).  The bytes copied (short at the end of the
+    input, 0 past it) or -errno."""
+    cdef long pos_in = off_in, pos_out = off_out
+    cdef ssize_t n
+    cdef int rc
+    if handles.cap_xattr[0] and length:
+        rc = kill_mapped_capability(fd_out, handles.cap_xattr)
+        if rc < 0:
+            return rc
+    while True:
+        n = c_copy_file_range(fd_in, &pos_in, fd_out, &pos_out, length, 0)
+        if n >= 0:
+            return n
+        if errno != EINTR:
+            return -errno
+
+
 # -- the same helpers for the Python engine (fs/passthrough.py) ------------------------------
 
 cdef int _check(int rc) except -1:
@@ -237,6 +258,16 @@ def kill_mapped_capability_of(fd_or_path, name):
     with nogil:
         rc = _kill_mapped_capability_at(fd, p, n)
     _check(rc)
+
+
+def copy_file_range(HandleTable handles, int fd_in, int64_t off_in, int fd_out,
+                    int64_t off_out, size_t length):
+    """``copy_range``: the bytes copied; raises OSError."""
+    cdef ssize_t n
+    with nogil:
+        n = copy_range(handles, fd_in, off_in, fd_out, off_out, length)
+    _check(<int>n if n < 0 else 0)
+    return n
 
 
 def flush(int fd):
