@@ -31,5 +31,8 @@ cdef enum:
     STATS_OPS = 64
     STATS_BUCKETS = 40
     STATS_RINGS = 256
+    # COPY_FILE_RANGE copies up to this much on the queue's thread; a larger one (up to 2 GiB
+    # in one request) is the engine's, which runs it on the thread pool when there is one.
+    COPY_FAST_MAX = 1 << 20
     # Avail ring faults are logged at most this often.
     REPORT_INTERVAL_S = 10

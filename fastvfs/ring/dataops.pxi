@@ -2,11 +2,6 @@
 # when it has one (uring_io.pxi), else (or when the ring has no room) with preadv/pwritev here;
 # COPY_FILE_RANGE, between two files in the host kernel.
 
-cdef enum:
-    # The most one read, write or copy moves in Linux (MAX_RW_COUNT: INT_MAX rounded down to
-    # a page), and so the most a COPY_FILE_RANGE reply counts (the engine's MAX_RW_COUNT).
-    LINUX_MAX_RW_COUNT = 0x7FFFF000
-
 cdef inline bint io_alone(Virtqueue vq) noexcept nogil:
     """The popped request is the only work there is: nothing in flight or prepared, and no
     other request published."""
@@ -111,14 +106,14 @@ cdef int do_write(Virtqueue vq) noexcept nogil:
 cdef int do_copy_file_range(Virtqueue vq) noexcept nogil:
     """COPY_FILE_RANGE as the engine's do_copy_file_range over PassthroughFs.copy_file_range
     (``copy_range``, one body): flags or offsets past off_t are EINVAL, then each handle must
-    be live (EBADF); at most LINUX_MAX_RW_COUNT bytes at once, answered with the bytes copied.
-    The copy runs on the queue's thread, as the host call runs it.  Request extensions are
-    left to the engine."""
+    be live (EBADF); answered with the bytes copied.  The copy runs on the queue's thread, so
+    only up to COPY_FAST_MAX bytes: larger ones, and request extensions, are left to the
+    engine."""
     cdef const fuse_copy_file_range_in *arg = &vq.req.hdr.arg.copy_file_range
     cdef fuse_write_out out
     cdef int fd_in, fd_out
     cdef ssize_t n
-    if vq.req.hdr.h.total_extlen:
+    if vq.req.hdr.h.total_extlen or arg.len > COPY_FAST_MAX:
         return 0
     if arg.flags or arg.off_in > <uint64_t>INT64_MAX or arg.off_out > <uint64_t>INT64_MAX:
         vq._reply(-EINVAL, NULL, 0)
@@ -133,7 +128,7 @@ cdef int do_copy_file_range(Virtqueue vq) noexcept nogil:
         vq._reply(-EBADF, NULL, 0)
         return 1
     n = copy_range(vq.handles, fd_in, <int64_t>arg.off_in, fd_out, <int64_t>arg.off_out,
-                   arg.len if arg.len < LINUX_MAX_RW_COUNT else LINUX_MAX_RW_COUNT)
+                   arg.len)
     vq.handles.release(arg.fh_out)
     vq.handles.release(arg.fh_in)
     if n < 0:
