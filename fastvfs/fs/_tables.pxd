@@ -186,6 +186,10 @@ cdef class NodeTable(SlotTable):
         """The st_mode ``nodeid`` had when adopted, its file type for good (a reference held,
         so the slot is the node's)."""
         return self.nodes[(nodeid & 0xffffffffUL) - 1].mode
+
+    cdef inline uint64_t ino_of(self, uint64_t nodeid) noexcept nogil:
+        """The inode number ``nodeid`` was adopted with (its key's; a reference held)."""
+        return self.nodes[(nodeid & 0xffffffffUL) - 1].ino
     cdef uint64_t mount_of(self, uint64_t nodeid) noexcept nogil
     cdef bint dropped_room(self, uint32_t n) noexcept nogil
     cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil

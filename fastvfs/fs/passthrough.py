@@ -1268,12 +1268,11 @@ class PassthroughFs:
         """The inode numbers of directory ``nodeid`` and of its parent (its own for the root,
         and where the parent cannot be asked)."""
         inode = self.inodes.get(nodeid)
-        st = _sys.fstatx(self.inodes.fd(inode))
-        dotdot = st.st_ino
+        dot = dotdot = inode.key[1]
         if inode is not self.inodes.root:
             with contextlib.suppress(OSError):
                 dotdot = _sys.fstatx(self.inodes.fd(inode), b"..", _sys.SYMLINK_NOFOLLOW).st_ino
-        return st.st_ino, dotdot
+        return dot, dotdot
 
     def releasedir(self, fh):
         self.release(fh)

@@ -16,10 +16,14 @@ from fastvfs.includes.fcntl cimport O_DIRECTORY, O_RDONLY
 from fastvfs.includes.fuse_kernel cimport FUSE_DIRENT_ALIGN
 from fastvfs.includes.posix cimport lseek
 from fastvfs.includes.stat cimport fstatat
-from fastvfs.includes.statx cimport AT_EMPTY_PATH
 
 # Bytes of directory listings held across all open directory handles, by default.
 LISTING_BYTES_MAX = 64 << 20
+
+cdef enum:
+    # A new listing's first room: records, and their starts.
+    DIR_RECORDS_FIRST = 4096
+    DIR_STARTS_FIRST = 128
 
 
 # -- taking a listing ------------------------------------------------------------------------
@@ -114,6 +118,12 @@ cdef DirListing *_dir_take(int fd, uint64_t dot_ino, uint64_t dotdot_ino,
     if b == NULL:
         rc[0] = -ENOMEM
         return NULL
+    # Room for a small directory at once (it grows by doubling).
+    b.records = <uint8_t *>malloc(DIR_RECORDS_FIRST)
+    b.starts = <uint32_t *>malloc(DIR_STARTS_FIRST * sizeof(uint32_t))
+    if b.records != NULL and b.starts != NULL:
+        b.cap = DIR_RECORDS_FIRST
+        b.starts_cap = DIR_STARTS_FIRST
     rc[0] = _dir_fill(b, fd, dot_ino, dotdot_ino)
     if rc[0] < 0:
         _dir_free(b)
@@ -262,7 +272,7 @@ cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uin
     descriptor (the file system reopens it)."""
     cdef DirListing *b = NULL
     cdef statx st
-    cdef uint64_t dot = 0, dotdot = 0
+    cdef uint64_t dot, dotdot
     cdef int nfd, rc = 0
     cdef int dfd = _dir_directory(handles, fh)
     if dfd < 0:
@@ -277,16 +287,12 @@ cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uin
     if nfd < 0:
         handles.release(fh)
         return 1 if nfd == -2 else -ENOENT
-    if c_statx(nfd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_STATX_MASK, &st) < 0:
-        rc = -errno
-    else:
-        dot = dotdot = st.stx_ino
-        if nodeid != 1 and c_statx(nfd, "..", AT_SYMLINK_NOFOLLOW, FASTVFS_STATX_MASK,
-                                   &st) == 0:
-            dotdot = st.stx_ino
+    # The node's inode number is its key's (a node's inode never changes).
+    dot = dotdot = inodes.ino_of(nodeid)
+    if nodeid != 1 and c_statx(nfd, "..", AT_SYMLINK_NOFOLLOW, FASTVFS_STATX_MASK, &st) == 0:
+        dotdot = st.stx_ino
     inodes.release(nodeid)
-    if rc == 0:
-        b = _dir_fresh(handles, fh, dfd, dot, dotdot, &rc)
+    b = _dir_fresh(handles, fh, dfd, dot, dotdot, &rc)
     handles.release(fh)
     listing[0] = b
     return rc

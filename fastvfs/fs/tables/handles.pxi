@@ -61,8 +61,9 @@ cdef class HandleTable(SlotTable):
         return -EBADF if rc < 0 else 0
 
     cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil:
-        """A new handle owning ``fd`` (``add``, ``open_node``), or -1 when the table is full."""
-        cdef bint direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
+        """A new handle owning ``fd`` (``add``, ``open_node``, ``dir_open``), or -1 when the
+        table is full.  A directory is never read as a file, O_DIRECT or not."""
+        cdef bint direct = not directory and fcntl(fd, F_GETFL) & O_DIRECT != 0
         cdef int64_t fh
         pthread_mutex_lock(&self.lock)
         fh = self._take_slot(fd)
