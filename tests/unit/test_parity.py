@@ -1528,13 +1528,16 @@ def test_opendir_and_releasedir(tmp_path, io_engine, cache):
             assert abi.open_out.unpack_from(c, 16)[1] == CachePolicy(cache).opendir_flags
             # A directory handle counts twice against the budget, whoever opened it.
             assert pair.fs.fds_held() == held + 4
-            for reply in (c, py):
+            # Listed, then closed by RELEASEDIR or by RELEASE (either frees the listing).
+            for reply, close in ((c, _releasedir), (py, _release)):
                 fh = abi.open_out.unpack_from(reply, 16)[0]
-                assert pair.in_c(_releasedir(fh, nodeid), [16]) == \
-                    out_header_bytes(0, 7)
+                pair.in_c(_readdir(fh, 0, 4096, nodeid), [4096])
+                assert pair.fs.handles.listing_bytes > 0
+                assert pair.in_c(close(fh, nodeid), [16]) == out_header_bytes(0, 7)
                 # Released: the second time is EBADF both ways.
-                assert pair.in_c(_releasedir(fh, nodeid), [16]) == \
-                    pair.in_python(_releasedir(fh, nodeid), 16)
+                assert pair.in_c(close(fh, nodeid), [16]) == \
+                    pair.in_python(close(fh, nodeid), 16)
+            assert pair.fs.handles.listing_bytes == 0
             assert pair.fs.fds_held() == held and fds_open() == fds
         # A file handle is released by RELEASEDIR too, as the engine does; a forged one is
         # EBADF both ways.
