@@ -1574,6 +1574,12 @@ def test_readdir_pages(tmp_path, io_engine, plus):
                 assert len(replies) > 2
             count = sum(len(_cookies(r, plus)) for r in replies)
             assert count == len(os.listdir(pair.root / os.fsdecode(name))) + 2
+            # "." and "..": the directory's and its parent's inode numbers on the host.
+            skip = abi.ENTRY_OUT_SIZE if plus else 0
+            dot = abi.dirent_head.unpack_from(replies[0], 16 + skip)
+            dotdot = abi.dirent_head.unpack_from(replies[0], 16 + 2 * skip + 32)
+            assert (dot[0], dot[1], dotdot[0], dotdot[1]) == (
+                os.stat(pair.root / os.fsdecode(name)).st_ino, 1, os.stat(pair.root).st_ino, 2)
             for size in (0, 1, 23, 24, 32, 100, 151, 500):
                 for offset in (0, 1, 2, 7, count - 1, count, count + 5, 2 ** 63):
                     dirs.same(offset, size, plus)
@@ -1588,6 +1594,16 @@ def test_readdir_pages(tmp_path, io_engine, plus):
             dirs = DirPair(pair, nodeid)
             dirs.same(count // 2, 4096, plus)
             dirs.release()
+        # The root's ".." is the root itself: nothing above the share is shown.
+        root = DirPair(pair, abi.FUSE_ROOT_ID)
+        if plus:
+            _look_up_all(pair, abi.FUSE_ROOT_ID, pair.root)
+        reply = root.same(0, 4096, plus)
+        skip = abi.ENTRY_OUT_SIZE if plus else 0
+        inos = (abi.dirent_head.unpack_from(reply, 16 + skip)[0],
+                abi.dirent_head.unpack_from(reply, 16 + 2 * skip + 32)[0])
+        assert inos == (os.stat(pair.root).st_ino,) * 2
+        root.release()
     finally:
         _done(pair)
 
@@ -1717,5 +1733,30 @@ def test_directories_declined_to_the_engine(tmp_path, io_engine):
         assert out_header(pair.in_c(_readdir(fh, 0, 4096, d), [4096]))[1] == 0
         assert pair.in_c(_releasedir(fh, d), [16]) == out_header_bytes(0, 7)
         assert out_header(pair.in_c(_opendir(d), [32]))[1] == 0
+    finally:
+        _done(pair)
+
+
+def test_directories_held_by_file_handle(tmp_path, io_engine):
+    """A directory held by file handle whose descriptor the cache closed: OPENDIR and a fresh
+    listing are the engine's, which reopens it, with the same records as C gives once the
+    descriptor is back; paging on through the listing held needs no descriptor."""
+    pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
+    try:
+        d = pair.lookup(b"d")
+        for i in range(5):
+            (pair.root / "d" / f"e{i}").write_bytes(b"")
+        pair.lookup(b"f")  # takes the one cached descriptor from "d"
+        assert pair.inodes.node(d)[0] == -1
+        fh = abi.open_out.unpack_from(via_engine(pair, _opendir(d), [32]), 16)[0]
+        pair.lookup(b"f")
+        engine = via_engine(pair, _readdir(fh, 0, 4096, d), [4096])
+        assert pair.in_c(_readdir(fh, 2, 4096, d), [4096])[16:] == \
+            engine[16 + 64:]   # after "." and "..", from the listing held
+        pair.lookup(b"d")      # its descriptor back in the cache
+        assert pair.inodes.node(d)[0] >= 0
+        assert pair.in_c(_readdir(fh, 0, 4096, d), [4096]) == engine
+        assert abi.dirent_head.unpack_from(engine, 16)[0] == os.stat(pair.root / "d").st_ino
+        assert pair.in_c(_releasedir(fh, d), [16]) == out_header_bytes(0, 7)
     finally:
         _done(pair)
