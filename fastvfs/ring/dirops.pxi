@@ -87,6 +87,7 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     cdef uint64_t index = vq.req.hdr.arg.read.offset
     cdef uint32_t size = _dir_size(vq)
     cdef uint32_t used = 0, pos
+    cdef uint64_t left, room
     cdef uint8_t stack_buf[DIRPLUS_STACK]
     cdef uint8_t *buf = stack_buf
     cdef DirListing *listing = NULL
@@ -95,39 +96,47 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     cdef bint need
     if vq.req.hdr.h.total_extlen:
         return 0
-    # Taking the lookups back may drop nodes the file system then prunes: room for all.
-    if not vq.inodes.dropped_room(size // (sizeof(fuse_entry_out) + FUSE_NAME_OFFSET) + 1):
-        return 0
-    if size > DIRPLUS_STACK:
-        buf = <uint8_t *>malloc(size)
-        if buf == NULL:
-            return 0
     rc = dir_listing(vq.handles, vq.inodes, nodeid, vq.req.hdr.arg.read.fh, index, &listing)
-    if rc == 0:
-        need = dir_plus(listing, vq.inodes, nodeid, &index, size, vq.cfg.attr_valid,
-                        vq.cfg.attr_valid_nsec, buf, &used)
-        # The engine sends what it has when the entry to look up would not fit anyway.
-        if need and used + sizeof(fuse_entry_out) + listing.starts[index + 1] - \
-                listing.starts[index] > size:
-            need = False
-        dir_unref(vq.handles, listing)
-        if need:
-            pos = 0
-            while pos < used:
-                entry = <const fuse_entry_out *>(buf + pos)
-                if entry.nodeid:
-                    vq.inodes.forget_c(entry.nodeid, 1, True)
-                pos += <uint32_t>sizeof(fuse_entry_out) + FUSE_DIRENT_ALIGN(
-                    FUSE_NAME_OFFSET + (<const fuse_dirent *>(buf + pos +
-                                                                sizeof(fuse_entry_out))).namelen)
-            rc = 1
-        else:
-            vq._reply(0, buf, used)
-    elif rc < 0:
+    if rc == 1:
+        return 0
+    if rc < 0:
         vq._reply(rc, NULL, 0)
+        return 1
+    # What the reply could hold at most: the records left, each with its fuse_entry_out.
+    left = listing.count - index if index < listing.count else 0
+    room = (listing.used - listing.starts[index] + left * sizeof(fuse_entry_out)) if left else 0
+    if room > size:
+        room = size
+    # Taking the lookups back may drop nodes the file system then prunes: room for all.
+    if not vq.inodes.dropped_room(<uint32_t>(room // (sizeof(fuse_entry_out) + FUSE_NAME_OFFSET))):
+        dir_unref(vq.handles, listing)
+        return 0
+    if room > DIRPLUS_STACK:
+        buf = <uint8_t *>malloc(room)
+        if buf == NULL:
+            dir_unref(vq.handles, listing)
+            return 0
+    need = dir_plus(listing, vq.inodes, nodeid, &index, <uint32_t>room, vq.cfg.attr_valid,
+                    vq.cfg.attr_valid_nsec, buf, &used)
+    # The engine sends what it has when the entry to look up would not fit anyway.
+    if need and used + sizeof(fuse_entry_out) + listing.starts[index + 1] - \
+            listing.starts[index] > size:
+        need = False
+    dir_unref(vq.handles, listing)
+    if need:
+        pos = 0
+        while pos < used:
+            entry = <const fuse_entry_out *>(buf + pos)
+            if entry.nodeid:
+                vq.inodes.forget_c(entry.nodeid, 1, True)
+            pos += <uint32_t>sizeof(fuse_entry_out) + FUSE_DIRENT_ALIGN(
+                FUSE_NAME_OFFSET + (<const fuse_dirent *>(buf + pos +
+                                                            sizeof(fuse_entry_out))).namelen)
+    else:
+        vq._reply(0, buf, used)
     if buf != stack_buf:
         free(buf)
-    return 0 if rc == 1 else 1
+    return 0 if need else 1
 
 
 _fast_op(FUSE_OPENDIR, do_opendir, 0, NEEDS_INODES)
