@@ -8,16 +8,15 @@ around the call.  Everything here takes ``bytes`` names (the FUSE wire gives raw
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, c_statx, makedev,
                                      statx, statx_timestamp)
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ENOMEM, EPERM
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memset, strlen
+from libc.errno cimport errno, EPERM
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
 
 from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_handle,
                                      name_to_handle_at, open_by_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
-                                     fchownat, lseek, syncfs, syscall, timespec, unshare)
-from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, fstatat, stat, utimensat
+                                     fchownat, syncfs, syscall, timespec, unshare)
+from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, utimensat
 from fastvfs.includes.statx cimport FASTVFS_STATX_MASK, STATX_MNT_ID
 
 EMPTY_PATH = AT_EMPTY_PATH
