@@ -496,8 +496,10 @@ def listing_handles(HandleTable handles):
     held = []
     with nogil:
         pthread_mutex_lock(&handles.lock)
-    for i in range(handles.capacity):
-        if handles.files[i].listing != NULL:
-            held.append((handles.files[i].listed, handles._id_of(i)))
-    pthread_mutex_unlock(&handles.lock)
+    try:
+        for i in range(handles.capacity):
+            if handles.files[i].listing != NULL:
+                held.append((handles.files[i].listed, handles._id_of(i)))
+    finally:
+        pthread_mutex_unlock(&handles.lock)
     return [fh for _, fh in sorted(held)]

@@ -13,8 +13,7 @@ cdef class HandleTable(SlotTable):
     queue.  A handle remembers whether it was opened O_DIRECT (``direct``) and whether it is a
     directory's (``is_directory``): a directory handle holds the listing the guest pages
     through (tables/dirs.pxi), dropped with the handle, and counts once more against the
-    descriptor budget (``fds_other``, as the file system has always counted its directory
-    records).
+    descriptor budget (``fds_other``, as PassthroughFs.fds_held counts it).
 
     The lock-descriptor contract (``set_lock_fds``, ``holds_lock_fds``): the file system
     records here how many descriptors it holds for POSIX and flock locks; while there are any,
