@@ -226,6 +226,7 @@ class RingOptions:
       default off.
     ``open_flags``: the fuse_open_out flags (FOPEN_*) the hot path answers OPEN with: the
       cache mode's; default 0.
+    ``opendir_flags``: the same for OPENDIR; default 0.
     """
 
     max_io: int = 1 << 20
@@ -235,6 +236,7 @@ class RingOptions:
     fixed_buffers: bool = False
     read_only: bool = False
     open_flags: int = 0
+    opendir_flags: int = 0
 
     def __post_init__(self):
         _coerce(self, "io_engine", IoEngine)
@@ -247,7 +249,7 @@ class DaemonOptions:
     """The vhost-user daemon: the process, its sockets, and the share and rings it serves.
 
     ``share``: the ``ShareOptions``.  ``ring``: the ``RingOptions``; the daemon starts the
-      rings with its ``attr_timeout`` and ``open_flags`` set from the share's cache mode and
+      rings with its ``attr_timeout``, ``open_flags`` and ``opendir_flags`` set from the share's cache mode and
       its ``read_only`` from the share's ``readonly``.
     ``socket_path``: the vhost-user socket to create; ``fd``: an inherited listening socket;
       exactly one of them is given.

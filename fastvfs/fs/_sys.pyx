@@ -8,18 +8,15 @@ around the call.  Everything here takes ``bytes`` names (the FUSE wire gives raw
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, c_statx, makedev,
                                      statx, statx_timestamp)
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ENOMEM, EPERM
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memset, strlen
+from libc.errno cimport errno, EPERM
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
 
-from fastvfs.includes.dirent cimport dirent64, getdents64
-from fastvfs.includes.fuse_kernel cimport FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, fuse_dirent
 from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_handle,
                                      name_to_handle_at, open_by_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
-                                     fchownat, lseek, syncfs, syscall, timespec, unshare)
-from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, fstatat, stat, utimensat
+                                     fchownat, syncfs, syscall, timespec, unshare)
+from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, utimensat
 from fastvfs.includes.statx cimport FASTVFS_STATX_MASK, STATX_MNT_ID
 
 EMPTY_PATH = AT_EMPTY_PATH
@@ -222,122 +219,3 @@ def set_thread_groups(groups):
         rc = syscall(SYS_setgroups, n, buf)
     if rc < 0:
         _raise()
-
-
-# -- directory listings -----------------------------------------------------------------------
-
-cdef struct DirBuf:
-    uint8_t *records          # struct fuse_dirent, each padded to 8 bytes
-    size_t used
-    size_t cap
-    uint32_t *starts          # where record i starts; starts[count] is the end
-    uint32_t count
-    uint32_t starts_cap
-
-
-cdef int _dir_append(DirBuf *b, uint64_t ino, uint32_t dtype, const char *name,
-                     uint32_t namelen) noexcept nogil:
-    """Add one record, its cookie its position + 1; -ENOMEM or 0."""
-    cdef size_t reclen = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + namelen)
-    cdef uint64_t off = b.count + 1
-    cdef void *grown
-    if b.used + reclen > b.cap:
-        grown = realloc(b.records, (b.cap + reclen) * 2)
-        if grown == NULL:
-            return -ENOMEM
-        b.records = <uint8_t *>grown
-        b.cap = (b.cap + reclen) * 2
-    if b.count + 2 > b.starts_cap:
-        grown = realloc(b.starts, (b.starts_cap * 2 + 2) * sizeof(uint32_t))
-        if grown == NULL:
-            return -ENOMEM
-        b.starts = <uint32_t *>grown
-        b.starts_cap = b.starts_cap * 2 + 2
-    if b.used + reclen > 0xFFFFFFFFUL:
-        return -ENOMEM
-    # Records start at multiples of 8 in a malloc'ed buffer: aligned for the structure.
-    cdef fuse_dirent *r = <fuse_dirent *>(b.records + b.used)
-    r.ino = ino
-    r.off = off
-    r.namelen = namelen
-    r.type = dtype
-    memcpy(<uint8_t *>r + FUSE_NAME_OFFSET, name, namelen)
-    memset(<uint8_t *>r + FUSE_NAME_OFFSET + namelen, 0, reclen - FUSE_NAME_OFFSET - namelen)
-    b.starts[b.count] = <uint32_t>b.used
-    b.used += reclen
-    b.count += 1
-    b.starts[b.count] = <uint32_t>b.used
-    return 0
-
-
-cdef int _dir_fill(DirBuf *b, int fd, uint64_t dot_ino, uint64_t dotdot_ino) noexcept nogil:
-    cdef uint64_t chunk_words[4096]      # 32 KiB, 8-byte aligned
-    cdef uint8_t *chunk = <uint8_t *>chunk_words
-    cdef const dirent64 *ent
-    cdef ssize_t n, pos
-    cdef uint16_t reclen
-    cdef uint64_t ino
-    cdef uint8_t dtype
-    cdef const char *name
-    cdef size_t namelen
-    cdef stat st
-    cdef int rc
-    rc = _dir_append(b, dot_ino, 4, ".", 1)
-    if rc == 0:
-        rc = _dir_append(b, dotdot_ino, 4, "..", 2)
-    if rc < 0:
-        return rc
-    if lseek(fd, 0, 0) < 0:
-        return -errno
-    while True:
-        n = getdents64(fd, chunk, sizeof(chunk_words))
-        if n < 0:
-            if errno == EINTR:
-                continue
-            return -errno
-        if n == 0:
-            return 0
-        pos = 0
-        while pos < n:
-            # The kernel aligns each record to 8 bytes (fs/readdir.c), as is the chunk.
-            ent = <const dirent64 *>(chunk + pos)
-            ino = ent.d_ino
-            reclen = ent.d_reclen
-            dtype = ent.d_type
-            name = ent.d_name
-            pos += reclen
-            namelen = strlen(name)
-            if name[0] == 46 and (namelen == 1 or (namelen == 2 and name[1] == 46)):
-                continue
-            if dtype == 0:      # DT_UNKNOWN: the file system does not say; ask it
-                if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0:
-                    continue    # gone meanwhile
-                dtype = (st.st_mode >> 12) & 15
-            rc = _dir_append(b, ino, dtype, name, <uint32_t>namelen)
-            if rc < 0:
-                return rc
-
-
-def pack_dirents(int fd, uint64_t dot_ino, uint64_t dotdot_ino):
-    """A snapshot of the open directory ``fd`` as consecutive ``struct fuse_dirent`` records,
-    each padded to 8 bytes: "." and ".." first with the given inode numbers, then every other
-    entry as the host lists it (a d_type the file system leaves unknown is looked up; an
-    entry gone meanwhile is left out), the record at position i with cookie i + 1.  Returns
-    ``(records, starts)``: ``starts`` packs the uint32 offset of each record, and the end.
-    Each snapshot rewinds the directory first."""
-    cdef DirBuf b
-    cdef int rc
-    memset(&b, 0, sizeof(DirBuf))
-    try:
-        with nogil:
-            rc = _dir_fill(&b, fd, dot_ino, dotdot_ino)
-        if rc == -ENOMEM:
-            raise MemoryError()
-        if rc < 0:
-            import os
-            raise OSError(-rc, os.strerror(-rc))
-        return (PyBytes_FromStringAndSize(<char *>b.records, b.used),
-                PyBytes_FromStringAndSize(<char *>b.starts, (b.count + 1) * sizeof(uint32_t)))
-    finally:
-        free(b.records)
-        free(b.starts)

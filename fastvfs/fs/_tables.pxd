@@ -65,10 +65,26 @@ cdef class SlotTable:
 
 # -- open files and directories (tables/handles.pxi) ------------------------------------------
 
+# A directory's listing as FUSE sends it (tables/dirs.pxi): ``records`` holds one struct
+# fuse_dirent per entry (padded to 8 bytes), entry i at records[starts[i]:starts[i + 1]] with
+# offset cookie i + 1; "." and ".." come first.  Shared by its handle and the requests reading
+# it, freed with the last (``refs``, under the handle table's mutex).
+cdef struct DirListing:
+    uint8_t *records
+    size_t used
+    size_t cap
+    uint32_t *starts
+    uint32_t count
+    uint32_t starts_cap
+    uint32_t refs
+
+
 cdef struct HandleSlot:
     Slot s
     bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
-    bint directory        # an OPENDIR handle: the file system holds a listing for it
+    bint directory        # an OPENDIR handle, counted in ``fds_other`` while live
+    DirListing *listing   # a directory handle's listing being paged through, or NULL
+    uint64_t listed       # when it was last read (HandleTable.listing_tick)
 
 
 # How the file system opens an existing node for I/O (PassthroughFs.open, _open_flags,
@@ -105,6 +121,12 @@ cdef class HandleTable(SlotTable):
     # FUSE_SETXATTR_EXT (no POSIX ACLs), so the hot path may answer SETXATTR and REMOVEXATTR
     # (``setxattr_node``, ``removexattr_node``).  Set with ``xattrs_unmapped``.
     cdef bint xattrs_settable
+    # The listings directory handles hold (tables/dirs.pxi): their bytes together, the most
+    # kept (beyond it the least recently read ones of other handles are dropped, taken again
+    # if the guest pages on), and the clock their ``listed`` reads.  Guarded by the mutex.
+    cdef readonly uint64_t listing_bytes
+    cdef uint64_t listing_bytes_max
+    cdef uint64_t listing_tick
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
@@ -168,6 +190,10 @@ cdef class NodeTable(SlotTable):
         """The st_mode ``nodeid`` had when adopted, its file type for good (a reference held,
         so the slot is the node's)."""
         return self.nodes[(nodeid & 0xffffffffUL) - 1].mode
+
+    cdef inline uint64_t ino_of(self, uint64_t nodeid) noexcept nogil:
+        """The inode number ``nodeid`` was adopted with (its key's; a reference held)."""
+        return self.nodes[(nodeid & 0xffffffffUL) - 1].ino
     cdef uint64_t mount_of(self, uint64_t nodeid) noexcept nogil
     cdef bint dropped_room(self, uint32_t n) noexcept nogil
     cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil
@@ -213,3 +239,16 @@ cdef int setxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, c
                        const void *value, size_t size, uint32_t flags) noexcept nogil
 cdef int removexattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
                           const char *name) noexcept nogil
+
+
+# -- directory handles and their listings as the file system keeps them (tables/dirs.pxi) -----
+
+cdef int dir_open(HandleTable handles, NodeTable inodes, uint64_t nodeid,
+                  uint64_t *fh) noexcept nogil
+cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uint64_t fh,
+                     uint64_t offset, DirListing **listing) noexcept nogil
+cdef void dir_unref(HandleTable handles, DirListing *listing) noexcept nogil
+cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) noexcept nogil
+cdef bint dir_plus(const DirListing *listing, NodeTable inodes, uint64_t parent,
+                   uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec, uint8_t *buf,
+                   uint32_t *used) noexcept nogil

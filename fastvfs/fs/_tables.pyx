@@ -19,6 +19,8 @@ Fragments, each knowing only those above it:
                       as the file system does them
   tables/xattrs.pxi   extended attributes read as the file system reads them (the xattr
                       policy it sets), for GETXATTR and LISTXATTR
+  tables/dirs.pxi     directory handles and their listings, for OPENDIR, READDIR and
+                      READDIRPLUS
 
 Lock order: a table's mutex is a leaf lock; nothing is called while holding it but close(2)
 of an evicted cache descriptor.
@@ -57,3 +59,4 @@ include "tables/helpers.pxi"
 include "tables/opens.pxi"
 include "tables/names.pxi"
 include "tables/xattrs.pxi"
+include "tables/dirs.pxi"

@@ -23,7 +23,6 @@ through ``/proc/self/fd`` only after checking they are regular files or director
 devices and sockets are never opened.
 """
 
-import collections
 import contextlib
 import errno
 import fcntl
@@ -54,8 +53,8 @@ OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
 # mandatory), least recently used closed first: hot inodes keep their O_PATH descriptor (and
 # the hot path's GETATTR and LOOKUP), the rest are reopened by handle when next used.
 HANDLE_FDS_MAX = 1024
-# Bytes of directory listings (DirSnapshot) held across all open directory handles.
-LISTING_BYTES_MAX = 64 << 20
+# Bytes of directory listings held across all open directory handles (tables/dirs.pxi).
+LISTING_BYTES_MAX = _tables.LISTING_BYTES_MAX
 # struct flock on x86-64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 FLOCK = struct.Struct("hh4xqqi4x")
 LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
@@ -372,38 +371,6 @@ def guest_fd_budget(nofile):
     return nofile - max(32, min(256, nofile // 8))
 
 
-class DirHandle:
-    __slots__ = ("fd", "entries", "size")
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.entries = None   # the DirSnapshot being paged through, or None
-        self.size = 0         # its bytes, as counted in PassthroughFs.listing_bytes
-
-
-class DirSnapshot:
-    """A directory listing as FUSE sends it: ``records`` holds one ``struct fuse_dirent``
-    per entry (padded to 8 bytes), entry i at ``records[starts[i]:starts[i + 1]]`` with
-    offset cookie i + 1; "." and ".." come first."""
-    __slots__ = ("records", "starts")
-
-    def __init__(self, records, starts):
-        self.records = records
-        self.starts = memoryview(starts).cast("I")
-
-    def __len__(self):
-        return len(self.starts) - 1
-
-    @property
-    def nbytes(self):
-        return len(self.records) + self.starts.nbytes
-
-    def name(self, i):
-        start = self.starts[i]
-        (namelen,) = struct.unpack_from("<I", self.records, start + 16)
-        return self.records[start + 24:start + 24 + namelen]
-
-
 _thread_state = threading.local()
 _request_refs = threading.local()
 
@@ -525,16 +492,11 @@ class PassthroughFs:
                                  inodes if inodes is not None else _tables.NodeTable(1 << 16),
                                  file_handles, handle_fds_max)
         self.handles = handles
-        # Directory handles by fh, and those holding a listing, least recently listed first.
-        # The listings together hold at most ``listing_bytes_max`` bytes (beyond it the oldest
-        # are dropped, to be taken again if the guest goes on paging) plus the one just taken,
-        # whatever its size: a directory's listing is as large as the host made it.
-        # Guarded by dirs_lock (a leaf lock).
-        self.dirs = {}
-        self.listings = collections.OrderedDict()
-        self.listing_bytes = 0
-        self.listing_bytes_max = listing_bytes_max
-        self.dirs_lock = threading.Lock()
+        # Directory handles hold their listings in the handle table (tables/dirs.pxi): together
+        # at most ``listing_bytes_max`` bytes (beyond it the least recently read are dropped, to
+        # be taken again if the guest goes on paging) plus the one just taken, whatever its
+        # size: a directory's listing is as large as the host made it.
+        _tables.set_listing_bytes_max(handles, listing_bytes_max)
         # (nodeid, lock owner, "posix" | "flock") -> the open file description holding that
         # owner's locks on the inode.  Host OFD locks make the locks visible to host processes
         # and to other daemons sharing the directory.  Guarded by locks_lock (a leaf lock).
@@ -568,11 +530,11 @@ class PassthroughFs:
                 self.inodes.table.unhold(nodeid)
 
     def fds_held(self):
-        """Descriptors the guest makes us hold (the hot path's OPEN sums the same counts, each
-        table's ``fds_other`` standing for ``dirs`` and ``mount_fds``)."""
+        """Descriptors the guest makes us hold (the hot path's OPEN sums the same counts): a
+        directory handle counts twice (the handle table's ``fds_other``)."""
         table = self.inodes.table
         return (self.handles.count + table.count - table.handle_nodes + table.handle_fds +
-                len(self.inodes.mount_fds) + len(self.dirs) + len(self.lock_fds))
+                len(self.inodes.mount_fds) + self.handles.fds_other + len(self.lock_fds))
 
     def _budget(self):
         """EMFILE for the guest once its share of descriptors is used up."""
@@ -601,11 +563,10 @@ class PassthroughFs:
         return inode.nodeid, st
 
     def known_entries(self, parent_id, listing, index, size, sec, nsec):
-        """READDIRPLUS records of ``listing`` (a :class:`DirSnapshot` of ``parent_id``) from
-        entry ``index`` on, for as long as their inodes are known, in C: ``(bytes, next
-        index, whether that entry needs`` :meth:`lookup` ``)``."""
-        return self.inodes.table.known_entries(parent_id, listing.records, listing.starts,
-                                               index, size, sec, nsec)
+        """READDIRPLUS records of ``listing`` (from :meth:`readdir` of ``parent_id``) from
+        entry ``index`` on, for as long as their inodes are known, in C (the hot path's own
+        code): ``(bytes, next index, whether that entry needs`` :meth:`lookup` ``)``."""
+        return listing.known_entries(self.inodes.table, parent_id, index, size, sec, nsec)
 
     def _relookup(self, inode):
         st = _sys.fstatx(self.inodes.fd(inode))
@@ -974,11 +935,7 @@ class PassthroughFs:
 
     def release(self, fh):
         """Close a handle: a file's, or a directory's (the guest may close one with RELEASE as
-        well as RELEASEDIR), then with its listing."""
-        with self.dirs_lock:
-            self.dirs.pop(fh, None)
-            self._drop_listing(fh)
-            _tables.set_fds_other(self.handles, len(self.dirs))
+        well as RELEASEDIR), then with its listing (the handle table drops it)."""
         self.handles.remove(fh)
         self._release_handle_locks(fh)
 
@@ -1287,73 +1244,44 @@ class PassthroughFs:
     # -- directories ------------------------------------------------------------------------
 
     def opendir(self, nodeid):
+        """A directory handle of ``nodeid``, opened in C as the hot path's OPENDIR opens it
+        (``_tables.opendir``), here where only the file system can: no open policy, the
+        descriptor budget used up, a node held by file handle without a descriptor."""
+        fh = _tables.opendir(self.handles, self.inodes.table, nodeid)
+        if fh is not None:
+            return fh
         self._budget()
         inode = self.inodes.get(nodeid)
         if not stat.S_ISDIR(inode.mode):
             raise OSError(errno.ENOTDIR, "not a directory")
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.fd(inode))
-        fh = self._add_handle(fd, directory=True)
-        with self.dirs_lock:
-            self.dirs[fh] = DirHandle(fd)
-            _tables.set_fds_other(self.handles, len(self.dirs))
-        return fh
-
-    def _dir(self, fh):
-        handle = self.dirs.get(fh)
-        if handle is None:
-            raise OSError(errno.EBADF, "bad directory handle")
-        return handle
+        return self._add_handle(fd, directory=True)
 
     def readdir(self, nodeid, fh, offset):
-        """The listing of directory handle ``fh`` (a :class:`DirSnapshot`), from which the
-        caller sends the entries after cookie ``offset``.  Offset 0 takes a fresh one
-        (rewinddir); later offsets page through the same one."""
-        handle = self._dir(fh)
-        entries = handle.entries
-        if offset == 0 or entries is None:
-            entries = self._list(nodeid, fh)
-            self._keep_listing(fh, handle, entries)
-        else:
-            with self.dirs_lock:
-                if fh in self.listings:
-                    self.listings.move_to_end(fh)
-        return entries
+        """The listing of directory handle ``fh`` (a ``_tables.Listing``, the hot path's own),
+        from which the caller sends the entries after cookie ``offset``.  Offset 0 takes a
+        fresh one (rewinddir); later offsets page through the same one."""
+        listing = _tables.listing(self.handles, self.inodes.table, nodeid, fh, offset)
+        if listing is None:
+            listing = _tables.listing_of(self.handles, fh, offset, lambda: self._inos(nodeid))
+        return listing
 
-    def _keep_listing(self, fh, handle, entries):
-        """Hold ``entries`` as ``handle``'s listing, then drop the least recently listed ones
-        of other handles while the total is over ``listing_bytes_max``."""
-        with self.dirs_lock:
-            if self.dirs.get(fh) is not handle:
-                return  # released meanwhile
-            self._drop_listing(fh)
-            handle.entries, handle.size = entries, entries.nbytes
-            self.listings[fh] = handle
-            self.listing_bytes += handle.size
-            while self.listing_bytes > self.listing_bytes_max and len(self.listings) > 1:
-                self._drop_listing(next(iter(self.listings)))
-
-    def _drop_listing(self, fh):
-        """Forget ``fh``'s listing, if it holds one (dirs_lock held)."""
-        handle = self.listings.pop(fh, None)
-        if handle is not None:
-            self.listing_bytes -= handle.size
-            handle.entries, handle.size = None, 0
-
-    def _list(self, nodeid, fh):
+    def _inos(self, nodeid):
+        """The inode numbers of directory ``nodeid`` and of its parent (its own for the root,
+        and where the parent cannot be asked)."""
         inode = self.inodes.get(nodeid)
-        st = _sys.fstatx(self.inodes.fd(inode))
-        dotdot = st.st_ino
+        dot = dotdot = inode.key[1]
         if inode is not self.inodes.root:
             with contextlib.suppress(OSError):
                 dotdot = _sys.fstatx(self.inodes.fd(inode), b"..", _sys.SYMLINK_NOFOLLOW).st_ino
-        with self.handles.borrow(fh) as fd:
-            return DirSnapshot(*_sys.pack_dirents(fd, st.st_ino, dotdot))
+        return dot, dotdot
 
     def releasedir(self, fh):
         self.release(fh)
 
     def fsyncdir(self, fh, datasync):
-        self._dir(fh)
+        if not _tables.is_directory_handle(self.handles, fh):
+            raise OSError(errno.EBADF, "bad directory handle")
         self.fsync(fh, datasync)
 
     # -- whole file system ------------------------------------------------------------------
@@ -1374,11 +1302,6 @@ class PassthroughFs:
 
     def destroy(self):
         """End of a session: every inode but the root and every handle is dropped."""
-        with self.dirs_lock:
-            self.dirs.clear()
-            _tables.set_fds_other(self.handles, 0)
-            self.listings.clear()
-            self.listing_bytes = 0
         self._drop_lock_fds(lambda k: True)
         self.handles.clear()
         self.inodes.clear()

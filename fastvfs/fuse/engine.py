@@ -8,7 +8,6 @@ negative errno or 0, or, for a request answered later (a SETLKW that must wait),
 the hot path calls with a pending reply whose ``complete(error, payload)`` sends the answer.  It never raises: a bad request is an error reply, and the daemon serves on.
 """
 
-import bisect
 # The submodule itself: ``concurrent.futures`` loads its executors lazily, which would be an
 # import from disk after the daemon has left the host's tree (the sandbox).
 import concurrent.futures.thread
@@ -785,16 +784,13 @@ class FuseEngine:
         fh, offset, size, _, _, _, _ = abi.read_in.unpack_from(body)
         size = min(size, out_size)
         listing = self.fs.readdir(nodeid, fh, offset)
-        count = len(listing)
-        if offset >= count:
-            return b""
-        records, starts = listing.records, listing.starts
         if not plus:
-            # The records are already fuse_dirents: the reply is the run that fits.
-            end = bisect.bisect_right(starts, starts[offset] + size, offset) - 1
-            return records[starts[offset]:starts[end]]
+            # The records are already fuse_dirents: the reply is the run that fits (the hot
+            # path's own code).
+            return listing.run(offset, size)
         out = bytearray()
         sec, nsec = self.cache.timeout
+        count = len(listing)
         i = offset
         while i < count:
             # Entries whose inodes are known (and "." and "..", which the kernel counts no
@@ -804,11 +800,12 @@ class FuseEngine:
             out += self._translate_direntplus(chunk)
             if not need:
                 break
-            if len(out) + abi.ENTRY_OUT_SIZE + starts[i + 1] - starts[i] > size:
+            record = listing.record(i)
+            if len(out) + abi.ENTRY_OUT_SIZE + len(record) > size:
                 break
             try:
                 out += self._entry(*self.fs.lookup(nodeid, listing.name(i)), parent=nodeid)
-                out += records[starts[i]:starts[i + 1]]
+                out += record
             except OSError:
                 pass  # removed since the listing was taken
             i += 1

@@ -12,6 +12,7 @@ cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     enum: AT_FDCWD, O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC, O_CREAT, O_EXCL
     enum: O_CLOEXEC, AT_REMOVEDIR
+    enum: O_DIRECTORY
     int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                   unsigned int flags)
 

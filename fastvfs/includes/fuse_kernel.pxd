@@ -29,6 +29,10 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_RMDIR
         FUSE_RENAME
         FUSE_RENAME2
+        FUSE_OPENDIR
+        FUSE_READDIR
+        FUSE_RELEASEDIR
+        FUSE_READDIRPLUS
 
     enum:
         FUSE_WRITE_KILL_SUIDGID

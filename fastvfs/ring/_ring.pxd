@@ -189,6 +189,7 @@ cdef struct RingConfig:
     bint read_only                  # WRITE and FALLOCATE are the engine's (it refuses them)
     bint want_fixed                 # register guest memory with the ring (--fixed-buffers)
     uint32_t open_flags             # fuse_open_out.open_flags of C replies (the cache mode's)
+    uint32_t opendir_flags          # the same of OPENDIR's
 
 
 cdef struct RingFds:

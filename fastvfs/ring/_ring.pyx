@@ -49,6 +49,8 @@ from libc.stdint cimport INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
+from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
+                                 dir_unref)
 from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, XATTR_NAME_MAX, chmod_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
                                  known_entry, listxattr_node, open_node, pack_attr,
@@ -83,6 +85,9 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            fuse_rename2_in, fuse_setattr_in,
                                            fuse_setxattr_in, fuse_statfs_out,
                                            fuse_write_out)
+from fastvfs.includes.fuse_kernel cimport (FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, FUSE_OPENDIR,
+                                           FUSE_READDIR, FUSE_READDIRPLUS, FUSE_RELEASEDIR,
+                                           fuse_dirent)
 from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
                                         io_uring_get_sqe, io_uring_peek_batch_cqe,
@@ -118,5 +123,6 @@ include "dataops.pxi"
 include "fastops.pxi"
 include "metaops.pxi"
 include "xattrops.pxi"
+include "dirops.pxi"
 include "engine.pxi"
 include "worker.pxi"

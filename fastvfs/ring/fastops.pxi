@@ -148,14 +148,12 @@ cdef int do_flush(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_release(Virtqueue vq) noexcept nogil:
-    """RELEASE of a file handle (an OFD or flock lock belongs to the guest's open file and goes
-    with its RELEASE, which the engine handles while lock descriptors exist); a directory
-    handle (released by RELEASE as well as by RELEASEDIR, whatever the guest sends) goes to
-    the engine too, whose file system frees its listing with it."""
+    """RELEASE of a handle (an OFD or flock lock belongs to the guest's open file and goes
+    with its RELEASE, which the engine handles while lock descriptors exist): a directory
+    handle too (released by RELEASE as well as by RELEASEDIR, whatever the guest sends), its
+    listing dropped with it by the handle table."""
     cdef uint64_t fh = vq.req.hdr.arg.release.fh
     cdef int rc
-    if vq.handles.is_directory(fh):
-        return 0
     rc = vq.handles.remove_fh_unless_locks(fh)
     if rc == 1:
         return 0

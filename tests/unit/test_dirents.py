@@ -1,5 +1,6 @@
-"""The file system's directory snapshot (``fastvfs.fs._sys.pack_dirents``): struct fuse_dirent
-records built in C straight from getdents64, as READDIR sends them."""
+"""A directory handle's listing (``fastvfs/fs/tables/dirs.pxi``, the hot path's and the file
+system's): struct fuse_dirent records built in C straight from getdents64, as READDIR sends
+them."""
 
 import errno
 import os
@@ -8,20 +9,28 @@ import struct
 
 import pytest
 
-from fastvfs.fs import _sys
-from fastvfs.fs.passthrough import DirSnapshot
+from fastvfs.fs import _tables
 
 
-def _records(records, starts):
-    ends = struct.unpack(f"<{len(starts) // 4}I", starts)
+def _listing(fd, dot, dotdot):
+    """A fresh listing of open directory ``fd`` (a duplicate held by a directory handle)."""
+    handles = _tables.HandleTable(4)
+    fh = handles.add(os.dup(fd), True)
+    return _tables.listing_of(handles, fh, 0, lambda: (dot, dotdot))
+
+
+def _records(listing):
     out = []
-    for a, b in zip(ends, ends[1:]):
-        ino, off, namelen, dtype = struct.unpack_from("<QQII", records, a)
-        name = records[a + 24:a + 24 + namelen]
-        assert b - a == (24 + namelen + 7) // 8 * 8          # padded to 8 bytes
-        assert records[a + 24 + namelen:b] == bytes(b - a - 24 - namelen)
+    for i in range(len(listing)):
+        record = listing.record(i)
+        ino, off, namelen, dtype = struct.unpack_from("<QQII", record)
+        name = record[24:24 + namelen]
+        assert name == listing.name(i)
+        assert len(record) == (24 + namelen + 7) // 8 * 8          # padded to 8 bytes
+        assert record[24 + namelen:] == bytes(len(record) - 24 - namelen)
         out.append((name, ino, off, dtype))
-    assert ends[0] == 0 and ends[-1] == len(records)
+    # READDIR's run of all of them is the records back to back.
+    assert listing.run(0, 1 << 30) == b"".join(listing.record(i) for i in range(len(listing)))
     return out
 
 
@@ -33,8 +42,8 @@ def test_every_entry_with_its_type_inode_and_cookie(tmp_path):
     (tmp_path / ("n" * 255)).write_bytes(b"")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        entries = _records(*_sys.pack_dirents(fd, 11, 22))
-        again = _records(*_sys.pack_dirents(fd, 11, 22))   # the position was rewound
+        entries = _records(_listing(fd, 11, 22))
+        again = _records(_listing(fd, 11, 22))   # the position was rewound
     finally:
         os.close(fd)
     assert entries == again
@@ -54,7 +63,7 @@ def test_a_large_directory_in_many_getdents_calls(tmp_path):
         (tmp_path / name).touch()
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        snapshot = DirSnapshot(*_sys.pack_dirents(fd, 1, 1))
+        snapshot = _listing(fd, 1, 1)
     finally:
         os.close(fd)
     assert len(snapshot) == len(names) + 2
@@ -64,11 +73,15 @@ def test_a_large_directory_in_many_getdents_calls(tmp_path):
 def test_empty_directory_and_a_bad_fd(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert [n for n, *_ in _records(*_sys.pack_dirents(fd, 5, 6))] == [b".", b".."]
+        assert [n for n, *_ in _records(_listing(fd, 5, 6))] == [b".", b".."]
     finally:
         os.close(fd)
-    fd = os.open(tmp_path / "..", os.O_PATH)
-    os.close(fd)
-    with pytest.raises(OSError) as exc:
-        _sys.pack_dirents(fd, 5, 6)
-    assert exc.value.errno == errno.EBADF
+    # A handle that is no directory's, and one that is gone: EBADF.
+    handles = _tables.HandleTable(4)
+    fh = handles.add(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    for gone in (False, True):
+        if gone:
+            handles.remove(fh)
+        with pytest.raises(OSError) as exc:
+            _tables.listing_of(handles, fh, 0, lambda: (5, 6))
+        assert exc.value.errno == errno.EBADF

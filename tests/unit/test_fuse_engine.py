@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from fastvfs.fs import _tables
 from fastvfs.fs._tables import HandleTable
 from fastvfs.fs.passthrough import PassthroughFs
 from fastvfs.fuse import abi
@@ -924,9 +925,12 @@ def test_a_released_directory_handle_frees_its_listing(s, tmp_path, opcode):
         (tmp_path / f"f{i}").write_text("")
     fh = abi.open_out.unpack(s.ok(Opcode.OPENDIR, ROOT, abi.open_in.pack(0, 0)))[0]
     s.ok(Opcode.READDIR, ROOT, abi.read_in.pack(fh, 0, 512, 0, 0, 0, 0))
-    assert s.fs.listing_bytes > 0 and fh in s.fs.dirs
+    handles = s.fs.handles
+    dirs = handles.fds_other
+    assert handles.listing_bytes > 0 and _tables.listing_handles(handles) == [fh]
     s.ok(opcode, ROOT, abi.release_in.pack(fh, 0, 0, 0))
-    assert s.fs.dirs == {} and s.fs.listing_bytes == 0 and not s.fs.listings
+    assert handles.listing_bytes == 0 and not _tables.listing_handles(handles)
+    assert handles.fds_other == dirs - 1
     assert s.err(Opcode.READDIR, ROOT, abi.read_in.pack(fh, 0, 512, 0, 0, 0, 0)) == errno.EBADF
 
 
@@ -935,24 +939,30 @@ def test_listings_of_open_directory_handles_stay_under_the_cap(s, tmp_path):
     for n in names:
         (tmp_path / n.decode()).write_text("")
     cap = 40_000   # about two and a half listings of this directory
-    s.fs.listing_bytes_max = cap
+    handles = s.fs.handles
+    _tables.set_listing_bytes_max(handles, cap)
     pages = {}
     for _ in range(20):
         fh = abi.open_out.unpack(s.ok(Opcode.OPENDIR, ROOT, abi.open_in.pack(0, 0)))[0]
         pages[fh] = _readdir_page(s, fh, 0)
-        assert s.fs.listing_bytes <= cap
-    assert s.fs.listing_bytes == sum(h.size for h in s.fs.listings.values())
-    assert 1 < len(s.fs.listings) < len(pages)
+        assert handles.listing_bytes <= cap
+    # Least recently read first: the last handle listed is the last one, until another is read.
+    held = _tables.listing_handles(handles)
+    assert held[-1] == list(pages)[-1]
+    one = s.fs.readdir(ROOT, held[0], 1).nbytes
+    assert _tables.listing_handles(handles) == held[1:] + held[:1]
+    assert handles.listing_bytes == one * len(held)
+    assert 1 < len(held) < len(pages)
     # A handle whose listing was dropped pages on through a fresh one: nothing lost or twice.
-    assert next(iter(pages)) not in s.fs.listings
+    assert next(iter(pages)) not in held
     for fh, (got, offset) in pages.items():
         while True:
             more, offset = _readdir_page(s, fh, offset)
             if not more:
                 break
             got += more
-            assert s.fs.listing_bytes <= cap
+            assert handles.listing_bytes <= cap
         assert set(got) == names | {b".", b".."} and len(got) == len(names) + 2
     for fh in pages:
         s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
-    assert s.fs.listing_bytes == 0
+    assert handles.listing_bytes == 0

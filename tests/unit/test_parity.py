@@ -2,7 +2,8 @@
 
 The hot path answers GETATTR, LOOKUP of a known or missing name, FLUSH, RELEASE, FORGET,
 BATCH_FORGET, FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times, UNLINK, RMDIR,
-RENAME, RENAME2, GETXATTR, LISTXATTR and WRITE's kill-suid/sgid itself;
+RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR and WRITE's
+kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
@@ -13,6 +14,7 @@ Python side is the engine called directly.
 
 import errno
 import fcntl
+import gc
 import os
 import shutil
 import stat
@@ -46,7 +48,8 @@ class Pair:
         self.inodes = NodeTable(256)
         self.ring = Harness(reply=lambda req, out: self.engine.handle(req, out),
                             inodes=self.inodes, engine=io_engine, read_only=readonly,
-                            open_flags=CachePolicy(cache).open_flags)
+                            open_flags=CachePolicy(cache).open_flags,
+                            opendir_flags=CachePolicy(cache).opendir_flags)
         self.ring.vq.set_fast_io(True)
         self.fs = PassthroughFs(root, self.ring.handles, inodes=self.inodes, **fs_options)
         self.engine = FuseEngine(self.fs, cache, readonly=readonly,
@@ -104,6 +107,7 @@ def pair(request, tmp_path):
     p = Pair(root, request.param)
     yield p
     p.close()
+    gc.collect()   # the pair's cycles hold descriptors another test may count
 
 
 def fds_open():
@@ -1635,3 +1639,361 @@ def test_xattrs_beyond_the_stack_buffer(tmp_path, io_engine):
             pair.close()
     finally:
         subprocess.run(["umount", "-l", str(root)])  # the file system keeps its root open
+
+
+# -- directories: OPENDIR, READDIR, READDIRPLUS, RELEASEDIR ----------------------------------
+
+def _done(pair):
+    """Close the ring and drop the nodes and handles (hundreds of descriptors here)."""
+    pair.close()
+    pair.fs.destroy()
+    gc.collect()   # and the cycles holding the rest, before another test counts descriptors
+
+
+def _opendir(nodeid):
+    return request(abi.Opcode.OPENDIR, abi.open_in.pack(os.O_RDONLY | os.O_DIRECTORY, 0),
+                   nodeid=nodeid)
+
+
+def _readdir(fh, offset, size, nodeid, plus=False):
+    return request(abi.Opcode.READDIRPLUS if plus else abi.Opcode.READDIR,
+                   abi.read_in.pack(fh, offset, size, 0, 0, 0, 0), nodeid=nodeid)
+
+
+def _releasedir(fh, nodeid=abi.FUSE_ROOT_ID):
+    return request(abi.Opcode.RELEASEDIR, abi.release_in.pack(fh, 0, 0, 0), nodeid=nodeid)
+
+
+def _dir_tree(root):
+    (root / "big").mkdir()
+    for i in range(150):   # several 4 KiB replies
+        (root / "big" / f"{i:04d}-{'n' * (i % 50)}").write_bytes(b"")
+    os.mkfifo(root / "big" / "fifo")
+    os.symlink("x", root / "big" / "sym")
+    (root / "big" / "sub").mkdir()
+
+
+def _cookies(reply, plus):
+    """The offset cookies of a READDIR(PLUS) reply's entries."""
+    out, pos = [], 16
+    skip = abi.ENTRY_OUT_SIZE if plus else 0
+    while pos < len(reply):
+        _, off, namelen, _ = abi.dirent_head.unpack_from(reply, pos + skip)
+        out.append(off)
+        pos += skip + abi.rec_align(24 + namelen)
+    return out
+
+
+class DirPair:
+    """Two directory handles of one directory, one opened in C and one by the engine: each
+    READDIR(PLUS) goes to C on the first and to the engine on the second, and the replies must
+    be the same bytes (and, for READDIRPLUS, count the same lookups)."""
+
+    def __init__(self, pair, nodeid):
+        self.pair, self.nodeid = pair, nodeid
+        self.c = abi.open_out.unpack_from(pair.in_c(_opendir(nodeid), [16, 16]), 16)[0]
+        self.py = abi.open_out.unpack_from(pair.in_python(_opendir(nodeid), 32), 16)[0]
+
+    def same(self, offset, size, plus=False, nodeid=None, out=None):
+        nodeid = self.nodeid if nodeid is None else nodeid
+        out = size + 24 if out is None else out   # room beyond the size asked
+        nodes = self.pair.fs.inodes
+        before = nodes.table.count
+        py = self.pair.in_python(_readdir(self.py, offset, size, nodeid, plus), out - 16)
+        counts = {n: nodes.nlookup(n) for n in _entry_nodes(py)} if plus else {}
+        c = self.pair.in_c(_readdir(self.c, offset, size, nodeid, plus), [16, out - 16])
+        assert c == py, (offset, size, plus)
+        assert before == nodes.table.count
+        # One lookup counted per entry in C as in the engine.
+        assert {n: nodes.nlookup(n) - 1 for n in counts} == counts
+        return c
+
+    def page(self, size, plus=False):
+        """Every entry, paged through from offset 0 by cookie: the replies."""
+        replies, offset = [], 0
+        while True:
+            reply = self.same(offset, size, plus)
+            if len(reply) == 16:
+                return replies
+            replies.append(reply)
+            offset = _cookies(reply, plus)[-1]
+
+    def release(self):
+        for fh in (self.c, self.py):
+            assert self.pair.in_c(_releasedir(fh, self.nodeid), [16])[4:8] == bytes(4)
+
+
+def _entry_nodes(reply):
+    pos, out = 16, []
+    while pos < len(reply):
+        (nodeid,) = struct.unpack_from("<Q", reply, pos)
+        _, _, namelen, _ = abi.dirent_head.unpack_from(reply, pos + abi.ENTRY_OUT_SIZE)
+        if nodeid:
+            out.append(nodeid)
+        pos += abi.ENTRY_OUT_SIZE + abi.rec_align(24 + namelen)
+    return out
+
+
+def _look_up_all(pair, nodeid, path):
+    """Look every entry of ``path`` up twice (so C and the engine, counting one each, keep
+    the counts even)."""
+    for name in os.listdir(path):
+        for _ in range(2):
+            pair.lookup(os.fsencode(name), nodeid)
+
+
+@pytest.mark.parametrize("cache", ["auto", "never", "metadata", "always"])
+def test_opendir_and_releasedir(tmp_path, io_engine, cache):
+    """OPENDIR of directories (the root too) and of what is none, stale and forged ids: the
+    same reply (but for the handle's number, flags per cache mode), the same descriptor behind
+    the handle, the same descriptor budget counted; RELEASEDIR of each frees it alike."""
+    pair = _make_pair(tmp_path, io_engine, cache=cache)
+    try:
+        f, d, link = pair.lookup(b"f"), pair.lookup(b"d"), pair.lookup(b"link")
+        pair.in_c(request(abi.Opcode.STATFS), [96])  # a queue's io_uring is set up at first use
+        gc.collect()   # descriptors of earlier tests' objects closed now, not during the test
+        held, fds = pair.fs.fds_held(), fds_open()
+        for nodeid in (abi.FUSE_ROOT_ID, d, f, link, d + 1000, 2 ** 63, 0):
+            c = pair.in_c(_opendir(nodeid), [16, 16])
+            py = pair.in_python(_opendir(nodeid), 32)
+            assert _handle_state(pair, c) == _handle_state(pair, py)
+            if out_header(c)[1]:
+                assert out_header(c)[1] in (-errno.ENOTDIR, -errno.ENOENT)
+                continue
+            assert abi.open_out.unpack_from(c, 16)[1] == CachePolicy(cache).opendir_flags
+            # A directory handle counts twice against the budget, whoever opened it.
+            assert pair.fs.fds_held() == held + 4
+            # Listed, then closed by RELEASEDIR or by RELEASE (either frees the listing).
+            for reply, close in ((c, _releasedir), (py, _release)):
+                fh = abi.open_out.unpack_from(reply, 16)[0]
+                pair.in_c(_readdir(fh, 0, 4096, nodeid), [4096])
+                assert pair.fs.handles.listing_bytes > 0
+                assert pair.in_c(close(fh, nodeid), [16]) == out_header_bytes(0, 7)
+                # Released: the second time is EBADF both ways.
+                assert pair.in_c(close(fh, nodeid), [16]) == \
+                    pair.in_python(close(fh, nodeid), 16)
+            assert pair.fs.handles.listing_bytes == 0
+            assert pair.fs.fds_held() == held and fds_open() == fds
+        # A file handle is released by RELEASEDIR too, as the engine does; a forged one is
+        # EBADF both ways.
+        for fh in (pair.open(f), pair.open(f)):
+            assert pair.in_c(_releasedir(fh), [16]) == out_header_bytes(0, 7)
+        for fh in (0, 1 << 40, 2 ** 64 - 1):
+            reply = pair.in_c(_releasedir(fh), [16])
+            assert reply == pair.in_python(_releasedir(fh), 16)
+            assert out_header(reply)[1] == -errno.EBADF
+        assert pair.fs.fds_held() == held and fds_open() == fds
+    finally:
+        _done(pair)
+
+
+def out_header_bytes(error, unique):
+    return abi.out_header.pack(16, error, unique)
+
+
+@pytest.mark.parametrize("plus", [False, True], ids=["readdir", "readdirplus"])
+def test_readdir_pages(tmp_path, io_engine, plus):
+    """Small and large directories (one reply, several), page sizes down to nothing, offsets
+    from the middle, past the end and on a fresh handle, a rewind, a reply buffer smaller than
+    the size asked: the same bytes from C and from the engine."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        _dir_tree(pair.root)
+        for name in (b"d", b"big"):
+            nodeid = pair.lookup(name)
+            _look_up_all(pair, nodeid, pair.root / os.fsdecode(name))
+            dirs = DirPair(pair, nodeid)
+            replies = dirs.page(4096, plus)
+            assert len(replies) == (1 if name == b"d" else len(replies))
+            if name == b"big":
+                assert len(replies) > 2
+            count = sum(len(_cookies(r, plus)) for r in replies)
+            assert count == len(os.listdir(pair.root / os.fsdecode(name))) + 2
+            # "." and "..": the directory's and its parent's inode numbers on the host.
+            skip = abi.ENTRY_OUT_SIZE if plus else 0
+            dot = abi.dirent_head.unpack_from(replies[0], 16 + skip)
+            dotdot = abi.dirent_head.unpack_from(replies[0], 16 + 2 * skip + 32)
+            assert (dot[0], dot[1], dotdot[0], dotdot[1]) == (
+                os.stat(pair.root / os.fsdecode(name)).st_ino, 1, os.stat(pair.root).st_ino, 2)
+            for size in (0, 1, 23, 24, 32, 100, 151, 500):
+                for offset in (0, 1, 2, 7, count - 1, count, count + 5, 2 ** 63):
+                    dirs.same(offset, size, plus)
+            # All at once into a large buffer; the reply buffers bound the size as the
+            # guest's size does.
+            assert len(_cookies(dirs.same(0, 1 << 20, plus), plus)) == count
+            dirs.same(0, 4096, plus, out=16 + 200)
+            dirs.same(3, 4096, plus, out=16 + 1000)
+            # A rewind, then from the middle again.
+            assert dirs.same(0, 4096, plus) == replies[0]
+            dirs.same(count // 2, 4096, plus)
+            dirs.release()
+            # From the middle on a fresh handle (no listing yet): a fresh listing.
+            dirs = DirPair(pair, nodeid)
+            dirs.same(count // 2, 4096, plus)
+            dirs.release()
+        # The root's ".." is the root itself: nothing above the share is shown.
+        root = DirPair(pair, abi.FUSE_ROOT_ID)
+        if plus:
+            _look_up_all(pair, abi.FUSE_ROOT_ID, pair.root)
+        reply = root.same(0, 4096, plus)
+        skip = abi.ENTRY_OUT_SIZE if plus else 0
+        inos = (abi.dirent_head.unpack_from(reply, 16 + skip)[0],
+                abi.dirent_head.unpack_from(reply, 16 + 2 * skip + 32)[0])
+        assert inos == (os.stat(pair.root).st_ino,) * 2
+        root.release()
+    finally:
+        _done(pair)
+
+
+@pytest.mark.parametrize("plus", [False, True], ids=["readdir", "readdirplus"])
+def test_readdir_while_entries_change(tmp_path, io_engine, plus):
+    """Entries added and removed between calls: paging on goes through the listing taken at
+    offset 0 (an entry removed since is left out of READDIRPLUS), a rewind takes a fresh one;
+    the same bytes both ways."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        _dir_tree(pair.root)
+        big = pair.lookup(b"big")
+        _look_up_all(pair, big, pair.root / "big")
+        dirs = DirPair(pair, big)
+        first = dirs.same(0, 2048, plus)
+        offset = _cookies(first, plus)[-1]
+        for i in range(20):
+            os.unlink(pair.root / "big" / f"{i * 7:04d}-{'n' * (i * 7 % 50)}")
+        (pair.root / "big" / "new").write_bytes(b"")
+        rest = dirs.same(offset, 65536, plus)
+        assert b"new" not in rest
+        if plus:
+            _look_up_all(pair, big, pair.root / "big")   # else the engine's to look up
+        again = dirs.same(0, 65536, plus)
+        assert b"new" in again
+        dirs.release()
+    finally:
+        _done(pair)
+
+
+def test_readdir_of_stale_handles_file_handles_and_nodes(pair):
+    """A released or forged handle, a file's handle: EBADF both ways; a directory handle read
+    for an unknown node: ENOENT at offset 0, the listing held past it (READDIRPLUS then needs
+    lookups under that node, the engine's)."""
+    d = pair.lookup(b"d")
+    _look_up_all(pair, d, pair.root / "d")
+    f = pair.lookup(b"f")
+    dirs = DirPair(pair, d)
+    gone = DirPair(pair, d)
+    gone.release()
+    fh = pair.open(f)
+    for plus in (False, True):
+        for c_fh, py_fh in ((gone.c, gone.py), (fh, fh), (0, 0), (1 << 40, 1 << 40),
+                            (dirs.c + (1 << 32), dirs.py + (1 << 32))):
+            for offset in (0, 3):
+                req = _readdir(c_fh, offset, 4096, d, plus)
+                c = pair.in_c(req, [4096])
+                assert c == pair.in_python(_readdir(py_fh, offset, 4096, d, plus), 4080)
+                assert out_header(c)[1] == -errno.EBADF
+        for nodeid in (d + 1000, 2 ** 63):
+            assert out_header(dirs.same(0, 4096, plus, nodeid=nodeid))[1] == -errno.ENOENT
+        dirs.same(0, 4096, plus)
+        if not plus:
+            dirs.same(3, 4096, plus, nodeid=d + 1000)
+        else:
+            # Each entry's lookup under an unknown parent fails: the engine's to leave out.
+            req = _readdir(dirs.c, 3, 4096, d + 1000, plus)
+            assert via_engine(pair, req, [4096]) == pair.in_python(req, 4080)
+    dirs.release()
+    assert pair.ring.handles.count == 1
+
+
+def test_readdirplus_of_new_inodes_goes_to_the_engine(tmp_path, io_engine):
+    """An entry whose inode the node id table does not hold needs the file system's lookup:
+    the hot path hands the request over and takes back the lookups it counted, so the
+    engine's reply and the counts are those of the engine alone."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        d = pair.lookup(b"d")
+        for i in range(10):
+            (pair.root / "d" / f"e{i}").write_bytes(b"")
+        for i in range(0, 10, 2):
+            pair.lookup(b"e%d" % i, d)
+        dirs = DirPair(pair, d)
+        known = {pair.lookup(b"e%d" % i, d): 1 for i in range(0, 10, 2)}
+        counts = {n: pair.fs.inodes.nlookup(n) for n in known}
+        via = via_engine(pair, _readdir(dirs.c, 0, 4096, d, True), [4096 + 16])
+        assert len(_entry_nodes(via)) == 10
+        for n in known:
+            assert pair.fs.inodes.nlookup(n) == counts[n] + 1
+        # Now every inode is known: C answers as the engine did (and as it does).
+        assert dirs.same(0, 4096, True) == via
+        (pair.root / "d" / "zz-new").write_bytes(b"")
+        dirs.same(2, 4096, True)   # the new one is not in the listing held
+        # A size too small for the entry to look up ("." and ".." only) is answered in C, as
+        # the engine answers it; one byte more and it is the engine's.
+        (pair.root / "d2").mkdir()
+        (pair.root / "d2" / "zz").write_bytes(b"")
+        d2 = pair.lookup(b"d2")
+        small = DirPair(pair, d2)
+        dots = 2 * (abi.ENTRY_OUT_SIZE + 32)
+        reply = small.same(0, dots + abi.ENTRY_OUT_SIZE + 31, True)
+        assert len(reply) == 16 + dots
+        via_engine(pair, _readdir(small.c, 0, dots + abi.ENTRY_OUT_SIZE + 32, d2, True),
+                   [4096])
+        small.release()
+        dirs.release()
+    finally:
+        _done(pair)
+
+
+def test_directories_declined_to_the_engine(tmp_path, io_engine):
+    """Request extensions, and OPENDIR with the descriptor budget used up (EMFILE from the
+    engine, as it counts)."""
+    pair = _make_pair(tmp_path, io_engine)
+    try:
+        d = pair.lookup(b"d")
+        dirs = DirPair(pair, d)
+        for req in (_opendir(d), _readdir(dirs.c, 0, 4096, d), _readdir(dirs.c, 0, 4096, d, True),
+                    _releasedir(dirs.py, d)):
+            ext = bytearray(req)
+            struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+            via_engine(pair, bytes(ext), [4096])
+        dirs.release()
+        _done(pair)
+        budget = pair.fs.fds_held()
+        pair = _make_pair(tmp_path / "again", io_engine, fd_budget=budget + 2)
+        d = pair.lookup(b"d")
+        opened = pair.in_c(_opendir(d), [32])
+        assert out_header(opened)[1] == 0
+        reply = via_engine(pair, _opendir(d), [32])
+        assert reply == pair.in_python(_opendir(d), 16)
+        assert out_header(reply)[1] == -errno.EMFILE
+        # Reading and releasing need no new descriptor.
+        fh = abi.open_out.unpack_from(opened, 16)[0]
+        assert out_header(pair.in_c(_readdir(fh, 0, 4096, d), [4096]))[1] == 0
+        assert pair.in_c(_releasedir(fh, d), [16]) == out_header_bytes(0, 7)
+        assert out_header(pair.in_c(_opendir(d), [32]))[1] == 0
+    finally:
+        _done(pair)
+
+
+def test_directories_held_by_file_handle(tmp_path, io_engine):
+    """A directory held by file handle whose descriptor the cache closed: OPENDIR and a fresh
+    listing are the engine's, which reopens it, with the same records as C gives once the
+    descriptor is back; paging on through the listing held needs no descriptor."""
+    pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
+    try:
+        d = pair.lookup(b"d")
+        for i in range(5):
+            (pair.root / "d" / f"e{i}").write_bytes(b"")
+        pair.lookup(b"f")  # takes the one cached descriptor from "d"
+        assert pair.inodes.node(d)[0] == -1
+        fh = abi.open_out.unpack_from(via_engine(pair, _opendir(d), [32]), 16)[0]
+        pair.lookup(b"f")
+        engine = via_engine(pair, _readdir(fh, 0, 4096, d), [4096])
+        assert pair.in_c(_readdir(fh, 2, 4096, d), [4096])[16:] == \
+            engine[16 + 64:]   # after "." and "..", from the listing held
+        pair.lookup(b"d")      # its descriptor back in the cache
+        assert pair.inodes.node(d)[0] >= 0
+        assert pair.in_c(_readdir(fh, 0, 4096, d), [4096]) == engine
+        assert abi.dirent_head.unpack_from(engine, 16)[0] == os.stat(pair.root / "d").st_ino
+        assert pair.in_c(_releasedir(fh, d), [16]) == out_header_bytes(0, 7)
+    finally:
+        _done(pair)

@@ -40,9 +40,10 @@ class Harness:
 
     def __init__(self, *, size=16, base=0, event_idx=True, indirect=True, regions=None,
                  reply=None, engine="sync", inodes=None, read_only=False,
-                 fixed_buffers=False, open_flags=0):
+                 fixed_buffers=False, open_flags=0, opendir_flags=0):
         self.size, self.event_idx, self.indirect = size, event_idx, indirect
         self.open_flags = open_flags  # fuse_open_out.open_flags of OPEN served in C
+        self.opendir_flags = opendir_flags  # and of OPENDIR
         self.engine = engine
         self.read_only = read_only
         self.fixed_buffers = fixed_buffers
@@ -73,7 +74,8 @@ class Harness:
                                                uring_writes=self.engine == "uring-rw",
                                                read_only=self.read_only,
                                                fixed_buffers=self.fixed_buffers,
-                                               open_flags=self.open_flags),
+                                               open_flags=self.open_flags,
+                                               opendir_flags=self.opendir_flags),
                                   self.lock, inodes=self.inodes, err_fd=self.err_fd)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()

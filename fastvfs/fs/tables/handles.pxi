@@ -11,8 +11,9 @@ cdef class HandleTable(SlotTable):
     slot.  A handle's fd is closed when it has been removed and no request is using it any
     more: a hostile guest may RELEASE a handle while its READ is still running on another
     queue.  A handle remembers whether it was opened O_DIRECT (``direct``) and whether it is a
-    directory's (``is_directory``: the hot path never releases those, the file system holds a
-    listing for them).
+    directory's (``is_directory``): a directory handle holds the listing the guest pages
+    through (tables/dirs.pxi), dropped with the handle, and counts once more against the
+    descriptor budget (``fds_other``, as PassthroughFs.fds_held counts it).
 
     The lock-descriptor contract (``set_lock_fds``, ``holds_lock_fds``): the file system
     records here how many descriptors it holds for POSIX and flock locks; while there are any,
@@ -21,6 +22,7 @@ cdef class HandleTable(SlotTable):
     def __cinit__(self, uint32_t capacity=65536):
         self._alloc(capacity, sizeof(HandleSlot))
         self.files = <HandleSlot *>self.mem
+        self.listing_bytes_max = LISTING_BYTES_MAX
 
     def __dealloc__(self):
         self._drop_all()
@@ -58,16 +60,32 @@ cdef class HandleTable(SlotTable):
         return -EBADF if rc < 0 else 0
 
     cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil:
-        """A new handle owning ``fd`` (``add``, ``open_node``), or -1 when the table is full."""
-        cdef bint direct = fcntl(fd, F_GETFL) & O_DIRECT != 0
+        """A new handle owning ``fd`` (``add``, ``open_node``, ``dir_open``), or -1 when the
+        table is full.  A directory is never read as a file, O_DIRECT or not."""
+        cdef bint direct = not directory and fcntl(fd, F_GETFL) & O_DIRECT != 0
         cdef int64_t fh
         pthread_mutex_lock(&self.lock)
         fh = self._take_slot(fd)
         if fh >= 0:
             self.files[_index(fh)].direct = direct
             self.files[_index(fh)].directory = directory
+            if directory:
+                self.fds_other += 1
         pthread_mutex_unlock(&self.lock)
         return fh
+
+    cdef int _drop_locked(self, uint64_t fh) noexcept nogil:
+        """``_kill`` ``fh``; a directory handle's listing goes with it (a request reading it
+        keeps its own reference)."""
+        cdef int rc = self._kill(fh)
+        cdef HandleSlot *sl
+        if rc >= 0:
+            sl = &self.files[_index(fh)]
+            if sl.directory:
+                sl.directory = False
+                self.fds_other -= 1
+                _unlist(self, sl)
+        return rc
 
     # -- the file system's -------------------------------------------------------------------
 

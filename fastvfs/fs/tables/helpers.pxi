@@ -1,6 +1,6 @@
 # The helpers of the operations both the hot path and the file system serve, in C (declared in
 # _tables.pxd): the lookup of a known entry (LOOKUP, and READDIRPLUS through
-# NodeTable.known_entries), attribute packing, kill-suid/sgid, the mapped capability and
+# tables/dirs.pxi), attribute packing, kill-suid/sgid, the mapped capability and
 # FLUSH; then their Python wrappers, attribute packing for the engine among them.
 
 
@@ -57,57 +57,6 @@ cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, si
     out.attr_valid_nsec = valid_nsec
     pack_attr(&st, &out.attr)
     return nodeid
-
-
-cdef tuple _known_entries(NodeTable inodes, uint64_t parent, bytes records,
-                          const uint32_t[::1] starts, uint32_t index, uint32_t size,
-                          uint64_t sec, uint32_t nsec):
-    """NodeTable.known_entries: fuse_direntplus records of a snapshot's known entries, by
-    ``known_entry`` (the hot path's LOOKUP)."""
-    cdef Py_ssize_t total = len(records)
-    cdef const uint8_t *recs = records
-    cdef uint32_t count = <uint32_t>(starts.shape[0] - 1) if starts.shape[0] else 0
-    cdef uint32_t i = index, start, end, namelen, used = 0
-    cdef bint need = False
-    cdef int64_t rc
-    cdef char name[LOOKUP_NAME_MAX + 1]
-    cdef uint8_t *buf = <uint8_t *>malloc(size if size else 1)
-    if buf == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            while i < count:
-                start = starts[i]
-                end = starts[i + 1]
-                if end > total or end < start + FUSE_NAME_OFFSET:
-                    break                       # not a snapshot this table made
-                if used + sizeof(fuse_entry_out) + (end - start) > size:
-                    break
-                namelen = (<const fuse_dirent *>(recs + start)).namelen
-                if namelen > end - start - FUSE_NAME_OFFSET:
-                    break
-                if _dot_name(<const char *>recs + start + FUSE_NAME_OFFSET, namelen):
-                    memset(buf + used, 0, sizeof(fuse_entry_out))
-                else:
-                    if namelen > LOOKUP_NAME_MAX:
-                        need = True
-                        break
-                    memcpy(name, recs + start + FUSE_NAME_OFFSET, namelen)
-                    name[namelen] = 0
-                    rc = known_entry(inodes, parent, name, namelen, sec, nsec,
-                                     <fuse_entry_out *>(buf + used))
-                    if rc == -ENOENT:
-                        i += 1                  # removed since the snapshot
-                        continue
-                    if rc <= 0:
-                        need = True
-                        break
-                memcpy(buf + used + sizeof(fuse_entry_out), recs + start, end - start)
-                used += sizeof(fuse_entry_out) + (end - start)
-                i += 1
-        return PyBytes_FromStringAndSize(<char *>buf, used), i, need
-    finally:
-        free(buf)
 
 
 cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil:

@@ -1,6 +1,6 @@
 # The guest's node ids (NodeTable in _tables.pxd): the inodes it looked up, with their key and
 # lookup count, read by the hot path's GETATTR, LOOKUP, FORGET and BATCH_FORGET and by
-# READDIRPLUS (known_entries).
+# READDIRPLUS (tables/dirs.pxi).
 
 
 @cython.final
@@ -375,14 +375,3 @@ cdef class NodeTable(SlotTable):
                 self._cache_locked(<uint32_t>idx)
             pthread_mutex_unlock(&self.lock)
         return have
-
-    def known_entries(self, uint64_t parent, bytes records, const uint32_t[::1] starts,
-                      uint32_t index, uint32_t size, uint64_t sec, uint32_t nsec):
-        """READDIRPLUS from a directory snapshot (``records`` and ``starts`` as ``pack_dirents``
-        gives them), in C: from entry ``index`` on, each entry whose inode this table already
-        holds becomes a fuse_direntplus (one more lookup counted, as the hot path's LOOKUP
-        does), "." and ".." get an empty entry (the kernel counts no lookup for them), and
-        entries gone since the snapshot are left out; until ``size`` bytes are full or an entry
-        needs the file system's lookup.  Returns ``(direntplus bytes, next index, whether entry
-        next index needs the lookup)``."""
-        return _known_entries(self, parent, records, starts, index, size, sec, nsec)
