@@ -68,7 +68,10 @@ cdef class SlotTable:
 # A directory's listing as FUSE sends it (tables/dirs.pxi): ``records`` holds one struct
 # fuse_dirent per entry (padded to 8 bytes), entry i at records[starts[i]:starts[i + 1]] with
 # offset cookie i + 1; "." and ".." come first.  Shared by its handle and the requests reading
-# it, freed with the last (``refs``, under the handle table's mutex).
+# it, freed with the last (``refs``), after the handle table's mutex is let go.  While a handle
+# holds it, it is in the table's list of held listings, least recently read first (``older``,
+# ``newer``; ``slot`` names the handle's entry); once unreferenced, ``older`` chains it to the
+# listings waiting to be freed.  All of it but the records is guarded by the mutex.
 cdef struct DirListing:
     uint8_t *records
     size_t used
@@ -77,6 +80,9 @@ cdef struct DirListing:
     uint32_t count
     uint32_t starts_cap
     uint32_t refs
+    uint32_t slot
+    DirListing *older
+    DirListing *newer
 
 
 cdef struct HandleSlot:
@@ -84,7 +90,6 @@ cdef struct HandleSlot:
     bint direct           # opened O_DIRECT (a read of it is never a page-cache copy)
     bint directory        # an OPENDIR handle, counted in ``fds_other`` while live
     DirListing *listing   # a directory handle's listing being paged through, or NULL
-    uint64_t listed       # when it was last read (HandleTable.listing_tick)
 
 
 # How the file system opens an existing node for I/O (PassthroughFs.open, _open_flags,
@@ -123,14 +128,18 @@ cdef class HandleTable(SlotTable):
     cdef bint xattrs_settable
     # The listings directory handles hold (tables/dirs.pxi): their bytes together, the most
     # kept (beyond it the least recently read ones of other handles are dropped, taken again
-    # if the guest pages on), and the clock their ``listed`` reads.  Guarded by the mutex.
+    # if the guest pages on), the list of them from the least recently read to the most, and
+    # the unreferenced ones to free once the mutex is let go.  Guarded by the mutex.
     cdef readonly uint64_t listing_bytes
     cdef uint64_t listing_bytes_max
-    cdef uint64_t listing_tick
+    cdef DirListing *listings_oldest
+    cdef DirListing *listings_newest
+    cdef DirListing *listings_unfreed
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
     cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil
+    cdef int _remove(self, uint64_t fh, bint unless_locks) noexcept nogil
     cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil
 
     cdef inline bint holds_lock_fds(self) noexcept nogil:

@@ -12,18 +12,21 @@ Fragments, each knowing only those above it:
   tables/nodes.pxi    NodeTable: the guest's node ids, their inode keys and lookup counts, the
                       descriptor cache of nodes held by file handle
   tables/helpers.pxi  attribute packing, known-entry lookup, kill-suid/sgid, the mapped
-                      capability, FLUSH; their Python wrappers
+                      capability, FLUSH, COPY_FILE_RANGE; their Python wrappers
   tables/opens.pxi    a node opened for I/O and a mode changed as the file system does it
                       (the open policy it sets, the descriptor budget), for OPEN and SETATTR
   tables/names.pxi    the rule for a name from the guest, and UNLINK, RMDIR and RENAME(2)
                       as the file system does them
-  tables/xattrs.pxi   extended attributes read as the file system reads them (the xattr
-                      policy it sets), for GETXATTR and LISTXATTR
-  tables/dirs.pxi     directory handles and their listings, for OPENDIR, READDIR and
-                      READDIRPLUS
+  tables/xattrs.pxi   extended attributes read and written as the file system does it (the
+                      xattr policy it sets), for GETXATTR, LISTXATTR, SETXATTR and
+                      REMOVEXATTR
+  tables/dirs.pxi     directory handles and their listings, for OPENDIR, READDIR,
+                      READDIRPLUS and RELEASEDIR
 
-Lock order: a table's mutex is a leaf lock; nothing is called while holding it but close(2)
-of an evicted cache descriptor.
+Lock order: a table's mutex is a leaf lock.  Nothing is called while holding it but close(2)
+of an evicted cache descriptor and malloc(3) of a copy; no thread holding it waits for the
+GIL (the Python methods take it inside ``with nogil``), so a thread holding the GIL may take
+it.  Directory listings are freed after it is let go.
 """
 
 cimport cython

@@ -5,6 +5,8 @@ import errno
 import os
 import stat
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -595,8 +597,6 @@ class TestLocks:
 
     def test_host_processes_see_guest_locks(self, lk):
         import fcntl
-        import subprocess
-        import sys
         s, nodeid, fh, path = lk
         s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, abi.OFFSET_MAX, fcntl.F_WRLCK))
         probe = ("import fcntl,sys; f=open(sys.argv[1],'r+');\n"
@@ -886,7 +886,6 @@ def test_thread_pool_backlog_is_bounded(tmp_path):
 def test_syncfs_syncs_the_file_system_of_its_node(s, tmp_path, monkeypatch):
     """SYNCFS names the guest superblock's root: with a submount, that is the submount's
     directory, whose host file system (not the share's) must be synced."""
-    import subprocess
     from fastvfs.fs import _sys
     sub = tmp_path / "sub"
     sub.mkdir()
@@ -966,3 +965,46 @@ def test_listings_of_open_directory_handles_stay_under_the_cap(s, tmp_path):
     for fh in pages:
         s.ok(Opcode.RELEASEDIR, ROOT, abi.release_in.pack(fh, 0, 0, 0))
     assert handles.listing_bytes == 0
+
+
+_LISTING_RACE = """
+import sys, threading, time
+from fastvfs.fs import _tables
+from fastvfs.fs._tables import HandleTable
+from fastvfs.fs.passthrough import PassthroughFs
+handles = HandleTable(64)
+fs = PassthroughFs(sys.argv[1], handles)
+fh = fs.opendir(1)
+done = threading.Event()
+rounds = [0, 0]
+def ask():
+    while not done.is_set():
+        _tables.listing_handles(handles)
+        rounds[0] += 1
+def page():
+    while not done.is_set():
+        fs.readdir(1, fh, 0)        # a Listing, dropped at once with the GIL held
+        rounds[1] += 1
+threads = [threading.Thread(target=f) for f in (ask, page)]
+for t in threads:
+    t.start()
+time.sleep(1.0)
+done.set()
+for t in threads:
+    t.join()
+fs.release(fh)
+assert handles.listing_bytes == 0
+print(min(rounds))
+"""
+
+
+def test_listings_taken_and_dropped_while_another_thread_asks_which_are_held(tmp_path):
+    """The handle table's mutex is never held by a thread waiting for the GIL: one thread
+    dropping listings (with the GIL) while another asks which handles hold one never
+    deadlocks (in a process of its own: a deadlock holds the GIL for good)."""
+    for i in range(50):
+        (tmp_path / f"f{i}").write_text("")
+    done = subprocess.run([sys.executable, "-c", _LISTING_RACE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 10

@@ -128,8 +128,20 @@ cdef DirListing *_dir_take(int fd, uint64_t dot_ino, uint64_t dotdot_ino,
     if rc[0] < 0:
         _dir_free(b)
         return NULL
+    # Hold what the records and their starts take, no more: what ``_dir_bytes`` counts.
+    _dir_fit(<void **>&b.records, b.used)
+    b.cap = b.used
+    _dir_fit(<void **>&b.starts, (<size_t>b.count + 1) * sizeof(uint32_t))
+    b.starts_cap = b.count + 1
     b.refs = 1
     return b
+
+
+cdef inline void _dir_fit(void **buf, size_t size) noexcept nogil:
+    """Shrink ``buf`` to ``size`` bytes (kept as it is if realloc(3) fails)."""
+    cdef void *fitted = realloc(buf[0], size)
+    if fitted != NULL:
+        buf[0] = fitted
 
 
 cdef void _dir_free(DirListing *b) noexcept nogil:
@@ -139,51 +151,89 @@ cdef void _dir_free(DirListing *b) noexcept nogil:
 
 
 cdef inline uint64_t _dir_bytes(const DirListing *b) noexcept nogil:
-    """What a listing counts against ``listing_bytes_max``: its records and their starts."""
+    """What a listing counts against ``listing_bytes_max``: its records and their starts (all
+    it allocates once taken)."""
     return b.used + (<uint64_t>b.count + 1) * sizeof(uint32_t)
 
 
-# -- listings held by handles (HandleTable methods, mutex held) -------------------------------
+# -- listings held by handles (HandleTable state, mutex held unless said) --------------------
 
-cdef void _unref_locked(DirListing *b) noexcept nogil:
+cdef void _listed_now(HandleTable t, DirListing *b) noexcept nogil:
+    """Put held listing ``b`` last in the table's list: the most recently read."""
+    if t.listings_newest == b:
+        return
+    _unlink_held(t, b)
+    b.older = t.listings_newest
+    if b.older != NULL:
+        b.older.newer = b
+    else:
+        t.listings_oldest = b
+    t.listings_newest = b
+
+
+cdef void _unlink_held(HandleTable t, DirListing *b) noexcept nogil:
+    """Take ``b`` out of the list of held listings (a no-op for one not in it)."""
+    if b.older != NULL:
+        b.older.newer = b.newer
+    elif t.listings_oldest == b:
+        t.listings_oldest = b.newer
+    if b.newer != NULL:
+        b.newer.older = b.older
+    elif t.listings_newest == b:
+        t.listings_newest = b.older
+    b.older = b.newer = NULL
+
+
+cdef void _unref_locked(HandleTable t, DirListing *b) noexcept nogil:
+    """Drop one reference; the last one chains ``b`` to the listings to free
+    (``_take_unfreed``)."""
     b.refs -= 1
     if b.refs == 0:
+        b.older = t.listings_unfreed
+        t.listings_unfreed = b
+
+
+cdef DirListing *_take_unfreed(HandleTable t) noexcept nogil:
+    """The listings no longer referenced, for ``_free_listings`` once the mutex is let go."""
+    cdef DirListing *b = t.listings_unfreed
+    t.listings_unfreed = NULL
+    return b
+
+
+cdef void _free_listings(DirListing *b) noexcept nogil:
+    """Free the chain ``_take_unfreed`` gave (without the mutex)."""
+    cdef DirListing *older
+    while b != NULL:
+        older = b.older
         _dir_free(b)
+        b = older
 
 
 cdef void _unlist(HandleTable t, HandleSlot *sl) noexcept nogil:
-    """Drop the listing ``sl`` holds, if any (mutex held)."""
+    """Drop the listing ``sl`` holds, if any."""
     if sl.listing != NULL:
         t.listing_bytes -= _dir_bytes(sl.listing)
-        _unref_locked(sl.listing)
+        _unlink_held(t, sl.listing)
+        _unref_locked(t, sl.listing)
         sl.listing = NULL
 
 
 cdef void _keep_listing(HandleTable t, uint64_t fh, DirListing *b) noexcept nogil:
     """Hold ``b`` (one more reference) as live directory handle ``fh``'s listing in place of
-    the one it held, then drop the least recently read listings of other handles while the
-    total is over ``listing_bytes_max`` (mutex held).  A handle removed meanwhile keeps
-    nothing."""
+    the one it held, the most recently read, then drop the least recently read listings of
+    other handles while the total is over ``listing_bytes_max``.  A handle removed meanwhile
+    keeps nothing."""
     cdef HandleSlot *sl = &t.files[_index(fh)]
-    cdef HandleSlot *oldest
-    cdef uint32_t i
     if not t._live(fh):
         return
     _unlist(t, sl)
     b.refs += 1
+    b.slot = <uint32_t>_index(fh)
     sl.listing = b
-    t.listing_tick += 1
-    sl.listed = t.listing_tick
+    _listed_now(t, b)
     t.listing_bytes += _dir_bytes(b)
-    while t.listing_bytes > t.listing_bytes_max:
-        oldest = NULL
-        for i in range(t.capacity):
-            if t.files[i].listing != NULL and &t.files[i] != sl and \
-                    (oldest == NULL or t.files[i].listed < oldest.listed):
-                oldest = &t.files[i]
-        if oldest == NULL:
-            break
-        _unlist(t, oldest)
+    while t.listing_bytes > t.listing_bytes_max and t.listings_oldest != b:
+        _unlist(t, &t.files[t.listings_oldest.slot])
 
 
 # -- OPENDIR and the listing READDIR and READDIRPLUS read ---------------------------------------
@@ -237,14 +287,12 @@ cdef int _dir_directory(HandleTable handles, uint64_t fh) noexcept nogil:
 cdef DirListing *_dir_held(HandleTable handles, uint64_t fh) noexcept nogil:
     """The listing acquired directory handle ``fh`` holds, referenced and marked read now, or
     NULL."""
-    cdef HandleSlot *sl = &handles.files[_index(fh)]
     cdef DirListing *b
     pthread_mutex_lock(&handles.lock)
-    b = sl.listing
+    b = handles.files[_index(fh)].listing
     if b != NULL:
         b.refs += 1
-        handles.listing_tick += 1
-        sl.listed = handles.listing_tick
+        _listed_now(handles, b)
     pthread_mutex_unlock(&handles.lock)
     return b
 
@@ -254,10 +302,13 @@ cdef DirListing *_dir_fresh(HandleTable handles, uint64_t fh, int dfd, uint64_t 
     """A fresh listing of acquired directory handle ``fh`` (descriptor ``dfd``), kept as its
     listing and referenced, or NULL with ``rc`` set."""
     cdef DirListing *b = _dir_take(dfd, dot, dotdot, rc)
+    cdef DirListing *unfreed
     if b != NULL:
         pthread_mutex_lock(&handles.lock)
         _keep_listing(handles, fh, b)
+        unfreed = _take_unfreed(handles)
         pthread_mutex_unlock(&handles.lock)
+        _free_listings(unfreed)
     return b
 
 
@@ -300,9 +351,12 @@ cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uin
 
 cdef void dir_unref(HandleTable handles, DirListing *listing) noexcept nogil:
     """Drop the reference ``dir_listing`` gave."""
+    cdef DirListing *unfreed
     pthread_mutex_lock(&handles.lock)
-    _unref_locked(listing)
+    _unref_locked(handles, listing)
+    unfreed = _take_unfreed(handles)
     pthread_mutex_unlock(&handles.lock)
+    _free_listings(unfreed)
 
 
 cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) noexcept nogil:
@@ -380,7 +434,8 @@ cdef class Listing:
 
     def __dealloc__(self):
         if self.b != NULL:
-            dir_unref(self.handles, self.b)
+            with nogil:
+                dir_unref(self.handles, self.b)
             self.b = NULL
 
     def __len__(self):
@@ -492,14 +547,26 @@ def is_directory_handle(HandleTable handles, uint64_t fh):
 
 def listing_handles(HandleTable handles):
     """The directory handles holding a listing, least recently read first."""
-    cdef uint32_t i
-    held = []
+    cdef DirListing *b
+    cdef int64_t *held = NULL
+    cdef size_t n = 0, i = 0
+    # Copied out under the mutex without the GIL (never wait for the GIL holding it).
     with nogil:
         pthread_mutex_lock(&handles.lock)
-    try:
-        for i in range(handles.capacity):
-            if handles.files[i].listing != NULL:
-                held.append((handles.files[i].listed, handles._id_of(i)))
-    finally:
+        b = handles.listings_oldest
+        while b != NULL:
+            n += 1
+            b = b.newer
+        held = <int64_t *>malloc(n * sizeof(int64_t) + 1)
+        b = handles.listings_oldest
+        while held != NULL and b != NULL:
+            held[i] = handles._id_of(b.slot)
+            i += 1
+            b = b.newer
         pthread_mutex_unlock(&handles.lock)
-    return [fh for _, fh in sorted(held)]
+    if held == NULL:
+        raise MemoryError()
+    try:
+        return [held[i] for i in range(n)]
+    finally:
+        free(held)

@@ -1,5 +1,7 @@
 # The guest's open files and directories (HandleTable in _tables.pxd): the ``fh`` of OPEN,
-# CREATE and OPENDIR, read by the hot path's READ, WRITE, FLUSH, RELEASE, FSYNC and FALLOCATE.
+# CREATE and OPENDIR, read by the hot path's requests on open files (READ, WRITE, FLUSH,
+# RELEASE, FSYNC, FALLOCATE, COPY_FILE_RANGE) and on open directories (READDIR, READDIRPLUS,
+# RELEASEDIR).
 
 
 @cython.final
@@ -48,13 +50,24 @@ cdef class HandleTable(SlotTable):
         The test and the removal are one step under the mutex, as ``set_lock_fds`` is: a lock
         tied to ``fh`` on another queue is either registered first (and this RELEASE goes to
         the engine, which drops it) or finds ``fh`` already gone (EBADF, nothing held)."""
+        return self._remove(fh, True)
+
+    cdef int remove_fh(self, uint64_t fh) noexcept nogil:
+        """Drop ``fh`` (0) or -EBADF; its fd is closed once no request uses it, and a
+        directory handle's listing is freed once no request reads it."""
+        return self._remove(fh, False)
+
+    cdef int _remove(self, uint64_t fh, bint unless_locks) noexcept nogil:
+        cdef DirListing *unfreed
         cdef int rc
         pthread_mutex_lock(&self.lock)
-        if self.lock_fds_open:
+        if unless_locks and self.lock_fds_open:
             pthread_mutex_unlock(&self.lock)
             return 1
         rc = self._drop_locked(fh)
+        unfreed = _take_unfreed(self)
         pthread_mutex_unlock(&self.lock)
+        _free_listings(unfreed)
         if rc == 1:
             self._reclaim(_index(fh))
         return -EBADF if rc < 0 else 0
@@ -76,7 +89,7 @@ cdef class HandleTable(SlotTable):
 
     cdef int _drop_locked(self, uint64_t fh) noexcept nogil:
         """``_kill`` ``fh``; a directory handle's listing goes with it (a request reading it
-        keeps its own reference)."""
+        keeps its own reference; the caller frees an unreferenced one after the mutex)."""
         cdef int rc = self._kill(fh)
         cdef HandleSlot *sl
         if rc >= 0:
@@ -91,7 +104,8 @@ cdef class HandleTable(SlotTable):
 
     def add(self, int fd, bint directory=False):
         """Take ownership of ``fd`` and return its new handle; raises OSError(EMFILE) when full.
-        A ``directory`` handle is never released by the hot path (``is_directory``)."""
+        A ``directory`` handle (``is_directory``) counts once more against the descriptor
+        budget and holds its listing (tables/dirs.pxi)."""
         cdef int64_t fh
         with nogil:
             fh = self._add_fd(fd, directory)
