@@ -1134,19 +1134,29 @@ class PassthroughFs:
             raise OSError(errno.EINVAL, "invalid lock range or type")
         return FLOCK.pack(lock_type, os.SEEK_SET, start, 0 if end == OFFSET_MAX else end - start + 1, 0)
 
-    def getlk(self, nodeid, owner, start, end, lock_type):
+    def getlk(self, nodeid, owner, start, end, lock_type, fh=0):
         """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none.
         The owner's own description is asked (its locks never conflict with themselves); an
-        owner without one asks through a description opened for the question only."""
+        owner without one asks through the inode's question description, which holds no lock
+        and so sees every other one: kept (counted like a lock description) while the guest
+        handle ``fh`` it was opened through is open and until a FLUSH of the inode, opened
+        for the question only when ``fh`` is not a live handle."""
         data = self._flock_struct(start, end, lock_type)
         with self.locks_lock:
             lf = self.lock_fds.get((nodeid, owner, "posix"))
+            if lf is None:
+                lf = self.lock_fds.get((nodeid, None, "question"))
             if lf is not None:
                 lf.refs += 1
         if lf is None:
-            lf = self._open_lock_file(nodeid, "posix", fcntl.F_RDLCK)
-            lf.dropped = True
-            lf.refs = 1
+            try:
+                lf = self._lock_file(nodeid, None, "question", fh, fcntl.F_RDLCK)
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                lf = self._open_lock_file(nodeid, "question", fcntl.F_RDLCK)
+                lf.dropped = True
+                lf.refs = 1
         try:
             with lf.mutex:  # lf.fd is read under the mutex an upgrade swaps it under
                 got = fcntl.fcntl(lf.fd, fcntl.F_OFD_GETLK, data)
@@ -1238,8 +1248,12 @@ class PassthroughFs:
         os.close(old)
 
     def release_locks(self, nodeid, owner, kind):
-        """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest)."""
-        self._drop_lock_fds(lambda k: k == (nodeid, owner, kind))
+        """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest); a
+        FLUSH (``kind`` "posix") drops the inode's question description too."""
+        keys = ((nodeid, owner, kind), (nodeid, None, "question")) if kind == "posix" else \
+            ((nodeid, owner, kind),)
+        if self.lock_fds:
+            self._drop_lock_fds(lambda k: k in keys)
 
     # -- directories ------------------------------------------------------------------------
 

@@ -682,6 +682,41 @@ class TestLocks:
             os.close(reused[0])
         assert s.fs.lock_fds == {}
 
+    def test_getlk_keeps_one_question_description_per_inode(self, lk):
+        """An owner without locks asks through the inode's question description: opened once,
+        counted like a lock description, and gone at a FLUSH of the inode or the RELEASE of
+        the handle it went through; a GETLK through a handle that is not open still answers,
+        through a description opened for that question only."""
+        import fcntl
+        s, nodeid, fh, path = lk
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
+        for owner in (2, 3, 4):
+            held = abi.lk_out.unpack(
+                s.ok(Opcode.GETLK, nodeid, self.body(fh, owner, 5, 5, fcntl.F_RDLCK)))
+            assert held == (0, 9, fcntl.F_WRLCK, 1)
+        assert set(s.fs.lock_fds) == {(nodeid, 1, "posix"), (nodeid, None, "question")}
+        assert s.handles.lock_fds_open == 2
+        # The question description holds no lock of its own.
+        with open(path) as probe:
+            got = fcntl.fcntl(probe, fcntl.F_OFD_GETLK,
+                              struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 10, 0, 0))
+        assert struct.unpack("hhxxxxqqixxxx", got)[0] == fcntl.F_UNLCK
+        s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 1))
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
+        free = abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, self.body(fh, 2, 0, 9, fcntl.F_WRLCK)))
+        assert free == (0, 0, fcntl.F_UNLCK, 0)
+        assert set(s.fs.lock_fds) == {(nodeid, None, "question")}
+        s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, 0, 0))
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
+        with open(path, "r+") as host:
+            # An OFD lock: this process's own descriptors of the file close meanwhile.
+            fcntl.fcntl(host, fcntl.F_OFD_SETLK,
+                        struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 60, 10, 0))
+            held = abi.lk_out.unpack(
+                s.ok(Opcode.GETLK, nodeid, self.body(fh, 2, 0, abi.OFFSET_MAX, fcntl.F_RDLCK)))
+            assert held == (60, 69, fcntl.F_WRLCK, 0)
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
+
     def test_forget_drops_the_inode_locks(self, lk):
         import fcntl
         s, nodeid, fh, path = lk
