@@ -1033,3 +1033,86 @@ def test_listings_taken_and_dropped_while_another_thread_asks_which_are_held(tmp
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 10
+
+
+class TestLockTable:
+    """The handle table's lock descriptions (fastvfs/fs/tables/locks.pxi) under random use."""
+
+    @pytest.fixture
+    def fs(self, tmp_path):
+        (tmp_path / "f").write_bytes(b"x" * 100)
+        fs = PassthroughFs(tmp_path, HandleTable(64))
+        nodeid = fs.lookup(ROOT, b"f")[0]
+        fh = fs.open(nodeid, os.O_RDWR)
+        return fs, nodeid, fh[0] if isinstance(fh, tuple) else fh
+
+    def test_ranges_follow_the_hosts_merges_and_splits(self, fs):
+        """After any sequence of an owner's locks and unlocks, every lock the host reports to
+        another owner is named with that owner's pid: the table's ranges are exactly the
+        host's (merged and split alike)."""
+        import fcntl
+        import random
+        fs, nodeid, fh = fs
+        rng = random.Random(7)
+        for _ in range(300):
+            start = rng.randrange(64)
+            end = start + rng.randrange(8)
+            lock_type = rng.choice((fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK))
+            fs.setlk(nodeid, fh, 1, start, end, lock_type, pid=101)
+            x = rng.randrange(72)
+            s, e, t, pid = fs.getlk(nodeid, 2, x, x, fcntl.F_WRLCK, fh)
+            assert (t == fcntl.F_UNLCK) == (pid == 0), (s, e, t, pid)
+        fs.release(fh)
+        assert fs.lock_fds == {} and fs.handles.lock_fds_open == 0
+
+    def test_concurrent_locks_flushes_and_releases(self, fs, tmp_path):
+        """Threads locking, asking, flushing and releasing at once: every answer is an answer
+        (no crash, no description closed under a request), and nothing is left open after."""
+        import fcntl
+        import gc
+        import random
+        import threading
+        import time
+        fs, nodeid, fh = fs
+        fs.release(fh)
+        gc.collect()
+        before = len(os.listdir("/proc/self/fd"))
+        stop = time.monotonic() + 1.0
+        errors = []
+
+        def worker(seed):
+            rng = random.Random(seed)
+            handle = fs.open(nodeid, os.O_RDWR)
+            handle = handle[0] if isinstance(handle, tuple) else handle
+            try:
+                while time.monotonic() < stop:
+                    owner = rng.randrange(4)
+                    op = rng.randrange(6)
+                    try:
+                        if op < 2:
+                            fs.setlk(nodeid, handle, owner, rng.randrange(32), 40,
+                                     rng.choice((fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)),
+                                     pid=owner)
+                        elif op < 4:
+                            fs.getlk(nodeid, owner, 0, 50, fcntl.F_WRLCK, handle)
+                        elif op == 4:
+                            fs.release_locks(nodeid, owner, "posix")
+                        else:
+                            fs.release(handle)
+                            handle = fs.open(nodeid, os.O_RDWR)
+                            handle = handle[0] if isinstance(handle, tuple) else handle
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.ENOLCK, errno.EBADF):
+                            raise
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                fs.release(handle)
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert fs.lock_fds == {} and fs.handles.lock_fds_open == 0
+        assert len(os.listdir("/proc/self/fd")) == before
