@@ -244,7 +244,8 @@ cdef int _lock_note(LockDesc *d, uint64_t start, uint64_t end, uint32_t lock_typ
 
 cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept nogil:
     """Give a read-only description write access for a write lock (``d.mutex`` held): a new
-    read-write description takes over the owner's read locks, then the old one closes.  Read
+    read-write description (the old one reopened through its /proc/self/fd name, as the
+    open policy names it: ``open_node``) takes over the owner's read locks, then the old one closes.  Read
     locks conflict only with write locks, which nobody else can hold where the old description
     holds read locks, so the ranges are never unlocked in between.  One description per owner
     is kept (not one per access mode): two descriptions would be two owners to the host and
@@ -262,6 +263,8 @@ cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept
         return -ENOLCK
     _proc_name(&h.open_policy, d.fd, path, sizeof(path))
     fd = openat(h.open_policy.proc_dir, path, O_RDWR | O_CLOEXEC)
+    while fd < 0 and errno == EINTR:
+        fd = openat(h.open_policy.proc_dir, path, O_RDWR | O_CLOEXEC)
     if fd < 0:
         return -errno
     for i in range(d.nranges):
