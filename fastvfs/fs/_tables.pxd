@@ -122,9 +122,9 @@ cdef class HandleTable(SlotTable):
     # (``getxattr_node``).  Set once by the file system (``set_xattr_policy``) before any
     # queue runs.
     cdef bint xattrs_unmapped
-    # ... and SETXATTR always comes as fuse_setxattr_in: the session cannot negotiate
-    # FUSE_SETXATTR_EXT (no POSIX ACLs), so the hot path may answer SETXATTR and REMOVEXATTR
-    # (``setxattr_node``, ``removexattr_node``).  Set with ``xattrs_unmapped``.
+    # ... and the session frames SETXATTR as fuse_setxattr_in without FUSE_SETXATTR_EXT, so
+    # the hot path may answer SETXATTR and REMOVEXATTR (``setxattr_node``,
+    # ``removexattr_node``).  Set with ``xattrs_unmapped``, and again at each INIT.
     cdef bint xattrs_settable
     # The listings directory handles hold (tables/dirs.pxi): their bytes together, the most
     # kept (beyond it the least recently read ones of other handles are dropped, taken again

@@ -447,13 +447,12 @@ class PassthroughFs:
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
     ``preserve_noatime``: pass the guest's O_NOATIME on.  ``xattr``: extended attributes are
     served (the engine's ``--xattr``), which lets the hot path read them itself where no
-    ``xattrmap`` renames them, and write them too unless ``posix_acl`` (the engine's: the
-    session may then frame SETXATTR as FUSE_SETXATTR_EXT, which only the engine reads).
+    ``xattrmap`` renames them, and write them too in a session whose SETXATTR is framed as
+    fuse_setxattr_in (``init``).
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 preserve_noatime=False, xattr=False, xattrmap=None, posix_acl=False,
-                 fd_budget=None,
+                 preserve_noatime=False, xattr=False, xattrmap=None, fd_budget=None,
                  listing_bytes_max=LISTING_BYTES_MAX, file_handles="never",
                  handle_fds_max=HANDLE_FDS_MAX):
         self.writeback = writeback
@@ -480,10 +479,12 @@ class PassthroughFs:
         # The hot path opens regular files as ``open`` does, with these settings.
         _tables.set_open_policy(handles, self.open_flags_allowed, writeback, fd_budget,
                                 *procfd.base())
-        # ... and reads and writes extended attributes as ``getxattr``, ``listxattr``,
-        # ``setxattr`` and ``removexattr`` do, where they are served (``xattr``: the engine's
-        # --xattr) under the guest's own names.
-        _tables.set_xattr_policy(handles, xattr and xattrmap is None, not posix_acl)
+        # ... and reads extended attributes as ``getxattr`` and ``listxattr`` do, where they
+        # are served (``xattr``: the engine's --xattr) under the guest's own names; it writes
+        # them as ``setxattr`` and ``removexattr`` do once a session says how SETXATTR comes
+        # (``init``).
+        self.xattrs_unmapped = xattr and xattrmap is None
+        _tables.set_xattr_policy(handles, self.xattrs_unmapped, False)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         # ``inodes``: the node id table, a ``_tables.NodeTable`` (the daemon hands the same one
@@ -512,7 +513,7 @@ class PassthroughFs:
         return cls(root or share.shared_dir, handles, inodes=inodes, writeback=share.writeback,
                    allow_direct_io=share.allow_direct_io,
                    preserve_noatime=share.preserve_noatime, xattr=share.xattr,
-                   xattrmap=share.xattrmap, posix_acl=share.posix_acl,
+                   xattrmap=share.xattrmap,
                    file_handles=share.inode_file_handles.fs_mode)
 
     # -- lookups ----------------------------------------------------------------------------
@@ -1299,6 +1300,12 @@ class PassthroughFs:
             _sys.sync_fs(fd)
         finally:
             os.close(fd)
+
+    def init(self, *, setxattr_ext):
+        """Start of a session, before its first request but INIT: ``setxattr_ext`` when the
+        session frames SETXATTR as fuse_setxattr_in with FUSE_SETXATTR_EXT's fields, which
+        only the engine reads (the hot path then leaves SETXATTR and REMOVEXATTR to it)."""
+        _tables.set_xattr_policy(self.handles, self.xattrs_unmapped, not setxattr_ext)
 
     def destroy(self):
         """End of a session: every inode but the root and every handle is dropped."""

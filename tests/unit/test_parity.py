@@ -51,11 +51,15 @@ class Pair:
                             open_flags=CachePolicy(cache).open_flags,
                             opendir_flags=CachePolicy(cache).opendir_flags)
         self.ring.vq.set_fast_io(True)
+        posix_acl = fs_options.pop("posix_acl", False)
         self.fs = PassthroughFs(root, self.ring.handles, inodes=self.inodes, **fs_options)
-        self.engine = FuseEngine(self.fs, cache, readonly=readonly,
-                                 xattr=fs_options.get("xattr", False) or
+        self.engine = FuseEngine(self.fs, cache, readonly=readonly, posix_acl=posix_acl,
+                                 xattr=fs_options.get("xattr", False) or posix_acl or
                                  fs_options.get("xattrmap") is not None)
-        init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
+        # A kernel that knows POSIX ACLs offers FUSE_SETXATTR_EXT with them.
+        offered = (abi.FUSE_POSIX_ACL | abi.FUSE_DONT_MASK | abi.FUSE_SETXATTR_EXT
+                   if posix_acl else 0)
+        init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, offered, 0))
         assert self.engine.handle(init, 4096)[0] == 0
 
     def in_c(self, req, out_lens, split=None):
