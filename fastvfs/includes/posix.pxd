@@ -19,6 +19,8 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
     int c_close "close"(int fd)
     int dup(int fd)
+    int fsync(int fd)
+    int fdatasync(int fd)
     int unlinkat(int dirfd, const char *path, int flags)
     int chdir(const char *path)
     int fchdir(int fd)

@@ -173,6 +173,7 @@ cdef struct IoBatch:
     uint32_t lone_skip              # lone READs left to send to the ring after one would block
     uint64_t fixed_ios              # READ_FIXED/WRITE_FIXED submitted
     uint64_t lone_reads             # READs answered from the page cache without the ring
+    uint64_t inline_syncs           # FSYNCs and FALLOCATEs done here, not through the ring
 
 
 # -- the worker (worker.pxi) ----------------------------------------------------------------

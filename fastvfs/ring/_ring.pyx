@@ -98,8 +98,8 @@ from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_sqe_set_data64, io_uring_sqe_set_flags,
                                         io_uring_submit, io_uring_wait_cqe)
 from fastvfs.includes.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
-from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_write, clock_gettime, strnlen,
-                                     timespec)
+from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_write, clock_gettime,
+                                     fdatasync, fsync, strnlen, timespec)
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
 from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage
