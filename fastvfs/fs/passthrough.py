@@ -633,43 +633,13 @@ class PassthroughFs:
         """
         inode = self.inodes.get(nodeid)
         ifd = self.inodes.fd(inode)
-        is_link = stat.S_ISLNK(inode.mode)
         with contextlib.ExitStack() as stack:
-            fd = stack.enter_context(self.handles.borrow(fh)) if fh is not None else None
-            if mode is not None:
-                if is_link:
-                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own")
-                if fd is not None:
-                    os.fchmod(fd, mode)
-                else:
-                    with _named(ifd) as path:
-                        os.chmod(path, mode)
-            if self.cap_xattr is not None and stat.S_ISREG(inode.mode) and (
-                    uid is not None or gid is not None or size is not None):
-                if fd is not None:
-                    kill_mapped_capability(fd, self.cap_xattr)
-                else:
-                    with _named(ifd) as path:
-                        kill_mapped_capability(path, self.cap_xattr)
-            if uid is not None or gid is not None:
-                _sys.chown(ifd, b"", 0xFFFFFFFF if uid is None else uid,
-                           0xFFFFFFFF if gid is None else gid,
-                           _sys.EMPTY_PATH | _sys.SYMLINK_NOFOLLOW)
-            if size is not None:
-                if fd is not None:
-                    os.ftruncate(fd, size)
-                elif not stat.S_ISREG(inode.mode):
-                    raise OSError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL,
-                                  "only regular files can be truncated")
-                else:
-                    with _named(ifd) as path:
-                        os.truncate(path, size)
-            if kill_suidgid and mode is None and stat.S_ISREG(inode.mode):
-                if fd is not None:
-                    kill_suidgid_of(fd)
-                else:
-                    with _named(ifd) as path:
-                        kill_suidgid_of(path)
+            fd = stack.enter_context(self.handles.borrow(fh)) if fh is not None else -1
+            # Mode, owner and size: the hot path's SETATTR changes them through the same code.
+            if mode is not None or uid is not None or gid is not None or size is not None or \
+                    kill_suidgid:
+                _tables.change_node_of(self.handles, ifd, inode.mode, fd, mode, uid, gid, size,
+                                       kill_suidgid)
             if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
                 _sys.utimens(ifd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
         return _sys.fstatx(ifd)

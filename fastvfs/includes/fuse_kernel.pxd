@@ -33,6 +33,8 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_READDIR
         FUSE_RELEASEDIR
         FUSE_READDIRPLUS
+        FUSE_READLINK
+        FUSE_LSEEK
 
     enum:
         FUSE_WRITE_KILL_SUIDGID
@@ -40,6 +42,11 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_RELEASE_FLOCK_UNLOCK
         FUSE_OPEN_KILL_SUIDGID
         FATTR_MODE
+        FATTR_UID
+        FATTR_GID
+        FATTR_SIZE
+        FATTR_FH
+        FATTR_KILL_SUIDGID
         FATTR_ATIME
         FATTR_MTIME
         FATTR_ATIME_NOW
@@ -110,6 +117,14 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint32_t mode
         uint32_t uid
         uint32_t gid
+
+    struct fuse_lseek_in:
+        uint64_t fh
+        uint64_t offset
+        uint32_t whence
+
+    struct fuse_lseek_out:
+        uint64_t offset
 
     struct fuse_forget_in:
         uint64_t nlookup

@@ -8,7 +8,7 @@ from fastvfs.fs._tables cimport HandleTable, NodeTable
 from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_copy_file_range_in,
                                            fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
-                                           fuse_getxattr_in, fuse_setxattr_in,
+                                           fuse_getxattr_in, fuse_lseek_in, fuse_setxattr_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
                                            fuse_release_in, fuse_rename_in, fuse_rename2_in,
                                            fuse_setattr_in, fuse_write_in)
@@ -104,6 +104,7 @@ cdef union InArg:
     fuse_rename2_in rename2
     fuse_getxattr_in getxattr
     fuse_setxattr_in setxattr
+    fuse_lseek_in lseek
 
 cdef struct InHeaders:
     fuse_in_header h
