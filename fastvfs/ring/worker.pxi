@@ -278,7 +278,8 @@ cdef class Virtqueue:
                 return 1
         if self.io.uring != NULL:
             io_submit(self)
-            io_reap(self)
+            if self.io.nflight:
+                io_reap(self)
         used_flush(self)
         return 0
 
