@@ -2,7 +2,8 @@
 # share (HandleTable: the guest's open files and directories; NodeTable: its node ids) and the
 # helpers of every operation the hot path serves itself (attribute packing, known-entry lookup,
 # kill-suid/sgid, the mapped capability, FLUSH, opening a node, the rule for names and their
-# removal and renaming, reading a node's extended attributes).  Each exists once, here;
+# removal and renaming, reading a node's extended attributes, changing its mode, owner and
+# size).  Each exists once, here;
 # fs/passthrough.py calls the same code through the Python methods and wrappers of
 # fastvfs/fs/_tables.pyx, whose fragments (fastvfs/fs/tables/*.pxi) hold the bodies.
 
@@ -159,9 +160,9 @@ cdef class HandleTable(SlotTable):
     # (``getxattr_node``).  Set once by the file system (``set_xattr_policy``) before any
     # queue runs.
     cdef bint xattrs_unmapped
-    # ... and SETXATTR always comes as fuse_setxattr_in: the session cannot negotiate
-    # FUSE_SETXATTR_EXT (no POSIX ACLs), so the hot path may answer SETXATTR and REMOVEXATTR
-    # (``setxattr_node``, ``removexattr_node``).  Set with ``xattrs_unmapped``.
+    # ... and the session frames SETXATTR as fuse_setxattr_in without FUSE_SETXATTR_EXT, so
+    # the hot path may answer SETXATTR and REMOVEXATTR (``setxattr_node``,
+    # ``removexattr_node``).  Set with ``xattrs_unmapped``, and again at each INIT.
     cdef bint xattrs_settable
     # The listings directory handles hold (tables/dirs.pxi): their bytes together, the most
     # kept (beyond it the least recently read ones of other handles are dropped, taken again
@@ -261,7 +262,6 @@ cdef ssize_t copy_range(HandleTable handles, int fd_in, int64_t off_in, int fd_o
 
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil
-cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil
 cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil
 
 
@@ -285,6 +285,19 @@ cdef int setxattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, c
                        const void *value, size_t size, uint32_t flags) noexcept nogil
 cdef int removexattr_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
                           const char *name) noexcept nogil
+
+
+# -- a node's attributes changed as the file system changes them (tables/attrs.pxi) ------------
+
+cdef enum:
+    # What ``change_node`` changes.
+    CHANGE_MODE = 1
+    CHANGE_OWNER = 2
+    CHANGE_SIZE = 4
+    CHANGE_KILL_SUIDGID = 8     # FATTR_KILL_SUIDGID: the caller may not keep the bits
+
+cdef int change_node(HandleTable handles, int ifd, uint32_t kind, int fd, uint32_t what,
+                     uint32_t mode, uint32_t uid, uint32_t gid, int64_t size) noexcept nogil
 
 
 # -- directory handles and their listings as the file system keeps them (tables/dirs.pxi) -----

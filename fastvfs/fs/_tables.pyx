@@ -13,13 +13,15 @@ Fragments, each knowing only those above it:
                       descriptor cache of nodes held by file handle
   tables/helpers.pxi  attribute packing, known-entry lookup, kill-suid/sgid, the mapped
                       capability, FLUSH, COPY_FILE_RANGE; their Python wrappers
-  tables/opens.pxi    a node opened for I/O and a mode changed as the file system does it
-                      (the open policy it sets, the descriptor budget), for OPEN and SETATTR
+  tables/opens.pxi    a node opened for I/O as the file system does it (the open policy it
+                      sets, the descriptor budget), for OPEN
   tables/names.pxi    the rule for a name from the guest, and UNLINK, RMDIR and RENAME(2)
                       as the file system does them
   tables/xattrs.pxi   extended attributes read and written as the file system does it (the
                       xattr policy it sets), for GETXATTR, LISTXATTR, SETXATTR and
                       REMOVEXATTR
+  tables/attrs.pxi    a node's mode, owner and size changed as the file system does it, for
+                      SETATTR
   tables/dirs.pxi     directory handles and their listings, for OPENDIR, READDIR,
                       READDIRPLUS and RELEASEDIR
   tables/locks.pxi    the descriptions holding the guest's POSIX and flock locks, for GETLK
@@ -65,5 +67,6 @@ include "tables/helpers.pxi"
 include "tables/opens.pxi"
 include "tables/names.pxi"
 include "tables/xattrs.pxi"
+include "tables/attrs.pxi"
 include "tables/dirs.pxi"
 include "tables/locks.pxi"

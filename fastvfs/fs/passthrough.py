@@ -399,13 +399,12 @@ class PassthroughFs:
     opened read-write and without O_APPEND.  ``allow_direct_io``: pass the guest's O_DIRECT on.
     ``preserve_noatime``: pass the guest's O_NOATIME on.  ``xattr``: extended attributes are
     served (the engine's ``--xattr``), which lets the hot path read them itself where no
-    ``xattrmap`` renames them, and write them too unless ``posix_acl`` (the engine's: the
-    session may then frame SETXATTR as FUSE_SETXATTR_EXT, which only the engine reads).
+    ``xattrmap`` renames them, and write them too in a session whose SETXATTR is framed as
+    fuse_setxattr_in (``init``).
     """
 
     def __init__(self, root, handles, *, inodes=None, writeback=False, allow_direct_io=False,
-                 preserve_noatime=False, xattr=False, xattrmap=None, posix_acl=False,
-                 fd_budget=None,
+                 preserve_noatime=False, xattr=False, xattrmap=None, fd_budget=None,
                  listing_bytes_max=LISTING_BYTES_MAX, file_handles="never",
                  handle_fds_max=HANDLE_FDS_MAX):
         self.writeback = writeback
@@ -432,10 +431,12 @@ class PassthroughFs:
         # The hot path opens regular files as ``open`` does, with these settings.
         _tables.set_open_policy(handles, self.open_flags_allowed, writeback, fd_budget,
                                 *procfd.base())
-        # ... and reads and writes extended attributes as ``getxattr``, ``listxattr``,
-        # ``setxattr`` and ``removexattr`` do, where they are served (``xattr``: the engine's
-        # --xattr) under the guest's own names.
-        _tables.set_xattr_policy(handles, xattr and xattrmap is None, not posix_acl)
+        # ... and reads extended attributes as ``getxattr`` and ``listxattr`` do, where they
+        # are served (``xattr``: the engine's --xattr) under the guest's own names; it writes
+        # them as ``setxattr`` and ``removexattr`` do once a session says how SETXATTR comes
+        # (``init``).
+        self.xattrs_unmapped = xattr and xattrmap is None
+        _tables.set_xattr_policy(handles, self.xattrs_unmapped, False)
         self.root_path = os.path.abspath(root)
         root_fd = os.open(self.root_path, O_PATH_FLAGS | os.O_DIRECTORY)
         # ``inodes``: the node id table, a ``_tables.NodeTable`` (the daemon hands the same one
@@ -457,7 +458,7 @@ class PassthroughFs:
         return cls(root or share.shared_dir, handles, inodes=inodes, writeback=share.writeback,
                    allow_direct_io=share.allow_direct_io,
                    preserve_noatime=share.preserve_noatime, xattr=share.xattr,
-                   xattrmap=share.xattrmap, posix_acl=share.posix_acl,
+                   xattrmap=share.xattrmap,
                    file_handles=share.inode_file_handles.fs_mode)
 
     # -- lookups ----------------------------------------------------------------------------
@@ -577,43 +578,13 @@ class PassthroughFs:
         """
         inode = self.inodes.get(nodeid)
         ifd = self.inodes.fd(inode)
-        is_link = stat.S_ISLNK(inode.mode)
         with contextlib.ExitStack() as stack:
-            fd = stack.enter_context(self.handles.borrow(fh)) if fh is not None else None
-            if mode is not None:
-                if is_link:
-                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own")
-                if fd is not None:
-                    os.fchmod(fd, mode)
-                else:
-                    with _named(ifd) as path:
-                        os.chmod(path, mode)
-            if self.cap_xattr is not None and stat.S_ISREG(inode.mode) and (
-                    uid is not None or gid is not None or size is not None):
-                if fd is not None:
-                    kill_mapped_capability(fd, self.cap_xattr)
-                else:
-                    with _named(ifd) as path:
-                        kill_mapped_capability(path, self.cap_xattr)
-            if uid is not None or gid is not None:
-                _sys.chown(ifd, b"", 0xFFFFFFFF if uid is None else uid,
-                           0xFFFFFFFF if gid is None else gid,
-                           _sys.EMPTY_PATH | _sys.SYMLINK_NOFOLLOW)
-            if size is not None:
-                if fd is not None:
-                    os.ftruncate(fd, size)
-                elif not stat.S_ISREG(inode.mode):
-                    raise OSError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL,
-                                  "only regular files can be truncated")
-                else:
-                    with _named(ifd) as path:
-                        os.truncate(path, size)
-            if kill_suidgid and mode is None and stat.S_ISREG(inode.mode):
-                if fd is not None:
-                    kill_suidgid_of(fd)
-                else:
-                    with _named(ifd) as path:
-                        kill_suidgid_of(path)
+            fd = stack.enter_context(self.handles.borrow(fh)) if fh is not None else -1
+            # Mode, owner and size: the hot path's SETATTR changes them through the same code.
+            if mode is not None or uid is not None or gid is not None or size is not None or \
+                    kill_suidgid:
+                _tables.change_node_of(self.handles, ifd, inode.mode, fd, mode, uid, gid, size,
+                                       kill_suidgid)
             if atime_ns != _sys.OMIT or mtime_ns != _sys.OMIT:
                 _sys.utimens(ifd, b"", atime_ns, mtime_ns, _sys.EMPTY_PATH)
         return _sys.fstatx(ifd)
@@ -1113,6 +1084,12 @@ class PassthroughFs:
             _sys.sync_fs(fd)
         finally:
             os.close(fd)
+
+    def init(self, *, setxattr_ext):
+        """Start of a session, before its first request but INIT: ``setxattr_ext`` when the
+        session frames SETXATTR as fuse_setxattr_in with FUSE_SETXATTR_EXT's fields, which
+        only the engine reads (the hot path then leaves SETXATTR and REMOVEXATTR to it)."""
+        _tables.set_xattr_policy(self.handles, self.xattrs_unmapped, not setxattr_ext)
 
     def destroy(self):
         """End of a session: every inode but the root and every handle is dropped."""

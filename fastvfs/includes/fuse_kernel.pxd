@@ -33,6 +33,8 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_READDIR
         FUSE_RELEASEDIR
         FUSE_READDIRPLUS
+        FUSE_READLINK
+        FUSE_LSEEK
         FUSE_GETLK
         FUSE_SETLK
 
@@ -43,6 +45,11 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_LK_FLOCK
         FUSE_OPEN_KILL_SUIDGID
         FATTR_MODE
+        FATTR_UID
+        FATTR_GID
+        FATTR_SIZE
+        FATTR_FH
+        FATTR_KILL_SUIDGID
         FATTR_ATIME
         FATTR_MTIME
         FATTR_ATIME_NOW
@@ -113,6 +120,14 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint32_t mode
         uint32_t uid
         uint32_t gid
+
+    struct fuse_lseek_in:
+        uint64_t fh
+        uint64_t offset
+        uint32_t whence
+
+    struct fuse_lseek_out:
+        uint64_t offset
 
     struct fuse_forget_in:
         uint64_t nlookup

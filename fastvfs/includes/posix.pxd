@@ -19,9 +19,14 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
     int c_close "close"(int fd)
     int dup(int fd)
+    int fsync(int fd)
+    int fdatasync(int fd)
     int unlinkat(int dirfd, const char *path, int flags)
     int chdir(const char *path)
     int fchdir(int fd)
+    ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)
+    int ftruncate(int fd, long length)
+    int truncate(const char *path, long length)
     ssize_t c_copy_file_range "copy_file_range"(int fd_in, long *off_in, int fd_out,
                                                 long *off_out, size_t length,
                                                 unsigned int flags)
@@ -36,6 +41,12 @@ cdef extern from "<time.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     long lseek(int fd, long offset, int whence)
+    enum:
+        SEEK_SET
+        SEEK_CUR
+        SEEK_END
+        SEEK_DATA               # with SEEK_HOLE, a GNU extension (Python.h's _GNU_SOURCE)
+        SEEK_HOLE
     int fchownat(int dirfd, const char *path, unsigned int owner, unsigned int group, int flags)
     int syncfs(int fd)
     long syscall(long number, ...)

@@ -8,7 +8,7 @@ from fastvfs.fs._tables cimport HandleTable, NodeTable
 from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_copy_file_range_in,
                                            fuse_fallocate_in,
                                            fuse_flush_in, fuse_forget_in, fuse_fsync_in,
-                                           fuse_getxattr_in, fuse_setxattr_in,
+                                           fuse_getxattr_in, fuse_lseek_in, fuse_setxattr_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
                                            fuse_release_in, fuse_rename_in, fuse_rename2_in,
                                            fuse_setattr_in, fuse_write_in, fuse_lk_in)
@@ -104,6 +104,7 @@ cdef union InArg:
     fuse_rename2_in rename2
     fuse_getxattr_in getxattr
     fuse_setxattr_in setxattr
+    fuse_lseek_in lseek
     fuse_lk_in lk
 
 cdef struct InHeaders:
@@ -174,6 +175,7 @@ cdef struct IoBatch:
     uint32_t lone_skip              # lone READs left to send to the ring after one would block
     uint64_t fixed_ios              # READ_FIXED/WRITE_FIXED submitted
     uint64_t lone_reads             # READs answered from the page cache without the ring
+    uint64_t inline_syncs           # FSYNCs and FALLOCATEs done here, not through the ring
 
 
 # -- the worker (worker.pxi) ----------------------------------------------------------------

@@ -20,7 +20,7 @@ Fragments, each knowing only those above it:
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
-  metaops.pxi   more metadata operations: STATFS, OPEN, SETATTR of mode and times, UNLINK,
+  metaops.pxi   more metadata operations: STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK,
                 RMDIR, RENAME, RENAME2
   xattrops.pxi  GETXATTR and LISTXATTR
   lockops.pxi   GETLK and SETLK (not waiting) of POSIX locks
@@ -53,7 +53,8 @@ from libc.string cimport memcpy, memset
 from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
                                  dir_unref)
 from fastvfs.fs._tables cimport posix_getlk, posix_setlk
-from fastvfs.fs._tables cimport (LOOKUP_NAME_MAX, XATTR_NAME_MAX, chmod_node, copy_range, flush_fd,
+from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER, CHANGE_SIZE,
+                                 LOOKUP_NAME_MAX, XATTR_NAME_MAX, change_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
                                  known_entry, listxattr_node, open_node, pack_attr,
                                  removexattr_node, rename_node, setxattr_node, unlink_node,
@@ -74,15 +75,18 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            FUSE_REMOVEXATTR, FUSE_SETXATTR,
                                            FUSE_COMPAT_SETXATTR_IN_SIZE,
                                            FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME,
+                                           FATTR_FH, FATTR_GID, FATTR_KILL_SUIDGID,
                                            FATTR_LOCKOWNER, FATTR_MODE, FATTR_MTIME,
-                                           FATTR_MTIME_NOW, FUSE_LOOKUP, FUSE_OPEN,
+                                           FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
+                                           FUSE_LOOKUP, FUSE_LSEEK, FUSE_OPEN, FUSE_READLINK,
                                            FUSE_OPEN_KILL_SUIDGID, FUSE_SETATTR,
                                            FUSE_READ, FUSE_RELEASE, FUSE_RENAME, FUSE_RENAME2,
                                            FUSE_RMDIR, FUSE_STATFS, FUSE_UNLINK, FUSE_WRITE,
                                            FUSE_WRITE_KILL_SUIDGID, fuse_attr_out,
                                            fuse_copy_file_range_in, fuse_entry_out,
                                            fuse_forget_one,
-                                           fuse_getxattr_in, fuse_getxattr_out, fuse_open_in,
+                                           fuse_getxattr_in, fuse_getxattr_out, fuse_lseek_out,
+                                           fuse_open_in,
                                            fuse_open_out, fuse_out_header, fuse_rename_in,
                                            fuse_rename2_in, fuse_setattr_in,
                                            fuse_setxattr_in, fuse_statfs_out,
@@ -101,8 +105,9 @@ from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_sqe_set_data64, io_uring_sqe_set_flags,
                                         io_uring_submit, io_uring_wait_cqe)
 from fastvfs.includes.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
-from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, c_close, c_write, clock_gettime, strnlen,
-                                     timespec)
+from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, SEEK_CUR, SEEK_DATA, SEEK_END, SEEK_HOLE,
+                                     SEEK_SET, c_close, c_write, clock_gettime, fdatasync,
+                                     fsync, lseek, readlinkat, strnlen, timespec)
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
 from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage

@@ -192,21 +192,33 @@ cdef int do_batch_forget(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_fsync(Virtqueue vq) noexcept nogil:
-    """FSYNC handed to the kernel's workers through the ring (NEEDS_URING): the queue goes on
-    serving while the file system syncs."""
+    """FSYNC of a queue with io_uring (NEEDS_URING; a synchronous queue leaves it to the
+    engine, which may run it on its thread pool): handed to the kernel's workers through the
+    ring after what was submitted before it, so the queue goes on serving while the file
+    system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
+    (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
+    call); the engine's when the ring has no room."""
     cdef uint64_t fh = vq.req.hdr.arg.fsync.fh
+    cdef bint datasync = vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC
     cdef io_uring_sqe *sqe
+    cdef int rc = 0
     cdef int fd = vq.handles.acquire(fh)
     if fd < 0:
         vq._reply(-EBADF, NULL, 0)
         return 1
-    sqe = io_drained_sqe(vq, fd, fh)
-    if sqe == NULL:
-        vq.handles.release(fh)
-        return 0
-    io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC
-                        if vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC else 0)
-    io_drained(vq, sqe)
+    if not io_alone(vq):
+        sqe = io_drained_sqe(vq, fd, fh)
+        if sqe == NULL:
+            vq.handles.release(fh)
+            return 0
+        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC if datasync else 0)
+        io_drained(vq, sqe)
+        return 1
+    vq.io.inline_syncs += 1
+    if (fdatasync(fd) if datasync else fsync(fd)) < 0:
+        rc = -errno
+    vq.handles.release(fh)
+    vq._reply(rc, NULL, 0)
     return 1
 
 
@@ -237,6 +249,8 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
                                 <int64_t>arg.length)
         io_drained(vq, sqe)
         return 1
+    if vq.io.uring != NULL:
+        vq.io.inline_syncs += 1
     if fallocate(fd, <int>arg.mode, <int64_t>arg.offset, <int64_t>arg.length) < 0:
         rc = -errno
     vq.handles.release(arg.fh)

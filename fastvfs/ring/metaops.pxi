@@ -1,5 +1,5 @@
-# Metadata requests served in C beyond those of fastops.pxi: STATFS, OPEN, SETATTR of mode
-# and times, UNLINK, RMDIR, RENAME and RENAME2, each answering
+# Metadata requests served in C beyond those of fastops.pxi: STATFS, READLINK, OPEN, LSEEK,
+# SETATTR, UNLINK, RMDIR, RENAME and RENAME2, each answering
 # exactly what the engine's do_<op> would (fastvfs/fuse/engine.py over PassthroughFs) and
 # declining (0) whatever it could not decide the same way.  Their table entries are at the end.
 
@@ -75,12 +75,16 @@ cdef int do_open(Virtqueue vq) noexcept nogil:
 cdef enum:
     # SETATTR's attributes served here (LOCKOWNER and CTIME change nothing, in the engine
     # either); with any other the engine serves the request.
-    SETATTR_FAST = (FATTR_MODE | FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW |
-                    FATTR_LOCKOWNER | FATTR_CTIME)
+    SETATTR_FAST = (FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | FATTR_FH | FATTR_ATIME |
+                    FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW | FATTR_LOCKOWNER |
+                    FATTR_CTIME | FATTR_KILL_SUIDGID)
     # Times from the guest served here: seconds below 2**SETATTR_SEC_BITS (the year 2242),
     # never negative, nanoseconds below a second; the rest (EINVAL, or times the engine reads
     # as signed) goes to the engine.
     SETATTR_SEC_BITS = 33
+    # The longest symlink target READLINK answers here: the kernel's (PATH_MAX less its NUL);
+    # a longer one, from a host file system that allows it, is the engine's.
+    READLINK_FAST_MAX = 4095
 
 
 cdef bint _set_time(timespec *t, uint32_t valid, uint32_t set_bit, uint32_t now_bit,
@@ -101,39 +105,64 @@ cdef bint _set_time(timespec *t, uint32_t valid, uint32_t set_bit, uint32_t now_
 
 
 cdef int do_setattr(Virtqueue vq) noexcept nogil:
-    """SETATTR of the mode and times only, as the engine's do_setattr over
-    PassthroughFs.setattr without a file handle: chmod through the node's /proc/self/fd name
-    (EOPNOTSUPP for a symlink), then utimensat of its O_PATH descriptor, then fuse_attr_out
-    from statx as GETATTR answers.  Any other attribute, a file handle, an unusual time, a
-    node held by file handle without a descriptor are left to the engine."""
+    """SETATTR as the engine's do_setattr over PassthroughFs.setattr: a size beyond INT64_MAX
+    is EINVAL before anything; ENOENT for an unknown node, then EBADF for an unknown handle
+    (FATTR_FH); mode, owner, size and kill-suid/sgid through ``change_node`` (the file
+    system's own code, through the handle's descriptor when one is named), then utimensat
+    of the node's O_PATH descriptor, then fuse_attr_out from statx as GETATTR answers.  The
+    owner is the guest's ids as they are: an id-mapped share has no node table here
+    (NEEDS_INODES), so its SETATTR is the engine's.  Left to the engine: request extensions,
+    an attribute FUSE adds later, an unusual time, a node held by file handle without a
+    descriptor."""
     cdef const fuse_setattr_in *arg = &vq.req.hdr.arg.setattr
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef uint32_t valid = arg.valid
+    cdef uint32_t what = 0
     cdef timespec times[2]
     cdef statx st
     cdef fuse_attr_out out
     cdef int rc = 0
-    cdef int fd
+    cdef int fd, hfd = -1
     if vq.req.hdr.h.total_extlen or valid & ~SETATTR_FAST:
         return 0
     if not _set_time(&times[0], valid, FATTR_ATIME, FATTR_ATIME_NOW, arg.atime, arg.atimensec):
         return 0
     if not _set_time(&times[1], valid, FATTR_MTIME, FATTR_MTIME_NOW, arg.mtime, arg.mtimensec):
         return 0
+    if valid & FATTR_SIZE and arg.size > <uint64_t>INT64_MAX:
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
     fd = vq.inodes.acquire(nodeid)
     if fd == -2:
         return 0
     if fd < 0:
         vq._reply(-ENOENT, NULL, 0)
         return 1
+    if valid & FATTR_FH:
+        hfd = vq.handles.acquire(arg.fh)
+        if hfd < 0:
+            vq.inodes.release(nodeid)
+            vq._reply(-EBADF, NULL, 0)
+            return 1
     if valid & FATTR_MODE:
-        if S_ISLNK(vq.inodes.mode_of(nodeid)):
-            rc = -EOPNOTSUPP
-        else:
-            rc = chmod_node(vq.handles, fd, arg.mode & 0o7777)
-            if rc == 1:
-                vq.inodes.release(nodeid)
-                return 0
+        what |= CHANGE_MODE
+    if valid & (FATTR_UID | FATTR_GID):
+        what |= CHANGE_OWNER
+    if valid & FATTR_SIZE:
+        what |= CHANGE_SIZE
+    if valid & FATTR_KILL_SUIDGID:
+        what |= CHANGE_KILL_SUIDGID
+    if what:
+        rc = change_node(vq.handles, fd, vq.inodes.mode_of(nodeid), hfd, what,
+                         arg.mode & 0o7777, arg.uid if valid & FATTR_UID else 0xFFFFFFFF,
+                         arg.gid if valid & FATTR_GID else 0xFFFFFFFF, <int64_t>arg.size)
+        if rc == 1:
+            if hfd >= 0:
+                vq.handles.release(arg.fh)
+            vq.inodes.release(nodeid)
+            return 0
+    if hfd >= 0:
+        vq.handles.release(arg.fh)
     if rc == 0 and (times[0].tv_nsec != UTIME_OMIT or times[1].tv_nsec != UTIME_OMIT):
         if utimensat(fd, "", times, AT_EMPTY_PATH) < 0:
             rc = -errno
@@ -148,6 +177,81 @@ cdef int do_setattr(Virtqueue vq) noexcept nogil:
     out.attr_valid_nsec = vq.cfg.attr_valid_nsec
     out.dummy = 0
     pack_attr(&st, &out.attr)
+    vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+cdef int do_readlink(Virtqueue vq) noexcept nogil:
+    """READLINK as the engine's do_readlink over PassthroughFs.readlink: ENOENT for an unknown
+    node, EINVAL for one that is no symlink, else readlinkat(2) of its O_PATH descriptor
+    with an empty name, the target answered as it is (no NUL), ERANGE when it is larger than
+    the reply buffers.  Left to the engine: request extensions, a node held by file handle
+    without a descriptor, a target longer than READLINK_FAST_MAX."""
+    cdef uint64_t nodeid = vq.req.hdr.h.nodeid
+    cdef char target[READLINK_FAST_MAX + 1]
+    cdef uint64_t room
+    cdef ssize_t n
+    cdef int fd
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    fd = vq.inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        vq._reply(-ENOENT, NULL, 0)
+        return 1
+    if not S_ISLNK(vq.inodes.mode_of(nodeid)):
+        vq.inodes.release(nodeid)
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    n = readlinkat(fd, "", target, sizeof(target))
+    if n < 0:
+        n = -errno
+    vq.inodes.release(nodeid)
+    if n < 0:
+        vq._reply(<int>n, NULL, 0)
+        return 1
+    if n > READLINK_FAST_MAX:
+        return 0
+    room = vq.req.chain.in_len - sizeof(fuse_out_header) \
+        if vq.req.chain.in_len >= sizeof(fuse_out_header) else 0
+    if <uint64_t>n > room:
+        vq._reply(-ERANGE, NULL, 0)
+        return 1
+    vq._reply(0, target, <uint32_t>n)
+    return 1
+
+
+cdef int do_lseek(Virtqueue vq) noexcept nogil:
+    """LSEEK as the engine's do_lseek over PassthroughFs.lseek: an offset beyond INT64_MAX or
+    a whence other than SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA and SEEK_HOLE is EINVAL,
+    then EBADF for an unknown handle, else lseek(2) of the handle's descriptor (fuse.h:
+    FUSE_LSEEK, for SEEK_DATA and SEEK_HOLE) answered as fuse_lseek_out."""
+    cdef const fuse_lseek_in *arg = &vq.req.hdr.arg.lseek
+    cdef uint32_t whence = arg.whence
+    cdef fuse_lseek_out out
+    cdef long got
+    cdef int rc = 0
+    cdef int fd
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    if arg.offset > <uint64_t>INT64_MAX or not (
+            whence == SEEK_SET or whence == SEEK_CUR or whence == SEEK_END or
+            whence == SEEK_DATA or whence == SEEK_HOLE):
+        vq._reply(-EINVAL, NULL, 0)
+        return 1
+    fd = vq.handles.acquire(arg.fh)
+    if fd < 0:
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    got = lseek(fd, <long>arg.offset, <int>whence)
+    if got < 0:
+        rc = -errno
+    vq.handles.release(arg.fh)
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+        return 1
+    out.offset = <uint64_t>got
     vq._reply(0, &out, sizeof(out))
     return 1
 
@@ -205,7 +309,9 @@ cdef int do_rename2(Virtqueue vq) noexcept nogil:
 
 
 _fast_op(FUSE_STATFS, do_statfs, 0, NEEDS_INODES)
+_fast_op(FUSE_READLINK, do_readlink, 0, NEEDS_INODES)
 _fast_op(FUSE_OPEN, do_open, sizeof(fuse_open_in), NEEDS_INODES)
+_fast_op(FUSE_LSEEK, do_lseek, sizeof(fuse_lseek_in), 0)
 _fast_op(FUSE_SETATTR, do_setattr, sizeof(fuse_setattr_in), NEEDS_INODES | NEEDS_WRITABLE)
 _fast_op(FUSE_UNLINK, do_unlink, 0, NEEDS_INODES | NEEDS_WRITABLE)
 _fast_op(FUSE_RMDIR, do_rmdir, 0, NEEDS_INODES | NEEDS_WRITABLE)

@@ -89,6 +89,8 @@ cdef class Virtqueue:
     def fixed_ios(self): return self.io.fixed_ios
     @property
     def lone_reads(self): return self.io.lone_reads
+    @property
+    def inline_syncs(self): return self.io.inline_syncs
     # How many pieces of guest memory the running queue has registered with its ring.
     @property
     def fixed_buffers(self): return self.io.nfixed
@@ -276,7 +278,8 @@ cdef class Virtqueue:
                 return 1
         if self.io.uring != NULL:
             io_submit(self)
-            io_reap(self)
+            if self.io.nflight:
+                io_reap(self)
         used_flush(self)
         return 0
 

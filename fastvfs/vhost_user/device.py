@@ -233,6 +233,7 @@ class VhostUserFsDevice:
             # Two workers must never serve one ring.
             log.error("ring %d not started: its previous worker is still stuck in a request",
                       vring.index)
+            self._signal_error(vring)
             return
         desc, used, avail = vring.addr
         stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
@@ -258,6 +259,16 @@ class VhostUserFsDevice:
                                         name=f"fastvfs-vq{vring.index}", daemon=True)
         vring.thread.start()
         log.debug("ring %d started: size %d, base %d", vring.index, vring.num, vring.base)
+
+    @staticmethod
+    def _signal_error(vring):
+        """Tell the frontend that ``vring`` will not be served: its error eventfd
+        (VHOST_USER_SET_VRING_ERR), where it gave one, is signalled."""
+        if vring.err_fd is not None:
+            try:
+                os.eventfd_write(vring.err_fd, 1)
+            except OSError as exc:
+                log.error("ring %d: its error eventfd cannot be signalled: %s", vring.index, exc)
 
     def _worker(self, queue):
         try:
@@ -493,6 +504,7 @@ class VhostUserFsDevice:
                         self._start(vring)
                     except Exception as exc:
                         log.error("ring %d cannot restart: %s", vring.index, exc)
+                        self._signal_error(vring)
                         try:
                             self._stop(vring)
                         except Exception:

@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from fastvfs.fs._tables import HandleTable
 from fastvfs.ring import _ring
 from fastvfs.fuse import abi
@@ -69,6 +71,18 @@ def test_get_vring_base_is_answered_while_a_worker_is_stuck(tmp_path, caplog):
         # The frontend is still served, but guest memory does not change under the worker.
         assert stuck.frontend.get_u64(Request.GET_FEATURES) == stuck.frontend.features
         assert stuck.device.stuck and stuck.device.stuck[0][0] == 1
+        # Started again while its worker is stuck: not served, and the frontend told so.
+        err_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            stuck.frontend.set_vring_fd(Request.SET_VRING_ERR, 1, err_fd)
+            stuck.frontend.start_queue(1)
+            stuck.frontend.enable_queue(1)
+            assert stuck.frontend.get_u64(Request.GET_FEATURES) == stuck.frontend.features
+            assert not stuck.device.vrings[1].running
+            assert "ring 1 not started: its previous worker is still stuck" in caplog.text
+            assert os.eventfd_read(err_fd) == 1
+        finally:
+            os.close(err_fd)
         stuck.release.set()
         stuck.device.stuck[0][1].join(5)
         assert not stuck.device._stuck_workers()
@@ -95,11 +109,15 @@ def test_a_hang_up_with_a_worker_stuck_ends_serving_within_the_wait(tmp_path, ca
 def test_a_ring_that_cannot_restart_after_a_memory_change_leaves_the_others_served(
         tmp_path, caplog, monkeypatch):
     """A memory table change pauses every running ring and restarts each on the new table: a
-    ring whose restart fails in any way is stopped and logged, and the others still restart."""
+    ring whose restart fails in any way is stopped, logged and its error eventfd signalled,
+    and the others still restart."""
     caplog.set_level(logging.ERROR, "fastvfs")
     stuck = StuckDevice(tmp_path)
     stuck.release.set()           # the engine answers at once
+    err_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2)]
     try:
+        for index, fd in enumerate(err_fds):
+            stuck.frontend.set_vring_fd(Request.SET_VRING_ERR, index, fd)
         stuck.client.wait(stuck.client.submit(Opcode.STATFS, abi.FUSE_ROOT_ID))  # ring 1 runs
         device = stuck.device
         real_start = device._start
@@ -115,8 +133,13 @@ def test_a_ring_that_cannot_restart_after_a_memory_change_leaves_the_others_serv
         assert not device.vrings[1].running and device.vrings[1].thread is None
         assert [v.index for v in device.vrings if v.running] == [i for i in running if i != 1]
         assert stuck.frontend.get_u64(Request.GET_FEATURES) == stuck.frontend.features
+        assert os.eventfd_read(err_fds[1]) == 1
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(err_fds[0])
     finally:
         stuck.close()
+        for fd in err_fds:
+            os.close(fd)
 
 
 class _RecordingQueue:

@@ -1,9 +1,9 @@
 """Parity of the two implementations of every operation that has one in C and one in Python.
 
 The hot path answers GETATTR, LOOKUP of a known or missing name, FLUSH, RELEASE, FORGET,
-BATCH_FORGET, FSYNC, FALLOCATE, STATFS, OPEN, SETATTR of mode and times, UNLINK, RMDIR,
-RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK,
-SETLK and WRITE's kill-suid/sgid itself;
+BATCH_FORGET, FSYNC, FALLOCATE, STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK, RMDIR,
+RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK, SETLK
+and WRITE's kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
@@ -51,11 +51,15 @@ class Pair:
                             open_flags=CachePolicy(cache).open_flags,
                             opendir_flags=CachePolicy(cache).opendir_flags)
         self.ring.vq.set_fast_io(True)
+        posix_acl = fs_options.pop("posix_acl", False)
         self.fs = PassthroughFs(root, self.ring.handles, inodes=self.inodes, **fs_options)
-        self.engine = FuseEngine(self.fs, cache, readonly=readonly,
-                                 xattr=fs_options.get("xattr", False) or
+        self.engine = FuseEngine(self.fs, cache, readonly=readonly, posix_acl=posix_acl,
+                                 xattr=fs_options.get("xattr", False) or posix_acl or
                                  fs_options.get("xattrmap") is not None)
-        init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, 0, 0))
+        # A kernel that knows POSIX ACLs offers FUSE_SETXATTR_EXT with them.
+        offered = (abi.FUSE_POSIX_ACL | abi.FUSE_DONT_MASK | abi.FUSE_SETXATTR_EXT
+                   if posix_acl else 0)
+        init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, offered, 0))
         assert self.engine.handle(init, 4096)[0] == 0
 
     def in_c(self, req, out_lens, split=None):
@@ -651,9 +655,9 @@ FATTR_NOW = abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW
 ATTR_AT = abi.OUT_HEADER_SIZE + abi.attr_out_head.size  # fuse_attr in a SETATTR reply
 
 
-def _setattr(nodeid, valid, mode=0, atime=(0, 0), mtime=(0, 0), fh=0, size=0):
+def _setattr(nodeid, valid, mode=0, atime=(0, 0), mtime=(0, 0), fh=0, size=0, uid=0, gid=0):
     body = abi.setattr_in.pack(valid, 0, fh, size, 0, atime[0], mtime[0], 0, atime[1], mtime[1],
-                               0, mode, 0, 0, 0, 0)
+                               0, mode, 0, uid, gid, 0)
     return request(abi.Opcode.SETATTR, body, nodeid=nodeid)
 
 
@@ -726,30 +730,264 @@ def test_setattr_mode_of_a_symlink_and_unknown_nodes(pair):
 
 
 def test_setattr_declined_to_the_engine(tmp_path, io_engine):
-    """Any other attribute, a file handle, a time the engine refuses or reads as signed, a
-    read-only share: the engine answers."""
+    """A time the engine refuses or reads as signed, request extensions, a read-only share, a
+    node held by file handle without a descriptor: the engine answers."""
     pair = _make_pair(tmp_path, io_engine)
     try:
         f = pair.lookup(b"f")
-        fh = pair.open(f)
-        for valid, values in ((abi.FATTR_SIZE, {"size": 10}),
-                              (abi.FATTR_MODE | abi.FATTR_FH, {"mode": 0o600, "fh": fh}),
-                              (abi.FATTR_MODE | abi.FATTR_KILL_SUIDGID, {"mode": 0o644}),
-                              (abi.FATTR_UID, {}),
-                              (abi.FATTR_MTIME, {"mtime": (1, 10 ** 9)}),      # EINVAL
+        for valid, values in ((abi.FATTR_MTIME, {"mtime": (1, 10 ** 9)}),      # EINVAL
                               (abi.FATTR_MTIME, {"mtime": (2 ** 64 - 1, 0)}),  # before 1970
-                              (abi.FATTR_ATIME, {"atime": (2 ** 40, 0)})):
+                              (abi.FATTR_ATIME, {"atime": (2 ** 40, 0)}),
+                              (abi.FATTR_SIZE | abi.FATTR_MTIME, {"size": 10,
+                                                                  "mtime": (1, 10 ** 9)})):
             via_engine(pair, _setattr(f, valid, **values), [216])
-        assert os.stat(pair.root / "f").st_size == 10
         assert os.stat(pair.root / "f").st_mtime_ns == -10 ** 9
+        assert os.stat(pair.root / "f").st_size == len(CONTENT)
+        ext = bytearray(_setattr(f, abi.FATTR_SIZE, size=10))
+        struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+        via_engine(pair, bytes(ext), [216])
     finally:
         pair.close()
     pair = _make_pair(tmp_path / "ro", io_engine, readonly=True)
     try:
-        reply = via_engine(pair, _setattr(pair.lookup(b"f"), abi.FATTR_MODE, mode=0), [216])
-        assert out_header(reply)[1] == -errno.EROFS
+        f = pair.lookup(b"f")
+        fh = pair.open(f, os.O_RDONLY)
+        for valid, values in ((abi.FATTR_MODE, {"mode": 0}), (abi.FATTR_SIZE, {"size": 1}),
+                              (abi.FATTR_SIZE | abi.FATTR_FH, {"size": 1, "fh": fh}),
+                              (abi.FATTR_UID | abi.FATTR_GID, {"uid": os.getuid(),
+                                                               "gid": os.getgid()})):
+            reply = via_engine(pair, _setattr(f, valid, **values), [216])
+            assert out_header(reply)[1] == -errno.EROFS
+        assert os.stat(pair.root / "f").st_size == len(CONTENT)
     finally:
         pair.close()
+
+
+def _untimed(reply):
+    """A SETATTR reply without its times (a truncate sets mtime and ctime from the clock)."""
+    if out_header(reply)[1]:
+        return reply
+    reply = bytearray(reply)
+    for off, size in ((24, 24), (48, 12)):  # atime mtime ctime, their nanoseconds
+        reply[ATTR_AT + off:ATTR_AT + off + size] = bytes(size)
+    return bytes(reply)
+
+
+def _owner_ids():
+    """Ids to give a file: our own, and others (EPERM unless privileged, the same both ways)."""
+    me, group = os.getuid(), os.getgid()
+    return [(me, group), (me + 1234, group), (me, group + 4321), (0xFFFFFFFF, group)]
+
+
+SIZE_OWNER_CASES = [
+    (abi.FATTR_SIZE, {"size": 10}),
+    (abi.FATTR_SIZE, {"size": 0}),
+    (abi.FATTR_SIZE, {"size": 1 << 20}),
+    (abi.FATTR_SIZE, {"size": 2 ** 63}),                      # EINVAL before anything
+    (abi.FATTR_SIZE | abi.FATTR_KILL_SUIDGID, {"size": 5}),
+    (abi.FATTR_KILL_SUIDGID, {}),
+    (abi.FATTR_MODE | abi.FATTR_KILL_SUIDGID | abi.FATTR_SIZE, {"mode": 0o6755, "size": 3}),
+    (abi.FATTR_SIZE | abi.FATTR_MTIME, {"size": 7, "mtime": (1_600_000_000, 1)}),
+    (abi.FATTR_UID | abi.FATTR_GID, {}),
+    (abi.FATTR_UID, {}),
+    (abi.FATTR_GID, {}),
+    (abi.FATTR_UID | abi.FATTR_GID | abi.FATTR_SIZE | abi.FATTR_KILL_SUIDGID, {"size": 9}),
+]
+
+
+@pytest.mark.parametrize("valid,values", SIZE_OWNER_CASES)
+def test_setattr_of_size_and_owner(pair, valid, values):
+    """SETATTR of the size (truncate through the node's name: EISDIR for a directory, EINVAL
+    for a symlink) and of the owner (the node itself, a symlink's own), with and without
+    kill-suid/sgid, on each kind of node: the same reply but for the times, and the same
+    file on the host after each, set back in between."""
+    for name in (b"f", b"d", b"link", None):
+        nodeid = pair.lookup(name) if name else abi.FUSE_ROOT_ID
+        path = pair.root / name.decode() if name else pair.root
+        for uid, gid in _owner_ids() if valid & (abi.FATTR_UID | abi.FATTR_GID) else [(0, 0)]:
+            req = _setattr(nodeid, valid, uid=uid, gid=gid, **values)
+            replies, states = [], []
+            for send in (lambda: pair.in_c(req, [16, 200]), lambda: pair.in_python(req, 216)):
+                (pair.root / "f").write_bytes(CONTENT)
+                os.chmod(pair.root / "f", 0o6755)
+                replies.append(_untimed(send()))
+                st = os.lstat(path)
+                states.append((st.st_size, st.st_mode, st.st_uid, st.st_gid,
+                               (pair.root / "f").read_bytes()))
+            assert replies[0] == replies[1], (name, oct(valid), uid, gid)
+            assert states[0] == states[1], (name, oct(valid), uid, gid)
+            if name == b"f" and valid & abi.FATTR_SIZE and values["size"] < 2 ** 63:
+                assert states[0][0] == values["size"]
+            if name == b"f" and valid & abi.FATTR_KILL_SUIDGID and not valid & abi.FATTR_MODE:
+                assert states[0][1] & 0o7777 == 0o755
+
+
+def test_setattr_through_a_file_handle(pair):
+    """FATTR_FH: ftruncate and fchmod of the handle's descriptor (EINVAL for one opened
+    read-only), EBADF for an unknown handle after ENOENT for an unknown node."""
+    f = pair.lookup(b"f")
+    rw, ro = pair.open(f, os.O_RDWR), pair.open(f, os.O_RDONLY)
+    fh_flags = abi.FATTR_FH
+    cases = [(fh_flags | abi.FATTR_SIZE, {"size": 100, "fh": rw}),
+             (fh_flags | abi.FATTR_SIZE | abi.FATTR_KILL_SUIDGID, {"size": 50, "fh": rw}),
+             (fh_flags | abi.FATTR_SIZE, {"size": 100, "fh": ro}),
+             (fh_flags | abi.FATTR_MODE, {"mode": 0o640, "fh": ro}),
+             (fh_flags | abi.FATTR_UID, {"uid": os.getuid(), "fh": rw}),
+             (fh_flags | abi.FATTR_MTIME, {"mtime": (5, 6), "fh": rw}),
+             (fh_flags | abi.FATTR_SIZE, {"size": 1, "fh": rw + 1000}),
+             (fh_flags, {"fh": 2 ** 63})]
+    for valid, values in cases:
+        req = _setattr(f, valid, **values)
+        replies, states = [], []
+        for send in (lambda: pair.in_c(req, [16, 200]), lambda: pair.in_python(req, 216)):
+            (pair.root / "f").write_bytes(CONTENT)
+            os.chmod(pair.root / "f", 0o6755)
+            replies.append(_untimed(send()))
+            states.append(file_state(pair.root / "f"))
+        assert replies[0] == replies[1], (oct(valid), values)
+        assert states[0] == states[1], (oct(valid), values)
+    assert out_header(replies[0])[1] == -errno.EBADF
+    # An unknown node is ENOENT whatever the handle.
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=f), 0)
+    for nodeid in (f + 1000, 0, 2 ** 63):
+        for fh in (rw, 2 ** 63):
+            req = _setattr(nodeid, abi.FATTR_FH | abi.FATTR_SIZE, size=1, fh=fh)
+            c = pair.in_c(req, [216])
+            assert c == pair.in_python(req, 216)
+            assert out_header(c)[1] == -errno.ENOENT
+    for fh in (rw, ro):
+        pair.in_c(_release(fh, f), [16])
+    assert pair.ring.handles.count == 0
+
+
+def test_setattr_and_readlink_of_a_node_held_by_file_handle(tmp_path, io_engine):
+    """A node held by file handle whose descriptor the cache closed is the engine's, which
+    reopens it; once it has a descriptor again, C serves it."""
+    pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
+    try:
+        f, link = pair.lookup(b"f"), pair.lookup(b"link")
+        pair.lookup(b"d")  # takes the one cached descriptor
+        assert pair.inodes.node(f)[0] == -1 and pair.inodes.node(link)[0] == -1
+        reply = via_engine(pair, _setattr(f, abi.FATTR_SIZE, size=3), [216])
+        assert out_header(reply)[1] == 0 and os.stat(pair.root / "f").st_size == 3
+        reply = via_engine(pair, request(abi.Opcode.READLINK, nodeid=link), [4096])
+        assert reply[16:] == b"f"
+        # With its descriptor back in the cache the node is C's.
+        assert pair.inodes.node(link)[0] >= 0
+        assert pair.in_c(request(abi.Opcode.READLINK, nodeid=link), [16, 100])[16:] == b"f"
+    finally:
+        pair.close()
+
+
+def test_setattr_drops_the_mapped_capability(tmp_path, io_engine):
+    """Where --xattrmap moves security.capability, SETATTR of a regular file's size or owner
+    removes it as the kernel removes the real one (through the handle too); of its mode or
+    times, or of a directory, it stays: the same both ways."""
+    mapped = "user.virtiofs.security.capability"
+    pair = _make_pair(tmp_path, io_engine,
+                      xattrmap=XattrMap(":prefix:all:security.:user.virtiofs.::ok:all:::"))
+    try:
+        f, d = pair.lookup(b"f"), pair.lookup(b"d")
+        fh = pair.open(f)
+        for nodeid, path, valid, values in (
+                (f, pair.root / "f", abi.FATTR_SIZE, {"size": 3}),
+                (f, pair.root / "f", abi.FATTR_SIZE | abi.FATTR_FH, {"size": 2, "fh": fh}),
+                (f, pair.root / "f", abi.FATTR_UID, {"uid": os.getuid()}),
+                (f, pair.root / "f", abi.FATTR_GID | abi.FATTR_FH, {"gid": os.getgid(),
+                                                                    "fh": fh}),
+                (f, pair.root / "f", abi.FATTR_MODE, {"mode": 0o700}),
+                (f, pair.root / "f", abi.FATTR_MTIME, {"mtime": (9, 9)}),
+                (d, pair.root / "d", abi.FATTR_UID, {"uid": os.getuid()})):
+            req = _setattr(nodeid, valid, **values)
+            kept, replies = [], []
+            for send in (lambda: pair.in_c(req, [16, 200]), lambda: pair.in_python(req, 216)):
+                os.setxattr(path, mapped, CAPABILITY)
+                replies.append(_untimed(send()))
+                kept.append(mapped in os.listxattr(path))
+            assert replies[0] == replies[1] and out_header(replies[0])[1] == 0
+            assert kept[0] == kept[1] == (not valid & (abi.FATTR_SIZE | abi.FATTR_UID |
+                                                       abi.FATTR_GID) or nodeid == d)
+    finally:
+        pair.close()
+
+
+# -- READLINK, LSEEK ----------------------------------------------------------------------------
+
+def test_readlink(pair):
+    """The target as it is, for targets of every length the host allows; EINVAL for all but
+    a symlink; ERANGE when the reply buffers are shorter than the target; ENOENT for an
+    unknown node."""
+    for i, target in enumerate((b"f", b"../somewhere/else", b"x" * 255,
+                                b"/".join([b"y" * 200] * 20)[:4095], "ü".encode())):
+        os.symlink(target, pair.root / f"l{i}")
+        node = pair.lookup(b"l%d" % i)
+        req = request(abi.Opcode.READLINK, nodeid=node)
+        c = pair.in_c(req, [16, 4096])
+        assert c == pair.in_python(req, 4096)
+        assert c[16:] == target
+        # Reply buffers one byte too short for the target, in one buffer or split.
+        short = len(target) - 1
+        for out_lens in ([16 + short], [16, short]) if short else ():
+            c = pair.in_c(req, out_lens)
+            assert c == pair.in_python(req, short)
+            assert out_header(c)[1] == -errno.ERANGE
+    os.mkfifo(pair.root / "fifo")
+    for nodeid in (pair.lookup(b"f"), pair.lookup(b"d"), pair.lookup(b"fifo"),
+                   abi.FUSE_ROOT_ID):
+        req = request(abi.Opcode.READLINK, nodeid=nodeid)
+        c = pair.in_c(req, [16, 4096])
+        assert c == pair.in_python(req, 4096)
+        assert out_header(c)[1] == -errno.EINVAL
+    link = pair.lookup(b"link")
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(2), nodeid=link), 0)
+    for nodeid in (link, link + 1000, 0, 2 ** 63):
+        req = request(abi.Opcode.READLINK, nodeid=nodeid)
+        c = pair.in_c(req, [16, 4096])
+        assert c == pair.in_python(req, 4096)
+        assert out_header(c)[1] == -errno.ENOENT
+
+
+def _lseek(fh, offset, whence, nodeid):
+    return request(abi.Opcode.LSEEK, abi.lseek_in.pack(fh, offset, whence, 0), nodeid=nodeid)
+
+
+def test_lseek(pair):
+    """Every whence on a file with a hole, through two handles to it (one for each side, as
+    SEEK_CUR moves the handle's position): the same replies in the same order, ENXIO past
+    the data, EINVAL for a bad whence or an offset beyond INT64_MAX, EBADF for an unknown
+    handle; a directory's handle as well."""
+    with open(pair.root / "f", "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"tail")
+    f = pair.lookup(b"f")
+    a, b = pair.open(f, os.O_RDONLY), pair.open(f, os.O_RDWR)
+    size = (1 << 20) + 4
+    steps = [(0, os.SEEK_SET), (100, os.SEEK_CUR), (0, os.SEEK_CUR), (0, os.SEEK_END),
+             (0, os.SEEK_DATA), (len(CONTENT), os.SEEK_DATA), (0, os.SEEK_HOLE),
+             (size - 2, os.SEEK_HOLE), (size, os.SEEK_DATA), (size + 5, os.SEEK_HOLE),
+             (2 ** 62, os.SEEK_SET), (2 ** 63, os.SEEK_SET), (2 ** 64 - 1, os.SEEK_CUR),
+             (0, 5), (0, 2 ** 32 - 1), (2 ** 63 - 1, os.SEEK_CUR), (7, os.SEEK_SET)]
+    for offset, whence in steps:
+        c = pair.in_c(_lseek(a, offset, whence, f), [16, 8])
+        py = pair.in_python(_lseek(b, offset, whence, f), 8)
+        assert c == py, (offset, whence)
+    errors = {out_header(pair.in_c(_lseek(a, o, w, f), [16, 8]))[1] for o, w in steps}
+    assert {0, -errno.ENXIO, -errno.EINVAL} <= errors
+    for fh in (a + 1000, 2 ** 63, 0):
+        for whence in (os.SEEK_SET, 9):
+            c = pair.in_c(_lseek(fh, 0, whence, f), [16, 8])
+            assert c == pair.in_python(_lseek(fh, 0, whence, f), 8)
+            assert out_header(c)[1] == (-errno.EBADF if whence != 9 else -errno.EINVAL)
+    d = pair.lookup(b"d")
+    error, payload = pair.engine.handle(request(abi.Opcode.OPENDIR, abi.open_in.pack(0, 0),
+                                                nodeid=d), 4096)
+    assert error == 0
+    dh = abi.open_out.unpack_from(payload)[0]
+    for offset, whence in ((0, os.SEEK_SET), (0, os.SEEK_DATA), (0, os.SEEK_END)):
+        c = pair.in_c(_lseek(dh, offset, whence, d), [16, 8])
+        assert c == pair.in_python(_lseek(dh, offset, whence, d), 8)
+    for fh in (a, b):
+        pair.in_c(_release(fh, f), [16])
 
 
 # -- UNLINK, RMDIR, RENAME, RENAME2 -------------------------------------------------------------

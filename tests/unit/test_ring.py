@@ -767,16 +767,24 @@ class TestFastPath:
         h.dq._inflight.pop(head, None)
 
     def test_fsync_through_the_ring(self, file_harness):
-        """With io_uring FSYNC is the kernel's to run asynchronously; synchronous queues leave
-        it to the engine (its thread pool, if any)."""
+        """With io_uring FSYNC is served in C: through the ring when other work is about (the
+        kernel runs it asynchronously), on the queue's thread when it is alone; synchronous
+        queues leave it to the engine (its thread pool, if any)."""
         h, fh, path = file_harness
         data = h.roundtrip([request(abi.Opcode.FSYNC, struct.pack("<QII", fh, 1, 0))], [16])
         if h.engine == "sync":
             assert len(h.seen) == 1
             return
         assert out_header(data) == (16, 0, 7)
+        assert h.vq.inline_syncs == 1
         bad = h.roundtrip([request(abi.Opcode.FSYNC, struct.pack("<QII", fh + 1, 0, 0))], [16])
         assert out_header(bad) == (16, -9, 7)
+        # Published together: the first is not alone (the second waits behind it).
+        burst = h.roundtrip_many([([request(abi.Opcode.FSYNC, struct.pack("<QII", fh, flags, 0),
+                                            unique=20 + flags)], [16]) for flags in (0, 1)])
+        assert [out_header(data) for data in burst] == [(16, 0, 20), (16, 0, 21)]
+        # The first went through the ring; the second did too unless the first was done.
+        assert h.vq.inline_syncs in (1, 2)
         assert h.seen == []
 
     def test_fallocate_in_c(self, file_harness):

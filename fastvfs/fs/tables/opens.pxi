@@ -2,7 +2,7 @@
 # hot path's OPEN, as PassthroughFs.open does it in Python (the descriptor budget, the node's
 # file type checked before the open and again on the new descriptor, the guest's flags
 # filtered as ``_open_flags`` filters them, the reopen with O_CLOEXEC, a handle in the handle
-# table); and for SETATTR's chmod (PassthroughFs.setattr).  The settings are the file system's
+# table); the names are SETATTR's too (tables/attrs.pxi).  The settings are the file system's
 # own, given once through ``set_open_policy``.
 
 from libc.errno cimport EACCES, EINTR, EISDIR, ELOOP, EMFILE
@@ -113,14 +113,3 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
     fh[0] = <uint64_t>got
     return 0
 
-
-cdef int chmod_node(HandleTable handles, int fd, uint32_t mode) noexcept nogil:
-    """chmod(2) of the inode behind O_PATH descriptor ``fd`` through its /proc/self/fd name,
-    as PassthroughFs.setattr changes a mode without a file handle: 0, -errno, or 1 when no
-    policy is set (the file system then decides)."""
-    cdef OpenPolicy *policy = &handles.open_policy
-    cdef char path[48]
-    if not policy.enabled:
-        return 1
-    _proc_name(policy, fd, path, sizeof(path))
-    return -errno if fchmodat(policy.proc_dir, path, mode, 0) < 0 else 0

@@ -17,9 +17,10 @@ def set_xattr_policy(HandleTable handles, bint unmapped, bint settable=False):
     """Let the hot path read extended attributes as the file system does (``getxattr_node``,
     ``listxattr_node``): ``unmapped`` when it serves them (``--xattr``) under the guest's own
     names (no ``--xattrmap``); False leaves GETXATTR and LISTXATTR to the engine.  With
-    ``settable`` too (the session cannot frame SETXATTR as FUSE_SETXATTR_EXT), it writes and
-    removes them as well (``setxattr_node``, ``removexattr_node``).  Called once, before any
-    queue runs."""
+    ``settable`` too (the session frames SETXATTR as fuse_setxattr_in, without
+    FUSE_SETXATTR_EXT), it writes and removes them as well (``setxattr_node``,
+    ``removexattr_node``).  Called by the file system when it is made and at the start of each
+    session (PassthroughFs.init), before the session's first request but INIT."""
     handles.xattrs_unmapped = unmapped
     handles.xattrs_settable = unmapped and settable
 
