@@ -10,7 +10,7 @@
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from fastvfs.includes.fuse_kernel cimport fuse_attr, fuse_entry_out
+from fastvfs.includes.fuse_kernel cimport fuse_attr, fuse_entry_out, fuse_file_lock
 from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.statx cimport statx
 
@@ -106,12 +106,49 @@ cdef struct OpenPolicy:
     char proc_prefix[16]    #   AT_FDCWD and "/proc/self/fd/" or "", or a chroot's proc fd
 
 
+# -- lock descriptions (tables/locks.pxi) --------------------------------------------------------
+
+cdef enum:
+    LOCK_BUCKETS = 256
+    # What a lock description is for (its key is node id, lock owner, kind).
+    LOCK_POSIX = 1          # an owner's POSIX record locks, taken as OFD locks
+    LOCK_FLOCK = 2          # an open file's flock(2) locks
+    LOCK_QUESTION = 3       # the inode's F_GETLK questions by owners without locks; holds none
+
+cdef struct LockRange:      # a POSIX lock a description holds, start and end inclusive
+    uint64_t start
+    uint64_t end
+    int type
+
+cdef struct LockDesc:
+    LockDesc *next          # the bucket's chain, then the list of those to free
+    uint64_t nodeid
+    uint64_t owner
+    int kind
+    int fd                  # replaced by a write upgrade, under ``mutex``
+    bint writable
+    int refs                # requests using ``fd`` (locks_mutex)
+    bint dropped            # out of the table: closed by its last user (locks_mutex)
+    uint32_t pid            # the guest process of the owner's last lock (locks_mutex)
+    LockRange *ranges       # sorted, merged (written under ``mutex`` and locks_mutex)
+    uint32_t nranges
+    uint64_t *fhs           # the guest handles its locks went through (locks_mutex)
+    uint32_t nfhs
+    uint32_t fhs_cap
+    pthread_mutex_t mutex   # orders the owner's lock calls (fcntl, ``ranges``, ``fd``)
+
+
 @cython.final
 cdef class HandleTable(SlotTable):
     cdef HandleSlot *files            # mem, typed
-    # Descriptors the file system holds for POSIX/flock locks, kept up to date by it through
-    # ``set_lock_fds`` under the mutex; the hot path asks ``holds_lock_fds``.
+    # Descriptors held for POSIX and flock locks (tables/locks.pxi): their count, set under
+    # the mutex whenever it changes; the hot path asks ``holds_lock_fds``.
     cdef readonly int lock_fds_open
+    # The lock descriptions by node id, and their count (``lock_fds_open`` follows it under
+    # the mutex).  locks_mutex is taken before the table's mutex, after a description's own.
+    cdef pthread_mutex_t locks_mutex
+    cdef LockDesc *lock_buckets[LOCK_BUCKETS]
+    cdef int lock_count
     # The host name of the guest's security.capability when --xattrmap moves it (empty when
     # not): removed before a WRITE or FALLOCATE, as the kernel removes the real one
     # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
@@ -149,7 +186,7 @@ cdef class HandleTable(SlotTable):
         or forgetting may have to drop that lock; with none held they need nothing of the
         engine's.  A lock taken meanwhile on another queue is tied to its handle and goes at
         that handle's RELEASE, which ``remove_fh_unless_locks`` refuses to the hot path under
-        the mutex ``set_lock_fds`` takes: so the count is read here without the mutex."""
+        the mutex the tie takes (``_lock_get``): so the count is read here without the mutex."""
         return self.lock_fds_open != 0
 
 
@@ -274,3 +311,13 @@ cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) 
 cdef bint dir_plus(const DirListing *listing, NodeTable inodes, uint64_t parent,
                    uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec, uint8_t *buf,
                    uint32_t *used) noexcept nogil
+
+
+# -- the descriptions holding the guest's locks, GETLK and SETLK over them (tables/locks.pxi) ----
+
+cdef int posix_getlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
+                     uint64_t start, uint64_t end, uint32_t lock_type, int fresh,
+                     bint writable, fuse_file_lock *out) noexcept nogil
+cdef int posix_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
+                     uint64_t start, uint64_t end, uint32_t lock_type, uint32_t pid,
+                     int fresh, bint writable) noexcept nogil

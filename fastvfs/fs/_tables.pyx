@@ -24,8 +24,11 @@ Fragments, each knowing only those above it:
                       SETATTR
   tables/dirs.pxi     directory handles and their listings, for OPENDIR, READDIR,
                       READDIRPLUS and RELEASEDIR
+  tables/locks.pxi    the descriptions holding the guest's POSIX and flock locks, for GETLK
+                      and SETLK
 
-Lock order: a table's mutex is a leaf lock.  Nothing is called while holding it but close(2)
+Lock order: a table's mutex is a leaf lock (the lock descriptions' mutexes come before it,
+tables/locks.pxi).  Nothing is called while holding it but close(2)
 of an evicted cache descriptor and malloc(3) of a copy; no thread holding it waits for the
 GIL (the Python methods take it inside ``with nogil``), so a thread holding the GIL may take
 it.  Directory listings are freed after it is let go.
@@ -66,3 +69,4 @@ include "tables/names.pxi"
 include "tables/xattrs.pxi"
 include "tables/attrs.pxi"
 include "tables/dirs.pxi"
+include "tables/locks.pxi"

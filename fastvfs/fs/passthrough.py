@@ -58,6 +58,10 @@ LISTING_BYTES_MAX = _tables.LISTING_BYTES_MAX
 # struct flock on x86-64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 FLOCK = struct.Struct("hh4xqqi4x")
 LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
+# What a lock description is for (fastvfs/fs/tables/locks.pxi).
+LOCK_KINDS = {"posix": _tables.LOCK_KIND_POSIX, "flock": _tables.LOCK_KIND_FLOCK,
+              "question": _tables.LOCK_KIND_QUESTION}
+LOCK_KIND_NAMES = {v: k for k, v in LOCK_KINDS.items()}
 
 
 def check_name(name):
@@ -312,58 +316,6 @@ def _mount_fd(fd, mode):
     raise OSError(errno.EOPNOTSUPP, "no descriptor of this mount to open handles on")
 
 
-class LockFile:
-    """One guest lock owner's open file description on the host (see PassthroughFs, locks).
-
-    ``refs`` counts the requests using ``fd`` (guarded by the file system's locks_lock): a
-    description dropped by a FLUSH or RELEASE on another queue is closed by its last user, so
-    its number is never reused under a request.  ``fhs``: the guest handles its locks went
-    through.  ``mutex`` orders the owner's lock calls with ``ranges``, the (start, end, type)
-    POSIX locks it holds, merged and split as the host merges and splits them: the read ones
-    are taken again when a read-only description is given write access, and F_GETLK finds the
-    owner of a conflicting lock there.  ``pid``: the guest process (fuse_lk_in.lk.pid) of the
-    owner's last lock, the one F_GETLK names as the holder."""
-
-    __slots__ = ("fd", "writable", "fhs", "refs", "dropped", "ranges", "pid", "mutex")
-
-    def __init__(self, fd, writable):
-        self.fd = fd
-        self.writable = writable
-        self.fhs = set()
-        self.refs = 0
-        self.dropped = False
-        self.ranges = []
-        self.pid = 0
-        self.mutex = threading.Lock()
-
-    @property
-    def read_ranges(self):
-        return [(s, e) for s, e, t in self.ranges if t == fcntl.F_RDLCK]
-
-    def note(self, start, end, lock_type):
-        """Record a lock granted or removed (POSIX rules: the range replaces what the owner
-        held there; adjacent ranges of one type merge)."""
-        kept = []
-        for s, e, t in self.ranges:
-            if e < start or s > end:
-                kept.append((s, e, t))
-                continue
-            if s < start:
-                kept.append((s, start - 1, t))
-            if e > end:
-                kept.append((end + 1, e, t))
-        if lock_type != fcntl.F_UNLCK:
-            kept.append((start, end, lock_type))
-        kept.sort()
-        merged = []
-        for s, e, t in kept:
-            if merged and merged[-1][2] == t and s <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], e), t)
-            else:
-                merged.append((s, e, t))
-        self.ranges = merged
-
-
 def guest_fd_budget(nofile):
     """Descriptors the guest may make the daemon hold under RLIMIT_NOFILE ``nofile``: all but
     a reserve of an eighth, at least 32 and at most 256, for the daemon's own (memory regions,
@@ -498,13 +450,6 @@ class PassthroughFs:
         # be taken again if the guest goes on paging) plus the one just taken, whatever its
         # size: a directory's listing is as large as the host made it.
         _tables.set_listing_bytes_max(handles, listing_bytes_max)
-        # (nodeid, lock owner, "posix" | "flock") -> the open file description holding that
-        # owner's locks on the inode.  Host OFD locks make the locks visible to host processes
-        # and to other daemons sharing the directory.  Guarded by locks_lock (a leaf lock).
-        self.lock_fds = {}
-        # fh -> the keys of lock_fds whose locks went through that guest handle.
-        self.lock_fhs = {}
-        self.locks_lock = threading.Lock()
 
     @classmethod
     def from_share(cls, share, handles, *, inodes=None, root=None):
@@ -535,7 +480,7 @@ class PassthroughFs:
         directory handle counts twice (the handle table's ``fds_other``)."""
         table = self.inodes.table
         return (self.handles.count + table.count - table.handle_nodes + table.handle_fds +
-                len(self.inodes.mount_fds) + self.handles.fds_other + len(self.lock_fds))
+                len(self.inodes.mount_fds) + self.handles.fds_other + self.handles.lock_fds_open)
 
     def _budget(self):
         """EMFILE for the guest once its share of descriptors is used up."""
@@ -611,8 +556,8 @@ class PassthroughFs:
                 os.close(held)
 
     def forget(self, nodeid, count):
-        if self.inodes.forget(nodeid, count) and self.lock_fds:
-            self._drop_lock_fds(lambda k: k[0] == nodeid)
+        if self.inodes.forget(nodeid, count) and self.handles.lock_fds_open:
+            _tables.lock_drop_node(self.handles, nodeid)
 
     def mount_id(self, nodeid):
         """The host mount the inode lives on (statx STATX_MNT_ID)."""
@@ -908,7 +853,7 @@ class PassthroughFs:
         """Close a handle: a file's, or a directory's (the guest may close one with RELEASE as
         well as RELEASEDIR), then with its listing (the handle table drops it)."""
         self.handles.remove(fh)
-        self._release_handle_locks(fh)
+        _tables.lock_release_fh(self.handles, fh)
 
     def fsync(self, fh, datasync):
         with self.handles.borrow(fh) as fd:
@@ -973,65 +918,23 @@ class PassthroughFs:
         return _xattr_name(self.xattrmap.to_host(name, getting))
 
     # -- locks ------------------------------------------------------------------------------
-    # POSIX record locks are per (process, file) in the guest; the guest names the process by
-    # an opaque lock owner.  Each owner gets its own open file description on the host, and its
-    # locks are taken there as OFD locks (F_OFD_*), which conflict between descriptions exactly
-    # as POSIX locks conflict between processes.  flock() locks belong to an open file of the
-    # guest; they get a description of their own too, keyed the same way.
-    #
-    # When a lock goes away (linux fs/fuse/file.c, fuse_flush, fuse_release_common,
-    # fuse_setlk): a POSIX lock at FLUSH with its owner in fuse_flush_in.lock_owner; a flock
-    # lock at RELEASE with FUSE_RELEASE_FLOCK_UNLOCK and the file as lock_owner; an OFD lock
-    # (the guest's F_OFD_*, whose owner is the guest's open file) at no message of its own:
-    # fuse_setlk ignores the close-time unlock and FLUSH names the process, not the file.  So
-    # every description also records the guest handles (fuse_lk_in.fh) its locks were taken
-    # through, and goes when the last of them is released: by then every process that used
-    # such a handle has closed it, and so flushed its POSIX locks too.
+    # The descriptions holding the guest's POSIX and flock locks are the handle table's
+    # (fastvfs/fs/tables/locks.pxi, which says how locks map onto them and when they go):
+    # GETLK and SETLK are answered there as the hot path answers them; the file system opens
+    # a description when the table has none, waits (SETLKW) and takes flock locks.
 
-    def _lock_file(self, nodeid, owner, kind, fh, lock_type):
-        """The owner's description (a referenced ``LockFile``, give it back with
-        ``_put_lock_file``) with ``fh`` recorded in it, opened now if needed; None for an
-        unlock when the owner holds none.  EBADF if ``fh`` is not a live handle."""
-        key = (nodeid, owner, kind)
-        fresh = None
-        while True:
-            with self.locks_lock:
-                lf = self.lock_fds.get(key)
-                if lf is None and fresh is not None:
-                    lf, fresh = fresh, None
-                    self.lock_fds[key] = lf
-                if lf is not None:
-                    lf.refs += 1
-                    added = fh not in lf.fhs
-                    if added:
-                        lf.fhs.add(fh)
-                        self.lock_fhs.setdefault(fh, set()).add(key)
-                    # Checked under the handle table's mutex: a RELEASE of ``fh`` in the hot
-                    # path either comes first (EBADF here) or sees this description and goes
-                    # to the engine.
-                    if not self.handles.set_lock_fds(len(self.lock_fds), fh):
-                        if added:
-                            self._untie_locked(key, fh)
-                        lf.refs -= 1
-                        closing = lf.fd if lf.refs == 0 and lf.dropped else None
-                        break
-                    if fresh is not None:
-                        os.close(fresh.fd)
-                    return lf
-            if lock_type == fcntl.F_UNLCK:
-                return None
-            fresh = self._open_lock_file(nodeid, kind, lock_type)
-        if fresh is not None:
-            os.close(fresh.fd)
-        if closing is not None:
-            os.close(closing)
-        raise OSError(errno.EBADF, "bad file handle")
+    @property
+    def lock_fds(self):
+        """The descriptions held, as {(nodeid, owner, kind): None} (owner None for the
+        inode's question description)."""
+        return {(n, None if k == _tables.LOCK_KIND_QUESTION else o, LOCK_KIND_NAMES[k]): None
+                for n, o, k in _tables.lock_keys(self.handles)}
 
     def _open_lock_file(self, nodeid, kind, lock_type):
-        """A new description with the least access the lock needs: fcntl(2) wants read access
-        for F_RDLCK and write access for F_WRLCK; flock(2) wants none.  Write access (which
-        makes host watchers see a writer and host execve of the file ETXTBSY) is taken only
-        for a write lock."""
+        """A new description (fd, writable) with the least access the lock needs: fcntl(2)
+        wants read access for F_RDLCK and write access for F_WRLCK; flock(2) wants none.
+        Write access (which makes host watchers see a writer and host execve of the file
+        ETXTBSY) is taken only for a write lock."""
         self._budget()
         inode = self.inodes.get(nodeid)
         if stat.S_ISDIR(inode.mode) and kind == "flock":
@@ -1044,60 +947,22 @@ class PassthroughFs:
             choices = (os.O_RDONLY, os.O_RDWR, os.O_WRONLY)
         for flags in choices:
             try:
-                return LockFile(self._reopen(inode, flags, directory=kind == "flock"),
-                                flags & os.O_ACCMODE != os.O_RDONLY)
+                return (self._reopen(inode, flags, directory=kind == "flock"),
+                        flags & os.O_ACCMODE != os.O_RDONLY)
             except PermissionError:
                 continue
         raise OSError(errno.EACCES, "cannot open the file to lock it")
 
-    def _put_lock_file(self, lf):
-        with self.locks_lock:
-            lf.refs -= 1
-            closing = lf.refs == 0 and lf.dropped
-        if closing:
-            os.close(lf.fd)  # closing the description releases every lock it holds
-
-    def _untie_locked(self, key, fh):
-        """Forget that ``key``'s locks went through ``fh``; drop the description when no
-        handle is left (locks_lock held).  Returns the fd to close, or None."""
-        lf = self.lock_fds.get(key)
-        keys = self.lock_fhs.get(fh)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self.lock_fhs[fh]
-        if lf is None:
-            return None
-        lf.fhs.discard(fh)
-        return self._pop_locked(key) if not lf.fhs else None
-
-    def _pop_locked(self, key):
-        lf = self.lock_fds.pop(key)
-        lf.dropped = True
-        for fh in lf.fhs:
-            keys = self.lock_fhs.get(fh)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.lock_fhs[fh]
-        self.handles.set_lock_fds(len(self.lock_fds))
-        return lf.fd if lf.refs == 0 else None
-
-    def _drop_lock_fds(self, match):
-        with self.locks_lock:
-            fds = [self._pop_locked(k) for k in [k for k in self.lock_fds if match(k)]]
-        for fd in fds:
-            if fd is not None:
-                os.close(fd)  # closing the description releases every lock it holds
-
-    def _release_handle_locks(self, fh):
-        """The guest released ``fh``: descriptions whose every handle is gone go too."""
-        with self.locks_lock:
-            keys = list(self.lock_fhs.get(fh, ()))
-            fds = [self._untie_locked(k, fh) for k in keys]
-        for fd in fds:
-            if fd is not None:
-                os.close(fd)
+    def _lock_ref(self, nodeid, owner, kind, fh, lock_type):
+        """The owner's description (a ``_tables.LockRef``: ``put`` it back) with ``fh``
+        recorded in it, opened now if needed; None for an unlock when the owner holds none.
+        EBADF if ``fh`` is not a live handle."""
+        ref = _tables.lock_ref(self.handles, nodeid, owner, LOCK_KINDS[kind], fh)
+        if ref is None and lock_type != fcntl.F_UNLCK:
+            fd, writable = self._open_lock_file(nodeid, kind, lock_type)
+            ref = _tables.lock_ref(self.handles, nodeid, owner, LOCK_KINDS[kind], fh, fd,
+                                   writable)
+        return ref
 
     @staticmethod
     def _flock_struct(start, end, lock_type):
@@ -1105,42 +970,16 @@ class PassthroughFs:
             raise OSError(errno.EINVAL, "invalid lock range or type")
         return FLOCK.pack(lock_type, os.SEEK_SET, start, 0 if end == OFFSET_MAX else end - start + 1, 0)
 
-    def getlk(self, nodeid, owner, start, end, lock_type):
-        """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none.
-        The owner's own description is asked (its locks never conflict with themselves); an
-        owner without one asks through a description opened for the question only."""
-        data = self._flock_struct(start, end, lock_type)
-        with self.locks_lock:
-            lf = self.lock_fds.get((nodeid, owner, "posix"))
-            if lf is not None:
-                lf.refs += 1
-        if lf is None:
-            lf = self._open_lock_file(nodeid, "posix", fcntl.F_RDLCK)
-            lf.dropped = True
-            lf.refs = 1
-        try:
-            with lf.mutex:  # lf.fd is read under the mutex an upgrade swaps it under
-                got = fcntl.fcntl(lf.fd, fcntl.F_OFD_GETLK, data)
-        finally:
-            self._put_lock_file(lf)
-        t, _, s, length, _ = FLOCK.unpack(got)
-        if t == fcntl.F_UNLCK:
-            return 0, 0, fcntl.F_UNLCK, 0
-        end = OFFSET_MAX if length == 0 else s + length - 1
-        return s, end, t, self._holder(nodeid, owner, s, end, t)
-
-    def _holder(self, nodeid, owner, start, end, lock_type):
-        """The guest process holding the conflicting lock the host reported: the other
-        owner on the inode holding exactly that range (the host reports a description's lock
-        as merged, and so does ``LockFile.note``).  0 (unknown to the guest) if none does: a
-        host process's lock, whose pid means nothing in the guest's pid namespace."""
-        with self.locks_lock:
-            others = [lf for (n, o, kind), lf in self.lock_fds.items()
-                      if n == nodeid and kind == "posix" and o != owner]
-        for lf in others:
-            if (start, end, lock_type) in lf.ranges:
-                return lf.pid
-        return 0
+    def getlk(self, nodeid, owner, start, end, lock_type, fh=0):
+        """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none
+        (``_tables.lock_getlk``: the owner's own description, or the inode's question
+        description, kept while ``fh`` is open and until a FLUSH of the inode)."""
+        got = _tables.lock_getlk(self.handles, nodeid, owner, fh, start, end, lock_type)
+        if got is None:
+            fd, writable = self._open_lock_file(nodeid, "question", fcntl.F_RDLCK)
+            got = _tables.lock_getlk(self.handles, nodeid, owner, fh, start, end, lock_type,
+                                     fd, writable)
+        return got
 
     def setlk(self, nodeid, fh, owner, start, end, lock_type, *, flock=False, wait=False,
               pid=0):
@@ -1151,66 +990,41 @@ class PassthroughFs:
                 raise OSError(errno.EINVAL, "invalid lock type")
             op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
                   fcntl.F_UNLCK: fcntl.LOCK_UN}[lock_type]
-            lf = self._lock_file(nodeid, owner, "flock", fh, lock_type)
-            if lf is None:
+            ref = self._lock_ref(nodeid, owner, "flock", fh, lock_type)
+            if ref is None:
                 return
             try:
-                fcntl.flock(lf.fd, op if wait else op | fcntl.LOCK_NB)
+                fcntl.flock(ref.fd, op if wait else op | fcntl.LOCK_NB)
             finally:
-                self._put_lock_file(lf)
+                ref.put()
+            return
+        if not wait:
+            if not _tables.lock_setlk(self.handles, nodeid, owner, fh, start, end, lock_type,
+                                      pid):
+                fd, writable = self._open_lock_file(nodeid, "posix", lock_type)
+                _tables.lock_setlk(self.handles, nodeid, owner, fh, start, end, lock_type,
+                                   pid, fd, writable)
             return
         data = self._flock_struct(start, end, lock_type)
-        lf = self._lock_file(nodeid, owner, "posix", fh, lock_type)
-        if lf is None:
+        ref = self._lock_ref(nodeid, owner, "posix", fh, lock_type)
+        if ref is None:
             return
         try:
-            if wait:
-                # The wait holds the description (referenced), not its mutex: the owner's
-                # other threads go on locking and unlocking meanwhile.  Its reference keeps
-                # any upgrade (and so any change of lf.fd) away until it is done.
-                with lf.mutex:
-                    self._writable_for(lf, lock_type)
-                    fd = lf.fd
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, data)
-                with lf.mutex:
-                    lf.note(start, end, lock_type)
-                    lf.pid = pid if lock_type != fcntl.F_UNLCK else lf.pid
-            else:
-                with lf.mutex:
-                    self._writable_for(lf, lock_type)
-                    fcntl.fcntl(lf.fd, fcntl.F_OFD_SETLK, data)
-                    lf.note(start, end, lock_type)
-                    lf.pid = pid if lock_type != fcntl.F_UNLCK else lf.pid
+            # The wait holds the description (referenced), not its mutex: the owner's other
+            # threads go on locking and unlocking meanwhile.  Its reference keeps any upgrade
+            # (and so any change of its descriptor) away until it is done.
+            fcntl.fcntl(ref.prepare(lock_type), fcntl.F_OFD_SETLKW, data)
+            ref.granted(start, end, lock_type, pid)
         finally:
-            self._put_lock_file(lf)
-
-    def _writable_for(self, lf, lock_type):
-        """Give a read-only description write access for a write lock (lf.mutex held): a new
-        read-write description takes over the owner's read locks, then the old one closes.
-        Read locks conflict only with write locks, which nobody else can hold where the old
-        description holds read locks, so the ranges are never unlocked in between.  One
-        description per owner is kept (not one per access mode): two descriptions would be
-        two owners to the host and conflict with each other."""
-        if lock_type != fcntl.F_WRLCK or lf.writable:
-            return
-        with self.locks_lock:
-            busy = lf.refs > 1
-        if busy:
-            raise OSError(errno.ENOLCK, "the owner's locks are in use by another request")
-        with _named(lf.fd) as path:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            for s, e in lf.read_ranges:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, self._flock_struct(s, e, fcntl.F_RDLCK))
-        except BaseException:
-            os.close(fd)
-            raise
-        old, lf.fd, lf.writable = lf.fd, fd, True
-        os.close(old)
+            ref.put()
 
     def release_locks(self, nodeid, owner, kind):
-        """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest)."""
-        self._drop_lock_fds(lambda k: k == (nodeid, owner, kind))
+        """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest); a
+        FLUSH (``kind`` "posix") drops the inode's question description too."""
+        if self.handles.lock_fds_open:
+            _tables.lock_drop(self.handles, nodeid, owner, LOCK_KINDS[kind])
+            if kind == "posix":
+                _tables.lock_drop(self.handles, nodeid, 0, _tables.LOCK_KIND_QUESTION)
 
     # -- directories ------------------------------------------------------------------------
 
@@ -1279,7 +1093,7 @@ class PassthroughFs:
 
     def destroy(self):
         """End of a session: every inode but the root and every handle is dropped."""
-        self._drop_lock_fds(lambda k: True)
+        _tables.lock_drop_all(self.handles)
         self.handles.clear()
         self.inodes.clear()
 

@@ -678,8 +678,8 @@ class FuseEngine:
     # -- locks ---------------------------------------------------------------------------------
 
     def do_getlk(self, nodeid, body, out_size, ctx):
-        _, owner, start, end, lock_type, _, _, _ = abi.lk_in.unpack_from(body)
-        return abi.lk_out.pack(*self.fs.getlk(nodeid, owner, start, end, lock_type))
+        fh, owner, start, end, lock_type, _, _, _ = abi.lk_in.unpack_from(body)
+        return abi.lk_out.pack(*self.fs.getlk(nodeid, owner, start, end, lock_type, fh))
 
     def do_setlk(self, nodeid, body, out_size, ctx):
         fh, owner, start, end, lock_type, pid, lk_flags, _ = abi.lk_in.unpack_from(body)

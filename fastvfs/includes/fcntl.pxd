@@ -1,4 +1,4 @@
-# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl, openat, renameat2 (its RENAME_*
+# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl (with OFD locks), openat, renameat2 (its RENAME_*
 # flags from <stdio.h>, as glibc declares them under _GNU_SOURCE) and the file-handle calls,
 # with struct file_handle sized for the largest handle (linux/exportfs.h MAX_HANDLE_SZ).
 # The AT_* flags statx takes are in statx.pxd.
@@ -9,6 +9,15 @@ cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
     int fcntl(int fd, int cmd, ...)
     enum: F_GETFL, O_DIRECT
+    # Open file description locks (fcntl(2), F_OFD_*) and their struct flock (off_t and pid_t
+    # as x86-64 and aarch64 glibc define them).
+    enum: F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_RDLCK, F_WRLCK, F_UNLCK, SEEK_SET
+    struct flock:
+        short l_type
+        short l_whence
+        int64_t l_start
+        int64_t l_len
+        int l_pid
     int openat(int dirfd, const char *path, int flags, ...)
     enum: AT_FDCWD, O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC, O_CREAT, O_EXCL
     enum: O_CLOEXEC, AT_REMOVEDIR

@@ -35,11 +35,14 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_READDIRPLUS
         FUSE_READLINK
         FUSE_LSEEK
+        FUSE_GETLK
+        FUSE_SETLK
 
     enum:
         FUSE_WRITE_KILL_SUIDGID
         FUSE_FSYNC_FDATASYNC
         FUSE_RELEASE_FLOCK_UNLOCK
+        FUSE_LK_FLOCK
         FUSE_OPEN_KILL_SUIDGID
         FATTR_MODE
         FATTR_UID
@@ -203,6 +206,21 @@ cdef extern from "<linux/fuse.h>" nogil:
 
     struct fuse_flush_in:
         uint64_t fh
+
+    struct fuse_file_lock:
+        uint64_t start
+        uint64_t end
+        uint32_t type
+        uint32_t pid
+
+    struct fuse_lk_in:          # GETLK, SETLK, SETLKW
+        uint64_t fh
+        uint64_t owner
+        fuse_file_lock lk
+        uint32_t lk_flags
+
+    struct fuse_lk_out:
+        fuse_file_lock lk
 
     struct fuse_fsync_in:
         uint64_t fh

@@ -11,7 +11,7 @@ from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_copy_file_
                                            fuse_getxattr_in, fuse_lseek_in, fuse_setxattr_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
                                            fuse_release_in, fuse_rename_in, fuse_rename2_in,
-                                           fuse_setattr_in, fuse_write_in)
+                                           fuse_setattr_in, fuse_write_in, fuse_lk_in)
 from fastvfs.includes.liburing cimport io_uring, io_uring_sqe
 from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.uio cimport iovec
@@ -105,6 +105,7 @@ cdef union InArg:
     fuse_getxattr_in getxattr
     fuse_setxattr_in setxattr
     fuse_lseek_in lseek
+    fuse_lk_in lk
 
 cdef struct InHeaders:
     fuse_in_header h

@@ -23,6 +23,7 @@ Fragments, each knowing only those above it:
   metaops.pxi   more metadata operations: STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK,
                 RMDIR, RENAME, RENAME2
   xattrops.pxi  GETXATTR and LISTXATTR
+  lockops.pxi   GETLK and SETLK (not waiting) of POSIX locks
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 
@@ -51,6 +52,7 @@ from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
                                  dir_unref)
+from fastvfs.fs._tables cimport posix_getlk, posix_setlk
 from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER, CHANGE_SIZE,
                                  LOOKUP_NAME_MAX, XATTR_NAME_MAX, change_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
@@ -92,6 +94,7 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
 from fastvfs.includes.fuse_kernel cimport (FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, FUSE_OPENDIR,
                                            FUSE_READDIR, FUSE_READDIRPLUS, FUSE_RELEASEDIR,
                                            fuse_dirent)
+from fastvfs.includes.fuse_kernel cimport FUSE_GETLK, FUSE_LK_FLOCK, FUSE_SETLK, fuse_lk_out
 from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
                                         io_uring_get_sqe, io_uring_peek_batch_cqe,
@@ -129,5 +132,6 @@ include "fastops.pxi"
 include "metaops.pxi"
 include "xattrops.pxi"
 include "dirops.pxi"
+include "lockops.pxi"
 include "engine.pxi"
 include "worker.pxi"

@@ -652,35 +652,60 @@ class TestLocks:
         s, nodeid, fh, _ = lk
         assert s.err(Opcode.SETLK, nodeid, self.body(fh, 1, start, end, lock_type)) == errno.EINVAL
 
-    def test_a_lock_descriptor_in_use_is_not_closed_under_its_request(self, lk, monkeypatch):
-        """A FLUSH on another queue drops the owner's description while its SETLK is about to
-        use it: the description stays open until that request is done, so its number is not
-        given to another file (and the lock taken on it goes with it)."""
+    def test_a_lock_descriptor_in_use_is_not_closed_under_its_request(self, lk):
+        """A FLUSH on another queue drops the owner's description while a request uses it:
+        the description stays open until that request is done, so its number is not given
+        to another file, and closes then (the lock taken on it goes with it)."""
         import fcntl
-        from fastvfs.fs import passthrough
+        from fastvfs.fs import _tables
         s, nodeid, fh, path = lk
-        other = path.parent / "other"
-        other.write_bytes(b"y")
-        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 0, fcntl.F_RDLCK))
-        real = fcntl.fcntl
-        reused = []
-
-        def racing(fd, cmd, *args):
-            if cmd == fcntl.F_OFD_SETLK and not reused:
-                s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 1))
-                reused.append(os.open(other, os.O_RDWR))
-            return real(fd, cmd, *args)
-        monkeypatch.setattr(passthrough.fcntl, "fcntl", racing)
         s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
-        monkeypatch.setattr(passthrough.fcntl, "fcntl", real)
-        try:
-            with open(other) as probe:
-                got = fcntl.fcntl(probe, fcntl.F_OFD_GETLK,
-                                  struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 0, 0, 0))
-            assert struct.unpack("hhxxxxqqixxxx", got)[0] == fcntl.F_UNLCK
-        finally:
-            os.close(reused[0])
-        assert s.fs.lock_fds == {}
+        ref = _tables.lock_ref(s.handles, nodeid, 1, _tables.LOCK_KIND_POSIX, fh)
+        fd = ref.fd
+        s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 1))
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
+        os.fstat(fd)
+        assert s.err(Opcode.SETLK, nodeid, self.body(fh, 2, 0, 0, fcntl.F_RDLCK)) == errno.EAGAIN
+        ref.put()
+        ref.put()  # once only
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 2, 0, 0, fcntl.F_RDLCK))
+
+    def test_getlk_keeps_one_question_description_per_inode(self, lk):
+        """An owner without locks asks through the inode's question description: opened once,
+        counted like a lock description, and gone at a FLUSH of the inode or the RELEASE of
+        the handle it went through; a GETLK through a handle that is not open still answers,
+        through a description opened for that question only."""
+        import fcntl
+        s, nodeid, fh, path = lk
+        s.ok(Opcode.SETLK, nodeid, self.body(fh, 1, 0, 9, fcntl.F_WRLCK))
+        for owner in (2, 3, 4):
+            held = abi.lk_out.unpack(
+                s.ok(Opcode.GETLK, nodeid, self.body(fh, owner, 5, 5, fcntl.F_RDLCK)))
+            assert held == (0, 9, fcntl.F_WRLCK, 1)
+        assert set(s.fs.lock_fds) == {(nodeid, 1, "posix"), (nodeid, None, "question")}
+        assert s.handles.lock_fds_open == 2
+        # The question description holds no lock of its own.
+        with open(path) as probe:
+            got = fcntl.fcntl(probe, fcntl.F_OFD_GETLK,
+                              struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 10, 0, 0))
+        assert struct.unpack("hhxxxxqqixxxx", got)[0] == fcntl.F_UNLCK
+        s.ok(Opcode.FLUSH, nodeid, abi.flush_in.pack(fh, 0, 0, 1))
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
+        free = abi.lk_out.unpack(s.ok(Opcode.GETLK, nodeid, self.body(fh, 2, 0, 9, fcntl.F_WRLCK)))
+        assert free == (0, 0, fcntl.F_UNLCK, 0)
+        assert set(s.fs.lock_fds) == {(nodeid, None, "question")}
+        s.ok(Opcode.RELEASE, nodeid, abi.release_in.pack(fh, 0, 0, 0))
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
+        with open(path, "r+") as host:
+            # An OFD lock: this process's own descriptors of the file close meanwhile.
+            fcntl.fcntl(host, fcntl.F_OFD_SETLK,
+                        struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 60, 10, 0))
+            held = abi.lk_out.unpack(
+                s.ok(Opcode.GETLK, nodeid, self.body(fh, 2, 0, abi.OFFSET_MAX, fcntl.F_RDLCK)))
+            assert held == (60, 69, fcntl.F_WRLCK, 0)
+        assert s.fs.lock_fds == {} and s.handles.lock_fds_open == 0
 
     def test_forget_drops_the_inode_locks(self, lk):
         import fcntl
@@ -1008,3 +1033,86 @@ def test_listings_taken_and_dropped_while_another_thread_asks_which_are_held(tmp
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 10
+
+
+class TestLockTable:
+    """The handle table's lock descriptions (fastvfs/fs/tables/locks.pxi) under random use."""
+
+    @pytest.fixture
+    def fs(self, tmp_path):
+        (tmp_path / "f").write_bytes(b"x" * 100)
+        fs = PassthroughFs(tmp_path, HandleTable(64))
+        nodeid = fs.lookup(ROOT, b"f")[0]
+        fh = fs.open(nodeid, os.O_RDWR)
+        return fs, nodeid, fh[0] if isinstance(fh, tuple) else fh
+
+    def test_ranges_follow_the_hosts_merges_and_splits(self, fs):
+        """After any sequence of an owner's locks and unlocks, every lock the host reports to
+        another owner is named with that owner's pid: the table's ranges are exactly the
+        host's (merged and split alike)."""
+        import fcntl
+        import random
+        fs, nodeid, fh = fs
+        rng = random.Random(7)
+        for _ in range(300):
+            start = rng.randrange(64)
+            end = start + rng.randrange(8)
+            lock_type = rng.choice((fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK))
+            fs.setlk(nodeid, fh, 1, start, end, lock_type, pid=101)
+            x = rng.randrange(72)
+            s, e, t, pid = fs.getlk(nodeid, 2, x, x, fcntl.F_WRLCK, fh)
+            assert (t == fcntl.F_UNLCK) == (pid == 0), (s, e, t, pid)
+        fs.release(fh)
+        assert fs.lock_fds == {} and fs.handles.lock_fds_open == 0
+
+    def test_concurrent_locks_flushes_and_releases(self, fs, tmp_path):
+        """Threads locking, asking, flushing and releasing at once: every answer is an answer
+        (no crash, no description closed under a request), and nothing is left open after."""
+        import fcntl
+        import gc
+        import random
+        import threading
+        import time
+        fs, nodeid, fh = fs
+        fs.release(fh)
+        gc.collect()
+        before = len(os.listdir("/proc/self/fd"))
+        stop = time.monotonic() + 1.0
+        errors = []
+
+        def worker(seed):
+            rng = random.Random(seed)
+            handle = fs.open(nodeid, os.O_RDWR)
+            handle = handle[0] if isinstance(handle, tuple) else handle
+            try:
+                while time.monotonic() < stop:
+                    owner = rng.randrange(4)
+                    op = rng.randrange(6)
+                    try:
+                        if op < 2:
+                            fs.setlk(nodeid, handle, owner, rng.randrange(32), 40,
+                                     rng.choice((fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)),
+                                     pid=owner)
+                        elif op < 4:
+                            fs.getlk(nodeid, owner, 0, 50, fcntl.F_WRLCK, handle)
+                        elif op == 4:
+                            fs.release_locks(nodeid, owner, "posix")
+                        else:
+                            fs.release(handle)
+                            handle = fs.open(nodeid, os.O_RDWR)
+                            handle = handle[0] if isinstance(handle, tuple) else handle
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.ENOLCK, errno.EBADF):
+                            raise
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                fs.release(handle)
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert fs.lock_fds == {} and fs.handles.lock_fds_open == 0
+        assert len(os.listdir("/proc/self/fd")) == before

@@ -2,8 +2,8 @@
 
 The hot path answers GETATTR, LOOKUP of a known or missing name, FLUSH, RELEASE, FORGET,
 BATCH_FORGET, FSYNC, FALLOCATE, STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK, RMDIR,
-RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR and WRITE's
-kill-suid/sgid itself;
+RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK, SETLK
+and WRITE's kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
@@ -2235,3 +2235,88 @@ def test_directories_held_by_file_handle(tmp_path, io_engine):
         assert pair.in_c(_releasedir(fh, d), [16]) == out_header_bytes(0, 7)
     finally:
         _done(pair)
+
+
+OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
+
+
+def test_getlk_and_setlk(pair):
+    """GETLK and SETLK on one file through the ring and on its twin through the engine, step
+    by step: the same replies (holders' guest pids, conflicts, upgrades of a read-only
+    description, errors) and the same descriptions held.  The ring declines what only the
+    file system does: opening an owner's (or the inode's question) description, flock."""
+    shutil.copy(pair.root / "f", pair.root / "g")
+    f, g = pair.lookup(b"f"), pair.lookup(b"g")
+    fh_f, fh_g = pair.open(f), pair.open(g)
+    RD, WR, UN = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
+    steps = [  # (opcode, owner, start, end, type, pid, lk_flags, fh offset, served in C)
+        (abi.Opcode.SETLK, 1, 0, 9, WR, 101, 0, 0, False),     # opens owner 1's description
+        (abi.Opcode.SETLK, 1, 10, 19, WR, 101, 0, 0, True),    # merges on the host
+        (abi.Opcode.SETLK, 2, 40, 49, RD, 202, 0, 0, False),
+        (abi.Opcode.SETLK, 2, 5, 20, RD, 202, 0, 0, True),     # EAGAIN
+        (abi.Opcode.GETLK, 3, 0, OFFSET_MAX, WR, 0, 0, 0, False),  # the question description
+        (abi.Opcode.GETLK, 3, 45, 45, RD, 0, 0, 0, True),
+        (abi.Opcode.GETLK, 3, 45, 45, WR, 0, 0, 0, True),
+        (abi.Opcode.SETLK, 1, 5, 5, UN, 101, 0, 0, True),      # splits it
+        (abi.Opcode.GETLK, 3, 6, 30, WR, 0, 0, 0, True),
+        (abi.Opcode.GETLK, 1, 0, OFFSET_MAX, WR, 0, 0, 0, True),
+        (abi.Opcode.SETLK, 2, 40, 49, WR, 303, 0, 0, True),    # read-only made writable
+        (abi.Opcode.GETLK, 1, 45, 45, RD, 0, 0, 0, True),
+        (abi.Opcode.SETLK, 4, 0, 9, UN, 404, 0, 0, True),      # nothing held: done
+        (abi.Opcode.SETLK, 1, 0, 9, 7, 101, 0, 0, True),       # EINVAL
+        (abi.Opcode.GETLK, 1, 9, 0, WR, 0, 0, 0, True),
+        (abi.Opcode.GETLK, 1, 0, 1 << 63, WR, 0, 0, 0, True),
+        (abi.Opcode.SETLK, 1, 0, 9, WR, 101, 0, 777, True),    # EBADF: no such handle
+        (abi.Opcode.SETLK, 5, 0, 9, WR, 505, 1, 0, False),     # FUSE_LK_FLOCK: the engine's
+        (abi.Opcode.SETLK, 1, 0, OFFSET_MAX, UN, 101, 0, 0, True),
+        (abi.Opcode.GETLK, 3, 0, OFFSET_MAX, RD, 0, 0, 0, True),
+    ]
+    for opcode, owner, start, end, lock_type, pid, flags, bad, in_c in steps:
+        out = abi.lk_out.size if opcode == abi.Opcode.GETLK else 0
+
+        def req(nodeid, fh):
+            return request(opcode, abi.lk_in.pack(fh + bad, owner, start, end, lock_type, pid,
+                                                  flags, 0), nodeid=nodeid)
+        seen = len(pair.ring.seen)
+        data = pair.ring.roundtrip([req(f, fh_f)], [16, out] if out else [16])
+        assert (len(pair.ring.seen) == seen) == in_c, (opcode, owner, start, end)
+        assert data[:out_header(data)[0]] == pair.in_python(req(g, fh_g), out or 16)
+        held = {n: sorted((o, k) for m, o, k in _tables.lock_keys(pair.ring.handles) if m == n)
+                for n in (f, g)}
+        assert held[f] == held[g]
+    # A host process's lock: no guest pid.
+    for name in ("f", "g"):
+        host = os.open(pair.root / name, os.O_RDWR)
+        fcntl.fcntl(host, fcntl.F_OFD_SETLK, struct.pack("hhxxxxqqixxxx", WR, 0, 60, 10, 0))
+    try:
+        body = (3, 50, OFFSET_MAX, RD, 0, 0, 0)
+        got_c = pair.in_c(request(abi.Opcode.GETLK, abi.lk_in.pack(fh_f, *body), nodeid=f),
+                          [16, abi.lk_out.size])
+        got_py = pair.in_python(request(abi.Opcode.GETLK, abi.lk_in.pack(fh_g, *body),
+                                        nodeid=g), abi.lk_out.size)
+        assert got_c == got_py
+        assert abi.lk_out.unpack_from(got_c, 16) == (60, 69, WR, 0)
+    finally:
+        os.close(host)
+
+
+def test_lock_descriptions_go_with_their_handles(pair):
+    """A FLUSH drops the owner's locks and the question description; the RELEASE of the last
+    handle they went through drops the rest; descriptors come back."""
+    f = pair.lookup(b"f")
+    fh = pair.open(f)
+    pair.in_c(_flush(fh, f), [16])  # a queue's io_uring is set up at its first use
+    held = fds_open()
+    lock = abi.lk_in.pack(fh, 1, 0, 9, fcntl.F_WRLCK, 7, 0, 0)
+    ask = abi.lk_in.pack(fh, 2, 0, 9, fcntl.F_WRLCK, 0, 0, 0)
+    assert pair.in_python(request(abi.Opcode.SETLK, lock, nodeid=f), 16)[4:8] == bytes(4)
+    pair.in_python(request(abi.Opcode.GETLK, ask, nodeid=f), abi.lk_out.size)
+    assert pair.ring.handles.lock_fds_open == 2 and fds_open() == held + 2
+    assert abi.lk_out.unpack_from(pair.in_c(request(abi.Opcode.GETLK, ask, nodeid=f),
+                                            [16, abi.lk_out.size]), 16) == (0, 9, 1, 7)
+    pair.in_python(_flush(fh, f, owner=1), 16)
+    assert pair.ring.handles.lock_fds_open == 0 and fds_open() == held
+    pair.ring.roundtrip([request(abi.Opcode.SETLK, lock, nodeid=f)], [16])  # opens one again
+    assert pair.ring.handles.lock_fds_open == 1 and fds_open() == held + 1
+    pair.in_python(_release(fh, f), 16)
+    assert pair.ring.handles.lock_fds_open == 0 and fds_open() == held - 1

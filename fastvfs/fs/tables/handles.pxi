@@ -17,16 +17,19 @@ cdef class HandleTable(SlotTable):
     through (tables/dirs.pxi), dropped with the handle, and counts once more against the
     descriptor budget (``fds_other``, as PassthroughFs.fds_held counts it).
 
-    The lock-descriptor contract (``set_lock_fds``, ``holds_lock_fds``): the file system
-    records here how many descriptors it holds for POSIX and flock locks; while there are any,
-    FLUSH, RELEASE and FORGET are the engine's.
+    The lock-descriptor contract (``holds_lock_fds``): the descriptions holding POSIX and
+    flock locks are kept here (tables/locks.pxi); while there are any, FLUSH, RELEASE and
+    FORGET are the engine's.
     """
     def __cinit__(self, uint32_t capacity=65536):
         self._alloc(capacity, sizeof(HandleSlot))
         self.files = <HandleSlot *>self.mem
         self.listing_bytes_max = LISTING_BYTES_MAX
+        pthread_mutex_init(&self.locks_mutex, NULL)
 
     def __dealloc__(self):
+        _lock_drop(self, 0, 0, 0, False, True, 0)
+        pthread_mutex_destroy(&self.locks_mutex)
         self._drop_all()
 
     # -- the hot path ------------------------------------------------------------------------
@@ -47,7 +50,8 @@ cdef class HandleTable(SlotTable):
     cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil:
         """``remove_fh`` while no lock descriptor exists; 1 (nothing done) when one does.
 
-        The test and the removal are one step under the mutex, as ``set_lock_fds`` is: a lock
+        The test and the removal are one step under the mutex, as a lock's tie to its handle
+        is (``_lock_get``): a lock
         tied to ``fh`` on another queue is either registered first (and this RELEASE goes to
         the engine, which drops it) or finds ``fh`` already gone (EBADF, nothing held)."""
         return self._remove(fh, True)
@@ -143,20 +147,6 @@ cdef class HandleTable(SlotTable):
             rc = self.remove_fh(fh)
         if rc < 0:
             raise OSError(EBADF, "bad file handle")
-
-    def set_lock_fds(self, int count, uint64_t fh=0):
-        """Record how many lock descriptors the file system holds (``holds_lock_fds``).  With
-        ``fh``, the count is set only if ``fh`` is a live handle, checked under the same mutex
-        as the hot path's ``remove_fh_unless_locks``; returns whether it was set."""
-        cdef bint ok = True
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            if fh:
-                ok = self._live(fh)
-            if ok:
-                self.lock_fds_open = count
-            pthread_mutex_unlock(&self.lock)
-        return ok
 
     def set_cap_xattr(self, bytes name):
         """Set the host name of security.capability to remove on WRITE and FALLOCATE (b"" for

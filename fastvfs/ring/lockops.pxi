@@ -1,0 +1,42 @@
+# POSIX lock requests served in C: GETLK and SETLK (not waiting) over the lock descriptions of
+# the handle table (fastvfs/fs/tables/locks.pxi, the file system's own GETLK and SETLK),
+# answering exactly what the engine's do_getlk and do_setlk would.  What only the file system
+# does is declined (0): opening a description for an owner (or an inode) without one, flock
+# locks (FUSE_LK_FLOCK), and SETLKW, which may wait.
+
+cdef int do_getlk(Virtqueue vq) noexcept nogil:
+    """fuse_lk_out: the first lock that would conflict with fuse_lk_in.lk (F_UNLCK if none),
+    asked through the owner's description or the inode's question description, with the
+    guest process holding it."""
+    cdef const fuse_lk_in *arg = &vq.req.hdr.arg.lk
+    cdef fuse_lk_out out
+    cdef int rc
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    rc = posix_getlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
+                     arg.lk.end, arg.lk.type, -1, False, &out.lk)
+    if rc == 1:
+        return 0
+    if rc < 0:
+        vq._reply(rc, NULL, 0)
+    else:
+        vq._reply(0, &out, sizeof(out))
+    return 1
+
+
+cdef int do_setlk(Virtqueue vq) noexcept nogil:
+    """SETLK of a POSIX lock through the owner's description (EAGAIN for a conflict)."""
+    cdef const fuse_lk_in *arg = &vq.req.hdr.arg.lk
+    cdef int rc
+    if vq.req.hdr.h.total_extlen or arg.lk_flags & FUSE_LK_FLOCK:
+        return 0
+    rc = posix_setlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
+                     arg.lk.end, arg.lk.type, arg.lk.pid, -1, False)
+    if rc == 1:
+        return 0
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
+_fast_op(FUSE_GETLK, do_getlk, sizeof(fuse_lk_in), 0)
+_fast_op(FUSE_SETLK, do_setlk, sizeof(fuse_lk_in), 0)
