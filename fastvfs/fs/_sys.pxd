@@ -18,6 +18,7 @@ cdef struct FsCreds:
     uint32_t uid
     uint32_t gid
     int umask
+    bint switched           # saved: the ids were others than the caller's (restore them)
 
 cdef int creds_enter(const FsCreds *caller, FsCreds *saved) noexcept nogil
 cdef void creds_leave(const FsCreds *saved) noexcept nogil

@@ -91,10 +91,13 @@ cdef int _fs_ids(uint32_t uid, uint32_t gid, uint32_t *old_uid,
     CAP_SETUID/CAP_SETGID for.  A refusal would leave the daemon's own ids in force, so that a
     file would be created with the wrong owner: the ids are read back (an id of -1 is never
     valid, so the call only returns the current one) and a refusal restores the previous pair.
+    Ids already in force (the previous pair is the one asked for) need no reading back.
     """
     cdef long now_gid, now_uid
     old_gid[0] = <uint32_t>syscall(SYS_setfsgid, gid)
     old_uid[0] = <uint32_t>syscall(SYS_setfsuid, uid)
+    if old_gid[0] == gid and old_uid[0] == uid:
+        return 0
     now_gid = syscall(SYS_setfsgid, <unsigned int>-1)
     now_uid = syscall(SYS_setfsuid, <unsigned int>-1)
     if <unsigned int>now_uid != uid or <unsigned int>now_gid != gid:
@@ -128,6 +131,7 @@ cdef int creds_enter(const FsCreds *caller, FsCreds *saved) noexcept nogil:
         return rc
     saved.uid = uid
     saved.gid = gid
+    saved.switched = uid != caller.uid or gid != caller.gid
     saved.umask = -1
     if caller.umask >= 0:
         rc = _thread_umask(<uint32_t>caller.umask, &mask)
@@ -143,7 +147,8 @@ cdef void creds_leave(const FsCreds *saved) noexcept nogil:
     cdef uint32_t uid, gid, mask
     if saved.umask >= 0:
         _thread_umask(<uint32_t>saved.umask, &mask)
-    _fs_ids(saved.uid, saved.gid, &uid, &gid)
+    if saved.switched:
+        _fs_ids(saved.uid, saved.gid, &uid, &gid)
 
 
 def set_fs_creds(unsigned int uid, unsigned int gid):
