@@ -16,7 +16,8 @@ from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_hand
                                      name_to_handle_at, open_by_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
                                      fchownat, syncfs, syscall, timespec, unshare)
-from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, utimensat
+from fastvfs.includes.own_fs cimport fastvfs_own_fs
+from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, c_umask, utimensat
 from fastvfs.includes.statx cimport FASTVFS_STATX_MASK, STATX_MNT_ID
 
 EMPTY_PATH = AT_EMPTY_PATH
@@ -76,8 +77,10 @@ def fstatx(int dirfd, bytes name=b"", int flags=AT_EMPTY_PATH | AT_SYMLINK_NOFOL
     return st
 
 
-def set_fs_creds(unsigned int uid, unsigned int gid):
-    """Switch this thread's fsuid/fsgid and return the previous pair.
+cdef int _fs_ids(uint32_t uid, uint32_t gid, uint32_t *old_uid,
+                 uint32_t *old_gid) noexcept nogil:
+    """Switch this thread's fsuid/fsgid to ``uid``/``gid``, the previous pair saved: 0, or
+    -EPERM with nothing changed.
 
     The raw system calls affect only the calling thread (the glibc wrappers of setresuid and
     friends would broadcast to every thread of the process); file system permission checks
@@ -87,23 +90,92 @@ def set_fs_creds(unsigned int uid, unsigned int gid):
     they changed it, and refuse an id the daemon's user namespace does not map or one it lacks
     CAP_SETUID/CAP_SETGID for.  A refusal would leave the daemon's own ids in force, so that a
     file would be created with the wrong owner: the ids are read back (an id of -1 is never
-    valid, so the call only returns the current one) and a refusal restores the previous pair
-    and raises EPERM.
+    valid, so the call only returns the current one) and a refusal restores the previous pair.
+    Ids already in force (the previous pair is the one asked for) need no reading back.
     """
-    cdef long old_gid, old_uid, now_gid, now_uid
-    with nogil:
-        old_gid = syscall(SYS_setfsgid, gid)
-        old_uid = syscall(SYS_setfsuid, uid)
-        now_gid = syscall(SYS_setfsgid, <unsigned int>-1)
-        now_uid = syscall(SYS_setfsuid, <unsigned int>-1)
+    cdef long now_gid, now_uid
+    old_gid[0] = <uint32_t>syscall(SYS_setfsgid, gid)
+    old_uid[0] = <uint32_t>syscall(SYS_setfsuid, uid)
+    if old_gid[0] == gid and old_uid[0] == uid:
+        return 0
+    now_gid = syscall(SYS_setfsgid, <unsigned int>-1)
+    now_uid = syscall(SYS_setfsuid, <unsigned int>-1)
     if <unsigned int>now_uid != uid or <unsigned int>now_gid != gid:
-        with nogil:
-            syscall(SYS_setfsgid, <unsigned int>old_gid)
-            syscall(SYS_setfsuid, <unsigned int>old_uid)
+        syscall(SYS_setfsgid, old_gid[0])
+        syscall(SYS_setfsuid, old_uid[0])
+        return -EPERM
+    return 0
+
+
+cdef int _thread_umask(uint32_t mask, uint32_t *old) noexcept nogil:
+    """Set this thread's umask (``mask`` & 0o777), the previous one saved: CLONE_FS is
+    unshared the first time, since the umask is the whole process's otherwise.  0 or
+    -errno."""
+    global fastvfs_own_fs
+    if not fastvfs_own_fs:
+        if unshare(CLONE_FS) < 0:
+            return -errno
+        fastvfs_own_fs = 1
+    old[0] = c_umask(mask & 0o777)
+    return 0
+
+
+cdef int creds_enter(const FsCreds *caller, FsCreds *saved) noexcept nogil:
+    """Take on ``caller``'s fsuid/fsgid and, unless its ``umask`` is -1, its umask, as
+    PassthroughFs's caller_credentials does (without supplementary groups): what was in force
+    goes to ``saved`` for ``creds_leave``.  0, or -errno with nothing changed (-EPERM: ids
+    the daemon cannot take on)."""
+    cdef uint32_t uid, gid, mask
+    cdef int rc = _fs_ids(caller.uid, caller.gid, &uid, &gid)
+    if rc < 0:
+        return rc
+    saved.uid = uid
+    saved.gid = gid
+    saved.switched = uid != caller.uid or gid != caller.gid
+    saved.umask = -1
+    if caller.umask >= 0:
+        rc = _thread_umask(<uint32_t>caller.umask, &mask)
+        if rc < 0:
+            _fs_ids(uid, gid, &uid, &gid)
+            return rc
+        saved.umask = <int>mask
+    return 0
+
+
+cdef void creds_leave(const FsCreds *saved) noexcept nogil:
+    """Restore what ``creds_enter`` saved."""
+    cdef uint32_t uid, gid, mask
+    if saved.umask >= 0:
+        _thread_umask(<uint32_t>saved.umask, &mask)
+    if saved.switched:
+        _fs_ids(saved.uid, saved.gid, &uid, &gid)
+
+
+def set_fs_creds(unsigned int uid, unsigned int gid):
+    """Switch this thread's fsuid/fsgid and return the previous pair (``_fs_ids``, the switch
+    the hot path makes too); raises EPERM for ids that cannot be taken on."""
+    cdef uint32_t old_uid, old_gid
+    cdef int rc
+    with nogil:
+        rc = _fs_ids(uid, gid, &old_uid, &old_gid)
+    if rc < 0:
         import os
         raise OSError(EPERM, f"{os.strerror(EPERM)}: uid {uid} gid {gid} cannot be taken on "
                              f"(not mapped in the daemon's user namespace, or no capability)")
     return old_uid, old_gid
+
+
+def set_umask(unsigned int mask):
+    """Set this thread's umask and return the previous one (``_thread_umask``: the thread
+    gets a umask of its own first)."""
+    cdef uint32_t old
+    cdef int rc
+    with nogil:
+        rc = _thread_umask(mask, &old)
+    if rc < 0:
+        errno = -rc
+        _raise()
+    return old
 
 
 def rename2(int olddirfd, bytes oldname, int newdirfd, bytes newname, unsigned int flags):
@@ -197,13 +269,6 @@ def open_by_handle(int mount_fd, bytes handle, int flags):
     if rc < 0:
         _raise()
     return rc
-
-
-def unshare_fs():
-    """Give the calling thread its own umask, cwd and root (unshare CLONE_FS), so it can set a
-    guest caller's umask without touching other threads."""
-    if unshare(CLONE_FS) < 0:
-        _raise()
 
 
 def set_thread_groups(groups):

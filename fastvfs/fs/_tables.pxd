@@ -19,6 +19,7 @@ cdef enum:
     DROPPED_MAX = 1024
     LOOKUP_NAME_MAX = 255
     XATTR_NAME_MAX = 255  # the longest attribute name (linux/limits.h); longer is ERANGE
+    TARGET_MAX = 4095     # the longest symlink target (PATH_MAX with its NUL); longer is EINVAL
 
 
 # -- slots: what every table's entry starts with (tables/slots.pxi) ----------------------------
@@ -138,6 +139,15 @@ cdef struct LockDesc:
     pthread_mutex_t mutex   # orders the owner's lock calls (fcntl, ``ranges``, ``fd``)
 
 
+# How the session lets the hot path create names as the file system does (tables/creates.pxi),
+# set by the file system at each FUSE_INIT (``set_create_session``): until then, and in a
+# session whose creations carry security contexts (FUSE_SECURITY_CTX), ``enabled`` is False
+# and MKDIR, MKNOD, SYMLINK and CREATE are the engine's.
+cdef struct CreatePolicy:
+    bint enabled
+    bint dont_mask          # FUSE_DONT_MASK: the request's umask is applied by the host
+
+
 @cython.final
 cdef class HandleTable(SlotTable):
     cdef HandleSlot *files            # mem, typed
@@ -154,6 +164,7 @@ cdef class HandleTable(SlotTable):
     # (PassthroughFs.cap_xattr, kill_mapped_capability).  Set once, before any queue runs.
     cdef char cap_xattr[256]
     cdef OpenPolicy open_policy       # set_open_policy
+    cdef CreatePolicy create_policy   # set_create_session
     # The file system serves extended attributes under their own names (--xattr without
     # --xattrmap), each read through the node's /proc/self/fd name as the open policy names
     # it (fastvfs.procfd): the hot path may then answer GETXATTR and LISTXATTR
@@ -231,6 +242,8 @@ cdef class NodeTable(SlotTable):
     cdef void _cache_locked(self, uint32_t idx) noexcept nogil
     cdef void _evict_locked(self) noexcept nogil
 
+    cdef int64_t adopt_c(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle,
+                         uint32_t mode, bint *created, bint *taken) noexcept nogil
     cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
 
     cdef inline uint32_t mode_of(self, uint64_t nodeid) noexcept nogil:
@@ -249,6 +262,8 @@ cdef class NodeTable(SlotTable):
 # -- helpers (tables/helpers.pxi) ---------------------------------------------------------------
 
 cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil
+cdef void pack_entry(uint64_t nodeid, const statx *st, uint64_t valid, uint32_t valid_nsec,
+                     fuse_entry_out *out) noexcept nogil
 cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, size_t length,
                          uint64_t valid, uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
@@ -273,6 +288,24 @@ cdef int unlink_node(NodeTable inodes, uint64_t parent, const char *name, size_t
 cdef int rename_node(NodeTable inodes, uint64_t parent, const char *name, size_t length,
                      uint64_t newparent, const char *newname, size_t newlength,
                      uint32_t flags) noexcept nogil
+
+
+# -- creating names as the file system does (tables/creates.pxi) -------------------------------
+
+cdef enum:
+    # What ``make_node`` creates.
+    MAKE_MKNOD = 0
+    MAKE_MKDIR = 1
+    MAKE_SYMLINK = 2
+    MAKE_CREATE = 3
+
+cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, const char *name,
+                       size_t length, int kind, uint32_t mode, uint32_t rdev,
+                       const char *target, size_t target_length, int flags, uint32_t uid,
+                       uint32_t gid, uint32_t umask, statx *st, uint64_t *fh) noexcept nogil
+cdef int64_t link_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
+                       uint64_t newparent, const char *newname, size_t length,
+                       statx *st) noexcept nogil
 
 
 # -- extended attributes as the file system reads them (tables/xattrs.pxi) ----------------------

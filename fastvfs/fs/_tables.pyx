@@ -17,6 +17,8 @@ Fragments, each knowing only those above it:
                       sets, the descriptor budget), for OPEN
   tables/names.pxi    the rule for a name from the guest, and UNLINK, RMDIR and RENAME(2)
                       as the file system does them
+  tables/creates.pxi  MKNOD, MKDIR, SYMLINK, CREATE and LINK as the file system does them
+                      (the caller's credentials through _sys, the session's part it sets)
   tables/xattrs.pxi   extended attributes read and written as the file system does it (the
                       xattr policy it sets), for GETXATTR, LISTXATTR, SETXATTR and
                       REMOVEXATTR
@@ -66,6 +68,7 @@ include "tables/nodes.pxi"
 include "tables/helpers.pxi"
 include "tables/opens.pxi"
 include "tables/names.pxi"
+include "tables/creates.pxi"
 include "tables/xattrs.pxi"
 include "tables/attrs.pxi"
 include "tables/dirs.pxi"

@@ -323,7 +323,6 @@ def guest_fd_budget(nofile):
     return nofile - max(32, min(256, nofile // 8))
 
 
-_thread_state = threading.local()
 _request_refs = threading.local()
 
 
@@ -349,7 +348,8 @@ ROOT_CALLER = Caller(0, 0)
 def caller_credentials(caller):
     """Run the body with this thread's fsuid/fsgid, supplementary groups and umask set to the
     caller's.  All three are per thread (raw system calls; CLONE_FS unshared once for the
-    umask).  The host then applies the umask only where the parent directory has no default
+    umask), the ids and umask switched as the hot path switches them for its creations
+    (``_sys.set_fs_creds`` and ``_sys.set_umask``, the C of ``_sys.creds_enter``).  The host then applies the umask only where the parent directory has no default
     ACL, exactly as a local creation.
 
     An id the daemon cannot take on (outside its user namespace's map, see
@@ -374,14 +374,11 @@ def caller_credentials(caller):
             except PermissionError:
                 pass
         if caller.umask is not None:
-            if not getattr(_thread_state, "own_fs", False):
-                _sys.unshare_fs()  # the umask is per process otherwise
-                _thread_state.own_fs = True
-            old_mask = os.umask(caller.umask & 0o777)
+            old_mask = _sys.set_umask(caller.umask)  # the thread's own umask
         yield
     finally:
         if old_mask is not None:
-            os.umask(old_mask)
+            _sys.set_umask(old_mask)
         if groups_set:
             _sys.set_thread_groups(())
         _sys.set_fs_creds(old_uid, old_gid)
@@ -607,27 +604,30 @@ class PassthroughFs:
 
     # -- creating and removing names --------------------------------------------------------
 
+    # The creations below run the system call of the hot path's own (``_tables.make_name_of``,
+    # tables/creates.pxi), with the same credentials switch (``caller_credentials``).
+
     def mknod(self, parent_id, name, mode, rdev, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
         with caller_credentials(caller):
-            os.mknod(name, mode, rdev, dir_fd=self.inodes.fd(parent))
+            _tables.make_name_of(self.inodes.fd(parent), name, _tables.KIND_MKNOD, mode, rdev)
         return self._created(parent, name, caller)
 
     def mkdir(self, parent_id, name, mode, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
         with caller_credentials(caller):
-            os.mkdir(name, mode, dir_fd=self.inodes.fd(parent))
+            _tables.make_name_of(self.inodes.fd(parent), name, _tables.KIND_MKDIR, mode)
         return self._created(parent, name, caller)
 
     def symlink(self, parent_id, name, target, caller):
         parent = self.inodes.get(parent_id)
         check_name(name)
-        if not target or b"\0" in target or len(target) >= 4096:
-            raise OSError(errno.EINVAL, "invalid symlink target")
+        _tables.check_target_of(target)
         with caller_credentials(caller):
-            os.symlink(target, name, dir_fd=self.inodes.fd(parent))
+            _tables.make_name_of(self.inodes.fd(parent), name, _tables.KIND_SYMLINK,
+                                 target=target)
         return self._created(parent, name, caller)
 
     def link(self, nodeid, newparent_id, newname):
@@ -746,8 +746,8 @@ class PassthroughFs:
         open_flags = self._open_flags(flags)
         try:
             with caller_credentials(caller):
-                fd = os.open(name, open_flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                             os.O_CLOEXEC, mode, dir_fd=self.inodes.fd(parent))
+                fd = _tables.make_name_of(self.inodes.fd(parent), name, _tables.KIND_CREATE,
+                                          mode, flags=open_flags)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -1085,11 +1085,15 @@ class PassthroughFs:
         finally:
             os.close(fd)
 
-    def init(self, *, setxattr_ext):
+    def init(self, *, setxattr_ext, security_ctx=False, dont_mask=False):
         """Start of a session, before its first request but INIT: ``setxattr_ext`` when the
         session frames SETXATTR as fuse_setxattr_in with FUSE_SETXATTR_EXT's fields, which
-        only the engine reads (the hot path then leaves SETXATTR and REMOVEXATTR to it)."""
+        only the engine reads (the hot path then leaves SETXATTR and REMOVEXATTR to it);
+        ``security_ctx`` when its creations carry security contexts (FUSE_SECURITY_CTX: the
+        hot path then leaves MKNOD, MKDIR, SYMLINK, CREATE and LINK to it); ``dont_mask`` when
+        the caller's umask is ours to apply (FUSE_DONT_MASK)."""
         _tables.set_xattr_policy(self.handles, self.xattrs_unmapped, not setxattr_ext)
+        _tables.set_create_session(self.handles, security_ctx, dont_mask)
 
     def destroy(self):
         """End of a session: every inode but the root and every handle is dropped."""

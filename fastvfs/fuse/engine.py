@@ -414,7 +414,9 @@ class FuseEngine:
                 map_alignment = dax.MAP_ALIGNMENT_SHIFT
             self.session_flags = reply_flags
             self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
-            self.fs.init(setxattr_ext=bool(reply_flags & abi.FUSE_SETXATTR_EXT))
+            self.fs.init(setxattr_ext=bool(reply_flags & abi.FUSE_SETXATTR_EXT),
+                         security_ctx=bool(reply_flags & abi.FUSE_SECURITY_CTX),
+                         dont_mask=bool(reply_flags & abi.FUSE_DONT_MASK))
             self.initialized = True
             if self.on_session:
                 self.on_session(True)

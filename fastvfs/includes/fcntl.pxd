@@ -21,7 +21,8 @@ cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     enum: AT_FDCWD, O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC, O_CREAT, O_EXCL
     enum: O_CLOEXEC, AT_REMOVEDIR
-    enum: O_DIRECTORY
+    enum: O_DIRECTORY, O_NOFOLLOW, O_PATH
+    enum: AT_SYMLINK_FOLLOW
     int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                   unsigned int flags)
 

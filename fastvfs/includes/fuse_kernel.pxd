@@ -37,6 +37,11 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_LSEEK
         FUSE_GETLK
         FUSE_SETLK
+        FUSE_MKNOD
+        FUSE_MKDIR
+        FUSE_SYMLINK
+        FUSE_CREATE
+        FUSE_LINK
 
     enum:
         FUSE_WRITE_KILL_SUIDGID
@@ -143,6 +148,24 @@ cdef extern from "<linux/fuse.h>" nogil:
     struct fuse_open_in:
         uint32_t flags
         uint32_t open_flags     # FUSE_OPEN_KILL_SUIDGID
+
+    struct fuse_mknod_in:       # followed by the name, NUL-terminated
+        uint32_t mode
+        uint32_t rdev
+        uint32_t umask
+
+    struct fuse_mkdir_in:       # followed by the name
+        uint32_t mode
+        uint32_t umask
+
+    struct fuse_create_in:      # followed by the name
+        uint32_t flags
+        uint32_t mode
+        uint32_t umask
+        uint32_t open_flags     # FUSE_OPEN_KILL_SUIDGID
+
+    struct fuse_link_in:        # followed by the new name
+        uint64_t oldnodeid
 
     struct fuse_rename_in:      # followed by the old name and the new, each NUL-terminated
         uint64_t newdir

@@ -22,6 +22,8 @@ cdef extern from "<unistd.h>" nogil:
     int fsync(int fd)
     int fdatasync(int fd)
     int unlinkat(int dirfd, const char *path, int flags)
+    int symlinkat(const char *target, int dirfd, const char *path)
+    int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
     int chdir(const char *path)
     int fchdir(int fd)
     ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)

@@ -11,7 +11,9 @@ from fastvfs.includes.fuse_kernel cimport (fuse_batch_forget_in, fuse_copy_file_
                                            fuse_getxattr_in, fuse_lseek_in, fuse_setxattr_in,
                                            fuse_in_header, fuse_open_in, fuse_read_in,
                                            fuse_release_in, fuse_rename_in, fuse_rename2_in,
-                                           fuse_setattr_in, fuse_write_in, fuse_lk_in)
+                                           fuse_setattr_in, fuse_write_in, fuse_lk_in,
+                                           fuse_mknod_in, fuse_mkdir_in, fuse_create_in,
+                                           fuse_link_in)
 from fastvfs.includes.liburing cimport io_uring, io_uring_sqe
 from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.uio cimport iovec
@@ -106,6 +108,10 @@ cdef union InArg:
     fuse_setxattr_in setxattr
     fuse_lseek_in lseek
     fuse_lk_in lk
+    fuse_mknod_in mknod
+    fuse_mkdir_in mkdir
+    fuse_create_in create
+    fuse_link_in link
 
 cdef struct InHeaders:
     fuse_in_header h

@@ -24,6 +24,7 @@ Fragments, each knowing only those above it:
                 RMDIR, RENAME, RENAME2
   xattrops.pxi  GETXATTR and LISTXATTR
   lockops.pxi   GETLK and SETLK (not waiting) of POSIX locks
+  createops.pxi MKNOD, MKDIR, SYMLINK, CREATE and LINK
   engine.pxi    asking the Python engine for the rest
   worker.pxi    Virtqueue: the worker that owns one ring and its loop
 
@@ -53,6 +54,8 @@ from libc.string cimport memcpy, memset
 from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
                                  dir_unref)
 from fastvfs.fs._tables cimport posix_getlk, posix_setlk
+from fastvfs.fs._tables cimport (MAKE_CREATE, MAKE_MKDIR, MAKE_MKNOD, MAKE_SYMLINK, TARGET_MAX,
+                                 link_node, make_node, pack_entry)
 from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER, CHANGE_SIZE,
                                  LOOKUP_NAME_MAX, XATTR_NAME_MAX, change_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
@@ -91,6 +94,9 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            fuse_rename2_in, fuse_setattr_in,
                                            fuse_setxattr_in, fuse_statfs_out,
                                            fuse_write_out)
+from fastvfs.includes.fuse_kernel cimport (FUSE_CREATE, FUSE_LINK, FUSE_MKDIR, FUSE_MKNOD,
+                                           FUSE_SYMLINK, fuse_create_in, fuse_link_in,
+                                           fuse_mkdir_in, fuse_mknod_in)
 from fastvfs.includes.fuse_kernel cimport (FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, FUSE_OPENDIR,
                                            FUSE_READDIR, FUSE_READDIRPLUS, FUSE_RELEASEDIR,
                                            fuse_dirent)
@@ -133,5 +139,6 @@ include "metaops.pxi"
 include "xattrops.pxi"
 include "dirops.pxi"
 include "lockops.pxi"
+include "createops.pxi"
 include "engine.pxi"
 include "worker.pxi"

@@ -2,12 +2,13 @@
 
 The hot path answers GETATTR, LOOKUP of a known or missing name, FLUSH, RELEASE, FORGET,
 BATCH_FORGET, FSYNC, FALLOCATE, STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK, RMDIR,
-RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK, SETLK
-and WRITE's kill-suid/sgid itself;
+RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK, SETLK,
+MKNOD, MKDIR, SYMLINK, CREATE, LINK and WRITE's kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
-for byte (an OPEN's handle number and the times the clock gives aside), and the same effect on
+for byte (an OPEN's handle number and the times the clock gives aside; a new object's node id
+and inode number too), and the same effect on
 the host (file contents, size, blocks, mode, lookup counts, descriptors held).  The ring is served in-process (``tests/unit/test_ring.py``'s harness); the
 Python side is the engine called directly.
 """
@@ -2320,3 +2321,252 @@ def test_lock_descriptions_go_with_their_handles(pair):
     assert pair.ring.handles.lock_fds_open == 1 and fds_open() == held + 1
     pair.in_python(_release(fh, f), 16)
     assert pair.ring.handles.lock_fds_open == 0 and fds_open() == held - 1
+# -- MKNOD, MKDIR, SYMLINK, CREATE and LINK -------------------------------------------------
+
+def _as(req, uid, gid):
+    """``req`` with fuse_in_header's caller ids replaced."""
+    return req[:24] + struct.pack("<II", uid, gid) + req[32:]
+
+
+def _mkdir(parent, name, mode=0o755, umask=0):
+    return request(abi.Opcode.MKDIR, abi.mkdir_in.pack(mode, umask) + name, nodeid=parent)
+
+
+def _mknod(parent, name, mode, rdev=0, umask=0):
+    return request(abi.Opcode.MKNOD, abi.mknod_in.pack(mode, rdev, umask, 0) + name,
+                   nodeid=parent)
+
+
+def _symlink(parent, name, target):
+    return request(abi.Opcode.SYMLINK, name + target, nodeid=parent)
+
+
+def _create(parent, name, flags=os.O_RDWR, mode=0o644, umask=0, open_flags=0):
+    return request(abi.Opcode.CREATE, abi.create_in.pack(flags, mode, umask, open_flags) + name,
+                   nodeid=parent)
+
+
+def _link(node, parent, name):
+    return request(abi.Opcode.LINK, abi.link_in.pack(node) + name, nodeid=parent)
+
+
+def _masked(reply):
+    """A reply with what differs between two new objects blanked: the node id, the inode
+    number and the times (an error reply as it is)."""
+    if out_header(reply)[1] or len(reply) < 16 + abi.ENTRY_OUT_SIZE:
+        return reply
+    out = bytearray(reply)
+    out[16:24] = bytes(8)          # fuse_entry_out.nodeid
+    out[56:64] = bytes(8)          # attr.ino
+    out[80:104] = bytes(24)        # attr.atime, mtime, ctime
+    out[104:116] = bytes(12)       # their nanoseconds
+    if len(out) == 16 + abi.ENTRY_OUT_SIZE + abi.open_out.size:
+        out[16 + abi.ENTRY_OUT_SIZE:24 + abi.ENTRY_OUT_SIZE] = bytes(8)   # the handle number
+    return bytes(out)
+
+
+def _owners(top):
+    """Every entry under ``top``: its relative path, mode, owner and device number."""
+    return [(str(p.relative_to(top)), os.lstat(p).st_mode, os.lstat(p).st_uid,
+             os.lstat(p).st_gid, os.lstat(p).st_rdev) for p in sorted(top.rglob("*"))]
+
+
+def _same_entry(halves, make, served="c", out_lens=(16, 128)):
+    """``Halves.same`` for a request answered with a new entry: the replies equal but for
+    ``_masked``'s fields, the trees equal in contents, modes and owners; a new node's id is
+    counted once in the table.  The error."""
+    pair = halves.pair
+    c_req, py_req = make(halves.nodes["c"]), make(halves.nodes["py"])
+    if served == "c":
+        c = pair.in_c(c_req, list(out_lens))
+    else:
+        c = via_engine(pair, c_req, list(out_lens))
+    py = pair.in_python(py_req, sum(out_lens))
+    assert _masked(c) == _masked(py)
+    assert _tree_state(pair.root / "c") == _tree_state(pair.root / "py")
+    assert _owners(pair.root / "c") == _owners(pair.root / "py")
+    err = out_header(c)[1]
+    if err == 0:
+        for reply in (c, py):
+            nodeid = struct.unpack_from("<Q", reply, 16)[0]
+            assert pair.fs.inodes.nlookup(nodeid) >= 1
+    return err
+
+
+CREATE_CASES = [
+    # (parent, request maker, errno)
+    ("top", lambda p: _mkdir(p, b"new\0"), 0),
+    ("top", lambda p: _mkdir(p, b"sticky\0", 0o1777), 0),
+    ("top", lambda p: _mkdir(p, b"sgid\0", 0o2750), 0),
+    ("top", lambda p: _mknod(p, b"fifo2\0", stat.S_IFIFO | 0o640), 0),
+    ("top", lambda p: _mknod(p, b"plain\0", stat.S_IFREG | 0o600), 0),
+    ("top", lambda p: _mknod(p, b"sock\0", stat.S_IFSOCK | 0o666), 0),
+    ("top", lambda p: _mknod(p, b"null\0", stat.S_IFCHR | 0o666, os.makedev(1, 3)), 0),
+    ("top", lambda p: _symlink(p, b"sl\0", b"some/where\0"), 0),
+    ("top", lambda p: _symlink(p, b"long\0", b"t" * 4095 + b"\0"), 0),
+    ("top", lambda p: _symlink(p, b"empty\0", b"\0"), -errno.EINVAL),
+    ("top", lambda p: _mkdir(p, b"n" * 255 + b"\0"), -errno.EEXIST),
+    ("top", lambda p: _mkdir(p, b"m" * 255 + b"\0"), 0),
+    ("top", lambda p: _mkdir(p, b"f\0"), -errno.EEXIST),
+    ("top", lambda p: _mkdir(p, b"link\0"), -errno.EEXIST),
+    ("top", lambda p: _mknod(p, b"d\0", stat.S_IFIFO | 0o600), -errno.EEXIST),
+    ("top", lambda p: _symlink(p, b"fifo\0", b"x\0"), -errno.EEXIST),
+    ("top", lambda p: _mkdir(p, b".\0"), -errno.EINVAL),
+    ("top", lambda p: _mkdir(p, b"..\0"), -errno.EINVAL),
+    ("top", lambda p: _mkdir(p, b"\0"), -errno.EINVAL),
+    ("top", lambda p: _mkdir(p, b"a/b\0"), -errno.EINVAL),
+    ("top", lambda p: _symlink(p, b"..\0", b"x\0"), -errno.EINVAL),
+    ("full", lambda p: _mkdir(p, b"x\0"), -errno.EEXIST),
+    ("full", lambda p: _mkdir(p, b"y\0"), 0),
+    ("f", lambda p: _mkdir(p, b"x\0"), -errno.ENOTDIR),
+    ("fifo", lambda p: _mknod(p, b"x\0", stat.S_IFIFO | 0o600), -errno.ENOTDIR),
+    ("link", lambda p: _symlink(p, b"x\0", b"y\0"), -errno.ENOTDIR),
+    ("f", lambda p: _create(p, b"x\0"), -errno.ENOTDIR),
+    ("top", lambda p: _create(p, b"c1\0"), 0),
+    ("top", lambda p: _create(p, b"c2\0", os.O_WRONLY | os.O_EXCL, 0o600), 0),
+    ("top", lambda p: _create(p, b"c3\0", os.O_RDONLY | os.O_TRUNC | os.O_APPEND, 0o4755), 0),
+    ("top", lambda p: _create(p, b"f\0", os.O_RDWR | os.O_EXCL), -errno.EEXIST),
+    ("top", lambda p: _create(p, b"..\0"), -errno.EINVAL),
+    ("e", lambda p: _create(p, b"in-e\0", os.O_RDWR, 0o640), 0),
+]
+
+
+def test_create_names(pair):
+    """MKDIR, MKNOD, SYMLINK and CREATE of every kind of object, of names that exist and
+    names the file system refuses, under parents that are no directory: in C, the engine's
+    reply (but for the node id, inode number and times) and the same objects, modes and
+    owners on the host."""
+    halves = Halves(pair)
+    for parent, make, err in CREATE_CASES:
+        out_lens = (16, 144) if abi.in_header.unpack_from(make(1))[1] == abi.Opcode.CREATE \
+            else (16, 128)
+        got = _same_entry(halves, lambda nodes: _as(make(nodes[parent]), 0, 0),
+                          out_lens=out_lens)
+        assert got == err, (parent, make(1))
+    # Each CREATE left one open handle per half, which reads and writes the new file.
+    assert pair.ring.handles.count == 2 * sum(
+        1 for _, make, err in CREATE_CASES
+        if not err and abi.in_header.unpack_from(make(1))[1] == abi.Opcode.CREATE)
+
+
+def test_create_names_of_an_unknown_parent(pair):
+    for make in (lambda p: _mkdir(p, b"x\0"), lambda p: _mknod(p, b"x\0", stat.S_IFIFO),
+                 lambda p: _symlink(p, b"x\0", b"y\0"), lambda p: _create(p, b"x\0")):
+        for nodeid in (2 ** 40, 12345, 2 ** 64 - 1):
+            req = make(nodeid)
+            c = pair.in_c(req, [16, 144])
+            assert c == pair.in_python(req, 160)
+            assert out_header(c)[1] == -errno.ENOENT
+    assert not (pair.root / "x").exists()
+
+
+def test_create_as_a_non_root_caller(pair):
+    """The caller's uid and gid own what it creates, and its permissions are checked: a
+    directory it may not write refuses it with EACCES, both ways."""
+    halves = Halves(pair)
+    for half in ("c", "py"):
+        os.chmod(pair.root / half / "e", 0o777)
+    for parent, make, err in (
+            ("e", lambda p: _mkdir(p, b"mine\0", 0o700), 0),
+            ("e", lambda p: _mknod(p, b"pipe\0", stat.S_IFIFO | 0o644), 0),
+            ("e", lambda p: _symlink(p, b"sl\0", b"target\0"), 0),
+            ("e", lambda p: _create(p, b"file\0", os.O_RDWR, 0o640), 0),
+            ("d", lambda p: _mkdir(p, b"theirs\0"), -errno.EACCES),
+            ("d", lambda p: _create(p, b"theirs\0"), -errno.EACCES),
+            ("e", lambda p: _mknod(p, b"dev\0", stat.S_IFCHR | 0o600, os.makedev(1, 3)),
+             -errno.EPERM)):
+        got = _same_entry(halves, lambda nodes: _as(make(nodes[parent]), 1000, 1001),
+                          out_lens=(16, 144))
+        assert got == err, make(1)
+    for name in ("mine", "pipe", "sl", "file"):
+        st = os.lstat(pair.root / "c" / "e" / name)
+        assert (st.st_uid, st.st_gid) == (1000, 1001)
+
+
+def test_create_declined_to_the_engine(pair):
+    """What C cannot decide as the engine would goes to it: request extensions, a name
+    longer than NAME_MAX (ENAMETOOLONG there), a target without its NUL within PATH_MAX,
+    CREATE of an existing name without O_EXCL (opened as OPEN opens it)."""
+    halves = Halves(pair)
+    for make, err in ((lambda p: _mkdir(p, b"x" * 256 + b"\0"), -errno.ENAMETOOLONG),
+                      (lambda p: _create(p, b"x" * 300 + b"\0"), -errno.ENAMETOOLONG),
+                      (lambda p: _symlink(p, b"s\0", b"t" * 4096 + b"\0"), -errno.EINVAL),
+                      (lambda p: _create(p, b"f\0", os.O_RDWR), 0)):
+        got = _same_entry(halves, lambda nodes: make(nodes["top"]), served="engine",
+                          out_lens=(16, 144))
+        assert got == err
+    ext = bytearray(_mkdir(halves.nodes["c"]["top"], b"x\0"))
+    struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+    via_engine(pair, bytes(ext), [144])
+
+
+def test_create_on_a_read_only_share(tmp_path, io_engine):
+    pair = _make_pair(tmp_path, io_engine, readonly=True)
+    try:
+        for req in (_mkdir(1, b"x\0"), _mknod(1, b"x\0", stat.S_IFIFO | 0o600),
+                    _symlink(1, b"x\0", b"y\0"), _create(1, b"x\0"),
+                    _link(pair.lookup(b"f"), 1, b"x\0")):
+            reply = via_engine(pair, req, [144])
+            assert reply == pair.in_python(req, 144)
+            assert out_header(reply)[1] == -errno.EROFS
+        assert not (pair.root / "x").exists()
+    finally:
+        pair.close()
+
+
+def test_create_umask(tmp_path, io_engine):
+    """Without FUSE_DONT_MASK the guest applied its umask to the mode it sends and the
+    request's is ignored; with it the host applies the request's umask, both ways."""
+    for dont_mask in (False, True):
+        pair = _make_pair(tmp_path / str(dont_mask), io_engine)
+        try:
+            if dont_mask:
+                pair.engine.wanted_flags |= abi.FUSE_DONT_MASK
+                init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, abi.FUSE_DONT_MASK, 0))
+                assert pair.engine.handle(init, 4096)[0] == 0
+                assert pair.engine.session_flags & abi.FUSE_DONT_MASK
+            halves = Halves(pair)
+            for make in (lambda p: _mkdir(p, b"dir\0", 0o777, 0o027),
+                         lambda p: _mknod(p, b"fifo2\0", stat.S_IFIFO | 0o666, 0, 0o002),
+                         lambda p: _create(p, b"file\0", os.O_RDWR, 0o666, 0o077)):
+                assert _same_entry(halves, lambda nodes: _as(make(nodes["top"]), 0, 0),
+                                   out_lens=(16, 144)) == 0
+            modes = {name: stat.S_IMODE(os.lstat(pair.root / "c" / name).st_mode)
+                     for name in ("dir", "fifo2", "file")}
+            mask = os.umask(0)
+            os.umask(mask)
+            if dont_mask:
+                assert modes == {"dir": 0o750, "fifo2": 0o664, "file": 0o600}
+            else:
+                assert modes == {"dir": 0o777 & ~mask, "fifo2": 0o666 & ~mask,
+                                 "file": 0o666 & ~mask}
+        finally:
+            pair.close()
+
+
+def test_link(pair):
+    """LINK of a file, a symlink and a FIFO (one more lookup of the same node), of a
+    directory (EPERM), to a name that exists, under an unknown parent."""
+    halves = Halves(pair)
+    for node, parent, name, err in (("f", "top", b"f2\0", 0), ("link", "d", b"l2\0", 0),
+                                    ("fifo", "e", b"p\0", 0), ("d", "top", b"d2\0", -errno.EPERM),
+                                    ("f", "top", b"g\0", -errno.EEXIST),
+                                    ("f", "top", b"..\0", -errno.EINVAL),
+                                    ("f", "f", b"x\0", -errno.ENOTDIR)):
+        before = [pair.fs.inodes.nlookup(halves.nodes[h][node]) for h in ("c", "py")]
+        c = pair.in_c(_link(halves.nodes["c"][node], halves.nodes["c"][parent], name),
+                      [16, 128])
+        py = pair.in_python(_link(halves.nodes["py"][node], halves.nodes["py"][parent], name),
+                            144)
+        assert _masked(c) == _masked(py)
+        assert out_header(c)[1] == err
+        assert _tree_state(pair.root / "c") == _tree_state(pair.root / "py")
+        after = [pair.fs.inodes.nlookup(halves.nodes[h][node]) for h in ("c", "py")]
+        assert after == [b + (err == 0) for b in before]
+        if err == 0:
+            assert struct.unpack_from("<Q", c, 16)[0] == halves.nodes["c"][node]
+    for nodeid in (2 ** 40, 77):
+        req = _link(nodeid, 1, b"x\0")
+        assert pair.in_c(req, [144]) == pair.in_python(req, 144)
+        req = _link(halves.nodes["c"]["f"], nodeid, b"x\0")
+        assert pair.in_c(req, [144]) == pair.in_python(req, 144)

@@ -49,14 +49,21 @@ cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, si
     inodes.release(parent)
     if nodeid <= 0:
         return 0
-    out.nodeid = <uint64_t>nodeid
+    pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
+    return nodeid
+
+
+cdef void pack_entry(uint64_t nodeid, const statx *st, uint64_t valid, uint32_t valid_nsec,
+                     fuse_entry_out *out) noexcept nogil:
+    """fuse_entry_out of ``nodeid`` as the engine's _entry packs it without a submount flag:
+    generation 0, the same timeout ``valid`` for the name and the attributes."""
+    out.nodeid = nodeid
     out.generation = 0
-    out.entry_valid = valid                     # the same timeout for the name and attributes
+    out.entry_valid = valid
     out.attr_valid = valid
     out.entry_valid_nsec = valid_nsec
     out.attr_valid_nsec = valid_nsec
-    pack_attr(&st, &out.attr)
-    return nodeid
+    pack_attr(st, &out.attr)
 
 
 cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil:

@@ -163,6 +163,37 @@ cdef class NodeTable(SlotTable):
             fastvfs_flag_set(&self.nodes[idx].recent)
         return fd
 
+    cdef int64_t adopt_c(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle,
+                         uint32_t mode, bint *created, bint *taken) noexcept nogil:
+        """``adopt``'s body, for the file system and the hot path's creations alike: the node
+        id, or -1 when the table is full; ``created`` and ``taken`` as ``adopt`` says.
+        ``by_handle`` only after ``set_fds_max``."""
+        cdef int64_t idx, nodeid
+        created[0] = taken[0] = False
+        pthread_mutex_lock(&self.lock)
+        idx = self._find_key(dev, ino, mnt)
+        if idx >= 0:
+            self.nodes[idx].nlookup += 1
+            nodeid = self._id_of(idx)
+            if self.nodes[idx].s.fd < 0:
+                self.nodes[idx].s.fd = fd
+                taken[0] = True
+                self._cache_locked(idx)
+        else:
+            nodeid = self._take_slot(fd)
+            if nodeid > 0:
+                created[0] = taken[0] = True
+                idx = _index(nodeid)
+                self.nodes[idx].nlookup = 1
+                self.nodes[idx].mode = mode
+                self._link_key(idx, dev, ino, mnt)
+                if by_handle:
+                    self.nodes[idx].by_handle = True
+                    self.handle_nodes += 1
+                    self._cache_locked(idx)
+        pthread_mutex_unlock(&self.lock)
+        return nodeid
+
     cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil:
         """Count one more lookup of the live inode with this key; its node id, or 0."""
         cdef int64_t idx
@@ -244,33 +275,12 @@ cdef class NodeTable(SlotTable):
         descriptor is a cache entry; the caller compared the handle of a known node with
         this key first, ``find_key``); ``mode``: its st_mode, kept for :meth:`node`.  Raises
         OSError(EMFILE) when full."""
-        cdef int64_t idx, nodeid
+        cdef int64_t nodeid
         cdef bint created = False, taken = False
         if by_handle and self.clock == NULL:
             raise ValueError("set_fds_max first")
         with nogil:
-            pthread_mutex_lock(&self.lock)
-            idx = self._find_key(dev, ino, mnt)
-            if idx >= 0:
-                self.nodes[idx].nlookup += 1
-                nodeid = self._id_of(idx)
-                if self.nodes[idx].s.fd < 0:
-                    self.nodes[idx].s.fd = fd
-                    taken = True
-                    self._cache_locked(idx)
-            else:
-                nodeid = self._take_slot(fd)
-                if nodeid > 0:
-                    created = taken = True
-                    idx = _index(nodeid)
-                    self.nodes[idx].nlookup = 1
-                    self.nodes[idx].mode = mode
-                    self._link_key(idx, dev, ino, mnt)
-                    if by_handle:
-                        self.nodes[idx].by_handle = True
-                        self.handle_nodes += 1
-                        self._cache_locked(idx)
-            pthread_mutex_unlock(&self.lock)
+            nodeid = self.adopt_c(fd, dev, ino, mnt, by_handle, mode, &created, &taken)
         if nodeid < 0:
             raise OSError(24, "node id table full")
         return nodeid, created, taken

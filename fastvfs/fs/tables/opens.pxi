@@ -55,6 +55,16 @@ cdef bint within_budget(HandleTable handles, NodeTable inodes) noexcept nogil:
     return not handles.open_policy.enabled or held < handles.open_policy.fd_budget
 
 
+cdef inline int _open_flags(const OpenPolicy *policy, int flags) noexcept nogil:
+    """The guest's open flags as PassthroughFs._open_flags passes them on."""
+    flags &= policy.flags_allowed
+    if policy.writeback:
+        if flags & O_ACCMODE == O_WRONLY:
+            flags = (flags & ~O_ACCMODE) | O_RDWR
+        flags &= ~O_APPEND
+    return flags
+
+
 cdef inline void _proc_name(const OpenPolicy *policy, int fd, char *path,
                             size_t size) noexcept nogil:
     """The name of descriptor ``fd`` relative to ``policy.proc_dir``, as fastvfs.procfd makes
@@ -88,11 +98,7 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
         return -ENOENT
     rc = _openable(inodes.mode_of(nodeid))
     if rc == 0:
-        flags &= policy.flags_allowed
-        if policy.writeback:
-            if flags & O_ACCMODE == O_WRONLY:
-                flags = (flags & ~O_ACCMODE) | O_RDWR
-            flags &= ~O_APPEND
+        flags = _open_flags(policy, flags)
         _proc_name(policy, fd, path, sizeof(path))
         nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
         while nfd < 0 and errno == EINTR:

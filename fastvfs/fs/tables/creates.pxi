@@ -1,0 +1,226 @@
+# Names created as the file system creates them (PassthroughFs.mknod, mkdir, symlink, create
+# and link): the system call that makes each (``make_name``, which fs/passthrough.py calls too,
+# through ``make_name_of``), the rule for a symlink's target, and for the hot path the whole
+# request (``make_node``, ``link_node``): the parent held through the node id table, the
+# caller's ids and umask taken on with _sys.creds_enter (the switch the file system's
+# caller_credentials makes), then the new name entered in the node id table as
+# PassthroughFs._entry_at enters it.  The session's part is given at each FUSE_INIT through
+# ``set_create_session`` (PassthroughFs.init).
+
+from libc.errno cimport EEXIST, EPERM
+
+from fastvfs.fs._sys cimport FsCreds, creds_enter, creds_leave
+from fastvfs.includes.fcntl cimport AT_SYMLINK_FOLLOW, O_CREAT, O_EXCL, O_NOFOLLOW, O_PATH
+from fastvfs.includes.posix cimport linkat, symlinkat
+from fastvfs.includes.stat cimport mkdirat, mknodat
+from fastvfs.includes.statx cimport AT_EMPTY_PATH
+
+# What ``make_name_of`` creates, for the file system.
+KIND_MKNOD = MAKE_MKNOD
+KIND_MKDIR = MAKE_MKDIR
+KIND_SYMLINK = MAKE_SYMLINK
+KIND_CREATE = MAKE_CREATE
+
+
+def set_create_session(HandleTable handles, bint labels, bint dont_mask):
+    """The session just negotiated (FUSE_INIT, PassthroughFs.init): whether its creations carry security
+    contexts (FUSE_SECURITY_CTX: then the hot path leaves them to the file system, which sets
+    them) and whether the host applies the request's umask (FUSE_DONT_MASK)."""
+    handles.create_policy.dont_mask = dont_mask
+    handles.create_policy.enabled = not labels
+
+
+cdef int check_target(const char *target, size_t length) noexcept nogil:
+    """0 for a symlink target the file system takes: 1 to TARGET_MAX bytes without NUL;
+    -EINVAL otherwise."""
+    if length == 0 or length > TARGET_MAX or memchr(target, 0, length) != NULL:
+        return -EINVAL
+    return 0
+
+
+def check_target_of(bytes target not None):
+    """``check_target`` for the file system: raises OSError(EINVAL)."""
+    if check_target(target, len(target)) < 0:
+        raise OSError(EINVAL, "invalid symlink target")
+
+
+cdef int make_name(int dirfd, const char *name, int kind, uint32_t mode, uint32_t rdev,
+                   const char *target, int flags) noexcept nogil:
+    """The system call that creates ``name`` in directory ``dirfd`` with the thread's
+    credentials: mknodat(2) (``mode`` with its file type, ``rdev``), mkdirat(2), symlinkat(2)
+    of ``target``, or for MAKE_CREATE openat(2) with ``flags`` (already filtered as
+    PassthroughFs._open_flags filters them) and O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+    added, retried on EINTR as Python's os.open retries.  0 (the new descriptor for
+    MAKE_CREATE) or -errno."""
+    cdef int rc
+    if kind == MAKE_MKNOD:
+        rc = mknodat(dirfd, name, mode, rdev)
+    elif kind == MAKE_MKDIR:
+        rc = mkdirat(dirfd, name, mode)
+    elif kind == MAKE_SYMLINK:
+        rc = symlinkat(target, dirfd, name)
+    else:
+        flags |= O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        rc = openat(dirfd, name, flags, mode)
+        while rc < 0 and errno == EINTR:
+            rc = openat(dirfd, name, flags, mode)
+    return -errno if rc < 0 else rc
+
+
+def make_name_of(int dirfd, bytes name not None, int kind, uint32_t mode=0, uint32_t rdev=0,
+                 bytes target=b"", int flags=0):
+    """``make_name`` for the file system (its caller's credentials already taken on): the
+    new descriptor for MAKE_CREATE, else 0; raises OSError."""
+    cdef const char *n = name
+    cdef const char *t = target
+    cdef int rc
+    with nogil:
+        rc = make_name(dirfd, n, kind, mode, rdev, t, flags)
+    _check(rc)
+    return rc
+
+
+cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
+                        statx *st) noexcept nogil:
+    """PassthroughFs._entry_at for a node id table without nodes held by file handle: the
+    descriptor budget (EMFILE), an O_PATH descriptor of ``name`` in ``dirfd``, its statx in
+    ``st``, one lookup counted in the table (EMFILE when full).  The node id or -errno."""
+    cdef uint64_t mnt
+    cdef int64_t nodeid
+    cdef bint created, taken
+    cdef int rc, fd
+    if not within_budget(handles, inodes):
+        return -EMFILE
+    fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    while fd < 0 and errno == EINTR:
+        fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    if fd < 0:
+        return -errno
+    if c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_STATX_MASK, st) < 0:
+        rc = -errno
+        c_close(fd)
+        return rc
+    mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    nodeid = inodes.adopt_c(fd, makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt,
+                            False, st.stx_mode, &created, &taken)
+    if nodeid < 0:
+        c_close(fd)
+        return -EMFILE
+    if not taken:
+        c_close(fd)
+    return nodeid
+
+
+cdef inline bint _creatable(HandleTable handles, NodeTable inodes) noexcept nogil:
+    """Whether the hot path may create a name at all: a session without security contexts,
+    the file system's open policy set, no node held by file handle (adopting one takes the
+    file system's records), and the descriptor budget not used up (where the file system
+    answers EMFILE only once the name exists)."""
+    return (handles.create_policy.enabled and handles.open_policy.enabled and
+            inodes.clock == NULL and within_budget(handles, inodes))
+
+
+cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, const char *name,
+                       size_t length, int kind, uint32_t mode, uint32_t rdev,
+                       const char *target, size_t target_length, int flags, uint32_t uid,
+                       uint32_t gid, uint32_t umask, statx *st, uint64_t *fh) noexcept nogil:
+    """MKNOD, MKDIR, SYMLINK (``target``, NUL-terminated) or CREATE (``flags``, the guest's)
+    of ``name`` (NUL-terminated, ``length`` bytes) in node ``parent`` for caller
+    ``uid``/``gid`` (``umask`` applied where the session has FUSE_DONT_MASK), as
+    PassthroughFs.mknod, mkdir, symlink and create do it, in their order: ENOENT for a node id
+    the table does not know, the name checked, the target checked, the object created with
+    the caller's ids and umask, then its entry (``_new_entry``) and for CREATE a handle of the
+    new descriptor in ``fh``.  The node id with ``st`` filled, -errno, or 0 for what only the
+    file system decides: ``_creatable`` false, a parent held by file handle without a
+    descriptor, ids the daemon cannot take on (EPERM, logged there), CREATE of an existing
+    name without O_EXCL (opened as OPEN opens it) or truncating where a mapped capability
+    may have to go."""
+    cdef FsCreds caller, saved
+    cdef int64_t nodeid
+    cdef int64_t got
+    cdef int rc, fd, pfd
+    if not _creatable(handles, inodes):
+        return 0
+    if kind == MAKE_CREATE and flags & O_TRUNC and handles.cap_xattr[0]:
+        return 0
+    pfd = inodes.acquire(parent)
+    if pfd == -2:
+        return 0
+    if pfd < 0:
+        return -ENOENT
+    rc = check_name(name, length)
+    if rc == 0 and kind == MAKE_SYMLINK:
+        rc = check_target(target, target_length)
+    if rc < 0:
+        inodes.release(parent)
+        return rc
+    caller.uid = uid
+    caller.gid = gid
+    caller.umask = <int>(umask & 0o777) if handles.create_policy.dont_mask else -1
+    if creds_enter(&caller, &saved) < 0:
+        inodes.release(parent)
+        return 0
+    fd = make_name(pfd, name, kind, mode, rdev, target,
+                   _open_flags(&handles.open_policy, flags) if kind == MAKE_CREATE else 0)
+    creds_leave(&saved)
+    if fd == -EEXIST and kind == MAKE_CREATE and not flags & O_EXCL:
+        inodes.release(parent)
+        return 0
+    if fd < 0:
+        inodes.release(parent)
+        return fd
+    nodeid = _new_entry(handles, inodes, pfd, name, st)
+    inodes.release(parent)
+    if kind != MAKE_CREATE:
+        return nodeid
+    if nodeid < 0:
+        c_close(fd)
+        return nodeid
+    got = handles._add_fd(fd, False)
+    if got < 0:
+        c_close(fd)
+        return -EMFILE
+    fh[0] = <uint64_t>got
+    return nodeid
+
+
+cdef int64_t link_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
+                       uint64_t newparent, const char *newname, size_t length,
+                       statx *st) noexcept nogil:
+    """LINK of node ``nodeid`` as ``newname`` in ``newparent``, as PassthroughFs.link does
+    it, in its order: ENOENT for either node id the table does not know, the name checked,
+    EPERM for a directory, then linkat(2) of the node's /proc/self/fd name with
+    AT_SYMLINK_FOLLOW (the very inode its O_PATH descriptor holds), then its entry
+    (``_new_entry``).  The node id with ``st`` filled, -errno, or 0 for what only the file
+    system decides (``_creatable`` false, a node held by file handle without a
+    descriptor)."""
+    cdef OpenPolicy *policy = &handles.open_policy
+    cdef char path[48]
+    cdef int64_t rc = 0
+    cdef int fd, newfd
+    if not _creatable(handles, inodes):
+        return 0
+    fd = inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        return -ENOENT
+    newfd = inodes.acquire(newparent)
+    if newfd == -2:
+        inodes.release(nodeid)
+        return 0
+    if newfd < 0:
+        inodes.release(nodeid)
+        return -ENOENT
+    rc = check_name(newname, length)
+    if rc == 0 and S_ISDIR(inodes.mode_of(nodeid)):
+        rc = -EPERM
+    if rc == 0:
+        _proc_name(policy, fd, path, sizeof(path))
+        if linkat(policy.proc_dir, path, newfd, newname, AT_SYMLINK_FOLLOW) < 0:
+            rc = -errno
+    if rc == 0:
+        rc = _new_entry(handles, inodes, newfd, newname, st)
+    inodes.release(newparent)
+    inodes.release(nodeid)
+    return rc
