@@ -57,12 +57,19 @@ def alive(pid):
     return state != "Z"
 
 
-def exit_delays(vm, backend, timeout=600):
-    """Seconds from QEMU's exit to the supervisor's and to the sandboxed child's, polled every
-    POLL seconds (None for one still running EXIT_LIMIT * 10 after QEMU)."""
+def sandboxed_child(backend):
+    """The supervisor's one child, the process serving in its sandbox."""
     server = children(backend.process.pid)
     assert len(server) == 1, f"expected one sandboxed child of the supervisor, found {server}"
-    server = server[0]
+    return server[0]
+
+
+def exit_delays(vm, backend, server=None, timeout=600):
+    """Seconds from QEMU's exit to the supervisor's and to the sandboxed child's (``server``,
+    found now if not given: take it before QEMU is told to go, or a prompt exit may beat the
+    look), polled every POLL seconds (None for one still running EXIT_LIMIT * 10 after QEMU)."""
+    if server is None:
+        server = sandboxed_child(backend)
     deadline = time.monotonic() + timeout
     while vm.process.poll() is None:
         assert time.monotonic() < deadline, "QEMU did not exit:\n" + vm.console
@@ -148,8 +155,9 @@ def test_daemon_exits_promptly_after_qemu_is_killed(guest_images, fastvfs_backen
         while not progress.exists() or int(progress.read_text() or 0) < 3:
             assert time.monotonic() < deadline, "the guest made no progress:\n" + vm.console
             time.sleep(0.05)
+        server = sandboxed_child(backend)
         vm.kill()
-        delays = exit_delays(vm, backend)
+        delays = exit_delays(vm, backend, server)
     assert_prompt(delays, backend)
 
 
@@ -183,8 +191,9 @@ def test_daemon_exits_promptly_with_a_lock_wait_pending(guest_images, fastvfs_ba
                     vm.console
                 time.sleep(0.05)
             time.sleep(2)  # the SETLKW reaches the daemon and waits there
+            server = sandboxed_child(backend)
             vm.kill(getattr(signal, how))
-            delays = exit_delays(vm, backend)
+            delays = exit_delays(vm, backend, server)
         assert_prompt(delays, backend)
     finally:
         holder.close()
