@@ -20,5 +20,6 @@ cdef struct FsCreds:
     int umask
     bint switched           # saved: the ids were others than the caller's (restore them)
 
+cdef int own_fs() noexcept nogil
 cdef int creds_enter(const FsCreds *caller, FsCreds *saved) noexcept nogil
 cdef void creds_leave(const FsCreds *saved) noexcept nogil

@@ -107,15 +107,25 @@ cdef int _fs_ids(uint32_t uid, uint32_t gid, uint32_t *old_uid,
     return 0
 
 
-cdef int _thread_umask(uint32_t mask, uint32_t *old) noexcept nogil:
-    """Set this thread's umask (``mask`` & 0o777), the previous one saved: CLONE_FS is
-    unshared the first time, since the umask is the whole process's otherwise.  0 or
-    -errno."""
+cdef int own_fs() noexcept nogil:
+    """Give the calling thread a working directory and umask of its own (unshare(2) with
+    CLONE_FS), the first time it asks: a thread that moves its working directory or sets its
+    umask must own them, or it changes every thread's.  0 or -errno.  (fastvfs.procfd does
+    the same for the engine's threads in Python.)"""
     global fastvfs_own_fs
     if not fastvfs_own_fs:
         if unshare(CLONE_FS) < 0:
             return -errno
         fastvfs_own_fs = 1
+    return 0
+
+
+cdef int _thread_umask(uint32_t mask, uint32_t *old) noexcept nogil:
+    """Set this thread's umask (``mask`` & 0o777), the previous one saved, the thread given
+    its own first (``own_fs``): 0 or -errno."""
+    cdef int rc = own_fs()
+    if rc < 0:
+        return rc
     old[0] = c_umask(mask & 0o777)
     return 0
 

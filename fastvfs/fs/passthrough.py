@@ -30,7 +30,6 @@ import logging
 import os
 import resource
 import stat
-import struct
 import threading
 
 from . import _sys, _tables
@@ -48,15 +47,12 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_FLAGS_ALLOWED = (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC |
                       os.O_DSYNC | os.O_LARGEFILE)
 RENAME_FLAGS_ALLOWED = _tables.RENAME_FLAGS_ALLOWED  # NOREPLACE | EXCHANGE | WHITEOUT
-OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
 # Descriptors kept open for inodes held by file handle (--inode-file-handles=prefer or
 # mandatory), least recently used closed first: hot inodes keep their O_PATH descriptor (and
 # the hot path's GETATTR and LOOKUP), the rest are reopened by handle when next used.
 HANDLE_FDS_MAX = 1024
 # Bytes of directory listings held across all open directory handles (tables/dirs.pxi).
 LISTING_BYTES_MAX = _tables.LISTING_BYTES_MAX
-# struct flock on x86-64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
-FLOCK = struct.Struct("hh4xqqi4x")
 LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
 # What a lock description is for (fastvfs/fs/tables/locks.pxi).
 LOCK_KINDS = {"posix": _tables.LOCK_KIND_POSIX, "flock": _tables.LOCK_KIND_FLOCK,
@@ -349,8 +345,9 @@ def caller_credentials(caller):
     """Run the body with this thread's fsuid/fsgid, supplementary groups and umask set to the
     caller's.  All three are per thread (raw system calls; CLONE_FS unshared once for the
     umask), the ids and umask switched as the hot path switches them for its creations
-    (``_sys.set_fs_creds`` and ``_sys.set_umask``, the C of ``_sys.creds_enter``).  The host then applies the umask only where the parent directory has no default
-    ACL, exactly as a local creation.
+    (``_sys.set_fs_creds`` and ``_sys.set_umask``, the C of ``_sys.creds_enter``).  The host
+    then applies the umask only where the parent directory has no default ACL, exactly as a
+    local creation.
 
     An id the daemon cannot take on (outside its user namespace's map, see
     :mod:`fastvfs.sandbox`) fails the request with EPERM rather than let the daemon's own ids
@@ -636,10 +633,10 @@ class PassthroughFs:
         check_name(newname)
         if stat.S_ISDIR(inode.mode):
             raise OSError(errno.EPERM, "hard links to directories are not allowed")
-        # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the very inode the
-        # O_PATH descriptor holds (symlinks included), with no path lookup the guest controls.
-        with _named(self.inodes.fd(inode)) as path:
-            os.link(path, newname, dst_dir_fd=self.inodes.fd(newparent), follow_symlinks=True)
+        # The hot path's link (``_tables.link_name_of``): the very inode the O_PATH
+        # descriptor holds, through its /proc/self/fd name.
+        _tables.link_name_of(self.handles, self.inodes.fd(inode), self.inodes.fd(newparent),
+                             newname)
         return self._created(newparent, newname)
 
     def _created(self, parent, name, caller=None):
@@ -964,12 +961,6 @@ class PassthroughFs:
                                    writable)
         return ref
 
-    @staticmethod
-    def _flock_struct(start, end, lock_type):
-        if lock_type not in LOCK_TYPES or start > OFFSET_MAX or end > OFFSET_MAX or end < start:
-            raise OSError(errno.EINVAL, "invalid lock range or type")
-        return FLOCK.pack(lock_type, os.SEEK_SET, start, 0 if end == OFFSET_MAX else end - start + 1, 0)
-
     def getlk(self, nodeid, owner, start, end, lock_type, fh=0):
         """The first lock that would conflict: (start, end, type, pid), type F_UNLCK if none
         (``_tables.lock_getlk``: the owner's own description, or the inode's question
@@ -1005,16 +996,12 @@ class PassthroughFs:
                 _tables.lock_setlk(self.handles, nodeid, owner, fh, start, end, lock_type,
                                    pid, fd, writable)
             return
-        data = self._flock_struct(start, end, lock_type)
+        _tables.lock_check(start, end, lock_type)
         ref = self._lock_ref(nodeid, owner, "posix", fh, lock_type)
         if ref is None:
             return
         try:
-            # The wait holds the description (referenced), not its mutex: the owner's other
-            # threads go on locking and unlocking meanwhile.  Its reference keeps any upgrade
-            # (and so any change of its descriptor) away until it is done.
-            fcntl.fcntl(ref.prepare(lock_type), fcntl.F_OFD_SETLKW, data)
-            ref.granted(start, end, lock_type, pid)
+            ref.wait(start, end, lock_type, pid)    # holds the description, not its mutex
         finally:
             ref.put()
 

@@ -1,6 +1,7 @@
-# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl (with OFD locks), openat, renameat2 (its RENAME_*
-# flags from <stdio.h>, as glibc declares them under _GNU_SOURCE) and the file-handle calls,
-# with struct file_handle sized for the largest handle (linux/exportfs.h MAX_HANDLE_SZ).
+# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl (with OFD locks), openat,
+# renameat2 (its RENAME_* flags from <stdio.h>, as glibc declares them under _GNU_SOURCE) and
+# the file-handle calls, with struct file_handle sized for the largest handle
+# (linux/exportfs.h MAX_HANDLE_SZ).
 # The AT_* flags statx takes are in statx.pxd.
 
 from libc.stdint cimport int64_t
@@ -11,7 +12,7 @@ cdef extern from "<fcntl.h>" nogil:
     enum: F_GETFL, O_DIRECT
     # Open file description locks (fcntl(2), F_OFD_*) and their struct flock (off_t and pid_t
     # as x86-64 and aarch64 glibc define them).
-    enum: F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_RDLCK, F_WRLCK, F_UNLCK, SEEK_SET
+    enum: F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_RDLCK, F_WRLCK, F_UNLCK
     struct flock:
         short l_type
         short l_whence

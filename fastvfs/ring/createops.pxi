@@ -34,22 +34,14 @@ cdef int _make(Virtqueue vq, uint32_t at, int kind, uint32_t mode, uint32_t rdev
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef char target[TARGET_MAX + 1]
     cdef size_t length, target_length = 0
-    cdef uint32_t avail
     cdef statx st
     cdef uint64_t fh
     if vq.req.hdr.h.total_extlen or not _names(vq, at, name, 1, &length):
         return 0
     target[0] = 0
-    if kind == MAKE_SYMLINK:
-        at += <uint32_t>length + 1
-        avail = vq.req.hdr.h.len - at
-        if avail > TARGET_MAX + 1:
-            avail = TARGET_MAX + 1
-        if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>target, avail) != avail:
-            return 0
-        target_length = strnlen(target, avail)
-        if target_length == avail:
-            return 0
+    if kind == MAKE_SYMLINK and _string(vq, at + <uint32_t>length + 1, target, TARGET_MAX,
+                                        &target_length) <= 0:
+        return 0
     return _entry_reply(vq, make_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, length,
                                       kind, mode, rdev, target, target_length, 0,
                                       vq.req.hdr.h.uid, vq.req.hdr.h.gid, umask, &st, &fh),

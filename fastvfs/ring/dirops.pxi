@@ -48,8 +48,7 @@ cdef int do_releasedir(Virtqueue vq) noexcept nogil:
 cdef uint32_t _dir_size(Virtqueue vq) noexcept nogil:
     """The guest's size, at most what its reply buffers hold after the header (the engine's
     ``min(size, out_size)``)."""
-    cdef uint64_t room = vq.req.chain.in_len - sizeof(fuse_out_header) \
-        if vq.req.chain.in_len >= sizeof(fuse_out_header) else 0
+    cdef uint64_t room = reply_room(&vq.req.chain)
     return <uint32_t>room if room < vq.req.hdr.arg.read.size else vq.req.hdr.arg.read.size
 
 

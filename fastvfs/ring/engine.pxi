@@ -14,8 +14,7 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     request = PyBytes_FromStringAndSize(NULL, hlen)
     _gather(vq.req.iov, vq.req.chain.out_num, 0,
             <uint8_t *>PyBytes_AS_STRING(request), hlen)
-    out_size = vq.req.chain.in_len - sizeof(fuse_out_header) \
-        if vq.req.chain.in_len >= sizeof(fuse_out_header) else 0
+    out_size = reply_room(&vq.req.chain)
     try:
         result = handler(request, out_size)
     except BaseException:

@@ -79,25 +79,36 @@ cdef int do_getattr(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef int _string(Virtqueue vq, uint32_t at, char *buf, uint32_t most,
+                 size_t *length) noexcept nogil:
+    """Copy the NUL-terminated string that starts ``at`` bytes into the request and ends
+    within its fuse_in_header.len (the bytes the engine sees) into ``buf`` (``most`` + 1
+    bytes), its length into ``length``: 1; -EINVAL when the request ends before a NUL; 0 when
+    no NUL comes within ``most`` + 1 bytes though the request goes on, or the buffers end
+    first."""
+    cdef uint32_t avail, n
+    if at > vq.req.hdr.h.len:
+        return 0
+    avail = vq.req.hdr.h.len - at
+    n = avail if avail < most + 1 else most + 1
+    if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>buf, n) != n:
+        return 0
+    length[0] = strnlen(buf, n)
+    if length[0] == n:
+        return 0 if avail > n else -EINVAL
+    return 1
+
+
 cdef bint _names(Virtqueue vq, uint32_t at, char *buf, uint32_t count,
                  size_t *lengths) noexcept nogil:
-    """Copy the ``count`` NUL-terminated names that start ``at`` bytes into the request (and
-    end within its fuse_in_header.len, the bytes the engine sees) into ``buf`` (``count``
-    times LOOKUP_NAME_MAX + 1 bytes), one after the other as the guest sent them, and their
-    lengths into ``lengths``.  False, for the engine to answer, when a name has no NUL within
-    NAME_MAX + 1 bytes (EINVAL or ENAMETOOLONG there) or the request ends first (EINVAL)."""
-    cdef uint32_t avail = vq.req.hdr.h.len - at
-    cdef uint32_t pos = 0, room, i
-    if avail > count * (LOOKUP_NAME_MAX + 1):
-        avail = count * (LOOKUP_NAME_MAX + 1)
-    if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>buf, avail) != avail:
-        return False
+    """Copy the ``count`` NUL-terminated names that start ``at`` bytes into the request
+    (``_string``) into ``buf`` (``count`` times LOOKUP_NAME_MAX + 1 bytes), one after the
+    other as the guest sent them, and their lengths into ``lengths``.  False, for the engine
+    to answer, when a name has no NUL within NAME_MAX + 1 bytes (EINVAL or ENAMETOOLONG
+    there) or the request ends first (EINVAL)."""
+    cdef uint32_t pos = 0, i
     for i in range(count):
-        room = avail - pos
-        if room > LOOKUP_NAME_MAX + 1:
-            room = LOOKUP_NAME_MAX + 1
-        lengths[i] = strnlen(buf + pos, room)
-        if lengths[i] == room:
+        if _string(vq, at + pos, buf + pos, LOOKUP_NAME_MAX, &lengths[i]) <= 0:
             return False
         pos += <uint32_t>lengths[i] + 1
     return True

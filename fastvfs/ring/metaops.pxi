@@ -82,9 +82,6 @@ cdef enum:
     # never negative, nanoseconds below a second; the rest (EINVAL, or times the engine reads
     # as signed) goes to the engine.
     SETATTR_SEC_BITS = 33
-    # The longest symlink target READLINK answers here: the kernel's (PATH_MAX less its NUL);
-    # a longer one, from a host file system that allows it, is the engine's.
-    READLINK_FAST_MAX = 4095
 
 
 cdef bint _set_time(timespec *t, uint32_t valid, uint32_t set_bit, uint32_t now_bit,
@@ -186,10 +183,10 @@ cdef int do_readlink(Virtqueue vq) noexcept nogil:
     node, EINVAL for one that is no symlink, else readlinkat(2) of its O_PATH descriptor
     with an empty name, the target answered as it is (no NUL), ERANGE when it is larger than
     the reply buffers.  Left to the engine: request extensions, a node held by file handle
-    without a descriptor, a target longer than READLINK_FAST_MAX."""
+    without a descriptor, a target longer than the kernel's (TARGET_MAX: PATH_MAX less its
+    NUL), which a host file system may allow."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
-    cdef char target[READLINK_FAST_MAX + 1]
-    cdef uint64_t room
+    cdef char target[TARGET_MAX + 1]
     cdef ssize_t n
     cdef int fd
     if vq.req.hdr.h.total_extlen:
@@ -211,11 +208,9 @@ cdef int do_readlink(Virtqueue vq) noexcept nogil:
     if n < 0:
         vq._reply(<int>n, NULL, 0)
         return 1
-    if n > READLINK_FAST_MAX:
+    if n > TARGET_MAX:
         return 0
-    room = vq.req.chain.in_len - sizeof(fuse_out_header) \
-        if vq.req.chain.in_len >= sizeof(fuse_out_header) else 0
-    if <uint64_t>n > room:
+    if <uint64_t>n > reply_room(&vq.req.chain):
         vq._reply(-ERANGE, NULL, 0)
         return 1
     vq._reply(0, target, <uint32_t>n)

@@ -13,6 +13,12 @@ cdef class RingLock:
         pthread_mutex_destroy(&self.m)
 
 
+cdef inline uint64_t reply_room(const Chain *c) noexcept nogil:
+    """The reply bytes the chain's writable buffers hold after fuse_out_header (what the
+    engine is told as ``out_size``)."""
+    return c.in_len - sizeof(fuse_out_header) if c.in_len >= sizeof(fuse_out_header) else 0
+
+
 cdef uint32_t write_reply(const iovec *w, int in_num, uint64_t in_len, uint64_t unique,
                           int32_t error, const void *payload, uint32_t length) noexcept nogil:
     """Write fuse_out_header (+ payload) into writable buffers; returns the used length (0 when

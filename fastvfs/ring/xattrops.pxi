@@ -2,8 +2,9 @@
 # (fastvfs.fs._tables.set_xattr_policy: --xattr, no --xattrmap; SETXATTR and REMOVEXATTR
 # also need a session without FUSE_SETXATTR_EXT), each answering exactly what the engine's
 # do_getxattr/do_listxattr/do_setxattr/do_removexattr and _sized_reply would over
-# PassthroughFs, and declining (0) what it could not decide the same way.  Their table
-# entries are at the end.
+# PassthroughFs, and declining (0) what it could not decide the same way: an attribute name
+# the request ends in is EINVAL here, one longer than XATTR_NAME_MAX the engine's (ERANGE
+# there).  Their table entries are at the end.
 
 cdef enum:
     # Values and name lists read here, on the worker's stack: larger ones (the host allows up
@@ -16,8 +17,7 @@ cdef void _sized_reply(Virtqueue vq, const void *value, size_t length) noexcept 
     (fuse_getxattr_out); a value larger than the guest's size or than its reply buffers is
     ERANGE; else the value itself."""
     cdef uint32_t size = vq.req.hdr.arg.getxattr.size
-    cdef uint64_t room = vq.req.chain.in_len - sizeof(fuse_out_header) \
-        if vq.req.chain.in_len >= sizeof(fuse_out_header) else 0
+    cdef uint64_t room = reply_room(&vq.req.chain)
     cdef fuse_getxattr_out out
     if size == 0:
         out.size = <uint32_t>length
@@ -29,32 +29,18 @@ cdef void _sized_reply(Virtqueue vq, const void *value, size_t length) noexcept 
         vq._reply(0, value, <uint32_t>length)
 
 
-cdef int _xattr_name(Virtqueue vq, uint32_t at, char *name, uint32_t *length) noexcept nogil:
-    """The attribute name at ``at`` of the request into ``name`` (XATTR_NAME_MAX + 1 bytes):
-    1 with its ``length``; -EINVAL when no NUL ends it within the request, as the engine's
-    _name finds it; 0 (the engine's) for a name longer than XATTR_NAME_MAX (ERANGE there if
-    it ends at all) or buffers shorter than the request says."""
-    cdef uint32_t avail = vq.req.hdr.h.len - at
-    cdef uint32_t nlen = avail if avail < XATTR_NAME_MAX + 1 else XATTR_NAME_MAX + 1
-    if _gather(vq.req.iov, vq.req.chain.out_num, at, <uint8_t *>name, nlen) != nlen:
-        return 0
-    length[0] = <uint32_t>strnlen(name, nlen)
-    if length[0] == nlen:
-        return 0 if avail > nlen else -EINVAL
-    return 1
-
-
 cdef int do_getxattr(Virtqueue vq) noexcept nogil:
-    """GETXATTR: the name after fuse_getxattr_in (``_xattr_name``); request extensions and
+    """GETXATTR: the name after fuse_getxattr_in (``_string``); request extensions and
     what ``getxattr_node`` declines are left to the engine."""
     cdef char name[XATTR_NAME_MAX + 1]
     cdef uint8_t value[XATTR_FAST_MAX]
-    cdef uint32_t nlen
+    cdef size_t nlen
     cdef size_t length = 0
     cdef int rc
     if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_unmapped:
         return 0
-    rc = _xattr_name(vq, sizeof(fuse_in_header) + sizeof(fuse_getxattr_in), name, &nlen)
+    rc = _string(vq, sizeof(fuse_in_header) + sizeof(fuse_getxattr_in), name, XATTR_NAME_MAX,
+                 &nlen)
     if rc <= 0:
         if rc < 0:
             vq._reply(rc, NULL, 0)
@@ -91,7 +77,7 @@ cdef int do_listxattr(Virtqueue vq) noexcept nogil:
 
 cdef int do_setxattr(Virtqueue vq) noexcept nogil:
     """SETXATTR framed without FUSE_SETXATTR_EXT (FUSE_COMPAT_SETXATTR_IN_SIZE bytes of
-    fuse_setxattr_in: size and flags): the name (``_xattr_name``),
+    fuse_setxattr_in: size and flags): the name (``_string``),
     then ``size`` bytes of value, which must be in the request (EINVAL, as the engine finds a
     value shorter than its size); values larger than XATTR_FAST_MAX, request extensions and
     what ``setxattr_node`` declines are left to the engine."""
@@ -99,16 +85,16 @@ cdef int do_setxattr(Virtqueue vq) noexcept nogil:
     cdef uint8_t value[XATTR_FAST_MAX]
     cdef uint32_t at = sizeof(fuse_in_header) + FUSE_COMPAT_SETXATTR_IN_SIZE
     cdef uint32_t size = vq.req.hdr.arg.setxattr.size
-    cdef uint32_t nlen
+    cdef size_t nlen
     cdef int rc
     if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_settable:
         return 0
-    rc = _xattr_name(vq, at, name, &nlen)
+    rc = _string(vq, at, name, XATTR_NAME_MAX, &nlen)
     if rc <= 0:
         if rc < 0:
             vq._reply(rc, NULL, 0)
         return rc < 0
-    at += nlen + 1
+    at += <uint32_t>nlen + 1
     if size > vq.req.hdr.h.len - at:
         vq._reply(-EINVAL, NULL, 0)
         return 1
@@ -124,14 +110,14 @@ cdef int do_setxattr(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_removexattr(Virtqueue vq) noexcept nogil:
-    """REMOVEXATTR: the name right after the header (``_xattr_name``); request extensions and
+    """REMOVEXATTR: the name right after the header (``_string``); request extensions and
     what ``removexattr_node`` declines are left to the engine."""
     cdef char name[XATTR_NAME_MAX + 1]
-    cdef uint32_t nlen
+    cdef size_t nlen
     cdef int rc
     if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_settable:
         return 0
-    rc = _xattr_name(vq, sizeof(fuse_in_header), name, &nlen)
+    rc = _string(vq, sizeof(fuse_in_header), name, XATTR_NAME_MAX, &nlen)
     if rc <= 0:
         if rc < 0:
             vq._reply(rc, NULL, 0)

@@ -1,11 +1,11 @@
 # Names created as the file system creates them (PassthroughFs.mknod, mkdir, symlink, create
-# and link): the system call that makes each (``make_name``, which fs/passthrough.py calls too,
-# through ``make_name_of``), the rule for a symlink's target, and for the hot path the whole
-# request (``make_node``, ``link_node``): the parent held through the node id table, the
-# caller's ids and umask taken on with _sys.creds_enter (the switch the file system's
-# caller_credentials makes), then the new name entered in the node id table as
-# PassthroughFs._entry_at enters it.  The session's part is given at each FUSE_INIT through
-# ``set_create_session`` (PassthroughFs.init).
+# and link): the system call that makes each (``make_name`` and ``link_name``, which
+# fs/passthrough.py calls too, through ``make_name_of`` and ``link_name_of``), the rule for a
+# symlink's target, and for the hot path the whole request (``make_node``, ``link_node``): the
+# parent held through the node id table, the caller's ids and umask taken on with
+# _sys.creds_enter (the switch the file system's caller_credentials makes), then the new name
+# entered in the node id table as PassthroughFs._entry_at enters it.  The session's part is
+# given at each FUSE_INIT through ``set_create_session`` (PassthroughFs.init).
 
 from libc.errno cimport EEXIST, EPERM
 
@@ -23,9 +23,10 @@ KIND_CREATE = MAKE_CREATE
 
 
 def set_create_session(HandleTable handles, bint labels, bint dont_mask):
-    """The session just negotiated (FUSE_INIT, PassthroughFs.init): whether its creations carry security
-    contexts (FUSE_SECURITY_CTX: then the hot path leaves them to the file system, which sets
-    them) and whether the host applies the request's umask (FUSE_DONT_MASK)."""
+    """The session just negotiated (FUSE_INIT, PassthroughFs.init): whether its creations
+    carry security contexts (FUSE_SECURITY_CTX: then the hot path leaves them to the file
+    system, which sets them) and whether the host applies the request's umask
+    (FUSE_DONT_MASK)."""
     handles.create_policy.dont_mask = dont_mask
     handles.create_policy.enabled = not labels
 
@@ -78,6 +79,29 @@ def make_name_of(int dirfd, bytes name not None, int kind, uint32_t mode=0, uint
         rc = make_name(dirfd, n, kind, mode, rdev, t, flags)
     _check(rc)
     return rc
+
+
+cdef int link_name(HandleTable handles, int fd, int newdirfd,
+                   const char *newname) noexcept nogil:
+    """linkat(2) of the inode behind O_PATH descriptor ``fd`` as ``newname`` in directory
+    ``newdirfd``, through the descriptor's /proc/self/fd name with AT_SYMLINK_FOLLOW: the very
+    inode the descriptor holds (a symlink's own too), with no path lookup the guest controls.
+    0 or -errno."""
+    cdef OpenPolicy *policy = &handles.open_policy
+    cdef char path[48]
+    _proc_name(policy, fd, path, sizeof(path))
+    if linkat(policy.proc_dir, path, newdirfd, newname, AT_SYMLINK_FOLLOW) < 0:
+        return -errno
+    return 0
+
+
+def link_name_of(HandleTable handles, int fd, int newdirfd, bytes newname not None):
+    """``link_name`` for the file system; raises OSError."""
+    cdef const char *n = newname
+    cdef int rc
+    with nogil:
+        rc = link_name(handles, fd, newdirfd, n)
+    _check(rc)
 
 
 cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
@@ -189,13 +213,10 @@ cdef int64_t link_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
                        statx *st) noexcept nogil:
     """LINK of node ``nodeid`` as ``newname`` in ``newparent``, as PassthroughFs.link does
     it, in its order: ENOENT for either node id the table does not know, the name checked,
-    EPERM for a directory, then linkat(2) of the node's /proc/self/fd name with
-    AT_SYMLINK_FOLLOW (the very inode its O_PATH descriptor holds), then its entry
+    EPERM for a directory, then ``link_name``, then its entry
     (``_new_entry``).  The node id with ``st`` filled, -errno, or 0 for what only the file
     system decides (``_creatable`` false, a node held by file handle without a
     descriptor)."""
-    cdef OpenPolicy *policy = &handles.open_policy
-    cdef char path[48]
     cdef int64_t rc = 0
     cdef int fd, newfd
     if not _creatable(handles, inodes):
@@ -216,9 +237,7 @@ cdef int64_t link_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
     if rc == 0 and S_ISDIR(inodes.mode_of(nodeid)):
         rc = -EPERM
     if rc == 0:
-        _proc_name(policy, fd, path, sizeof(path))
-        if linkat(policy.proc_dir, path, newfd, newname, AT_SYMLINK_FOLLOW) < 0:
-            rc = -errno
+        rc = link_name(handles, fd, newfd, newname)
     if rc == 0:
         rc = _new_entry(handles, inodes, newfd, newname, st)
     inodes.release(newparent)

@@ -51,9 +51,9 @@ cdef class HandleTable(SlotTable):
         """``remove_fh`` while no lock descriptor exists; 1 (nothing done) when one does.
 
         The test and the removal are one step under the mutex, as a lock's tie to its handle
-        is (``_lock_get``): a lock
-        tied to ``fh`` on another queue is either registered first (and this RELEASE goes to
-        the engine, which drops it) or finds ``fh`` already gone (EBADF, nothing held)."""
+        is (``_lock_get``): a lock tied to ``fh`` on another queue is either registered first
+        (and this RELEASE goes to the engine, which drops it) or finds ``fh`` already gone
+        (EBADF, nothing held)."""
         return self._remove(fh, True)
 
     cdef int remove_fh(self, uint64_t fh) noexcept nogil:

@@ -27,8 +27,9 @@
 from libc.errno cimport EBADF, ENOLCK, ENOMEM
 from libc.stdlib cimport realloc
 
-from fastvfs.includes.fcntl cimport (F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK,
-                                     O_CLOEXEC, O_RDWR, SEEK_SET, flock, openat)
+from fastvfs.includes.fcntl cimport (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_RDLCK,
+                                     F_UNLCK, F_WRLCK, O_CLOEXEC, O_RDWR, flock, openat)
+from fastvfs.includes.posix cimport SEEK_SET
 
 cdef uint64_t LOCK_OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
 # The kinds of description (LOCK_POSIX, LOCK_FLOCK, LOCK_QUESTION), for the file system.
@@ -244,12 +245,13 @@ cdef int _lock_note(LockDesc *d, uint64_t start, uint64_t end, uint32_t lock_typ
 
 cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept nogil:
     """Give a read-only description write access for a write lock (``d.mutex`` held): a new
-    read-write description (the old one reopened through its /proc/self/fd name, as the
-    open policy names it: ``open_node``) takes over the owner's read locks, then the old one closes.  Read
-    locks conflict only with write locks, which nobody else can hold where the old description
-    holds read locks, so the ranges are never unlocked in between.  One description per owner
-    is kept (not one per access mode): two descriptions would be two owners to the host and
-    conflict with each other.  ENOLCK while another request uses the description."""
+    read-write description (the old one reopened through its /proc/self/fd name, as the open
+    policy names it: ``open_node``) takes over the owner's read locks, then the old one
+    closes.  Read locks conflict only with write locks, which nobody else can hold where the
+    old description holds read locks, so the ranges are never unlocked in between.  One
+    description per owner is kept (not one per access mode): two descriptions would be two
+    owners to the host and conflict with each other.  ENOLCK while another request uses the
+    description."""
     cdef char path[64]
     cdef int fd, old, rc = 0
     cdef bint busy
@@ -451,30 +453,35 @@ cdef class LockRef:
     def fd(self):
         return self._held().fd
 
-    def prepare(self, uint32_t lock_type):
-        """The descriptor to take ``lock_type`` on (given write access for a write lock; it
-        stays the same while this reference is held: an upgrade waits for no other user)."""
+    def wait(self, uint64_t start, uint64_t end, uint32_t lock_type, uint32_t pid):
+        """SETLKW of a POSIX lock through this description (``lock_check`` first): the
+        description given write access for a write lock, then F_OFD_SETLKW, waiting without
+        the GIL and without the description's mutex, so the owner's other threads go on
+        locking and unlocking meanwhile (this reference keeps any write upgrade, and so any
+        change of ``fd``, away until it is done); the lock then noted with ``pid`` as its
+        holder.  Raises OSError."""
         cdef LockDesc *d = self._held()
-        cdef int rc
+        cdef flock fl
+        cdef int rc, noted = 0
         cdef int fd
         with nogil:
             pthread_mutex_lock(&d.mutex)
             rc = _lock_writable(self.h, d, lock_type)
             fd = d.fd
             pthread_mutex_unlock(&d.mutex)
+            if rc == 0:
+                _lock_flock(&fl, start, end, lock_type)
+                while fcntl(fd, F_OFD_SETLKW, &fl) < 0:
+                    if errno != EINTR:
+                        rc = -errno
+                        break
+            if rc == 0:
+                pthread_mutex_lock(&d.mutex)
+                noted = _lock_granted(self.h, d, start, end, lock_type, pid)
+                pthread_mutex_unlock(&d.mutex)
         if rc < 0:
             raise _lock_error(rc)
-        return fd
-
-    def granted(self, uint64_t start, uint64_t end, uint32_t lock_type, uint32_t pid):
-        """Note a lock the host granted through ``fd`` (``_lock_granted``)."""
-        cdef LockDesc *d = self._held()
-        cdef int rc
-        with nogil:
-            pthread_mutex_lock(&d.mutex)
-            rc = _lock_granted(self.h, d, start, end, lock_type, pid)
-            pthread_mutex_unlock(&d.mutex)
-        if rc < 0:
+        if noted < 0:
             raise MemoryError()
 
     def put(self):
@@ -488,6 +495,13 @@ cdef class LockRef:
 cdef object _lock_error(int rc):
     import os
     return OSError(-rc, os.strerror(-rc))
+
+
+def lock_check(uint64_t start, uint64_t end, uint32_t lock_type):
+    """OSError(EINVAL) for a lock the guest may not ask for (``_lock_valid``), as GETLK and
+    SETLK answer it."""
+    if not _lock_valid(start, end, lock_type):
+        raise OSError(EINVAL, "invalid lock range or type")
 
 
 def lock_getlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh, uint64_t start,

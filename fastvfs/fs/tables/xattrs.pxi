@@ -7,8 +7,8 @@
 
 from libc.errno cimport ERANGE
 
-from fastvfs.includes.own_fs cimport fastvfs_own_fs
-from fastvfs.includes.posix cimport CLONE_FS, chdir, fchdir, unshare
+from fastvfs.fs._sys cimport own_fs
+from fastvfs.includes.posix cimport chdir, fchdir
 from fastvfs.includes.xattr cimport (XATTR_CREATE, XATTR_REPLACE, listxattr, removexattr,
                                      setxattr)
 
@@ -31,15 +31,12 @@ cdef int _enter_named(HandleTable handles, int fd, char *path, size_t size) noex
     chroot sandbox (a /proc descriptor of its own) is this thread's own, moved there for the
     call (``_leave_named`` moves it back to the chroot's /).  0 named, 1 named with the
     working directory moved, -1 when the move was refused (the file system then names it)."""
-    global fastvfs_own_fs
     cdef OpenPolicy *policy = &handles.open_policy
     _proc_name(policy, fd, path, size)
     if policy.proc_dir == AT_FDCWD:
         return 0
-    if not fastvfs_own_fs:
-        if unshare(CLONE_FS) < 0:
-            return -1
-        fastvfs_own_fs = 1
+    if own_fs() < 0:
+        return -1
     return 1 if fchdir(policy.proc_dir) == 0 else -1
 
 
