@@ -27,6 +27,7 @@ daemons serve from a child they fork into their sandbox), from /proc/PID/task/TI
 
 import argparse
 import errno
+import fcntl
 import os
 import shutil
 import struct
@@ -58,6 +59,7 @@ XATTR_VALUE = b"v" * 32
 # fuse_copy_file_range_in: fh_in off_in nodeid_out fh_out off_out len flags.
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
 NOT_IMPLEMENTED = (errno.ENOSYS, errno.EOPNOTSUPP)
+HOLDER = 0x401d     # the lock owner of the lock a ``hold_lock`` workload runs beside
 # The cache modes of both daemons by name.
 CACHE = {"never": "none", "auto": "auto", "always": "always"}
 
@@ -157,6 +159,17 @@ def w_open_release(ctx, slot, seq):
     reply = yield Req(Opcode.OPEN, ctx.node["data"], abi.open_in.pack(os.O_RDWR, 0),
                       {"reply_len": abi.open_out.size})
     fh = abi.open_out.unpack(reply.payload)[0]
+    yield Req(Opcode.RELEASE, ctx.node["data"], abi.release_in.pack(fh, os.O_RDWR, 0, 0))
+
+
+def w_close_lock_held(ctx, slot, seq):
+    """OPEN, then a close as the kernel sends it (FLUSH with the process's lock owner, then
+    RELEASE), while another process of the guest holds a POSIX lock on another file for the
+    whole run (``Workload.hold_lock``)."""
+    reply = yield Req(Opcode.OPEN, ctx.node["data"], abi.open_in.pack(os.O_RDWR, 0),
+                      {"reply_len": abi.open_out.size})
+    fh = abi.open_out.unpack(reply.payload)[0]
+    yield Req(Opcode.FLUSH, ctx.node["data"], abi.flush_in.pack(fh, 0, 0, 2000 + slot))
     yield Req(Opcode.RELEASE, ctx.node["data"], abi.release_in.pack(fh, os.O_RDWR, 0, 0))
 
 
@@ -373,6 +386,7 @@ class Workload:
     run: object
     cycle: str = ""     # the requests of one cycle, when reported per cycle
     lean: tuple = ()    # (op, size) for the lean C driver, where it has this workload
+    hold_lock: bool = False     # a POSIX lock on "plain" is held through the run
 
 
 WORKLOADS = [
@@ -384,6 +398,7 @@ WORKLOADS = [
     Workload("setattr_size", w_setattr_size),
     Workload("setattr_times", w_setattr_times),
     Workload("open_release", w_open_release, "OPEN+RELEASE"),
+    Workload("close_lock_held", w_close_lock_held, "OPEN+FLUSH+RELEASE", hold_lock=True),
     Workload("create", w_create, "CREATE+RELEASE+UNLINK+FORGET"),
     Workload("mknod", w_mknod, "MKNOD+UNLINK+FORGET"),
     Workload("mkdir", w_mkdir, "MKDIR+RMDIR+FORGET"),
@@ -498,17 +513,33 @@ class Session:
         self.setxattr_ext = bool(init.all_flags & abi.FUSE_SETXATTR_EXT)
         self.node = {n: self.client.lookup(ROOT, n).nodeid
                      for n in ("data", "copy", "small", "plain", "trunc", "sym", "dir", "w")}
-        self.fh = {n: self.client.open(self.node[n], os.O_RDWR).fh for n in ("data", "copy")}
+        self.fh = {n: self.client.open(self.node[n], os.O_RDWR).fh
+                   for n in ("data", "copy", "plain")}
         # A guest renames only what it has looked up (the reference answers EIO otherwise).
         for i in range(SLOTS):
             self.client.lookup(self.node["w"], f"r{i}")
         self.fh["dir"] = self.client.opendir(self.node["dir"]).fh
         self.payload = os.urandom(1 << 20)
 
+    def _held_lock(self, take):
+        """Take the lock a ``hold_lock`` workload runs beside, or drop it and close as its
+        process would (the FLUSH ends the owner's description too)."""
+        lock_type = fcntl.F_WRLCK if take else fcntl.F_UNLCK
+        body = abi.lk_in.pack(self.fh["plain"], HOLDER, 0, 0, lock_type, 1, 0, 0)
+        self.client.call(Opcode.SETLK, self.node["plain"], body)
+        if not take:
+            self.client.flush(self.node["plain"], self.fh["plain"], lock_owner=HOLDER)
+
     def run(self, workload, depth, seconds):
-        cpu0 = micro.cpu_seconds(self.proc.pid)
-        r = drive(self.client, workload, self, depth, seconds)
-        r["backend_cpu_s"] = micro.cpu_seconds(self.proc.pid) - cpu0
+        if workload.hold_lock:
+            self._held_lock(True)
+        try:
+            cpu0 = micro.cpu_seconds(self.proc.pid)
+            r = drive(self.client, workload, self, depth, seconds)
+            r["backend_cpu_s"] = micro.cpu_seconds(self.proc.pid) - cpu0
+        finally:
+            if workload.hold_lock:
+                self._held_lock(False)
         return r
 
     def run_lean(self, workload, depth, seconds):

@@ -152,7 +152,7 @@ cdef struct CreatePolicy:
 cdef class HandleTable(SlotTable):
     cdef HandleSlot *files            # mem, typed
     # Descriptors held for POSIX and flock locks (tables/locks.pxi): their count, set under
-    # the mutex whenever it changes; the hot path asks ``holds_lock_fds``.
+    # the mutex whenever it changes; read without it by ``locks_flushed`` and the others.
     cdef readonly int lock_fds_open
     # The lock descriptions by node id, and their count (``lock_fds_open`` follows it under
     # the mutex).  locks_mutex is taken before the table's mutex, after a description's own.
@@ -187,18 +187,7 @@ cdef class HandleTable(SlotTable):
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
-    cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil
-    cdef int _remove(self, uint64_t fh, bint unless_locks) noexcept nogil
     cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil
-
-    cdef inline bint holds_lock_fds(self) noexcept nogil:
-        """The lock-descriptor contract: True while the file system holds a descriptor for a
-        POSIX or flock lock.  Then FLUSH, RELEASE and FORGET are the engine's, since closing
-        or forgetting may have to drop that lock; with none held they need nothing of the
-        engine's.  A lock taken meanwhile on another queue is tied to its handle and goes at
-        that handle's RELEASE, which ``remove_fh_unless_locks`` refuses to the hot path under
-        the mutex the tie takes (``_lock_get``): so the count is read here without the mutex."""
-        return self.lock_fds_open != 0
 
 
 # -- node ids (tables/nodes.pxi) ----------------------------------------------------------------
@@ -354,3 +343,7 @@ cdef int posix_getlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh
 cdef int posix_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
                      uint64_t start, uint64_t end, uint32_t lock_type, uint32_t pid,
                      int fresh, bint writable) noexcept nogil
+cdef void locks_flushed(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil
+cdef void locks_flock_unlocked(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil
+cdef void locks_released(HandleTable h, uint64_t fh) noexcept nogil
+cdef void locks_forgotten(HandleTable h, uint64_t nodeid) noexcept nogil

@@ -550,8 +550,8 @@ class PassthroughFs:
                 os.close(held)
 
     def forget(self, nodeid, count):
-        if self.inodes.forget(nodeid, count) and self.handles.lock_fds_open:
-            _tables.lock_drop_node(self.handles, nodeid)
+        if self.inodes.forget(nodeid, count):
+            _tables.lock_forgotten(self.handles, nodeid)
 
     def mount_id(self, nodeid):
         """The host mount the inode lives on (statx STATX_MNT_ID)."""
@@ -1008,10 +1008,12 @@ class PassthroughFs:
     def release_locks(self, nodeid, owner, kind):
         """Drop all of ``owner``'s locks of one kind on an inode (a close in the guest); a
         FLUSH (``kind`` "posix") drops the inode's question description too."""
-        if self.handles.lock_fds_open:
-            _tables.lock_drop(self.handles, nodeid, owner, LOCK_KINDS[kind])
-            if kind == "posix":
-                _tables.lock_drop(self.handles, nodeid, 0, _tables.LOCK_KIND_QUESTION)
+        if kind == "posix":
+            _tables.lock_flushed(self.handles, nodeid, owner)
+        elif kind == "flock":
+            _tables.lock_flock_unlocked(self.handles, nodeid, owner)
+        else:
+            raise ValueError(kind)
 
     # -- directories ------------------------------------------------------------------------
 

@@ -226,9 +226,11 @@ cdef extern from "<linux/fuse.h>" nogil:
         uint64_t fh
         uint32_t flags
         uint32_t release_flags
+        uint64_t lock_owner
 
     struct fuse_flush_in:
         uint64_t fh
+        uint64_t lock_owner
 
     struct fuse_file_lock:
         uint64_t start

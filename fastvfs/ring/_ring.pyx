@@ -53,7 +53,8 @@ from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
                                  dir_unref)
-from fastvfs.fs._tables cimport posix_getlk, posix_setlk
+from fastvfs.fs._tables cimport (locks_flock_unlocked, locks_flushed, locks_forgotten,
+                                  locks_released, posix_getlk, posix_setlk)
 from fastvfs.fs._tables cimport (MAKE_CREATE, MAKE_MKDIR, MAKE_MKNOD, MAKE_SYMLINK, TARGET_MAX,
                                  link_node, make_node, pack_entry)
 from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER, CHANGE_SIZE,
@@ -72,7 +73,7 @@ from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, O_ACCMODE, O_CREAT, O_EXCL, O
                                      fallocate)
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_COPY_FILE_RANGE, FUSE_FALLOCATE, FUSE_FLUSH,
-                                           FUSE_FORGET,
+                                           FUSE_FORGET, FUSE_RELEASE_FLOCK_UNLOCK,
                                            FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
                                            FUSE_GETXATTR, FUSE_LISTXATTR,
                                            FUSE_REMOVEXATTR, FUSE_SETXATTR,

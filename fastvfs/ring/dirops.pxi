@@ -33,14 +33,15 @@ cdef int do_opendir(Virtqueue vq) noexcept nogil:
 
 cdef int do_releasedir(Virtqueue vq) noexcept nogil:
     """RELEASEDIR of any handle, as the engine's (PassthroughFs.release: the handle and a
-    directory's listing dropped), while no lock descriptor exists (fastops.pxi's contract: a
-    lock may be tied to the handle)."""
+    directory's listing dropped, then the lock descriptions no handle is left to, as RELEASE
+    drops them)."""
+    cdef uint64_t fh = vq.req.hdr.arg.release.fh
     cdef int rc
     if vq.req.hdr.h.total_extlen:
         return 0
-    rc = vq.handles.remove_fh_unless_locks(vq.req.hdr.arg.release.fh)
-    if rc == 1:
-        return 0
+    rc = vq.handles.remove_fh(fh)
+    if rc == 0:
+        locks_released(vq.handles, fh)
     vq._reply(rc, NULL, 0)
     return 1
 

@@ -8,7 +8,6 @@ cdef enum:
     # Conditions of a table entry.
     NEEDS_INODES = 1        # the node id table is shared with the file system
     NEEDS_WRITABLE = 2      # the share is writable (a read-only one refuses in the engine)
-    NEEDS_NO_LOCKS = 4      # the file system holds no lock descriptor (see below)
     NEEDS_URING = 8         # the queue has its io_uring
     FAST_OPS_MAX = FUSE_COPY_FILE_RANGE + 1
 
@@ -44,8 +43,7 @@ cdef int serve_fast(Virtqueue vq) noexcept nogil:
         return 0
     if (op.needs & NEEDS_INODES and vq.inodes is None or
             op.needs & NEEDS_WRITABLE and vq.cfg.read_only or
-            op.needs & NEEDS_URING and vq.io.uring == NULL or
-            op.needs & NEEDS_NO_LOCKS and vq.handles.holds_lock_fds()):
+            op.needs & NEEDS_URING and vq.io.uring == NULL):
         return 0
     return op.serve(vq)
 
@@ -139,14 +137,14 @@ cdef int do_lookup(Virtqueue vq) noexcept nogil:
     return 1
 
 
-# The lock-descriptor contract (fastvfs.fs._tables.HandleTable.holds_lock_fds): while the file
-# system holds a descriptor for a POSIX or flock lock, FLUSH, RELEASE and FORGET are its own,
-# since closing or forgetting may have to drop that lock; with none held they need nothing of
-# the engine's (a lock taken meanwhile on another queue is tied to its handle and goes at that
-# handle's RELEASE, which the table refuses to the hot path under the same mutex).
+# FLUSH, RELEASE and FORGET end the guest's locks as the engine's do (fastvfs/fuse/engine.py,
+# through PassthroughFs): the same bodies of the handle table's lock descriptions
+# (tables/locks.pxi ``locks_flushed``, ``locks_flock_unlocked``, ``locks_released``,
+# ``locks_forgotten``), each nothing while no description exists.
 
 cdef int do_flush(Virtqueue vq) noexcept nogil:
-    """FLUSH with the handle left open (what the engine does when no lock needs dropping)."""
+    """FLUSH with the handle left open; once the file is flushed, the lock owner's POSIX locks
+    on the node go (a close in the guest), as the engine's do_flush drops them."""
     cdef uint64_t fh = vq.req.hdr.arg.flush.fh
     cdef int rc, fd = vq.handles.acquire(fh)
     if fd < 0:
@@ -154,20 +152,25 @@ cdef int do_flush(Virtqueue vq) noexcept nogil:
         return 1
     rc = flush_fd(fd)
     vq.handles.release(fh)
+    if rc == 0:
+        locks_flushed(vq.handles, vq.req.hdr.h.nodeid, vq.req.hdr.arg.flush.lock_owner)
     vq._reply(rc, NULL, 0)
     return 1
 
 
 cdef int do_release(Virtqueue vq) noexcept nogil:
-    """RELEASE of a handle (an OFD or flock lock belongs to the guest's open file and goes
-    with its RELEASE, which the engine handles while lock descriptors exist): a directory
-    handle too (released by RELEASE as well as by RELEASEDIR, whatever the guest sends), its
-    listing dropped with it by the handle table."""
+    """RELEASE of a handle: with FUSE_RELEASE_FLOCK_UNLOCK the open file's flock lock first;
+    then the handle, a directory handle too (released by RELEASE as well as by RELEASEDIR,
+    whatever the guest sends) with its listing, and the lock descriptions no handle is left to
+    (an OFD lock belongs to the guest's open file and has no other end)."""
     cdef uint64_t fh = vq.req.hdr.arg.release.fh
     cdef int rc
-    rc = vq.handles.remove_fh_unless_locks(fh)
-    if rc == 1:
-        return 0
+    if vq.req.hdr.arg.release.release_flags & FUSE_RELEASE_FLOCK_UNLOCK:
+        locks_flock_unlocked(vq.handles, vq.req.hdr.h.nodeid,
+                             vq.req.hdr.arg.release.lock_owner)
+    rc = vq.handles.remove_fh(fh)
+    if rc == 0:
+        locks_released(vq.handles, fh)
     vq._reply(rc, NULL, 0)
     return 1
 
@@ -175,7 +178,8 @@ cdef int do_release(Virtqueue vq) noexcept nogil:
 cdef int do_forget(Virtqueue vq) noexcept nogil:
     if not vq.inodes.dropped_room(1):
         return 0
-    vq.inodes.forget_c(vq.req.hdr.h.nodeid, vq.req.hdr.arg.forget.nlookup, True)
+    if vq.inodes.forget_c(vq.req.hdr.h.nodeid, vq.req.hdr.arg.forget.nlookup, True):
+        locks_forgotten(vq.handles, vq.req.hdr.h.nodeid)
     used_push(vq, vq.req.chain.head, 0)   # FORGET has no reply
     vq._account(0)
     return 1
@@ -196,7 +200,8 @@ cdef int do_batch_forget(Virtqueue vq) noexcept nogil:
         if _gather(vq.req.iov, vq.req.chain.out_num, at + i * sizeof(fuse_forget_one),
                    <uint8_t *>&entry, sizeof(entry)) != sizeof(entry):
             break
-        vq.inodes.forget_c(entry.nodeid, entry.nlookup, True)
+        if vq.inodes.forget_c(entry.nodeid, entry.nlookup, True):
+            locks_forgotten(vq.handles, entry.nodeid)
     used_push(vq, vq.req.chain.head, 0)
     vq._account(0)
     return 1
@@ -284,7 +289,6 @@ _fast_op(FUSE_FALLOCATE, do_fallocate, sizeof(fuse_fallocate_in), NEEDS_WRITABLE
 _fast_op(FUSE_COPY_FILE_RANGE, do_copy_file_range, sizeof(fuse_copy_file_range_in),
          NEEDS_WRITABLE)
 _fast_op(FUSE_RELEASE, do_release, sizeof(fuse_release_in), 0)
-_fast_op(FUSE_FLUSH, do_flush, sizeof(fuse_flush_in), NEEDS_NO_LOCKS)
-_fast_op(FUSE_FORGET, do_forget, sizeof(fuse_forget_in), NEEDS_INODES | NEEDS_NO_LOCKS)
-_fast_op(FUSE_BATCH_FORGET, do_batch_forget, sizeof(fuse_batch_forget_in),
-         NEEDS_INODES | NEEDS_NO_LOCKS)
+_fast_op(FUSE_FLUSH, do_flush, sizeof(fuse_flush_in), 0)
+_fast_op(FUSE_FORGET, do_forget, sizeof(fuse_forget_in), NEEDS_INODES)
+_fast_op(FUSE_BATCH_FORGET, do_batch_forget, sizeof(fuse_batch_forget_in), NEEDS_INODES)

@@ -2321,6 +2321,116 @@ def test_lock_descriptions_go_with_their_handles(pair):
     assert pair.ring.handles.lock_fds_open == 1 and fds_open() == held + 1
     pair.in_python(_release(fh, f), 16)
     assert pair.ring.handles.lock_fds_open == 0 and fds_open() == held - 1
+def test_lock_endings_in_c(pair):
+    """FLUSH, RELEASE (with and without FUSE_RELEASE_FLOCK_UNLOCK), RELEASEDIR, FORGET and
+    BATCH_FORGET are served in C while lock descriptions exist, on one file through the ring and
+    on its twin through the engine: the same replies and the same descriptions left, each
+    ending only the locks it ends (another owner's, another node's stay), descriptors given
+    back, and the host's locks gone with them."""
+    shutil.copy(pair.root / "f", pair.root / "g")
+    WR = fcntl.F_WRLCK
+    P, F, Q = _tables.LOCK_KIND_POSIX, _tables.LOCK_KIND_FLOCK, _tables.LOCK_KIND_QUESTION
+
+    def lock(nodeid, fh, owner, flock=False):
+        start = 0 if flock else 10 * owner     # owners' ranges apart: no conflict
+        body = abi.lk_in.pack(fh, owner, start, start + 9, WR, 7, 1 if flock else 0, 0)
+        assert pair.in_python(request(abi.Opcode.SETLK, body, nodeid=nodeid), 16)[4:8] == bytes(4)
+
+    def ask(nodeid, fh):
+        body = abi.lk_in.pack(fh, 0x77, 0, OFFSET_MAX, WR, 0, 0, 0)
+        pair.in_python(request(abi.Opcode.GETLK, body, nodeid=nodeid), abi.lk_out.size)
+
+    def held(nodeid):
+        return sorted((o, k) for m, o, k in _tables.lock_keys(pair.ring.handles) if m == nodeid)
+
+    def host_locked(name, flock=False):
+        fd = os.open(pair.root / name, os.O_RDWR)
+        try:
+            if flock:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                return False
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK,
+                              struct.pack("hhxxxxqqixxxx", WR, 0, 0, 0, 0))   # whole file
+            return struct.unpack("hhxxxxqqixxxx", got)[0] != fcntl.F_UNLCK
+        finally:
+            os.close(fd)
+
+    def both(make, c_node, py_node, c_args, py_args, out=16):
+        c = pair.in_c(make(*c_args, c_node), [16] if out else [])
+        assert c == pair.in_python(make(*py_args, py_node), out)
+        assert held(c_node) == held(py_node)
+
+    f, g = pair.lookup(b"f"), pair.lookup(b"g")
+    # An unrelated lock elsewhere: the requests below are still served in C.
+    shutil.copy(pair.root / "f", pair.root / "h")
+    h = pair.lookup(b"h")
+    fh_h = pair.open(h)
+    lock(h, fh_h, 0x55)
+    # FLUSH: the flushing owner's POSIX locks and the question description go, not another
+    # owner's.
+    fh_f, fh_g = pair.open(f), pair.open(g)
+    for n, fh in ((f, fh_f), (g, fh_g)):
+        lock(n, fh, 1)
+        lock(n, fh, 2)
+        ask(n, fh)
+    assert held(f) == held(g) == sorted([(1, P), (2, P), (0, Q)])
+    both(_flush, f, g, (fh_f,), (fh_g,))             # owner 0x99: holds nothing
+    assert held(f) == [(1, P), (2, P)]
+    both(lambda fh, n: _flush(fh, n, owner=1), f, g, (fh_f,), (fh_g,))
+    assert held(f) == [(2, P)] and host_locked("f") and host_locked("g")
+    # RELEASE with FUSE_RELEASE_FLOCK_UNLOCK of another handle: the flock lock of that open
+    # file goes (the lock owner is the open file), the POSIX one stays with its handle.
+    fl_f, fl_g = pair.open(f), pair.open(g)
+    for n, fh in ((f, fl_f), (g, fl_g)):
+        body = abi.lk_in.pack(fh, 0x99, 0, 0, WR, 7, 1, 0)   # FUSE_LK_FLOCK
+        assert pair.in_python(request(abi.Opcode.SETLK, body, nodeid=n), 16)[4:8] == bytes(4)
+    assert held(f) == held(g) == sorted([(2, P), (0x99, F)])
+    assert host_locked("f", flock=True) and host_locked("g", flock=True)
+    both(lambda fh, n: _release(fh, n, abi.FUSE_RELEASE_FLOCK_UNLOCK), f, g, (fl_f,), (fl_g,))
+    assert held(f) == [(2, P)]
+    assert not host_locked("f", flock=True) and not host_locked("g", flock=True)
+    # RELEASE of the last handle the POSIX lock went through: it goes, and the host's lock.
+    before = fds_open()
+    both(_release, f, g, (fh_f,), (fh_g,))
+    assert held(f) == [] and fds_open() == before - 4
+    assert not host_locked("f") and not host_locked("g")
+    # RELEASEDIR of a directory handle an flock lock went through.
+    d = pair.lookup(b"d")
+    dirs = []
+    for _ in range(2):
+        error, payload = pair.engine.handle(request(
+            abi.Opcode.OPENDIR, abi.open_in.pack(os.O_RDONLY | os.O_DIRECTORY, 0), nodeid=d), 4096)
+        assert error == 0
+        dirs.append(abi.open_out.unpack_from(payload)[0])
+        body = abi.lk_in.pack(dirs[-1], 0x40 + len(dirs), 0, 0, fcntl.F_RDLCK, 7, 1, 0)
+        assert pair.in_python(request(abi.Opcode.SETLK, body, nodeid=d), 16)[4:8] == bytes(4)
+    assert held(d) == [(0x41, F), (0x42, F)]
+    c = pair.in_c(_releasedir(dirs[0], d), [16])
+    assert c == pair.in_python(_releasedir(dirs[1], d), 16) and held(d) == []
+    # FORGET of the last lookup: the node's descriptions go; BATCH_FORGET likewise.
+    fh_f, fh_g = pair.open(f), pair.open(g)
+    for n, fh in ((f, fh_f), (g, fh_g)):
+        lock(n, fh, 3)
+    for n in (f, g):
+        assert pair.fs.inodes.nlookup(n) == 1
+    pair.in_c(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=f), [])
+    pair.in_python(request(abi.Opcode.BATCH_FORGET, abi.batch_forget_in.pack(1, 0) +
+                           abi.forget_one.pack(g, 1), nodeid=0), 0)
+    assert held(f) == held(g) == [] and not host_locked("f") and not host_locked("g")
+    # The unrelated lock stayed through all of it.
+    assert held(h) == [(0x55, P)] and host_locked("h")
+    hh = pair.lookup(b"h")
+    assert hh == h
+    pair.in_c(request(abi.Opcode.BATCH_FORGET, abi.batch_forget_in.pack(1, 0) +
+                      abi.forget_one.pack(h, 2), nodeid=0), [])
+    assert held(h) == [] and not host_locked("h")
+    for fh in (fh_f, fh_g, fh_h):
+        pair.in_python(_release(fh, f), 16)
+
+
 # -- MKNOD, MKDIR, SYMLINK, CREATE and LINK -------------------------------------------------
 
 def _as(req, uid, gid):

@@ -17,9 +17,9 @@ cdef class HandleTable(SlotTable):
     through (tables/dirs.pxi), dropped with the handle, and counts once more against the
     descriptor budget (``fds_other``, as PassthroughFs.fds_held counts it).
 
-    The lock-descriptor contract (``holds_lock_fds``): the descriptions holding POSIX and
-    flock locks are kept here (tables/locks.pxi); while there are any, FLUSH, RELEASE and
-    FORGET are the engine's.
+    The descriptions holding POSIX and flock locks are kept here too (tables/locks.pxi); the
+    messages that end locks (FLUSH, RELEASE, FORGET) drop them through ``locks_flushed`` and
+    its siblings, in the hot path as in the file system.
     """
     def __cinit__(self, uint32_t capacity=65536):
         self._alloc(capacity, sizeof(HandleSlot))
@@ -47,27 +47,13 @@ cdef class HandleTable(SlotTable):
         self.release(fh)
         return directory
 
-    cdef int remove_fh_unless_locks(self, uint64_t fh) noexcept nogil:
-        """``remove_fh`` while no lock descriptor exists; 1 (nothing done) when one does.
-
-        The test and the removal are one step under the mutex, as a lock's tie to its handle
-        is (``_lock_get``): a lock tied to ``fh`` on another queue is either registered first
-        (and this RELEASE goes to the engine, which drops it) or finds ``fh`` already gone
-        (EBADF, nothing held)."""
-        return self._remove(fh, True)
-
     cdef int remove_fh(self, uint64_t fh) noexcept nogil:
         """Drop ``fh`` (0) or -EBADF; its fd is closed once no request uses it, and a
-        directory handle's listing is freed once no request reads it."""
-        return self._remove(fh, False)
-
-    cdef int _remove(self, uint64_t fh, bint unless_locks) noexcept nogil:
+        directory handle's listing is freed once no request reads it.  The caller then drops
+        the lock descriptions tied to it (``locks_released``)."""
         cdef DirListing *unfreed
         cdef int rc
         pthread_mutex_lock(&self.lock)
-        if unless_locks and self.lock_fds_open:
-            pthread_mutex_unlock(&self.lock)
-            return 1
         rc = self._drop_locked(fh)
         unfreed = _take_unfreed(self)
         pthread_mutex_unlock(&self.lock)

@@ -76,7 +76,8 @@ cdef LockDesc *_lock_find(HandleTable h, uint64_t nodeid, uint64_t owner,
 
 
 cdef void _lock_counted(HandleTable h) noexcept nogil:
-    """Publish the count of descriptions for ``holds_lock_fds`` (locks_mutex held)."""
+    """Publish the count of descriptions for ``locks_flushed`` and its siblings and for the
+    descriptor budget (locks_mutex held)."""
     pthread_mutex_lock(&h.lock)
     h.lock_fds_open = h.lock_count
     pthread_mutex_unlock(&h.lock)
@@ -433,6 +434,39 @@ cdef void _lock_drop(HandleTable h, uint64_t nodeid, uint64_t owner, int kind,
     _lock_free(freed)
 
 
+# When the guest's messages end locks (the header comment's list), one body each for the hot
+# path (ring/fastops.pxi) and the file system (PassthroughFs): nothing to do, and no mutex
+# taken, while no description exists.  ``lock_fds_open`` is read without the mutex: a lock
+# tied to a handle meanwhile on another queue publishes it under the table's mutex before its
+# handle is checked live, and ``locks_released`` is called after the handle was removed under
+# that mutex, so either the tie sees the handle gone or this sees the count.
+
+cdef void locks_flushed(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil:
+    """FLUSH of ``nodeid`` by lock owner ``owner`` (a close in the guest): the owner's POSIX
+    locks on it go, and the inode's question description."""
+    if h.lock_fds_open:
+        _lock_drop(h, nodeid, owner, LOCK_POSIX, False, False, 0)
+        _lock_drop(h, nodeid, 0, LOCK_QUESTION, False, False, 0)
+
+
+cdef void locks_flock_unlocked(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil:
+    """RELEASE with FUSE_RELEASE_FLOCK_UNLOCK: the flock lock of open file ``owner`` goes."""
+    if h.lock_fds_open:
+        _lock_drop(h, nodeid, owner, LOCK_FLOCK, False, False, 0)
+
+
+cdef void locks_released(HandleTable h, uint64_t fh) noexcept nogil:
+    """Handle ``fh`` was removed: descriptions whose every handle is gone go too."""
+    if fh and h.lock_fds_open:
+        _lock_drop(h, 0, 0, 0, False, False, fh)
+
+
+cdef void locks_forgotten(HandleTable h, uint64_t nodeid) noexcept nogil:
+    """Node id ``nodeid`` was dropped (FORGET): every description of it goes."""
+    if h.lock_fds_open:
+        _lock_drop(h, nodeid, 0, 0, True, False, 0)
+
+
 @cython.final
 cdef class LockRef:
     """A description a request of the file system uses (``HandleTable.lock_ref``): its
@@ -554,16 +588,22 @@ def lock_ref(HandleTable h, uint64_t nodeid, uint64_t owner, int kind, uint64_t 
     return ref
 
 
-def lock_drop(HandleTable h, uint64_t nodeid, uint64_t owner, int kind):
-    """Drop the description of (``nodeid``, ``owner``, ``kind``), and with it its locks."""
+def lock_flushed(HandleTable h, uint64_t nodeid, uint64_t owner):
+    """``locks_flushed``, for the file system's FLUSH."""
     with nogil:
-        _lock_drop(h, nodeid, owner, kind, False, False, 0)
+        locks_flushed(h, nodeid, owner)
 
 
-def lock_drop_node(HandleTable h, uint64_t nodeid):
-    """Drop every description of ``nodeid`` (the guest forgot it)."""
+def lock_flock_unlocked(HandleTable h, uint64_t nodeid, uint64_t owner):
+    """``locks_flock_unlocked``, for the file system's RELEASE."""
     with nogil:
-        _lock_drop(h, nodeid, 0, 0, True, False, 0)
+        locks_flock_unlocked(h, nodeid, owner)
+
+
+def lock_forgotten(HandleTable h, uint64_t nodeid):
+    """``locks_forgotten``, for the file system's FORGET."""
+    with nogil:
+        locks_forgotten(h, nodeid)
 
 
 def lock_drop_all(HandleTable h):
@@ -572,10 +612,9 @@ def lock_drop_all(HandleTable h):
 
 
 def lock_release_fh(HandleTable h, uint64_t fh):
-    """The guest released ``fh``: descriptions whose every handle is gone go too."""
-    if fh:
-        with nogil:
-            _lock_drop(h, 0, 0, 0, False, False, fh)
+    """``locks_released``, for the file system's RELEASE."""
+    with nogil:
+        locks_released(h, fh)
 
 
 def lock_keys(HandleTable h):
