@@ -74,7 +74,8 @@ def backend_argv(name, sock, shared, cache):
 
 def make_tree(root):
     """The tree every backend serves (its own copy): data files, a symlink, a directory to
-    list, files with and without an extended attribute, and one file per slot to rename."""
+    list, files with and without an extended attribute, one file per slot to rename, and a
+    directory of names no other workload looks up."""
     root.mkdir()
     for name in ("data", "copy"):
         with open(root / name, "wb") as f:
@@ -91,6 +92,10 @@ def make_tree(root):
     (root / "w").mkdir()
     for i in range(SLOTS):
         (root / "w" / f"r{i}").write_bytes(b"")
+    # Names only lookup_new and list_new look up, each forgetting what it looked up.
+    (root / "n").mkdir()
+    for i in range(SLOTS):
+        (root / "n" / f"x{i:02}").write_bytes(b"")
 
 
 @dataclass
@@ -282,11 +287,50 @@ def w_list(ctx, slot, seq):
 
 
 def _direntplus_offsets(buf):
+    for _, off in _direntplus(buf):
+        yield off
+
+
+def _direntplus(buf):
+    """(node id, cookie) of each fuse_direntplus record ("." and ".." have node id 0)."""
     pos = 0
     while pos + abi.ENTRY_OUT_SIZE + abi.dirent_head.size <= len(buf):
+        nodeid = abi.entry_out_head.unpack_from(buf, pos)[0]
         _, off, namelen, _ = abi.dirent_head.unpack_from(buf, pos + abi.ENTRY_OUT_SIZE)
-        yield off
+        yield nodeid, off
         pos += abi.rec_align(abi.ENTRY_OUT_SIZE + abi.dirent_head.size + namelen)
+
+
+def w_lookup_new(ctx, slot, seq):
+    """LOOKUP of a name whose inode the backend does not hold (the first access to a file),
+    then the FORGET that lets it go again."""
+    reply = yield Req(Opcode.LOOKUP, ctx.node["n"], _name(f"x{slot:02}"),
+                      {"reply_len": abi.ENTRY_OUT_SIZE})
+    yield _forget(_entry_node(reply))
+
+
+def w_list_new(ctx, slot, seq):
+    """``ls -l`` of a directory whose inodes the backend does not hold: OPENDIR, READDIRPLUS
+    to the end, RELEASEDIR, then one BATCH_FORGET of every entry, as the kernel sends it when
+    it drops them."""
+    node = ctx.node["n"]
+    reply = yield Req(Opcode.OPENDIR, node, abi.open_in.pack(os.O_RDONLY | os.O_DIRECTORY, 0),
+                      {"reply_len": abi.open_out.size})
+    fh = abi.open_out.unpack(reply.payload)[0]
+    looked_up, offset = [], 0
+    while True:
+        reply = yield Req(Opcode.READDIRPLUS, node,
+                          abi.read_in.pack(fh, offset, PAGE_SIZE, 0, 0, 0, 0),
+                          {"data_len": PAGE_SIZE})
+        records = list(_direntplus(reply.data))
+        if not records:
+            break
+        looked_up += [n for n, _ in records if n]
+        offset = records[-1][1]
+    yield Req(Opcode.RELEASEDIR, node, abi.release_in.pack(fh, 0, 0, 0))
+    yield Req(Opcode.BATCH_FORGET, 0,
+              abi.batch_forget_in.pack(len(looked_up), 0) +
+              b"".join(abi.forget_one.pack(n, 1) for n in looked_up), {"noreply": True})
 
 
 def _getxattr(node, name, size, ok=(0,)):
@@ -392,6 +436,7 @@ class Workload:
 WORKLOADS = [
     Workload("lookup_hit", w_lookup_hit, lean=("LOOKUP", 0)),
     Workload("lookup_miss", w_lookup_miss),
+    Workload("lookup_new", w_lookup_new, "LOOKUP+FORGET"),
     Workload("getattr", w_getattr, lean=("GETATTR", 0)),
     Workload("setattr_mode", w_setattr_mode),
     Workload("setattr_owner", w_setattr_owner),
@@ -412,6 +457,8 @@ WORKLOADS = [
     Workload("readdir", w_readdir),
     Workload("readdirplus", w_readdirplus),
     Workload("list", w_list, "OPENDIR+READDIRPLUS+READDIRPLUS+RELEASEDIR"),
+    Workload("list_new", w_list_new,
+             "OPENDIR+READDIRPLUS+READDIRPLUS+RELEASEDIR+BATCH_FORGET of 32 new inodes"),
     Workload("getxattr_hit", w_getxattr_hit),
     Workload("getxattr_miss", w_getxattr_miss),
     Workload("listxattr_hit", w_listxattr_hit),
@@ -512,7 +559,8 @@ class Session:
         init = self.client.init()
         self.setxattr_ext = bool(init.all_flags & abi.FUSE_SETXATTR_EXT)
         self.node = {n: self.client.lookup(ROOT, n).nodeid
-                     for n in ("data", "copy", "small", "plain", "trunc", "sym", "dir", "w")}
+                     for n in ("data", "copy", "small", "plain", "trunc", "sym", "dir", "w",
+                               "n")}
         self.fh = {n: self.client.open(self.node[n], os.O_RDWR).fh
                    for n in ("data", "copy", "plain")}
         # A guest renames only what it has looked up (the reference answers EIO otherwise).

@@ -253,8 +253,9 @@ cdef class NodeTable(SlotTable):
 cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil
 cdef void pack_entry(uint64_t nodeid, const statx *st, uint64_t valid, uint32_t valid_nsec,
                      fuse_entry_out *out) noexcept nogil
-cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, size_t length,
-                         uint64_t valid, uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil
+cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent,
+                          const char *name, size_t length, uint64_t valid, uint32_t valid_nsec,
+                          fuse_entry_out *out) noexcept nogil
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil
@@ -330,9 +331,9 @@ cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uin
                      uint64_t offset, DirListing **listing) noexcept nogil
 cdef void dir_unref(HandleTable handles, DirListing *listing) noexcept nogil
 cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) noexcept nogil
-cdef bint dir_plus(const DirListing *listing, NodeTable inodes, uint64_t parent,
-                   uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec, uint8_t *buf,
-                   uint32_t *used) noexcept nogil
+cdef bint dir_plus(const DirListing *listing, HandleTable handles, NodeTable inodes,
+                   uint64_t parent, uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec,
+                   uint8_t *buf, uint32_t *used) noexcept nogil
 
 
 # -- the descriptions holding the guest's locks, GETLK and SETLK over them (tables/locks.pxi) ----

@@ -502,11 +502,12 @@ class PassthroughFs:
         inode, st = self._entry_at(parent, name)
         return inode.nodeid, st
 
-    def known_entries(self, parent_id, listing, index, size, sec, nsec):
+    def plus_entries(self, parent_id, listing, index, size, sec, nsec):
         """READDIRPLUS records of ``listing`` (from :meth:`readdir` of ``parent_id``) from
-        entry ``index`` on, for as long as their inodes are known, in C (the hot path's own
-        code): ``(bytes, next index, whether that entry needs`` :meth:`lookup` ``)``."""
-        return listing.known_entries(self.inodes.table, parent_id, index, size, sec, nsec)
+        entry ``index`` on, each entry looked up in C (the hot path's own code, a known inode
+        or a new one), up to one that needs :meth:`lookup` (a submount, a node held by file
+        handle): ``(bytes, next index, whether that entry needs`` :meth:`lookup` ``)``."""
+        return listing.plus_entries(self.inodes.table, parent_id, index, size, sec, nsec)
 
     def _relookup(self, inode):
         st = _sys.fstatx(self.inodes.fd(inode))

@@ -796,10 +796,10 @@ class FuseEngine:
         count = len(listing)
         i = offset
         while i < count:
-            # Entries whose inodes are known (and "." and "..", which the kernel counts no
-            # lookup for) are answered in C, up to the first that needs a lookup.
-            chunk, i, need = self.fs.known_entries(nodeid, listing, i, size - len(out), sec,
-                                                   nsec)
+            # Entries are looked up in C (and "." and "..", which the kernel counts no lookup
+            # for, answered), up to the first that needs the file system's lookup.
+            chunk, i, need = self.fs.plus_entries(nodeid, listing, i, size - len(out), sec,
+                                                  nsec)
             out += self._translate_direntplus(chunk)
             if not need:
                 break

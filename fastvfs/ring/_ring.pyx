@@ -60,7 +60,7 @@ from fastvfs.fs._tables cimport (MAKE_CREATE, MAKE_MKDIR, MAKE_MKNOD, MAKE_SYMLI
 from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER, CHANGE_SIZE,
                                  LOOKUP_NAME_MAX, XATTR_NAME_MAX, change_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
-                                 known_entry, listxattr_node, open_node, pack_attr,
+                                 listxattr_node, lookup_entry, open_node, pack_attr,
                                  removexattr_node, rename_node, setxattr_node, unlink_node,
                                  within_budget)
 from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,

@@ -78,11 +78,11 @@ cdef int do_readdir(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
-    """READDIRPLUS of entries whose inodes the node id table holds (``dir_plus``, through
-    ``known_entry`` as LOOKUP), as the engine's _readdir sends them.  An entry that needs the
-    file system's lookup (a new inode, another mount) hands the whole request to the engine,
-    the lookups counted so far taken back first; so do request extensions and a node held by
-    file handle without a descriptor."""
+    """READDIRPLUS with each entry looked up as LOOKUP looks it up (``dir_plus``, through
+    ``lookup_entry``), as the engine's _readdir sends them.  An entry that needs the file
+    system's lookup (a submount, a new inode held by file handle) hands the whole request to
+    the engine, the lookups counted so far taken back first; so do request extensions and a
+    node held by file handle without a descriptor."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef uint64_t index = vq.req.hdr.arg.read.offset
     cdef uint32_t size = _dir_size(vq)
@@ -116,8 +116,8 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
         if buf == NULL:
             dir_unref(vq.handles, listing)
             return 0
-    need = dir_plus(listing, vq.inodes, nodeid, &index, <uint32_t>room, vq.cfg.attr_valid,
-                    vq.cfg.attr_valid_nsec, buf, &used)
+    need = dir_plus(listing, vq.handles, vq.inodes, nodeid, &index, <uint32_t>room,
+                    vq.cfg.attr_valid, vq.cfg.attr_valid_nsec, buf, &used)
     # The engine sends what it has when the entry to look up would not fit anyway.
     if need and used + sizeof(fuse_entry_out) + listing.starts[index + 1] - \
             listing.starts[index] > size:

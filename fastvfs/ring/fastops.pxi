@@ -113,11 +113,12 @@ cdef bint _names(Virtqueue vq, uint32_t at, char *buf, uint32_t count,
 
 
 cdef int do_lookup(Virtqueue vq) noexcept nogil:
-    """LOOKUP of an inode the node id table already knows: fuse_entry_out with one more lookup
-    counted, the same bytes the engine would send; of a name that does not exist: ENOENT, as
-    the engine answers it in every cache mode (no negative entry).  A name it would refuse, a
-    new inode, a mount point, a used-up descriptor budget or any failure but ENOENT is left
-    to the engine."""
+    """LOOKUP of a plain name as the engine's (``lookup_entry``): fuse_entry_out with one
+    lookup counted, of an inode the node id table knows or of a new one it enters, the same
+    bytes the engine would send; ENOENT for a name that does not exist, as the engine answers
+    it in every cache mode (no negative entry), and the file system's error where its lookup
+    fails the same way.  A name it would refuse, a mount point, a new inode held by file
+    handle, a used-up descriptor budget or a failure to ask is left to the engine."""
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef size_t length
     cdef int64_t nodeid
@@ -126,13 +127,13 @@ cdef int do_lookup(Virtqueue vq) noexcept nogil:
         return 0
     if not within_budget(vq.handles, vq.inodes):
         return 0                    # EMFILE in the file system, before it looks
-    nodeid = known_entry(vq.inodes, vq.req.hdr.h.nodeid, name, length, vq.cfg.attr_valid,
-                         vq.cfg.attr_valid_nsec, &out)
-    if nodeid == -ENOENT:
-        vq._reply(-ENOENT, NULL, 0)
-        return 1
-    if nodeid <= 0:
+    nodeid = lookup_entry(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, length,
+                          vq.cfg.attr_valid, vq.cfg.attr_valid_nsec, &out)
+    if nodeid == 0:
         return 0
+    if nodeid < 0:
+        vq._reply(<int>nodeid, NULL, 0)
+        return 1
     vq._reply(0, &out, sizeof(out))
     return 1
 

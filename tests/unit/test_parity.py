@@ -18,6 +18,7 @@ import fcntl
 import gc
 import os
 import shutil
+import socket
 import stat
 import struct
 import subprocess
@@ -152,6 +153,48 @@ def test_lookup_of_a_known_name_and_its_count(pair):
     # A name that does not exist is answered in C; the engine gives the same answer.
     req = request(abi.Opcode.LOOKUP, b"missing\0")
     assert pair.in_c(req, [16, 200]) == pair.in_python(req, 216)
+
+
+def test_lookup_of_a_new_inode_of_every_kind(pair):
+    """A name whose inode the node id table does not hold is entered in C (an O_PATH
+    descriptor, never an open of the object: a device node, a FIFO or a socket is not
+    touched), counted once, the same bytes the engine then answers (counting once more); a
+    mount point inside the share is the engine's (a submount)."""
+    d = pair.lookup(b"d")
+    os.mkfifo(pair.root / "fifo")
+    os.mknod(pair.root / "d" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(pair.root / "sock"))
+    (pair.root / "sub").mkdir()
+    os.symlink("/etc/passwd", pair.root / "d" / "abs")
+    os.link(pair.root / "f", pair.root / "d" / "hard")
+    f = pair.lookup(b"f")
+    try:
+        for parent, name in ((abi.FUSE_ROOT_ID, b"fifo"), (d, b"null"),
+                             (abi.FUSE_ROOT_ID, b"sock"), (abi.FUSE_ROOT_ID, b"sub"),
+                             (d, b"abs"), (d, b"hard")):
+            count = pair.fs.inodes.table.count
+            req = _lookup(name + b"\0", parent)
+            c = pair.in_c(req, [16, 128])
+            node = abi.entry_out_head.unpack_from(c, 16)[0]
+            if name == b"hard":     # another name of an inode the table holds
+                assert node == f and pair.fs.inodes.table.count == count
+            else:
+                assert node and pair.fs.inodes.table.count == count + 1
+                assert pair.fs.inodes.nlookup(node) == 1
+            assert c == pair.in_python(req, 144), name
+            assert pair.fs.inodes.nlookup(node) == (3 if name == b"hard" else 2)
+        (pair.root / "mnt").mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(pair.root / "mnt")]).returncode:
+            return
+        try:
+            count = pair.fs.inodes.table.count
+            via_engine(pair, _lookup(b"mnt\0"), [16, 128])
+            assert pair.fs.inodes.table.count == count + 1   # the engine's entry only
+        finally:
+            subprocess.run(["umount", "-l", str(pair.root / "mnt")])
+    finally:
+        sock.close()
 
 
 def test_readdirplus_records_match_lookup(pair):
@@ -2143,11 +2186,41 @@ def test_readdir_of_stale_handles_file_handles_and_nodes(pair):
     assert pair.ring.handles.count == 1
 
 
-def test_readdirplus_of_new_inodes_goes_to_the_engine(tmp_path, io_engine):
-    """An entry whose inode the node id table does not hold needs the file system's lookup:
-    the hot path hands the request over and takes back the lookups it counted, so the
-    engine's reply and the counts are those of the engine alone."""
+def test_readdirplus_of_new_inodes_in_c(tmp_path, io_engine):
+    """Entries whose inodes the node id table does not hold are entered in C as LOOKUP enters
+    them: each counted once, the same bytes the engine then sends for the same listing (which
+    finds them known)."""
     pair = _make_pair(tmp_path, io_engine)
+    try:
+        d = pair.lookup(b"d")
+        for i in range(10):
+            (pair.root / "d" / f"e{i}").write_bytes(b"")
+        (pair.root / "d" / "sub").mkdir()
+        os.symlink("e0", pair.root / "d" / "ln")
+        known = {pair.lookup(b"e%d" % i, d) for i in range(0, 10, 2)}
+        dirs = DirPair(pair, d)
+        before = pair.fs.inodes.table.count
+        c = pair.in_c(_readdir(dirs.c, 0, 4096, d, True), [16, 4096])
+        nodes = _entry_nodes(c)
+        assert len(nodes) == 12 and pair.fs.inodes.table.count == before + 7
+        assert {n: pair.fs.inodes.nlookup(n) for n in nodes} == {
+            n: 2 if n in known else 1 for n in nodes}
+        py = pair.in_python(_readdir(dirs.py, 0, 4096, d, True), 4096)
+        assert c == py and pair.fs.inodes.table.count == before + 7
+        # Each new entry is what LOOKUP answers, counted once more there.
+        for n in nodes:
+            assert pair.fs.inodes.nlookup(n) == (3 if n in known else 2)
+        dirs.release()
+    finally:
+        _done(pair)
+
+
+def test_readdirplus_of_inodes_held_by_file_handle_goes_to_the_engine(tmp_path, io_engine):
+    """Where inodes may be held by file handle, an entry whose inode the node id table does
+    not hold needs the file system's lookup: the hot path hands the request over and takes
+    back the lookups it counted, so the engine's reply and the counts are those of the engine
+    alone."""
+    pair = _make_pair(tmp_path, io_engine, file_handles="prefer")
     try:
         d = pair.lookup(b"d")
         for i in range(10):

@@ -105,10 +105,12 @@ def link_name_of(HandleTable handles, int fd, int newdirfd, bytes newname not No
 
 
 cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
-                        statx *st) noexcept nogil:
+                        uint64_t dir_mount, statx *st) noexcept nogil:
     """PassthroughFs._entry_at for a node id table without nodes held by file handle: the
     descriptor budget (EMFILE), an O_PATH descriptor of ``name`` in ``dirfd``, its statx in
-    ``st``, one lookup counted in the table (EMFILE when full).  The node id or -errno."""
+    ``st``, one lookup counted in the table (EMFILE when full).  The node id or -errno; 0,
+    nothing counted, for a directory on a mount other than ``dir_mount`` (unless 0: what the
+    caller created is on its parent's mount), whose entry is the engine's (a submount)."""
     cdef uint64_t mnt
     cdef int64_t nodeid
     cdef bint created, taken
@@ -125,6 +127,9 @@ cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const 
         c_close(fd)
         return rc
     mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    if dir_mount and (st.stx_mode & 0o170000) == 0o040000 and mnt != dir_mount:
+        c_close(fd)
+        return 0
     nodeid = inodes.adopt_c(fd, makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt,
                             False, st.stx_mode, &created, &taken)
     if nodeid < 0:
@@ -193,7 +198,7 @@ cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, c
     if fd < 0:
         inodes.release(parent)
         return fd
-    nodeid = _new_entry(handles, inodes, pfd, name, st)
+    nodeid = _new_entry(handles, inodes, pfd, name, 0, st)
     inodes.release(parent)
     if kind != MAKE_CREATE:
         return nodeid
@@ -239,7 +244,7 @@ cdef int64_t link_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
     if rc == 0:
         rc = link_name(handles, fd, newfd, newname)
     if rc == 0:
-        rc = _new_entry(handles, inodes, newfd, newname, st)
+        rc = _new_entry(handles, inodes, newfd, newname, 0, st)
     inodes.release(newparent)
     inodes.release(nodeid)
     return rc

@@ -5,7 +5,7 @@
 # held by its handle while the guest pages through it and dropped with the handle (RELEASE or
 # RELEASEDIR) or, least recently read first, when the listings together grow past
 # ``listing_bytes_max``.  The READDIR reply is a run of those records; READDIRPLUS adds a
-# fuse_entry_out per entry through ``known_entry`` (the hot path's LOOKUP).
+# fuse_entry_out per entry through ``lookup_entry`` (the hot path's LOOKUP).
 
 from libc.errno cimport ENOMEM, ENOTDIR
 from libc.stdlib cimport realloc
@@ -372,16 +372,17 @@ cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) 
     return listing.starts[i] - start
 
 
-cdef bint dir_plus(const DirListing *listing, NodeTable inodes, uint64_t parent,
-                   uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec, uint8_t *buf,
-                   uint32_t *used) noexcept nogil:
+cdef bint dir_plus(const DirListing *listing, HandleTable handles, NodeTable inodes,
+                   uint64_t parent, uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec,
+                   uint8_t *buf, uint32_t *used) noexcept nogil:
     """READDIRPLUS of ``parent``'s listing from entry ``index`` on into ``buf`` after its
-    ``used`` bytes, until ``size`` bytes are full: each entry whose inode the node id table
-    already holds as a fuse_direntplus with one more lookup counted (``known_entry``, as the
-    hot path's LOOKUP), "." and ".." with an empty entry (the kernel counts no lookup for
-    them), entries gone since the listing was taken left out.  Returns True when it stopped
-    at entry ``index`` because that one needs the file system's lookup (a new inode, another
-    mount, another failure), with room for it left to check."""
+    ``used`` bytes, until ``size`` bytes are full: each entry as a fuse_direntplus with one
+    lookup counted (``lookup_entry``, the hot path's LOOKUP: a known inode or a new one),
+    "." and ".." with an empty entry (the kernel counts no lookup for them), entries whose
+    lookup fails left out as the engine leaves them (gone since the listing was taken, the
+    descriptor budget used up).  Returns True when it stopped at entry ``index`` because that
+    one needs the file system's lookup (a submount, a new inode held by file handle, a failure
+    to ask), with room for it left to check."""
     cdef uint64_t i = index[0]
     cdef uint32_t start, end, namelen
     cdef int64_t rc
@@ -401,12 +402,12 @@ cdef bint dir_plus(const DirListing *listing, NodeTable inodes, uint64_t parent,
                 break
             memcpy(name, listing.records + start + FUSE_NAME_OFFSET, namelen)
             name[namelen] = 0
-            rc = known_entry(inodes, parent, name, namelen, sec, nsec,
-                             <fuse_entry_out *>(buf + used[0]))
-            if rc == -ENOENT:
-                i += 1                  # removed since the listing was taken
+            rc = lookup_entry(handles, inodes, parent, name, namelen, sec, nsec,
+                              <fuse_entry_out *>(buf + used[0]))
+            if rc < 0:
+                i += 1                  # removed since the listing was taken, or refused
                 continue
-            if rc <= 0:
+            if rc == 0:
                 need = True
                 break
         memcpy(buf + used[0] + sizeof(fuse_entry_out), listing.records + start, end - start)
@@ -448,8 +449,8 @@ cdef class Listing:
             return b""
         return PyBytes_FromStringAndSize(<char *>self.b.records + self.b.starts[index], n)
 
-    def known_entries(self, NodeTable inodes, uint64_t parent, uint64_t index, uint32_t size,
-                      uint64_t sec, uint32_t nsec):
+    def plus_entries(self, NodeTable inodes, uint64_t parent, uint64_t index, uint32_t size,
+                     uint64_t sec, uint32_t nsec):
         """``dir_plus`` into ``size`` bytes: ``(direntplus bytes, next index, whether that
         entry needs the file system's lookup)``."""
         cdef uint32_t used = 0
@@ -459,7 +460,8 @@ cdef class Listing:
             raise MemoryError()
         try:
             with nogil:
-                need = dir_plus(self.b, inodes, parent, &index, size, sec, nsec, buf, &used)
+                need = dir_plus(self.b, self.handles, inodes, parent, &index, size, sec, nsec,
+                                buf, &used)
             return PyBytes_FromStringAndSize(<char *>buf, used), index, need
         finally:
             free(buf)

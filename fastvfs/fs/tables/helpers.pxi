@@ -18,13 +18,17 @@ cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
     return not _dot_name(name, length)
 
 
-cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, size_t length,
-                          uint64_t valid, uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil:
-    """``name`` (``length`` bytes, NUL-terminated) in directory ``parent`` when it is a plain
-    name and the node id table already holds its inode: fills ``out`` with fuse_entry_out
-    (both timeouts ``valid``) with one more lookup counted, and returns the node id.  -ENOENT
-    when there is no such name; 0 when the engine must look it up (another name, a new inode,
-    a directory on another mount, any other failure)."""
+cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent,
+                          const char *name, size_t length, uint64_t valid, uint32_t valid_nsec,
+                          fuse_entry_out *out) noexcept nogil:
+    """LOOKUP of ``name`` (``length`` bytes, NUL-terminated) in directory ``parent`` as
+    PassthroughFs.lookup finds a plain name: an inode the node id table holds counted once
+    more; a new one entered (``_new_entry``, the file system's ``_entry_at``) where the table
+    holds no node by file handle.  Fills ``out`` with fuse_entry_out (both timeouts ``valid``)
+    and returns the node id; -ENOENT when there is no such name, another -errno where the file
+    system's lookup fails the same way (EMFILE with the descriptor budget used up); 0 when the
+    engine must look it up (another name, a directory on another mount, a new inode in a table
+    with nodes held by file handle, a failure to ask about the name)."""
     cdef uint64_t mnt
     cdef int64_t nodeid
     cdef statx st
@@ -46,9 +50,13 @@ cdef int64_t known_entry(NodeTable inodes, uint64_t parent, const char *name, si
         inodes.release(parent)
         return 0
     nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
+    if nodeid <= 0:
+        nodeid = 0
+        if inodes.clock == NULL:
+            nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
     inodes.release(parent)
     if nodeid <= 0:
-        return 0
+        return nodeid
     pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
     return nodeid
 
