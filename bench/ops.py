@@ -178,6 +178,20 @@ def w_close_lock_held(ctx, slot, seq):
     yield Req(Opcode.RELEASE, ctx.node["data"], abi.release_in.pack(fh, os.O_RDWR, 0, 0))
 
 
+def w_lock_close(ctx, slot, seq):
+    """A process that opens a file, locks a range, unlocks it and closes it (the lock owner's
+    first lock each time: its description goes at the FLUSH)."""
+    reply = yield Req(Opcode.OPEN, ctx.node["data"], abi.open_in.pack(os.O_RDWR, 0),
+                      {"reply_len": abi.open_out.size})
+    fh = abi.open_out.unpack(reply.payload)[0]
+    owner, start = 3000 + slot, 50_000 + slot * 100
+    for lock_type in (fcntl.F_WRLCK, fcntl.F_UNLCK):
+        yield Req(Opcode.SETLK, ctx.node["data"],
+                  abi.lk_in.pack(fh, owner, start, start + 9, lock_type, 0, 0, 0))
+    yield Req(Opcode.FLUSH, ctx.node["data"], abi.flush_in.pack(fh, 0, 0, owner))
+    yield Req(Opcode.RELEASE, ctx.node["data"], abi.release_in.pack(fh, os.O_RDWR, 0, 0))
+
+
 def _forget(node):
     return Req(Opcode.FORGET, node, abi.forget_in.pack(1), {"noreply": True})
 
@@ -471,6 +485,7 @@ WORKLOADS = [
     Workload("copy_file_range", w_copy_file_range),
     Workload("getlk", w_getlk),
     Workload("setlk", w_setlk, "SETLK(lock)+SETLK(unlock)"),
+    Workload("lock_close", w_lock_close, "OPEN+SETLK(lock)+SETLK(unlock)+FLUSH+RELEASE"),
     Workload("read4k", _io(Opcode.READ, 4096), lean=("READ", 4096)),
     Workload("read128k", _io(Opcode.READ, 128 << 10), lean=("READ", 128 << 10)),
     Workload("read1m", _io(Opcode.READ, 1 << 20)),

@@ -707,17 +707,17 @@ class PassthroughFs:
                 raise
         return self._add_handle(fd)
 
-    def _reopen(self, inode, flags, directory=False):
-        """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags``: the one way an
-        existing object is opened for reading or writing.  Only regular files (and directories
-        where ``directory`` allows) are opened, checked before the open, since opening a FIFO
-        blocks until a peer comes and opening a device reaches a host driver, and checked again
-        on the descriptor the open returned."""
-        _check_openable(inode.mode, directory)
+    def _reopen(self, inode, flags):
+        """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags`` (as the hot path's
+        ``open_node`` and a lock's ``lock_open`` open it).  Only regular files are opened,
+        checked before the open, since opening a FIFO blocks until a peer comes and opening a
+        device reaches a host driver, and checked again on the descriptor the open
+        returned."""
+        _check_openable(inode.mode)
         with _named(self.inodes.fd(inode)) as path:
             fd = os.open(path, flags | os.O_CLOEXEC)
         try:
-            _check_openable(os.fstat(fd).st_mode, directory)
+            _check_openable(os.fstat(fd).st_mode)
         except BaseException:
             os.close(fd)
             raise
@@ -929,27 +929,13 @@ class PassthroughFs:
                 for n, o, k in _tables.lock_keys(self.handles)}
 
     def _open_lock_file(self, nodeid, kind, lock_type):
-        """A new description (fd, writable) with the least access the lock needs: fcntl(2)
-        wants read access for F_RDLCK and write access for F_WRLCK; flock(2) wants none.
-        Write access (which makes host watchers see a writer and host execve of the file
-        ETXTBSY) is taken only for a write lock."""
+        """A new description (fd, writable) with the least access the lock needs, opened in C
+        as the hot path opens it (``_tables.lock_open_fd``), here where a node may be held by
+        file handle."""
         self._budget()
         inode = self.inodes.get(nodeid)
-        if stat.S_ISDIR(inode.mode) and kind == "flock":
-            choices = (os.O_RDONLY | os.O_DIRECTORY,)
-        elif not stat.S_ISREG(inode.mode):
-            raise OSError(errno.EINVAL, "locks are for regular files")
-        elif kind == "posix" and lock_type == fcntl.F_WRLCK:
-            choices = (os.O_RDWR, os.O_WRONLY)
-        else:
-            choices = (os.O_RDONLY, os.O_RDWR, os.O_WRONLY)
-        for flags in choices:
-            try:
-                return (self._reopen(inode, flags, directory=kind == "flock"),
-                        flags & os.O_ACCMODE != os.O_RDONLY)
-            except PermissionError:
-                continue
-        raise OSError(errno.EACCES, "cannot open the file to lock it")
+        return _tables.lock_open_fd(self.handles, self.inodes.fd(inode), inode.mode,
+                                    LOCK_KINDS[kind], lock_type)
 
     def _lock_ref(self, nodeid, owner, kind, fh, lock_type):
         """The owner's description (a ``_tables.LockRef``: ``put`` it back) with ``fh``
@@ -1092,10 +1078,10 @@ class PassthroughFs:
         self.inodes.clear()
 
 
-def _check_openable(mode, directory=False):
-    """OSError unless ``mode`` is a regular file (or a directory, where ``directory``): the
-    errno OPEN answers for everything else."""
-    if stat.S_ISREG(mode) or directory and stat.S_ISDIR(mode):
+def _check_openable(mode):
+    """OSError unless ``mode`` is a regular file: the errno OPEN answers for everything else
+    (``_openable`` in C)."""
+    if stat.S_ISREG(mode):
         return
     raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else
                   errno.EISDIR if stat.S_ISDIR(mode) else errno.EACCES,

@@ -53,7 +53,8 @@ from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
                                  dir_unref)
-from fastvfs.fs._tables cimport (locks_flock_unlocked, locks_flushed, locks_forgotten,
+from fastvfs.fs._tables cimport (LOCK_POSIX, LOCK_QUESTION, lock_open_node,
+                                  locks_flock_unlocked, locks_flushed, locks_forgotten,
                                   locks_released, posix_getlk, posix_setlk)
 from fastvfs.fs._tables cimport (MAKE_CREATE, MAKE_MKDIR, MAKE_MKNOD, MAKE_SYMLINK, TARGET_MAX,
                                  link_node, make_node, pack_entry)
@@ -69,8 +70,8 @@ from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_c
                                        fastvfs_store16)
 from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOLLIN,
                                      epoll_create1, epoll_ctl, epoll_event, epoll_wait)
-from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC,
-                                     fallocate)
+from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, F_RDLCK, O_ACCMODE, O_CREAT, O_EXCL,
+                                     O_RDONLY, O_TRUNC, fallocate)
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_COPY_FILE_RANGE, FUSE_FALLOCATE, FUSE_FLUSH,
                                            FUSE_FORGET, FUSE_RELEASE_FLOCK_UNLOCK,

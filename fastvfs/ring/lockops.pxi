@@ -1,22 +1,30 @@
 # POSIX lock requests served in C: GETLK and SETLK (not waiting) over the lock descriptions of
 # the handle table (fastvfs/fs/tables/locks.pxi, the file system's own GETLK and SETLK),
-# answering exactly what the engine's do_getlk and do_setlk would.  What only the file system
-# does is declined (0): opening a description for an owner (or an inode) without one, flock
-# locks (FUSE_LK_FLOCK), and SETLKW, which may wait.
+# answering exactly what the engine's do_getlk and do_setlk would, a description opened where
+# the owner (or, for GETLK, the inode) has none as the file system opens it
+# (``lock_open_node``).  What only the file system does is declined (0): a node held by file
+# handle without a descriptor, flock locks (FUSE_LK_FLOCK), and SETLKW, which may wait.
 
 cdef int do_getlk(Virtqueue vq) noexcept nogil:
     """fuse_lk_out: the first lock that would conflict with fuse_lk_in.lk (F_UNLCK if none),
-    asked through the owner's description or the inode's question description, with the
-    guest process holding it."""
+    asked through the owner's description or the inode's question description (opened now
+    if there is none), with the guest process holding it."""
     cdef const fuse_lk_in *arg = &vq.req.hdr.arg.lk
     cdef fuse_lk_out out
-    cdef int rc
+    cdef bint writable = False
+    cdef int rc, fresh
     if vq.req.hdr.h.total_extlen:
         return 0
     rc = posix_getlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
                      arg.lk.end, arg.lk.type, -1, False, &out.lk)
     if rc == 1:
-        return 0
+        fresh = rc = lock_open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, LOCK_QUESTION,
+                                    F_RDLCK, &writable)
+        if rc == 1:
+            return 0
+        if fresh >= 0:
+            rc = posix_getlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
+                             arg.lk.end, arg.lk.type, fresh, writable, &out.lk)
     if rc < 0:
         vq._reply(rc, NULL, 0)
     else:
@@ -25,18 +33,26 @@ cdef int do_getlk(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_setlk(Virtqueue vq) noexcept nogil:
-    """SETLK of a POSIX lock through the owner's description (EAGAIN for a conflict)."""
+    """SETLK of a POSIX lock through the owner's description, opened now with the least
+    access the lock needs if the owner has none (EAGAIN for a conflict)."""
     cdef const fuse_lk_in *arg = &vq.req.hdr.arg.lk
-    cdef int rc
+    cdef bint writable = False
+    cdef int rc, fresh
     if vq.req.hdr.h.total_extlen or arg.lk_flags & FUSE_LK_FLOCK:
         return 0
     rc = posix_setlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
                      arg.lk.end, arg.lk.type, arg.lk.pid, -1, False)
     if rc == 1:
-        return 0
+        fresh = rc = lock_open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, LOCK_POSIX,
+                                    arg.lk.type, &writable)
+        if rc == 1:
+            return 0
+        if fresh >= 0:
+            rc = posix_setlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
+                             arg.lk.end, arg.lk.type, arg.lk.pid, fresh, writable)
     vq._reply(rc, NULL, 0)
     return 1
 
 
-_fast_op(FUSE_GETLK, do_getlk, sizeof(fuse_lk_in), 0)
-_fast_op(FUSE_SETLK, do_setlk, sizeof(fuse_lk_in), 0)
+_fast_op(FUSE_GETLK, do_getlk, sizeof(fuse_lk_in), NEEDS_INODES)
+_fast_op(FUSE_SETLK, do_setlk, sizeof(fuse_lk_in), NEEDS_INODES)

@@ -2318,17 +2318,18 @@ def test_getlk_and_setlk(pair):
     """GETLK and SETLK on one file through the ring and on its twin through the engine, step
     by step: the same replies (holders' guest pids, conflicts, upgrades of a read-only
     description, errors) and the same descriptions held.  The ring declines what only the
-    file system does: opening an owner's (or the inode's question) description, flock."""
+    file system does: flock.  A description is opened in C where the owner (or, for GETLK,
+    the inode) has none, as the file system opens it."""
     shutil.copy(pair.root / "f", pair.root / "g")
     f, g = pair.lookup(b"f"), pair.lookup(b"g")
     fh_f, fh_g = pair.open(f), pair.open(g)
     RD, WR, UN = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
     steps = [  # (opcode, owner, start, end, type, pid, lk_flags, fh offset, served in C)
-        (abi.Opcode.SETLK, 1, 0, 9, WR, 101, 0, 0, False),     # opens owner 1's description
+        (abi.Opcode.SETLK, 1, 0, 9, WR, 101, 0, 0, True),      # opens owner 1's description
         (abi.Opcode.SETLK, 1, 10, 19, WR, 101, 0, 0, True),    # merges on the host
-        (abi.Opcode.SETLK, 2, 40, 49, RD, 202, 0, 0, False),
+        (abi.Opcode.SETLK, 2, 40, 49, RD, 202, 0, 0, True),     # read-only description
         (abi.Opcode.SETLK, 2, 5, 20, RD, 202, 0, 0, True),     # EAGAIN
-        (abi.Opcode.GETLK, 3, 0, OFFSET_MAX, WR, 0, 0, 0, False),  # the question description
+        (abi.Opcode.GETLK, 3, 0, OFFSET_MAX, WR, 0, 0, 0, True),   # the question description
         (abi.Opcode.GETLK, 3, 45, 45, RD, 0, 0, 0, True),
         (abi.Opcode.GETLK, 3, 45, 45, WR, 0, 0, 0, True),
         (abi.Opcode.SETLK, 1, 5, 5, UN, 101, 0, 0, True),      # splits it
@@ -2394,6 +2395,78 @@ def test_lock_descriptions_go_with_their_handles(pair):
     assert pair.ring.handles.lock_fds_open == 1 and fds_open() == held + 1
     pair.in_python(_release(fh, f), 16)
     assert pair.ring.handles.lock_fds_open == 0 and fds_open() == held - 1
+def test_lock_descriptions_opened_in_c(tmp_path, io_engine):
+    """The first lock of an owner and the first question on an inode open their description in
+    C as the file system opens it, on twin objects of every kind through the ring and the
+    engine: the same replies and descriptions; a FIFO, a device node, a directory and a
+    symlink are never opened (EINVAL, as the file system answers); with the descriptor budget
+    used up EMFILE."""
+    pair = _make_pair(tmp_path, io_engine)
+    WR, RD = fcntl.F_WRLCK, fcntl.F_RDLCK
+    try:
+        root = pair.root
+        shutil.copy(root / "f", root / "g")
+        for name in ("p1", "p2"):
+            os.mkfifo(root / name)
+        for name in ("c1", "c2"):
+            os.mknod(root / name, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        (root / "e").mkdir()
+        os.symlink("f", root / "link2")
+        twins = [(b"f", b"g"), (b"p1", b"p2"), (b"c1", b"c2"), (b"d", b"e"),
+                 (b"link", b"link2")]
+        f, g = pair.lookup(b"f"), pair.lookup(b"g")
+        fh = {f: pair.open(f), g: pair.open(g)}
+        for a, b in twins:
+            na, nb = pair.lookup(a), pair.lookup(b)
+            for opcode, owner, lock_type, out in ((abi.Opcode.GETLK, 7, WR, abi.lk_out.size),
+                                                  (abi.Opcode.SETLK, 8, RD, 0),
+                                                  (abi.Opcode.SETLK, 9, WR, 0)):
+                def req(n, handle):   # a handle of f or g: the node is the request's word
+                    return request(opcode, abi.lk_in.pack(handle, owner, owner * 10,
+                                                          owner * 10 + 9, lock_type, 5, 0, 0),
+                                   nodeid=n)
+                c = pair.in_c(req(na, fh[f]), [16, out] if out else [16])
+                assert c == pair.in_python(req(nb, fh[g]), out or 16), (a, opcode, owner)
+                if a != b"f":
+                    assert out_header(c)[1] == -errno.EINVAL, a
+                held = {n: sorted((o, k) for m, o, k in _tables.lock_keys(pair.ring.handles)
+                                  if m == n) for n in (na, nb)}
+                assert held[na] == held[nb]
+        # The owners' descriptions: one read-only (a read lock), one read-write (a write lock).
+        assert len(_tables.lock_keys(pair.ring.handles)) == 6
+        for n in (f, g):
+            pair.in_python(_flush(fh[n], n, owner=8), 16)
+            pair.in_python(_flush(fh[n], n, owner=9), 16)
+            pair.in_python(_release(fh[n], n), 16)
+        assert _tables.lock_keys(pair.ring.handles) == []
+    finally:
+        _done(pair)
+    # The descriptor budget used up: EMFILE from C as from the engine, nothing opened.
+    pair = _make_pair(tmp_path / "b", io_engine)
+    try:
+        shutil.copy(pair.root / "f", pair.root / "g")
+        f, g = pair.lookup(b"f"), pair.lookup(b"g")
+        fh_f, fh_g = pair.open(f), pair.open(g)
+        budget = pair.fs.fds_held()
+    finally:
+        _done(pair)
+    pair = _make_pair(tmp_path / "c", io_engine, fd_budget=budget)
+    try:
+        shutil.copy(pair.root / "f", pair.root / "g")
+        f, g = pair.lookup(b"f"), pair.lookup(b"g")
+        fh_f, fh_g = pair.open(f), pair.open(g)
+        assert pair.fs.fds_held() == budget
+        for opcode, out in ((abi.Opcode.SETLK, 0), (abi.Opcode.GETLK, abi.lk_out.size)):
+            c = pair.in_c(request(opcode, abi.lk_in.pack(fh_f, 1, 0, 9, WR, 5, 0, 0), nodeid=f),
+                          [16, out] if out else [16])
+            assert c == pair.in_python(request(opcode, abi.lk_in.pack(fh_g, 1, 0, 9, WR, 5, 0,
+                                                                      0), nodeid=g), out or 16)
+            assert out_header(c)[1] == -errno.EMFILE
+        assert _tables.lock_keys(pair.ring.handles) == []
+    finally:
+        _done(pair)
+
+
 def test_lock_endings_in_c(pair):
     """FLUSH, RELEASE (with and without FUSE_RELEASE_FLOCK_UNLOCK), RELEASEDIR, FORGET and
     BATCH_FORGET are served in C while lock descriptions exist, on one file through the ring and

@@ -24,11 +24,12 @@
 # thread holding any of them waits for the GIL; a description's mutex is held over its
 # fcntl(2) calls (F_OFD_SETLK and F_OFD_GETLK do not wait) and a write upgrade's open.
 
-from libc.errno cimport EBADF, ENOLCK, ENOMEM
+from libc.errno cimport EACCES, EBADF, ENOLCK, ENOMEM, EPERM
 from libc.stdlib cimport realloc
 
 from fastvfs.includes.fcntl cimport (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_RDLCK,
-                                     F_UNLCK, F_WRLCK, O_CLOEXEC, O_RDWR, flock, openat)
+                                     F_UNLCK, F_WRLCK, O_ACCMODE, O_CLOEXEC, O_DIRECTORY,
+                                     O_RDONLY, O_RDWR, O_WRONLY, flock, openat)
 from fastvfs.includes.posix cimport SEEK_SET
 
 cdef uint64_t LOCK_OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
@@ -244,16 +245,90 @@ cdef int _lock_note(LockDesc *d, uint64_t start, uint64_t end, uint32_t lock_typ
     return 0
 
 
+cdef int _lock_reopen(HandleTable h, int nfd, int flags, bint directory) noexcept nogil:
+    """A new open file description of node descriptor ``nfd`` through its /proc/self/fd name
+    (as the open policy names it, PassthroughFs._reopen), checked on the new descriptor to be a
+    regular file (or a directory, where ``directory``): the descriptor or -errno."""
+    cdef char path[64]
+    cdef stat st
+    cdef int fd, rc
+    _proc_name(&h.open_policy, nfd, path, sizeof(path))
+    fd = openat(h.open_policy.proc_dir, path, flags | O_CLOEXEC)
+    while fd < 0 and errno == EINTR:
+        fd = openat(h.open_policy.proc_dir, path, flags | O_CLOEXEC)
+    if fd < 0:
+        return -errno
+    rc = -errno if fstat(fd, &st) < 0 else 0
+    if rc == 0 and not (directory and S_ISDIR(st.st_mode)):
+        rc = _openable(st.st_mode)
+    if rc < 0:
+        c_close(fd)
+        return rc
+    return fd
+
+
+cdef int lock_open(HandleTable h, int nfd, uint32_t mode, int kind, uint32_t lock_type,
+                   bint *writable) noexcept nogil:
+    """A new description for a lock of ``kind`` on the node of descriptor ``nfd`` (its file
+    type ``mode``), with the least access the lock needs: fcntl(2) wants read access for
+    F_RDLCK and write access for F_WRLCK, flock(2) none (and takes a directory too).  Write
+    access, which makes host watchers see a writer and a host execve of the file ETXTBSY, is
+    taken only for a POSIX write lock; each access that is refused (EACCES, EPERM) is
+    followed by the next that would do.  The descriptor, with ``writable`` set, or -errno
+    (EINVAL for what is neither a regular file nor, for flock, a directory).  The caller
+    checked the descriptor budget; the open policy is set."""
+    cdef int choices[3]
+    cdef int n, i, fd = -EACCES
+    cdef bint directory = kind == LOCK_FLOCK and S_ISDIR(mode)
+    if directory:
+        choices[0], n = O_RDONLY | O_DIRECTORY, 1
+    elif not S_ISREG(mode):
+        return -EINVAL
+    elif kind == LOCK_POSIX and lock_type == F_WRLCK:
+        choices[0], choices[1], n = O_RDWR, O_WRONLY, 2
+    else:
+        choices[0], choices[1], choices[2], n = O_RDONLY, O_RDWR, O_WRONLY, 3
+    for i in range(n):
+        fd = _lock_reopen(h, nfd, choices[i], directory)
+        if fd >= 0:
+            writable[0] = (choices[i] & O_ACCMODE) != O_RDONLY
+            return fd
+        if fd != -EACCES and fd != -EPERM:
+            return fd
+    return -EACCES
+
+
+cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int kind,
+                        uint32_t lock_type, bint *writable) noexcept nogil:
+    """``lock_open`` for the hot path, which has only the node id, in the file system's order
+    (PassthroughFs._open_lock_file): the descriptor; -EMFILE with the guest's descriptor
+    budget used up (PassthroughFs._budget), -ENOENT for a node id the table does not hold,
+    another -errno; or 1 for what only the file system can open (no open policy, a node held
+    by file handle without a descriptor)."""
+    cdef int nfd, fd
+    if not h.open_policy.enabled:
+        return 1
+    if not within_budget(h, inodes):
+        return -EMFILE
+    nfd = inodes.acquire(nodeid)
+    if nfd == -2:
+        return 1
+    if nfd < 0:
+        return -ENOENT
+    fd = lock_open(h, nfd, inodes.mode_of(nodeid), kind, lock_type, writable)
+    inodes.release(nodeid)
+    return fd
+
+
 cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept nogil:
     """Give a read-only description write access for a write lock (``d.mutex`` held): a new
     read-write description (the old one reopened through its /proc/self/fd name, as the open
-    policy names it: ``open_node``) takes over the owner's read locks, then the old one
+    policy names it: ``_lock_reopen``) takes over the owner's read locks, then the old one
     closes.  Read locks conflict only with write locks, which nobody else can hold where the
     old description holds read locks, so the ranges are never unlocked in between.  One
     description per owner is kept (not one per access mode): two descriptions would be two
     owners to the host and conflict with each other.  ENOLCK while another request uses the
     description."""
-    cdef char path[64]
     cdef int fd, old, rc = 0
     cdef bint busy
     cdef uint32_t i
@@ -264,12 +339,9 @@ cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept
     pthread_mutex_unlock(&h.locks_mutex)
     if busy:
         return -ENOLCK
-    _proc_name(&h.open_policy, d.fd, path, sizeof(path))
-    fd = openat(h.open_policy.proc_dir, path, O_RDWR | O_CLOEXEC)
-    while fd < 0 and errno == EINTR:
-        fd = openat(h.open_policy.proc_dir, path, O_RDWR | O_CLOEXEC)
+    fd = _lock_reopen(h, d.fd, O_RDWR, False)
     if fd < 0:
-        return -errno
+        return fd
     for i in range(d.nranges):
         if d.ranges[i].type == F_RDLCK:
             rc = _lock_ofd(fd, F_OFD_SETLK, d.ranges[i].start, d.ranges[i].end, F_RDLCK)
@@ -529,6 +601,17 @@ cdef class LockRef:
 cdef object _lock_error(int rc):
     import os
     return OSError(-rc, os.strerror(-rc))
+
+
+def lock_open_fd(HandleTable h, int nfd, uint32_t mode, int kind, uint32_t lock_type):
+    """``lock_open`` for the file system: ``(fd, writable)``, or OSError."""
+    cdef bint writable = False
+    cdef int fd
+    with nogil:
+        fd = lock_open(h, nfd, mode, kind, lock_type, &writable)
+    if fd < 0:
+        raise _lock_error(fd)
+    return fd, writable
 
 
 def lock_check(uint64_t start, uint64_t end, uint32_t lock_type):
