@@ -344,6 +344,8 @@ cdef int posix_getlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh
 cdef int posix_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
                      uint64_t start, uint64_t end, uint32_t lock_type, uint32_t pid,
                      int fresh, bint writable) noexcept nogil
+cdef int flock_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
+                     uint32_t lock_type, bint wait, int fresh, bint writable) noexcept nogil
 cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int kind,
                         uint32_t lock_type, bint *writable) noexcept nogil
 cdef void locks_flushed(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil

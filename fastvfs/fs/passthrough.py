@@ -53,7 +53,6 @@ RENAME_FLAGS_ALLOWED = _tables.RENAME_FLAGS_ALLOWED  # NOREPLACE | EXCHANGE | WH
 HANDLE_FDS_MAX = 1024
 # Bytes of directory listings held across all open directory handles (tables/dirs.pxi).
 LISTING_BYTES_MAX = _tables.LISTING_BYTES_MAX
-LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
 # What a lock description is for (fastvfs/fs/tables/locks.pxi).
 LOCK_KINDS = {"posix": _tables.LOCK_KIND_POSIX, "flock": _tables.LOCK_KIND_FLOCK,
               "question": _tables.LOCK_KIND_QUESTION}
@@ -964,17 +963,11 @@ class PassthroughFs:
         """Take or release a lock through the guest's handle ``fh``; without ``wait`` a
         conflict raises EAGAIN.  ``pid``: the guest process asking (fuse_lk_in.lk.pid)."""
         if flock:
-            if lock_type not in LOCK_TYPES:
-                raise OSError(errno.EINVAL, "invalid lock type")
-            op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
-                  fcntl.F_UNLCK: fcntl.LOCK_UN}[lock_type]
-            ref = self._lock_ref(nodeid, owner, "flock", fh, lock_type)
-            if ref is None:
-                return
-            try:
-                fcntl.flock(ref.fd, op if wait else op | fcntl.LOCK_NB)
-            finally:
-                ref.put()
+            # The hot path's body (``_tables.lock_flock``), waiting without the GIL.
+            if not _tables.lock_flock(self.handles, nodeid, owner, fh, lock_type, wait):
+                fd, writable = self._open_lock_file(nodeid, "flock", lock_type)
+                _tables.lock_flock(self.handles, nodeid, owner, fh, lock_type, wait, fd,
+                                   writable)
             return
         if not wait:
             if not _tables.lock_setlk(self.handles, nodeid, owner, fh, start, end, lock_type,

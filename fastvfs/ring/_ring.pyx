@@ -53,7 +53,8 @@ from libc.string cimport memcpy, memset
 
 from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, dir_run,
                                  dir_unref)
-from fastvfs.fs._tables cimport (LOCK_POSIX, LOCK_QUESTION, lock_open_node,
+from fastvfs.fs._tables cimport (LOCK_FLOCK, LOCK_POSIX, LOCK_QUESTION, flock_setlk,
+                                  lock_open_node,
                                   locks_flock_unlocked, locks_flushed, locks_forgotten,
                                   locks_released, posix_getlk, posix_setlk)
 from fastvfs.fs._tables cimport (MAKE_CREATE, MAKE_MKDIR, MAKE_MKNOD, MAKE_SYMLINK, TARGET_MAX,

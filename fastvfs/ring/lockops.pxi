@@ -2,8 +2,9 @@
 # the handle table (fastvfs/fs/tables/locks.pxi, the file system's own GETLK and SETLK),
 # answering exactly what the engine's do_getlk and do_setlk would, a description opened where
 # the owner (or, for GETLK, the inode) has none as the file system opens it
-# (``lock_open_node``).  What only the file system does is declined (0): a node held by file
-# handle without a descriptor, flock locks (FUSE_LK_FLOCK), and SETLKW, which may wait.
+# (``lock_open_node``); flock locks (FUSE_LK_FLOCK) likewise.  What only the file system does
+# is declined (0): a node held by file handle without a descriptor, and SETLKW, which may
+# wait.
 
 cdef int do_getlk(Virtqueue vq) noexcept nogil:
     """fuse_lk_out: the first lock that would conflict with fuse_lk_in.lk (F_UNLCK if none),
@@ -33,23 +34,31 @@ cdef int do_getlk(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_setlk(Virtqueue vq) noexcept nogil:
-    """SETLK of a POSIX lock through the owner's description, opened now with the least
-    access the lock needs if the owner has none (EAGAIN for a conflict)."""
+    """SETLK (not waiting) of a POSIX lock through the owner's description, or with
+    FUSE_LK_FLOCK of a flock lock through the open file's, opened now with the least access
+    the lock needs if there is none (EAGAIN for a conflict)."""
     cdef const fuse_lk_in *arg = &vq.req.hdr.arg.lk
+    cdef uint64_t nodeid = vq.req.hdr.h.nodeid
+    cdef bint flock = arg.lk_flags & FUSE_LK_FLOCK
     cdef bint writable = False
-    cdef int rc, fresh
-    if vq.req.hdr.h.total_extlen or arg.lk_flags & FUSE_LK_FLOCK:
+    cdef int rc, fresh = -1
+    if vq.req.hdr.h.total_extlen:
         return 0
-    rc = posix_setlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
-                     arg.lk.end, arg.lk.type, arg.lk.pid, -1, False)
-    if rc == 1:
-        fresh = rc = lock_open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, LOCK_POSIX,
-                                    arg.lk.type, &writable)
+    while True:
+        if flock:
+            rc = flock_setlk(vq.handles, nodeid, arg.owner, arg.fh, arg.lk.type, False, fresh,
+                             writable)
+        else:
+            rc = posix_setlk(vq.handles, nodeid, arg.owner, arg.fh, arg.lk.start, arg.lk.end,
+                             arg.lk.type, arg.lk.pid, fresh, writable)
+        if rc != 1 or fresh >= 0:
+            break
+        fresh = rc = lock_open_node(vq.handles, vq.inodes, nodeid,
+                                    LOCK_FLOCK if flock else LOCK_POSIX, arg.lk.type, &writable)
         if rc == 1:
             return 0
-        if fresh >= 0:
-            rc = posix_setlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
-                             arg.lk.end, arg.lk.type, arg.lk.pid, fresh, writable)
+        if rc < 0:
+            break
     vq._reply(rc, NULL, 0)
     return 1
 

@@ -2318,8 +2318,8 @@ def test_getlk_and_setlk(pair):
     """GETLK and SETLK on one file through the ring and on its twin through the engine, step
     by step: the same replies (holders' guest pids, conflicts, upgrades of a read-only
     description, errors) and the same descriptions held.  The ring declines what only the
-    file system does: flock.  A description is opened in C where the owner (or, for GETLK,
-    the inode) has none, as the file system opens it."""
+    file system does: none here.  A description is opened in C where the owner (or, for
+    GETLK, the inode) has none, as the file system opens it; flock locks likewise."""
     shutil.copy(pair.root / "f", pair.root / "g")
     f, g = pair.lookup(b"f"), pair.lookup(b"g")
     fh_f, fh_g = pair.open(f), pair.open(g)
@@ -2342,7 +2342,7 @@ def test_getlk_and_setlk(pair):
         (abi.Opcode.GETLK, 1, 9, 0, WR, 0, 0, 0, True),
         (abi.Opcode.GETLK, 1, 0, 1 << 63, WR, 0, 0, 0, True),
         (abi.Opcode.SETLK, 1, 0, 9, WR, 101, 0, 777, True),    # EBADF: no such handle
-        (abi.Opcode.SETLK, 5, 0, 9, WR, 505, 1, 0, False),     # FUSE_LK_FLOCK: the engine's
+        (abi.Opcode.SETLK, 5, 0, 9, WR, 505, 1, 0, True),      # FUSE_LK_FLOCK
         (abi.Opcode.SETLK, 1, 0, OFFSET_MAX, UN, 101, 0, 0, True),
         (abi.Opcode.GETLK, 3, 0, OFFSET_MAX, RD, 0, 0, 0, True),
     ]
@@ -2434,10 +2434,38 @@ def test_lock_descriptions_opened_in_c(tmp_path, io_engine):
                 assert held[na] == held[nb]
         # The owners' descriptions: one read-only (a read lock), one read-write (a write lock).
         assert len(_tables.lock_keys(pair.ring.handles)) == 6
+        # flock: shared, a conflict between two open files, exclusive, unlock, a lock type
+        # that is none; a directory may be locked, a FIFO, a device, a symlink not.
+        for a, b in twins:
+            na, nb = pair.lookup(a), pair.lookup(b)
+            for owner, lock_type in ((0x10, RD), (0x11, RD), (0x12, WR), (0x10, fcntl.F_UNLCK),
+                                     (0x11, fcntl.F_UNLCK), (0x12, WR), (0x13, 7)):
+                def flock_req(n, handle):
+                    return request(abi.Opcode.SETLK, abi.lk_in.pack(
+                        handle, owner, 0, OFFSET_MAX, lock_type, 5, 1, 0), nodeid=n)
+                c = pair.in_c(flock_req(na, fh[f]), [16])
+                assert c == pair.in_python(flock_req(nb, fh[g]), 16), (a, owner, lock_type)
+                if a not in (b"f", b"d") and lock_type != fcntl.F_UNLCK:  # none to undo
+                    assert out_header(c)[1] == -errno.EINVAL, a
+                held = {n: sorted((o, k) for m, o, k in _tables.lock_keys(pair.ring.handles)
+                                  if m == n) for n in (na, nb)}
+                assert held[na] == held[nb]
+            if a in (b"f", b"d"):
+                assert out_header(c)[1] == -errno.EINVAL       # type 7
+                assert [o for o, k in held[na] if k == _tables.LOCK_KIND_FLOCK] == [
+                    0x10, 0x11, 0x12]
+        for n, name in ((f, "f"), (g, "g")):
+            fd = os.open(pair.root / name, os.O_RDONLY)
+            try:
+                with pytest.raises(BlockingIOError):    # 0x12 holds it exclusively
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
         for n in (f, g):
             pair.in_python(_flush(fh[n], n, owner=8), 16)
             pair.in_python(_flush(fh[n], n, owner=9), 16)
             pair.in_python(_release(fh[n], n), 16)
+        # The flock descriptions went through f's and g's handles: released with them.
         assert _tables.lock_keys(pair.ring.handles) == []
     finally:
         _done(pair)

@@ -30,6 +30,7 @@ from libc.stdlib cimport realloc
 from fastvfs.includes.fcntl cimport (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_RDLCK,
                                      F_UNLCK, F_WRLCK, O_ACCMODE, O_CLOEXEC, O_DIRECTORY,
                                      O_RDONLY, O_RDWR, O_WRONLY, flock, openat)
+from fastvfs.includes.file cimport LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, c_flock
 from fastvfs.includes.posix cimport SEEK_SET
 
 cdef uint64_t LOCK_OFFSET_MAX = 0x7FFFFFFFFFFFFFFF
@@ -395,6 +396,39 @@ cdef int posix_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh
     return rc
 
 
+cdef int flock_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
+                     uint32_t lock_type, bint wait, int fresh, bint writable) noexcept nogil:
+    """SETLK (or, ``wait``, SETLKW) of a flock(2) lock of the guest's open file ``owner``
+    through its description: 0, -errno (EAGAIN for a conflict, EBADF for ``fh`` not open,
+    EINVAL for another lock type), or 1 when the open file has no description and ``fresh``
+    is -1 (the caller opens one, ``lock_open``, and asks again with it).  An unlock by an open
+    file without one is done.  A wait holds a reference to the description, not its mutex: a
+    FLUSH or RELEASE meanwhile drops it from the table and it closes when the wait ends."""
+    cdef LockDesc *d
+    cdef int op, rc
+    if lock_type == F_RDLCK:
+        op = LOCK_SH
+    elif lock_type == F_WRLCK:
+        op = LOCK_EX
+    elif lock_type == F_UNLCK:
+        op = LOCK_UN
+    else:
+        if fresh >= 0:
+            c_close(fresh)
+        return -EINVAL
+    d = _lock_get(h, nodeid, owner, LOCK_FLOCK, fh, fresh, writable, &rc)
+    if d == NULL:
+        return rc if rc < 0 or lock_type == F_UNLCK else 1
+    if not wait:
+        op |= LOCK_NB
+    rc = c_flock(d.fd, op)
+    while rc < 0 and errno == EINTR:
+        rc = c_flock(d.fd, op)
+    rc = -errno if rc < 0 else 0
+    _lock_put(h, d)
+    return rc
+
+
 cdef uint32_t _lock_holder(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t start,
                            uint64_t end, int lock_type) noexcept nogil:
     """The guest process holding the conflicting lock the host reported: the other owner on
@@ -646,6 +680,19 @@ def lock_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh, uint
     cdef int rc
     with nogil:
         rc = posix_setlk(h, nodeid, owner, fh, start, end, lock_type, pid, fresh, writable)
+    if rc < 0:
+        raise _lock_error(rc)
+    return rc == 0
+
+
+def lock_flock(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh, uint32_t lock_type,
+               bint wait, int fresh=-1, bint writable=False):
+    """SETLK or SETLKW of a flock lock as the hot path does it (``flock_setlk``, waiting
+    without the GIL): True, or False for the file system to open a description (``fresh``,
+    owned by the table from then on) and ask again; OSError for an error."""
+    cdef int rc
+    with nogil:
+        rc = flock_setlk(h, nodeid, owner, fh, lock_type, wait, fresh, writable)
     if rc < 0:
         raise _lock_error(rc)
     return rc == 0
