@@ -666,7 +666,7 @@ def compare(fastvfs, reference, per_cycle):
 
 # The gate's summary (bench/regress.py): one of each family of operations, at depth 1.
 GATE_WORKLOADS = ("lookup_miss", "setattr_mode", "open_release", "create", "mkdir", "rename",
-                  "readdirplus", "getxattr_hit", "setlk")
+                  "readdirplus", "getxattr_hit", "setlk", "lookup_new", "list_new", "lock_close")
 
 
 def gate_ratios(results):
