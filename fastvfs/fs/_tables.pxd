@@ -347,7 +347,7 @@ cdef int posix_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh
 cdef int flock_setlk(HandleTable h, uint64_t nodeid, uint64_t owner, uint64_t fh,
                      uint32_t lock_type, bint wait, int fresh, bint writable) noexcept nogil
 cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int kind,
-                        uint32_t lock_type, bint *writable) noexcept nogil
+                        uint32_t lock_type, int *fd, bint *writable) noexcept nogil
 cdef void locks_flushed(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil
 cdef void locks_flock_unlocked(HandleTable h, uint64_t nodeid, uint64_t owner) noexcept nogil
 cdef void locks_released(HandleTable h, uint64_t fh) noexcept nogil

@@ -13,17 +13,19 @@ cdef int do_getlk(Virtqueue vq) noexcept nogil:
     cdef const fuse_lk_in *arg = &vq.req.hdr.arg.lk
     cdef fuse_lk_out out
     cdef bint writable = False
-    cdef int rc, fresh
+    cdef int rc, fresh = -1
     if vq.req.hdr.h.total_extlen:
         return 0
     rc = posix_getlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
                      arg.lk.end, arg.lk.type, -1, False, &out.lk)
     if rc == 1:
-        fresh = rc = lock_open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, LOCK_QUESTION,
-                                    F_RDLCK, &writable)
+        if vq.inodes is None:
+            return 0
+        rc = lock_open_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, LOCK_QUESTION, F_RDLCK,
+                            &fresh, &writable)
         if rc == 1:
             return 0
-        if fresh >= 0:
+        if rc == 0:
             rc = posix_getlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
                              arg.lk.end, arg.lk.type, fresh, writable, &out.lk)
     if rc < 0:
@@ -53,8 +55,10 @@ cdef int do_setlk(Virtqueue vq) noexcept nogil:
                              arg.lk.type, arg.lk.pid, fresh, writable)
         if rc != 1 or fresh >= 0:
             break
-        fresh = rc = lock_open_node(vq.handles, vq.inodes, nodeid,
-                                    LOCK_FLOCK if flock else LOCK_POSIX, arg.lk.type, &writable)
+        if vq.inodes is None:
+            return 0
+        rc = lock_open_node(vq.handles, vq.inodes, nodeid, LOCK_FLOCK if flock else LOCK_POSIX,
+                            arg.lk.type, &fresh, &writable)
         if rc == 1:
             return 0
         if rc < 0:
@@ -63,5 +67,6 @@ cdef int do_setlk(Virtqueue vq) noexcept nogil:
     return 1
 
 
-_fast_op(FUSE_GETLK, do_getlk, sizeof(fuse_lk_in), NEEDS_INODES)
-_fast_op(FUSE_SETLK, do_setlk, sizeof(fuse_lk_in), NEEDS_INODES)
+# Without the node id table (an id translation) only the descriptions already open are used.
+_fast_op(FUSE_GETLK, do_getlk, sizeof(fuse_lk_in), 0)
+_fast_op(FUSE_SETLK, do_setlk, sizeof(fuse_lk_in), 0)

@@ -300,13 +300,13 @@ cdef int lock_open(HandleTable h, int nfd, uint32_t mode, int kind, uint32_t loc
 
 
 cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int kind,
-                        uint32_t lock_type, bint *writable) noexcept nogil:
+                        uint32_t lock_type, int *fd, bint *writable) noexcept nogil:
     """``lock_open`` for the hot path, which has only the node id, in the file system's order
-    (PassthroughFs._open_lock_file): the descriptor; -EMFILE with the guest's descriptor
-    budget used up (PassthroughFs._budget), -ENOENT for a node id the table does not hold,
-    another -errno; or 1 for what only the file system can open (no open policy, a node held
-    by file handle without a descriptor)."""
-    cdef int nfd, fd
+    (PassthroughFs._open_lock_file): 0 with the descriptor in ``fd``; -EMFILE with the guest's
+    descriptor budget used up (PassthroughFs._budget), -ENOENT for a node id the table does
+    not hold, another -errno; or 1 for what only the file system can open (no open policy, a
+    node held by file handle without a descriptor)."""
+    cdef int nfd, got
     if not h.open_policy.enabled:
         return 1
     if not within_budget(h, inodes):
@@ -316,9 +316,12 @@ cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int ki
         return 1
     if nfd < 0:
         return -ENOENT
-    fd = lock_open(h, nfd, inodes.mode_of(nodeid), kind, lock_type, writable)
+    got = lock_open(h, nfd, inodes.mode_of(nodeid), kind, lock_type, writable)
     inodes.release(nodeid)
-    return fd
+    if got < 0:
+        return got
+    fd[0] = got
+    return 0
 
 
 cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept nogil:
