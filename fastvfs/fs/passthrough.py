@@ -707,20 +707,12 @@ class PassthroughFs:
         return self._add_handle(fd)
 
     def _reopen(self, inode, flags):
-        """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags`` (as the hot path's
-        ``open_node`` and a lock's ``lock_open`` open it).  Only regular files are opened,
-        checked before the open, since opening a FIFO blocks until a peer comes and opening a
-        device reaches a host driver, and checked again on the descriptor the open
-        returned."""
-        _check_openable(inode.mode)
-        with _named(self.inodes.fd(inode)) as path:
-            fd = os.open(path, flags | os.O_CLOEXEC)
-        try:
-            _check_openable(os.fstat(fd).st_mode)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags``, in C as the hot
+        path's ``open_node`` and a lock's ``lock_open`` open it (``_tables.reopen``).  Only
+        regular files are opened, checked before the open, since opening a FIFO blocks until a
+        peer comes and opening a device reaches a host driver, and checked again on the
+        descriptor the open returned."""
+        return _tables.reopen(self.handles, self.inodes.fd(inode), inode.mode, flags)
 
     def _open_flags(self, flags):
         flags &= self.open_flags_allowed
@@ -1069,16 +1061,6 @@ class PassthroughFs:
         _tables.lock_drop_all(self.handles)
         self.handles.clear()
         self.inodes.clear()
-
-
-def _check_openable(mode):
-    """OSError unless ``mode`` is a regular file: the errno OPEN answers for everything else
-    (``_openable`` in C)."""
-    if stat.S_ISREG(mode):
-        return
-    raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else
-                  errno.EISDIR if stat.S_ISDIR(mode) else errno.EACCES,
-                  "only regular files are opened for I/O")
 
 
 def _xattr_name(name):

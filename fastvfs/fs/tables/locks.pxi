@@ -246,28 +246,6 @@ cdef int _lock_note(LockDesc *d, uint64_t start, uint64_t end, uint32_t lock_typ
     return 0
 
 
-cdef int _lock_reopen(HandleTable h, int nfd, int flags, bint directory) noexcept nogil:
-    """A new open file description of node descriptor ``nfd`` through its /proc/self/fd name
-    (as the open policy names it, PassthroughFs._reopen), checked on the new descriptor to be a
-    regular file (or a directory, where ``directory``): the descriptor or -errno."""
-    cdef char path[64]
-    cdef stat st
-    cdef int fd, rc
-    _proc_name(&h.open_policy, nfd, path, sizeof(path))
-    fd = openat(h.open_policy.proc_dir, path, flags | O_CLOEXEC)
-    while fd < 0 and errno == EINTR:
-        fd = openat(h.open_policy.proc_dir, path, flags | O_CLOEXEC)
-    if fd < 0:
-        return -errno
-    rc = -errno if fstat(fd, &st) < 0 else 0
-    if rc == 0 and not (directory and S_ISDIR(st.st_mode)):
-        rc = _openable(st.st_mode)
-    if rc < 0:
-        c_close(fd)
-        return rc
-    return fd
-
-
 cdef int lock_open(HandleTable h, int nfd, uint32_t mode, int kind, uint32_t lock_type,
                    bint *writable) noexcept nogil:
     """A new description for a lock of ``kind`` on the node of descriptor ``nfd`` (its file
@@ -290,7 +268,7 @@ cdef int lock_open(HandleTable h, int nfd, uint32_t mode, int kind, uint32_t loc
     else:
         choices[0], choices[1], choices[2], n = O_RDONLY, O_RDWR, O_WRONLY, 3
     for i in range(n):
-        fd = _lock_reopen(h, nfd, choices[i], directory)
+        fd = reopen_fd(&h.open_policy, nfd, choices[i], directory)
         if fd >= 0:
             writable[0] = (choices[i] & O_ACCMODE) != O_RDONLY
             return fd
@@ -327,7 +305,7 @@ cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int ki
 cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept nogil:
     """Give a read-only description write access for a write lock (``d.mutex`` held): a new
     read-write description (the old one reopened through its /proc/self/fd name, as the open
-    policy names it: ``_lock_reopen``) takes over the owner's read locks, then the old one
+    policy names it: ``reopen_fd``) takes over the owner's read locks, then the old one
     closes.  Read locks conflict only with write locks, which nobody else can hold where the
     old description holds read locks, so the ranges are never unlocked in between.  One
     description per owner is kept (not one per access mode): two descriptions would be two
@@ -343,7 +321,7 @@ cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept
     pthread_mutex_unlock(&h.locks_mutex)
     if busy:
         return -ENOLCK
-    fd = _lock_reopen(h, d.fd, O_RDWR, False)
+    fd = reopen_fd(&h.open_policy, d.fd, O_RDWR, False)
     if fd < 0:
         return fd
     for i in range(d.nranges):

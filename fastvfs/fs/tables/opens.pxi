@@ -38,7 +38,8 @@ def set_fds_other(SlotTable table, uint32_t count):
 
 
 cdef int _openable(uint32_t mode) noexcept nogil:
-    """0 for a regular file, else the errno OPEN answers (passthrough._check_openable)."""
+    """0 for a regular file, else the errno OPEN answers (for the file system
+    too: ``reopen``)."""
     if S_ISREG(mode):
         return 0
     return -ELOOP if S_ISLNK(mode) else -EISDIR if S_ISDIR(mode) else -EACCES
@@ -72,6 +73,43 @@ cdef inline void _proc_name(const OpenPolicy *policy, int fd, char *path,
     snprintf(path, size, "%s%d", policy.proc_prefix, fd)
 
 
+cdef int reopen_fd(const OpenPolicy *policy, int nfd, int flags,
+                   bint directory) noexcept nogil:
+    """A new open file description of node descriptor ``nfd`` with ``flags`` through its
+    /proc/self/fd name (as the open policy names it, PassthroughFs._reopen), checked on the
+    new descriptor to be a regular file (or a directory, where ``directory``): the descriptor
+    or -errno.  The caller checked the node's type before, since opening a FIFO blocks and
+    opening a device reaches a host driver."""
+    cdef char path[48]
+    cdef stat st
+    cdef int fd, rc
+    _proc_name(policy, nfd, path, sizeof(path))
+    fd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
+    while fd < 0 and errno == EINTR:
+        fd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
+    if fd < 0:
+        return -errno
+    rc = -errno if fstat(fd, &st) < 0 else 0
+    if rc == 0 and not (directory and S_ISDIR(st.st_mode)):
+        rc = _openable(st.st_mode)
+    if rc < 0:
+        c_close(fd)
+        return rc
+    return fd
+
+
+def reopen(HandleTable handles, int nfd, uint32_t mode, int flags):
+    """``reopen_fd`` for the file system (PassthroughFs._reopen): a regular file of type
+    ``mode`` reopened with ``flags``, its descriptor; OSError (ELOOP, EISDIR, EACCES for what
+    is no regular file, checked before the open and again after, or the open's error)."""
+    cdef int fd = _openable(mode)
+    if fd == 0:
+        with nogil:
+            fd = reopen_fd(&handles.open_policy, nfd, flags, False)
+    _check(fd)
+    return fd
+
+
 cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int flags,
                    uint64_t *fh) noexcept nogil:
     """OPEN of ``nodeid`` with the guest's ``flags`` as PassthroughFs.open (without its
@@ -82,8 +120,6 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
     open, since opening a FIFO blocks and opening a device reaches a host driver, and again
     on the new descriptor."""
     cdef OpenPolicy *policy = &handles.open_policy
-    cdef char path[48]
-    cdef stat st
     cdef int rc, nfd = -1
     cdef int fd
     cdef int64_t got
@@ -98,19 +134,9 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
         return -ENOENT
     rc = _openable(inodes.mode_of(nodeid))
     if rc == 0:
-        flags = _open_flags(policy, flags)
-        _proc_name(policy, fd, path, sizeof(path))
-        nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
-        while nfd < 0 and errno == EINTR:
-            nfd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
-        if nfd < 0:
-            rc = -errno
+        nfd = rc = reopen_fd(policy, fd, _open_flags(policy, flags), False)
     inodes.release(nodeid)
     if rc < 0:
-        return rc
-    rc = -errno if fstat(nfd, &st) < 0 else _openable(st.st_mode)
-    if rc < 0:
-        c_close(nfd)
         return rc
     got = handles._add_fd(nfd, False)
     if got < 0:
