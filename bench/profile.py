@@ -56,7 +56,7 @@ USER_STAGES = [
     ("stats", ["clock_gettime", "_stats_record", "_now_ns"]),
     ("locks", ["pthread_mutex", "SlotTable_acquire", "SlotTable_release", "NodeTable_acquire",
                "NodeTable_lookup_key"]),
-    ("decode", [RING, "pack_attr", "known_entry", "liburing", "io_uring_"]),
+    ("decode", [RING, "pack_attr", "lookup_entry", "liburing", "io_uring_"]),
 ]
 STAGE_ORDER = ["ring", "decode", "file I/O", "notify", "wait", "locks", "stats", "other"]
 WORKLOADS = ["getattr@32", "lookup@32", "read4k@32", "write4k@32", "read4k@1"]
