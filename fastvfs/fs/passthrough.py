@@ -841,8 +841,7 @@ class PassthroughFs:
     def release(self, fh):
         """Close a handle: a file's, or a directory's (the guest may close one with RELEASE as
         well as RELEASEDIR), then with its listing (the handle table drops it)."""
-        self.handles.remove(fh)
-        _tables.lock_release_fh(self.handles, fh)
+        self.handles.remove(fh)     # and the lock descriptions only ``fh`` was left to
 
     def fsync(self, fh, datasync):
         with self.handles.borrow(fh) as fd:

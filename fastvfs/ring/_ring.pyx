@@ -56,7 +56,7 @@ from fastvfs.fs._tables cimport (DirListing, dir_listing, dir_open, dir_plus, di
 from fastvfs.fs._tables cimport (LOCK_FLOCK, LOCK_POSIX, LOCK_QUESTION, flock_setlk,
                                   lock_open_node,
                                   locks_flock_unlocked, locks_flushed, locks_forgotten,
-                                  locks_released, posix_getlk, posix_setlk)
+                                  posix_getlk, posix_setlk)
 from fastvfs.fs._tables cimport (MAKE_CREATE, MAKE_MKDIR, MAKE_MKNOD, MAKE_SYMLINK, TARGET_MAX,
                                  link_node, make_node, pack_entry)
 from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER, CHANGE_SIZE,

@@ -40,8 +40,6 @@ cdef int do_releasedir(Virtqueue vq) noexcept nogil:
     if vq.req.hdr.h.total_extlen:
         return 0
     rc = vq.handles.remove_fh(fh)
-    if rc == 0:
-        locks_released(vq.handles, fh)
     vq._reply(rc, NULL, 0)
     return 1
 

@@ -170,8 +170,6 @@ cdef int do_release(Virtqueue vq) noexcept nogil:
         locks_flock_unlocked(vq.handles, vq.req.hdr.h.nodeid,
                              vq.req.hdr.arg.release.lock_owner)
     rc = vq.handles.remove_fh(fh)
-    if rc == 0:
-        locks_released(vq.handles, fh)
     vq._reply(rc, NULL, 0)
     return 1
 

@@ -49,8 +49,9 @@ cdef class HandleTable(SlotTable):
 
     cdef int remove_fh(self, uint64_t fh) noexcept nogil:
         """Drop ``fh`` (0) or -EBADF; its fd is closed once no request uses it, and a
-        directory handle's listing is freed once no request reads it.  The caller then drops
-        the lock descriptions tied to it (``locks_released``)."""
+        directory handle's listing is freed once no request reads it; the lock descriptions
+        no handle is left to go with it (``locks_released``, after the removal under the
+        mutex: the order a lock's tie to a handle relies on)."""
         cdef DirListing *unfreed
         cdef int rc
         pthread_mutex_lock(&self.lock)
@@ -60,6 +61,8 @@ cdef class HandleTable(SlotTable):
         _free_listings(unfreed)
         if rc == 1:
             self._reclaim(_index(fh))
+        if rc >= 0:
+            locks_released(self, fh)
         return -EBADF if rc < 0 else 0
 
     cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil:

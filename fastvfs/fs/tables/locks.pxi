@@ -722,12 +722,6 @@ def lock_drop_all(HandleTable h):
         _lock_drop(h, 0, 0, 0, False, True, 0)
 
 
-def lock_release_fh(HandleTable h, uint64_t fh):
-    """``locks_released``, for the file system's RELEASE."""
-    with nogil:
-        locks_released(h, fh)
-
-
 def lock_keys(HandleTable h):
     """The (node id, owner, kind) of every description."""
     cdef LockDesc *d
