@@ -96,10 +96,35 @@ def _translation(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, as wide as the terminal (``COLUMNS``, else standard output's
+    size, else 80 columns, less 2, as argparse's own), measured without ``shutil``: argparse
+    builds a formatter for every ``add_argument``, and the stock one imports ``shutil`` (with
+    its compression modules) for the width, into every daemon's start-up."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns():
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog="fastvfs", description="virtio-fs vhost-user backend",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
         epilog="subcommands (each has its own --help):\n"
                "  fastvfs mount SHARED_DIR MOUNTPOINT   serve the host kernel through /dev/fuse\n"
                "  fastvfs stats                         a running daemon's request statistics\n"
@@ -232,7 +257,8 @@ def parse_size(text):
 
 def mount_parser():
     p = argparse.ArgumentParser(prog="fastvfs mount",
-                                description="serve SHARED_DIR at MOUNTPOINT through /dev/fuse")
+                                description="serve SHARED_DIR at MOUNTPOINT through /dev/fuse",
+                                formatter_class=_HelpFormatter)
     p.add_argument("shared_dir", metavar="SHARED_DIR")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--threads", type=int, default=4, help="request reader threads (default 4)")

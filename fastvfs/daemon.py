@@ -15,7 +15,6 @@ from .fs._tables import HandleTable, NodeTable
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine
 from .stats import STATS_SUFFIX, StatsServer
-from .transport.fusedev import FuseMount
 from .vhost_user.backend import BackendChannel
 from .vhost_user.connection import Connection
 from .vhost_user.device import VhostUserFsDevice
@@ -184,6 +183,8 @@ def run_mount(options):
     """Serve ``options.share`` (a ``MountOptions``) to the host kernel at
     ``options.mountpoint`` until it is unmounted or a signal arrives; returns the exit
     status."""
+    # Here, not at module level: a vhost-user daemon never loads the /dev/fuse transport.
+    from .transport.fusedev import FuseMount
     prepare_process(options.rlimit_nofile)
     engine = build_engine(options.share, HandleTable())
     fuse = FuseMount(engine, options.mountpoint, threads=options.threads)

@@ -324,8 +324,9 @@ def _preload():
         ctypes.CDLL("libgcc_s.so.1")
     except OSError:
         pass
+    # logging.handlers is not among them: setup_logging imports it before the sandbox where
+    # syslog is asked for, and nothing else uses it.
     import encodings.idna  # noqa: F401  (socket error paths)
-    import logging.handlers  # noqa: F401
     import traceback  # noqa: F401  (logging.exception)
 
 

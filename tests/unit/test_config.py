@@ -218,15 +218,51 @@ def test_records_build_compare_and_print_by_value(tmp_path):
             bad()
 
 
-def test_the_daemon_loads_without_dataclasses():
-    # Importing dataclasses (inspect, ast) would cost every daemon's start-up.
+# Modules the vhost-user daemon's start never needs, each of which would cost every daemon's
+# start-up: dataclasses (with inspect and ast); shutil and the compression modules it loads
+# (argparse's stock help formatter asks it for the terminal width); logging.handlers with
+# pickle (only --syslog uses it, and imports it then); the /dev/fuse transport.
+NOT_LOADED_AT_START = ("dataclasses", "inspect", "ast", "shutil", "bz2", "lzma",
+                       "logging.handlers", "pickle", "fastvfs.transport.fusedev")
+
+
+def test_the_daemons_start_loads_only_what_it_uses(tmp_path):
+    # The start as run() does it before the sandbox: the command line parsed into options,
+    # the daemon's modules, and what the sandbox loads before leaving the host's tree.
     import subprocess
     import sys
-    code = ("import sys, fastvfs.cli, fastvfs.daemon; "
-            "print('dataclasses' in sys.modules, 'inspect' in sys.modules)")
+    code = ("import sys\n"
+            "from fastvfs import cli, daemon, sandbox\n"
+            "p = cli.parser()\n"
+            f"ns = p.parse_args(['--socket-path', 's', '--shared-dir', {str(tmp_path)!r}])\n"
+            "cli.apply_compat_options(p, ns)\n"
+            "cli.daemon_options(p, ns)\n"
+            "p.format_help()\n"
+            "sandbox._preload()\n"
+            f"print(sorted(set({NOT_LOADED_AT_START!r}) & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["False", "False"]
+                         check=True).stdout
+    assert out.strip() == "[]"
+    # --syslog loads logging.handlers, before any sandbox.
+    code = ("import sys\nfrom fastvfs import cli\ncli.setup_logging('error', syslog=True)\n"
+            "print('logging.handlers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split()[-1] == "True"
+
+
+def test_help_is_as_wide_as_the_terminal(monkeypatch):
+    from fastvfs import cli
+    widest = {}
+    for columns in (100, 200):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        # The option list wraps to the width less 2 (the epilog is laid out by hand).
+        lines = cli.parser().format_help().split("\nsubcommands")[0].splitlines()
+        widest[columns] = max(map(len, lines))
+        assert widest[columns] <= columns - 2
+    assert widest[200] > 100
+    monkeypatch.setenv("COLUMNS", "junk")
+    assert cli._terminal_columns() > 0
 
 
 def test_xattr_is_implied(tmp_path):
