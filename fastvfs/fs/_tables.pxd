@@ -331,7 +331,7 @@ cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uin
                      uint64_t offset, DirListing **listing) noexcept nogil
 cdef void dir_unref(HandleTable handles, DirListing *listing) noexcept nogil
 cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) noexcept nogil
-cdef bint dir_plus(const DirListing *listing, HandleTable handles, NodeTable inodes,
+cdef int dir_plus(const DirListing *listing, HandleTable handles, NodeTable inodes,
                    uint64_t parent, uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec,
                    uint8_t *buf, uint32_t *used) noexcept nogil
 

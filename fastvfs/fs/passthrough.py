@@ -505,7 +505,9 @@ class PassthroughFs:
         """READDIRPLUS records of ``listing`` (from :meth:`readdir` of ``parent_id``) from
         entry ``index`` on, each entry looked up in C (the hot path's own code, a known inode
         or a new one), up to one that needs :meth:`lookup` (a submount, a node held by file
-        handle): ``(bytes, next index, whether that entry needs`` :meth:`lookup` ``)``."""
+        handle) or whose lookup fails (EMFILE; one gone since the listing was taken is left
+        out): ``(bytes, next index, status)``, status 0 (full, or the end), 1 (that entry
+        needs :meth:`lookup`) or -errno (that entry's lookup failed so)."""
         return listing.plus_entries(self.inodes.table, parent_id, index, size, sec, nsec)
 
     def _relookup(self, inode):

@@ -795,13 +795,17 @@ class FuseEngine:
         sec, nsec = self.cache.timeout
         count = len(listing)
         i = offset
+        error = 0
         while i < count:
             # Entries are looked up in C (and "." and "..", which the kernel counts no lookup
             # for, answered), up to the first that needs the file system's lookup.
-            chunk, i, need = self.fs.plus_entries(nodeid, listing, i, size - len(out), sec,
-                                                  nsec)
+            chunk, i, status = self.fs.plus_entries(nodeid, listing, i, size - len(out), sec,
+                                                    nsec)
             out += self._translate_direntplus(chunk)
-            if not need:
+            if status < 0:
+                error = -status
+                break
+            if not status:
                 break
             record = listing.record(i)
             if len(out) + abi.ENTRY_OUT_SIZE + len(record) > size:
@@ -809,9 +813,16 @@ class FuseEngine:
             try:
                 out += self._entry(*self.fs.lookup(nodeid, listing.name(i)), parent=nodeid)
                 out += record
-            except OSError:
-                pass  # removed since the listing was taken
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:   # else removed since the listing was taken
+                    error = exc.errno
+                    break
             i += 1
+        if error and not out:
+            # An entry that exists is never left out: its failed lookup (EMFILE) ends the
+            # reply before it, or is the reply when it comes first.  The lookups counted for
+            # the entries already sent stand, so an error can only be the whole reply.
+            raise OSError(error, os.strerror(error))
         return bytes(out)
 
     def do_releasedir(self, nodeid, body, out_size, ctx):

@@ -80,7 +80,8 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     ``lookup_entry``), as the engine's _readdir sends them.  An entry that needs the file
     system's lookup (a submount, a new inode held by file handle) hands the whole request to
     the engine, the lookups counted so far taken back first; so do request extensions and a
-    node held by file handle without a descriptor."""
+    node held by file handle without a descriptor.  An entry whose lookup fails (EMFILE)
+    ends the reply before it, or, first in it, is the reply's error, as in the engine."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef uint64_t index = vq.req.hdr.arg.read.offset
     cdef uint32_t size = _dir_size(vq)
@@ -90,7 +91,7 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     cdef uint8_t *buf = stack_buf
     cdef DirListing *listing = NULL
     cdef const fuse_entry_out *entry
-    cdef int rc
+    cdef int rc, status
     cdef bint need
     if vq.req.hdr.h.total_extlen:
         return 0
@@ -114,8 +115,9 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
         if buf == NULL:
             dir_unref(vq.handles, listing)
             return 0
-    need = dir_plus(listing, vq.handles, vq.inodes, nodeid, &index, <uint32_t>room,
-                    vq.cfg.attr_valid, vq.cfg.attr_valid_nsec, buf, &used)
+    status = dir_plus(listing, vq.handles, vq.inodes, nodeid, &index, <uint32_t>room,
+                      vq.cfg.attr_valid, vq.cfg.attr_valid_nsec, buf, &used)
+    need = status == 1
     # The engine sends what it has when the entry to look up would not fit anyway.
     if need and used + sizeof(fuse_entry_out) + listing.starts[index + 1] - \
             listing.starts[index] > size:
@@ -130,6 +132,8 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
             pos += <uint32_t>sizeof(fuse_entry_out) + FUSE_DIRENT_ALIGN(
                 FUSE_NAME_OFFSET + (<const fuse_dirent *>(buf + pos +
                                                             sizeof(fuse_entry_out))).namelen)
+    elif status < 0 and used == 0:
+        vq._reply(status, NULL, 0)
     else:
         vq._reply(0, buf, used)
     if buf != stack_buf:

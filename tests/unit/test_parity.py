@@ -2215,6 +2215,54 @@ def test_readdirplus_of_new_inodes_in_c(tmp_path, io_engine):
         _done(pair)
 
 
+def test_readdirplus_with_the_descriptor_budget_used_up(tmp_path, io_engine):
+    """An entry whose lookup fails otherwise than by its removal (EMFILE: the descriptor budget
+    used up) is never left out of READDIRPLUS: the reply ends before it, and a READDIRPLUS from
+    it answers the error, in C (entering the new inodes the budget allows) as in the engine;
+    once the budget allows, the listing goes on from there."""
+    def setup(root, budget=None):
+        pair = _make_pair(root, io_engine, **({"fd_budget": budget} if budget else {}))
+        d = pair.lookup(b"d")
+        for i in range(6):
+            (pair.root / "d" / f"e{i}").write_bytes(b"")
+        return pair, d, DirPair(pair, d)
+
+    pair, _, _ = setup(tmp_path)
+    try:
+        held = pair.fs.fds_held()
+    finally:
+        pair.close()
+    pair, d, dirs = setup(tmp_path / "again", held + 3)
+    try:
+        assert pair.fs.fds_held() == held
+        size = 4096
+        c = pair.in_c(_readdir(dirs.c, 0, size, d, True), [16, size])
+        nodes = _entry_nodes(c)
+        # ".", ".." (no node) and the three new inodes the budget holds, each counted once.
+        assert len(_cookies(c, True)) == 5 and len(nodes) == 3
+        assert pair.fs.fds_held() == held + 3
+        assert all(pair.fs.inodes.nlookup(n) == 1 for n in nodes)
+        cookie = _cookies(c, True)[-1]
+        for ask in ("in_c", "in_python"):
+            fh = dirs.c if ask == "in_c" else dirs.py
+            reply = (pair.in_c(_readdir(fh, cookie, size, d, True), [16, size])
+                     if ask == "in_c" else
+                     pair.in_python(_readdir(fh, cookie, size, d, True), size))
+            assert out_header(reply)[1] == -errno.EMFILE, ask
+        # The engine from offset 0: the same entries (known now), counted once more, then
+        # the same end.
+        py = pair.in_python(_readdir(dirs.py, 0, size, d, True), size)
+        assert py == c
+        assert all(pair.fs.inodes.nlookup(n) == 2 for n in nodes)
+        # With room in the budget again (the guest forgets one), the rest follows.
+        gone = nodes[0]
+        pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(2), nodeid=gone), 0)
+        rest = pair.in_c(_readdir(dirs.c, cookie, size, d, True), [16, size])
+        assert len(_entry_nodes(rest)) == 1
+    finally:
+        _done(pair)
+
+
 def test_readdirplus_of_inodes_held_by_file_handle_goes_to_the_engine(tmp_path, io_engine):
     """Where inodes may be held by file handle, an entry whose inode the node id table does
     not hold needs the file system's lookup: the hot path hands the request over and takes

@@ -372,22 +372,24 @@ cdef uint32_t dir_run(const DirListing *listing, uint64_t index, uint32_t size) 
     return listing.starts[i] - start
 
 
-cdef bint dir_plus(const DirListing *listing, HandleTable handles, NodeTable inodes,
-                   uint64_t parent, uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec,
-                   uint8_t *buf, uint32_t *used) noexcept nogil:
+cdef int dir_plus(const DirListing *listing, HandleTable handles, NodeTable inodes,
+                  uint64_t parent, uint64_t *index, uint32_t size, uint64_t sec, uint32_t nsec,
+                  uint8_t *buf, uint32_t *used) noexcept nogil:
     """READDIRPLUS of ``parent``'s listing from entry ``index`` on into ``buf`` after its
     ``used`` bytes, until ``size`` bytes are full: each entry as a fuse_direntplus with one
     lookup counted (``lookup_entry``, the hot path's LOOKUP: a known inode or a new one),
-    "." and ".." with an empty entry (the kernel counts no lookup for them), entries whose
-    lookup fails left out as the engine leaves them (gone since the listing was taken, the
-    descriptor budget used up).  Returns True when it stopped at entry ``index`` because that
-    one needs the file system's lookup (a submount, a new inode held by file handle, a failure
-    to ask), with room for it left to check."""
+    "." and ".." with an empty entry (the kernel counts no lookup for them), an entry gone
+    since the listing was taken (ENOENT) left out as the engine leaves it.  Returns 0 when
+    full or at the end; 1 when it stopped at entry ``index`` because that one needs the file
+    system's lookup (a submount, a new inode held by file handle, a failure to ask), with room
+    for it left to check; -errno when it stopped at entry ``index`` because its lookup failed
+    otherwise (EMFILE with the descriptor budget used up): the entries before it are the
+    reply, or, with none, that error is (an entry that exists is never left out)."""
     cdef uint64_t i = index[0]
     cdef uint32_t start, end, namelen
     cdef int64_t rc
     cdef char name[LOOKUP_NAME_MAX + 1]
-    cdef bint need = False
+    cdef int status = 0
     while i < listing.count:
         start = listing.starts[i]
         end = listing.starts[i + 1]
@@ -398,23 +400,26 @@ cdef bint dir_plus(const DirListing *listing, HandleTable handles, NodeTable ino
             memset(buf + used[0], 0, sizeof(fuse_entry_out))
         else:
             if namelen > LOOKUP_NAME_MAX:
-                need = True
+                status = 1
                 break
             memcpy(name, listing.records + start + FUSE_NAME_OFFSET, namelen)
             name[namelen] = 0
             rc = lookup_entry(handles, inodes, parent, name, namelen, sec, nsec,
                               <fuse_entry_out *>(buf + used[0]))
-            if rc < 0:
-                i += 1                  # removed since the listing was taken, or refused
+            if rc == -ENOENT:
+                i += 1                  # removed since the listing was taken
                 continue
+            if rc < 0:
+                status = <int>rc
+                break
             if rc == 0:
-                need = True
+                status = 1
                 break
         memcpy(buf + used[0] + sizeof(fuse_entry_out), listing.records + start, end - start)
         used[0] += <uint32_t>(sizeof(fuse_entry_out) + end - start)
         i += 1
     index[0] = i
-    return need
+    return status
 
 
 # -- the file system's -------------------------------------------------------------------------
@@ -451,10 +456,11 @@ cdef class Listing:
 
     def plus_entries(self, NodeTable inodes, uint64_t parent, uint64_t index, uint32_t size,
                      uint64_t sec, uint32_t nsec):
-        """``dir_plus`` into ``size`` bytes: ``(direntplus bytes, next index, whether that
-        entry needs the file system's lookup)``."""
+        """``dir_plus`` into ``size`` bytes: ``(direntplus bytes, next index, status)``, the
+        status as ``dir_plus`` returns it (1: that entry needs the file system's lookup;
+        -errno: its lookup failed so)."""
         cdef uint32_t used = 0
-        cdef bint need
+        cdef int need
         cdef uint8_t *buf = <uint8_t *>malloc(size if size else 1)
         if buf == NULL:
             raise MemoryError()
