@@ -162,9 +162,11 @@ class Session:
     read-write."""
 
     def __init__(self, name, workdir, prefix=(), extra=(), label=None, queues=1,
-                 files_of=None, cpus=None, publish_each=False, baseline=None):
+                 files_of=None, cpus=None, publish_each=False, baseline=None,
+                 pages="contiguous"):
         self.name = label or name
         self.publish_each = publish_each
+        self.pages = pages
         self.cpus = cpus
         self.queues = queues
         self.shared = Path(workdir) / self.name
@@ -196,7 +198,8 @@ class Session:
         return [LeanLoad(self.frontend, q + 1, opcode, depth,
                          nodeid=ROOT if opcode == "LOOKUP" else self.nodes[files[q]],
                          fh=self.fhs[files[q]], name=self.names[files[q]], size=size,
-                         file_size=FILE_SIZE, seed=seed + q, publish_each=self.publish_each)
+                         file_size=FILE_SIZE, seed=seed + q, publish_each=self.publish_each,
+                         pages=self.pages)
                 for q in range(queues)]
 
     def run(self, opcode, size, depth, seconds, queues=1, max_requests=0, same_file=False):
@@ -317,7 +320,12 @@ def markdown(results, config, multiqueue=None):
     lines = [f"# Microbenchmarks {config['date']}", "",
              f"Machine: {config['machine']}. Driver: {config.get('driver', 'lean (C)')}, "
              f"one thread per queue, queue size 256, EVENT_IDX and INDIRECT_DESC negotiated, "
-             f"chains laid out as Linux's virtiofs driver does. fastvfs `{fastvfs_cmd}` "
+             f"chains laid out as Linux's virtiofs driver does, "
+             + {"contiguous": "READ and WRITE data pages one after the other in guest memory",
+                "scattered": "READ and WRITE data pages shuffled in guest memory, none next to "
+                             "the one after it (as a guest's page cache has them)"}[
+                 config.get("pages", "contiguous")] +
+             f". fastvfs `{fastvfs_cmd}` "
              f"(defaults: io_uring READs, no busy polling unless `--poll-us`, sandbox on); reference "
              f"virtiofsd `-o cache=none` (its default single thread). {config['seconds']} s per "
              f"figure, median of {config['reps']} runs, each taken in "
@@ -432,6 +440,10 @@ def main(argv=None):
                    help="lean: the avail index published once per round of completions reaped "
                         "(default); guest: each request published on its own and the kick "
                         "decided for each, as Linux's virtio_fs_enqueue_req does")
+    p.add_argument("--pages", choices=("contiguous", "scattered"), default="contiguous",
+                   help="where a READ's or WRITE's data pages lie in guest memory: one after "
+                        "the other (default) or shuffled with no page next to the one after it, "
+                        "as a guest's page cache has them")
     p.add_argument("--baseline", metavar="PYTHON",
                    help="also run another build of fastvfs, started as PYTHON -m fastvfs with "
                         "the same options (e.g. an earlier commit's venv), interleaved with the "
@@ -459,14 +471,16 @@ def main(argv=None):
     results, multiqueue = {}, {}
     try:
         sessions = {"fastvfs": Session("fastvfs", workdir, extra=extra, cpus=backend_cpus,
-                                       publish_each=each)}
+                                       publish_each=each, pages=args.pages)}
         if args.baseline:
             sessions["baseline"] = Session("baseline", workdir, extra=extra,
                                            files_of=sessions["fastvfs"], cpus=backend_cpus,
-                                           publish_each=each, baseline=args.baseline)
+                                           publish_each=each, baseline=args.baseline,
+                                           pages=args.pages)
         if "reference" in backends:
             sessions["reference"] = Session("reference", workdir, files_of=sessions["fastvfs"],
-                                            cpus=backend_cpus, publish_each=each)
+                                            cpus=backend_cpus, publish_each=each,
+                                            pages=args.pages)
         try:
             for name in names:
                 opcode, size = WORKLOADS[name]
@@ -495,7 +509,7 @@ def main(argv=None):
             os.sched_setaffinity(0, everywhere)
         if not args.no_multiqueue:
             mq = Session("fastvfs", workdir, queues=2, label="fastvfs-2q", extra=extra,
-                         publish_each=each)
+                         publish_each=each, pages=args.pages)
             try:
                 for name, depth in MULTIQUEUE:
                     if args.only and name not in names:
@@ -522,7 +536,7 @@ def main(argv=None):
                                 "Linux's virtio_fs_enqueue_req does)", fastvfs_cache="never",
                                 fastvfs_args=args.fastvfs_args, pin=args.pin,
                                 reference=REFERENCE if "reference" in backends else None,
-                                baseline=args.baseline)
+                                baseline=args.baseline, pages=args.pages)
     output.write(args.out, config, {"backends": results, "multiqueue": multiqueue},
                  markdown(results, config, multiqueue))
     return 0

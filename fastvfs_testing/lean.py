@@ -14,6 +14,7 @@ carries on from the indices the run left.
 
 import ctypes
 import os
+import random
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
@@ -37,17 +38,33 @@ def _pages(gpa, length):
     return [(gpa + i, min(PAGE_SIZE, length - i)) for i in range(0, length, PAGE_SIZE)]
 
 
+def _scattered_order(count, rng):
+    """A shuffled order of ``count`` pages in which no page is followed by the one after it in
+    memory (so no two consecutive buffers of a request are adjacent)."""
+    order = list(range(count))
+    while True:
+        rng.shuffle(order)
+        if all(b != a + 1 for a, b in zip(order, order[1:])):
+            return order
+
+
 class LeanLoad:
     """``depth`` copies of one request kept in flight on ``frontend.queues[queue]``.
 
     ``op``: "GETATTR", "LOOKUP" (``name`` in ``nodeid``), "READ" or "WRITE" (``size`` bytes at
     random ``size``-aligned offsets below ``file_size`` of handle ``fh``).  ``publish_each``:
     publish every request on its own and decide the kick for each, as the Linux guest does,
-    instead of once per round of completions reaped.
+    instead of once per round of completions reaped.  ``pages``: where the data pages of READ
+    and WRITE lie in guest memory: "contiguous" (one after the other, as a driver that
+    allocates them together has them) or "scattered" (shuffled, no page followed by its
+    neighbour in memory, as a guest's page cache has them).
     """
 
     def __init__(self, frontend, queue, op, depth, *, nodeid, fh=0, size=0, file_size=0,
-                 name=b"data", seed=1, uid=0, gid=0, publish_each=False):
+                 name=b"data", seed=1, uid=0, gid=0, publish_each=False, pages="contiguous"):
+        if pages not in ("contiguous", "scattered"):
+            raise ValueError(f"pages must be contiguous or scattered, not {pages!r}")
+        self.scatter = random.Random(seed) if pages == "scattered" else None
         self.memory = frontend.memory
         self.vq = vq = frontend.queues[queue]
         if vq.in_flight or vq.published_idx != vq.avail_idx:
@@ -80,6 +97,22 @@ class LeanLoad:
             self.memory.write(gpa, data_or_len)
         return gpa
 
+    def _data(self, data_or_len):
+        """Data pages for a request: ``(gpa, length)`` descriptors, in the layout asked for."""
+        length = data_or_len if isinstance(data_or_len, int) else len(data_or_len)
+        if self.scatter is None:
+            return _pages(self._alloc(data_or_len, PAGE_SIZE), length)
+        pieces = _pages(0, length)
+        block = self._alloc(len(pieces) * PAGE_SIZE, PAGE_SIZE)
+        order = _scattered_order(len(pieces), self.scatter)
+        out = []
+        for (start, n), slot in zip(pieces, order):
+            gpa = block + slot * PAGE_SIZE
+            if not isinstance(data_or_len, int):
+                self.memory.write(gpa, data_or_len[start:start + n])
+            out.append((gpa, n))
+        return out
+
     def _build(self, opcode, op, nodeid, fh, size, name, payload, uid, gid):
         if op == "GETATTR":
             body, reply_len, expect = abi.getattr_in.pack(0, 0, 0), abi.ATTR_OUT_SIZE, None
@@ -97,13 +130,13 @@ class LeanLoad:
         req = self._alloc(header)
         readable = [(req, len(header)), (self._alloc(body), len(body))]
         if payload:
-            readable += _pages(self._alloc(payload, PAGE_SIZE), len(payload))
+            readable += self._data(payload)
         out = self._alloc(abi.OUT_HEADER_SIZE)
         writable = [(out, abi.OUT_HEADER_SIZE)]
         if reply_len:
             writable.append((self._alloc(reply_len), reply_len))
         if expect:
-            writable += _pages(self._alloc(expect, PAGE_SIZE), expect)
+            writable += self._data(expect)
         entries = [(a, n, 0) for a, n in readable] + \
                   [(a, n, virtq.VRING_DESC_F_WRITE) for a, n in writable]
         vq = self.vq

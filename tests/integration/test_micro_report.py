@@ -79,3 +79,17 @@ def test_micro_against_a_baseline_build(tmp_path):
                 if l.startswith("| getattr | 1 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2].endswith("x") and cells[3].endswith("x") and cells[4].count("x") == 2
+
+
+def test_micro_with_scattered_pages(tmp_path):
+    """``--pages scattered`` runs the transfers with the data pages shuffled in guest memory,
+    and the report says so."""
+    assert micro.main(["--seconds", "0.2", "--reps", "1", "--only", "read128k",
+                       "--depths", "4", "--slices", "1", "--no-multiqueue",
+                       "--pages", "scattered", "--out", str(tmp_path)]) == 0
+    (report,) = tmp_path.glob("*.json")
+    data = json.loads(report.read_text())
+    assert data["config"]["pages"] == "scattered"
+    row = data["results"]["backends"]["read128k@4"]
+    assert row["fastvfs"]["req_per_s"] > 0 and row["reference"]["req_per_s"] > 0
+    assert "shuffled in guest memory" in report.with_suffix(".md").read_text()
