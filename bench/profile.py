@@ -102,19 +102,20 @@ def stages_of(data):
     return raw_children + "\n\n" + raw_self, stages
 
 
-def profile(session, name, seconds, outdir):
+def profile(session, name, seconds, outdir, publish_each=False):
     opcode, size = micro.WORKLOADS[name.split("@")[0]]
     depth = int(name.split("@")[1])
     data = str(outdir / f"{name.replace('@', '-')}.perf.data")
     load = LeanLoad(session.frontend, 1, opcode, depth,
                     nodeid=micro.ROOT if opcode == "LOOKUP" else session.node, fh=session.fh,
-                    size=size, file_size=micro.FILE_SIZE)
+                    size=size, file_size=micro.FILE_SIZE, publish_each=publish_each)
     try:
         load.run(0.5)       # warm the page cache and the inode table
         cmd = ["perf", "record", "-F", "5000", "-g", "-o", data, "-p",
                str(serving_pid(session.proc.pid))]
         perf = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
+        kicks, waits = load.lean.kicks, load.lean.sleeps     # counted since the load began
         result = load.run(seconds)
         cpu = micro.cpu_seconds(session.proc.pid)
         perf.send_signal(2)
@@ -123,8 +124,11 @@ def profile(session, name, seconds, outdir):
         load.close()
     raw, stages = stages_of(data)
     rate = result["requests"] / result["wall_s"]
+    per = max(1, result["requests"])
     return {"command": " ".join(cmd), "req_per_s": rate, "stages": stages, "raw": raw,
-            "total": sum(stages.values()) or 100.0}
+            "total": sum(stages.values()) or 100.0,
+            "kicks_per_request": (result["kicks"] - kicks) / per,
+            "waits_per_request": (result["sleeps"] - waits) / per}
 
 
 def main(argv=None):
@@ -133,6 +137,10 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--only", help="comma-separated workload@depth (default: %s)"
                    % ",".join(WORKLOADS))
+    p.add_argument("--driver", choices=("lean", "guest"), default="lean",
+                   help="lean: the avail index published once per round of completions reaped "
+                        "(default); guest: each request published and its kick decided on its "
+                        "own, as Linux's virtio_fs_enqueue_req does")
     p.add_argument("--out", default="reports/profile")
     args = p.parse_args(argv)
     if not shutil.which("perf"):
@@ -150,7 +158,8 @@ def main(argv=None):
         session = micro.Session("fastvfs", workdir, extra=("--sandbox", "none"))
         try:
             for name in names:
-                rows[name] = profile(session, name, args.seconds, outdir)
+                rows[name] = profile(session, name, args.seconds, outdir,
+                                     publish_each=args.driver == "guest")
                 (outdir / f"{name.replace('@', '-')}.txt").write_text(rows[name]["raw"])
                 os.unlink(outdir / f"{name.replace('@', '-')}.perf.data")
                 print(name, {k: round(v, 1) for k, v in rows[name]["stages"].items()},
@@ -163,19 +172,29 @@ def main(argv=None):
     lines = [f"# Where the time goes, {stamp}", "",
              "Share of the serving process's CPU samples by stage; fastvfs defaults with "
              "`--cache never --sandbox none` (so perf can resolve the hot path's symbols; "
-             f"seccomp stays on), lean driver on one queue, {args.seconds} s per workload. "
+             "seccomp stays on), "
+             + ("the lean driver" if args.driver == "lean" else
+                "the lean driver in its guest-like mode (each request published and its kick "
+                "decided on its own)")
+             + f" on one queue, {args.seconds} s per workload. "
              "Produced by `python -m bench.profile`: `perf record -F 5000 -g -p <serving pid>`, "
              "then `perf report --children --sort sym` for the kernel side (time inside each "
              "system call, callees included) and `perf report --no-children --sort sym` for "
              "the user side (each function's own time); the raw reports are beside this "
              "file.", "",
-             "| workload | req/s | " + " | ".join(stages) + " |",
-             "|---|---|" + "---|" * len(stages)]
+             "| workload | req/s | kicks per request | driver waits per request | " +
+             " | ".join(stages) + " |",
+             "|---|---|---|---|" + "---|" * len(stages)]
     for name, row in rows.items():
         t = row["total"]
-        lines.append(f"| {name} | {row['req_per_s']:,.0f} | " +
+        lines.append(f"| {name} | {row['req_per_s']:,.0f} | {row['kicks_per_request']:.3f} | "
+                     f"{row['waits_per_request']:.3f} | " +
                      " | ".join(f"{100 * row['stages'][s] / t:.0f} %" for s in stages) + " |")
-    lines += ["", "Stages: " + "; ".join(f"**{s}** {d}" for s, d in [
+    lines += ["", "Kicks per request: the driver's kick eventfd writes (each wakes the "
+              "worker unless it is already awake) over the requests answered; driver waits per "
+              "request: the times the driver slept on the call eventfd (each ended by a "
+              "notification of the worker's) over the same.", "",
+              "Stages: " + "; ".join(f"**{s}** {d}" for s, d in [
         ("ring", "user time popping and walking chains, translating addresses, writing reply "
                  "headers and used elements"),
         ("decode", "user time in the rest of the hot path: header checks, dispatch, io_uring "
