@@ -13,7 +13,7 @@ from . import config, ring, sandbox
 from .dax import DaxWindow
 from .fs._tables import HandleTable, NodeTable
 from .fs.passthrough import PassthroughFs
-from .fuse.engine import FuseEngine
+from .fuse.engine import FuseEngine, preload as preload_engine
 from .stats import STATS_SUFFIX, StatsServer
 from .vhost_user.backend import BackendChannel
 from .vhost_user.connection import Connection
@@ -244,6 +244,8 @@ def run(options):
             pid_file.close()
 
     prepare_process(options.rlimit_nofile, options.ring.fixed_buffers)
+    # The engine is built inside the sandbox (``_serve_setup``).
+    preload_engine(options.share.thread_pool_size)
     try:
         child = sandbox.enter(options.sandbox, options.share.shared_dir, options.uid_map,
                               options.gid_map)

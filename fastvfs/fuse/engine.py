@@ -8,9 +8,6 @@ negative errno or 0, or, for a request answered later (a SETLKW that must wait),
 the hot path calls with a pending reply whose ``complete(error, payload)`` sends the answer.  It never raises: a bad request is an error reply, and the daemon serves on.
 """
 
-# The submodule itself: ``concurrent.futures`` loads its executors lazily, which would be an
-# import from disk after the daemon has left the host's tree (the sandbox).
-import concurrent.futures.thread
 import errno
 import logging
 import os
@@ -25,6 +22,16 @@ from .abi import Opcode
 from ..fs import _sys, _tables
 from ..fs.idmap import IdTranslation
 from ..fs.passthrough import Caller
+
+def preload(thread_pool_size):
+    """Import now what an engine with ``thread_pool_size`` pool threads imports when it is
+    built, which the daemon does after leaving the host's tree (the sandbox), where the
+    interpreter's library is out of reach: the thread pool's executor (the submodule itself,
+    as ``concurrent.futures`` loads its executors lazily).  An engine without a pool imports
+    nothing more."""
+    if thread_pool_size > 0:
+        import concurrent.futures.thread  # noqa: F401
+
 
 log = logging.getLogger("fastvfs.fuse")
 trace_log = logging.getLogger("fastvfs.fuse.trace")
@@ -113,9 +120,11 @@ class FuseEngine:
         self.announce_submounts = announce_submounts
         # Requests that may block are run on this pool when one is asked for, so a slow one
         # (a huge READDIR, an fsync on a slow disk) never holds up its queue.
-        self.pool = (concurrent.futures.thread.ThreadPoolExecutor(
-            thread_pool_size, thread_name_prefix="fastvfs-pool")
-            if thread_pool_size > 0 else None)
+        self.pool = None
+        if thread_pool_size > 0:
+            import concurrent.futures.thread   # loaded before any sandbox: see ``preload``
+            self.pool = concurrent.futures.thread.ThreadPoolExecutor(
+                thread_pool_size, thread_name_prefix="fastvfs-pool")
         # Backpressure: at most this many requests wait or run on the pool at once; the queue
         # thread handing over one more blocks (not reading its ring) until one finishes.
         self.pool_slots = threading.BoundedSemaphore(

@@ -223,7 +223,8 @@ def test_records_build_compare_and_print_by_value(tmp_path):
 # (argparse's stock help formatter asks it for the terminal width); logging.handlers with
 # pickle (only --syslog uses it, and imports it then); the /dev/fuse transport.
 NOT_LOADED_AT_START = ("dataclasses", "inspect", "ast", "shutil", "bz2", "lzma",
-                       "logging.handlers", "pickle", "fastvfs.transport.fusedev")
+                       "logging.handlers", "pickle", "fastvfs.transport.fusedev",
+                       "concurrent.futures")
 
 
 def test_the_daemons_start_loads_only_what_it_uses(tmp_path):
@@ -243,6 +244,17 @@ def test_the_daemons_start_loads_only_what_it_uses(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+    # A thread pool (Kata's --thread-pool-size=1) loads its executor before the sandbox; the
+    # engine built inside it then finds it loaded.
+    code = ("import sys\n"
+            "from fastvfs.fuse import engine\n"
+            "engine.preload(0)\n"
+            "print('concurrent.futures.thread' in sys.modules)\n"
+            "engine.preload(1)\n"
+            "print('concurrent.futures.thread' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["False", "True"]
     # --syslog loads logging.handlers, before any sandbox.
     code = ("import sys\nfrom fastvfs import cli\ncli.setup_logging('error', syslog=True)\n"
             "print('logging.handlers' in sys.modules)")
