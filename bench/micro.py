@@ -58,9 +58,12 @@ WORKLOADS = {
 def backend_argv(name, sock, shared, extra=(), baseline=None):
     """The command line of ``name``: "fastvfs" (this tree, through this interpreter),
     "baseline" (the same options through the ``baseline`` interpreter: another build of
-    fastvfs, installed in its own environment) or "reference"."""
+    fastvfs, installed in its own environment) or "reference".  The baseline runs isolated
+    (``-I``): ``-m`` would otherwise put the working directory first on its path, and run
+    from a checkout it would import that checkout's fastvfs instead of its own."""
     if name in ("fastvfs", "baseline"):
-        return [sys.executable if name == "fastvfs" else baseline, "-m", "fastvfs",
+        interpreter = [sys.executable] if name == "fastvfs" else [baseline, "-I"]
+        return [*interpreter, "-m", "fastvfs",
                 "--socket-path", sock, "--shared-dir", shared, "--cache", "never",
                 "--log-level", "error", *extra]
     return [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}", "-o", "cache=none"]
@@ -375,7 +378,7 @@ def markdown(results, config, multiqueue=None):
               "backend."]
     if any("baseline" in row for row in results.values()):
         lines += ["", "## Against the baseline build", "",
-                  f"This tree's fastvfs against `{config.get('baseline')} -m fastvfs` (same "
+                  f"This tree's fastvfs against `{config.get('baseline')} -I -m fastvfs` (same "
                   "options), interleaved in the same run, and each against the reference.", "",
                   "| workload | depth | req/s ratio | req/backend-CPU-s ratio | fastvfs ÷ "
                   "reference (req/s, per CPU-s) | baseline ÷ reference (req/s, per CPU-s) |",
@@ -445,7 +448,7 @@ def main(argv=None):
                         "the other (default) or shuffled with no page next to the one after it, "
                         "as a guest's page cache has them")
     p.add_argument("--baseline", metavar="PYTHON",
-                   help="also run another build of fastvfs, started as PYTHON -m fastvfs with "
+                   help="also run another build of fastvfs, started as PYTHON -I -m fastvfs with "
                         "the same options (e.g. an earlier commit's venv), interleaved with the "
                         "others: the report then has this tree's ratios to it from the same run")
     p.add_argument("--out", default="reports/micro")

@@ -93,3 +93,26 @@ def test_micro_with_scattered_pages(tmp_path):
     row = data["results"]["backends"]["read128k@4"]
     assert row["fastvfs"]["req_per_s"] > 0 and row["reference"]["req_per_s"] > 0
     assert "shuffled in guest memory" in report.with_suffix(".md").read_text()
+
+
+def test_baseline_runs_its_own_build_from_a_checkout(tmp_path):
+    """``--baseline PYTHON`` runs PYTHON's own fastvfs even from the root of a checkout (where
+    ``-m`` would put the checkout's package first on the path): an interpreter without fastvfs
+    installed finds none there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(micro.__file__).resolve().parent.parent
+    assert (root / "fastvfs" / "__init__.py").exists()
+    venv = tmp_path / "empty"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    argv = micro.backend_argv("baseline", "s", "d", baseline=str(venv / "bin" / "python"))
+    interpreter = argv[:argv.index("-m")]
+    probe = "import importlib.util; print(importlib.util.find_spec('fastvfs') is None)"
+    out = subprocess.run([*interpreter, "-c", probe], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "True"
+    # The same interpreter without the isolation would have picked the checkout's.
+    out = subprocess.run([interpreter[0], "-c", probe], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"
