@@ -74,16 +74,11 @@ cdef struct Chain:
     uint64_t in_len
 
 
-# Replies written into guest memory but not yet in the used ring, and the pacing of the
-# guest's wake-ups (used.pxi).
+# Replies written into guest memory but not yet in the used ring (used.pxi).
 cdef struct UsedBatch:
     uint16_t heads[PUBLISH_BATCH]
     uint32_t lens[PUBLISH_BATCH]
     uint32_t n
-    uint32_t unsignalled           # published without a notification check (lock held)
-    uint32_t notify_every          # metadata replies per notification check
-    uint32_t wakes                 # guest wake-ups by the worker since the last sample
-    long nivcsw
 
 
 # -- the popped request (fastops.pxi) -------------------------------------------------------

@@ -119,7 +119,6 @@ from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, SEEK_CUR, SEEK_DATA, SEEK_
                                      fsync, lseek, readlinkat, strnlen, timespec)
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
-from fastvfs.includes.resource cimport RUSAGE_THREAD, getrusage, rusage
 from fastvfs.includes.stat cimport S_ISLNK, UTIME_NOW, UTIME_OMIT, utimensat
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, statx)

@@ -18,10 +18,8 @@ cdef enum:
     REAP_BATCH = 64
     # Lone READs sent straight to the ring after one that the page cache could not answer.
     LONE_SKIP = 64
-    # READ/WRITE replies published (with one notification check) per batch; guest wake-ups
-    # per sample of the worker's involuntary context switches (used_adapt_notify in used.pxi).
+    # Replies published (with one notification check) per batch (used.pxi).
     PUBLISH_BATCH = 8
-    WAKE_SAMPLE = 64
     # Guest memory registered with a queue's io_uring (--fixed-buffers): the kernel takes
     # buffers of at most 1 GiB each, so a region is registered in pieces of that size.
     FIXED_PIECE = 1 << 30

@@ -85,6 +85,6 @@ cdef class PendingReply:
         total = write_reply(self.reply_iov, self.in_num, self.in_len, self.unique, error, data,
                             length)
         ring_push_used(&vq.ring, self.head, total)
-        used_notify_locked(vq, False)
+        used_notify_locked(vq)
         pthread_mutex_unlock(&self.vq.lock.m)
         return True

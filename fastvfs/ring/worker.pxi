@@ -55,7 +55,6 @@ cdef class Virtqueue:
         self.lock = lock if lock is not None else RingLock()
         self.stats_owner = stats
         self.stats = stats.ring_block(index) if stats is not None else NULL
-        self.pub.notify_every = 1
         if self.cfg.want_uring:
             # What a queue with I/O in flight needs: nothing for a synchronous one.
             self.io.pool = <iovec *>malloc(POOL_IOV * sizeof(iovec))
@@ -83,8 +82,6 @@ cdef class Virtqueue:
     def retired(self): return self._retired
     @property
     def successor(self): return self._successor
-    @property
-    def notify_every(self): return self.pub.notify_every
     @property
     def fixed_ios(self): return self.io.fixed_ios
     @property
