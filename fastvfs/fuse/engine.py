@@ -23,6 +23,7 @@ from ..fs import _sys, _tables
 from ..fs.idmap import IdTranslation
 from ..fs.passthrough import Caller
 
+
 def preload(thread_pool_size):
     """Import now what an engine with ``thread_pool_size`` pool threads imports when it is
     built, which the daemon does after leaving the host's tree (the sandbox), where the

@@ -460,15 +460,15 @@ cdef class Listing:
         status as ``dir_plus`` returns it (1: that entry needs the file system's lookup;
         -errno: its lookup failed so)."""
         cdef uint32_t used = 0
-        cdef int need
+        cdef int status
         cdef uint8_t *buf = <uint8_t *>malloc(size if size else 1)
         if buf == NULL:
             raise MemoryError()
         try:
             with nogil:
-                need = dir_plus(self.b, self.handles, inodes, parent, &index, size, sec, nsec,
-                                buf, &used)
-            return PyBytes_FromStringAndSize(<char *>buf, used), index, need
+                status = dir_plus(self.b, self.handles, inodes, parent, &index, size, sec,
+                                  nsec, buf, &used)
+            return PyBytes_FromStringAndSize(<char *>buf, used), index, status
         finally:
             free(buf)
 
