@@ -16,6 +16,7 @@ from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_hand
                                      name_to_handle_at, open_by_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
                                      fchownat, syncfs, syscall, timespec, unshare)
+from fastvfs.includes.fs_ids cimport fastvfs_fs_ids_known, fastvfs_fsgid, fastvfs_fsuid
 from fastvfs.includes.own_fs cimport fastvfs_own_fs
 from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, c_umask, utimensat
 from fastvfs.includes.statx cimport FASTVFS_STATX_MASK, STATX_MNT_ID
@@ -91,19 +92,30 @@ cdef int _fs_ids(uint32_t uid, uint32_t gid, uint32_t *old_uid,
     CAP_SETUID/CAP_SETGID for.  A refusal would leave the daemon's own ids in force, so that a
     file would be created with the wrong owner: the ids are read back (an id of -1 is never
     valid, so the call only returns the current one) and a refusal restores the previous pair.
-    Ids already in force (the previous pair is the one asked for) need no reading back.
+    Ids already in force (the previous pair is the one asked for) need no reading back, and
+    ids this thread is known to hold (includes/fs_ids.pxd) no system call at all.
     """
+    global fastvfs_fs_ids_known, fastvfs_fsuid, fastvfs_fsgid
     cdef long now_gid, now_uid
+    if fastvfs_fs_ids_known and fastvfs_fsuid == uid and fastvfs_fsgid == gid:
+        old_uid[0] = uid
+        old_gid[0] = gid
+        return 0
     old_gid[0] = <uint32_t>syscall(SYS_setfsgid, gid)
     old_uid[0] = <uint32_t>syscall(SYS_setfsuid, uid)
-    if old_gid[0] == gid and old_uid[0] == uid:
-        return 0
-    now_gid = syscall(SYS_setfsgid, <unsigned int>-1)
-    now_uid = syscall(SYS_setfsuid, <unsigned int>-1)
-    if <unsigned int>now_uid != uid or <unsigned int>now_gid != gid:
-        syscall(SYS_setfsgid, old_gid[0])
-        syscall(SYS_setfsuid, old_uid[0])
-        return -EPERM
+    if old_gid[0] != gid or old_uid[0] != uid:
+        now_gid = syscall(SYS_setfsgid, <unsigned int>-1)
+        now_uid = syscall(SYS_setfsuid, <unsigned int>-1)
+        if <unsigned int>now_uid != uid or <unsigned int>now_gid != gid:
+            syscall(SYS_setfsgid, old_gid[0])
+            syscall(SYS_setfsuid, old_uid[0])
+            fastvfs_fsuid = old_uid[0]
+            fastvfs_fsgid = old_gid[0]
+            fastvfs_fs_ids_known = 1
+            return -EPERM
+    fastvfs_fsuid = uid
+    fastvfs_fsgid = gid
+    fastvfs_fs_ids_known = 1
     return 0
 
 

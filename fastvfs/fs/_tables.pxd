@@ -187,7 +187,7 @@ cdef class HandleTable(SlotTable):
 
     cdef bint direct(self, uint64_t fh) noexcept nogil
     cdef bint is_directory(self, uint64_t fh) noexcept nogil
-    cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil
+    cdef int64_t _add_fd(self, int fd, bint directory, bint direct) noexcept nogil
 
 
 # -- node ids (tables/nodes.pxi) ----------------------------------------------------------------

@@ -585,6 +585,40 @@ def test_open(tmp_path, io_engine, options):
         pair.close()
 
 
+@pytest.mark.parametrize("allow_direct_io", [False, True])
+def test_open_and_create_remember_o_direct(tmp_path, io_engine, allow_direct_io):
+    """A handle opened O_DIRECT in C (OPEN, CREATE) is marked so from the flags the
+    description was opened with, as one the engine opens is from its descriptor: its reads
+    then never take the lone path (test_ring).  Without --allow-direct-io the flag is dropped
+    before the open, and no handle is marked."""
+    pair = _make_pair(tmp_path, io_engine, allow_direct_io=allow_direct_io)
+    try:
+        try:
+            os.close(os.open(pair.root / "f", os.O_RDONLY | os.O_DIRECT))
+        except OSError:
+            pytest.skip("no O_DIRECT on this file system")
+        os.chmod(pair.root / "d", 0o777)     # the requests' caller is uid 1000
+        f, d = pair.lookup(b"f"), pair.lookup(b"d")
+        for i, flags in enumerate((os.O_RDWR | os.O_DIRECT, os.O_RDWR,
+                                   os.O_RDONLY | os.O_DIRECT)):
+            expected = allow_direct_io and bool(flags & os.O_DIRECT)
+            for served, make in (("c", pair.in_c), ("python", pair.in_python)):
+                opened = make(_open(f, flags), [16, 16] if served == "c" else 32)
+                created = make(_create(d, f"{served}{i}\0".encode(), flags),
+                               [16, abi.ENTRY_OUT_SIZE, abi.open_out.size] if served == "c"
+                               else 16 + abi.ENTRY_OUT_SIZE + abi.open_out.size)
+                for reply, at in ((opened, 16), (created, 16 + abi.ENTRY_OUT_SIZE)):
+                    assert out_header(reply)[1] == 0, served
+                    fh = abi.open_out.unpack_from(reply, at)[0]
+                    fd = pair.ring.handles.get(fh)
+                    on_host = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+                    assert pair.ring.handles.direct_of(fh) == on_host == expected, \
+                        (served, oct(flags))
+                    pair.ring.handles.remove(fh)
+    finally:
+        pair.close()
+
+
 def test_open_answers_cache_mode_flags(tmp_path, io_engine):
     for cache, flags in (("never", abi.FOPEN_DIRECT_IO), ("always", abi.FOPEN_KEEP_CACHE),
                          ("auto", 0)):

@@ -10,7 +10,8 @@
 from libc.errno cimport EEXIST, EPERM
 
 from fastvfs.fs._sys cimport FsCreds, creds_enter, creds_leave
-from fastvfs.includes.fcntl cimport AT_SYMLINK_FOLLOW, O_CREAT, O_EXCL, O_NOFOLLOW, O_PATH
+from fastvfs.includes.fcntl cimport (AT_SYMLINK_FOLLOW, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW,
+                                     O_PATH)
 from fastvfs.includes.posix cimport linkat, symlinkat
 from fastvfs.includes.stat cimport mkdirat, mknodat
 from fastvfs.includes.statx cimport AT_EMPTY_PATH
@@ -167,7 +168,7 @@ cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, c
     cdef FsCreds caller, saved
     cdef int64_t nodeid
     cdef int64_t got
-    cdef int rc, fd, pfd
+    cdef int rc, fd, pfd, oflags
     if not _creatable(handles, inodes):
         return 0
     if kind == MAKE_CREATE and flags & O_TRUNC and handles.cap_xattr[0]:
@@ -189,8 +190,8 @@ cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, c
     if creds_enter(&caller, &saved) < 0:
         inodes.release(parent)
         return 0
-    fd = make_name(pfd, name, kind, mode, rdev, target,
-                   _open_flags(&handles.open_policy, flags) if kind == MAKE_CREATE else 0)
+    oflags = _open_flags(&handles.open_policy, flags) if kind == MAKE_CREATE else 0
+    fd = make_name(pfd, name, kind, mode, rdev, target, oflags)
     creds_leave(&saved)
     if fd == -EEXIST and kind == MAKE_CREATE and not flags & O_EXCL:
         inodes.release(parent)
@@ -205,7 +206,7 @@ cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, c
     if nodeid < 0:
         c_close(fd)
         return nodeid
-    got = handles._add_fd(fd, False)
+    got = handles._add_fd(fd, False, oflags & O_DIRECT != 0)
     if got < 0:
         c_close(fd)
         return -EMFILE

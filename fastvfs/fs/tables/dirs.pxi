@@ -265,7 +265,7 @@ cdef int dir_open(HandleTable handles, NodeTable inodes, uint64_t nodeid,
     inodes.release(nodeid)
     if rc < 0:
         return rc
-    got = handles._add_fd(nfd, True)
+    got = handles._add_fd(nfd, True, False)
     if got < 0:
         c_close(nfd)
         return -EMFILE

@@ -65,11 +65,12 @@ cdef class HandleTable(SlotTable):
             locks_released(self, fh)
         return -EBADF if rc < 0 else 0
 
-    cdef int64_t _add_fd(self, int fd, bint directory) noexcept nogil:
-        """A new handle owning ``fd`` (``add``, ``open_node``, ``dir_open``), or -1 when the
-        table is full.  A directory is never read as a file, O_DIRECT or not."""
-        cdef bint direct = not directory and fcntl(fd, F_GETFL) & O_DIRECT != 0
+    cdef int64_t _add_fd(self, int fd, bint directory, bint direct) noexcept nogil:
+        """A new handle owning ``fd`` (``add``, ``open_node``, ``make_node``, ``dir_open``),
+        or -1 when the table is full.  ``direct``: the description was opened with O_DIRECT
+        (its reads then never take the lone path); a directory is never read as a file."""
         cdef int64_t fh
+        direct = direct and not directory
         pthread_mutex_lock(&self.lock)
         fh = self._take_slot(fd)
         if fh >= 0:
@@ -101,10 +102,20 @@ cdef class HandleTable(SlotTable):
         budget and holds its listing (tables/dirs.pxi)."""
         cdef int64_t fh
         with nogil:
-            fh = self._add_fd(fd, directory)
+            fh = self._add_fd(fd, directory,
+                             not directory and fcntl(fd, F_GETFL) & O_DIRECT != 0)
         if fh < 0:
             raise OSError(24, "handle table full")
         return fh
+
+    def direct_of(self, uint64_t fh):
+        """Whether handle ``fh`` was opened O_DIRECT (``direct``); raises OSError(EBADF)."""
+        cdef bint direct
+        if self.acquire(fh) < 0:
+            raise OSError(EBADF, "bad file handle")
+        direct = self.direct(fh)
+        self.release(fh)
+        return direct
 
     def get(self, uint64_t fh):
         """The fd behind ``fh`` for a request served with the GIL held; raises OSError(EBADF).

@@ -268,7 +268,7 @@ cdef int lock_open(HandleTable h, int nfd, uint32_t mode, int kind, uint32_t loc
     else:
         choices[0], choices[1], choices[2], n = O_RDONLY, O_RDWR, O_WRONLY, 3
     for i in range(n):
-        fd = reopen_fd(&h.open_policy, nfd, choices[i], directory)
+        fd = reopen_fd(&h.open_policy, nfd, choices[i])
         if fd >= 0:
             writable[0] = (choices[i] & O_ACCMODE) != O_RDONLY
             return fd
@@ -321,7 +321,7 @@ cdef int _lock_writable(HandleTable h, LockDesc *d, uint32_t lock_type) noexcept
     pthread_mutex_unlock(&h.locks_mutex)
     if busy:
         return -ENOLCK
-    fd = reopen_fd(&h.open_policy, d.fd, O_RDWR, False)
+    fd = reopen_fd(&h.open_policy, d.fd, O_RDWR)
     if fd < 0:
         return fd
     for i in range(d.nranges):

@@ -1,15 +1,15 @@
 # Naming a node through /proc/self/fd in C as the file system does (fastvfs.procfd): for the
 # hot path's OPEN, as PassthroughFs.open does it in Python (the descriptor budget, the node's
-# file type checked before the open and again on the new descriptor, the guest's flags
+# file type checked before the open, the guest's flags
 # filtered as ``_open_flags`` filters them, the reopen with O_CLOEXEC, a handle in the handle
 # table); the names are SETATTR's too (tables/attrs.pxi).  The settings are the file system's
 # own, given once through ``set_open_policy``.
 
 from libc.errno cimport EACCES, EINTR, EISDIR, ELOOP, EMFILE
-from libc.stdio cimport snprintf
+from libc.string cimport strlen
 
-from fastvfs.includes.fcntl cimport (AT_FDCWD, O_ACCMODE, O_APPEND, O_CLOEXEC, O_RDWR, O_TRUNC,
-                                     O_WRONLY, openat)
+from fastvfs.includes.fcntl cimport (AT_FDCWD, O_ACCMODE, O_APPEND, O_CLOEXEC, O_DIRECT,
+                                     O_RDWR, O_TRUNC, O_WRONLY, openat)
 from fastvfs.includes.stat cimport S_ISDIR, S_ISLNK, S_ISREG, fchmodat
 
 
@@ -68,44 +68,51 @@ cdef inline int _open_flags(const OpenPolicy *policy, int flags) noexcept nogil:
 
 cdef inline void _proc_name(const OpenPolicy *policy, int fd, char *path,
                             size_t size) noexcept nogil:
-    """The name of descriptor ``fd`` relative to ``policy.proc_dir``, as fastvfs.procfd makes
-    it: ``proc_prefix`` + "N"."""
-    snprintf(path, size, "%s%d", policy.proc_prefix, fd)
+    """The name of descriptor ``fd`` (>= 0) relative to ``policy.proc_dir``, as
+    fastvfs.procfd makes it: ``proc_prefix`` + "N" in decimal.  ``size`` holds the longest
+    prefix (15 bytes), ten digits and the NUL."""
+    cdef char digits[10]
+    cdef size_t n = 0, at = strlen(policy.proc_prefix)
+    cdef unsigned int v = <unsigned int>fd
+    memcpy(path, policy.proc_prefix, at)
+    while True:
+        digits[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    while n:
+        n -= 1
+        path[at] = digits[n]
+        at += 1
+    path[at] = 0
 
 
-cdef int reopen_fd(const OpenPolicy *policy, int nfd, int flags,
-                   bint directory) noexcept nogil:
+cdef int reopen_fd(const OpenPolicy *policy, int nfd, int flags) noexcept nogil:
     """A new open file description of node descriptor ``nfd`` with ``flags`` through its
-    /proc/self/fd name (as the open policy names it, PassthroughFs._reopen), checked on the
-    new descriptor to be a regular file (or a directory, where ``directory``): the descriptor
-    or -errno.  The caller checked the node's type before, since opening a FIFO blocks and
-    opening a device reaches a host driver."""
+    /proc/self/fd name (as the open policy names it, PassthroughFs._reopen): the descriptor
+    or -errno.  The caller checked the node's type first (a regular file, or a directory
+    opened with O_DIRECTORY), since opening a FIFO blocks and opening a device reaches a host
+    driver.  That check is the whole check: the name is a magic link to the very inode
+    ``nfd`` holds (proc(5); no path walk the guest controls), and an inode's file type never
+    changes, so the new descriptor is of the type checked."""
     cdef char path[48]
-    cdef stat st
-    cdef int fd, rc
+    cdef int fd
     _proc_name(policy, nfd, path, sizeof(path))
     fd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
     while fd < 0 and errno == EINTR:
         fd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
-    if fd < 0:
-        return -errno
-    rc = -errno if fstat(fd, &st) < 0 else 0
-    if rc == 0 and not (directory and S_ISDIR(st.st_mode)):
-        rc = _openable(st.st_mode)
-    if rc < 0:
-        c_close(fd)
-        return rc
-    return fd
+    return -errno if fd < 0 else fd
 
 
 def reopen(HandleTable handles, int nfd, uint32_t mode, int flags):
     """``reopen_fd`` for the file system (PassthroughFs._reopen): a regular file of type
     ``mode`` reopened with ``flags``, its descriptor; OSError (ELOOP, EISDIR, EACCES for what
-    is no regular file, checked before the open and again after, or the open's error)."""
+    is no regular file, checked before the open, or the open's error)."""
     cdef int fd = _openable(mode)
     if fd == 0:
         with nogil:
-            fd = reopen_fd(&handles.open_policy, nfd, flags, False)
+            fd = reopen_fd(&handles.open_policy, nfd, flags)
     _check(fd)
     return fd
 
@@ -117,8 +124,8 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
     -errno, or 1 for what only the file system decides (no policy set, the budget used up:
     EMFILE there, a node held by file handle without a descriptor, O_TRUNC with a mapped
     capability to remove).  Only a regular file is opened: its type is checked before the
-    open, since opening a FIFO blocks and opening a device reaches a host driver, and again
-    on the new descriptor."""
+    open (``reopen_fd``), since opening a FIFO blocks and opening a device reaches a host
+    driver."""
     cdef OpenPolicy *policy = &handles.open_policy
     cdef int rc, nfd = -1
     cdef int fd
@@ -132,13 +139,14 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
         return 1
     if fd < 0:
         return -ENOENT
+    flags = _open_flags(policy, flags)
     rc = _openable(inodes.mode_of(nodeid))
     if rc == 0:
-        nfd = rc = reopen_fd(policy, fd, _open_flags(policy, flags), False)
+        nfd = rc = reopen_fd(policy, fd, flags)
     inodes.release(nodeid)
     if rc < 0:
         return rc
-    got = handles._add_fd(nfd, False)
+    got = handles._add_fd(nfd, False, flags & O_DIRECT != 0)
     if got < 0:
         c_close(nfd)
         return -EMFILE
