@@ -2,13 +2,17 @@
 # check of whether to wake the guest.  The used ring itself is splitq.pxi's; these run on the
 # worker, taking the ring lock to publish.
 
+# The replies one batch publishes, for the tests.
+REPLIES_PER_BATCH = PUBLISH_BATCH
+
+
 cdef void used_push(Virtqueue vq, uint16_t head, uint32_t length) noexcept nogil:
     """Queue one used element.  Replies, of every opcode, are published (with one
     notification check) every PUBLISH_BATCH replies and whenever the worker is about to wait
     or take the GIL (``used_flush`` in ``_drain_fast`` and before ``ask_engine``), so none
     waits on a sleeping worker and the guest is woken at most once per batch: one ring lock and
     one notification check per batch rather than per reply (reports/micro/2026-12-06T213605.md
-    compares the two)."""
+    compares the two; reports/micro/2026-12-07-publish-batch.md batches of 16 and 8)."""
     vq.pub.heads[vq.pub.n] = head
     vq.pub.lens[vq.pub.n] = length
     vq.pub.n += 1

@@ -977,7 +977,7 @@ class TestFastPath:
 
 
 class TestPublishingInBatches:
-    """Replies of every opcode are published PUBLISH_BATCH (8) at a time, each batch with one
+    """Replies of every opcode are published PUBLISH_BATCH (16) at a time, each batch with one
     notification check, and whatever is queued when the worker runs out of requests: the guest
     is woken at most once per batch, and never left waiting on a sleeping worker."""
 
@@ -986,7 +986,7 @@ class TestPublishingInBatches:
         inodes.add_root(os.open(tmp_path, os.O_PATH))
         # No EVENT_IDX: the driver asks to be woken for every used element, so each
         # notification check that finds something published signals.
-        h = harness(inodes=inodes, size=64, event_idx=False)
+        h = harness(inodes=inodes, size=128, event_idx=False)
         h.vq.set_fast_io(True)
         heads = [h.dq.add_chain([request(abi.Opcode.GETATTR, bytes(16))], [16, 120])
                  for _ in range(count)]
@@ -1003,8 +1003,10 @@ class TestPublishingInBatches:
         return os.eventfd_read(h.dq.call_fd)
 
     def test_a_notification_per_batch_of_metadata_replies(self, harness, tmp_path):
-        # 20 GETATTRs answered in C: published 8, 8 and the last 4 when the ring is empty.
-        assert self._getattrs(harness, tmp_path, 20) == 3
+        # GETATTRs answered in C: two full batches, then the last 4 when the ring is empty.
+        batch = _ring.REPLIES_PER_BATCH
+        assert batch == 16
+        assert self._getattrs(harness, tmp_path, 2 * batch + 4) == 3
 
     def test_a_lone_reply_is_published_before_the_worker_sleeps(self, harness, tmp_path):
         assert self._getattrs(harness, tmp_path, 1) == 1
