@@ -712,8 +712,8 @@ class PassthroughFs:
         """Open ``inode`` for I/O through ``/proc/self/fd`` with ``flags``, in C as the hot
         path's ``open_node`` and a lock's ``lock_open`` open it (``_tables.reopen``).  Only
         regular files are opened, checked before the open, since opening a FIFO blocks until a
-        peer comes and opening a device reaches a host driver, and checked again on the
-        descriptor the open returned."""
+        peer comes and opening a device reaches a host driver (the check is final: the
+        /proc/self/fd name opens the very inode checked, whose type never changes)."""
         return _tables.reopen(self.handles, self.inodes.fd(inode), inode.mode, flags)
 
     def _open_flags(self, flags):
