@@ -325,8 +325,9 @@ def _preload():
     except OSError:
         pass
     # logging.handlers is not among them: setup_logging imports it before the sandbox where
-    # syslog is asked for, and nothing else uses it.
-    import encodings.idna  # noqa: F401  (socket error paths)
+    # syslog is asked for, and nothing else uses it.  Nor is encodings.idna: the socket module
+    # encodes a host name with it only for a non-ASCII name given to a TCP call, and the one
+    # TCP socket (--metrics-address) is bound before the sandbox.
     import traceback  # noqa: F401  (logging.exception)
 
 
