@@ -107,8 +107,7 @@ def test_descriptors_are_named_by_their_number(tmp_path):
     node = os.open(path, os.O_PATH)
     resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
     try:
-        for number in sorted({10, 99, 100, 4096, 65535, 100000, top} - {n for n in
-                                                                          (0, 1, 2)}):
+        for number in sorted({10, 99, 100, 4096, 65535, 100000, top}):
             if number > top:
                 continue
             try:

@@ -14,7 +14,7 @@ cdef int _named_call(HandleTable handles, int ifd, char *path, int *entered) noe
     thread's working directory the first time (``_enter_named``; ``entered`` says whether it
     moved): 0, or -errno when the move was refused (fastvfs.procfd.named raises the same)."""
     if entered[0] == 0:
-        entered[0] = _enter_named(handles, ifd, path, 48)
+        entered[0] = _enter_named(handles, ifd, path)
         if entered[0] < 0:
             entered[0] = 0
             return -errno if errno else -EINVAL
@@ -52,7 +52,7 @@ cdef int change_node(HandleTable handles, int ifd, uint32_t kind, int fd, uint32
         if fd >= 0:
             rc = fchmod(fd, mode)
         else:
-            _proc_name(&handles.open_policy, ifd, path, sizeof(path))
+            _proc_name(&handles.open_policy, ifd, path)
             rc = fchmodat(handles.open_policy.proc_dir, path, mode, 0)
         if rc < 0:
             return -errno

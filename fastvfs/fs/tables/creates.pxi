@@ -90,7 +90,7 @@ cdef int link_name(HandleTable handles, int fd, int newdirfd,
     0 or -errno."""
     cdef OpenPolicy *policy = &handles.open_policy
     cdef char path[48]
-    _proc_name(policy, fd, path, sizeof(path))
+    _proc_name(policy, fd, path)
     if linkat(policy.proc_dir, path, newdirfd, newname, AT_SYMLINK_FOLLOW) < 0:
         return -errno
     return 0

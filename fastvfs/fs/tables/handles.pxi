@@ -68,9 +68,9 @@ cdef class HandleTable(SlotTable):
     cdef int64_t _add_fd(self, int fd, bint directory, bint direct) noexcept nogil:
         """A new handle owning ``fd`` (``add``, ``open_node``, ``make_node``, ``dir_open``),
         or -1 when the table is full.  ``direct``: the description was opened with O_DIRECT
-        (its reads then never take the lone path); a directory is never read as a file."""
+        (its reads then never take the lone path); False for a directory, which is never read
+        as a file."""
         cdef int64_t fh
-        direct = direct and not directory
         pthread_mutex_lock(&self.lock)
         fh = self._take_slot(fd)
         if fh >= 0:

@@ -66,11 +66,10 @@ cdef inline int _open_flags(const OpenPolicy *policy, int flags) noexcept nogil:
     return flags
 
 
-cdef inline void _proc_name(const OpenPolicy *policy, int fd, char *path,
-                            size_t size) noexcept nogil:
+cdef inline void _proc_name(const OpenPolicy *policy, int fd, char *path) noexcept nogil:
     """The name of descriptor ``fd`` (>= 0) relative to ``policy.proc_dir``, as
-    fastvfs.procfd makes it: ``proc_prefix`` + "N" in decimal.  ``size`` holds the longest
-    prefix (15 bytes), ten digits and the NUL."""
+    fastvfs.procfd makes it: ``proc_prefix`` + "N" in decimal.  ``path`` has room for the
+    longest prefix (15 bytes), ten digits and the NUL (every caller's holds 48)."""
     cdef char digits[10]
     cdef size_t n = 0, at = strlen(policy.proc_prefix)
     cdef unsigned int v = <unsigned int>fd
@@ -98,7 +97,7 @@ cdef int reopen_fd(const OpenPolicy *policy, int nfd, int flags) noexcept nogil:
     changes, so the new descriptor is of the type checked."""
     cdef char path[48]
     cdef int fd
-    _proc_name(policy, nfd, path, sizeof(path))
+    _proc_name(policy, nfd, path)
     fd = openat(policy.proc_dir, path, flags | O_CLOEXEC)
     while fd < 0 and errno == EINTR:
         fd = openat(policy.proc_dir, path, flags | O_CLOEXEC)

@@ -25,14 +25,14 @@ def set_xattr_policy(HandleTable handles, bint unmapped, bint settable=False):
     handles.xattrs_settable = unmapped and settable
 
 
-cdef int _enter_named(HandleTable handles, int fd, char *path, size_t size) noexcept nogil:
+cdef int _enter_named(HandleTable handles, int fd, char *path) noexcept nogil:
     """Write in ``path`` the name of descriptor ``fd`` as fastvfs.procfd.named makes it, for a
     call that takes no directory descriptor: relative to the working directory, which in the
     chroot sandbox (a /proc descriptor of its own) is this thread's own, moved there for the
     call (``_leave_named`` moves it back to the chroot's /).  0 named, 1 named with the
     working directory moved, -1 when the move was refused (the file system then names it)."""
     cdef OpenPolicy *policy = &handles.open_policy
-    _proc_name(policy, fd, path, size)
+    _proc_name(policy, fd, path)
     if policy.proc_dir == AT_FDCWD:
         return 0
     if own_fs() < 0:
@@ -78,7 +78,7 @@ cdef int _xattr_call(HandleTable handles, NodeTable inodes, uint64_t nodeid, Xat
     if name != NULL and name[0] == 0:
         inodes.release(nodeid)
         return -EINVAL              # passthrough._xattr_name (the kernel would say ERANGE)
-    entered = _enter_named(handles, fd, path, sizeof(path))
+    entered = _enter_named(handles, fd, path)
     if entered < 0:
         inodes.release(nodeid)
         return 1
