@@ -64,10 +64,12 @@ HOLDER = 0x401d     # the lock owner of the lock a ``hold_lock`` workload runs b
 CACHE = {"never": "none", "auto": "auto", "always": "always"}
 
 
-def backend_argv(name, sock, shared, cache):
+def backend_argv(name, sock, shared, cache, extra=()):
+    """The command line of ``name`` ("fastvfs" or "reference"); ``extra`` is appended to
+    fastvfs's."""
     if name == "fastvfs":
         return [sys.executable, "-m", "fastvfs", "--socket-path", sock, "--shared-dir", shared,
-                "--cache", cache, "--xattr", "--posix-lock", "--log-level", "error"]
+                "--cache", cache, "--xattr", "--posix-lock", "--log-level", "error", *extra]
     return [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}",
             "-o", f"cache={CACHE[cache]}", "-o", "xattr", "-o", "posix_lock"]
 
@@ -562,12 +564,12 @@ def drive(client, workload, ctx, depth, seconds):
 class Session:
     """One backend serving its own copy of the tree, the Python driver up on it."""
 
-    def __init__(self, name, workdir, cache, prefix=()):
+    def __init__(self, name, workdir, cache, prefix=(), extra=()):
         self.name = name
         self.shared = Path(workdir) / name
         make_tree(self.shared)
         self.sock, self.proc, self.frontend = micro.start_daemon(
-            [*prefix, *backend_argv(name, "{sock}", str(self.shared), cache)], name,
+            [*prefix, *backend_argv(name, "{sock}", str(self.shared), cache, extra)], name,
             queue_size=QUEUE_SIZE)
         # Data in page-sized descriptors, as the kernel's page vectors are.
         self.client = FuseClient(self.frontend, data_desc_size=PAGE_SIZE, timeout=30)
@@ -775,9 +777,10 @@ def _threads(pid):
     return len(list(micro.threads(pid)))
 
 
-def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=()):
+def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=(), extra=()):
     """({key: row} for ``names`` at ``depths``, {backend: threads after start-up}); both
-    backends are started fresh for the call, fastvfs under the command ``prefix`` if given."""
+    backends are started fresh for the call, fastvfs under the command ``prefix`` if given and
+    with the options ``extra`` added to its own."""
     workdir = tempfile.mkdtemp(prefix="fastvfs-ops-")
     results, threads = {}, {}
     backends = ["fastvfs", "reference"]
@@ -785,7 +788,8 @@ def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=
         sessions = {}
         try:
             for b in backends:
-                sessions[b] = Session(b, workdir, cache, prefix if b == "fastvfs" else ())
+                sessions[b] = (Session(b, workdir, cache, prefix, extra) if b == "fastvfs"
+                               else Session(b, workdir, cache))
             for b in backends:
                 threads[b] = _threads(sessions[b].proc.pid)
             for name in names:
@@ -844,6 +848,9 @@ def main(argv=None):
     p.add_argument("--cache", choices=list(CACHE), default="auto",
                    help="both daemons' cache mode (default auto, a guest's usual one)")
     p.add_argument("--no-lean", action="store_true", help="skip the lean C driver's rows")
+    p.add_argument("--fastvfs-arg", action="append", default=[], metavar="ARG",
+                   help="an option added to fastvfs's command line (repeatable), e.g. "
+                        "--fastvfs-arg=--inode-file-handles=prefer, Kata's default")
     p.add_argument("--out", default="reports/ops")
     args = p.parse_args(argv)
     if not os.access(REFERENCE, os.X_OK):
@@ -855,11 +862,11 @@ def main(argv=None):
     depths = [int(d) for d in args.depths.split(",")]
     commit = _git_commit()   # the commit measured, taken before a run a commit may outlast
     results, threads = measure(names, depths, args.seconds, args.rounds, args.cache,
-                               lean=not args.no_lean)
+                               lean=not args.no_lean, extra=args.fastvfs_arg)
     config = output.base_config(
         commit=commit, seconds=args.seconds, rounds=args.rounds, depths=depths,
         cache=args.cache, queue_size=QUEUE_SIZE, request_queues_used=1,
-        fastvfs_argv=backend_argv("fastvfs", "SOCK", "DIR", args.cache)[1:],
+        fastvfs_argv=backend_argv("fastvfs", "SOCK", "DIR", args.cache, args.fastvfs_arg)[1:],
         reference_argv=backend_argv("reference", "SOCK", "DIR", args.cache),
         fastvfs_sandbox="namespace (default), seccomp on (default)",
         reference_sandbox="namespace (default)",

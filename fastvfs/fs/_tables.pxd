@@ -8,15 +8,14 @@
 # fastvfs/fs/_tables.pyx, whose fragments (fastvfs/fs/tables/*.pxi) hold the bodies.
 
 cimport cython
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastvfs.includes.fcntl cimport fastvfs_file_handle
 from fastvfs.includes.fuse_kernel cimport fuse_attr, fuse_entry_out, fuse_file_lock
 from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.statx cimport statx
 
 cdef enum:
-    # Node ids the hot path may drop (FORGET) before the file system has pruned its records.
-    DROPPED_MAX = 1024
     LOOKUP_NAME_MAX = 255
     XATTR_NAME_MAX = 255  # the longest attribute name (linux/limits.h); longer is ERANGE
     TARGET_MAX = 4095     # the longest symlink target (PATH_MAX with its NUL); longer is EINVAL
@@ -43,7 +42,7 @@ cdef class SlotTable:
     cdef readonly uint32_t count
     # Descriptors the file system holds besides this table's slots, counted against the
     # guest's descriptor budget (PassthroughFs.fds_held): on the handle table its directory
-    # handles' records, on the node id table its mount descriptors (``set_fds_other``).
+    # handles' records, on the node id table the descriptors of mounts it opens handles on.
     cdef readonly uint32_t fds_other
 
     cdef int _alloc(self, uint32_t capacity, size_t stride) except -1
@@ -192,6 +191,25 @@ cdef class HandleTable(SlotTable):
 
 # -- node ids (tables/nodes.pxi) ----------------------------------------------------------------
 
+# The file handle a node held by file handle is reopened by (``NodeTable.fhs``, one per slot):
+# struct file_handle's handle_type and handle_bytes, the bytes themselves in ``data`` when they
+# fit (ext4, xfs, tmpfs: 8 to 16) or else in ``heap`` (malloc'd, up to MAX_HANDLE_SZ), and the
+# index of its mount's descriptor in ``NodeTable.mount_fds``.
+cdef enum:
+    NODE_HANDLE_INLINE = 24
+    # Host mounts whose inodes may be held by file handle, each with a descriptor to open
+    # handles on; inodes of mounts beyond are held by descriptor ("prefer") or refused
+    # (EOPNOTSUPP, "mandatory").
+    HANDLE_MOUNTS_MAX = 64
+
+cdef struct NodeHandle:
+    uint8_t *heap
+    int type
+    uint16_t size
+    uint16_t mount
+    uint8_t data[NODE_HANDLE_INLINE]
+
+
 cdef struct NodeSlot:
     Slot s
     uint8_t recent        # atomic: a node held by file handle was used since the clock passed
@@ -211,17 +229,24 @@ cdef class NodeTable(SlotTable):
     cdef NodeSlot *nodes              # mem, typed
     cdef uint32_t *buckets
     cdef uint32_t nbuckets
-    # Node ids the hot path dropped (FORGET), for the file system to prune its own records.
-    cdef uint64_t dropped[DROPPED_MAX]
-    cdef uint32_t ndropped
     # Nodes held by file handle, those of them with a cached descriptor, and the bound on the
     # latter; the clock queue of cached slots (a ring of slot indexes, each at most once).
+    # ``clock`` and ``fhs`` (each slot's handle) exist once ``set_handle_mode`` allowed
+    # handles; ``handles_mandatory``: an inode without one is refused, not held by descriptor.
     cdef readonly uint32_t handle_nodes
     cdef readonly uint32_t handle_fds
     cdef readonly uint32_t fds_max
     cdef uint32_t *clock
     cdef uint32_t clock_head
     cdef uint32_t clock_len
+    cdef NodeHandle *fhs
+    cdef bint handles_mandatory
+    # The host mounts handles are opened on: their mount ids (name_to_handle_at's) and a
+    # descriptor of each (``_mount_fd``), appended under the mutex, never removed; the count
+    # is also this table's ``fds_other``.
+    cdef int mount_ids[HANDLE_MOUNTS_MAX]
+    cdef int mount_fds[HANDLE_MOUNTS_MAX]
+    cdef uint32_t nmounts
 
     # Mutex held.
     cdef void _unlink_key(self, uint64_t idx) noexcept nogil
@@ -230,10 +255,19 @@ cdef class NodeTable(SlotTable):
     cdef void _clock_push(self, uint32_t idx) noexcept nogil
     cdef void _cache_locked(self, uint32_t idx) noexcept nogil
     cdef void _evict_locked(self) noexcept nogil
+    cdef void _forget_handle_locked(self, uint64_t idx) noexcept nogil
+    cdef bint _same_handle_locked(self, uint64_t idx, const fastvfs_file_handle *fh,
+                                  uint32_t mount) noexcept nogil
+    cdef int64_t _mount_index_locked(self, int mount_id) noexcept nogil
 
-    cdef int64_t adopt_c(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle,
-                         uint32_t mode, bint *created, bint *taken) noexcept nogil
+    cdef int _reopen(self, uint64_t nodeid) noexcept nogil
+    cdef int64_t adopt_c(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt,
+                         const fastvfs_file_handle *fh, uint32_t mount, uint32_t mode,
+                         bint *created, bint *taken) noexcept nogil
     cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
+    cdef bint may_hold(self, uint64_t parent, uint64_t ino) noexcept nogil
+    cdef int64_t add_mount(self, int mount_id, int mount_fd) noexcept nogil
+    cdef int64_t mount_index(self, int mount_id) noexcept nogil
 
     cdef inline uint32_t mode_of(self, uint64_t nodeid) noexcept nogil:
         """The st_mode ``nodeid`` had when adopted, its file type for good (a reference held,
@@ -244,8 +278,7 @@ cdef class NodeTable(SlotTable):
         """The inode number ``nodeid`` was adopted with (its key's; a reference held)."""
         return self.nodes[(nodeid & 0xffffffffUL) - 1].ino
     cdef uint64_t mount_of(self, uint64_t nodeid) noexcept nogil
-    cdef bint dropped_room(self, uint32_t n) noexcept nogil
-    cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil
+    cdef bint forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil
 
 
 # -- helpers (tables/helpers.pxi) ---------------------------------------------------------------
@@ -254,8 +287,8 @@ cdef void pack_attr(const statx *st, fuse_attr *a) noexcept nogil
 cdef void pack_entry(uint64_t nodeid, const statx *st, uint64_t valid, uint32_t valid_nsec,
                      fuse_entry_out *out) noexcept nogil
 cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent,
-                          const char *name, size_t length, uint64_t valid, uint32_t valid_nsec,
-                          fuse_entry_out *out) noexcept nogil
+                          const char *name, size_t length, uint64_t listed_ino, uint64_t valid,
+                          uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil

@@ -41,11 +41,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EBADF, EINTR, EINVAL, ENOENT
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from fastvfs.fs._sys cimport Statx
 from fastvfs.includes.atomics cimport fastvfs_cpu_relax
-from fastvfs.includes.fcntl cimport F_GETFL, O_DIRECT, fcntl
+from fastvfs.includes.fcntl cimport (F_GETFL, MAX_HANDLE_SZ, O_CLOEXEC, O_DIRECT, O_NOFOLLOW,
+                                     O_PATH, fastvfs_file_handle, fcntl, name_to_handle_at,
+                                     open_by_handle_at)
 from fastvfs.includes.fuse_kernel cimport FUSE_NAME_OFFSET, fuse_attr, fuse_dirent, fuse_entry_out
 from fastvfs.includes.handle_state cimport (FASTVFS_BUSY, FASTVFS_LIVE, FASTVFS_REFS,
                                             fastvfs_flag_set, fastvfs_flag_take,

@@ -81,34 +81,29 @@ kill_mapped_capability = _tables.kill_mapped_capability_of
 class Inode:
     """A view of one node id, made by :class:`InodeStore` for the request that asks (the store
     keeps no Python object per inode).  ``fd``: the inode's O_PATH descriptor, or None when it
-    is held by file handle (``handle``, as ``_sys.name_to_handle`` gives it, on mount
-    ``mount_id``): then ask the store for a descriptor (:meth:`InodeStore.fd`).  ``mode``: the
-    st_mode seen when the inode was first looked up; only its file type is meaningful."""
-    __slots__ = ("nodeid", "fd", "key", "mode", "handle", "mount_id")
+    is held by file handle: then ask the store for a descriptor (:meth:`InodeStore.fd`).
+    ``mode``: the st_mode seen when the inode was first looked up; only its file type is
+    meaningful."""
+    __slots__ = ("nodeid", "fd", "key", "mode")
 
-    def __init__(self, nodeid, fd, key, mode, handle=None, mount_id=0):
+    def __init__(self, nodeid, fd, key, mode):
         self.nodeid = nodeid
         self.fd = fd
         self.key = key
         self.mode = mode
-        self.handle = handle
-        self.mount_id = mount_id
 
 
 class InodeStore:
     """Node id -> Inode, over the node id table.
 
-    Everything known of an inode held by descriptor lives in ``table``, a ``NodeTable`` in C
-    that the hot path reads without the GIL: the node id (with a generation, so a forgotten
-    id is never mistaken for a newer inode), the O_PATH descriptor, the inode key (st_dev,
-    st_ino, mount id), the file type and the guest's lookup count.  It answers GETATTR, and
-    LOOKUP of an inode already known, itself; :meth:`get` builds an :class:`Inode` view from
-    it per request.  So a known inode costs one table slot and no Python object, whatever the
-    number of inodes a guest makes the daemon hold (SECURITY.md, ceilings).  Only an inode
-    held by file handle has a record here too (``by_handle``: node id -> (handle, mount id)),
-    guarded by ``lock``, which also orders it with the table's entries: a node id the table
-    hands out with ``by_handle`` set is in the dict once the adopting call returns (the
-    table's own mutex is a leaf lock below it).
+    Everything known of an inode lives in ``table``, a ``NodeTable`` in C that the hot path
+    reads without the GIL: the node id (with a generation, so a forgotten id is never mistaken
+    for a newer inode), the O_PATH descriptor, the inode key (st_dev, st_ino, mount id), the
+    file type, the guest's lookup count and, for an inode held by file handle, its handle.  It
+    answers GETATTR, and LOOKUP of an inode already known, itself; :meth:`get` builds an
+    :class:`Inode` view from it per request.  So a known inode costs one table slot and no
+    Python object, whatever the number of inodes a guest makes the daemon hold (SECURITY.md,
+    ceilings).
 
     ``file_handles`` (``--inode-file-handles``): ``"never"`` holds every inode by its O_PATH
     descriptor; ``"prefer"`` holds inodes by file handle (name_to_handle_at) where their file
@@ -117,23 +112,19 @@ class InodeStore:
     costs no descriptor: the table caches at most ``fds_max`` of their descriptors, reopened
     with open_by_handle_at (CAP_DAC_READ_SEARCH) when needed.  Handles come only from
     name_to_handle_at of objects resolved under the shared directory (the guest names nodes
-    by id, never by handle), and each is opened on a mount descriptor the store keeps per
-    host mount (``mount_fds``: the root's, or a descriptor of the first inode found there).
-    The root and O_TMPFILE files (no name yet) are always held by descriptor.
+    by id, never by handle), and each is opened on a descriptor the table keeps per host
+    mount (the root's, or one of the first inode found there: ``_tables.enter_inode``).  The
+    root and O_TMPFILE files (no name yet) are always held by descriptor.
     """
 
-    def __init__(self, root_fd, root_st, table, file_handles="never", fds_max=HANDLE_FDS_MAX):
-        self.lock = threading.Lock()
+    def __init__(self, root_fd, root_st, table, handles, file_handles="never",
+                 fds_max=HANDLE_FDS_MAX):
         self.table = table
-        self.file_handles = file_handles
-        self.mount_fds = {}
-        self.by_handle = {}
+        self.handles = handles
         if file_handles != "never":
-            table.set_fds_max(fds_max)
+            table.set_handle_mode(fds_max, file_handles == "mandatory")
             try:
-                mount_id = _sys.name_to_handle(root_fd)[1]
-                self.mount_fds[mount_id] = _mount_fd(root_fd, root_st.st_mode)
-                _tables.set_fds_other(table, len(self.mount_fds))
+                _tables.keep_mount_of(handles, table, root_fd, root_st.st_mode)
             except OSError:
                 if file_handles == "mandatory":
                     raise
@@ -146,18 +137,7 @@ class InodeStore:
             fd, dev, ino, mnt, mode, by_handle = self.table.node(nodeid, hold)
         except OSError:
             raise OSError(errno.ENOENT, "unknown node id") from None
-        if not by_handle:
-            return Inode(nodeid, fd, (dev, ino, mnt), mode)
-        record = self.by_handle.get(nodeid)
-        if record is None:
-            # The hot path may have answered a LOOKUP with an id whose adoption is finishing.
-            with self.lock:
-                record = self.by_handle.get(nodeid)
-            if record is None:
-                if hold:
-                    self.table.unhold(nodeid)
-                raise OSError(errno.ENOENT, "unknown node id")
-        return Inode(nodeid, None, (dev, ino, mnt), mode, *record)
+        return Inode(nodeid, None if by_handle else fd, (dev, ino, mnt), mode)
 
     def get(self, nodeid):
         """The inode behind ``nodeid``.  Inside a :meth:`PassthroughFs.request_scope` its
@@ -177,22 +157,14 @@ class InodeStore:
         if none is (ESTALE once the inode is gone).  The reference taken keeps the cache from
         closing it.  Outside a request scope (single-threaded callers) it is valid until the
         next call that may fill the cache."""
-        if inode.handle is None:
+        if inode.fd is not None:
             return inode.fd
         nodeid = inode.nodeid
         try:
             fd = self.table.hold_node(nodeid)
-        except OSError:
-            raise OSError(errno.ENOENT, "node id forgotten meanwhile") from None
-        try:
-            if fd < 0:
-                new = _sys.open_by_handle(self.mount_fds[inode.mount_id], inode.handle,
-                                          O_PATH_FLAGS)
-                fd = self.table.install(nodeid, new)
-                if fd != new:
-                    os.close(new)
-        except BaseException:
-            self.table.unhold(nodeid)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise OSError(errno.ENOENT, "node id forgotten meanwhile") from None
             raise
         held = getattr(_request_refs, "held", None)
         if held is not None:
@@ -204,72 +176,12 @@ class InodeStore:
     def fd_of(self, nodeid):
         return self.fd(self.get(nodeid))
 
-    def _handle_of(self, fd):
-        """``(handle, mount id)`` to hold ``fd``'s inode by, or (None, 0) to hold it by the
-        descriptor (mode ``never``, or ``prefer`` on a file system without handles)."""
-        if self.file_handles == "never":
-            return None, 0
-        try:
-            return _sys.name_to_handle(fd)
-        except OSError:
-            if self.file_handles == "mandatory":
-                raise
-            return None, 0
-
-    def _prune(self):
-        """Drain the node ids the hot path dropped (FORGET), forgetting the records of those
-        held by file handle (lock held)."""
-        for nodeid in self.table.take_dropped():
-            self.by_handle.pop(nodeid, None)
-
     def adopt(self, fd, st, pin=False):
         """Count one lookup of the inode ``fd`` refers to; takes ownership of ``fd``.
         ``pin``: hold it by descriptor whatever the mode (an O_TMPFILE file, which no handle
         can reopen before it has a name)."""
-        try:
-            handle, mount_id = (None, 0) if pin else self._handle_of(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        with self.lock:
-            self._prune()
-            try:
-                if handle is not None and mount_id not in self.mount_fds:
-                    try:
-                        self.mount_fds[mount_id] = _mount_fd(fd, st.st_mode)
-                        _tables.set_fds_other(self.table, len(self.mount_fds))
-                    except OSError:
-                        if self.file_handles == "mandatory":
-                            raise
-                        handle = None
-                if handle is not None:
-                    self._unkey_stale(st.key, handle, mount_id)
-                nodeid, created, taken = self.table.adopt(fd, *st.key, handle is not None,
-                                                          st.st_mode)
-            except BaseException:
-                os.close(fd)
-                raise
-            if created:
-                if handle is not None:
-                    self.by_handle[nodeid] = (handle, mount_id)
-                inode = Inode(nodeid, None if handle else fd, st.key, st.st_mode, handle,
-                              mount_id)
-            else:
-                inode = self._view(nodeid, False)
-        if not taken:
-            os.close(fd)
-        return inode
-
-    def _unkey_stale(self, key, handle, mount_id):
-        """A node held by file handle with this key but another handle names an inode that
-        is gone (its inode number now belongs to the inode being adopted): no lookup may
-        find it any more (lock held).  A node held by descriptor pins its inode, so its key
-        cannot have been reused."""
-        known = self.table.find_key(*key)
-        if known:
-            record = self.by_handle.get(known)
-            if record is not None and record != (handle, mount_id):
-                self.table.unkey(known)
+        nodeid = _tables.enter_inode_of(self.handles, self.table, fd, *st.key, st.st_mode, pin)
+        return self._view(nodeid, False)
 
     def relookup(self, inode):
         """Count one more lookup of a known inode."""
@@ -281,34 +193,14 @@ class InodeStore:
     def forget(self, nodeid, count):
         """Take ``count`` lookups away; returns True when the inode was dropped (its fd is
         closed once no request in flight uses it)."""
-        with self.lock:
-            self._prune()
-            if not self.table.forget(nodeid, count):
-                return False
-            self.by_handle.pop(nodeid, None)
-        return True
+        return self.table.forget(nodeid, count)
 
     def clear(self):
         """Drop every inode but the root (a session ended)."""
-        with self.lock:
-            self.table.clear()
-            self.table.take_dropped()
-            self.by_handle = {}
+        self.table.clear()
 
     def __len__(self):
         return self.table.count
-
-
-def _mount_fd(fd, mode):
-    """A descriptor on the mount of ``fd`` for open_by_handle_at, which takes no O_PATH
-    descriptor: the directory ``fd`` opened read-only (or a regular file, a bind-mounted
-    file's only object).  Anything else is never opened (EOPNOTSUPP)."""
-    if stat.S_ISDIR(mode):
-        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-    if stat.S_ISREG(mode):
-        with _named(fd) as path:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    raise OSError(errno.EOPNOTSUPP, "no descriptor of this mount to open handles on")
 
 
 def guest_fd_budget(nofile):
@@ -436,7 +328,7 @@ class PassthroughFs:
         # to the hot path); by default a fresh one.
         self.inodes = InodeStore(root_fd, _sys.fstatx(root_fd),
                                  inodes if inodes is not None else _tables.NodeTable(1 << 16),
-                                 file_handles, handle_fds_max)
+                                 handles, file_handles, handle_fds_max)
         self.handles = handles
         # Directory handles hold their listings in the handle table (tables/dirs.pxi): together
         # at most ``listing_bytes_max`` bytes (beyond it the least recently read are dropped, to
@@ -473,7 +365,7 @@ class PassthroughFs:
         directory handle counts twice (the handle table's ``fds_other``)."""
         table = self.inodes.table
         return (self.handles.count + table.count - table.handle_nodes + table.handle_fds +
-                len(self.inodes.mount_fds) + self.handles.fds_other + self.handles.lock_fds_open)
+                table.fds_other + self.handles.fds_other + self.handles.lock_fds_open)
 
     def _budget(self):
         """EMFILE for the guest once its share of descriptors is used up."""

@@ -55,7 +55,7 @@ cdef int do_readdir(Virtqueue vq) noexcept nogil:
     """READDIR: the run of whole records from the offset's entry on that fits the size, from
     the listing the handle holds (``dir_listing``: a fresh one at offset 0), as the engine's
     _readdir sends it.  Left to the engine: request extensions, a node held by file handle
-    without a descriptor."""
+    that no longer opens."""
     cdef uint64_t offset = vq.req.hdr.arg.read.offset
     cdef DirListing *listing = NULL
     cdef uint32_t length
@@ -78,9 +78,9 @@ cdef int do_readdir(Virtqueue vq) noexcept nogil:
 cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     """READDIRPLUS with each entry looked up as LOOKUP looks it up (``dir_plus``, through
     ``lookup_entry``), as the engine's _readdir sends them.  An entry that needs the file
-    system's lookup (a submount, a new inode held by file handle) hands the whole request to
-    the engine, the lookups counted so far taken back first; so do request extensions and a
-    node held by file handle without a descriptor.  An entry whose lookup fails (EMFILE)
+    system's lookup (a submount) hands the whole request to the engine, the lookups counted
+    so far taken back first; so do request extensions and a node held by file handle that no
+    longer opens.  An entry whose lookup fails (EMFILE)
     ends the reply before it, or, first in it, is the reply's error, as in the engine."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef uint64_t index = vq.req.hdr.arg.read.offset
@@ -106,10 +106,6 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     room = (listing.used - listing.starts[index] + left * sizeof(fuse_entry_out)) if left else 0
     if room > size:
         room = size
-    # Taking the lookups back may drop nodes the file system then prunes: room for all.
-    if not vq.inodes.dropped_room(<uint32_t>(room // (sizeof(fuse_entry_out) + FUSE_NAME_OFFSET))):
-        dir_unref(vq.handles, listing)
-        return 0
     if room > DIRPLUS_STACK:
         buf = <uint8_t *>malloc(room)
         if buf == NULL:
@@ -128,7 +124,7 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
         while pos < used:
             entry = <const fuse_entry_out *>(buf + pos)
             if entry.nodeid:
-                vq.inodes.forget_c(entry.nodeid, 1, True)
+                vq.inodes.forget_c(entry.nodeid, 1)
             pos += <uint32_t>sizeof(fuse_entry_out) + FUSE_DIRENT_ALIGN(
                 FUSE_NAME_OFFSET + (<const fuse_dirent *>(buf + pos +
                                                             sizeof(fuse_entry_out))).namelen)

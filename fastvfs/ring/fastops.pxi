@@ -50,7 +50,7 @@ cdef int serve_fast(Virtqueue vq) noexcept nogil:
 
 cdef int do_getattr(Virtqueue vq) noexcept nogil:
     """fuse_attr_out from statx of the node's O_PATH descriptor; the same bytes the Python
-    engine would send.  A node held by file handle without a cached descriptor is left to the
+    engine would send.  A node held by file handle that no longer opens is left to the
     engine."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef statx st
@@ -127,7 +127,7 @@ cdef int do_lookup(Virtqueue vq) noexcept nogil:
         return 0
     if not within_budget(vq.handles, vq.inodes):
         return 0                    # EMFILE in the file system, before it looks
-    nodeid = lookup_entry(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, length,
+    nodeid = lookup_entry(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, length, 0,
                           vq.cfg.attr_valid, vq.cfg.attr_valid_nsec, &out)
     if nodeid == 0:
         return 0
@@ -175,9 +175,7 @@ cdef int do_release(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_forget(Virtqueue vq) noexcept nogil:
-    if not vq.inodes.dropped_room(1):
-        return 0
-    if vq.inodes.forget_c(vq.req.hdr.h.nodeid, vq.req.hdr.arg.forget.nlookup, True):
+    if vq.inodes.forget_c(vq.req.hdr.h.nodeid, vq.req.hdr.arg.forget.nlookup):
         locks_forgotten(vq.handles, vq.req.hdr.h.nodeid)
     used_push(vq, vq.req.chain.head, 0)   # FORGET has no reply
     vq._account(0)
@@ -193,13 +191,11 @@ cdef int do_batch_forget(Virtqueue vq) noexcept nogil:
     room = (vq.req.hdr.h.len - <uint32_t>at) // sizeof(fuse_forget_one)
     if count > room:
         count = room
-    if not vq.inodes.dropped_room(count):
-        return 0
     for i in range(count):
         if _gather(vq.req.iov, vq.req.chain.out_num, at + i * sizeof(fuse_forget_one),
                    <uint8_t *>&entry, sizeof(entry)) != sizeof(entry):
             break
-        if vq.inodes.forget_c(entry.nodeid, entry.nlookup, True):
+        if vq.inodes.forget_c(entry.nodeid, entry.nlookup):
             locks_forgotten(vq.handles, entry.nodeid)
     used_push(vq, vq.req.chain.head, 0)
     vq._account(0)

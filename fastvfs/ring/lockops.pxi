@@ -3,7 +3,7 @@
 # answering exactly what the engine's do_getlk and do_setlk would, a description opened where
 # the owner (or, for GETLK, the inode) has none as the file system opens it
 # (``lock_open_node``); flock locks (FUSE_LK_FLOCK) likewise.  What only the file system does
-# is declined (0): a node held by file handle without a descriptor, and SETLKW, which may
+# is declined (0): a node held by file handle that no longer opens, and SETLKW, which may
 # wait.
 
 cdef int do_getlk(Virtqueue vq) noexcept nogil:

@@ -6,7 +6,7 @@
 cdef int do_statfs(Virtqueue vq) noexcept nogil:
     """fuse_statfs_out from fstatvfs(3) of the node's O_PATH descriptor, packed as the engine
     packs os.fstatvfs (PassthroughFs.statfs): frsize and namelen as the host gives them.  A
-    node held by file handle without a cached descriptor is left to the engine."""
+    node held by file handle that no longer opens is left to the engine."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef statvfs st
     cdef fuse_statfs_out out
@@ -109,8 +109,8 @@ cdef int do_setattr(Virtqueue vq) noexcept nogil:
     of the node's O_PATH descriptor, then fuse_attr_out from statx as GETATTR answers.  The
     owner is the guest's ids as they are: an id-mapped share has no node table here
     (NEEDS_INODES), so its SETATTR is the engine's.  Left to the engine: request extensions,
-    an attribute FUSE adds later, an unusual time, a node held by file handle without a
-    descriptor."""
+    an attribute FUSE adds later, an unusual time, a node held by file handle that no longer
+    opens."""
     cdef const fuse_setattr_in *arg = &vq.req.hdr.arg.setattr
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef uint32_t valid = arg.valid
@@ -183,7 +183,7 @@ cdef int do_readlink(Virtqueue vq) noexcept nogil:
     node, EINVAL for one that is no symlink, else readlinkat(2) of its O_PATH descriptor
     with an empty name, the target answered as it is (no NUL), ERANGE when it is larger than
     the reply buffers.  Left to the engine: request extensions, a node held by file handle
-    without a descriptor, a target longer than the kernel's (TARGET_MAX: PATH_MAX less its
+    that no longer opens, a target longer than the kernel's (TARGET_MAX: PATH_MAX less its
     NUL), which a host file system may allow."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef char target[TARGET_MAX + 1]
@@ -255,7 +255,7 @@ cdef int _remove(Virtqueue vq, int flags) noexcept nogil:
     """UNLINK (``flags`` 0) and RMDIR (AT_REMOVEDIR), as the engine's do_unlink and do_rmdir
     over PassthroughFs (fastvfs.fs._tables.unlink_node).  Left to the engine: request
     extensions, a name it must refuse for how it is framed, a parent held by file handle
-    without a descriptor."""
+    that no longer opens."""
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef size_t length
     cdef int rc

@@ -6,11 +6,12 @@ import errno
 import fcntl
 import os
 import stat
+import subprocess
 
 import pytest
 
 from fastvfs.fs._tables import HandleTable
-from fastvfs.fs import _sys
+from fastvfs.fs import _sys, _tables
 from fastvfs.fs.passthrough import ROOT_CALLER, PassthroughFs
 
 ROOT = 1
@@ -140,3 +141,83 @@ def test_stale_handle_is_estale(fs, tmp_path):
     with pytest.raises(OSError) as exc:
         call(fs, "getattr", f)
     assert exc.value.errno == errno.ESTALE
+
+
+def _mount(*argv):
+    if os.geteuid() != 0 or subprocess.run(["mount", *argv], capture_output=True).returncode:
+        pytest.skip(f"cannot mount {argv[-1]} here")
+
+
+def test_handles_longer_than_a_slot_holds(tmp_path):
+    """An overlay file system exporting handles (index=on, nfs_export=on) gives handles longer
+    than a node slot keeps inline (NODE_HANDLE_INLINE): each is kept apart, every node is
+    reopened by it after its descriptor was closed, and a lookup of a known name with its
+    descriptor closed finds the same node id by comparing handles."""
+    layers = tmp_path / "layers"
+    for part in ("lower", "upper", "work", "merged"):
+        (layers / part).mkdir(parents=True)
+    for i in range(4):
+        (layers / "lower" / f"f{i}").write_bytes(b"x" * i)
+    merged = layers / "merged"
+    _mount("-t", "overlay", "overlay", "-o",
+           f"lowerdir={layers / 'lower'},upperdir={layers / 'upper'},"
+           f"workdir={layers / 'work'},index=on,nfs_export=on", str(merged))
+    try:
+        fd = os.open(merged / "f0", os.O_PATH)
+        try:
+            if len(_sys.name_to_handle(fd)[0]) - 8 <= 24:
+                pytest.skip("this overlay's handles fit inline")
+        finally:
+            os.close(fd)
+        fs = PassthroughFs(str(merged), HandleTable(64), file_handles="prefer",
+                           handle_fds_max=1)
+        nodes = [call(fs, "lookup", ROOT, b"f%d" % i)[0] for i in range(4)]
+        assert all(fs.inodes.get(n).fd is None for n in nodes)
+        for _ in range(2):
+            for i, n in enumerate(nodes):
+                assert call(fs, "getattr", n).st_size == i
+        for i, n in enumerate(nodes):
+            evict(fs, nodes[(i + 1) % 4])
+            assert call(fs, "lookup", ROOT, b"f%d" % i)[0] == n
+            assert fs.inodes.nlookup(n) == 2
+        for n in nodes:
+            call(fs, "forget", n, 2)
+            assert fs.inodes.nlookup(n) == 0
+        assert fs.inodes.table.handle_nodes == 0
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["prefer", "mandatory"])
+def test_mounts_with_handles_have_a_ceiling(tmp_path, mode):
+    """A descriptor is kept per host mount to open its handles on, at most
+    MOUNTS_WITH_HANDLES_MAX (the share's own among them): an inode of a mount beyond is held by
+    descriptor ("prefer") or refused with EOPNOTSUPP ("mandatory")."""
+    share = tmp_path / "share"
+    share.mkdir()
+    count = _tables.MOUNTS_WITH_HANDLES_MAX
+    mounted = []
+    try:
+        for i in range(count + 1):
+            (share / f"m{i}").mkdir()
+            _mount("-t", "tmpfs", "tmpfs", str(share / f"m{i}"))
+            mounted.append(share / f"m{i}")
+        fs = PassthroughFs(str(share), HandleTable(64), file_handles=mode, handle_fds_max=4)
+        table = fs.inodes.table
+        for i in range(count - 1):
+            nodeid = call(fs, "lookup", ROOT, b"m%d" % i)[0]
+            assert fs.inodes.get(nodeid).fd is None
+        assert table.fds_other == count
+        for i in (count - 1, count):
+            if mode == "prefer":
+                nodeid = call(fs, "lookup", ROOT, b"m%d" % i)[0]
+                assert fs.inodes.get(nodeid).fd is not None
+            else:
+                with pytest.raises(OSError) as exc:
+                    call(fs, "lookup", ROOT, b"m%d" % i)
+                assert exc.value.errno == errno.EOPNOTSUPP
+        assert table.fds_other == count
+        assert fs.fds_held() >= count
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)

@@ -25,7 +25,7 @@ import subprocess
 
 import pytest
 
-from fastvfs.fs import _tables
+from fastvfs.fs import _sys, _tables
 from fastvfs.fs._tables import HandleTable, NodeTable
 from fastvfs.ring import _ring
 from fastvfs.fs.passthrough import PassthroughFs
@@ -100,6 +100,12 @@ class Pair:
         self.ring.close()
 
 
+# The pair of a test parametrized with BOTH_MODES: each I/O engine with inodes held by O_PATH
+# descriptor, then with inodes held by file handle and a descriptor cache of one (every other
+# node reopened by its handle).
+BOTH_MODES = ["sync", "uring", ("sync", "prefer"), ("uring", "prefer")]
+
+
 @pytest.fixture(params=["sync", "uring"])
 def pair(request, tmp_path):
     root = tmp_path / "share"
@@ -110,10 +116,31 @@ def pair(request, tmp_path):
     for i in range(40):
         (root / "d" / f"entry-{i:03}").write_bytes(b"e" * i)
     os.symlink("f", root / "link")
-    p = Pair(root, request.param)
+    if isinstance(request.param, tuple):
+        if not _has_handles(root):
+            pytest.skip("the test directory's file system has no file handles")
+        p = Pair(root, request.param[0], file_handles=request.param[1], handle_fds_max=1)
+    else:
+        p = Pair(root, request.param)
     yield p
     p.close()
     gc.collect()   # the pair's cycles hold descriptors another test may count
+
+
+def _has_handles(path):
+    fd = os.open(path, os.O_PATH)
+    try:
+        _sys.name_to_handle(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def by_handle(pair, nodeid):
+    """Whether ``nodeid`` is held by file handle."""
+    return pair.inodes.node(nodeid)[5]
 
 
 def fds_open():
@@ -155,6 +182,7 @@ def test_lookup_of_a_known_name_and_its_count(pair):
     assert pair.in_c(req, [16, 200]) == pair.in_python(req, 216)
 
 
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
 def test_lookup_of_a_new_inode_of_every_kind(pair):
     """A name whose inode the node id table does not hold is entered in C (an O_PATH
     descriptor, never an open of the object: a device node, a FIFO or a socket is not
@@ -182,6 +210,7 @@ def test_lookup_of_a_new_inode_of_every_kind(pair):
             else:
                 assert node and pair.fs.inodes.table.count == count + 1
                 assert pair.fs.inodes.nlookup(node) == 1
+            assert by_handle(pair, node) == bool(pair.inodes.fds_max), name
             assert c == pair.in_python(req, 144), name
             assert pair.fs.inodes.nlookup(node) == (3 if name == b"hard" else 2)
         (pair.root / "mnt").mkdir()
@@ -939,20 +968,22 @@ def test_setattr_through_a_file_handle(pair):
 
 
 def test_setattr_and_readlink_of_a_node_held_by_file_handle(tmp_path, io_engine):
-    """A node held by file handle whose descriptor the cache closed is the engine's, which
-    reopens it; once it has a descriptor again, C serves it."""
+    """A node held by file handle whose descriptor the cache closed is reopened by its handle
+    in C, which serves it; once its inode is gone, the request goes to the engine, which
+    answers ESTALE as its own reopening fails."""
     pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
     try:
         f, link = pair.lookup(b"f"), pair.lookup(b"link")
         pair.lookup(b"d")  # takes the one cached descriptor
         assert pair.inodes.node(f)[0] == -1 and pair.inodes.node(link)[0] == -1
-        reply = via_engine(pair, _setattr(f, abi.FATTR_SIZE, size=3), [216])
+        reply = pair.in_c(_setattr(f, abi.FATTR_SIZE, size=3), [16, 200])
         assert out_header(reply)[1] == 0 and os.stat(pair.root / "f").st_size == 3
-        reply = via_engine(pair, request(abi.Opcode.READLINK, nodeid=link), [4096])
-        assert reply[16:] == b"f"
-        # With its descriptor back in the cache the node is C's.
-        assert pair.inodes.node(link)[0] >= 0
+        assert pair.inodes.node(f)[0] >= 0 and pair.inodes.node(link)[0] == -1
         assert pair.in_c(request(abi.Opcode.READLINK, nodeid=link), [16, 100])[16:] == b"f"
+        assert pair.inodes.node(link)[0] >= 0 and pair.inodes.node(f)[0] == -1
+        os.unlink(pair.root / "f")
+        reply = via_engine(pair, _setattr(f, abi.FATTR_SIZE, size=1), [216])
+        assert out_header(reply)[1] == -errno.ESTALE
     finally:
         pair.close()
 
@@ -1377,8 +1408,8 @@ def test_names_on_a_read_only_share(tmp_path, io_engine):
 
 
 def test_names_under_a_parent_held_by_file_handle(tmp_path, io_engine):
-    """A parent held by file handle whose descriptor the cache closed is the engine's, which
-    reopens it; once it has a descriptor again, C serves it."""
+    """A parent held by file handle whose descriptor the cache closed is reopened by its
+    handle in C, for UNLINK and for RENAME from and to it."""
     pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
     try:
         d = pair.lookup(b"d")
@@ -1386,19 +1417,17 @@ def test_names_under_a_parent_held_by_file_handle(tmp_path, io_engine):
         (pair.root / "d" / "b").write_bytes(b"b")
         pair.lookup(b"f")  # takes the one cached descriptor from "d"
         assert pair.inodes.node(d)[0] == -1
-        reply = via_engine(pair, _unlink(d, b"a\0"), [16])
-        assert out_header(reply)[1] == 0 and not (pair.root / "d" / "a").exists()
+        assert out_header(pair.in_c(_unlink(d, b"a\0"), [16]))[1] == 0
+        assert not (pair.root / "d" / "a").exists()
         pair.lookup(b"f")
         assert pair.inodes.node(d)[0] == -1
-        reply = via_engine(pair, _rename(d, b"b\0", abi.FUSE_ROOT_ID, b"b\0"), [16])
+        reply = pair.in_c(_rename(d, b"b\0", abi.FUSE_ROOT_ID, b"b\0"), [16])
         assert out_header(reply)[1] == 0 and (pair.root / "b").exists()
         pair.lookup(b"f")
-        reply = via_engine(pair, _rename(abi.FUSE_ROOT_ID, b"b\0", d, b"b\0", 0), [16])
+        assert pair.inodes.node(d)[0] == -1
+        reply = pair.in_c(_rename(abi.FUSE_ROOT_ID, b"b\0", d, b"b\0", 0), [16])
         assert out_header(reply)[1] == 0 and (pair.root / "d" / "b").exists()
-        # With its descriptor back in the cache the node is C's.
         assert pair.inodes.node(d)[0] >= 0
-        assert out_header(pair.in_c(_unlink(d, b"b\0"), [16]))[1] == 0
-        assert os.listdir(pair.root / "d") == []
     finally:
         pair.close()
 
@@ -1904,8 +1933,8 @@ def test_setxattr_declined_to_the_engine(tmp_path, io_engine):
 
 
 def test_xattrs_of_a_node_held_by_file_handle(tmp_path, io_engine):
-    """A node held by file handle whose descriptor is not cached is the engine's (it reopens
-    it); once cached again, C's."""
+    """A node held by file handle whose descriptor is not cached is reopened by its handle in
+    C, which answers as the engine does."""
     root = tmp_path / "share"
     root.mkdir()
     for name in ("f", "g"):
@@ -1914,10 +1943,10 @@ def test_xattrs_of_a_node_held_by_file_handle(tmp_path, io_engine):
     pair = Pair(root, io_engine, xattr=True, file_handles="prefer", handle_fds_max=1)
     try:
         f, g = pair.lookup(b"f"), pair.lookup(b"g")    # g's descriptor evicts f's
-        # Each reopen by the engine evicts the other node's descriptor.
-        for req in (_getxattr(f, b"user.a", 64), _listxattr(g, 64), _listxattr(f, 64),
-                    _getxattr(g, b"user.a", 64)):
-            assert via_engine(pair, req, [16, 64]) == framed(pair, req, [16, 64])
+        # Each reopening evicts the other node's descriptor.
+        for node, req in ((f, _getxattr(f, b"user.a", 64)), (g, _listxattr(g, 64)),
+                          (f, _listxattr(f, 64)), (g, _getxattr(g, b"user.a", 64))):
+            assert pair.inodes.node(node)[0] == -1
             assert pair.in_c(req, [16, 64]) == framed(pair, req, [16, 64])
         assert out_header(pair.in_c(_getxattr(g, b"user.a", 64), [16, 64]))[:2] == (17, 0)
     finally:
@@ -2297,31 +2326,32 @@ def test_readdirplus_with_the_descriptor_budget_used_up(tmp_path, io_engine):
         _done(pair)
 
 
-def test_readdirplus_of_inodes_held_by_file_handle_goes_to_the_engine(tmp_path, io_engine):
-    """Where inodes may be held by file handle, an entry whose inode the node id table does
-    not hold needs the file system's lookup: the hot path hands the request over and takes
-    back the lookups it counted, so the engine's reply and the counts are those of the engine
-    alone."""
+def test_readdirplus_enters_new_inodes_by_file_handle(tmp_path, io_engine):
+    """Where inodes may be held by file handle, READDIRPLUS in C enters the inodes the node id
+    table does not hold by their handles, one lookup each, under the node ids the engine's
+    LOOKUP then finds; the known ones are counted once more; once all are known C answers as
+    the engine does."""
     pair = _make_pair(tmp_path, io_engine, file_handles="prefer")
     try:
         d = pair.lookup(b"d")
         for i in range(10):
             (pair.root / "d" / f"e{i}").write_bytes(b"")
-        for i in range(0, 10, 2):
-            pair.lookup(b"e%d" % i, d)
-        dirs = DirPair(pair, d)
-        known = {pair.lookup(b"e%d" % i, d): 1 for i in range(0, 10, 2)}
+        known = {pair.lookup(b"e%d" % i, d) for i in range(0, 10, 2)}
         counts = {n: pair.fs.inodes.nlookup(n) for n in known}
-        via = via_engine(pair, _readdir(dirs.c, 0, 4096, d, True), [4096 + 16])
-        assert len(_entry_nodes(via)) == 10
+        dirs = DirPair(pair, d)
+        reply = pair.in_c(_readdir(dirs.c, 0, 4096, d, True), [16, 4096])
+        nodes = _entry_nodes(reply)
+        assert len(nodes) == 10
         for n in known:
             assert pair.fs.inodes.nlookup(n) == counts[n] + 1
-        # Now every inode is known: C answers as the engine did (and as it does).
-        assert dirs.same(0, 4096, True) == via
-        (pair.root / "d" / "zz-new").write_bytes(b"")
-        dirs.same(2, 4096, True)   # the new one is not in the listing held
-        # A size too small for the entry to look up ("." and ".." only) is answered in C, as
-        # the engine answers it; one byte more and it is the engine's.
+        new = set(nodes) - known
+        assert len(new) == 5
+        for n in new:
+            assert pair.fs.inodes.nlookup(n) == 1 and pair.inodes.node(n)[5]
+        assert {pair.lookup(b"e%d" % i, d) for i in range(1, 10, 2)} == new
+        assert dirs.same(0, 4096, True) == reply
+        # A size too small for the entry to enter ("." and ".." only) is answered in C, as
+        # the engine answers it; one byte more and C enters it.
         (pair.root / "d2").mkdir()
         (pair.root / "d2" / "zz").write_bytes(b"")
         d2 = pair.lookup(b"d2")
@@ -2329,8 +2359,10 @@ def test_readdirplus_of_inodes_held_by_file_handle_goes_to_the_engine(tmp_path, 
         dots = 2 * (abi.ENTRY_OUT_SIZE + 32)
         reply = small.same(0, dots + abi.ENTRY_OUT_SIZE + 31, True)
         assert len(reply) == 16 + dots
-        via_engine(pair, _readdir(small.c, 0, dots + abi.ENTRY_OUT_SIZE + 32, d2, True),
-                   [4096])
+        reply = pair.in_c(_readdir(small.c, 0, dots + abi.ENTRY_OUT_SIZE + 32, d2, True),
+                          [16, 4096])
+        (zz,) = _entry_nodes(reply)
+        assert pair.lookup(b"zz", d2) == zz and pair.inodes.node(zz)[5]
         small.release()
         dirs.release()
     finally:
@@ -2368,10 +2400,44 @@ def test_directories_declined_to_the_engine(tmp_path, io_engine):
         _done(pair)
 
 
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
+def test_readdirplus_of_names_replaced_since_the_listing(pair):
+    """READDIRPLUS from a listing held since offset 0 whose names the host replaced meanwhile:
+    each entry is the inode the name has now, whatever inode number the listing gave it (a
+    new file, or a hard link of a node the table holds: that node counted once more)."""
+    d = pair.lookup(b"d")
+    base = pair.root / "d"
+    f = pair.lookup(b"f")
+    fh = abi.open_out.unpack_from(pair.in_c(_opendir(d), [16, 16]), 16)[0]
+    pair.in_c(_readdir(fh, 0, 64, d), [16, 4096])   # the listing, held from here on
+    names = sorted(os.listdir(base))
+    os.unlink(base / names[0])
+    (base / names[0]).write_bytes(b"new")
+    os.unlink(base / names[1])
+    os.link(pair.root / "f", base / names[1])
+    count = pair.fs.inodes.nlookup(f)
+    reply = pair.in_c(_readdir(fh, 2, 1 << 16, d, True), [16, 1 << 16])
+    pos, seen = 16, {}
+    while pos < len(reply):
+        nodeid = struct.unpack_from("<Q", reply, pos)[0]
+        ino = abi.attr.unpack_from(reply, pos + abi.entry_out_head.size)[0]
+        _, _, namelen, _ = abi.dirent_head.unpack_from(reply, pos + abi.ENTRY_OUT_SIZE)
+        start = pos + abi.ENTRY_OUT_SIZE + 24
+        seen[reply[start:start + namelen].decode()] = (nodeid, ino)
+        pos += abi.ENTRY_OUT_SIZE + abi.rec_align(24 + namelen)
+    assert sorted(seen) == names
+    for name, (nodeid, ino) in seen.items():
+        assert ino == os.lstat(base / name).st_ino, name
+        assert pair.fs.inodes.nlookup(nodeid) >= 1
+    assert seen[names[1]][0] == f and pair.fs.inodes.nlookup(f) == count + 1
+    assert pair.lookup(names[0].encode(), d) == seen[names[0]][0]
+    pair.in_c(_releasedir(fh, d), [16])
+
+
 def test_directories_held_by_file_handle(tmp_path, io_engine):
     """A directory held by file handle whose descriptor the cache closed: OPENDIR and a fresh
-    listing are the engine's, which reopens it, with the same records as C gives once the
-    descriptor is back; paging on through the listing held needs no descriptor."""
+    listing reopen it by its handle in C, with the records the engine gives; paging on
+    through the listing held needs no descriptor."""
     pair = _make_pair(tmp_path, io_engine, file_handles="prefer", handle_fds_max=1)
     try:
         d = pair.lookup(b"d")
@@ -2379,16 +2445,19 @@ def test_directories_held_by_file_handle(tmp_path, io_engine):
             (pair.root / "d" / f"e{i}").write_bytes(b"")
         pair.lookup(b"f")  # takes the one cached descriptor from "d"
         assert pair.inodes.node(d)[0] == -1
-        fh = abi.open_out.unpack_from(via_engine(pair, _opendir(d), [32]), 16)[0]
+        fh = abi.open_out.unpack_from(pair.in_c(_opendir(d), [16, 16]), 16)[0]
         pair.lookup(b"f")
-        engine = via_engine(pair, _readdir(fh, 0, 4096, d), [4096])
+        assert pair.inodes.node(d)[0] == -1
+        c = pair.in_c(_readdir(fh, 0, 4096, d), [4096])
+        pair.lookup(b"f")
         assert pair.in_c(_readdir(fh, 2, 4096, d), [4096])[16:] == \
-            engine[16 + 64:]   # after "." and "..", from the listing held
-        pair.lookup(b"d")      # its descriptor back in the cache
-        assert pair.inodes.node(d)[0] >= 0
-        assert pair.in_c(_readdir(fh, 0, 4096, d), [4096]) == engine
-        assert abi.dirent_head.unpack_from(engine, 16)[0] == os.stat(pair.root / "d").st_ino
+            c[16 + 64:]   # after "." and "..", from the listing held
+        assert pair.inodes.node(d)[0] == -1
+        py = abi.open_out.unpack_from(pair.in_python(_opendir(d), 32), 16)[0]
+        assert pair.in_python(_readdir(py, 0, 4096, d), 4096) == c
+        assert abi.dirent_head.unpack_from(c, 16)[0] == os.stat(pair.root / "d").st_ino
         assert pair.in_c(_releasedir(fh, d), [16]) == out_header_bytes(0, 7)
+        assert pair.in_c(_releasedir(py, d), [16]) == out_header_bytes(0, 7)
     finally:
         _done(pair)
 
@@ -2740,7 +2809,8 @@ def _owners(top):
 def _same_entry(halves, make, served="c", out_lens=(16, 128)):
     """``Halves.same`` for a request answered with a new entry: the replies equal but for
     ``_masked``'s fields, the trees equal in contents, modes and owners; a new node's id is
-    counted once in the table.  The error."""
+    counted once in the table, held by file handle in both halves where the table allows
+    handles.  The error."""
     pair = halves.pair
     c_req, py_req = make(halves.nodes["c"]), make(halves.nodes["py"])
     if served == "c":
@@ -2756,6 +2826,7 @@ def _same_entry(halves, make, served="c", out_lens=(16, 128)):
         for reply in (c, py):
             nodeid = struct.unpack_from("<Q", reply, 16)[0]
             assert pair.fs.inodes.nlookup(nodeid) >= 1
+            assert by_handle(pair, nodeid) == bool(pair.inodes.fds_max)
     return err
 
 
@@ -2797,6 +2868,7 @@ CREATE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
 def test_create_names(pair):
     """MKDIR, MKNOD, SYMLINK and CREATE of every kind of object, of names that exist and
     names the file system refuses, under parents that are no directory: in C, the engine's
@@ -2910,6 +2982,7 @@ def test_create_umask(tmp_path, io_engine):
             pair.close()
 
 
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
 def test_link(pair):
     """LINK of a file, a symlink and a FIFO (one more lookup of the same node), of a
     directory (EPERM), to a name that exists, under an unknown parent."""

@@ -576,7 +576,7 @@ class TestMetadataInC:
         assert out_header(h.roundtrip([release], [16]))[1] == -9  # released already
         assert h.seen == [] and h.handles.count == 0
 
-        # FORGET and BATCH_FORGET in C; the file system prunes what was dropped.
+        # FORGET and BATCH_FORGET in C; a node dropped leaves the table.
         h.roundtrip([request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=new_id)], [])
         assert fs.inodes.nlookup(new_id) == 1 and h.seen == []
         g_id = abi.entry_out_head.unpack_from(
@@ -587,7 +587,7 @@ class TestMetadataInC:
         h.roundtrip([request(abi.Opcode.BATCH_FORGET, batch, nodeid=0)], [])
         assert h.seen == []
         assert fs.inodes.nlookup(new_id) == 0 and fs.inodes.nlookup(g_id) == 0
-        assert len(fs.inodes) == 1  # the root only, once pruned
+        assert len(fs.inodes) == 1  # the root only
         assert out_header(h.roundtrip([request(abi.Opcode.GETATTR, bytes(16),
                                                nodeid=g_id)], [200]))[1] == -2
 

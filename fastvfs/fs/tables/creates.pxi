@@ -10,11 +10,14 @@
 from libc.errno cimport EEXIST, EPERM
 
 from fastvfs.fs._sys cimport FsCreds, creds_enter, creds_leave
-from fastvfs.includes.fcntl cimport (AT_SYMLINK_FOLLOW, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW,
-                                     O_PATH)
+from fastvfs.includes.fcntl cimport (AT_SYMLINK_FOLLOW, O_CREAT, O_DIRECT, O_DIRECTORY, O_EXCL,
+                                     O_RDONLY)
 from fastvfs.includes.posix cimport linkat, symlinkat
 from fastvfs.includes.stat cimport mkdirat, mknodat
 from fastvfs.includes.statx cimport AT_EMPTY_PATH
+
+# Host mounts whose inodes may be held by file handle (_tables.pxd), for the tests.
+MOUNTS_WITH_HANDLES_MAX = HANDLE_MOUNTS_MAX
 
 # What ``make_name_of`` creates, for the file system.
 KIND_MKNOD = MAKE_MKNOD
@@ -107,9 +110,9 @@ def link_name_of(HandleTable handles, int fd, int newdirfd, bytes newname not No
 
 cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
                         uint64_t dir_mount, statx *st) noexcept nogil:
-    """PassthroughFs._entry_at for a node id table without nodes held by file handle: the
-    descriptor budget (EMFILE), an O_PATH descriptor of ``name`` in ``dirfd``, its statx in
-    ``st``, one lookup counted in the table (EMFILE when full).  The node id or -errno; 0,
+    """PassthroughFs._entry_at: the descriptor budget (EMFILE), an O_PATH descriptor of
+    ``name`` in ``dirfd``, its statx in ``st``, one lookup counted in the table
+    (``enter_inode``: by file handle where the table allows it).  The node id or -errno; 0,
     nothing counted, for a directory on a mount other than ``dir_mount`` (unless 0: what the
     caller created is on its parent's mount), whose entry is the engine's (a submount)."""
     cdef uint64_t mnt
@@ -131,8 +134,60 @@ cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const 
     if dir_mount and (st.stx_mode & 0o170000) == 0o040000 and mnt != dir_mount:
         c_close(fd)
         return 0
-    nodeid = inodes.adopt_c(fd, makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt,
-                            False, st.stx_mode, &created, &taken)
+    return enter_inode(handles, inodes, fd, makedev(st.stx_dev_major, st.stx_dev_minor),
+                       st.stx_ino, mnt, st.stx_mode, False)
+
+
+cdef int _mount_fd(HandleTable handles, int fd, uint32_t mode) noexcept nogil:
+    """A descriptor on the mount of node descriptor ``fd`` (file type ``mode``) for
+    open_by_handle_at, which takes no O_PATH descriptor: the directory opened read-only, or a
+    regular file (a bind-mounted file's only object) through its /proc/self/fd name.  -errno;
+    anything else is never opened (-EOPNOTSUPP)."""
+    cdef int mfd
+    if (mode & 0o170000) == 0o040000:
+        mfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        return -errno if mfd < 0 else mfd
+    if (mode & 0o170000) == 0o100000 and handles.open_policy.enabled:
+        return reopen_fd(&handles.open_policy, fd, O_RDONLY)
+    return -EOPNOTSUPP
+
+
+cdef int64_t enter_inode(HandleTable handles, NodeTable inodes, int fd, uint64_t dev,
+                         uint64_t ino, uint64_t mnt, uint32_t mode, bint pin) noexcept nogil:
+    """One more lookup counted of the inode O_PATH descriptor ``fd`` refers to (its key
+    ``dev``, ``ino``, ``mnt`` and file type ``mode``), which this takes (closed unless the
+    table keeps it): by file handle where the table allows handles (``set_handle_mode``),
+    else, or with ``pin`` (an O_TMPFILE file, which no handle reopens before it has a name),
+    by the descriptor.  The handle is name_to_handle_at(2)'s, opened later on a descriptor
+    kept per host mount (``_mount_fd``, the first inode seen there).  Where there is no
+    handle (the file system has none, no descriptor of its mount can be had, or
+    HANDLE_MOUNTS_MAX are kept) the inode is held by descriptor, or with mandatory handles
+    refused with that errno (EOPNOTSUPP for the mount).  The node id, or -errno: EMFILE with
+    the table full."""
+    cdef fastvfs_file_handle fh
+    cdef const fastvfs_file_handle *by = NULL
+    cdef int64_t mount = 0, nodeid
+    cdef int mount_id = 0, mfd, rc = 0
+    cdef bint created, taken
+    if inodes.fhs != NULL and not pin:
+        fh.handle_bytes = MAX_HANDLE_SZ
+        if name_to_handle_at(fd, "", &fh, &mount_id, AT_EMPTY_PATH) < 0:
+            rc = -errno
+        else:
+            mount = inodes.mount_index(mount_id)
+            if mount < 0:
+                mfd = _mount_fd(handles, fd, mode)
+                rc = mfd if mfd < 0 else 0
+                if mfd >= 0:
+                    mount = inodes.add_mount(mount_id, mfd)
+                    if mount < 0:
+                        rc = -EOPNOTSUPP
+            if mount >= 0:
+                by = &fh
+        if rc < 0 and inodes.handles_mandatory:
+            c_close(fd)
+            return rc
+    nodeid = inodes.adopt_c(fd, dev, ino, mnt, by, <uint32_t>mount, mode, &created, &taken)
     if nodeid < 0:
         c_close(fd)
         return -EMFILE
@@ -141,13 +196,45 @@ cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const 
     return nodeid
 
 
+def enter_inode_of(HandleTable handles, NodeTable inodes, int fd, uint64_t dev, uint64_t ino,
+                   uint64_t mnt, uint32_t mode, bint pin=False):
+    """``enter_inode`` for the file system (InodeStore.adopt): the node id; raises OSError
+    (``fd`` closed)."""
+    cdef int64_t nodeid
+    with nogil:
+        nodeid = enter_inode(handles, inodes, fd, dev, ino, mnt, mode, pin)
+    _check(<int>nodeid if nodeid < 0 else 0)
+    return nodeid
+
+
+def keep_mount_of(HandleTable handles, NodeTable inodes, int fd, uint32_t mode):
+    """Keep a descriptor of the mount of node descriptor ``fd`` (the share's root, file type
+    ``mode``) to open handles on, as ``enter_inode`` keeps one for the first inode of each
+    mount; raises OSError (name_to_handle_at's errno where the file system has no handles)."""
+    cdef fastvfs_file_handle fh
+    cdef int mount_id = 0, mfd
+    cdef int64_t kept
+    fh.handle_bytes = MAX_HANDLE_SZ
+    with nogil:
+        if name_to_handle_at(fd, "", &fh, &mount_id, AT_EMPTY_PATH) < 0:
+            kept = -errno
+        else:
+            mfd = _mount_fd(handles, fd, mode)
+            if mfd < 0:
+                kept = mfd
+            else:
+                kept = inodes.add_mount(mount_id, mfd)
+                if kept < 0:
+                    kept = -EOPNOTSUPP
+    _check(<int>kept if kept < 0 else 0)
+
+
 cdef inline bint _creatable(HandleTable handles, NodeTable inodes) noexcept nogil:
     """Whether the hot path may create a name at all: a session without security contexts,
-    the file system's open policy set, no node held by file handle (adopting one takes the
-    file system's records), and the descriptor budget not used up (where the file system
-    answers EMFILE only once the name exists)."""
+    the file system's open policy set, and the descriptor budget not used up (where the file
+    system answers EMFILE only once the name exists)."""
     return (handles.create_policy.enabled and handles.open_policy.enabled and
-            inodes.clock == NULL and within_budget(handles, inodes))
+            within_budget(handles, inodes))
 
 
 cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, const char *name,
@@ -161,9 +248,9 @@ cdef int64_t make_node(HandleTable handles, NodeTable inodes, uint64_t parent, c
     the table does not know, the name checked, the target checked, the object created with
     the caller's ids and umask, then its entry (``_new_entry``) and for CREATE a handle of the
     new descriptor in ``fh``.  The node id with ``st`` filled, -errno, or 0 for what only the
-    file system decides: ``_creatable`` false, a parent held by file handle without a
-    descriptor, ids the daemon cannot take on (EPERM, logged there), CREATE of an existing
-    name without O_EXCL (opened as OPEN opens it) or truncating where a mapped capability
+    file system decides: ``_creatable`` false, a parent held by file handle that no longer
+    opens, ids the daemon cannot take on (EPERM, logged there), CREATE of an existing name
+    without O_EXCL (opened as OPEN opens it) or truncating where a mapped capability
     may have to go."""
     cdef FsCreds caller, saved
     cdef int64_t nodeid
@@ -221,8 +308,7 @@ cdef int64_t link_node(HandleTable handles, NodeTable inodes, uint64_t nodeid,
     it, in its order: ENOENT for either node id the table does not know, the name checked,
     EPERM for a directory, then ``link_name``, then its entry
     (``_new_entry``).  The node id with ``st`` filled, -errno, or 0 for what only the file
-    system decides (``_creatable`` false, a node held by file handle without a
-    descriptor)."""
+    system decides (``_creatable`` false, a node held by file handle that no longer opens)."""
     cdef int64_t rc = 0
     cdef int fd, newfd
     if not _creatable(handles, inodes):

@@ -244,7 +244,7 @@ cdef int dir_open(HandleTable handles, NodeTable inodes, uint64_t nodeid,
     as a directory (read-only, O_CLOEXEC), a directory handle in the handle table.  0 with
     ``fh`` set, -errno (ENOENT: no such node; ENOTDIR; EMFILE: the table full), or 1 for what
     only the file system decides (no policy set, the descriptor budget used up: EMFILE there,
-    a node held by file handle without a descriptor)."""
+    a node held by file handle that no longer opens)."""
     cdef int fd, nfd = -1, rc = 0
     cdef int64_t got
     if not handles.open_policy.enabled or not within_budget(handles, inodes):
@@ -319,8 +319,8 @@ cdef int dir_listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uin
     handle holds none (never listed, or dropped for room), a fresh one, "." and ".." with the
     inode numbers of ``nodeid`` and of its parent (the root's own for the root, and where the
     parent cannot be asked); else the one held.  0, -EBADF (not a live directory handle),
-    -ENOENT (no such node), another -errno, or 1 for a node held by file handle without a
-    descriptor (the file system reopens it)."""
+    -ENOENT (no such node), another -errno, or 1 for a node held by file handle that no
+    longer opens (the file system answers it)."""
     cdef DirListing *b = NULL
     cdef statx st
     cdef uint64_t dot, dotdot
@@ -381,7 +381,7 @@ cdef int dir_plus(const DirListing *listing, HandleTable handles, NodeTable inod
     "." and ".." with an empty entry (the kernel counts no lookup for them), an entry gone
     since the listing was taken (ENOENT) left out as the engine leaves it.  Returns 0 when
     full or at the end; 1 when it stopped at entry ``index`` because that one needs the file
-    system's lookup (a submount, a new inode held by file handle, a failure to ask), with room
+    system's lookup (a submount, a failure to ask), with room
     for it left to check; -errno when it stopped at entry ``index`` because its lookup failed
     otherwise (EMFILE with the descriptor budget used up): the entries before it are the
     reply, or, with none, that error is (an entry that exists is never left out)."""
@@ -404,7 +404,8 @@ cdef int dir_plus(const DirListing *listing, HandleTable handles, NodeTable inod
                 break
             memcpy(name, listing.records + start + FUSE_NAME_OFFSET, namelen)
             name[namelen] = 0
-            rc = lookup_entry(handles, inodes, parent, name, namelen, sec, nsec,
+            rc = lookup_entry(handles, inodes, parent, name, namelen,
+                              (<const fuse_dirent *>(listing.records + start)).ino, sec, nsec,
                               <fuse_entry_out *>(buf + used[0]))
             if rc == -ENOENT:
                 i += 1                  # removed since the listing was taken
@@ -507,7 +508,7 @@ def opendir(HandleTable handles, NodeTable inodes, uint64_t nodeid):
 def listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uint64_t fh,
             uint64_t offset):
     """``dir_listing`` for the file system: a :class:`Listing`; raises OSError.  None where
-    it decides itself (a node held by file handle without a descriptor)."""
+    it decides itself (a node held by file handle that no longer opens)."""
     cdef DirListing *b = NULL
     cdef Listing out
     cdef int rc
@@ -524,7 +525,7 @@ def listing(HandleTable handles, NodeTable inodes, uint64_t nodeid, uint64_t fh,
 
 def listing_of(HandleTable handles, uint64_t fh, uint64_t offset, inos):
     """``dir_listing`` where the file system finds the inode numbers of "." and ".." itself
-    (a node held by file handle without a descriptor): ``inos()`` gives them, called only
+    (a node held by file handle that no longer opens): ``inos()`` gives them, called only
     when a fresh listing is taken.  A :class:`Listing`; raises OSError."""
     cdef DirListing *b = NULL
     cdef Listing out

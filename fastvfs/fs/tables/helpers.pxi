@@ -19,16 +19,20 @@ cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
 
 
 cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent,
-                          const char *name, size_t length, uint64_t valid, uint32_t valid_nsec,
-                          fuse_entry_out *out) noexcept nogil:
+                          const char *name, size_t length, uint64_t listed_ino, uint64_t valid,
+                          uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil:
     """LOOKUP of ``name`` (``length`` bytes, NUL-terminated) in directory ``parent`` as
-    PassthroughFs.lookup finds a plain name: an inode the node id table holds counted once
-    more; a new one entered (``_new_entry``, the file system's ``_entry_at``) where the table
-    holds no node by file handle.  Fills ``out`` with fuse_entry_out (both timeouts ``valid``)
-    and returns the node id; -ENOENT when there is no such name, another -errno where the file
-    system's lookup fails the same way (EMFILE with the descriptor budget used up); 0 when the
-    engine must look it up (another name, a directory on another mount, a new inode in a table
-    with nodes held by file handle, a failure to ask about the name)."""
+    PassthroughFs.lookup finds a plain name: an inode the node id table holds (with a
+    descriptor) counted once more; else the name entered (``_new_entry``, the file system's
+    ``_entry_at``: a new inode, or a known one held by file handle).  Fills ``out`` with
+    fuse_entry_out (both timeouts ``valid``) and returns the node id; -ENOENT when there is
+    no such name, another -errno where the file system's lookup fails the same way (EMFILE
+    with the descriptor budget used up); 0 when the engine must look it up (another name, a
+    directory on another mount, a failure to ask about the name).  ``listed_ino``: the
+    inode number a directory listing gave the name (READDIRPLUS), or 0: where the table
+    holds no inode of that number on the parent's device and mount, the name is entered
+    straight away (its own statx taken on the new descriptor) without asking about it
+    first; the number only chooses the way, the entry is always the name's own inode."""
     cdef uint64_t mnt
     cdef int64_t nodeid
     cdef statx st
@@ -38,6 +42,13 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
     pfd = inodes.acquire(parent)
     if pfd < 0:
         return 0
+    if listed_ino and not inodes.may_hold(parent, listed_ino):
+        nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
+        inodes.release(parent)
+        if nodeid <= 0:
+            return nodeid
+        pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
+        return nodeid
     # One statx of the name, as an O_PATH open of it would see it (the link itself, no
     # automount, mounts crossed), without the open and close: a known inode needs no new fd.
     rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK, &st)
@@ -51,9 +62,7 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
         return 0
     nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
     if nodeid <= 0:
-        nodeid = 0
-        if inodes.clock == NULL:
-            nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
+        nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
     inodes.release(parent)
     if nodeid <= 0:
         return nodeid

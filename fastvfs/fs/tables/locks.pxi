@@ -283,7 +283,7 @@ cdef int lock_open_node(HandleTable h, NodeTable inodes, uint64_t nodeid, int ki
     (PassthroughFs._open_lock_file): 0 with the descriptor in ``fd``; -EMFILE with the guest's
     descriptor budget used up (PassthroughFs._budget), -ENOENT for a node id the table does
     not hold, another -errno; or 1 for what only the file system can open (no open policy, a
-    node held by file handle without a descriptor)."""
+    node held by file handle that no longer opens)."""
     cdef int nfd, got
     if not h.open_policy.enabled:
         return 1

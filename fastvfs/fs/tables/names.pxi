@@ -44,7 +44,7 @@ cdef int unlink_node(NodeTable inodes, uint64_t parent, const char *name, size_t
     PassthroughFs.unlink (``flags`` 0) and rmdir (AT_REMOVEDIR) do it: ENOENT for a node id
     the table does not know, the name checked, then the call on the parent's descriptor (a
     parent that is not a directory: ENOTDIR from the kernel).  0, -errno, or 1 for a parent
-    held by file handle without a descriptor, which only the file system reopens."""
+    held by file handle that no longer opens, which only the file system answers."""
     cdef int rc
     cdef int fd = inodes.acquire(parent)
     if fd == -2:
@@ -65,7 +65,7 @@ cdef int rename_node(NodeTable inodes, uint64_t parent, const char *name, size_t
     names NUL-terminated), as PassthroughFs.rename does it, in its order: ENOENT for either
     node id the table does not know, each name checked, EINVAL for flags beyond
     RENAME_FLAGS_ALLOWED, then the call (with flags 0, a plain rename).  0, -errno, or 1
-    for a parent held by file handle without a descriptor."""
+    for a parent held by file handle that no longer opens."""
     cdef int rc = 0
     cdef int newfd
     cdef int fd = inodes.acquire(parent)

@@ -14,14 +14,16 @@ cdef class NodeTable(SlotTable):
     system counts its lookups here (``adopt``, ``relookup``, ``forget``).  A node's fd is its
     O_PATH descriptor, closed once the node is dropped and no request uses it.
 
-    A node the file system holds by file handle (``adopt`` with ``by_handle``) may have no
-    descriptor: its fd is a cache entry, at most ``fds_max`` of them open (beyond, the least
-    recently used unreferenced ones are closed: a clock with second chance).  ``acquire`` of
-    such a node without a descriptor answers -2 and the fast path hands the request to the
-    engine, which opens the handle and ``install``s the descriptor.  A key match
-    (``lookup_key``) is trusted only while the node holds a descriptor: the open descriptor
-    pins the inode, so its inode number cannot have been reused for another file; without one
-    the engine compares file handles first.
+    A node held by file handle (entered with one: ``adopt_c``, tables/creates.pxi's
+    ``enter_inode``) keeps its handle here (``fhs``) and may have no descriptor: its fd is a
+    cache entry, at most ``fds_max`` of them open (beyond, the least recently used
+    unreferenced ones are closed: a clock with second chance).  ``acquire`` of such a node
+    without a descriptor reopens it by its handle (``_reopen``: open_by_handle_at on its
+    mount's descriptor), for the hot path and the file system alike; -2 only when that fails
+    (ESTALE: the inode is gone), and the request goes to the engine for its error.  A key
+    match (``lookup_key``) is trusted only while the node holds a descriptor: the open
+    descriptor pins the inode, so its inode number cannot have been reused for another file;
+    without one ``adopt_c`` compares file handles first.
 
     Lock order: the table mutex is a leaf lock; nothing is called while holding it but
     close(2) of an evicted cache descriptor.
@@ -37,12 +39,18 @@ cdef class NodeTable(SlotTable):
             raise MemoryError()
 
     def __dealloc__(self):
+        cdef uint32_t i
         if self.buckets != NULL:
             self._drop_all()
         free(self.buckets)
         self.buckets = NULL
         free(self.clock)
         self.clock = NULL
+        free(self.fhs)
+        self.fhs = NULL
+        for i in range(self.nmounts):
+            c_close(self.mount_fds[i])
+        self.nmounts = 0
 
     # -- entries (mutex held) -----------------------------------------------------------------
 
@@ -53,7 +61,28 @@ cdef class NodeTable(SlotTable):
             if sl.s.fd >= 0:
                 self.handle_fds -= 1
             sl.by_handle = False
+            self._forget_handle_locked(idx)
         return SlotTable._reclaim_locked(self, idx)
+
+    cdef void _forget_handle_locked(self, uint64_t idx) noexcept nogil:
+        """Free slot ``idx``'s handle."""
+        free(self.fhs[idx].heap)
+        memset(&self.fhs[idx], 0, sizeof(NodeHandle))
+
+    cdef bint _same_handle_locked(self, uint64_t idx, const fastvfs_file_handle *fh,
+                                  uint32_t mount) noexcept nogil:
+        """Whether slot ``idx`` (held by file handle) holds handle ``fh`` of mount ``mount``."""
+        cdef NodeHandle *h = &self.fhs[idx]
+        return (h.mount == mount and h.type == fh.handle_type and h.size == fh.handle_bytes and
+                memcmp(h.heap if h.heap != NULL else h.data, fh.f_handle, h.size) == 0)
+
+    cdef int64_t _mount_index_locked(self, int mount_id) noexcept nogil:
+        """The index of ``mount_id`` in ``mount_fds``, or -1."""
+        cdef uint32_t i
+        for i in range(self.nmounts):
+            if self.mount_ids[i] == mount_id:
+                return i
+        return -1
 
     cdef int _drop_locked(self, uint64_t fh) noexcept nogil:
         """``_kill`` ``fh`` and take its key out of the index."""
@@ -150,28 +179,87 @@ cdef class NodeTable(SlotTable):
     # -- the hot path ------------------------------------------------------------------------
 
     cdef int acquire(self, uint64_t nodeid) noexcept nogil:
-        """``SlotTable.acquire``, marking a node held by file handle as recently used."""
+        """``SlotTable.acquire``, marking a node held by file handle as recently used and
+        reopening it by its handle when its descriptor is not cached (-2 when that fails)."""
         cdef uint64_t idx = _index(nodeid)
         cdef int fd
         if not self._ref(nodeid):
             return -1
         fd = self.nodes[idx].s.fd
         if fd < 0:
-            self.release(nodeid)
-            return -2
+            fd = self._reopen(nodeid)
+            if fd < 0:
+                self.release(nodeid)
+                return -2
+            return fd
         if self.nodes[idx].by_handle:
             fastvfs_flag_set(&self.nodes[idx].recent)
         return fd
 
-    cdef int64_t adopt_c(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle,
-                         uint32_t mode, bint *created, bint *taken) noexcept nogil:
-        """``adopt``'s body, for the file system and the hot path's creations alike: the node
-        id, or -1 when the table is full; ``created`` and ``taken`` as ``adopt`` says.
-        ``by_handle`` only after ``set_fds_max``."""
+    cdef int _reopen(self, uint64_t nodeid) noexcept nogil:
+        """The descriptor of ``nodeid`` (referenced by the caller), held by file handle: the
+        cached one, else one opened by its handle (open_by_handle_at(2) on its mount's
+        descriptor, O_PATH | O_NOFOLLOW as every node's) and cached; -errno when that fails
+        (ESTALE once the inode is gone)."""
+        cdef uint64_t idx = _index(nodeid)
+        cdef NodeSlot *sl = &self.nodes[idx]
+        cdef NodeHandle *h
+        cdef fastvfs_file_handle fh
+        cdef int fd, have, mount_fd
+        pthread_mutex_lock(&self.lock)
+        have = sl.s.fd
+        if have < 0:
+            if not sl.by_handle:
+                pthread_mutex_unlock(&self.lock)
+                return -ENOENT
+            h = &self.fhs[idx]
+            fh.handle_type = h.type
+            fh.handle_bytes = h.size
+            memcpy(fh.f_handle, h.heap if h.heap != NULL else h.data, h.size)
+            mount_fd = self.mount_fds[h.mount]
+        pthread_mutex_unlock(&self.lock)
+        if have >= 0:
+            return have
+        fd = open_by_handle_at(mount_fd, &fh, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0:
+            return -errno
+        pthread_mutex_lock(&self.lock)
+        have = sl.s.fd
+        if have < 0:
+            sl.s.fd = have = fd
+            fastvfs_flag_set(&sl.recent)
+            self._cache_locked(<uint32_t>idx)
+        pthread_mutex_unlock(&self.lock)
+        if have != fd:
+            c_close(fd)
+        return have
+
+    cdef int64_t adopt_c(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt,
+                         const fastvfs_file_handle *fh, uint32_t mount, uint32_t mode,
+                         bint *created, bint *taken) noexcept nogil:
+        """One more lookup of the inode ``fd`` refers to, its key (``dev``, ``ino``, ``mnt``)
+        and file type ``mode``, held by file handle ``fh`` on mount index ``mount`` (only
+        once handles are allowed, ``set_handle_mode``), or by the descriptor where ``fh`` is
+        NULL.  The node id, or -1 when the table is full; ``created`` for a new entry,
+        ``taken`` when the table now owns ``fd`` (else the caller closes it): a new entry
+        takes it, and so does a known node held by file handle without a cached descriptor.
+        A known node held by file handle without a descriptor is that inode only if its
+        handle is ``fh``: else its inode is gone and its number reused, so it leaves the key
+        index and a new entry is made (a node with a descriptor pins its inode)."""
         cdef int64_t idx, nodeid
+        cdef uint8_t *heap = NULL
+        cdef NodeHandle *h
         created[0] = taken[0] = False
+        if fh != NULL and fh.handle_bytes > NODE_HANDLE_INLINE:
+            heap = <uint8_t *>malloc(fh.handle_bytes)
+            if heap == NULL:
+                return -1
         pthread_mutex_lock(&self.lock)
         idx = self._find_key(dev, ino, mnt)
+        if idx >= 0 and self.nodes[idx].by_handle and self.nodes[idx].s.fd < 0 and \
+                (fh == NULL or not self._same_handle_locked(idx, fh, mount)):
+            self._unlink_key(idx)
+            idx = -1
         if idx >= 0:
             self.nodes[idx].nlookup += 1
             nodeid = self._id_of(idx)
@@ -187,12 +275,47 @@ cdef class NodeTable(SlotTable):
                 self.nodes[idx].nlookup = 1
                 self.nodes[idx].mode = mode
                 self._link_key(idx, dev, ino, mnt)
-                if by_handle:
+                if fh != NULL:
+                    h = &self.fhs[idx]
+                    h.type = fh.handle_type
+                    h.size = <uint16_t>fh.handle_bytes
+                    h.mount = <uint16_t>mount
+                    h.heap = heap
+                    heap = NULL
+                    memcpy(h.heap if h.heap != NULL else h.data, fh.f_handle, h.size)
                     self.nodes[idx].by_handle = True
                     self.handle_nodes += 1
                     self._cache_locked(idx)
         pthread_mutex_unlock(&self.lock)
+        free(heap)
         return nodeid
+
+    cdef int64_t add_mount(self, int mount_id, int mount_fd) noexcept nogil:
+        """Keep ``mount_fd``, a descriptor to open handles of mount ``mount_id`` on, taking
+        it: the mount's index, or -1 when HANDLE_MOUNTS_MAX are kept.  ``mount_fd`` is
+        closed unless kept (another thread may have kept one first: its index)."""
+        cdef int64_t i
+        pthread_mutex_lock(&self.lock)
+        i = self._mount_index_locked(mount_id)
+        if i < 0 and self.nmounts < HANDLE_MOUNTS_MAX:
+            i = self.nmounts
+            self.mount_ids[i] = mount_id
+            self.mount_fds[i] = mount_fd
+            self.nmounts += 1
+            self.fds_other = self.nmounts
+            mount_fd = -1
+        pthread_mutex_unlock(&self.lock)
+        if mount_fd >= 0:
+            c_close(mount_fd)
+        return i
+
+    cdef int64_t mount_index(self, int mount_id) noexcept nogil:
+        """The index of the kept descriptor of mount ``mount_id``, or -1."""
+        cdef int64_t i
+        pthread_mutex_lock(&self.lock)
+        i = self._mount_index_locked(mount_id)
+        pthread_mutex_unlock(&self.lock)
+        return i
 
     cdef int64_t lookup_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil:
         """Count one more lookup of the live inode with this key; its node id, or 0."""
@@ -206,20 +329,26 @@ cdef class NodeTable(SlotTable):
         pthread_mutex_unlock(&self.lock)
         return nodeid
 
+    cdef bint may_hold(self, uint64_t parent, uint64_t ino) noexcept nogil:
+        """Whether a live inode numbered ``ino`` on the device and mount of ``parent`` (a node
+        id the caller holds a reference on) may be in the table: True for an unkeyed parent
+        (nothing to ask by)."""
+        cdef NodeSlot *sl = &self.nodes[_index(parent)]
+        cdef bint found
+        pthread_mutex_lock(&self.lock)
+        found = not sl.keyed or self._find_key(sl.dev, ino, sl.mnt) >= 0
+        pthread_mutex_unlock(&self.lock)
+        return found
+
     cdef uint64_t mount_of(self, uint64_t nodeid) noexcept nogil:
         """The mount id of a node id the caller holds a reference on (0 if not keyed)."""
         cdef NodeSlot *sl = &self.nodes[_index(nodeid)]
         return sl.mnt if sl.keyed else 0
 
-    cdef bint dropped_room(self, uint32_t n) noexcept nogil:
-        """Whether ``n`` more dropped ids fit in the list ``take_dropped`` drains."""
-        return self.ndropped + n <= DROPPED_MAX
-
-    cdef bint forget_c(self, uint64_t nodeid, uint64_t count, bint note) noexcept nogil:
+    cdef bint forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil:
         """Take ``count`` lookups away (never below zero: a hostile guest may forget more than
         it looked up); at zero the node id is dropped and its fd closed once unused.  Returns
-        whether it was dropped; with ``note`` (the hot path, which checked ``dropped_room``) a
-        dropped id is also noted for the file system.  The root is never dropped."""
+        whether it was dropped.  The root is never dropped."""
         cdef uint64_t idx = _index(nodeid)
         cdef int rc = -1
         cdef NodeSlot *sl
@@ -231,9 +360,6 @@ cdef class NodeTable(SlotTable):
             sl.nlookup -= count if count < sl.nlookup else sl.nlookup
             if sl.nlookup == 0:
                 rc = self._drop_locked(nodeid)
-                if rc >= 0 and note and self.ndropped < DROPPED_MAX:
-                    self.dropped[self.ndropped] = nodeid
-                    self.ndropped += 1
         pthread_mutex_unlock(&self.lock)
         if rc == 1:
             self._reclaim(idx)
@@ -258,52 +384,20 @@ cdef class NodeTable(SlotTable):
         self.count = 1
         return 1
 
-    def set_fds_max(self, uint32_t fds_max):
-        """Allow nodes held by file handle, with at most ``fds_max`` cached descriptors."""
+    def set_handle_mode(self, uint32_t fds_max, bint mandatory=False):
+        """Allow nodes held by file handle, with at most ``fds_max`` cached descriptors;
+        ``mandatory``: an inode without a handle is refused, not held by descriptor."""
         if self.clock == NULL:
             self.clock = <uint32_t *>calloc(self.capacity, sizeof(uint32_t))
             if self.clock == NULL:
                 raise MemoryError()
+        if self.fhs == NULL:
+            # Untouched until a slot is entered by handle, as the slots themselves.
+            self.fhs = <NodeHandle *>calloc(self.capacity, sizeof(NodeHandle))
+            if self.fhs == NULL:
+                raise MemoryError()
         self.fds_max = fds_max
-
-    def adopt(self, int fd, uint64_t dev, uint64_t ino, uint64_t mnt, bint by_handle=False,
-              uint32_t mode=0):
-        """Count one lookup of the inode with this key: ``(node id, created, taken)``,
-        ``created`` for a new entry, ``taken`` when the table now owns ``fd`` (else the
-        caller closes it): a new entry takes it, and so does a known node held by file handle
-        without a cached descriptor.  ``by_handle``: a new entry is held by file handle (its
-        descriptor is a cache entry; the caller compared the handle of a known node with
-        this key first, ``find_key``); ``mode``: its st_mode, kept for :meth:`node`.  Raises
-        OSError(EMFILE) when full."""
-        cdef int64_t nodeid
-        cdef bint created = False, taken = False
-        if by_handle and self.clock == NULL:
-            raise ValueError("set_fds_max first")
-        with nogil:
-            nodeid = self.adopt_c(fd, dev, ino, mnt, by_handle, mode, &created, &taken)
-        if nodeid < 0:
-            raise OSError(24, "node id table full")
-        return nodeid, created, taken
-
-    def find_key(self, uint64_t dev, uint64_t ino, uint64_t mnt):
-        """The live node id with this key, or 0 (no lookup counted)."""
-        cdef int64_t idx, nodeid = 0
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            idx = self._find_key(dev, ino, mnt)
-            if idx >= 0:
-                nodeid = self._id_of(idx)
-            pthread_mutex_unlock(&self.lock)
-        return nodeid
-
-    def unkey(self, uint64_t nodeid):
-        """Take live ``nodeid`` out of the key index: its inode is gone (a file handle of
-        another inode now comes with its key), so no lookup may find it any more."""
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            if self._live(nodeid) and self.nodes[_index(nodeid)].keyed:
-                self._unlink_key(_index(nodeid))
-            pthread_mutex_unlock(&self.lock)
+        self.handles_mandatory = mandatory
 
     def relookup(self, uint64_t nodeid):
         """Count one more lookup of a live node id; raises OSError(ENOENT)."""
@@ -321,18 +415,8 @@ cdef class NodeTable(SlotTable):
         """``forget_c`` for the file system: True when the node id was dropped."""
         cdef bint dropped
         with nogil:
-            dropped = self.forget_c(nodeid, count, False)
+            dropped = self.forget_c(nodeid, count)
         return dropped
-
-    def take_dropped(self):
-        """Node ids the hot path dropped since the last call."""
-        cdef uint32_t i
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-        out = [self.dropped[i] for i in range(self.ndropped)]
-        self.ndropped = 0
-        pthread_mutex_unlock(&self.lock)
-        return out
 
     def nlookup(self, uint64_t nodeid):
         """The lookup count of a live node id (0 if it is not one)."""
@@ -341,12 +425,21 @@ cdef class NodeTable(SlotTable):
         return self.nodes[_index(nodeid)].nlookup
 
     def hold_node(self, uint64_t nodeid):
-        """Take a reference on live ``nodeid`` (until :meth:`unhold`): its descriptor, or -1
-        for a node held by file handle without one (then :meth:`install` one).  Raises
-        OSError(EBADF)."""
+        """Take a reference on live ``nodeid`` (until :meth:`unhold`): its descriptor, for a
+        node held by file handle the cached one or one reopened by its handle (then cached).
+        Raises OSError: EBADF for a node id not live, the reopening's errno (ESTALE once the
+        inode is gone)."""
+        cdef int fd
         if not self._ref(nodeid):
             raise OSError(EBADF, "bad node id")
-        return self.nodes[_index(nodeid)].s.fd
+        fd = self.nodes[_index(nodeid)].s.fd
+        if fd < 0:
+            with nogil:
+                fd = self._reopen(nodeid)
+            if fd < 0:
+                self.unhold(nodeid)
+                raise OSError(-fd, "cannot reopen the node by its handle")
+        return fd
 
     def node(self, uint64_t nodeid, bint hold=False):
         """What the table knows of live ``nodeid``: ``(fd, dev, ino, mnt, mode, by_handle)``,
@@ -369,19 +462,3 @@ cdef class NodeTable(SlotTable):
         if not ok:
             raise OSError(ENOENT, "unknown node id")
         return sl.s.fd, sl.dev, sl.ino, sl.mnt, sl.mode, sl.by_handle
-
-    def install(self, uint64_t nodeid, int fd):
-        """Give ``fd`` to ``nodeid`` (held by file handle, referenced by the caller) as its
-        cached descriptor; returns the descriptor it now has: ``fd``, or the one another
-        request installed first (the caller then closes ``fd``)."""
-        cdef uint64_t idx = _index(nodeid)
-        cdef int have
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            have = self.nodes[idx].s.fd
-            if have < 0:
-                self.nodes[idx].s.fd = have = fd
-                fastvfs_flag_set(&self.nodes[idx].recent)
-                self._cache_locked(<uint32_t>idx)
-            pthread_mutex_unlock(&self.lock)
-        return have

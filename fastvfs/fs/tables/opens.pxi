@@ -31,12 +31,6 @@ def set_open_policy(HandleTable handles, int flags_allowed, bint writeback, uint
     handles.open_policy.enabled = True
 
 
-def set_fds_other(SlotTable table, uint32_t count):
-    """Record the descriptors the file system holds besides ``table``'s slots (its
-    ``fds_other``), for the hot path's budget check; kept up to date by the file system."""
-    table.fds_other = count
-
-
 cdef int _openable(uint32_t mode) noexcept nogil:
     """0 for a regular file, else the errno OPEN answers (for the file system
     too: ``reopen``)."""
@@ -121,7 +115,7 @@ cdef int open_node(HandleTable handles, NodeTable inodes, uint64_t nodeid, int f
     """OPEN of ``nodeid`` with the guest's ``flags`` as PassthroughFs.open (without its
     kill-suid/sgid on O_TRUNC, which the caller leaves to the engine): 0 with ``fh`` set,
     -errno, or 1 for what only the file system decides (no policy set, the budget used up:
-    EMFILE there, a node held by file handle without a descriptor, O_TRUNC with a mapped
+    EMFILE there, a node held by file handle that no longer opens, O_TRUNC with a mapped
     capability to remove).  Only a regular file is opened: its type is checked before the
     open (``reopen_fd``), since opening a FIFO blocks and opening a device reaches a host
     driver."""

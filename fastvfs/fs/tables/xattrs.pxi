@@ -61,8 +61,8 @@ cdef int _xattr_call(HandleTable handles, NodeTable inodes, uint64_t nodeid, Xat
     it, setxattr(2) of ``name`` to ``buf`` with ``flags``, or removexattr(2) of ``name``, as
     ``call`` says, through the node's /proc/self/fd name: 0 (``got`` set for a get or a list),
     -errno (ENOENT for an unknown node, then EINVAL for an empty name, then the host's error),
-    or 1 for what only the file system decides (no policy, a node held by file handle without
-    a descriptor, a value or list larger than ``size``: it reads up to XATTR_SIZE_MAX)."""
+    or 1 for what only the file system decides (no policy, a node held by file handle that no
+    longer opens, a value or list larger than ``size``: it reads up to XATTR_SIZE_MAX)."""
     cdef char path[48]
     cdef int fd, entered, err = 0
     cdef ssize_t rc = 0
