@@ -1,6 +1,7 @@
 """Start-up time and memory of fastvfs beside the reference virtiofsd, in the same run.
 
-    python -m bench.footprint [--rounds 15] [--inodes 100000] [--fastvfs PATH] [--out reports/footprint]
+    python -m bench.footprint [--rounds 15] [--inodes 100000] [--fastvfs PATH]
+                              [--fastvfs-arg=--inode-file-handles=prefer] [--out reports/footprint]
 
 For each of ``--rounds`` rounds, interleaved (fastvfs, reference, then reference, fastvfs, ...),
 each daemon is started fresh with its defaults (its own sandbox) on a new socket, and measured:
@@ -55,10 +56,12 @@ def default_fastvfs():
     return str(deployed) if deployed.exists() else None
 
 
-def argv_of(name, fastvfs, sock, shared):
+def argv_of(name, fastvfs, sock, shared, extra=()):
+    """The command line of ``name``; ``extra`` is added to fastvfs's."""
     if name == "fastvfs":
         cmd = [fastvfs] if fastvfs else [sys.executable, "-m", "fastvfs"]
-        return [*cmd, "--socket-path", sock, "--shared-dir", shared, "--log-level", "error"]
+        return [*cmd, "--socket-path", sock, "--shared-dir", shared, "--log-level", "error",
+                *extra]
     return [REFERENCE, f"--socket-path={sock}", "-o", f"source={shared}"]
 
 
@@ -93,13 +96,13 @@ def _finish(proc):
         proc.wait()
 
 
-def first_reply(name, fastvfs, shared):
+def first_reply(name, fastvfs, shared, extra=()):
     """Seconds from exec to the GET_FEATURES reply, and to the socket accepting."""
     tmp = tempfile.mkdtemp(prefix="fvfp-")
     sock = os.path.join(tmp, "s.sock")
     try:
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv_of(name, fastvfs, sock, shared),
+        proc = subprocess.Popen(argv_of(name, fastvfs, sock, shared, extra),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             s = _connect(sock, t0 + 15)
@@ -147,10 +150,10 @@ def nofile_limit(pid):
 class Started:
     """A daemon started and brought up by the frontend driver, FUSE_INIT answered."""
 
-    def __init__(self, name, fastvfs, shared):
+    def __init__(self, name, fastvfs, shared, extra=()):
         t0 = time.monotonic()
         self.sock, self.proc, self.frontend = start_daemon(
-            argv_of(name, fastvfs, "{sock}", shared), name, poll_s=0.0002)
+            argv_of(name, fastvfs, "{sock}", shared, extra), name, poll_s=0.0002)
         self.client = FuseClient(self.frontend, timeout=30)
         self.client.init()
         self.up_s = time.monotonic() - t0
@@ -164,8 +167,8 @@ def settle_pss(pid, wait=0.3):
     return pss_kib(pid)
 
 
-def per_inode(name, fastvfs, shared, count):
-    d = Started(name, fastvfs, shared)
+def per_inode(name, fastvfs, shared, count, extra=()):
+    d = Started(name, fastvfs, shared, extra)
     try:
         limit = nofile_limit(d.proc.pid)
         usable = count if limit is None else min(count, max(0, limit - 512))
@@ -229,8 +232,12 @@ def main(argv=None):
     p.add_argument("--inodes", type=int, default=100_000)
     p.add_argument("--fastvfs", default=default_fastvfs(),
                    help="the fastvfs program (default: FASTVFS_BIN or .venv-deployed/bin/fastvfs)")
+    p.add_argument("--fastvfs-arg", action="append", default=[], metavar="ARG",
+                   help="an option added to fastvfs's command line (repeatable), e.g. "
+                        "--fastvfs-arg=--inode-file-handles=prefer, Kata's default")
     p.add_argument("--out", default="reports/footprint")
     args = p.parse_args(argv)
+    extra = {"fastvfs": tuple(args.fastvfs_arg), "reference": ()}
     if not os.access(REFERENCE, os.X_OK):
         p.error(f"needs the reference virtiofsd at {REFERENCE}")
     work = tempfile.mkdtemp(prefix="fastvfs-footprint-")
@@ -243,11 +250,11 @@ def main(argv=None):
     try:
         for i in range(args.rounds):
             for name in (names if i % 2 == 0 else names[::-1]):
-                r = first_reply(name, args.fastvfs, shared)
+                r = first_reply(name, args.fastvfs, shared, extra[name])
                 taken[name]["socket_s"].append(r["socket_s"])
                 taken[name]["reply_s"].append(r["reply_s"])
             for name in (names if i % 2 == 0 else names[::-1]):
-                d = Started(name, args.fastvfs, shared)
+                d = Started(name, args.fastvfs, shared, extra[name])
                 try:
                     taken[name]["up_s"].append(d.up_s)
                     taken[name]["pss_kib"].append(settle_pss(d.proc.pid))
@@ -256,7 +263,8 @@ def main(argv=None):
             print(f"round {i + 1}: " + ", ".join(
                 f"{n} reply {taken[n]['reply_s'][-1] * 1000:.1f} ms up {taken[n]['up_s'][-1] * 1000:.1f} ms "
                 f"PSS {taken[n]['pss_kib'][-1] / 1024:.1f} MiB" for n in names), flush=True)
-        inode_rows = {n: per_inode(n, args.fastvfs, shared, args.inodes) for n in names}
+        inode_rows = {n: per_inode(n, args.fastvfs, shared, args.inodes, extra[n])
+                      for n in names}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = {n: {k: statistics.median(v) for k, v in taken[n].items()} for n in names}
@@ -267,7 +275,7 @@ def main(argv=None):
         commit = "?"
     config = output.base_config(rounds=args.rounds, inodes=args.inodes, commit=commit,
                                 fastvfs_cmd=" ".join(argv_of("fastvfs", args.fastvfs, "SOCK",
-                                                             "DIR")),
+                                                             "DIR", extra["fastvfs"])),
                                 reference_cmd=" ".join(argv_of("reference", None, "SOCK", "DIR")))
     output.write(args.out, config, {"medians": rows, "rounds": taken, "per_inode": inode_rows},
                  markdown(config, rows, inode_rows))

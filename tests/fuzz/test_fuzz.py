@@ -226,8 +226,10 @@ NAMES = st.sampled_from([b"a", b"..", b".", b"a/b", b"../x", b"", b"x" * 300, b"
 OPS = st.sampled_from([int(o) for o in Opcode] + [0, 99, 4096])
 
 
-@pytest.fixture(scope="module")
-def engine_env():
+@pytest.fixture(scope="module", params=["never", "prefer"])
+def engine_env(request):
+    """The engine over a small tree, with inodes held by O_PATH descriptor, then by file handle
+    with a descriptor cache of two (every other node reopened by its handle)."""
     outer = tempfile.mkdtemp(prefix="fvfuzz-")
     root = os.path.join(outer, "share")
     os.mkdir(root)
@@ -236,7 +238,9 @@ def engine_env():
         f.write(b"data" * 100)
     os.symlink("/etc/passwd", os.path.join(root, "link"))
     os.mkfifo(os.path.join(root, "fifo"))
-    fs = PassthroughFs(root, HandleTable(4096), inodes=NodeTable(4096))
+    handles = {} if request.param == "never" else {"file_handles": "prefer",
+                                                    "handle_fds_max": 2}
+    fs = PassthroughFs(root, HandleTable(4096), inodes=NodeTable(4096), **handles)
     engine = FuseEngine(fs, "never", xattr=True, security_label=True)
     init = abi.in_header.pack(abi.IN_HEADER_SIZE + 64, Opcode.INIT, 1, 0, 0, 0, 0, 0, 0) + \
         abi.init_in.pack(7, 38, 1 << 17, LINUX_6_1_INIT_FLAGS & 0xFFFFFFFF,
