@@ -870,7 +870,8 @@ def main(argv=None):
         reference_argv=backend_argv("reference", "SOCK", "DIR", args.cache),
         fastvfs_sandbox="namespace (default), seccomp on (default)",
         reference_sandbox="namespace (default)",
-        fastvfs_threads=f"defaults: --thread-pool-size 0, io-engine uring; "
+        fastvfs_threads=f"{'its command line above' if args.fastvfs_arg else 'defaults'}"
+                        f" (by default --thread-pool-size 0, io-engine uring); "
                         f"{threads.get('fastvfs')} threads in its processes after start-up",
         reference_threads=f"defaults: --thread-pool-size 0 (requests served on the queue's "
                           f"thread); {threads.get('reference')} threads in its processes after "

@@ -16,6 +16,7 @@ from fastvfs.includes.pthread cimport pthread_mutex_t
 from fastvfs.includes.statx cimport statx
 
 cdef enum:
+    INDEX_BUCKETS_MIN = 1024  # the node id table's key index when it is made
     LOOKUP_NAME_MAX = 255
     XATTR_NAME_MAX = 255  # the longest attribute name (linux/limits.h); longer is ERANGE
     TARGET_MAX = 4095     # the longest symlink target (PATH_MAX with its NUL); longer is EINVAL
@@ -227,8 +228,12 @@ cdef struct NodeSlot:
 @cython.final
 cdef class NodeTable(SlotTable):
     cdef NodeSlot *nodes              # mem, typed
+    # The key index: ``nbuckets`` chains (a power of two), doubled as the live entries come
+    # to outnumber them, up to ``nbuckets_max`` (the capacity's power of two), so it costs
+    # memory per inode known rather than per slot.
     cdef uint32_t *buckets
-    cdef uint32_t nbuckets
+    cdef readonly uint32_t nbuckets
+    cdef uint32_t nbuckets_max
     # Nodes held by file handle, those of them with a cached descriptor, and the bound on the
     # latter; the clock queue of cached slots (a ring of slot indexes, each at most once).
     # ``clock`` and ``fhs`` (each slot's handle) exist once ``set_handle_mode`` allowed
@@ -249,6 +254,7 @@ cdef class NodeTable(SlotTable):
     cdef uint32_t nmounts
 
     # Mutex held.
+    cdef void _grow_index(self) noexcept nogil
     cdef void _unlink_key(self, uint64_t idx) noexcept nogil
     cdef int64_t _find_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
     cdef void _link_key(self, uint64_t idx, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil

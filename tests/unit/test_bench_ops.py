@@ -181,3 +181,14 @@ def test_gate_ratios_are_units_per_backend_cpu_second():
     }
     # fastvfs does a cycle on half the reference's CPU: twice the cycles per CPU-second.
     assert ops.gate_ratios(results) == {"ops:create@1": pytest.approx(2.0)}
+
+
+def test_options_added_to_fastvfs_only():
+    """``--fastvfs-arg`` (bench.ops and bench.footprint) reaches fastvfs's command line, after
+    its own options, and never the reference's."""
+    from bench import footprint
+    extra = ("--inode-file-handles=prefer", "--thread-pool-size=1")
+    assert ops.backend_argv("fastvfs", "S", "D", "auto", extra)[-2:] == list(extra)
+    assert not set(extra) & set(ops.backend_argv("reference", "S", "D", "auto", extra))
+    assert footprint.argv_of("fastvfs", "/bin/fastvfs", "S", "D", extra)[-2:] == list(extra)
+    assert not set(extra) & set(footprint.argv_of("reference", None, "S", "D", extra))

@@ -146,6 +146,27 @@ def test_lookup_counts_and_forget(s, tmp_path):
     assert s.ok(Opcode.GETATTR, ROOT, bytes(16))
 
 
+def test_the_key_index_grows_with_the_inodes_known(s, tmp_path):
+    """The node id table's key index starts small and doubles as the inodes known outnumber
+    its buckets: every inode known before and after a growth is found again by its key (a
+    second LOOKUP counts on the same node id), a forgotten one gets a new node id."""
+    table = s.fs.inodes.table
+    start = table.nbuckets
+    count = 3 * start
+    for i in range(count):
+        (tmp_path / f"f{i}").write_text("")
+    first = [s.lookup(b"f%d" % i)[0] for i in range(count)]
+    assert table.nbuckets >= len(s.fs.inodes) > start
+    for nodeid in first[::2]:
+        s.raw(Opcode.FORGET, nodeid, struct.pack("<Q", 1))
+    again = [s.lookup(b"f%d" % i)[0] for i in range(count)]
+    for i, (a, b) in enumerate(zip(first, again)):
+        if i % 2:
+            assert a == b and s.fs.inodes.nlookup(a) == 2
+        else:
+            assert a != b and s.fs.inodes.nlookup(b) == 1
+
+
 def test_batch_forget_with_a_lying_count(s, tmp_path):
     (tmp_path / "f").write_text("x")
     a, _ = s.lookup(b"f")

@@ -26,14 +26,15 @@ cdef class NodeTable(SlotTable):
     without one ``adopt_c`` compares file handles first.
 
     Lock order: the table mutex is a leaf lock; nothing is called while holding it but
-    close(2) of an evicted cache descriptor.
+    close(2) of an evicted cache descriptor and the allocation of a grown key index.
     """
     def __cinit__(self, uint32_t capacity=65536):
         self._alloc(capacity, sizeof(NodeSlot))
         self.nodes = <NodeSlot *>self.mem
-        self.nbuckets = 1
-        while self.nbuckets < capacity:
-            self.nbuckets <<= 1
+        self.nbuckets_max = 1
+        while self.nbuckets_max < capacity:
+            self.nbuckets_max <<= 1
+        self.nbuckets = min(<uint32_t>INDEX_BUCKETS_MIN, self.nbuckets_max)
         self.buckets = <uint32_t *>calloc(self.nbuckets, sizeof(uint32_t))
         if self.buckets == NULL:
             raise MemoryError()
@@ -127,6 +128,31 @@ cdef class NodeTable(SlotTable):
         sl.keyed = True
         sl.hnext = bucket[0]
         bucket[0] = <uint32_t>(idx + 1)
+        if self.count > self.nbuckets and self.nbuckets < self.nbuckets_max:
+            self._grow_index()
+
+    cdef void _grow_index(self) noexcept nogil:
+        """Double the key index, every chain rehashed into the new buckets (mutex held, as
+        every use of the index is).  Without memory for it the chains just grow longer."""
+        cdef uint32_t n = self.nbuckets * 2
+        cdef uint32_t *grown = <uint32_t *>calloc(n, sizeof(uint32_t))
+        cdef uint32_t i, at, after
+        cdef uint32_t *bucket
+        cdef NodeSlot *sl
+        if grown == NULL:
+            return
+        for i in range(self.nbuckets):
+            at = self.buckets[i]
+            while at:
+                sl = &self.nodes[at - 1]
+                after = sl.hnext
+                bucket = &grown[fastvfs_key_hash(sl.dev, sl.ino, sl.mnt) & (n - 1)]
+                sl.hnext = bucket[0]
+                bucket[0] = at
+                at = after
+        free(self.buckets)
+        self.buckets = grown
+        self.nbuckets = n
 
     # -- the descriptor cache of nodes held by file handle (mutex held) -----------------------
 
