@@ -31,9 +31,10 @@ Fragments, each knowing only those above it:
 
 Lock order: a table's mutex is a leaf lock (the lock descriptions' mutexes come before it,
 tables/locks.pxi).  Nothing is called while holding it but close(2) of an evicted cache
-descriptor, malloc(3) of a copy and the allocation of a grown key index; no thread holding
-it waits for the GIL (the Python methods take it inside ``with nogil``), so a thread holding
-the GIL may take it.  Directory listings are freed after it is let go.
+descriptor, malloc(3) of a copy, the allocation of a grown key index and free(3) of the old
+one or of a node's long handle; no thread holding it waits for the GIL (the Python methods
+take it inside ``with nogil``), so a thread holding the GIL may take it.  Directory listings
+are freed after it is let go.
 """
 
 cimport cython

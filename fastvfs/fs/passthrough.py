@@ -155,8 +155,9 @@ class InodeStore:
         """An O_PATH descriptor of ``inode`` (from :meth:`get`), valid until the request
         ends: its own, or for an inode held by file handle the cached one, opened by handle
         if none is (ESTALE once the inode is gone).  The reference taken keeps the cache from
-        closing it.  Outside a request scope (single-threaded callers) it is valid until the
-        next call that may fill the cache."""
+        closing it.  Outside a request scope (tests, single-threaded) it is valid only until
+        anything may fill the cache: every caller in the daemon runs inside one (the engine's
+        requests, its lock waits)."""
         if inode.fd is not None:
             return inode.fd
         nodeid = inode.nodeid
@@ -396,10 +397,10 @@ class PassthroughFs:
     def plus_entries(self, parent_id, listing, index, size, sec, nsec):
         """READDIRPLUS records of ``listing`` (from :meth:`readdir` of ``parent_id``) from
         entry ``index`` on, each entry looked up in C (the hot path's own code, a known inode
-        or a new one), up to one that needs :meth:`lookup` (a submount, a node held by file
-        handle) or whose lookup fails (EMFILE; one gone since the listing was taken is left
-        out): ``(bytes, next index, status)``, status 0 (full, or the end), 1 (that entry
-        needs :meth:`lookup`) or -errno (that entry's lookup failed so)."""
+        or a new one), up to one that needs :meth:`lookup` (a submount) or whose lookup
+        fails (EMFILE; one gone since the listing was taken is left out): ``(bytes, next
+        index, status)``, status 0 (full, or the end), 1 (that entry needs :meth:`lookup`)
+        or -errno (that entry's lookup failed so)."""
         return listing.plus_entries(self.inodes.table, parent_id, index, size, sec, nsec)
 
     def _relookup(self, inode):

@@ -720,8 +720,11 @@ class FuseEngine:
 
     def _wait_for_lock(self, pending, nodeid, fh, owner, start, end, lock_type, flock, pid):
         try:
-            self.fs.setlk(nodeid, fh, owner, start, end, lock_type, flock=flock, wait=True,
-                          pid=pid)
+            # A request of its own: the descriptors it uses stay open until it is answered
+            # (a node held by file handle may have its cached descriptor closed meanwhile).
+            with self.fs.request_scope():
+                self.fs.setlk(nodeid, fh, owner, start, end, lock_type, flock=flock,
+                              wait=True, pid=pid)
             error = 0
         except OSError as exc:
             error = _errno(exc)

@@ -7,7 +7,7 @@
 # entered in the node id table as PassthroughFs._entry_at enters it.  The session's part is
 # given at each FUSE_INIT through ``set_create_session`` (PassthroughFs.init).
 
-from libc.errno cimport EEXIST, EPERM
+from libc.errno cimport EEXIST, ENOMEM, EPERM
 
 from fastvfs.fs._sys cimport FsCreds, creds_enter, creds_leave
 from fastvfs.includes.fcntl cimport (AT_SYMLINK_FOLLOW, O_CREAT, O_DIRECT, O_DIRECTORY, O_EXCL,
@@ -116,8 +116,6 @@ cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const 
     nothing counted, for a directory on a mount other than ``dir_mount`` (unless 0: what the
     caller created is on its parent's mount), whose entry is the engine's (a submount)."""
     cdef uint64_t mnt
-    cdef int64_t nodeid
-    cdef bint created, taken
     cdef int rc, fd
     if not within_budget(handles, inodes):
         return -EMFILE
@@ -163,7 +161,7 @@ cdef int64_t enter_inode(HandleTable handles, NodeTable inodes, int fd, uint64_t
     handle (the file system has none, no descriptor of its mount can be had, or
     HANDLE_MOUNTS_MAX are kept) the inode is held by descriptor, or with mandatory handles
     refused with that errno (EOPNOTSUPP for the mount).  The node id, or -errno: EMFILE with
-    the table full."""
+    the table full, ENOMEM without memory for a long handle."""
     cdef fastvfs_file_handle fh
     cdef const fastvfs_file_handle *by = NULL
     cdef int64_t mount = 0, nodeid
@@ -190,7 +188,7 @@ cdef int64_t enter_inode(HandleTable handles, NodeTable inodes, int fd, uint64_t
     nodeid = inodes.adopt_c(fd, dev, ino, mnt, by, <uint32_t>mount, mode, &created, &taken)
     if nodeid < 0:
         c_close(fd)
-        return -EMFILE
+        return -ENOMEM if nodeid == -2 else -EMFILE
     if not taken:
         c_close(fd)
     return nodeid

@@ -5,13 +5,14 @@
 
 @cython.final
 cdef class NodeTable(SlotTable):
-    """Node ids the guest holds, visible to the fast path without the GIL and without a lock.
+    """Node ids the guest holds, visible to the fast path without the GIL, a known node's
+    descriptor without a lock.
 
     A node id = generation << 32 | slot + 1, so a forgotten id is never mistaken for a newer
     inode; id 1 (FUSE_ROOT_ID) is the share's root (``add_root``), never dropped.  Entries
     carry the inode's key (st_dev, st_ino, mount id) in a hash index and the guest's lookup
     count, so the hot path can answer a LOOKUP of a known inode (``lookup_key``) and the file
-    system counts its lookups here (``adopt``, ``relookup``, ``forget``).  A node's fd is its
+    system counts its lookups here (``enter_inode``, ``relookup``, ``forget``).  A node's fd is its
     O_PATH descriptor, closed once the node is dropped and no request uses it.
 
     A node held by file handle (entered with one: ``adopt_c``, tables/creates.pxi's
@@ -20,13 +21,15 @@ cdef class NodeTable(SlotTable):
     unreferenced ones are closed: a clock with second chance).  ``acquire`` of such a node
     without a descriptor reopens it by its handle (``_reopen``: open_by_handle_at on its
     mount's descriptor), for the hot path and the file system alike; -2 only when that fails
-    (ESTALE: the inode is gone), and the request goes to the engine for its error.  A key
+    (ESTALE once the inode is gone, or another error), and the request goes to the engine
+    for its error.  A key
     match (``lookup_key``) is trusted only while the node holds a descriptor: the open
     descriptor pins the inode, so its inode number cannot have been reused for another file;
     without one ``adopt_c`` compares file handles first.
 
     Lock order: the table mutex is a leaf lock; nothing is called while holding it but
-    close(2) of an evicted cache descriptor and the allocation of a grown key index.
+    close(2) of an evicted cache descriptor, the allocation of a grown key index and free(3)
+    of the old one or of a dropped node's long handle.
     """
     def __cinit__(self, uint32_t capacity=65536):
         self._alloc(capacity, sizeof(NodeSlot))
@@ -266,12 +269,15 @@ cdef class NodeTable(SlotTable):
         """One more lookup of the inode ``fd`` refers to, its key (``dev``, ``ino``, ``mnt``)
         and file type ``mode``, held by file handle ``fh`` on mount index ``mount`` (only
         once handles are allowed, ``set_handle_mode``), or by the descriptor where ``fh`` is
-        NULL.  The node id, or -1 when the table is full; ``created`` for a new entry,
-        ``taken`` when the table now owns ``fd`` (else the caller closes it): a new entry
-        takes it, and so does a known node held by file handle without a cached descriptor.
-        A known node held by file handle without a descriptor is that inode only if its
-        handle is ``fh``: else its inode is gone and its number reused, so it leaves the key
-        index and a new entry is made (a node with a descriptor pins its inode)."""
+        NULL.  The node id, -1 when the table is full, -2 without memory for a long handle;
+        ``created`` for a new entry, ``taken`` when the table now owns ``fd`` (else the
+        caller closes it): a new entry takes it, and so does a known node held by file handle
+        without a cached descriptor.  A known node held by file handle is that inode only if
+        its handle is ``fh``: else its inode is gone and its number reused (or two inodes
+        share the key), so it leaves the key index and a new entry is made.  Where ``fh`` is
+        NULL nothing can be compared: a known node held by file handle is trusted only with
+        a cached descriptor, which pins its inode, and else leaves the index too (the inode
+        then has two node ids rather than an old node id naming another inode)."""
         cdef int64_t idx, nodeid
         cdef uint8_t *heap = NULL
         cdef NodeHandle *h
@@ -279,11 +285,12 @@ cdef class NodeTable(SlotTable):
         if fh != NULL and fh.handle_bytes > NODE_HANDLE_INLINE:
             heap = <uint8_t *>malloc(fh.handle_bytes)
             if heap == NULL:
-                return -1
+                return -2
         pthread_mutex_lock(&self.lock)
         idx = self._find_key(dev, ino, mnt)
-        if idx >= 0 and self.nodes[idx].by_handle and self.nodes[idx].s.fd < 0 and \
-                (fh == NULL or not self._same_handle_locked(idx, fh, mount)):
+        if idx >= 0 and self.nodes[idx].by_handle and (
+                not self._same_handle_locked(idx, fh, mount) if fh != NULL
+                else self.nodes[idx].s.fd < 0):
             self._unlink_key(idx)
             idx = -1
         if idx >= 0:

@@ -21,7 +21,8 @@ cdef class SlotTable:
     :class:`HandleTable` and :class:`NodeTable`, never used alone.
 
     Lock order: the table mutex is a leaf lock; nothing is called while holding it but
-    close(2) of an evicted cache descriptor (NodeTable).
+    close(2) of an evicted cache descriptor and the key index's and handles' allocations
+    (NodeTable).
     """
     def __cinit__(self, *args, **kwargs):
         if type(self) is SlotTable:
@@ -172,8 +173,8 @@ cdef class SlotTable:
 
     cdef int acquire(self, uint64_t fh) noexcept nogil:
         """The fd behind ``fh`` with a reference held, or -1 if ``fh`` is not a live id; -2
-        (no reference held) for an entry without a descriptor (a node held by file handle
-        whose descriptor is not cached)."""
+        (no reference held) for an entry without a descriptor (NodeTable's own reopens a
+        node held by file handle first, and answers -2 only where that fails)."""
         cdef int fd
         if not self._ref(fh):
             return -1
