@@ -13,7 +13,7 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
 from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_handle,
-                                     name_to_handle_at, open_by_handle_at, renameat2)
+                                     name_to_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
                                      fchownat, syncfs, syscall, timespec, unshare)
 from fastvfs.includes.fs_ids cimport fastvfs_fs_ids_known, fastvfs_fsgid, fastvfs_fsuid
@@ -263,8 +263,9 @@ def sync_fs(int fd):
 
 def name_to_handle(int fd):
     """name_to_handle_at(2) of the object ``fd`` refers to: ``(handle, mount id)``, the handle
-    as ``struct file_handle`` bytes (handle_bytes, handle_type, f_handle) for
-    :func:`open_by_handle`.  EOPNOTSUPP where the file system cannot export handles."""
+    as ``struct file_handle`` bytes (handle_bytes, handle_type, f_handle), for asking whether
+    a file system has handles (the node id table takes and opens its own, _tables'
+    ``enter_inode``).  EOPNOTSUPP where the file system cannot export handles."""
     cdef fastvfs_file_handle fh
     cdef int mount_id = 0, rc
     fh.handle_bytes = MAX_HANDLE_SZ
@@ -273,24 +274,6 @@ def name_to_handle(int fd):
     if rc < 0:
         _raise()
     return PyBytes_FromStringAndSize(<char *>&fh, 8 + fh.handle_bytes), mount_id
-
-
-def open_by_handle(int mount_fd, bytes handle, int flags):
-    """open_by_handle_at(2): a new descriptor of the object ``handle`` (from
-    :func:`name_to_handle`) names, on the mount of ``mount_fd``.  ESTALE once the object is
-    gone.  Needs CAP_DAC_READ_SEARCH."""
-    cdef fastvfs_file_handle fh
-    cdef int rc
-    if len(handle) < 8 or len(handle) > 8 + MAX_HANDLE_SZ:
-        raise OSError(22, "not a file handle")
-    memcpy(&fh, <const char *>handle, len(handle))
-    if fh.handle_bytes != len(handle) - 8:
-        raise OSError(22, "not a file handle")
-    with nogil:
-        rc = open_by_handle_at(mount_fd, &fh, flags)
-    if rc < 0:
-        _raise()
-    return rc
 
 
 def set_thread_groups(groups):

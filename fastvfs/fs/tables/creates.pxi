@@ -150,6 +150,27 @@ cdef int _mount_fd(HandleTable handles, int fd, uint32_t mode) noexcept nogil:
     return -EOPNOTSUPP
 
 
+cdef int64_t _handle_of(HandleTable handles, NodeTable inodes, int fd, uint32_t mode,
+                        fastvfs_file_handle *fh) noexcept nogil:
+    """name_to_handle_at(2) of node descriptor ``fd`` (file type ``mode``) into ``fh``, and
+    the index of the descriptor kept for its mount (one kept now, ``_mount_fd``, for a mount
+    first seen); -errno where there is no handle: the file system's errno, the mount
+    descriptor's, EOPNOTSUPP with HANDLE_MOUNTS_MAX kept."""
+    cdef int mount_id = 0, mfd
+    cdef int64_t mount
+    fh.handle_bytes = MAX_HANDLE_SZ
+    if name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) < 0:
+        return -errno
+    mount = inodes.mount_index(mount_id)
+    if mount >= 0:
+        return mount
+    mfd = _mount_fd(handles, fd, mode)
+    if mfd < 0:
+        return mfd
+    mount = inodes.add_mount(mount_id, mfd)
+    return mount if mount >= 0 else -EOPNOTSUPP
+
+
 cdef int64_t enter_inode(HandleTable handles, NodeTable inodes, int fd, uint64_t dev,
                          uint64_t ino, uint64_t mnt, uint32_t mode, bint pin) noexcept nogil:
     """One more lookup counted of the inode O_PATH descriptor ``fd`` refers to (its key
@@ -165,27 +186,16 @@ cdef int64_t enter_inode(HandleTable handles, NodeTable inodes, int fd, uint64_t
     cdef fastvfs_file_handle fh
     cdef const fastvfs_file_handle *by = NULL
     cdef int64_t mount = 0, nodeid
-    cdef int mount_id = 0, mfd, rc = 0
     cdef bint created, taken
     if inodes.fhs != NULL and not pin:
-        fh.handle_bytes = MAX_HANDLE_SZ
-        if name_to_handle_at(fd, "", &fh, &mount_id, AT_EMPTY_PATH) < 0:
-            rc = -errno
-        else:
-            mount = inodes.mount_index(mount_id)
-            if mount < 0:
-                mfd = _mount_fd(handles, fd, mode)
-                rc = mfd if mfd < 0 else 0
-                if mfd >= 0:
-                    mount = inodes.add_mount(mount_id, mfd)
-                    if mount < 0:
-                        rc = -EOPNOTSUPP
-            if mount >= 0:
-                by = &fh
-        if rc < 0 and inodes.handles_mandatory:
+        mount = _handle_of(handles, inodes, fd, mode, &fh)
+        if mount >= 0:
+            by = &fh
+        elif inodes.handles_mandatory:
             c_close(fd)
-            return rc
-    nodeid = inodes.adopt_c(fd, dev, ino, mnt, by, <uint32_t>mount, mode, &created, &taken)
+            return mount
+    nodeid = inodes.adopt_c(fd, dev, ino, mnt, by, <uint32_t>mount if by != NULL else 0, mode,
+                            &created, &taken)
     if nodeid < 0:
         c_close(fd)
         return -ENOMEM if nodeid == -2 else -EMFILE
@@ -210,20 +220,9 @@ def keep_mount_of(HandleTable handles, NodeTable inodes, int fd, uint32_t mode):
     ``mode``) to open handles on, as ``enter_inode`` keeps one for the first inode of each
     mount; raises OSError (name_to_handle_at's errno where the file system has no handles)."""
     cdef fastvfs_file_handle fh
-    cdef int mount_id = 0, mfd
     cdef int64_t kept
-    fh.handle_bytes = MAX_HANDLE_SZ
     with nogil:
-        if name_to_handle_at(fd, "", &fh, &mount_id, AT_EMPTY_PATH) < 0:
-            kept = -errno
-        else:
-            mfd = _mount_fd(handles, fd, mode)
-            if mfd < 0:
-                kept = mfd
-            else:
-                kept = inodes.add_mount(mount_id, mfd)
-                if kept < 0:
-                    kept = -EOPNOTSUPP
+        kept = _handle_of(handles, inodes, fd, mode, &fh)
     _check(<int>kept if kept < 0 else 0)
 
 

@@ -390,12 +390,14 @@ cdef int dir_plus(const DirListing *listing, HandleTable handles, NodeTable inod
     cdef int64_t rc
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef int status = 0
+    cdef const fuse_dirent *dirent
     while i < listing.count:
         start = listing.starts[i]
         end = listing.starts[i + 1]
         if used[0] + sizeof(fuse_entry_out) + (end - start) > size:
             break
-        namelen = (<const fuse_dirent *>(listing.records + start)).namelen
+        dirent = <const fuse_dirent *>(listing.records + start)
+        namelen = dirent.namelen
         if _dot_name(<const char *>listing.records + start + FUSE_NAME_OFFSET, namelen):
             memset(buf + used[0], 0, sizeof(fuse_entry_out))
         else:
@@ -404,8 +406,7 @@ cdef int dir_plus(const DirListing *listing, HandleTable handles, NodeTable inod
                 break
             memcpy(name, listing.records + start + FUSE_NAME_OFFSET, namelen)
             name[namelen] = 0
-            rc = lookup_entry(handles, inodes, parent, name, namelen,
-                              (<const fuse_dirent *>(listing.records + start)).ino, sec, nsec,
+            rc = lookup_entry(handles, inodes, parent, name, namelen, dirent.ino, sec, nsec,
                               <fuse_entry_out *>(buf + used[0]))
             if rc == -ENOENT:
                 i += 1                  # removed since the listing was taken

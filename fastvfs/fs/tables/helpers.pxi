@@ -42,25 +42,22 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
     pfd = inodes.acquire(parent)
     if pfd < 0:
         return 0
-    if listed_ino and not inodes.may_hold(parent, listed_ino):
-        nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
-        inodes.release(parent)
-        if nodeid <= 0:
-            return nodeid
-        pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
-        return nodeid
-    # One statx of the name, as an O_PATH open of it would see it (the link itself, no
-    # automount, mounts crossed), without the open and close: a known inode needs no new fd.
-    rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK, &st)
-    if rc < 0:
-        err = errno
-        inodes.release(parent)
-        return -ENOENT if err == ENOENT else 0
-    mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
-    if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
-        inodes.release(parent)
-        return 0
-    nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
+    nodeid = 0
+    if not listed_ino or inodes.may_hold(parent, listed_ino):
+        # One statx of the name, as an O_PATH open of it would see it (the link itself, no
+        # automount, mounts crossed), without the open and close: a known inode needs no fd.
+        rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK,
+                     &st)
+        if rc < 0:
+            err = errno
+            inodes.release(parent)
+            return -ENOENT if err == ENOENT else 0
+        mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+        if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
+            inodes.release(parent)
+            return 0
+        nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino,
+                                   mnt)
     if nodeid <= 0:
         nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
     inodes.release(parent)

@@ -3,6 +3,11 @@
 # READDIRPLUS (tables/dirs.pxi).
 
 
+cdef inline uint8_t *_handle_bytes(NodeHandle *h) noexcept nogil:
+    """Where ``h``'s bytes are: apart for a long handle, else in the slot's own."""
+    return h.heap if h.heap != NULL else h.data
+
+
 @cython.final
 cdef class NodeTable(SlotTable):
     """Node ids the guest holds, visible to the fast path without the GIL, a known node's
@@ -78,7 +83,7 @@ cdef class NodeTable(SlotTable):
         """Whether slot ``idx`` (held by file handle) holds handle ``fh`` of mount ``mount``."""
         cdef NodeHandle *h = &self.fhs[idx]
         return (h.mount == mount and h.type == fh.handle_type and h.size == fh.handle_bytes and
-                memcmp(h.heap if h.heap != NULL else h.data, fh.f_handle, h.size) == 0)
+                memcmp(_handle_bytes(h), fh.f_handle, h.size) == 0)
 
     cdef int64_t _mount_index_locked(self, int mount_id) noexcept nogil:
         """The index of ``mount_id`` in ``mount_fds``, or -1."""
@@ -244,7 +249,7 @@ cdef class NodeTable(SlotTable):
             h = &self.fhs[idx]
             fh.handle_type = h.type
             fh.handle_bytes = h.size
-            memcpy(fh.f_handle, h.heap if h.heap != NULL else h.data, h.size)
+            memcpy(fh.f_handle, _handle_bytes(h), h.size)
             mount_fd = self.mount_fds[h.mount]
         pthread_mutex_unlock(&self.lock)
         if have >= 0:
@@ -315,7 +320,7 @@ cdef class NodeTable(SlotTable):
                     h.mount = <uint16_t>mount
                     h.heap = heap
                     heap = NULL
-                    memcpy(h.heap if h.heap != NULL else h.data, fh.f_handle, h.size)
+                    memcpy(_handle_bytes(h), fh.f_handle, h.size)
                     self.nodes[idx].by_handle = True
                     self.handle_nodes += 1
                     self._cache_locked(idx)
