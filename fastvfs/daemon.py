@@ -11,7 +11,7 @@ import stat
 
 from . import config, ring, sandbox
 from .dax import DaxWindow
-from .fs._tables import HandleTable, NodeTable
+from .fs._tables import HandleTable, NodeTable, use_fchmodat2
 from .fs.passthrough import PassthroughFs
 from .fuse.engine import FuseEngine, preload as preload_engine
 from .stats import STATS_SUFFIX, StatsServer
@@ -331,5 +331,9 @@ def _serve_setup(options, stats):
     if share.inode_file_handles.uses_handles:
         # open_by_handle_at(2) reopens inodes held by file handle.
         capabilities = tuple(capabilities) + ("dac_read_search",)
-    sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities), options.seccomp)
+    left_out = sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities),
+                                options.seccomp)
+    if "fchmodat2" in left_out:
+        # A libseccomp that does not know the call: the filter would kill the daemon for it.
+        use_fchmodat2(False)
     return device

@@ -502,7 +502,7 @@ ALLOWED_SYSCALLS = frozenset((
     "getdents", "getdents64", "getcwd", "chdir", "fchdir", "mkdir", "mkdirat", "rmdir",
     "mknod", "mknodat", "link", "linkat", "unlink", "unlinkat", "symlink", "symlinkat",
     "readlink", "readlinkat", "rename", "renameat", "renameat2", "chmod", "fchmod",
-    "fchmodat", "chown", "fchown", "lchown", "fchownat", "utime", "utimes", "futimesat",
+    "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes", "futimesat",
     "utimensat", "truncate", "ftruncate", "fallocate", "flock", "unshare",
     "setxattr", "lsetxattr", "fsetxattr", "getxattr", "lgetxattr", "fgetxattr", "listxattr",
     "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
@@ -539,26 +539,30 @@ def seccomp_filter(action, arch=None):
 
 
 def install_seccomp(action):
-    """Install the filter on every thread of the process (``none``: nothing)."""
+    """Install the filter on every thread of the process (``none``: nothing).  Returns the
+    names of the allowed calls the filter could not name (absent on this architecture, or
+    unknown to this libseccomp): the daemon must not make them."""
     if action == "none":
-        return
+        return []
     if not seccomp.available():
         raise SandboxError(f"--seccomp {action} needs libseccomp (Debian package libseccomp2): "
                            f"{seccomp.LOAD_ERROR}; --seccomp none runs without a filter")
     try:
-        filt, _ = seccomp_filter(action)
+        filt, skipped = seccomp_filter(action)
         with filt:
             filt.load()
     except seccomp.SeccompError as exc:
         raise SandboxError(f"seccomp: {exc}") from None
+    return skipped
 
 
 def restrict(capabilities, seccomp_action):
     """Drop capabilities, then install the system-call filter (the last step: from here on
-    every thread started inherits it)."""
+    every thread started inherits it).  Returns what ``install_seccomp`` returns."""
     drop_capabilities(capabilities)
-    install_seccomp(seccomp_action)
+    skipped = install_seccomp(seccomp_action)
     log.info("sandbox: capabilities %s, seccomp %s", ",".join(capabilities) or "none",
              seccomp_action)
+    return skipped
 
 

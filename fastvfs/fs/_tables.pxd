@@ -17,6 +17,7 @@ from fastvfs.includes.statx cimport statx
 
 cdef enum:
     INDEX_BUCKETS_MIN = 1024  # the node id table's key index when it is made
+    CLOCK_SIZE_MIN = 16       # the descriptor cache's clock ring, at least (and 2 x its bound)
     LOOKUP_NAME_MAX = 255
     XATTR_NAME_MAX = 255  # the longest attribute name (linux/limits.h); longer is ERANGE
     TARGET_MAX = 4095     # the longest symlink target (PATH_MAX with its NUL); longer is EINVAL
@@ -235,13 +236,16 @@ cdef class NodeTable(SlotTable):
     cdef readonly uint32_t nbuckets
     cdef uint32_t nbuckets_max
     # Nodes held by file handle, those of them with a cached descriptor, and the bound on the
-    # latter; the clock queue of cached slots (a ring of slot indexes, each at most once).
-    # ``clock`` and ``fhs`` (each slot's handle) exist once ``set_handle_mode`` allowed
-    # handles; ``handles_mandatory``: an inode without one is refused, not held by descriptor.
+    # latter; the clock queue of cached slots (a ring of ``clock_size`` slot indexes, a power
+    # of two, each slot at most once), sized to the bound and grown only when every entry
+    # holds a descriptor still (``_clock_push``).  ``clock`` and ``fhs`` (each slot's handle)
+    # exist once ``set_handle_mode`` allowed handles; ``handles_mandatory``: an inode without
+    # one is refused, not held by descriptor.
     cdef readonly uint32_t handle_nodes
     cdef readonly uint32_t handle_fds
     cdef readonly uint32_t fds_max
     cdef uint32_t *clock
+    cdef readonly uint32_t clock_size
     cdef uint32_t clock_head
     cdef uint32_t clock_len
     cdef NodeHandle *fhs

@@ -23,3 +23,21 @@ cdef extern from "<sys/stat.h>" nogil:
     unsigned int S_IXGRP
     long UTIME_NOW
     long UTIME_OMIT
+
+# fchmodat2(2) (Linux 6.6): fchmodat with flags, AT_EMPTY_PATH among them, so the mode of the
+# inode behind an O_PATH descriptor changes without naming it.  glibc 2.36 has no wrapper and
+# its headers no number; 452 is the call's number in every architecture's table.
+cdef extern from *:
+    """
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #ifndef SYS_fchmodat2
+    #define SYS_fchmodat2 452
+    #endif
+    static inline int fastvfs_fchmodat2(int dirfd, const char *path, unsigned int mode,
+                                        int flags)
+    {
+        return (int)syscall(SYS_fchmodat2, dirfd, path, mode, flags);
+    }
+    """
+    int fastvfs_fchmodat2(int dirfd, const char *path, unsigned int mode, int flags) nogil

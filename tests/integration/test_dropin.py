@@ -477,6 +477,48 @@ def test_seccomp_filter_allows_the_daemons_calls():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def _chmod_under_filter(path, fchmodat2, allow):
+    """In a child: a handle table with the open policy the file system sets, the filter
+    installed with or without fchmodat2 on its list, then the mode of ``path`` changed as
+    SETATTR changes it (``change_node_of``), through fchmodat2 or not.  The child's wait
+    status."""
+    from fastvfs.fs import _tables
+    pid = os.fork()
+    if pid == 0:
+        try:
+            handles = _tables.HandleTable()
+            proc = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY)
+            _tables.set_open_policy(handles, os.O_RDWR, False, 100, proc, "")
+            fd = os.open(path, os.O_PATH)
+            if not allow:
+                sandbox.ALLOWED_SYSCALLS = sandbox.ALLOWED_SYSCALLS - {"fchmodat2"}
+            assert _tables.use_fchmodat2(fchmodat2) == fchmodat2
+            sandbox.install_seccomp("kill")
+            _tables.change_node_of(handles, fd, 0o100644, mode=0o640)
+            os._exit(0 if os.stat(path).st_mode & 0o7777 == 0o640 else 1)
+        finally:
+            os._exit(2)
+    return os.waitpid(pid, 0)[1]
+
+
+def test_modes_change_through_the_descriptor_under_the_filter(tmp_path):
+    """SETATTR's chmod goes through the node's O_PATH descriptor with fchmodat2(2), which the
+    filter allows; where a libseccomp cannot name the call the daemon turns it off
+    (``use_fchmodat2(False)``, daemon._serve_setup) and the mode changes through the
+    descriptor's /proc/self/fd name.  The call is really made: a filter without it kills."""
+    from fastvfs.fs import _tables
+    if not _tables.use_fchmodat2(True):
+        pytest.skip("this kernel has no fchmodat2 (Linux 6.6)")
+    f = tmp_path / "f"
+    for fchmodat2, allow in ((True, True), (False, True), (False, False)):
+        f.write_bytes(b"x")
+        os.chmod(f, 0o600)
+        status = _chmod_under_filter(f, fchmodat2, allow)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (fchmodat2, allow)
+    status = _chmod_under_filter(f, True, False)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+
+
 def test_modcaps_parsing():
     assert "sys_admin" in sandbox.parse_modcaps("+sys_admin:-mknod")
     assert "mknod" not in sandbox.parse_modcaps("+sys_admin:-mknod")

@@ -125,6 +125,47 @@ def test_a_descriptor_in_use_is_never_evicted(fs, tmp_path):
     assert fs.inodes.table.handle_fds == 1
 
 
+def test_the_descriptor_cache_ring_stays_near_its_bound(tmp_path):
+    """Thousands of inodes passing through the descriptor cache (entered, used, forgotten)
+    leave its clock ring at the size it was made with, two entries per cached descriptor;
+    requests holding more descriptors at once than it has room for grow it, every one of
+    them stays open and names its own inode, and the bound holds again once they end and
+    another descriptor is cached."""
+    share = tmp_path / "share"
+    share.mkdir()
+    fd = os.open(share, os.O_PATH)
+    try:
+        _sys.name_to_handle(fd)
+    except OSError:
+        pytest.skip("the test directory's file system has no file handles")
+    finally:
+        os.close(fd)
+    fs = PassthroughFs(str(share), HandleTable(64), file_handles="prefer", handle_fds_max=8)
+    table = fs.inodes.table
+    assert table.clock_size == 16
+    for i in range(3000):
+        nodeid, _ = call(fs, "mknod", ROOT, b"f%d" % i, stat.S_IFREG | 0o644, 0, ROOT_CALLER)
+        call(fs, "getattr", nodeid)
+        if i % 3:
+            call(fs, "forget", nodeid, 1)
+    assert table.clock_size == 16
+    assert table.handle_fds <= 8
+    held = [call(fs, "mknod", ROOT, b"h%d" % i, stat.S_IFREG | 0o644, 0, ROOT_CALLER)[0]
+            for i in range(100)]
+    with fs.request_scope():
+        fds = [fs.inodes.fd_of(nodeid) for nodeid in held]
+        assert table.handle_fds >= 100
+        assert table.clock_size >= 128
+        for i, fd in enumerate(fds):
+            assert _sys.fstatx(fd).st_ino == os.stat(share / ("h%d" % i)).st_ino
+    # The next descriptor cached sends the clock round: the bound again.
+    call(fs, "mknod", ROOT, b"next", stat.S_IFREG | 0o644, 0, ROOT_CALLER)
+    assert table.handle_fds <= 8
+    for nodeid in held:
+        assert call(fs, "getattr", nodeid).st_ino == \
+            os.stat(share / ("h%d" % held.index(nodeid))).st_ino
+
+
 def test_tmpfile_is_held_by_descriptor(fs):
     nodeid, st, fh = call(fs, "tmpfile", ROOT, 0o600, os.O_RDWR, ROOT_CALLER)
     assert fs.inodes.get(nodeid).fd is not None

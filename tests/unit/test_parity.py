@@ -822,6 +822,34 @@ def test_setattr_of_mode_and_times(pair, valid, values):
     os.chmod(pair.root, 0o755)
 
 
+def test_setattr_mode_through_the_descriptor_or_its_proc_name(pair):
+    """A mode changed with fchmodat2(2) of the node's O_PATH descriptor, or (a kernel before
+    6.6, a filter without the call) with fchmodat(2) of its /proc/self/fd name: the same
+    replies and the same modes, for a file, a directory, a FIFO and a file since unlinked."""
+    if not _tables.use_fchmodat2(True):
+        pytest.skip("this kernel has no fchmodat2 (Linux 6.6)")
+    os.mkfifo(pair.root / "fifo")
+    (pair.root / "gone").write_bytes(b"x")
+    nodes = {name: pair.lookup(name) for name in (b"f", b"d", b"fifo", b"gone")}
+    os.unlink(pair.root / "gone")
+    try:
+        for mode in (0o600, 0o7777, 0o104755, 0o2750):
+            replies = {}
+            for use in (True, False):
+                assert _tables.use_fchmodat2(use) == use
+                for name, nodeid in nodes.items():
+                    req = _setattr(nodeid, abi.FATTR_MODE, mode=mode)
+                    reply = _unclocked(pair.in_c(req, [16, 200]), abi.FATTR_MODE)
+                    assert out_header(reply)[1] == 0, (name, use)
+                    replies.setdefault(name, []).append(reply)
+                    if name != b"gone":
+                        assert os.stat(pair.root / name.decode()).st_mode & 0o7777 == mode & 0o7777
+            for name, (by_fd, by_proc) in replies.items():
+                assert by_fd == by_proc, (name, oct(mode))
+    finally:
+        _tables.use_fchmodat2(True)
+
+
 def test_setattr_mode_of_a_symlink_and_unknown_nodes(pair):
     link = pair.lookup(b"link")
     req = _setattr(link, abi.FATTR_MODE, mode=0o600)

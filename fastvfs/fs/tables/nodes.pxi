@@ -165,7 +165,41 @@ cdef class NodeTable(SlotTable):
     # -- the descriptor cache of nodes held by file handle (mutex held) -----------------------
 
     cdef void _clock_push(self, uint32_t idx) noexcept nogil:
-        self.clock[(self.clock_head + self.clock_len) % self.capacity] = idx
+        """Queue slot ``idx`` (``queued`` set by the caller).  A full ring first drops the
+        entries of slots that hold no cached descriptor any more (forgotten, or closed since
+        they were queued), then doubles; so it stays near the bound (``fds_max`` and the
+        descriptors requests hold beyond it) however many inodes pass through the cache.
+        Where the larger ring cannot be had the slot stays unqueued: its descriptor is not
+        evicted, only closed when its node goes."""
+        cdef uint32_t mask = self.clock_size - 1
+        cdef uint32_t i, kept = 0, at, n
+        cdef uint32_t *grown
+        cdef NodeSlot *sl
+        if self.clock_len == self.clock_size:
+            for i in range(self.clock_len):
+                at = self.clock[(self.clock_head + i) & mask]
+                sl = &self.nodes[at]
+                if sl.s.in_use and sl.by_handle and sl.s.fd >= 0:
+                    # In place, in order: the write index never passes the read index.
+                    self.clock[(self.clock_head + kept) & mask] = at
+                    kept += 1
+                else:
+                    sl.queued = False
+            self.clock_len = kept
+        if self.clock_len == self.clock_size:
+            n = self.clock_size * 2
+            grown = <uint32_t *>malloc(n * sizeof(uint32_t)) if n else NULL
+            if grown == NULL:
+                self.nodes[idx].queued = False
+                return
+            for i in range(self.clock_len):
+                grown[i] = self.clock[(self.clock_head + i) & mask]
+            free(self.clock)
+            self.clock = grown
+            self.clock_size = n
+            self.clock_head = 0
+            mask = n - 1
+        self.clock[(self.clock_head + self.clock_len) & mask] = idx
         self.clock_len += 1
 
     cdef void _cache_locked(self, uint32_t idx) noexcept nogil:
@@ -191,7 +225,7 @@ cdef class NodeTable(SlotTable):
         while self.handle_fds > self.fds_max and self.clock_len and tries:
             tries -= 1
             idx = self.clock[self.clock_head]
-            self.clock_head = (self.clock_head + 1) % self.capacity
+            self.clock_head = (self.clock_head + 1) & (self.clock_size - 1)
             self.clock_len -= 1
             sl = &self.nodes[idx]
             if not sl.s.in_use or not sl.by_handle or sl.s.fd < 0:
@@ -425,10 +459,14 @@ cdef class NodeTable(SlotTable):
     def set_handle_mode(self, uint32_t fds_max, bint mandatory=False):
         """Allow nodes held by file handle, with at most ``fds_max`` cached descriptors;
         ``mandatory``: an inode without a handle is refused, not held by descriptor."""
+        cdef uint32_t size = CLOCK_SIZE_MIN
+        while size < 2 * <uint64_t>fds_max and size < (1u << 31):
+            size *= 2
         if self.clock == NULL:
-            self.clock = <uint32_t *>calloc(self.capacity, sizeof(uint32_t))
+            self.clock = <uint32_t *>malloc(size * sizeof(uint32_t))
             if self.clock == NULL:
                 raise MemoryError()
+            self.clock_size = size
         if self.fhs == NULL:
             # Untouched until a slot is entered by handle, as the slots themselves.
             self.fhs = <NodeHandle *>calloc(self.capacity, sizeof(NodeHandle))
