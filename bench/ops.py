@@ -58,6 +58,9 @@ XATTR = b"user.bench"
 XATTR_VALUE = b"v" * 32
 # fuse_copy_file_range_in: fh_in off_in nodeid_out fh_out off_out len flags.
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
+# fuse_ioctl_in: fh flags cmd arg in_size out_size; TCGETS, what isatty(3) asks.
+IOCTL_IN = struct.Struct("<QIIQII")
+TCGETS = 0x5401
 NOT_IMPLEMENTED = (errno.ENOSYS, errno.EOPNOTSUPP)
 HOLDER = 0x401d     # the lock owner of the lock a ``hold_lock`` workload runs beside
 # The cache modes of both daemons by name.
@@ -409,6 +412,13 @@ def w_copy_file_range(ctx, slot, seq):
               {"reply_len": abi.write_out.size})
 
 
+def w_ioctl(ctx, slot, seq):
+    # isatty(3) of an open file: neither backend passes ioctls on, both answer ENOSYS (the
+    # guest kernel's ENOTTY).
+    yield Req(Opcode.IOCTL, ctx.node["data"], IOCTL_IN.pack(ctx.fh["data"], 0, TCGETS, 0, 0, 0),
+              ok=(errno.ENOSYS,))
+
+
 def _lock(ctx, opcode, slot, kind):
     start = slot * 100
     return Req(opcode, ctx.node["data"],
@@ -485,6 +495,7 @@ WORKLOADS = [
     Workload("fallocate", w_fallocate),
     Workload("lseek", w_lseek),
     Workload("copy_file_range", w_copy_file_range),
+    Workload("ioctl", w_ioctl),
     Workload("getlk", w_getlk),
     Workload("setlk", w_setlk, "SETLK(lock)+SETLK(unlock)"),
     Workload("lock_close", w_lock_close, "OPEN+SETLK(lock)+SETLK(unlock)+FLUSH+RELEASE"),

@@ -3,7 +3,8 @@ periodic log line.
 
 The hot path counts every request it answers in a :class:`fastvfs.ring.RequestStats` (per
 opcode: count, errors, total latency and a log2 latency histogram, from the moment the request
-is taken off the ring to the moment its reply is in the used ring).  This module only reads
+is taken off the ring to the moment its reply is in the used ring, and how many of them the
+Python engine answered rather than the C hot path).  This module only reads
 those counters:
 
 - the **control socket** (``--stats-socket``, by default ``SOCKET_PATH.stats``) answers one
@@ -59,9 +60,9 @@ def percentile(hist, q):
 def summarize(snapshot, started=None):
     """The JSON document the control socket serves."""
     ops = {}
-    for op, (count, errors, total_ns, hist) in sorted(snapshot.items()):
+    for op, (count, errors, total_ns, hist, engine) in sorted(snapshot.items()):
         ops[opcode_name(op)] = {
-            "opcode": op, "count": count, "errors": errors,
+            "opcode": op, "count": count, "errors": errors, "engine": engine,
             "mean_us": total_ns / count / 1000 if count else 0,
             # Quantiles as the upper bounds ("le", as Prometheus names bucket bounds) of the
             # log2 latency buckets holding them: the true value lies in (bound/2, bound].
@@ -69,7 +70,8 @@ def summarize(snapshot, started=None):
             "p99_le_us": percentile(hist, 0.99) / 1000,
             "histogram_log2_ns": hist}
     doc = {"pid": host_pid(), "time": time.time(), "ops": ops,
-           "total": sum(v["count"] for v in ops.values())}
+           "total": sum(v["count"] for v in ops.values()),
+           "total_engine": sum(v["engine"] for v in ops.values())}
     if started is not None:
         doc["uptime_s"] = time.monotonic() - started
     return doc
@@ -79,15 +81,20 @@ def prometheus(snapshot):
     """Prometheus text exposition format: counters and a histogram per opcode."""
     lines = ["# HELP fastvfs_requests_total FUSE requests answered, by opcode.",
              "# TYPE fastvfs_requests_total counter"]
-    for op, (count, _, _, _) in sorted(snapshot.items()):
+    for op, (count, *_) in sorted(snapshot.items()):
         lines.append(f'fastvfs_requests_total{{op="{opcode_name(op)}"}} {count}')
+    lines += ["# HELP fastvfs_requests_engine_total FUSE requests answered by the Python engine "
+              "rather than the C hot path, by opcode.",
+              "# TYPE fastvfs_requests_engine_total counter"]
+    for op, (*_, engine) in sorted(snapshot.items()):
+        lines.append(f'fastvfs_requests_engine_total{{op="{opcode_name(op)}"}} {engine}')
     lines += ["# HELP fastvfs_request_errors_total FUSE requests answered with an error.",
               "# TYPE fastvfs_request_errors_total counter"]
-    for op, (_, errors, _, _) in sorted(snapshot.items()):
+    for op, (_, errors, *_) in sorted(snapshot.items()):
         lines.append(f'fastvfs_request_errors_total{{op="{opcode_name(op)}"}} {errors}')
     lines += ["# HELP fastvfs_request_duration_seconds Time from taking a request off the ring "
               "to its reply.", "# TYPE fastvfs_request_duration_seconds histogram"]
-    for op, (count, _, total_ns, hist) in sorted(snapshot.items()):
+    for op, (count, _, total_ns, hist, _) in sorted(snapshot.items()):
         name = opcode_name(op)
         cumulative = 0
         for bucket, n in enumerate(hist):
@@ -203,8 +210,8 @@ class StatsServer:
         while not self._stop.wait(self.interval):
             now = self.stats.snapshot()
             parts = []
-            for op, (count, errors, total_ns, _) in sorted(now.items()):
-                before = last.get(op, (0, 0, 0, None))
+            for op, (count, errors, total_ns, *_) in sorted(now.items()):
+                before = last.get(op, (0, 0, 0, None, 0))
                 n = count - before[0]
                 if n:
                     mean = (total_ns - before[2]) / n / 1000
@@ -304,17 +311,18 @@ def fetch(path, command=b"json", timeout=5):
 
 
 def format_table(doc, previous=None, elapsed=None):
-    lines = [f"{'opcode':<14}{'count':>12}{'errors':>9}{'mean us':>10}{'p50<= us':>10}"
-             f"{'p99<= us':>10}" + (f"{'rate/s':>11}" if previous else "")]
+    lines = [f"{'opcode':<14}{'count':>12}{'errors':>9}{'engine':>9}{'mean us':>10}"
+             f"{'p50<= us':>10}{'p99<= us':>10}" + (f"{'rate/s':>11}" if previous else "")]
     for name, op in doc["ops"].items():
-        row = (f"{name:<14}{op['count']:>12,}{op['errors']:>9,}{op['mean_us']:>10.1f}"
-               f"{op['p50_le_us']:>10.1f}{op['p99_le_us']:>10.1f}")
+        row = (f"{name:<14}{op['count']:>12,}{op['errors']:>9,}{op.get('engine', 0):>9,}"
+               f"{op['mean_us']:>10.1f}{op['p50_le_us']:>10.1f}{op['p99_le_us']:>10.1f}")
         if previous:
             before = previous["ops"].get(name, {}).get("count", 0)
             row += f"{(op['count'] - before) / elapsed:>11,.0f}"
         lines.append(row)
-    lines.append(f"{'total':<14}{doc['total']:>12,}")
-    lines.append("p50<=, p99<=: upper bounds of the log2 latency buckets holding the quantile")
+    lines.append(f"{'total':<14}{doc['total']:>12,}{'':>9}{doc.get('total_engine', 0):>9,}")
+    lines.append("engine: answered by the Python engine, not the C hot path; p50<=, p99<=: "
+                 "upper bounds of the log2 latency buckets holding the quantile")
     return "\n".join(lines)
 
 

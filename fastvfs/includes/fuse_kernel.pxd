@@ -42,6 +42,7 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_SYMLINK
         FUSE_CREATE
         FUSE_LINK
+        FUSE_IOCTL
 
     enum:
         FUSE_WRITE_KILL_SUIDGID

@@ -128,6 +128,7 @@ cdef struct StatsBlock:
     uint64_t errors[STATS_OPS]
     uint64_t total_ns[STATS_OPS]
     uint64_t hist[STATS_OPS][STATS_BUCKETS]
+    uint64_t engine[STATS_OPS]    # of ``count``: those the Python engine answered
 
 
 cdef class RequestStats:

@@ -45,8 +45,8 @@ from fastvfs.uring.engine import UringEngine, UringUnavailable
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENOENT, EOPNOTSUPP, ERANGE,
-                         errno)
+from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, EIO, ENOENT, ENOSYS, EOPNOTSUPP,
+                         ERANGE, errno)
 from libc.stdint cimport INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -84,7 +84,8 @@ from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_F
                                            FATTR_FH, FATTR_GID, FATTR_KILL_SUIDGID,
                                            FATTR_LOCKOWNER, FATTR_MODE, FATTR_MTIME,
                                            FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
-                                           FUSE_LOOKUP, FUSE_LSEEK, FUSE_OPEN, FUSE_READLINK,
+                                           FUSE_IOCTL, FUSE_LOOKUP, FUSE_LSEEK, FUSE_OPEN,
+                                           FUSE_READLINK,
                                            FUSE_OPEN_KILL_SUIDGID, FUSE_SETATTR,
                                            FUSE_READ, FUSE_RELEASE, FUSE_RENAME, FUSE_RENAME2,
                                            FUSE_RMDIR, FUSE_STATFS, FUSE_UNLINK, FUSE_WRITE,

@@ -11,6 +11,10 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     if hlen > SLOW_REQUEST_MAX:
         vq._reply(-EINVAL, NULL, 0)
         return 0
+    if vq.stats != NULL:
+        # In the worker's own block, which no other thread writes; ahead of ``count`` (taken
+        # when the reply is published) only while the engine has the request.
+        vq.stats.engine[vq.req.opcode if vq.req.opcode < STATS_OPS else 0] += 1
     request = PyBytes_FromStringAndSize(NULL, hlen)
     _gather(vq.req.iov, vq.req.chain.out_num, 0,
             <uint8_t *>PyBytes_AS_STRING(request), hlen)

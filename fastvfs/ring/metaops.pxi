@@ -303,6 +303,16 @@ cdef int do_rename2(Virtqueue vq) noexcept nogil:
                    vq.req.hdr.arg.rename2.newdir, vq.req.hdr.arg.rename2.flags)
 
 
+cdef int do_ioctl(Virtqueue vq) noexcept nogil:
+    """IOCTL as the engine answers it: ENOSYS, no ioctl of the guest's reaching the host.
+    The guest kernel turns it into ENOTTY (fs/fuse/ioctl.c) and asks again next time, so
+    every isatty(3) of a file on the share (Python's open() asks it of every file it opens)
+    is an IOCTL of TCGETS."""
+    vq._reply(-ENOSYS, NULL, 0)
+    return 1
+
+
+_fast_op(FUSE_IOCTL, do_ioctl, 0, 0)
 _fast_op(FUSE_STATFS, do_statfs, 0, NEEDS_INODES)
 _fast_op(FUSE_READLINK, do_readlink, 0, NEEDS_INODES)
 _fast_op(FUSE_OPEN, do_open, sizeof(fuse_open_in), NEEDS_INODES)

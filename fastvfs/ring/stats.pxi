@@ -1,5 +1,5 @@
-# Request statistics: per-opcode counts, errors and latency histograms, one block per ring
-# written only by its worker.
+# Request statistics: per-opcode counts, errors, latency histograms and how many of them the
+# Python engine answered, one block per ring written only by its worker.
 
 cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
@@ -62,29 +62,34 @@ cdef class RequestStats:
                 raise MemoryError()
         return self.rings[index]
 
-    def record(self, uint32_t opcode, int32_t error, uint64_t ns):
-        """Count one request served outside the rings (the /dev/fuse transport)."""
+    def record(self, uint32_t opcode, int32_t error, uint64_t ns, bint engine=True):
+        """Count one request served outside the rings (the /dev/fuse transport), by the
+        Python engine unless ``engine`` is False."""
         _stats_record(self.block, opcode, error, ns, True)
+        if engine:
+            _bump(&self.block.engine[opcode if opcode < STATS_OPS else 0], 1, True)
 
     def snapshot(self):
-        """``{opcode: (count, errors, total_ns, [bucket counts])}`` for opcodes seen."""
+        """``{opcode: (count, errors, total_ns, [bucket counts], engine)}`` for opcodes seen;
+        ``engine``: how many of ``count`` the Python engine answered (the rest, C)."""
         cdef int op, b, i
         cdef StatsBlock *blk
         out = {}
         blocks = [<uintptr_t>self.block] + [<uintptr_t>self.rings[i] for i in range(STATS_RINGS)
                                              if self.rings[i] != NULL]
         for op in range(STATS_OPS):
-            n = errors = total = 0
+            n = errors = total = engine = 0
             hist = [0] * STATS_BUCKETS
             for addr in blocks:
                 blk = <StatsBlock *><uintptr_t>addr
                 n += fastvfs_load64(&blk.count[op])
                 errors += fastvfs_load64(&blk.errors[op])
                 total += fastvfs_load64(&blk.total_ns[op])
+                engine += fastvfs_load64(&blk.engine[op])
                 for b in range(STATS_BUCKETS):
                     hist[b] += fastvfs_load64(&blk.hist[op][b])
             if n:
-                out[op] = (n, errors, total, hist)
+                out[op] = (n, errors, total, hist, engine)
         return out
 
 

@@ -552,11 +552,17 @@ def test_stats_while_serving(daemon, tmp_path):
     assert ops["READ"]["count"] == 20 and ops["GETATTR"]["count"] == 20
     assert ops["LOOKUP"]["count"] == 2 and ops["LOOKUP"]["errors"] == 1
     assert ops["INIT"]["count"] == 1
+    # READ, GETATTR, LOOKUP and OPEN are answered in C, INIT by the engine.
+    assert ops["READ"]["engine"] == 0 and ops["GETATTR"]["engine"] == 0
+    assert ops["LOOKUP"]["engine"] == 0 and ops["OPEN"]["engine"] == 0
+    assert ops["INIT"]["engine"] == 1
+    assert doc["total_engine"] == sum(op["engine"] for op in ops.values()) >= 1
     assert 0 < ops["READ"]["mean_us"] < 1e6 and ops["READ"]["p99_le_us"] >= ops["READ"]["p50_le_us"]
     assert sum(ops["READ"]["histogram_log2_ns"]) == 20
     table = subprocess.run([*DAEMON, "stats", "--socket-path", str(d.sock)],
                            capture_output=True, text=True, check=True).stdout
     assert "READ" in table and "p99<= us" in table and "upper bounds" in table
+    assert "engine" in table.splitlines()[0]
     # Prometheus text over HTTP on the metrics socket.
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(metrics))
@@ -567,6 +573,8 @@ def test_stats_while_serving(daemon, tmp_path):
     head, _, body = response.decode().partition("\r\n\r\n")
     assert head.startswith("HTTP/1.0 200")
     assert 'fastvfs_requests_total{op="READ"} 20' in body
+    assert 'fastvfs_requests_engine_total{op="READ"} 0' in body
+    assert 'fastvfs_requests_engine_total{op="INIT"} 1' in body
     assert 'fastvfs_request_duration_seconds_count{op="READ"} 20' in body
     # A real HTTP server: other paths are 404, other methods 501; also on TCP.
     for request, status in ((b"GET /other HTTP/1.0\r\n\r\n", "404"),

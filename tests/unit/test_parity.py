@@ -1088,6 +1088,21 @@ def _lseek(fh, offset, whence, nodeid):
     return request(abi.Opcode.LSEEK, abi.lseek_in.pack(fh, offset, whence, 0), nodeid=nodeid)
 
 
+def test_ioctl(pair):
+    """Every IOCTL the guest sends (isatty's TCGETS on a file's handle, a directory's, an
+    unknown handle, a short request): ENOSYS in C as from the engine, which passes none on."""
+    f, d = pair.lookup(b"f"), pair.lookup(b"d")
+    fh = pair.open(f, os.O_RDONLY)
+    body = struct.Struct("<QIIQII")
+    for nodeid, handle, cmd, flags in ((f, fh, 0x5401, 0), (f, fh, 0x80086601, 0),
+                                       (d, 0, 0x80086601, 16), (f, 2 ** 63, 0x5401, 0)):
+        req = request(abi.Opcode.IOCTL, body.pack(handle, flags, cmd, 0, 0, 8), nodeid=nodeid)
+        assert pair.in_c(req, [16, 64]) == pair.in_python(req, 80)
+        assert out_header(pair.in_c(req, [16, 64]))[1] == -errno.ENOSYS
+    req = request(abi.Opcode.IOCTL, b"", nodeid=f)
+    assert pair.in_c(req, [80]) == pair.in_python(req, 80)
+
+
 def test_lseek(pair):
     """Every whence on a file with a hole, through two handles to it (one for each side, as
     SEEK_CUR moves the handle's position): the same replies in the same order, ENXIO past
