@@ -192,3 +192,18 @@ def test_options_added_to_fastvfs_only():
     assert not set(extra) & set(ops.backend_argv("reference", "S", "D", "auto", extra))
     assert footprint.argv_of("fastvfs", "/bin/fastvfs", "S", "D", extra)[-2:] == list(extra)
     assert not set(extra) & set(footprint.argv_of("reference", None, "S", "D", extra))
+
+
+def test_guest_mix_table():
+    """The guest-mix report: opcodes by request count, the engine's share of the total."""
+    from bench import guest_mix
+    doc = {"total": 300, "total_engine": 3,
+           "ops": {"IOCTL": {"count": 100, "engine": 0, "mean_us": 1.25},
+                   "LOOKUP": {"count": 199, "engine": 2, "mean_us": 8.0},
+                   "INIT": {"count": 1, "engine": 1, "mean_us": 500.0}}}
+    text = guest_mix.markdown({"date": "d", "machine": "m", "commit": "c", "fastvfs_cmd": "f"},
+                              doc)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["| LOOKUP | 199 | 2 | 8.0 |", "| IOCTL | 100 | 0 | 1.2 |",
+                        "| INIT | 1 | 1 | 500.0 |"]
+    assert "300 requests, 3 answered by the Python engine (1.00%)" in text
