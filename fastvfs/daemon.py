@@ -331,9 +331,14 @@ def _serve_setup(options, stats):
     if share.inode_file_handles.uses_handles:
         # open_by_handle_at(2) reopens inodes held by file handle.
         capabilities = tuple(capabilities) + ("dac_read_search",)
-    left_out = sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities),
-                                options.seccomp)
-    if "fchmodat2" in left_out:
-        # A libseccomp that does not know the call: the filter would kill the daemon for it.
-        use_fchmodat2(False)
+    chmod_through_descriptors(options.seccomp)
+    sandbox.restrict(sandbox.parse_modcaps(options.modcaps, capabilities), options.seccomp)
     return device
+
+
+def chmod_through_descriptors(seccomp_action):
+    """Before the filter is loaded: modes are changed with fchmodat2(2) only where the filter
+    will allow it (a libseccomp that does not know the call leaves it out, and the filter
+    would kill the daemon for it); else through /proc/self/fd names."""
+    if not sandbox.seccomp_allows("fchmodat2", seccomp_action):
+        use_fchmodat2(False)

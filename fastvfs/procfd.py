@@ -1,7 +1,7 @@
 """Naming an open descriptor as a path: ``/proc/self/fd/N``.
 
-The passthrough file system names inodes this way (for xattr, chmod, truncate and reopen calls on
-O_PATH descriptors) and the control plane uses it to recognise eventfds.  A name is used inside
+The passthrough file system names inodes this way (for xattr, truncate and reopen calls on O_PATH
+descriptors, and chmod where the kernel has no fchmodat2) and the control plane uses it to recognise eventfds.  A name is used inside
 ``with named(fd) as path:`` only.  :mod:`fastvfs.sandbox` picks how names are made, before any
 guest request:
 

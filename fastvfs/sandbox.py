@@ -538,6 +538,15 @@ def seccomp_filter(action, arch=None):
     return filt, skipped
 
 
+def seccomp_allows(name, action):
+    """Whether the filter ``action`` installs (``none``: no filter) lets the daemon make system
+    call ``name``: on the list, and known to this libseccomp on this architecture.  Asked
+    before the filter is loaded, for calls the daemon makes only where they are allowed."""
+    if action == "none":
+        return True
+    return name in ALLOWED_SYSCALLS and seccomp.available() and seccomp.resolve(name) is not None
+
+
 def install_seccomp(action):
     """Install the filter on every thread of the process (``none``: nothing).  Returns the
     names of the allowed calls the filter could not name (absent on this architecture, or

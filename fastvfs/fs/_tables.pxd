@@ -262,6 +262,7 @@ cdef class NodeTable(SlotTable):
     cdef void _unlink_key(self, uint64_t idx) noexcept nogil
     cdef int64_t _find_key(self, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
     cdef void _link_key(self, uint64_t idx, uint64_t dev, uint64_t ino, uint64_t mnt) noexcept nogil
+    cdef int _clock_resize(self, uint32_t n) noexcept nogil
     cdef void _clock_push(self, uint32_t idx) noexcept nogil
     cdef void _cache_locked(self, uint32_t idx) noexcept nogil
     cdef void _evict_locked(self) noexcept nogil

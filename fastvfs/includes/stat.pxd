@@ -25,19 +25,27 @@ cdef extern from "<sys/stat.h>" nogil:
     long UTIME_OMIT
 
 # fchmodat2(2) (Linux 6.6): fchmodat with flags, AT_EMPTY_PATH among them, so the mode of the
-# inode behind an O_PATH descriptor changes without naming it.  glibc 2.36 has no wrapper and
-# its headers no number; 452 is the call's number in every architecture's table.
+# inode behind an O_PATH descriptor changes without naming it.  glibc 2.36 has no wrapper, and
+# kernel headers before 6.6 no number: then 452, the number of the architectures of the unified
+# table (asm-generic) and of x86; elsewhere (alpha, MIPS: numbers of their own) the call is
+# taken for absent (-1, ENOSYS).
 cdef extern from *:
     """
     #include <sys/syscall.h>
     #include <unistd.h>
-    #ifndef SYS_fchmodat2
-    #define SYS_fchmodat2 452
+    #if defined(__NR_fchmodat2)
+    #define FASTVFS_NR_FCHMODAT2 __NR_fchmodat2
+    #elif defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || \
+          defined(__arm__) || defined(__riscv) || defined(__powerpc__) || \
+          defined(__s390__) || defined(__loongarch__)
+    #define FASTVFS_NR_FCHMODAT2 452
+    #else
+    #define FASTVFS_NR_FCHMODAT2 -1
     #endif
     static inline int fastvfs_fchmodat2(int dirfd, const char *path, unsigned int mode,
                                         int flags)
     {
-        return (int)syscall(SYS_fchmodat2, dirfd, path, mode, flags);
+        return (int)syscall(FASTVFS_NR_FCHMODAT2, dirfd, path, mode, flags);
     }
     """
     int fastvfs_fchmodat2(int dirfd, const char *path, unsigned int mode, int flags) nogil

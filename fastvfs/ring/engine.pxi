@@ -11,10 +11,6 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     if hlen > SLOW_REQUEST_MAX:
         vq._reply(-EINVAL, NULL, 0)
         return 0
-    if vq.stats != NULL:
-        # In the worker's own block, which no other thread writes; ahead of ``count`` (taken
-        # when the reply is published) only while the engine has the request.
-        vq.stats.engine[vq.req.opcode if vq.req.opcode < STATS_OPS else 0] += 1
     request = PyBytes_FromStringAndSize(NULL, hlen)
     _gather(vq.req.iov, vq.req.chain.out_num, 0,
             <uint8_t *>PyBytes_AS_STRING(request), hlen)
@@ -26,10 +22,12 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     if result is None:
         used_push(vq, vq.req.chain.head, 0)
         vq._account(0)
+        _engine_answered(vq)
         return 0
     if type(result) is not tuple:
         # Its latency is counted up to the hand-over (SETLKW waits can last forever).
         vq._account(0)
+        _engine_answered(vq)
         pending = defer(vq)
         try:
             result(pending)
@@ -41,11 +39,19 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     if not payload:
         with nogil:
             vq._reply(error, NULL, 0)
-        return 0
-    view = payload
-    with nogil:
-        vq._reply(error, &view[0], <uint32_t>view.shape[0])
+    else:
+        view = payload
+        with nogil:
+            vq._reply(error, &view[0], <uint32_t>view.shape[0])
+    _engine_answered(vq)
     return 0
+
+
+cdef inline void _engine_answered(Virtqueue vq) noexcept nogil:
+    """Count the request just accounted as the engine's, in the worker's own block (after its
+    count: a snapshot never sees more engine answers than requests)."""
+    if vq.stats != NULL:
+        _bump(&vq.stats.engine[vq.req.opcode if vq.req.opcode < STATS_OPS else 0], 1, False)
 
 cdef PendingReply defer(Virtqueue vq):
     cdef PendingReply pending = PendingReply.__new__(PendingReply)

@@ -62,12 +62,9 @@ cdef class RequestStats:
                 raise MemoryError()
         return self.rings[index]
 
-    def record(self, uint32_t opcode, int32_t error, uint64_t ns, bint engine=True):
-        """Count one request served outside the rings (the /dev/fuse transport), by the
-        Python engine unless ``engine`` is False."""
+    def record(self, uint32_t opcode, int32_t error, uint64_t ns):
+        """Count one request served outside the rings (the /dev/fuse transport)."""
         _stats_record(self.block, opcode, error, ns, True)
-        if engine:
-            _bump(&self.block.engine[opcode if opcode < STATS_OPS else 0], 1, True)
 
     def snapshot(self):
         """``{opcode: (count, errors, total_ns, [bucket counts], engine)}`` for opcodes seen;

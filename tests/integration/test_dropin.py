@@ -480,8 +480,9 @@ def test_seccomp_filter_allows_the_daemons_calls():
 def _chmod_under_filter(path, fchmodat2, allow):
     """In a child: a handle table with the open policy the file system sets, the filter
     installed with or without fchmodat2 on its list, then the mode of ``path`` changed as
-    SETATTR changes it (``change_node_of``), through fchmodat2 or not.  The child's wait
-    status."""
+    SETATTR changes it (``change_node_of``), through fchmodat2 or not (``fchmodat2`` None: as
+    the daemon decides, ``daemon.chmod_through_descriptors``).  The child's wait status."""
+    from fastvfs import daemon
     from fastvfs.fs import _tables
     pid = os.fork()
     if pid == 0:
@@ -492,7 +493,10 @@ def _chmod_under_filter(path, fchmodat2, allow):
             fd = os.open(path, os.O_PATH)
             if not allow:
                 sandbox.ALLOWED_SYSCALLS = sandbox.ALLOWED_SYSCALLS - {"fchmodat2"}
-            assert _tables.use_fchmodat2(fchmodat2) == fchmodat2
+            if fchmodat2 is None:
+                daemon.chmod_through_descriptors("kill")
+            else:
+                assert _tables.use_fchmodat2(fchmodat2) == fchmodat2
             sandbox.install_seccomp("kill")
             _tables.change_node_of(handles, fd, 0o100644, mode=0o640)
             os._exit(0 if os.stat(path).st_mode & 0o7777 == 0o640 else 1)
@@ -503,14 +507,16 @@ def _chmod_under_filter(path, fchmodat2, allow):
 
 def test_modes_change_through_the_descriptor_under_the_filter(tmp_path):
     """SETATTR's chmod goes through the node's O_PATH descriptor with fchmodat2(2), which the
-    filter allows; where a libseccomp cannot name the call the daemon turns it off
-    (``use_fchmodat2(False)``, daemon._serve_setup) and the mode changes through the
-    descriptor's /proc/self/fd name.  The call is really made: a filter without it kills."""
+    filter allows; where the filter will not have it (a libseccomp that cannot name the call
+    leaves it out) the daemon turns it off before loading the filter
+    (``daemon.chmod_through_descriptors``) and the mode changes through the descriptor's
+    /proc/self/fd name.  The call is really made: a filter without it kills."""
     from fastvfs.fs import _tables
     if not _tables.use_fchmodat2(True):
         pytest.skip("this kernel has no fchmodat2 (Linux 6.6)")
     f = tmp_path / "f"
-    for fchmodat2, allow in ((True, True), (False, True), (False, False)):
+    for fchmodat2, allow in ((True, True), (False, True), (False, False), (None, True),
+                             (None, False)):
         f.write_bytes(b"x")
         os.chmod(f, 0o600)
         status = _chmod_under_filter(f, fchmodat2, allow)

@@ -164,6 +164,12 @@ def test_the_descriptor_cache_ring_stays_near_its_bound(tmp_path):
     for nodeid in held:
         assert call(fs, "getattr", nodeid).st_ino == \
             os.stat(share / ("h%d" % held.index(nodeid))).st_ino
+    # A larger bound set later takes a ring of twice its size, the queue kept in order.
+    size = table.clock_size
+    table.set_handle_mode(1000)
+    assert table.clock_size == 2048 > size
+    evict(fs, *held)
+    assert table.handle_fds <= 1000
 
 
 def test_tmpfile_is_held_by_descriptor(fs):

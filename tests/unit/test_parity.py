@@ -1090,7 +1090,8 @@ def _lseek(fh, offset, whence, nodeid):
 
 def test_ioctl(pair):
     """Every IOCTL the guest sends (isatty's TCGETS on a file's handle, a directory's, an
-    unknown handle, a short request): ENOSYS in C as from the engine, which passes none on."""
+    unknown handle, a short request): ENOSYS in C as from the engine, which passes none on;
+    one with request extensions is the engine's (EINVAL for a malformed one)."""
     f, d = pair.lookup(b"f"), pair.lookup(b"d")
     fh = pair.open(f, os.O_RDONLY)
     body = struct.Struct("<QIIQII")
@@ -1101,6 +1102,10 @@ def test_ioctl(pair):
         assert out_header(pair.in_c(req, [16, 64]))[1] == -errno.ENOSYS
     req = request(abi.Opcode.IOCTL, b"", nodeid=f)
     assert pair.in_c(req, [80]) == pair.in_python(req, 80)
+    # Request extensions are read by the engine before it looks for the opcode: its answer.
+    ext = bytearray(request(abi.Opcode.IOCTL, body.pack(fh, 0, 0x5401, 0, 0, 0), nodeid=f))
+    struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+    assert out_header(via_engine(pair, bytes(ext), [80]))[1] == -errno.EINVAL
 
 
 def test_lseek(pair):

@@ -25,9 +25,9 @@ cdef bint _fchmodat2 = _probe_fchmodat2()
 
 
 def use_fchmodat2(bint use):
-    """Change modes with fchmodat2(2) (where the kernel has it: ``use`` True only keeps what
-    the probe found), or never (``use`` False: a seccomp filter that lacks the call).  Returns
-    whether it is used."""
+    """Change modes with fchmodat2(2) (where the kernel has it: ``use`` True probes again, so
+    never call it with True under a filter that lacks the call), or never (``use`` False: a
+    seccomp filter that lacks the call).  Returns whether it is used."""
     global _fchmodat2
     _fchmodat2 = use and _probe_fchmodat2()
     return _fchmodat2

@@ -33,8 +33,8 @@ cdef class NodeTable(SlotTable):
     without one ``adopt_c`` compares file handles first.
 
     Lock order: the table mutex is a leaf lock; nothing is called while holding it but
-    close(2) of an evicted cache descriptor, the allocation of a grown key index and free(3)
-    of the old one or of a dropped node's long handle.
+    close(2) of an evicted cache descriptor, the allocation of a grown key index or clock
+    ring and free(3) of the old one or of a dropped node's long handle.
     """
     def __cinit__(self, uint32_t capacity=65536):
         self._alloc(capacity, sizeof(NodeSlot))
@@ -164,16 +164,31 @@ cdef class NodeTable(SlotTable):
 
     # -- the descriptor cache of nodes held by file handle (mutex held) -----------------------
 
+    cdef int _clock_resize(self, uint32_t n) noexcept nogil:
+        """Move the ring's entries, in order, into a ring of ``n`` (a power of two, at least
+        ``clock_len``): 0, or -1 when it cannot be had (the ring stays as it was)."""
+        cdef uint32_t i, mask = self.clock_size - 1
+        cdef uint32_t *grown = <uint32_t *>malloc(n * sizeof(uint32_t)) if n else NULL
+        if grown == NULL:
+            return -1
+        for i in range(self.clock_len):
+            grown[i] = self.clock[(self.clock_head + i) & mask]
+        free(self.clock)
+        self.clock = grown
+        self.clock_size = n
+        self.clock_head = 0
+        return 0
+
     cdef void _clock_push(self, uint32_t idx) noexcept nogil:
         """Queue slot ``idx`` (``queued`` set by the caller).  A full ring first drops the
         entries of slots that hold no cached descriptor any more (forgotten, or closed since
-        they were queued), then doubles; so it stays near the bound (``fds_max`` and the
-        descriptors requests hold beyond it) however many inodes pass through the cache.
-        Where the larger ring cannot be had the slot stays unqueued: its descriptor is not
-        evicted, only closed when its node goes."""
+        they were queued), then doubles if that left it more than half full; so it stays near
+        the bound (``fds_max`` and the descriptors requests hold beyond it) however many
+        inodes pass through the cache, and a push costs O(1) amortised.  Where a full ring
+        cannot grow the slot stays unqueued: its descriptor is not evicted, only closed when
+        its node goes."""
         cdef uint32_t mask = self.clock_size - 1
-        cdef uint32_t i, kept = 0, at, n
-        cdef uint32_t *grown
+        cdef uint32_t i, kept = 0, at
         cdef NodeSlot *sl
         if self.clock_len == self.clock_size:
             for i in range(self.clock_len):
@@ -186,19 +201,13 @@ cdef class NodeTable(SlotTable):
                 else:
                     sl.queued = False
             self.clock_len = kept
+            # A ring as large as the table holds every slot: it never needs more.
+            if kept > self.clock_size / 2 and self.clock_size < self.capacity and \
+                    self._clock_resize(self.clock_size * 2) == 0:
+                mask = self.clock_size - 1
         if self.clock_len == self.clock_size:
-            n = self.clock_size * 2
-            grown = <uint32_t *>malloc(n * sizeof(uint32_t)) if n else NULL
-            if grown == NULL:
-                self.nodes[idx].queued = False
-                return
-            for i in range(self.clock_len):
-                grown[i] = self.clock[(self.clock_head + i) & mask]
-            free(self.clock)
-            self.clock = grown
-            self.clock_size = n
-            self.clock_head = 0
-            mask = n - 1
+            self.nodes[idx].queued = False
+            return
         self.clock[(self.clock_head + self.clock_len) & mask] = idx
         self.clock_len += 1
 
@@ -460,13 +469,21 @@ cdef class NodeTable(SlotTable):
         """Allow nodes held by file handle, with at most ``fds_max`` cached descriptors;
         ``mandatory``: an inode without a handle is refused, not held by descriptor."""
         cdef uint32_t size = CLOCK_SIZE_MIN
-        while size < 2 * <uint64_t>fds_max and size < (1u << 31):
+        cdef int rc = 0
+        while size < 2 * <uint64_t>fds_max and size < self.capacity:
             size *= 2
         if self.clock == NULL:
             self.clock = <uint32_t *>malloc(size * sizeof(uint32_t))
             if self.clock == NULL:
                 raise MemoryError()
             self.clock_size = size
+        elif size > self.clock_size:
+            with nogil:
+                pthread_mutex_lock(&self.lock)
+                rc = self._clock_resize(size)
+                pthread_mutex_unlock(&self.lock)
+            if rc < 0:
+                raise MemoryError()
         if self.fhs == NULL:
             # Untouched until a slot is entered by handle, as the slots themselves.
             self.fhs = <NodeHandle *>calloc(self.capacity, sizeof(NodeHandle))
