@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from fastvfs_testing import procstate
+
 QEMU = "qemu-system-x86_64"
 BUSYBOX = "/bin/busybox"
 KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -586,7 +588,8 @@ class Guest:
             while ("start", boot) not in self._markers:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise GuestTimeout(f"boot {boot} did not reach its script in {timeout}s",
+                    raise GuestTimeout(f"boot {boot} did not reach its script in {timeout}s\n"
+                                       f"{procstate.report(self.process.pid, 'QEMU')}",
                                        "".join(self._console))
                 if not self._reader.is_alive():
                     raise GuestError(f"QEMU exited before boot {boot} reached its script",
@@ -605,10 +608,14 @@ class Guest:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Where QEMU's threads wait tells a guest stuck on its backend (a vhost-user read)
+            # from one stuck on its own.
+            threads = procstate.report(self.process.pid, "QEMU")
             self.kill()
             self.process.wait()
             self._reader.join()
-            raise GuestTimeout(f"guest did not finish within {timeout}s", self.console) from None
+            raise GuestTimeout(f"guest did not finish within {timeout}s\n{threads}",
+                               self.console) from None
         wall = time.monotonic() - self.started
         self._reader.join()
         console = self.console

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fastvfs_testing import guest
+from fastvfs_testing import guest, procstate
 from tests.deployed import FASTVFS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +39,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords and item.path.is_relative_to(here):
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed guest test's report carries each backend's log and thread states, taken before
+    teardown kills them (a guest that hangs on its backend is diagnosed from the backend)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    start = getattr(item, "funcargs", {}).get("start_backend")
+    for backend in getattr(start, "started", ()):
+        report.sections.append((f"backend {backend.process.pid}", backend.diagnose()))
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +114,14 @@ class Backend:
                             f"{self.log}")
             time.sleep(0.05)
 
+    def diagnose(self, lines=60):
+        """For a failed test's report: the end of the backend's log and, while it runs, what
+        each of its threads is doing."""
+        tail = "\n".join(self.log.splitlines()[-lines:])
+        state = (procstate.report(self.process.pid, "backend") if self.process.poll() is None
+                 else f"backend exited with {self.process.returncode}")
+        return f"--- backend log (last lines) ---\n{tail}\n{state}"
+
     def wait_exit(self, timeout):
         """The exit status, or None if still running after ``timeout`` seconds."""
         try:
@@ -151,6 +172,7 @@ def start_backend(backend_cmd, tmp_path):
         backend.wait_ready()
         return backend
 
+    start.started = started  # for pytest_runtest_makereport
     yield start
     for backend in started:
         backend.stop()
