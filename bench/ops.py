@@ -393,6 +393,15 @@ def w_fsync(ctx, slot, seq):
     yield Req(Opcode.FSYNC, ctx.node["data"], abi.fsync_in.pack(ctx.fh["data"], 0, 0))
 
 
+def w_fsyncdir(ctx, slot, seq):
+    yield Req(Opcode.FSYNCDIR, ctx.node["dir"], abi.fsync_in.pack(ctx.fh["dir"], 0, 0))
+
+
+def w_syncfs(ctx, slot, seq):
+    # The guest's sync(2): nothing written meanwhile, so the host's syncfs finds nothing to do.
+    yield Req(Opcode.SYNCFS, ROOT, bytes(8))
+
+
 def w_fallocate(ctx, slot, seq):
     # Space already allocated (the first MiB was written): the allocation itself is a no-op.
     yield Req(Opcode.FALLOCATE, ctx.node["data"],
@@ -492,6 +501,8 @@ WORKLOADS = [
     Workload("setxattr_removexattr", w_setxattr, "SETXATTR+REMOVEXATTR"),
     Workload("flush", w_flush),
     Workload("fsync", w_fsync),
+    Workload("fsyncdir", w_fsyncdir),
+    Workload("syncfs", w_syncfs),
     Workload("fallocate", w_fallocate),
     Workload("lseek", w_lseek),
     Workload("copy_file_range", w_copy_file_range),

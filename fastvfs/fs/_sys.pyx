@@ -15,7 +15,7 @@ from libc.string cimport memcpy
 from fastvfs.includes.fcntl cimport (MAX_HANDLE_SZ, fallocate, fastvfs_file_handle,
                                      name_to_handle_at, renameat2)
 from fastvfs.includes.posix cimport (CLONE_FS, SYS_setfsgid, SYS_setfsuid, SYS_setgroups,
-                                     fchownat, syncfs, syscall, timespec, unshare)
+                                     fchownat, syscall, timespec, unshare)
 from fastvfs.includes.fs_ids cimport fastvfs_fs_ids_known, fastvfs_fsgid, fastvfs_fsuid
 from fastvfs.includes.own_fs cimport fastvfs_own_fs
 from fastvfs.includes.stat cimport UTIME_NOW, UTIME_OMIT, c_umask, utimensat
@@ -249,14 +249,6 @@ def fallocate_range(int fd, int mode, long offset, long length):
     cdef int rc
     with nogil:
         rc = fallocate(fd, mode, offset, length)
-    if rc < 0:
-        _raise()
-
-
-def sync_fs(int fd):
-    cdef int rc
-    with nogil:
-        rc = syncfs(fd)
     if rc < 0:
         _raise()
 

@@ -303,6 +303,7 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
 cdef int kill_mapped_capability(int fd, const char *name) noexcept nogil
 cdef int kill_suidgid(int fd) noexcept nogil
 cdef int flush_fd(int fd) noexcept nogil
+cdef int sync_dir_fs(int dirfd) noexcept nogil
 cdef ssize_t copy_range(HandleTable handles, int fd_in, int64_t off_in, int fd_out,
                         int64_t off_out, size_t length) noexcept nogil
 

@@ -929,16 +929,12 @@ class PassthroughFs:
     def syncfs(self, nodeid):
         """Sync the host file system that holds ``nodeid``: the guest sends SYNCFS for each of
         its superblocks, and with announced submounts a submount's root is its own superblock
-        there.  syncfs(2) takes no O_PATH descriptor, so the directory is opened (read-only);
-        for any other inode the file system of the share's root is synced."""
+        there; for any other inode the file system of the share's root is synced
+        (``_tables.sync_fs``, the hot path's too)."""
         inode = self.inodes.get(nodeid)
         if not stat.S_ISDIR(inode.mode):
             inode = self.inodes.root
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.fd(inode))
-        try:
-            _sys.sync_fs(fd)
-        finally:
-            os.close(fd)
+        _tables.sync_fs(self.inodes.fd(inode))
 
     def init(self, *, setxattr_ext, security_ctx=False, dont_mask=False):
         """Start of a session, before its first request but INIT: ``setxattr_ext`` when the

@@ -43,8 +43,11 @@ cdef extern from "<linux/fuse.h>" nogil:
         FUSE_CREATE
         FUSE_LINK
         FUSE_IOCTL
+        FUSE_FSYNCDIR
+        FUSE_SYNCFS
 
     enum:
+        FUSE_ROOT_ID
         FUSE_WRITE_KILL_SUIDGID
         FUSE_FSYNC_FDATASYNC
         FUSE_RELEASE_FLOCK_UNLOCK

@@ -63,8 +63,8 @@ from fastvfs.fs._tables cimport (CHANGE_KILL_SUIDGID, CHANGE_MODE, CHANGE_OWNER,
                                  LOOKUP_NAME_MAX, XATTR_NAME_MAX, change_node, copy_range, flush_fd,
                                  getxattr_node, kill_mapped_capability, kill_suidgid,
                                  listxattr_node, lookup_entry, open_node, pack_attr,
-                                 removexattr_node, rename_node, setxattr_node, unlink_node,
-                                 within_budget)
+                                 removexattr_node, rename_node, setxattr_node, sync_dir_fs,
+                                 unlink_node, within_budget)
 from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_cpu_relax,
                                        fastvfs_full_barrier, fastvfs_inc64, fastvfs_load16,
                                        fastvfs_load64, fastvfs_log2, fastvfs_release,
@@ -76,7 +76,8 @@ from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, F_RDLCK, O_ACCMODE, O_CREAT, 
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_COPY_FILE_RANGE, FUSE_FALLOCATE, FUSE_FLUSH,
                                            FUSE_FORGET, FUSE_RELEASE_FLOCK_UNLOCK,
-                                           FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR,
+                                           FUSE_FSYNC, FUSE_FSYNC_FDATASYNC, FUSE_FSYNCDIR,
+                                           FUSE_GETATTR, FUSE_ROOT_ID, FUSE_SYNCFS,
                                            FUSE_GETXATTR, FUSE_LISTXATTR,
                                            FUSE_REMOVEXATTR, FUSE_SETXATTR,
                                            FUSE_COMPAT_SETXATTR_IN_SIZE,
@@ -120,7 +121,7 @@ from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, SEEK_CUR, SEEK_DATA, SEEK_
                                      fsync, lseek, readlinkat, strnlen, timespec)
 from fastvfs.includes.pthread cimport (pthread_mutex_destroy, pthread_mutex_init,
                                        pthread_mutex_lock, pthread_mutex_unlock)
-from fastvfs.includes.stat cimport S_ISLNK, UTIME_NOW, UTIME_OMIT, utimensat
+from fastvfs.includes.stat cimport S_ISDIR, S_ISLNK, UTIME_NOW, UTIME_OMIT, utimensat
 from fastvfs.includes.statx cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                                      c_statx, statx)
 from fastvfs.includes.statvfs cimport fstatvfs, statvfs

@@ -9,7 +9,7 @@ cdef enum:
     NEEDS_INODES = 1        # the node id table is shared with the file system
     NEEDS_WRITABLE = 2      # the share is writable (a read-only one refuses in the engine)
     NEEDS_URING = 8         # the queue has its io_uring
-    FAST_OPS_MAX = FUSE_COPY_FILE_RANGE + 1
+    FAST_OPS_MAX = FUSE_SYNCFS + 1
 
 cdef FastOp FAST_OPS[FAST_OPS_MAX]
 
@@ -233,6 +233,15 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
+    """FSYNCDIR: FSYNC of a directory handle (``do_fsync``), EBADF for any other handle, as
+    the engine's (PassthroughFs.fsyncdir)."""
+    if not vq.handles.is_directory(vq.req.hdr.arg.fsync.fh):
+        vq._reply(-EBADF, NULL, 0)
+        return 1
+    return do_fsync(vq)
+
+
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
     """FALLOCATE: through the ring, after what was submitted before it, so the queue goes on
     serving while the file system allocates; fallocate(2) here when the queue has no ring or
@@ -280,6 +289,7 @@ _fast_op(FUSE_GETATTR, do_getattr, 0, NEEDS_INODES)
 _fast_op(FUSE_READ, do_read, sizeof(fuse_read_in), 0)
 _fast_op(FUSE_WRITE, do_write, sizeof(fuse_write_in), NEEDS_WRITABLE)
 _fast_op(FUSE_FSYNC, do_fsync, sizeof(fuse_fsync_in), NEEDS_URING)
+_fast_op(FUSE_FSYNCDIR, do_fsyncdir, sizeof(fuse_fsync_in), NEEDS_URING)
 _fast_op(FUSE_FALLOCATE, do_fallocate, sizeof(fuse_fallocate_in), NEEDS_WRITABLE)
 _fast_op(FUSE_COPY_FILE_RANGE, do_copy_file_range, sizeof(fuse_copy_file_range_in),
          NEEDS_WRITABLE)

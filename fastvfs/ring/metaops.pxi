@@ -42,6 +42,40 @@ cdef int do_statfs(Virtqueue vq) noexcept nogil:
     return 1
 
 
+cdef int do_syncfs(Virtqueue vq) noexcept nogil:
+    """SYNCFS as the engine's (PassthroughFs.syncfs): the host file system of the node when
+    it is a directory (with announced submounts a submount's root is a superblock of its own
+    in the guest), else of the share's root, synced by ``sync_dir_fs``.  Served here only
+    when it is the only work there is (``io_alone``): a sync may take long, and with other
+    requests waiting it is the engine's, which runs it on its thread pool where it has one.
+    Left to the engine as well: request extensions, a node held by file handle that no
+    longer opens."""
+    cdef uint64_t nodeid = vq.req.hdr.h.nodeid
+    cdef int rc
+    cdef int fd
+    if vq.req.hdr.h.total_extlen or not io_alone(vq):
+        return 0
+    fd = vq.inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        vq._reply(-ENOENT, NULL, 0)
+        return 1
+    if not S_ISDIR(vq.inodes.mode_of(nodeid)):
+        vq.inodes.release(nodeid)
+        nodeid = FUSE_ROOT_ID
+        fd = vq.inodes.acquire(nodeid)
+        if fd == -2:
+            return 0
+        if fd < 0:
+            vq._reply(-ENOENT, NULL, 0)
+            return 1
+    rc = sync_dir_fs(fd)
+    vq.inodes.release(nodeid)
+    vq._reply(rc, NULL, 0)
+    return 1
+
+
 cdef int do_open(Virtqueue vq) noexcept nogil:
     """OPEN of a regular file, as the engine's do_open over PassthroughFs.open
     (fastvfs.fs._tables.open_node: the same checks, flags, budget and handle), answered with
@@ -317,6 +351,7 @@ cdef int do_ioctl(Virtqueue vq) noexcept nogil:
 
 _fast_op(FUSE_IOCTL, do_ioctl, 0, 0)
 _fast_op(FUSE_STATFS, do_statfs, 0, NEEDS_INODES)
+_fast_op(FUSE_SYNCFS, do_syncfs, 0, NEEDS_INODES)
 _fast_op(FUSE_READLINK, do_readlink, 0, NEEDS_INODES)
 _fast_op(FUSE_OPEN, do_open, sizeof(fuse_open_in), NEEDS_INODES)
 _fast_op(FUSE_LSEEK, do_lseek, sizeof(fuse_lseek_in), 0)

@@ -934,7 +934,6 @@ def test_thread_pool_backlog_is_bounded(tmp_path):
 def test_syncfs_syncs_the_file_system_of_its_node(s, tmp_path, monkeypatch):
     """SYNCFS names the guest superblock's root: with a submount, that is the submount's
     directory, whose host file system (not the share's) must be synced."""
-    from fastvfs.fs import _sys
     sub = tmp_path / "sub"
     sub.mkdir()
     (tmp_path / "plain").write_bytes(b"")
@@ -942,7 +941,7 @@ def test_syncfs_syncs_the_file_system_of_its_node(s, tmp_path, monkeypatch):
         pytest.skip("cannot mount a tmpfs here")
     try:
         synced = []
-        monkeypatch.setattr(_sys, "sync_fs", lambda fd: synced.append(os.fstat(fd).st_dev))
+        monkeypatch.setattr(_tables, "sync_fs", lambda fd: synced.append(os.fstat(fd).st_dev))
         sub_id, _ = s.lookup(b"sub")
         plain_id, _ = s.lookup(b"plain")
         s.ok(Opcode.SYNCFS, sub_id, bytes(8))

@@ -1,9 +1,10 @@
 """Parity of the two implementations of every operation that has one in C and one in Python.
 
 The hot path answers GETATTR, LOOKUP of a known or missing name, FLUSH, RELEASE, FORGET,
-BATCH_FORGET, FSYNC, FALLOCATE, STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK, RMDIR,
+BATCH_FORGET, FSYNC, FSYNCDIR, FALLOCATE, STATFS, SYNCFS, READLINK, OPEN, LSEEK, SETATTR,
+UNLINK, RMDIR,
 RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK, SETLK,
-MKNOD, MKDIR, SYMLINK, CREATE, LINK and WRITE's kill-suid/sgid itself;
+MKNOD, MKDIR, SYMLINK, CREATE, LINK, IOCTL and WRITE's kill-suid/sgid itself;
 the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
@@ -322,6 +323,41 @@ def test_fsync(pair):
         assert pair.in_c(req, [16]) == pair.in_python(req, 16)
     req = request(abi.Opcode.FSYNC, abi.fsync_in.pack(fh + 1, 0, 0), nodeid=f)
     assert pair.in_c(req, [16]) == pair.in_python(req, 16)
+
+
+def test_fsyncdir(pair):
+    """FSYNCDIR of a directory handle (both flags), of a file's handle and of an unknown one
+    (EBADF): the same replies in C as from the engine."""
+    if pair.ring.engine == "sync":
+        pytest.skip("a synchronous queue hands FSYNCDIR to the engine: one implementation")
+    d, f = pair.lookup(b"d"), pair.lookup(b"f")
+    dfh = abi.open_out.unpack_from(pair.in_python(_opendir(d), 32), 16)[0]
+    ffh = pair.open(f)
+    for nodeid, fh, flags in ((d, dfh, 0), (d, dfh, FUSE_FSYNC_FDATASYNC), (f, ffh, 0),
+                              (d, dfh + 1000, 0), (d, 2 ** 63, 0)):
+        req = request(abi.Opcode.FSYNCDIR, abi.fsync_in.pack(fh, flags, 0), nodeid=nodeid)
+        c = pair.in_c(req, [16])
+        assert c == pair.in_python(req, 16)
+        assert out_header(c)[1] == (0 if fh == dfh else -errno.EBADF)
+
+
+def test_syncfs(pair):
+    """SYNCFS of the root, a directory, a file and a symlink (the root's file system), and of
+    a node the table does not know (ENOENT): the same replies in C as from the engine.  With
+    other requests waiting it is the engine's (it may take long)."""
+    nodes = [abi.FUSE_ROOT_ID, pair.lookup(b"d"), pair.lookup(b"f"), pair.lookup(b"link")]
+    for nodeid in nodes + [nodes[-1] + 1000, 2 ** 63]:
+        req = request(abi.Opcode.SYNCFS, bytes(8), nodeid=nodeid)
+        c = pair.in_c(req, [16])
+        assert c == pair.in_python(req, 16)
+        assert out_header(c)[1] == (0 if nodeid in nodes else -errno.ENOENT)
+    seen = len(pair.ring.seen)
+    replies = pair.ring.roundtrip_many([([request(abi.Opcode.SYNCFS, bytes(8), nodeid=1)], [16]),
+                                        ([request(abi.Opcode.GETATTR, bytes(16), nodeid=1)],
+                                         [16, 104])])
+    assert [out_header(r)[1] for r in replies] == [0, 0]
+    assert [abi.in_header.unpack_from(r)[1] for r, _ in pair.ring.seen[seen:]] == \
+        [abi.Opcode.SYNCFS]
 
 
 FALLOCATE_CASES = [

@@ -1,7 +1,10 @@
 # The helpers of the operations both the hot path and the file system serve, in C (declared in
 # _tables.pxd): the lookup of a known entry (LOOKUP, and READDIRPLUS through
-# tables/dirs.pxi), attribute packing, kill-suid/sgid, the mapped capability and
-# FLUSH; then their Python wrappers, attribute packing for the engine among them.
+# tables/dirs.pxi), attribute packing, kill-suid/sgid, the mapped capability, FLUSH and
+# SYNCFS; then their Python wrappers, attribute packing for the engine among them.
+
+from fastvfs.includes.fcntl cimport O_DIRECTORY, O_RDONLY, openat
+from fastvfs.includes.posix cimport syncfs
 
 
 cdef inline bint _dot_name(const char *name, size_t length) noexcept nogil:
@@ -185,6 +188,20 @@ cdef ssize_t copy_range(HandleTable handles, int fd_in, int64_t off_in, int fd_o
             return -errno
 
 
+cdef int sync_dir_fs(int dirfd) noexcept nogil:
+    """SYNCFS of the directory ``dirfd`` (an O_PATH descriptor): syncfs(2) of the host file
+    system that holds it.  syncfs takes no O_PATH descriptor, so the directory is opened
+    read-only for the call.  0 or -errno."""
+    cdef int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    cdef int rc = 0
+    if fd < 0:
+        return -errno
+    if syncfs(fd) < 0:
+        rc = -errno
+    c_close(fd)
+    return rc
+
+
 # -- the same helpers for the Python engine (fs/passthrough.py) ------------------------------
 
 cdef int _check(int rc) except -1:
@@ -238,6 +255,14 @@ def copy_file_range(HandleTable handles, int fd_in, int64_t off_in, int fd_out,
         n = copy_range(handles, fd_in, off_in, fd_out, off_out, length)
     _check(<int>n if n < 0 else 0)
     return n
+
+
+def sync_fs(int dirfd):
+    """``sync_dir_fs``; raises OSError."""
+    cdef int rc
+    with nogil:
+        rc = sync_dir_fs(dirfd)
+    _check(rc)
 
 
 def flush(int fd):
