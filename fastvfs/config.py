@@ -227,6 +227,8 @@ class RingOptions:
     ``open_flags``: the fuse_open_out flags (FOPEN_*) the hot path answers OPEN with: the
       cache mode's; default 0.
     ``opendir_flags``: the same for OPENDIR; default 0.
+    ``engine_pool``: the engine runs requests on a thread pool (``--thread-pool-size``): a
+      request that may hold the queue's thread for long (SYNCFS) is left to it; default off.
     """
 
     max_io: int = 1 << 20
@@ -237,6 +239,7 @@ class RingOptions:
     read_only: bool = False
     open_flags: int = 0
     opendir_flags: int = 0
+    engine_pool: bool = False
 
     def __post_init__(self):
         _coerce(self, "io_engine", IoEngine)

@@ -308,11 +308,12 @@ def _serve_setup(options, stats):
                           root=sandbox.root_for(options.sandbox, share.shared_dir))
     sec, nsec = engine.cache.timeout
     # The hot path answers GETATTR with the cache mode's attribute timeout, OPEN and OPENDIR
-    # with its open flags.
+    # with its open flags, and leaves a long SYNCFS to the engine's thread pool.
     ring_options = config.replace(options.ring, attr_timeout=sec + nsec / 1e9,
                                   read_only=engine.readonly,
                                   open_flags=engine.cache.open_flags,
-                                  opendir_flags=engine.cache.opendir_flags)
+                                  opendir_flags=engine.cache.opendir_flags,
+                                  engine_pool=engine.pool is not None)
     # The hot path answers LOOKUP and GETATTR with the host's ids: with an id translation the
     # queues are not given the node id table, so those go to the engine, which translates.
     device = VhostUserFsDevice(engine.handle, handles, num_queues=1 + options.request_queues,

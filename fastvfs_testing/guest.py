@@ -588,14 +588,24 @@ class Guest:
             while ("start", boot) not in self._markers:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise GuestTimeout(f"boot {boot} did not reach its script in {timeout}s\n"
-                                       f"{procstate.report(self.process.pid, 'QEMU')}",
-                                       "".join(self._console))
+                    console = "".join(self._console)
+                    break
                 if not self._reader.is_alive():
                     raise GuestError(f"QEMU exited before boot {boot} reached its script",
                                      "".join(self._console))
                 self._changed.wait(min(remaining, 0.5))
-            return self._markers[("start", boot)]
+            else:
+                return self._markers[("start", boot)]
+        # Read outside the lock: the console reader must not wait on it meanwhile.
+        raise GuestTimeout(f"boot {boot} did not reach its script in {timeout}s\n"
+                           f"{self._threads()}", console)
+
+    def _threads(self) -> str:
+        """Where QEMU's threads wait (``procstate.report``), or why that cannot be read."""
+        try:
+            return procstate.report(self.process.pid, "QEMU")
+        except Exception as exc:  # the report must never cost the diagnosis it serves
+            return f"--- QEMU's threads could not be read: {exc!r} ---"
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal QEMU (SIGKILL by default: the abrupt disconnect a backend must survive)."""
@@ -610,7 +620,7 @@ class Guest:
         except subprocess.TimeoutExpired:
             # Where QEMU's threads wait tells a guest stuck on its backend (a vhost-user read)
             # from one stuck on its own.
-            threads = procstate.report(self.process.pid, "QEMU")
+            threads = self._threads()
             self.kill()
             self.process.wait()
             self._reader.join()

@@ -34,32 +34,39 @@ def tree(pid):
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
                 if int(fields[3]) == pid and int(entry.name) != pid:  # same session
                     children.setdefault(pid, []).append(int(entry.name))
-    found, todo = [], [pid]
+    found, seen, todo = [], set(), [pid]
     while todo:
         member = todo.pop(0)
-        if member not in found:
+        if member not in seen:
+            seen.add(member)
             found.append(member)
             todo.extend(sorted(children.get(member, ())))
     return found
 
 
 def report(pid, title="process"):
-    """One block per thread of ``pid``'s tree: name, state, wait channel, kernel stack."""
+    """One block per thread of ``pid``'s tree: name, state, wait channel ("?" where it cannot
+    be read, "0" or "-" for a thread not waiting), kernel stack.  Processes and threads may
+    end while it reads: those are left out, a process with none left is "gone"."""
     lines = [f"--- {title} {pid}: threads (state, wait channel, kernel stack) ---"]
     for member in tree(pid):
-        tasks = sorted(Path(f"/proc/{member}/task").glob("*"), key=lambda p: int(p.name)) \
-            if Path(f"/proc/{member}/task").exists() else []
-        if not tasks:
-            lines.append(f"{member}: gone")
+        try:
+            tasks = sorted(Path(f"/proc/{member}/task").iterdir(), key=lambda p: int(p.name))
+        except OSError:
+            tasks = []
+        shown = len(lines)
         for task in tasks:
             fields = _stat_fields(f"{member}/task/{task.name}")
             if fields is None:
                 continue
             comm = (_read(task / "comm") or "?").strip()
-            wchan = (_read(task / "wchan") or "?").strip() or "-"
+            wchan = _read(task / "wchan")
+            wchan = "?" if wchan is None else wchan.strip() or "-"
             lines.append(f"{member}/{task.name} {comm} {fields[0]} wchan={wchan}")
             stack = _read(task / "stack")
             if stack:
                 frames = [frame.split("] ", 1)[-1] for frame in stack.splitlines()]
                 lines.append("    " + " < ".join(frames[:STACK_FRAMES]))
+        if len(lines) == shown:
+            lines.append(f"{member}: gone")
     return "\n".join(lines)

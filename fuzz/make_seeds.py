@@ -343,6 +343,9 @@ def ring_seeds():
           {"reply_len": abi.getxattr_out.size})],
         [(Opcode.LISTXATTR, ROOT, abi.getxattr_in.pack(64, 0), {"data_len": 64}),
          (Opcode.LISTXATTR, 2, abi.getxattr_in.pack(0, 0), {"reply_len": abi.getxattr_out.size})],
+        [(Opcode.FSYNCDIR, ROOT, abi.fsync_in.pack(fh, 1, 0), {}),
+         (Opcode.SYNCFS, 2, bytes(8), {}),
+         (Opcode.IOCTL, 2, abi.struct.pack("<QIIQII", fh, 0, 0x5401, 0, 0, 8), {})],
     ]
     for i, batch in enumerate(batches):
         for indirect in (False, True):

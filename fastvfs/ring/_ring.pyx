@@ -20,8 +20,8 @@ Fragments, each knowing only those above it:
   uring_io.pxi  io_uring I/O: requests in flight, batched submission, completions
   dataops.pxi   READ and WRITE
   fastops.pxi   the FUSE header, the table of fast operations, the metadata ones
-  metaops.pxi   more metadata operations: STATFS, READLINK, OPEN, LSEEK, SETATTR, UNLINK,
-                RMDIR, RENAME, RENAME2
+  metaops.pxi   more metadata operations: STATFS, SYNCFS, READLINK, OPEN, LSEEK, SETATTR,
+                UNLINK, RMDIR, RENAME, RENAME2, IOCTL
   xattrops.pxi  GETXATTR and LISTXATTR
   lockops.pxi   GETLK and SETLK (not waiting) of POSIX locks
   createops.pxi MKNOD, MKDIR, SYMLINK, CREATE and LINK

@@ -208,12 +208,16 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     ring after what was submitted before it, so the queue goes on serving while the file
     system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
     (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
-    call); the engine's when the ring has no room."""
+    call); the engine's when the ring has no room, or with request extensions (which the
+    engine reads first)."""
     cdef uint64_t fh = vq.req.hdr.arg.fsync.fh
     cdef bint datasync = vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC
     cdef io_uring_sqe *sqe
     cdef int rc = 0
-    cdef int fd = vq.handles.acquire(fh)
+    cdef int fd
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    fd = vq.handles.acquire(fh)
     if fd < 0:
         vq._reply(-EBADF, NULL, 0)
         return 1
@@ -235,7 +239,9 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
 
 cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
     """FSYNCDIR: FSYNC of a directory handle (``do_fsync``), EBADF for any other handle, as
-    the engine's (PassthroughFs.fsyncdir)."""
+    the engine's (PassthroughFs.fsyncdir); request extensions are the engine's."""
+    if vq.req.hdr.h.total_extlen:
+        return 0
     if not vq.handles.is_directory(vq.req.hdr.arg.fsync.fh):
         vq._reply(-EBADF, NULL, 0)
         return 1

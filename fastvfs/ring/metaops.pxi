@@ -1,5 +1,5 @@
-# Metadata requests served in C beyond those of fastops.pxi: STATFS, READLINK, OPEN, LSEEK,
-# SETATTR, UNLINK, RMDIR, RENAME and RENAME2, each answering
+# Metadata requests served in C beyond those of fastops.pxi: STATFS, SYNCFS, READLINK, OPEN,
+# LSEEK, SETATTR, UNLINK, RMDIR, RENAME, RENAME2 and IOCTL, each answering
 # exactly what the engine's do_<op> would (fastvfs/fuse/engine.py over PassthroughFs) and
 # declining (0) whatever it could not decide the same way.  Their table entries are at the end.
 
@@ -45,31 +45,31 @@ cdef int do_statfs(Virtqueue vq) noexcept nogil:
 cdef int do_syncfs(Virtqueue vq) noexcept nogil:
     """SYNCFS as the engine's (PassthroughFs.syncfs): the host file system of the node when
     it is a directory (with announced submounts a submount's root is a superblock of its own
-    in the guest), else of the share's root, synced by ``sync_dir_fs``.  Served here only
-    when it is the only work there is (``io_alone``): a sync may take long, and with other
-    requests waiting it is the engine's, which runs it on its thread pool where it has one.
-    Left to the engine as well: request extensions, a node held by file handle that no
-    longer opens."""
+    in the guest), else of the share's root, synced by ``sync_dir_fs``.  A sync may hold the
+    queue's thread for long, so it is served here only where the engine would hold it as
+    well: the engine has no thread pool, and nothing else waits (``io_alone``); else it is
+    the engine's.  Left to the engine too: request extensions, a directory held by file
+    handle that no longer opens."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef int rc
     cdef int fd
-    if vq.req.hdr.h.total_extlen or not io_alone(vq):
+    if vq.req.hdr.h.total_extlen or vq.cfg.engine_pool or not io_alone(vq):
         return 0
-    fd = vq.inodes.acquire(nodeid)
-    if fd == -2:
-        return 0
-    if fd < 0:
+    # The node's type first (a reference, no reopen of a node held by file handle).
+    if not vq.inodes._ref(nodeid):
         vq._reply(-ENOENT, NULL, 0)
         return 1
     if not S_ISDIR(vq.inodes.mode_of(nodeid)):
         vq.inodes.release(nodeid)
         nodeid = FUSE_ROOT_ID
-        fd = vq.inodes.acquire(nodeid)
-        if fd == -2:
-            return 0
-        if fd < 0:
-            vq._reply(-ENOENT, NULL, 0)
-            return 1
+    else:
+        vq.inodes.release(nodeid)
+    fd = vq.inodes.acquire(nodeid)
+    if fd == -2:
+        return 0
+    if fd < 0:
+        vq._reply(-ENOENT, NULL, 0)  # forgotten meanwhile
+        return 1
     rc = sync_dir_fs(fd)
     vq.inodes.release(nodeid)
     vq._reply(rc, NULL, 0)

@@ -41,6 +41,7 @@ cdef class Virtqueue:
         self.cfg.want_fixed = options.fixed_buffers
         self.cfg.open_flags = options.open_flags
         self.cfg.opendir_flags = options.opendir_flags
+        self.cfg.engine_pool = options.engine_pool
         self.cfg.poll_us = options.poll_us
         self.poll_window = self.cfg.poll_us
         self.mem = mem

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.deployed import FASTVFS
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_BACKEND = "/usr/lib/qemu/virtiofsd"
+LOG_TAIL_BYTES = 64 << 10  # of a backend's log, read for a failed test's report
 HOST_TOOLS = (guest.QEMU, "apt-get", "apt-cache", "dpkg-deb", "depmod", "cpio")
 
 
@@ -51,7 +53,11 @@ def pytest_runtest_makereport(item, call):
         return
     start = getattr(item, "funcargs", {}).get("start_backend")
     for backend in getattr(start, "started", ()):
-        report.sections.append((f"backend {backend.process.pid}", backend.diagnose()))
+        try:
+            text = backend.diagnose()
+        except Exception:  # never in place of the failure it explains
+            text = f"the backend could not be diagnosed:\n{traceback.format_exc()}"
+        report.sections.append((f"backend {backend.process.pid}", text))
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +123,9 @@ class Backend:
     def diagnose(self, lines=60):
         """For a failed test's report: the end of the backend's log and, while it runs, what
         each of its threads is doing."""
-        tail = "\n".join(self.log.splitlines()[-lines:])
+        with open(self.log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            tail = "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
         state = (procstate.report(self.process.pid, "backend") if self.process.poll() is None
                  else f"backend exited with {self.process.returncode}")
         return f"--- backend log (last lines) ---\n{tail}\n{state}"

@@ -536,6 +536,25 @@ def test_modcaps_parsing():
 
 # -- statistics ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("pool", [False, True], ids=["no-pool", "thread-pool"])
+def test_syncfs_is_answered_in_c_unless_the_engine_has_a_pool(daemon, pool):
+    """A guest's sync (SYNCFS) and FSYNCDIR are answered on the queue's thread in C, which the
+    statistics' engine count shows; with a thread pool (Kata's ``--thread-pool-size=1``) a
+    SYNCFS goes to the engine, which takes it off the queue's thread: a sync may take long."""
+    d = daemon(*(("--thread-pool-size", "1") if pool else ()), files={"f": b"x"})
+    c = d.connect()
+    fh = c.opendir(ROOT).fh
+    for _ in range(3):
+        c.syncfs()
+        c.fsyncdir(ROOT, fh)
+    out = subprocess.run([*DAEMON, "stats", "--socket-path", str(d.sock), "--json"],
+                         capture_output=True, text=True, check=True)
+    ops = json.loads(out.stdout)["ops"]
+    assert ops["SYNCFS"]["count"] == 3 and ops["SYNCFS"]["errors"] == 0
+    assert ops["SYNCFS"]["engine"] == (3 if pool else 0)
+    assert ops["FSYNCDIR"]["count"] == 3 and ops["FSYNCDIR"]["engine"] == 0
+
+
 def test_stats_while_serving(daemon, tmp_path):
     metrics = tmp_path / "metrics.sock"
     with socket.socket() as probe:

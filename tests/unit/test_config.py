@@ -213,7 +213,7 @@ def test_records_build_compare_and_print_by_value(tmp_path):
     assert a.ring == b.ring == RingOptions()
     for bad in (lambda: ShareOptions(), lambda: ShareOptions(str(tmp_path), unknown=1),
                 lambda: ShareOptions(str(tmp_path), shared_dir="x"),
-                lambda: RingOptions(*range(9))):
+                lambda: RingOptions(*range(len(RingOptions._fields) + 1))):
         with pytest.raises(TypeError):
             bad()
 

@@ -2,10 +2,10 @@
 
 The hot path answers GETATTR, LOOKUP of a known or missing name, FLUSH, RELEASE, FORGET,
 BATCH_FORGET, FSYNC, FSYNCDIR, FALLOCATE, STATFS, SYNCFS, READLINK, OPEN, LSEEK, SETATTR,
-UNLINK, RMDIR,
-RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, GETLK, SETLK,
-MKNOD, MKDIR, SYMLINK, CREATE, LINK, IOCTL and WRITE's kill-suid/sgid itself;
-the FUSE engine (``fastvfs.fuse.engine`` over ``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
+UNLINK, RMDIR, RENAME, RENAME2, GETXATTR, LISTXATTR, OPENDIR, READDIR, READDIRPLUS,
+RELEASEDIR, GETLK, SETLK, MKNOD, MKDIR, SYMLINK, CREATE, LINK, IOCTL and WRITE's
+kill-suid/sgid itself; the FUSE engine (``fastvfs.fuse.engine`` over
+``fastvfs.fs.passthrough``) answers the same requests whenever the hot path hands them on
 (a lock held, a node the C table cannot serve, the thread pool, ``--log-level trace``).  Each
 case below sends the same request both ways on the same tree and requires the same reply, byte
 for byte (an OPEN's handle number and the times the clock gives aside; a new object's node id
@@ -325,9 +325,11 @@ def test_fsync(pair):
     assert pair.in_c(req, [16]) == pair.in_python(req, 16)
 
 
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
 def test_fsyncdir(pair):
     """FSYNCDIR of a directory handle (both flags), of a file's handle and of an unknown one
-    (EBADF): the same replies in C as from the engine."""
+    (EBADF): the same replies in C as from the engine; with request extensions it is the
+    engine's."""
     if pair.ring.engine == "sync":
         pytest.skip("a synchronous queue hands FSYNCDIR to the engine: one implementation")
     d, f = pair.lookup(b"d"), pair.lookup(b"f")
@@ -339,14 +341,21 @@ def test_fsyncdir(pair):
         c = pair.in_c(req, [16])
         assert c == pair.in_python(req, 16)
         assert out_header(c)[1] == (0 if fh == dfh else -errno.EBADF)
+    ext = bytearray(request(abi.Opcode.FSYNCDIR, abi.fsync_in.pack(dfh, 0, 0), nodeid=d))
+    struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+    assert out_header(via_engine(pair, bytes(ext), [16]))[1] == -errno.EINVAL
 
 
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
 def test_syncfs(pair):
-    """SYNCFS of the root, a directory, a file and a symlink (the root's file system), and of
-    a node the table does not know (ENOENT): the same replies in C as from the engine.  With
-    other requests waiting it is the engine's (it may take long)."""
+    """SYNCFS of the root, a directory, a file and a symlink (the root's file system), of a
+    node forgotten and of ids never given out (ENOENT): the same replies in C as from the
+    engine.  It is the engine's with other requests waiting, and when the engine has a thread
+    pool (a sync may take long)."""
     nodes = [abi.FUSE_ROOT_ID, pair.lookup(b"d"), pair.lookup(b"f"), pair.lookup(b"link")]
-    for nodeid in nodes + [nodes[-1] + 1000, 2 ** 63]:
+    gone = pair.lookup(b"entry-000", parent=nodes[1])
+    pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=gone), 0)
+    for nodeid in nodes + [gone, nodes[-1] + 1000, 2 ** 63]:
         req = request(abi.Opcode.SYNCFS, bytes(8), nodeid=nodeid)
         c = pair.in_c(req, [16])
         assert c == pair.in_python(req, 16)
@@ -358,6 +367,10 @@ def test_syncfs(pair):
     assert [out_header(r)[1] for r in replies] == [0, 0]
     assert [abi.in_header.unpack_from(r)[1] for r, _ in pair.ring.seen[seen:]] == \
         [abi.Opcode.SYNCFS]
+    pair.ring.engine_pool = True
+    pair.ring.restart()
+    req = request(abi.Opcode.SYNCFS, bytes(8), nodeid=nodes[1])
+    assert out_header(via_engine(pair, req, [16]))[1] == 0
 
 
 FALLOCATE_CASES = [

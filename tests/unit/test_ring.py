@@ -40,8 +40,9 @@ class Harness:
 
     def __init__(self, *, size=16, base=0, event_idx=True, indirect=True, regions=None,
                  reply=None, engine="sync", inodes=None, read_only=False,
-                 fixed_buffers=False, open_flags=0, opendir_flags=0):
+                 fixed_buffers=False, open_flags=0, opendir_flags=0, engine_pool=False):
         self.size, self.event_idx, self.indirect = size, event_idx, indirect
+        self.engine_pool = engine_pool  # the engine has a thread pool (see restart)
         self.open_flags = open_flags  # fuse_open_out.open_flags of OPEN served in C
         self.opendir_flags = opendir_flags  # and of OPENDIR
         self.engine = engine
@@ -75,7 +76,8 @@ class Harness:
                                                read_only=self.read_only,
                                                fixed_buffers=self.fixed_buffers,
                                                open_flags=self.open_flags,
-                                               opendir_flags=self.opendir_flags),
+                                               opendir_flags=self.opendir_flags,
+                                               engine_pool=self.engine_pool),
                                   self.lock, inodes=self.inodes, err_fd=self.err_fd)
         self.thread = threading.Thread(target=self.vq.run, args=(self._handler,), daemon=True)
         self.thread.start()
