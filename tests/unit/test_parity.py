@@ -341,6 +341,16 @@ def test_fsyncdir(pair):
         c = pair.in_c(req, [16])
         assert c == pair.in_python(req, 16)
         assert out_header(c)[1] == (0 if fh == dfh else -errno.EBADF)
+    # Several at once: through the queue's io_uring (one alone is synced inline), still in C.
+    seen, inline = len(pair.ring.seen), pair.ring.vq.inline_syncs
+    reqs = [request(abi.Opcode.FSYNCDIR, abi.fsync_in.pack(fh, flags, 0), nodeid=d, unique=u)
+            for u, (fh, flags) in enumerate([(dfh, 0), (dfh, FUSE_FSYNC_FDATASYNC), (ffh, 0),
+                                             (dfh, 0)], 100)]
+    replies = pair.ring.roundtrip_many([([r], [16]) for r in reqs])
+    assert len(pair.ring.seen) == seen, "served by the engine, not in C"
+    assert [out_header(r)[1:] for r in replies] == \
+        [(0, 100), (0, 101), (-errno.EBADF, 102), (0, 103)]
+    assert pair.ring.vq.inline_syncs - inline <= 1  # the last may find the others done
     ext = bytearray(request(abi.Opcode.FSYNCDIR, abi.fsync_in.pack(dfh, 0, 0), nodeid=d))
     struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
     assert out_header(via_engine(pair, bytes(ext), [16]))[1] == -errno.EINVAL
