@@ -106,7 +106,7 @@ from fastvfs.includes.fuse_kernel cimport (FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, 
                                            FUSE_READDIR, FUSE_READDIRPLUS, FUSE_RELEASEDIR,
                                            fuse_dirent)
 from fastvfs.includes.fuse_kernel cimport FUSE_GETLK, FUSE_LK_FLOCK, FUSE_SETLK, fuse_lk_out
-from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN,
+from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC,
                                         io_uring_cq_advance, io_uring_cq_ready, io_uring_cqe,
                                         io_uring_get_sqe, io_uring_peek_batch_cqe,
                                         io_uring_prep_fallocate, io_uring_prep_fsync,

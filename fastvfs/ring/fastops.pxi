@@ -205,8 +205,8 @@ cdef int do_batch_forget(Virtqueue vq) noexcept nogil:
 cdef int do_fsync(Virtqueue vq) noexcept nogil:
     """FSYNC of a queue with io_uring (NEEDS_URING; a synchronous queue leaves it to the
     engine, which may run it on its thread pool): handed to the kernel's workers through the
-    ring after what was submitted before it, so the queue goes on serving while the file
-    system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
+    ring, beside what is in flight (``io_nodata``), so the queue goes on serving while the
+    file system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
     (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
     call); the engine's when the ring has no room, or with request extensions (which the
     engine reads first)."""
@@ -222,12 +222,12 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
         vq._reply(-EBADF, NULL, 0)
         return 1
     if not io_alone(vq):
-        sqe = io_drained_sqe(vq, fd, fh)
+        sqe = io_nodata_sqe(vq, fd, fh)
         if sqe == NULL:
             vq.handles.release(fh)
             return 0
         io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC if datasync else 0)
-        io_drained(vq, sqe)
+        io_nodata(vq, sqe)
         return 1
     vq.io.inline_syncs += 1
     if (fdatasync(fd) if datasync else fsync(fd)) < 0:
@@ -249,10 +249,10 @@ cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
 
 
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
-    """FALLOCATE: through the ring, after what was submitted before it, so the queue goes on
-    serving while the file system allocates; fallocate(2) here when the queue has no ring or
-    no room in it, or when it is the only work there is (``io_alone``: the kernel's worker
-    would cost more than the call)."""
+    """FALLOCATE: through the ring, beside what is in flight (``io_nodata``), so the queue
+    goes on serving while the file system allocates; fallocate(2) here when the queue has no
+    ring or no room in it, or when it is the only work there is (``io_alone``: the kernel's
+    worker would cost more than the call)."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
@@ -269,11 +269,11 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
             vq.handles.release(arg.fh)
             vq._reply(rc, NULL, 0)
             return 1
-    sqe = io_drained_sqe(vq, fd, arg.fh) if not io_alone(vq) else NULL
+    sqe = io_nodata_sqe(vq, fd, arg.fh) if not io_alone(vq) else NULL
     if sqe != NULL:
         io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
                                 <int64_t>arg.length)
-        io_drained(vq, sqe)
+        io_nodata(vq, sqe)
         return 1
     if vq.io.uring != NULL:
         vq.io.inline_syncs += 1

@@ -4,12 +4,12 @@
 # it through the inline helpers of includes/liburing.pxd.
 
 # What a queue's io_uring may do, and nothing else (the kernel enforces it: see
-# UringEngine's ``restrict``): the operations prepared here, the registration of guest memory
-# for --fixed-buffers, and the drain flag FSYNC and FALLOCATE are submitted with.
+# UringEngine's ``restrict``): the operations prepared here and the registration of guest
+# memory for --fixed-buffers; no submission flag.
 URING_ALLOWED = (("READ", "READV", "READ_FIXED", "WRITE", "WRITEV", "WRITE_FIXED", "FSYNC",
                   "FALLOCATE"),
                  ("REGISTER_BUFFERS", "UNREGISTER_BUFFERS"),
-                 ("IO_DRAIN",))
+                 ())
 
 
 def _open_uring(int index, unsigned num, bint writes):
@@ -73,10 +73,10 @@ cdef Flight *io_flight_begin(Virtqueue vq, int fd, uint64_t fh, int64_t offset, 
     return f
 
 
-cdef io_uring_sqe *io_drained_sqe(Virtqueue vq, int fd, uint64_t fh) noexcept nogil:
+cdef io_uring_sqe *io_nodata_sqe(Virtqueue vq, int fd, uint64_t fh) noexcept nogil:
     """For an operation without data (FSYNC, FALLOCATE) on handle ``fh`` (referenced, its
     ``fd``): a submission entry with the popped chain recorded in flight, or NULL (no ring, or
-    no room: the caller does it another way).  Prepare it, then ``io_drained``."""
+    no room: the caller does it another way).  Prepare it, then ``io_nodata``."""
     cdef io_uring_sqe *sqe
     if vq.io.uring == NULL:
         return NULL
@@ -86,12 +86,12 @@ cdef io_uring_sqe *io_drained_sqe(Virtqueue vq, int fd, uint64_t fh) noexcept no
     return sqe
 
 
-cdef inline void io_drained(Virtqueue vq, io_uring_sqe *sqe) noexcept nogil:
-    """Finish a prepared ``io_drained_sqe`` entry: it runs after everything submitted before it
-    (the writes of the same burst included).  With nothing else in flight there is nothing to
-    wait for, and the entry goes without IOSQE_IO_DRAIN, which costs a deferral of its own."""
-    if vq.io.nflight > 1:
-        io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN)
+cdef inline void io_nodata(Virtqueue vq, io_uring_sqe *sqe) noexcept nogil:
+    """Finish a prepared ``io_nodata_sqe`` entry.  It runs beside whatever else is in flight,
+    not after it: requests in flight together are unordered in FUSE, as a guest waits for a
+    reply before anything it sends depends on it (its fsync waits for the replies of the
+    writes it covers, fs/fuse/file.c fuse_fsync), so no IOSQE_IO_DRAIN (which serialized
+    every sync behind the one before it)."""
     io_uring_sqe_set_data64(sqe, vq.req.chain.head)
 
 
