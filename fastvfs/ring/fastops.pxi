@@ -210,14 +210,18 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
     call); the engine's when the ring has no room, or with request extensions (which the
     engine reads first)."""
+    if vq.req.hdr.h.total_extlen:
+        return 0
+    return _sync_handle(vq)
+
+
+cdef int _sync_handle(Virtqueue vq) noexcept nogil:
+    """FSYNC's and FSYNCDIR's sync of the handle fuse_fsync_in names, as ``do_fsync`` says."""
     cdef uint64_t fh = vq.req.hdr.arg.fsync.fh
     cdef bint datasync = vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC
     cdef io_uring_sqe *sqe
     cdef int rc = 0
-    cdef int fd
-    if vq.req.hdr.h.total_extlen:
-        return 0
-    fd = vq.handles.acquire(fh)
+    cdef int fd = vq.handles.acquire(fh)
     if fd < 0:
         vq._reply(-EBADF, NULL, 0)
         return 1
@@ -245,7 +249,7 @@ cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
     if not vq.handles.is_directory(vq.req.hdr.arg.fsync.fh):
         vq._reply(-EBADF, NULL, 0)
         return 1
-    return do_fsync(vq)
+    return _sync_handle(vq)
 
 
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:

@@ -53,17 +53,17 @@ cdef int do_syncfs(Virtqueue vq) noexcept nogil:
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef int rc
     cdef int fd
+    cdef bint directory
     if vq.req.hdr.h.total_extlen or vq.cfg.engine_pool or not io_alone(vq):
         return 0
     # The node's type first (a reference, no reopen of a node held by file handle).
     if not vq.inodes._ref(nodeid):
         vq._reply(-ENOENT, NULL, 0)
         return 1
-    if not S_ISDIR(vq.inodes.mode_of(nodeid)):
-        vq.inodes.release(nodeid)
+    directory = S_ISDIR(vq.inodes.mode_of(nodeid))
+    vq.inodes.release(nodeid)
+    if not directory:
         nodeid = FUSE_ROOT_ID
-    else:
-        vq.inodes.release(nodeid)
     fd = vq.inodes.acquire(nodeid)
     if fd == -2:
         return 0
