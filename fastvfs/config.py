@@ -228,7 +228,9 @@ class RingOptions:
       cache mode's; default 0.
     ``opendir_flags``: the same for OPENDIR; default 0.
     ``engine_pool``: the engine runs requests on a thread pool (``--thread-pool-size``): a
-      request that may hold the queue's thread for long (SYNCFS) is left to it; default off.
+      request that may hold the queue's thread for long never runs on it (FSYNC, FSYNCDIR and
+      FALLOCATE go to the queue's io_uring, else to the engine; SYNCFS to the engine);
+      default off.
     """
 
     max_io: int = 1 << 20

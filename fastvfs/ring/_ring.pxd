@@ -195,7 +195,7 @@ cdef struct RingConfig:
     bint want_fixed                 # register guest memory with the ring (--fixed-buffers)
     uint32_t open_flags             # fuse_open_out.open_flags of C replies (the cache mode's)
     uint32_t opendir_flags          # the same of OPENDIR's
-    bint engine_pool                # the engine has a thread pool: SYNCFS is its
+    bint engine_pool                # the engine has a thread pool: no sync on this thread
 
 
 cdef struct RingFds:

@@ -38,6 +38,10 @@ cdef int serve_fast(Virtqueue vq) noexcept nogil:
         return 1
     if not vq.fast_io or q.opcode >= FAST_OPS_MAX:
         return 0
+    # Longer than the engine copies out (SLOW_REQUEST_MAX): the engine's EINVAL (ask_engine),
+    # for every opcode but WRITE, whose data makes it legitimately longer.
+    if q.hdr.h.len > SLOW_REQUEST_MAX and q.opcode != FUSE_WRITE:
+        return 0
     op = &FAST_OPS[q.opcode]
     if op.serve == NULL or q.hdr.h.len < sizeof(fuse_in_header) + op.arg_size:
         return 0
@@ -208,8 +212,9 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     ring, beside what is in flight (``io_nodata``), so the queue goes on serving while the
     file system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
     (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
-    call); the engine's when the ring has no room, or with request extensions (which the
-    engine reads first)."""
+    call) and the engine has no thread pool (with one, a sync never holds the queue's thread,
+    as the engine would not hold it); the engine's when the ring has no room, or with request
+    extensions (which the engine reads first)."""
     if vq.req.hdr.h.total_extlen:
         return 0
     return _sync_handle(vq)
@@ -225,7 +230,7 @@ cdef int _sync_handle(Virtqueue vq) noexcept nogil:
     if fd < 0:
         vq._reply(-EBADF, NULL, 0)
         return 1
-    if not io_alone(vq):
+    if vq.cfg.engine_pool or not io_alone(vq):
         sqe = io_nodata_sqe(vq, fd, fh)
         if sqe == NULL:
             vq.handles.release(fh)
@@ -256,10 +261,13 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
     """FALLOCATE: through the ring, beside what is in flight (``io_nodata``), so the queue
     goes on serving while the file system allocates; fallocate(2) here when the queue has no
     ring or no room in it, or when it is the only work there is (``io_alone``: the kernel's
-    worker would cost more than the call)."""
+    worker would cost more than the call), unless the engine has a thread pool: then never
+    here (the ring, else the engine), as for FSYNC.  Request extensions are the engine's."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
+    if vq.req.hdr.h.total_extlen or vq.cfg.engine_pool and vq.io.uring == NULL:
+        return 0
     if arg.offset > <uint64_t>INT64_MAX or arg.length > <uint64_t>INT64_MAX:
         vq._reply(-EINVAL, NULL, 0)
         return 1
@@ -273,12 +281,16 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
             vq.handles.release(arg.fh)
             vq._reply(rc, NULL, 0)
             return 1
-    sqe = io_nodata_sqe(vq, fd, arg.fh) if not io_alone(vq) else NULL
+    sqe = io_nodata_sqe(vq, fd, arg.fh) if vq.cfg.engine_pool or not io_alone(vq) else NULL
     if sqe != NULL:
         io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
                                 <int64_t>arg.length)
         io_nodata(vq, sqe)
         return 1
+    if vq.cfg.engine_pool:
+        # The ring is full: the engine's pool (which repeats the capability's removal).
+        vq.handles.release(arg.fh)
+        return 0
     if vq.io.uring != NULL:
         vq.io.inline_syncs += 1
     if fallocate(fd, <int>arg.mode, <int64_t>arg.offset, <int64_t>arg.length) < 0:

@@ -341,9 +341,9 @@ cdef int do_ioctl(Virtqueue vq) noexcept nogil:
     """IOCTL as the engine answers it: ENOSYS, no ioctl of the guest's reaching the host.
     The guest kernel turns it into ENOTTY (fs/fuse/ioctl.c) and asks again next time, so
     every isatty(3) of a file on the share (Python's open() asks it of every file it opens)
-    is an IOCTL of TCGETS.  Left to the engine, which reads them before it looks for the
-    opcode: request extensions, a request too long for it."""
-    if vq.req.hdr.h.total_extlen or vq.req.hdr.h.len > SLOW_REQUEST_MAX:
+    is an IOCTL of TCGETS.  Request extensions are left to the engine, which reads them
+    before it looks for the opcode."""
+    if vq.req.hdr.h.total_extlen:
         return 0
     vq._reply(-ENOSYS, NULL, 0)
     return 1

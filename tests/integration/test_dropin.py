@@ -538,9 +538,11 @@ def test_modcaps_parsing():
 
 @pytest.mark.parametrize("pool", [False, True], ids=["no-pool", "thread-pool"])
 def test_syncfs_is_answered_in_c_unless_the_engine_has_a_pool(daemon, pool):
-    """A guest's sync (SYNCFS) and FSYNCDIR are answered on the queue's thread in C, which the
-    statistics' engine count shows; with a thread pool (Kata's ``--thread-pool-size=1``) a
-    SYNCFS goes to the engine, which takes it off the queue's thread: a sync may take long."""
+    """A guest's sync (SYNCFS) and FSYNCDIR are answered in C, which the statistics' engine
+    count shows; with a thread pool (Kata's ``--thread-pool-size=1``) a SYNCFS goes to the
+    engine, which takes it off the queue's thread (a sync may take long), and FSYNCDIR stays
+    in C, through the queue's io_uring (tests/unit/test_parity.py checks it is never synced
+    on the queue's thread then)."""
     d = daemon(*(("--thread-pool-size", "1") if pool else ()), files={"f": b"x"})
     c = d.connect()
     fh = c.opendir(ROOT).fh

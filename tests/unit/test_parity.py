@@ -379,8 +379,82 @@ def test_syncfs(pair):
         [abi.Opcode.SYNCFS]
     pair.ring.engine_pool = True
     pair.ring.restart()
+    pair.ring.vq.set_fast_io(True)
+    getattr_ = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodes[1])
+    assert out_header(pair.in_c(getattr_, [16, 104]))[1] == 0   # the fast path is on
     req = request(abi.Opcode.SYNCFS, bytes(8), nodeid=nodes[1])
     assert out_header(via_engine(pair, req, [16]))[1] == 0
+
+
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
+def test_syncs_never_on_the_queue_thread_with_a_thread_pool(pair):
+    """With a thread pool in the engine, a lone FSYNC, FSYNCDIR or FALLOCATE (which a queue
+    without one runs on its own thread) goes to the queue's io_uring, answered in C as the
+    engine answers; a queue without io_uring leaves them to the engine (its pool)."""
+    d, f = pair.lookup(b"d"), pair.lookup(b"f")
+    dfh = abi.open_out.unpack_from(pair.in_python(_opendir(d), 32), 16)[0]
+    fh = pair.open(f)
+    reqs = [request(abi.Opcode.FSYNC, abi.fsync_in.pack(fh, 0, 0), nodeid=f),
+            request(abi.Opcode.FSYNCDIR, abi.fsync_in.pack(dfh, FUSE_FSYNC_FDATASYNC, 0),
+                    nodeid=d),
+            request(abi.Opcode.FALLOCATE,
+                    abi.fallocate_in.pack(fh, 0, 2 * len(CONTENT), FALLOC_FL_KEEP_SIZE, 0),
+                    nodeid=f)]
+    pair.ring.engine_pool = True
+    pair.ring.restart()
+    pair.ring.vq.set_fast_io(True)
+    inline = pair.ring.vq.inline_syncs
+    for req in reqs:
+        if pair.ring.engine == "sync":
+            assert out_header(via_engine(pair, req, [16]))[1] == 0
+        else:
+            assert pair.in_c(req, [16]) == pair.in_python(req, 16)
+    assert pair.ring.vq.inline_syncs == inline
+    assert os.stat(pair.root / "f").st_blocks * 512 >= 2 * len(CONTENT)
+    # Without a pool, a lone one is synced on the queue's thread (the control).
+    if pair.ring.engine != "sync":
+        pair.ring.engine_pool = False
+        pair.ring.restart()
+        pair.ring.vq.set_fast_io(True)
+        pair.in_c(reqs[0], [16])
+        assert pair.ring.vq.inline_syncs == 1
+
+
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
+def test_overlong_requests_are_the_engines(pair):
+    """A request whose fuse_in_header.len passes SLOW_REQUEST_MAX (1 MiB), with the readable
+    buffers to back it, is refused on the way to the engine (EINVAL: ``ask_engine`` copies no
+    more, and the handler never sees it) whatever its opcode: the C path leaves every one to
+    it and does nothing (each would be answered otherwise in C), but a WRITE, whose data makes
+    it that long."""
+    d, f = pair.lookup(b"d"), pair.lookup(b"f")
+    dfh = abi.open_out.unpack_from(pair.in_python(_opendir(d), 32), 16)[0]
+    fh = pair.open(f)
+    before = file_state(pair.root / "f")
+    body = struct.Struct("<QIIQII")
+    for opcode, nodeid, arg in (
+            (abi.Opcode.GETATTR, f, bytes(16)), (abi.Opcode.STATFS, f, b""),
+            (abi.Opcode.LOOKUP, d, b"entry-001\0"),
+            (abi.Opcode.FSYNC, f, abi.fsync_in.pack(fh, 0, 0)),
+            (abi.Opcode.FSYNCDIR, d, abi.fsync_in.pack(dfh, 0, 0)),
+            (abi.Opcode.SYNCFS, d, bytes(8)),
+            (abi.Opcode.FALLOCATE, f, abi.fallocate_in.pack(fh, 0, 1 << 22, 0, 0)),
+            (abi.Opcode.IOCTL, f, body.pack(fh, 0, 0x5401, 0, 0, 8))):
+        req = request(opcode, arg.ljust((1 << 20) + 8 - abi.IN_HEADER_SIZE, b"\0"),
+                      nodeid=nodeid)
+        assert abi.in_header.unpack_from(req)[0] == (1 << 20) + 8
+        seen = len(pair.ring.seen)
+        reply = pair.ring.roundtrip([req[:4096], req[4096:]], [16, 4096])
+        assert out_header(reply) == (16, -errno.EINVAL, 7), opcode
+        assert len(pair.ring.seen) == seen
+    assert file_state(pair.root / "f") == before
+    data = b"w" * (1 << 20)
+    write = request(abi.Opcode.WRITE, abi.write_in.pack(fh, 0, len(data), 0, 0, 0, 0) + data,
+                    nodeid=f)
+    assert abi.in_header.unpack_from(write)[0] > 1 << 20
+    reply = pair.in_c(write, [24], split=abi.IN_HEADER_SIZE + abi.write_in.size)
+    assert out_header(reply)[1] == 0
+    assert (pair.root / "f").read_bytes()[:len(data)] == data
 
 
 FALLOCATE_CASES = [
@@ -416,6 +490,12 @@ def test_fallocate_refused_handles(pair):
         req = request(abi.Opcode.FALLOCATE, abi.fallocate_in.pack(fh, 0, 1 << 17, 0, 0),
                       nodeid=f)
         assert pair.in_c(req, [16]) == pair.in_python(req, 16)
+    assert os.stat(pair.root / "f").st_size == len(CONTENT)
+    # Request extensions are read by the engine first: its EINVAL, nothing allocated.
+    ext = bytearray(request(abi.Opcode.FALLOCATE,
+                            abi.fallocate_in.pack(pair.open(f), 0, 1 << 17, 0, 0), nodeid=f))
+    struct.pack_into("<H", ext, 36, 1)  # fuse_in_header.total_extlen
+    assert out_header(via_engine(pair, bytes(ext), [16]))[1] == -errno.EINVAL
     assert os.stat(pair.root / "f").st_size == len(CONTENT)
 
 
