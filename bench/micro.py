@@ -5,8 +5,10 @@ driver in the same run, with the host-native figure as the ceiling.
                           [--depths 1,32] [--pin apart|together] [--out reports/micro]
 
 Each workload keeps a fixed number of requests in flight (closed loop) on one request queue for
-``--seconds`` and reports requests/s, the backend's CPU-seconds (all its threads, from
-/proc/PID/task/*/schedstat) and the driver thread's own CPU-seconds, so a driver-bound figure
+``--seconds`` and reports requests/s, the backend's CPU-seconds (all its processes' threads,
+exited ones included: the usage of a CPU accounting cgroup it is started in, or where none can
+be made the live threads' /proc/PID/task/*/schedstat) and the driver thread's own CPU-seconds,
+so a driver-bound figure
 shows as such.  The driver (``fastvfs_testing.lean``) runs in C: chains built once in guest
 memory as Linux's virtiofs driver lays them out (indirect tables, page-sized data descriptors),
 EVENT_IDX notification suppression both ways.  Each figure is the median of ``--reps`` runs,
@@ -115,8 +117,90 @@ def pin(pid, cpus):
             continue
 
 
+# CPU accounting groups a backend is started in (cgroup v1 cpuacct, else v2): the usage a
+# group reports counts threads that have exited, which /proc/PID/task cannot (io_uring's
+# io-wq workers come and go within a run: a sync or an allocation handed to the kernel runs on
+# one, and a worker idle for a few seconds exits, taking its run time out of the sum).
+CGROUP_ROOTS = (("/sys/fs/cgroup/cpuacct", "cpuacct.usage"),
+                ("/sys/fs/cgroup/unified", "cpu.stat"), ("/sys/fs/cgroup", "cpu.stat"))
+_cgroups = {}   # backend pid -> (group directory, usage file)
+
+
+def _new_cgroup():
+    """A fresh accounting group: (directory, usage file), or None where none can be made
+    (no cgroup file system, no right to write it)."""
+    for root, usage in CGROUP_ROOTS:
+        if not os.path.exists(os.path.join(root, usage)):
+            continue
+        path = tempfile.mkdtemp(prefix="fvb-", dir=root) if os.access(root, os.W_OK) else None
+        if path is None:
+            continue
+        return path, os.path.join(path, usage)
+    return None
+
+
+def _join_cgroup(path):
+    """In the child before exec: move this process (and all it forks later) into ``path``."""
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def _cgroup_seconds(usage):
+    with open(usage) as f:
+        text = f.read()
+    if usage.endswith("cpuacct.usage"):
+        return int(text) / 1e9
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    raise ValueError(f"no usage_usec in {usage}")
+
+
+def _drop_cgroup(pid):
+    group = _cgroups.pop(pid, None)
+    if group is None:
+        return
+    deadline = time.monotonic() + 5
+    while True:   # the sandbox's processes may take a moment to go after the backend
+        try:
+            os.rmdir(group[0])
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+
+def spawn(argv, **popen_options):
+    """``subprocess.Popen(argv)`` in an accounting group of its own where one can be made
+    (``cpu_seconds`` then reads it); ``reap`` removes the group once the process is gone."""
+    group = _new_cgroup()
+    proc = subprocess.Popen(argv, preexec_fn=(lambda: _join_cgroup(group[0])) if group else None,
+                            **popen_options)
+    if group:
+        _cgroups[proc.pid] = group
+    return proc
+
+
+def reap(proc):
+    """Remove the accounting group of ``spawn``'s ``proc``, which has been waited for."""
+    _drop_cgroup(proc.pid)
+
+
 def cpu_seconds(pid):
-    """CPU time of ``pid`` and all its descendants, every thread included."""
+    """CPU time of ``pid`` and all its descendants, every thread included, exited ones too
+    when it was started by ``spawn`` in an accounting group of its own."""
+    group = _cgroups.get(pid)
+    if group is not None:
+        return _cgroup_seconds(group[1])
+    return live_thread_seconds(pid)
+
+
+def live_thread_seconds(pid):
+    """CPU time of the threads of ``pid`` and its descendants that are still there."""
     # Nanosecond run times of every thread (/proc/PID/task/TID/schedstat, first field) rather
     # than utime+stime, whose 10 ms ticks are coarse next to a short run of a busy driver.
     total = 0
@@ -134,8 +218,8 @@ def start_daemon(argv, name, queue_size=256, poll_s=0.05, **frontend_options):
     frontend driver up on it, trying to connect every ``poll_s``; returns (socket path,
     process, frontend)."""
     sock = str(Path(tempfile.mkdtemp(prefix="fvb-")) / "s.sock")
-    proc = subprocess.Popen([a.replace("{sock}", sock) for a in argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn([a.replace("{sock}", sock) for a in argv], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     frontend = VhostUserFrontend(sock, queue_size=queue_size, timeout=30, **frontend_options)
     while True:
@@ -145,6 +229,9 @@ def start_daemon(argv, name, queue_size=256, poll_s=0.05, **frontend_options):
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline or proc.poll() is not None:
                 frontend.close()
+                proc.kill()
+                proc.wait()
+                reap(proc)
                 raise RuntimeError(f"{name} did not start") from None
             time.sleep(poll_s)
 
@@ -156,6 +243,7 @@ def stop_daemon(proc, frontend, sock):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    reap(proc)
     shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
 
 

@@ -22,7 +22,10 @@ request stays a backend figure).  For the few workloads it supports, the lean C 
 (``fastvfs_testing.lean``, the one ``bench.micro`` uses) is run as a second driver.
 
 Backend CPU is the run time of every thread of the started process and its descendants (both
-daemons serve from a child they fork into their sandbox), from /proc/PID/task/TID/schedstat.
+daemons serve from a child they fork into their sandbox), exited threads included (io_uring's
+io-wq workers, which run fastvfs's FSYNC and FALLOCATE beside other work, exit when idle): the
+usage of a CPU accounting cgroup each daemon is started in (``bench.micro.cpu_seconds``), or
+where none can be made the live threads' /proc/PID/task/TID/schedstat.
 """
 
 import argparse

@@ -44,6 +44,41 @@ def test_backend_cpu_counts_the_serving_child():
         proc.wait()
 
 
+def test_backend_cpu_counts_threads_that_have_exited():
+    # io_uring's io-wq workers (FSYNC, FALLOCATE) exit when idle, within a run: their time
+    # must stay counted, as it does in the accounting group ``spawn`` starts a backend in, and
+    # as the live threads' sum cannot (the control).  A forked child burns too, counted alike.
+    group = micro._new_cgroup()
+    if group is None:
+        pytest.skip("no CPU accounting cgroup can be made here")
+    os.rmdir(group[0])
+    script = textwrap.dedent("""
+        import os, threading, time
+        def burn():
+            while time.thread_time() < 0.3:
+                pass
+        t = threading.Thread(target=burn)
+        t.start()
+        t.join()
+        if os.fork() == 0:
+            burn()
+            os._exit(0)
+        os.wait()
+        print("burnt", flush=True)
+        time.sleep(30)
+    """)
+    proc = micro.spawn([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "burnt"
+        assert micro.live_thread_seconds(proc.pid) < 0.2
+        assert micro.cpu_seconds(proc.pid) >= 0.55
+    finally:
+        proc.kill()
+        proc.wait()
+        micro.reap(proc)
+    assert proc.pid not in micro._cgroups
+
+
 class FakeQueue:
     def kick(self):
         pass
