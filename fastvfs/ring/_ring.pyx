@@ -113,8 +113,8 @@ from fastvfs.includes.liburing cimport (IORING_FSYNC_DATASYNC,
                                         io_uring_prep_read, io_uring_prep_read_fixed,
                                         io_uring_prep_readv, io_uring_prep_write,
                                         io_uring_prep_write_fixed, io_uring_prep_writev,
-                                        io_uring_sqe_set_data64, io_uring_sqe_set_flags,
-                                        io_uring_submit, io_uring_wait_cqe)
+                                        io_uring_sqe_set_data64, io_uring_submit,
+                                        io_uring_wait_cqe)
 from fastvfs.includes.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from fastvfs.includes.posix cimport (CLOCK_MONOTONIC, SEEK_CUR, SEEK_DATA, SEEK_END, SEEK_HOLE,
                                      SEEK_SET, c_close, c_write, clock_gettime, fdatasync,
