@@ -2,11 +2,11 @@
 # answering exactly what the engine's do_<op> would (fastvfs/fuse/engine.py over
 # PassthroughFs, through the same C: fastvfs.fs._tables.make_node and link_node) and
 # declining (0) whatever it could not decide the same way.  Common to all: request
-# extensions (supplementary groups, security contexts: total_extlen) are the engine's, and so
-# is a read-only share (EROFS there: NEEDS_WRITABLE) and a share with an id translation (the
-# queues then have no node id table: NEEDS_INODES).  The caller is fuse_in_header's uid and
-# gid; the umask the request's where the session has FUSE_DONT_MASK.  Their table entries are
-# at the end.
+# extensions (supplementary groups, security contexts: total_extlen) are the engine's
+# (``serve_fast`` leaves every request with one to it), and so is a read-only share (EROFS
+# there: NEEDS_WRITABLE) and a share with an id translation (the queues then have no node id
+# table: NEEDS_INODES).  The caller is fuse_in_header's uid and gid; the umask the request's
+# where the session has FUSE_DONT_MASK.  Their table entries are at the end.
 
 cdef struct CreateOut:
     fuse_entry_out entry
@@ -36,7 +36,7 @@ cdef int _make(Virtqueue vq, uint32_t at, int kind, uint32_t mode, uint32_t rdev
     cdef size_t length, target_length = 0
     cdef statx st
     cdef uint64_t fh
-    if vq.req.hdr.h.total_extlen or not _names(vq, at, name, 1, &length):
+    if not _names(vq, at, name, 1, &length):
         return 0
     target[0] = 0
     if kind == MAKE_SYMLINK and _string(vq, at + <uint32_t>length + 1, target, TARGET_MAX,
@@ -75,8 +75,7 @@ cdef int do_create(Virtqueue vq) noexcept nogil:
     cdef uint64_t fh = 0
     cdef int64_t nodeid
     cdef CreateOut out
-    if vq.req.hdr.h.total_extlen or not _names(vq, sizeof(fuse_in_header) +
-                                               sizeof(fuse_create_in), name, 1, &length):
+    if not _names(vq, sizeof(fuse_in_header) + sizeof(fuse_create_in), name, 1, &length):
         return 0
     nodeid = make_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, name, length, MAKE_CREATE,
                        arg.mode, 0, "", 0, <int>arg.flags, vq.req.hdr.h.uid,
@@ -96,8 +95,7 @@ cdef int do_link(Virtqueue vq) noexcept nogil:
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef size_t length
     cdef statx st
-    if vq.req.hdr.h.total_extlen or not _names(vq, sizeof(fuse_in_header) +
-                                               sizeof(fuse_link_in), name, 1, &length):
+    if not _names(vq, sizeof(fuse_in_header) + sizeof(fuse_link_in), name, 1, &length):
         return 0
     return _entry_reply(vq, link_node(vq.handles, vq.inodes, vq.req.hdr.arg.link.oldnodeid,
                                       vq.req.hdr.h.nodeid, name, length, &st), &st)

@@ -113,7 +113,7 @@ cdef int do_copy_file_range(Virtqueue vq) noexcept nogil:
     cdef fuse_write_out out
     cdef int fd_in, fd_out
     cdef ssize_t n
-    if vq.req.hdr.h.total_extlen or arg.len > COPY_FAST_MAX:
+    if arg.len > COPY_FAST_MAX:
         return 0
     if arg.flags or arg.off_in > <uint64_t>INT64_MAX or arg.off_out > <uint64_t>INT64_MAX:
         vq._reply(-EINVAL, NULL, 0)

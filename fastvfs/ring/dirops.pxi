@@ -16,8 +16,6 @@ cdef int do_opendir(Virtqueue vq) noexcept nogil:
     cdef fuse_open_out out
     cdef uint64_t fh = 0
     cdef int rc
-    if vq.req.hdr.h.total_extlen:
-        return 0
     rc = dir_open(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, &fh)
     if rc == 1:
         return 0
@@ -37,8 +35,6 @@ cdef int do_releasedir(Virtqueue vq) noexcept nogil:
     drops them)."""
     cdef uint64_t fh = vq.req.hdr.arg.release.fh
     cdef int rc
-    if vq.req.hdr.h.total_extlen:
-        return 0
     rc = vq.handles.remove_fh(fh)
     vq._reply(rc, NULL, 0)
     return 1
@@ -60,8 +56,6 @@ cdef int do_readdir(Virtqueue vq) noexcept nogil:
     cdef DirListing *listing = NULL
     cdef uint32_t length
     cdef int rc
-    if vq.req.hdr.h.total_extlen:
-        return 0
     rc = dir_listing(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, vq.req.hdr.arg.read.fh, offset,
                      &listing)
     if rc == 1:
@@ -93,8 +87,6 @@ cdef int do_readdirplus(Virtqueue vq) noexcept nogil:
     cdef const fuse_entry_out *entry
     cdef int rc, status
     cdef bint need
-    if vq.req.hdr.h.total_extlen:
-        return 0
     rc = dir_listing(vq.handles, vq.inodes, nodeid, vq.req.hdr.arg.read.fh, index, &listing)
     if rc == 1:
         return 0

@@ -38,9 +38,11 @@ cdef int serve_fast(Virtqueue vq) noexcept nogil:
         return 1
     if not vq.fast_io or q.opcode >= FAST_OPS_MAX:
         return 0
-    # Longer than the engine copies out (SLOW_REQUEST_MAX): the engine's EINVAL (ask_engine),
-    # for every opcode but WRITE, whose data makes it legitimately longer.
-    if q.hdr.h.len > SLOW_REQUEST_MAX and q.opcode != FUSE_WRITE:
+    # The engine's, whatever the opcode: a request with extensions (the engine reads and
+    # checks them before anything else, and no operation here takes one: Linux sends them
+    # with requests that create, fs/fuse/dir.c), and one longer than the engine copies out
+    # (SLOW_REQUEST_MAX: its EINVAL, ask_engine) but a WRITE, which its data makes longer.
+    if q.hdr.h.total_extlen or q.hdr.h.len > SLOW_REQUEST_MAX and q.opcode != FUSE_WRITE:
         return 0
     op = &FAST_OPS[q.opcode]
     if op.serve == NULL or q.hdr.h.len < sizeof(fuse_in_header) + op.arg_size:
@@ -213,15 +215,7 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     file system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
     (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
     call) and the engine has no thread pool (with one, a sync never holds the queue's thread,
-    as the engine would not hold it); the engine's when the ring has no room, or with request
-    extensions (which the engine reads first)."""
-    if vq.req.hdr.h.total_extlen:
-        return 0
-    return _sync_handle(vq)
-
-
-cdef int _sync_handle(Virtqueue vq) noexcept nogil:
-    """FSYNC's and FSYNCDIR's sync of the handle fuse_fsync_in names, as ``do_fsync`` says."""
+    as the engine would not hold it); the engine's when the ring has no room."""
     cdef uint64_t fh = vq.req.hdr.arg.fsync.fh
     cdef bint datasync = vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC
     cdef io_uring_sqe *sqe
@@ -248,13 +242,11 @@ cdef int _sync_handle(Virtqueue vq) noexcept nogil:
 
 cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
     """FSYNCDIR: FSYNC of a directory handle (``do_fsync``), EBADF for any other handle, as
-    the engine's (PassthroughFs.fsyncdir); request extensions are the engine's."""
-    if vq.req.hdr.h.total_extlen:
-        return 0
+    the engine's (PassthroughFs.fsyncdir)."""
     if not vq.handles.is_directory(vq.req.hdr.arg.fsync.fh):
         vq._reply(-EBADF, NULL, 0)
         return 1
-    return _sync_handle(vq)
+    return do_fsync(vq)
 
 
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
@@ -262,11 +254,11 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
     goes on serving while the file system allocates; fallocate(2) here when the queue has no
     ring or no room in it, or when it is the only work there is (``io_alone``: the kernel's
     worker would cost more than the call), unless the engine has a thread pool: then never
-    here (the ring, else the engine), as for FSYNC.  Request extensions are the engine's."""
+    here (the ring, else the engine), as for FSYNC."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
-    if vq.req.hdr.h.total_extlen or vq.cfg.engine_pool and vq.io.uring == NULL:
+    if vq.cfg.engine_pool and vq.io.uring == NULL:
         return 0
     if arg.offset > <uint64_t>INT64_MAX or arg.length > <uint64_t>INT64_MAX:
         vq._reply(-EINVAL, NULL, 0)

@@ -14,8 +14,6 @@ cdef int do_getlk(Virtqueue vq) noexcept nogil:
     cdef fuse_lk_out out
     cdef bint writable = False
     cdef int rc, fresh = -1
-    if vq.req.hdr.h.total_extlen:
-        return 0
     rc = posix_getlk(vq.handles, vq.req.hdr.h.nodeid, arg.owner, arg.fh, arg.lk.start,
                      arg.lk.end, arg.lk.type, -1, False, &out.lk)
     if rc == 1:
@@ -44,8 +42,6 @@ cdef int do_setlk(Virtqueue vq) noexcept nogil:
     cdef bint flock = arg.lk_flags & FUSE_LK_FLOCK
     cdef bint writable = False
     cdef int rc, fresh = -1
-    if vq.req.hdr.h.total_extlen:
-        return 0
     while True:
         if flock:
             rc = flock_setlk(vq.handles, nodeid, arg.owner, arg.fh, arg.lk.type, False, fresh,

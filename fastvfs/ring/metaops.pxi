@@ -12,8 +12,6 @@ cdef int do_statfs(Virtqueue vq) noexcept nogil:
     cdef fuse_statfs_out out
     cdef int rc = 0
     cdef int fd
-    if vq.req.hdr.h.total_extlen:
-        return 0
     fd = vq.inodes.acquire(nodeid)
     if fd == -2:
         return 0
@@ -54,7 +52,7 @@ cdef int do_syncfs(Virtqueue vq) noexcept nogil:
     cdef int rc
     cdef int fd
     cdef bint directory
-    if vq.req.hdr.h.total_extlen or vq.cfg.engine_pool or not io_alone(vq):
+    if vq.cfg.engine_pool or not io_alone(vq):
         return 0
     # The node's type first (a reference, no reopen of a node held by file handle).
     if not vq.inodes._ref(nodeid):
@@ -87,7 +85,7 @@ cdef int do_open(Virtqueue vq) noexcept nogil:
     cdef fuse_open_out out
     cdef uint64_t fh = 0
     cdef int rc
-    if vq.req.hdr.h.total_extlen or flags & (O_CREAT | O_EXCL):
+    if flags & (O_CREAT | O_EXCL):
         return 0
     if flags & O_TRUNC and arg.open_flags & FUSE_OPEN_KILL_SUIDGID:
         return 0
@@ -154,7 +152,7 @@ cdef int do_setattr(Virtqueue vq) noexcept nogil:
     cdef fuse_attr_out out
     cdef int rc = 0
     cdef int fd, hfd = -1
-    if vq.req.hdr.h.total_extlen or valid & ~SETATTR_FAST:
+    if valid & ~SETATTR_FAST:
         return 0
     if not _set_time(&times[0], valid, FATTR_ATIME, FATTR_ATIME_NOW, arg.atime, arg.atimensec):
         return 0
@@ -223,8 +221,6 @@ cdef int do_readlink(Virtqueue vq) noexcept nogil:
     cdef char target[TARGET_MAX + 1]
     cdef ssize_t n
     cdef int fd
-    if vq.req.hdr.h.total_extlen:
-        return 0
     fd = vq.inodes.acquire(nodeid)
     if fd == -2:
         return 0
@@ -262,8 +258,6 @@ cdef int do_lseek(Virtqueue vq) noexcept nogil:
     cdef long got
     cdef int rc = 0
     cdef int fd
-    if vq.req.hdr.h.total_extlen:
-        return 0
     if arg.offset > <uint64_t>INT64_MAX or not (
             whence == SEEK_SET or whence == SEEK_CUR or whence == SEEK_END or
             whence == SEEK_DATA or whence == SEEK_HOLE):
@@ -293,7 +287,7 @@ cdef int _remove(Virtqueue vq, int flags) noexcept nogil:
     cdef char name[LOOKUP_NAME_MAX + 1]
     cdef size_t length
     cdef int rc
-    if vq.req.hdr.h.total_extlen or not _names(vq, sizeof(fuse_in_header), name, 1, &length):
+    if not _names(vq, sizeof(fuse_in_header), name, 1, &length):
         return 0
     rc = unlink_node(vq.inodes, vq.req.hdr.h.nodeid, name, length, flags)
     if rc == 1:
@@ -317,7 +311,7 @@ cdef int _rename(Virtqueue vq, uint32_t at, uint64_t newdir, uint32_t flags) noe
     cdef char names[2 * (LOOKUP_NAME_MAX + 1)]
     cdef size_t lengths[2]
     cdef int rc
-    if vq.req.hdr.h.total_extlen or not _names(vq, at, names, 2, lengths):
+    if not _names(vq, at, names, 2, lengths):
         return 0
     rc = rename_node(vq.inodes, vq.req.hdr.h.nodeid, names, lengths[0], newdir,
                      names + lengths[0] + 1, lengths[1], flags)
@@ -343,8 +337,6 @@ cdef int do_ioctl(Virtqueue vq) noexcept nogil:
     every isatty(3) of a file on the share (Python's open() asks it of every file it opens)
     is an IOCTL of TCGETS.  Request extensions are left to the engine, which reads them
     before it looks for the opcode."""
-    if vq.req.hdr.h.total_extlen:
-        return 0
     vq._reply(-ENOSYS, NULL, 0)
     return 1
 

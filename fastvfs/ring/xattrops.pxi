@@ -37,7 +37,7 @@ cdef int do_getxattr(Virtqueue vq) noexcept nogil:
     cdef size_t nlen
     cdef size_t length = 0
     cdef int rc
-    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_unmapped:
+    if not vq.handles.xattrs_unmapped:
         return 0
     rc = _string(vq, sizeof(fuse_in_header) + sizeof(fuse_getxattr_in), name, XATTR_NAME_MAX,
                  &nlen)
@@ -62,7 +62,7 @@ cdef int do_listxattr(Virtqueue vq) noexcept nogil:
     cdef char names[XATTR_FAST_MAX]
     cdef size_t length = 0
     cdef int rc
-    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_unmapped:
+    if not vq.handles.xattrs_unmapped:
         return 0
     rc = listxattr_node(vq.handles, vq.inodes, vq.req.hdr.h.nodeid, names, sizeof(names),
                         &length)
@@ -87,7 +87,7 @@ cdef int do_setxattr(Virtqueue vq) noexcept nogil:
     cdef uint32_t size = vq.req.hdr.arg.setxattr.size
     cdef size_t nlen
     cdef int rc
-    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_settable:
+    if not vq.handles.xattrs_settable:
         return 0
     rc = _string(vq, at, name, XATTR_NAME_MAX, &nlen)
     if rc <= 0:
@@ -115,7 +115,7 @@ cdef int do_removexattr(Virtqueue vq) noexcept nogil:
     cdef char name[XATTR_NAME_MAX + 1]
     cdef size_t nlen
     cdef int rc
-    if vq.req.hdr.h.total_extlen or not vq.handles.xattrs_settable:
+    if not vq.handles.xattrs_settable:
         return 0
     rc = _string(vq, sizeof(fuse_in_header), name, XATTR_NAME_MAX, &nlen)
     if rc <= 0:

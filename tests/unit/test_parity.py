@@ -421,6 +421,51 @@ def test_syncs_never_on_the_queue_thread_with_a_thread_pool(pair):
 
 
 @pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
+def test_request_extensions_are_the_engines_whatever_the_opcode(pair):
+    """A request carrying an extension the session did not negotiate (supplementary groups:
+    Linux sends extensions only with requests that create) is refused by the engine (EINVAL),
+    which reads extensions before anything else; the C path leaves every one to it, GETATTR,
+    READ and WRITE as much as CREATE, and does nothing (each would be answered otherwise)."""
+    d, f, link = pair.lookup(b"d"), pair.lookup(b"f"), pair.lookup(b"link")
+    dfh = abi.open_out.unpack_from(pair.in_python(_opendir(d), 32), 16)[0]
+    fh, reader = pair.open(f), pair.open(f, os.O_RDONLY)
+    before = file_state(pair.root / "f")
+    ext = abi.ext_header.pack(8, abi.FUSE_EXT_GROUPS)
+    cases = [
+        (abi.Opcode.GETATTR, f, abi.getattr_in.pack(0, 0, 0)),
+        (abi.Opcode.LOOKUP, abi.FUSE_ROOT_ID, b"f\0\0\0\0\0\0\0"),
+        (abi.Opcode.READ, f, abi.read_in.pack(reader, 0, 4096, 0, 0, 0, 0)),
+        (abi.Opcode.WRITE, f, abi.write_in.pack(fh, 0, 8, 0, 0, 0, 0) + b"written!"),
+        (abi.Opcode.STATFS, f, b""),
+        (abi.Opcode.READLINK, link, b""),
+        (abi.Opcode.OPEN, f, abi.open_in.pack(os.O_RDONLY, 0)),
+        (abi.Opcode.FLUSH, f, abi.flush_in.pack(fh, 0, 0, 0)),
+        (abi.Opcode.LSEEK, f, abi.lseek_in.pack(reader, 0, os.SEEK_END, 0)),
+        (abi.Opcode.FSYNC, f, abi.fsync_in.pack(fh, 0, 0)),
+        (abi.Opcode.FALLOCATE, f, abi.fallocate_in.pack(fh, 0, 1 << 17, 0, 0)),
+        (abi.Opcode.READDIR, d, abi.read_in.pack(dfh, 0, 4096, 0, 0, 0, 0)),
+        (abi.Opcode.IOCTL, f, struct.pack("<QIIQII", reader, 0, 0x5401, 0, 0, 8)),
+        (abi.Opcode.RELEASE, f, abi.release_in.pack(reader, os.O_RDONLY, 0, 0)),
+    ]
+    for opcode, nodeid, arg in cases:
+        req = bytearray(request(opcode, arg + ext, nodeid=nodeid))
+        struct.pack_into("<H", req, 36, 1)  # fuse_in_header.total_extlen: 8 bytes
+        assert out_header(via_engine(pair, bytes(req), [16, 4096]))[1] == -errno.EINVAL, opcode
+    # FORGET has no reply: the engine's refusal leaves the node's lookups as they were.
+    count = pair.fs.inodes.nlookup(f)
+    req = bytearray(request(abi.Opcode.FORGET, abi.forget_in.pack(1) + ext, nodeid=f))
+    struct.pack_into("<H", req, 36, 1)
+    seen = len(pair.ring.seen)
+    pair.ring.roundtrip([bytes(req)], [])
+    assert len(pair.ring.seen) == seen + 1, "served in C, not by the engine"
+    assert pair.fs.inodes.nlookup(f) == count
+    assert file_state(pair.root / "f") == before
+    # The handle RELEASE named is still open: READ through it is served in C.
+    read = request(abi.Opcode.READ, abi.read_in.pack(reader, 0, 16, 0, 0, 0, 0), nodeid=f)
+    assert pair.in_c(read, [16, 16])[16:] == CONTENT[:16]
+
+
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
 def test_overlong_requests_are_the_engines(pair):
     """A request whose fuse_in_header.len passes SLOW_REQUEST_MAX (1 MiB), with the readable
     buffers to back it, is refused on the way to the engine (EINVAL: ``ask_engine`` copies no
