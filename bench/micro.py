@@ -130,12 +130,9 @@ def _new_cgroup():
     """A fresh accounting group: (directory, usage file), or None where none can be made
     (no cgroup file system, no right to write it)."""
     for root, usage in CGROUP_ROOTS:
-        if not os.path.exists(os.path.join(root, usage)):
-            continue
-        path = tempfile.mkdtemp(prefix="fvb-", dir=root) if os.access(root, os.W_OK) else None
-        if path is None:
-            continue
-        return path, os.path.join(path, usage)
+        if os.path.exists(os.path.join(root, usage)) and os.access(root, os.W_OK):
+            path = tempfile.mkdtemp(prefix="fvb-", dir=root)
+            return path, os.path.join(path, usage)
     return None
 
 
@@ -157,23 +154,6 @@ def _cgroup_seconds(usage):
     raise ValueError(f"no usage_usec in {usage}")
 
 
-def _drop_cgroup(pid):
-    group = _cgroups.pop(pid, None)
-    if group is None:
-        return
-    deadline = time.monotonic() + 5
-    while True:   # the sandbox's processes may take a moment to go after the backend
-        try:
-            os.rmdir(group[0])
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.05)
-
-
 def spawn(argv, **popen_options):
     """``subprocess.Popen(argv)`` in an accounting group of its own where one can be made
     (``cpu_seconds`` then reads it); ``reap`` removes the group once the process is gone."""
@@ -187,7 +167,20 @@ def spawn(argv, **popen_options):
 
 def reap(proc):
     """Remove the accounting group of ``spawn``'s ``proc``, which has been waited for."""
-    _drop_cgroup(proc.pid)
+    group = _cgroups.pop(proc.pid, None)
+    if group is None:
+        return
+    deadline = time.monotonic() + 5
+    while True:   # the sandbox's processes may take a moment to go after the backend
+        try:
+            os.rmdir(group[0])
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
 
 def cpu_seconds(pid):

@@ -8,6 +8,14 @@ cdef inline bint io_alone(Virtqueue vq) noexcept nogil:
     return vq.io.nflight == 0 and vq.io.nqueued == 0 and not ring_avail_pending(&vq.ring)
 
 
+cdef inline bint sync_here(Virtqueue vq) noexcept nogil:
+    """A request that may block for long (a sync, an allocation) may run on the queue's
+    thread: it is the only work there is (``io_alone``: nothing waits behind it, and handing
+    it over would cost more than the call) and the engine has no thread pool (a user who gave
+    one asked that nothing hold this thread)."""
+    return not vq.cfg.engine_pool and io_alone(vq)
+
+
 cdef inline bint _lone(Virtqueue vq) noexcept nogil:
     """``io_alone``, and no recent lone READ that would have blocked."""
     if vq.io.lone_skip:

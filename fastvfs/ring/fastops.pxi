@@ -212,10 +212,8 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     """FSYNC of a queue with io_uring (NEEDS_URING; a synchronous queue leaves it to the
     engine, which may run it on its thread pool): handed to the kernel's workers through the
     ring, beside what is in flight (``io_nodata``), so the queue goes on serving while the
-    file system syncs; fsync(2) or fdatasync(2) here when it is the only work there is
-    (``io_alone``: nothing waits behind it, and the kernel's worker would cost more than the
-    call) and the engine has no thread pool (with one, a sync never holds the queue's thread,
-    as the engine would not hold it); the engine's when the ring has no room."""
+    file system syncs; fsync(2) or fdatasync(2) here where ``sync_here`` allows (alone, and
+    no thread pool); the engine's when the ring has no room."""
     cdef uint64_t fh = vq.req.hdr.arg.fsync.fh
     cdef bint datasync = vq.req.hdr.arg.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC
     cdef io_uring_sqe *sqe
@@ -224,7 +222,7 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
     if fd < 0:
         vq._reply(-EBADF, NULL, 0)
         return 1
-    if vq.cfg.engine_pool or not io_alone(vq):
+    if not sync_here(vq):
         sqe = io_nodata_sqe(vq, fd, fh)
         if sqe == NULL:
             vq.handles.release(fh)
@@ -251,10 +249,9 @@ cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
 
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
     """FALLOCATE: through the ring, beside what is in flight (``io_nodata``), so the queue
-    goes on serving while the file system allocates; fallocate(2) here when the queue has no
-    ring or no room in it, or when it is the only work there is (``io_alone``: the kernel's
-    worker would cost more than the call), unless the engine has a thread pool: then never
-    here (the ring, else the engine), as for FSYNC."""
+    goes on serving while the file system allocates; fallocate(2) here where ``sync_here``
+    allows (alone, and no thread pool), or when the queue has no ring or no room in it and the
+    engine has no pool (with one: the engine's)."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
@@ -273,7 +270,7 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
             vq.handles.release(arg.fh)
             vq._reply(rc, NULL, 0)
             return 1
-    sqe = io_nodata_sqe(vq, fd, arg.fh) if vq.cfg.engine_pool or not io_alone(vq) else NULL
+    sqe = io_nodata_sqe(vq, fd, arg.fh) if not sync_here(vq) else NULL
     if sqe != NULL:
         io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
                                 <int64_t>arg.length)

@@ -44,15 +44,14 @@ cdef int do_syncfs(Virtqueue vq) noexcept nogil:
     """SYNCFS as the engine's (PassthroughFs.syncfs): the host file system of the node when
     it is a directory (with announced submounts a submount's root is a superblock of its own
     in the guest), else of the share's root, synced by ``sync_dir_fs``.  A sync may hold the
-    queue's thread for long, so it is served here only where the engine would hold it as
-    well: the engine has no thread pool, and nothing else waits (``io_alone``); else it is
-    the engine's.  Left to the engine too: request extensions, a directory held by file
-    handle that no longer opens."""
+    queue's thread for long, so it is served here only where ``sync_here`` allows (alone,
+    and no thread pool: the engine would hold the thread as well); else it is the engine's.
+    Left to the engine too: a directory held by file handle that no longer opens."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef int rc
     cdef int fd
     cdef bint directory
-    if vq.cfg.engine_pool or not io_alone(vq):
+    if not sync_here(vq):
         return 0
     # The node's type first (a reference, no reopen of a node held by file handle).
     if not vq.inodes._ref(nodeid):

@@ -65,6 +65,13 @@ class Pair:
         init = request(abi.Opcode.INIT, abi.init_in.pack(7, 38, 0, offered, 0))
         assert self.engine.handle(init, 4096)[0] == 0
 
+    def restart(self, engine_pool):
+        """Serve the ring with a new queue, fast path on, whose engine has a thread pool or
+        not (``engine_pool``)."""
+        self.ring.engine_pool = engine_pool
+        self.ring.restart()
+        self.ring.vq.set_fast_io(True)
+
     def in_c(self, req, out_lens, split=None):
         """The ring's reply, trimmed to the length its header gives; fails if the request was
         handed to the engine instead.  ``split``: where the request's first descriptor ends
@@ -377,9 +384,7 @@ def test_syncfs(pair):
     assert [out_header(r)[1] for r in replies] == [0, 0]
     assert [abi.in_header.unpack_from(r)[1] for r, _ in pair.ring.seen[seen:]] == \
         [abi.Opcode.SYNCFS]
-    pair.ring.engine_pool = True
-    pair.ring.restart()
-    pair.ring.vq.set_fast_io(True)
+    pair.restart(engine_pool=True)
     getattr_ = request(abi.Opcode.GETATTR, bytes(16), nodeid=nodes[1])
     assert out_header(pair.in_c(getattr_, [16, 104]))[1] == 0   # the fast path is on
     req = request(abi.Opcode.SYNCFS, bytes(8), nodeid=nodes[1])
@@ -400,9 +405,7 @@ def test_syncs_never_on_the_queue_thread_with_a_thread_pool(pair):
             request(abi.Opcode.FALLOCATE,
                     abi.fallocate_in.pack(fh, 0, 2 * len(CONTENT), FALLOC_FL_KEEP_SIZE, 0),
                     nodeid=f)]
-    pair.ring.engine_pool = True
-    pair.ring.restart()
-    pair.ring.vq.set_fast_io(True)
+    pair.restart(engine_pool=True)
     inline = pair.ring.vq.inline_syncs
     for req in reqs:
         if pair.ring.engine == "sync":
@@ -413,9 +416,7 @@ def test_syncs_never_on_the_queue_thread_with_a_thread_pool(pair):
     assert os.stat(pair.root / "f").st_blocks * 512 >= 2 * len(CONTENT)
     # Without a pool, a lone one is synced on the queue's thread (the control).
     if pair.ring.engine != "sync":
-        pair.ring.engine_pool = False
-        pair.ring.restart()
-        pair.ring.vq.set_fast_io(True)
+        pair.restart(engine_pool=False)
         pair.in_c(reqs[0], [16])
         assert pair.ring.vq.inline_syncs == 1
 
