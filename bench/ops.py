@@ -82,8 +82,9 @@ def backend_argv(name, sock, shared, cache, extra=()):
 
 def make_tree(root):
     """The tree every backend serves (its own copy): data files, a symlink, a directory to
-    list, files with and without an extended attribute, one file per slot to rename, and a
-    directory of names no other workload looks up."""
+    list, files with and without an extended attribute, one file per slot to rename, a
+    directory of names no other workload looks up, and a file and a directory per slot to
+    sync."""
     root.mkdir()
     for name in ("data", "copy"):
         with open(root / name, "wb") as f:
@@ -104,6 +105,10 @@ def make_tree(root):
     (root / "n").mkdir()
     for i in range(SLOTS):
         (root / "n" / f"x{i:02}").write_bytes(b"")
+    (root / "y").mkdir()
+    for i in range(SLOTS):
+        (root / "y" / f"f{i:02}").write_bytes(b"z" * 100)
+        (root / "y" / f"d{i:02}").mkdir()
 
 
 @dataclass
@@ -393,11 +398,16 @@ def w_flush(ctx, slot, seq):
 
 
 def w_fsync(ctx, slot, seq):
-    yield Req(Opcode.FSYNC, ctx.node["data"], abi.fsync_in.pack(ctx.fh["data"], 0, 0))
+    # Each slot syncs a file of its own: a Linux guest holds the inode's lock for the whole
+    # FSYNC (fs/fuse/file.c fuse_fsync), so it never has two in flight for one inode.
+    node, fh = ctx.sync_file[slot]
+    yield Req(Opcode.FSYNC, node, abi.fsync_in.pack(fh, 0, 0))
 
 
 def w_fsyncdir(ctx, slot, seq):
-    yield Req(Opcode.FSYNCDIR, ctx.node["dir"], abi.fsync_in.pack(ctx.fh["dir"], 0, 0))
+    # Each slot syncs a directory of its own (fs/fuse/dir.c fuse_dir_fsync holds the lock too).
+    node, fh = ctx.sync_dir[slot]
+    yield Req(Opcode.FSYNCDIR, node, abi.fsync_in.pack(fh, 0, 0))
 
 
 def w_syncfs(ctx, slot, seq):
@@ -609,6 +619,13 @@ class Session:
         for i in range(SLOTS):
             self.client.lookup(self.node["w"], f"r{i}")
         self.fh["dir"] = self.client.opendir(self.node["dir"]).fh
+        y = self.client.lookup(ROOT, "y").nodeid
+        self.sync_file, self.sync_dir = [], []
+        for i in range(SLOTS):
+            node = self.client.lookup(y, f"f{i:02}").nodeid
+            self.sync_file.append((node, self.client.open(node, os.O_RDWR).fh))
+            node = self.client.lookup(y, f"d{i:02}").nodeid
+            self.sync_dir.append((node, self.client.opendir(node).fh))
         self.payload = os.urandom(1 << 20)
 
     def _held_lock(self, take):

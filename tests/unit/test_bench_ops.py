@@ -121,6 +121,8 @@ class FakeClient:
 class Ctx:
     node = {"w": 5, "plain": 6, "data": 7, "copy": 8}
     fh = {"data": 1, "copy": 2}
+    sync_file = [(100 + i, 300 + i) for i in range(ops.SLOTS)]
+    sync_dir = [(200 + i, 400 + i) for i in range(ops.SLOTS)]
 
 
 def test_drive_runs_whole_cycles_at_the_depth_and_counts_kicks():
@@ -132,6 +134,38 @@ def test_drive_runs_whole_cycles_at_the_depth_and_counts_kicks():
     assert client.opcodes.count(Opcode.MKDIR) == client.opcodes.count(Opcode.RMDIR) \
         == client.opcodes.count(Opcode.FORGET) == r["cycles"]
     assert FakeQueue.kick is client.frontend.queues[1].kick.__func__
+
+
+class NodeClient(FakeClient):
+    """Answers the oldest request first and counts the requests in flight per node."""
+
+    def __init__(self):
+        super().__init__()
+        self.node_of, self.most_per_node = {}, 0
+
+    def submit(self, opcode, nodeid=0, body=b"", **kw):
+        ticket = super().submit(opcode, nodeid, body, **kw)
+        self.node_of[ticket] = nodeid
+        self.most_per_node = max(self.most_per_node,
+                                 list(self.node_of.values()).count(nodeid))
+        return ticket
+
+    def collect(self):
+        done = super().collect()
+        for ticket, _ in done:
+            del self.node_of[ticket]
+        return done
+
+
+@pytest.mark.parametrize("name", ["fsync", "fsyncdir"])
+def test_syncs_in_flight_together_are_of_different_inodes(name):
+    """A Linux guest holds the inode's lock through its FSYNC or FSYNCDIR (fs/fuse/file.c
+    fuse_fsync, fs/fuse/dir.c fuse_dir_fsync): the guest-like driver never has two in flight
+    for one inode, whatever the depth."""
+    client = NodeClient()
+    r = ops.drive(client, ops.BY_NAME[name], Ctx(), ops.SLOTS, 0.02)
+    assert client.max_in_flight == ops.SLOTS and r["requests"] > ops.SLOTS
+    assert client.most_per_node == 1
 
 
 def test_drive_expects_the_miss_and_reports_not_implemented():
