@@ -10,6 +10,7 @@ cdef int ask_engine(Virtqueue vq, handler) except -1:
     cdef int32_t error
     if hlen > SLOW_REQUEST_MAX:
         vq._reply(-EINVAL, NULL, 0)
+        _engine_answered(vq)
         return 0
     request = PyBytes_FromStringAndSize(NULL, hlen)
     _gather(vq.req.iov, vq.req.chain.out_num, 0,

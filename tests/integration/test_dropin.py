@@ -557,6 +557,22 @@ def test_syncfs_is_answered_in_c_unless_the_engine_has_a_pool(daemon, pool):
     assert ops["FSYNCDIR"]["count"] == 3 and ops["FSYNCDIR"]["engine"] == 0
 
 
+def test_stats_count_a_request_refused_for_its_length_as_the_engines(daemon):
+    """A request longer than 1 MiB that is not a WRITE is left to the engine, which refuses it
+    (EINVAL) before its handler: the statistics count it in the engine's column, as every
+    request C does not answer, so that ``count - engine`` is what C served."""
+    d = daemon(files={"f": b"x"})
+    c = d.connect()
+    nid = c.lookup(ROOT, "f").nodeid
+    c.getattr(nid)
+    body = bytes((1 << 20) + 8 - abi.IN_HEADER_SIZE)
+    expect_errno(errno.EINVAL, c.call, Opcode.GETATTR, nid, body, reply_len=abi.ATTR_OUT_SIZE)
+    out = subprocess.run([*DAEMON, "stats", "--socket-path", str(d.sock), "--json"],
+                         capture_output=True, text=True, check=True)
+    getattr_ = json.loads(out.stdout)["ops"]["GETATTR"]
+    assert (getattr_["count"], getattr_["errors"], getattr_["engine"]) == (2, 1, 1)
+
+
 def test_stats_while_serving(daemon, tmp_path):
     metrics = tmp_path / "metrics.sock"
     with socket.socket() as probe:
