@@ -376,11 +376,12 @@ def median_run(runs):
     return pick
 
 
-def host_native(path, size, seconds, write):
-    """The same I/O done directly on the host file, one at a time on one thread (in C)."""
+def host_native(path, size, seconds, write, buffers=1):
+    """The same I/O done directly on the host file, one at a time on one thread (in C), into
+    or out of ``buffers`` buffers in turn (``native_io``)."""
     fd = os.open(path, os.O_RDWR)
     try:
-        r = native_io(fd, size, FILE_SIZE // size, seconds, write)
+        r = native_io(fd, size, FILE_SIZE // size, seconds, write, buffers=buffers)
     finally:
         os.close(fd)
     return {"requests": r["requests"], "wall_s": r["wall_s"],
@@ -435,7 +436,10 @@ def markdown(results, config, multiqueue=None):
     for key, row in results.items():
         f, r = row.get("fastvfs"), row.get("reference")
         nat = row.get("native")
-        native = f"{fmt(nat['req_per_s'])} ({nat['bytes_per_s'] / 1e6:,.0f})" if nat else "-"
+        native = "-"
+        if nat:
+            native = f"{fmt(nat['req_per_s'])} ({nat['bytes_per_s'] / 1e6:,.0f}"
+            native += f"; fastvfs {f['req_per_s'] / nat['req_per_s']:.0%})" if f else ")"
         eff_f = f and f["req_per_backend_cpu_s"]
         eff_r = r and r["req_per_backend_cpu_s"]
         share = " / ".join(f"{x['driver_cpu_s'] / x['wall_s']:.0%}" for x in (f, r) if x)
@@ -451,7 +455,9 @@ def markdown(results, config, multiqueue=None):
     lines += ["", "Driver CPU share: the driver thread's CPU time over the run's wall time; "
               "near 100 % would mean the figure is bound by the driver rather than the backend. "
               "Host-native: the same transfer done with pread/pwrite on the host file by one "
-              "thread, the ceiling for one queue at depth 1. Wake-up floor: two threads "
+              "thread, into (out of) as many buffers in turn as the depth has requests in "
+              "flight, measured interleaved with the backends: the ceiling for one queue, "
+              "fastvfs's requests/s as a share of it in brackets. Wake-up floor: two threads "
               "answering each other over two eventfds, each sleeping in poll and reading its "
               "eventfd as the driver and a queue worker do, with no work in between, measured "
               "interleaved with the backends; a request at depth 1 costs at least this round "
@@ -571,11 +577,14 @@ def main(argv=None):
                 for depth in depths:
                     key = f"{name}@{depth}"
                     row = results[key] = {"workload": name, "depth": depth}
-                    kinds = backends + (["floor"] if depth == 1 else [])
+                    kinds = backends + (["floor"] if depth == 1 else []) + \
+                        (["native"] if size else [])
                     span = args.seconds / args.slices
+                    data = sessions["fastvfs"].shared / "data"
                     runs = interleaved(kinds, args.reps, args.slices, lambda b: (
                         floor_run(span, echo_cpu) if b == "floor" else
-                        sessions[b].run(opcode, size, depth, span)))
+                        host_native(data, size, span, opcode == "WRITE", depth)
+                        if b == "native" else sessions[b].run(opcode, size, depth, span)))
                     for b in backends:
                         row[b] = median_run(runs[b])
                         _print(key, b, row[b])
@@ -583,9 +592,8 @@ def main(argv=None):
                         row["floor"] = median_run(runs["floor"])
                         print(f"{key:14} {'floor':10} {row['floor']['req_per_s']:>10,.0f} req/s",
                               flush=True)
-                    if size and depth == 1:
-                        row["native"] = host_native(sessions["fastvfs"].shared / "data", size,
-                                                    args.seconds, opcode == "WRITE")
+                    if size:
+                        row["native"] = median_run(runs["native"])
         finally:
             for s in sessions.values():
                 s.close()

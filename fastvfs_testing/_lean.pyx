@@ -260,18 +260,25 @@ cdef class LeanQueue:
                 "sleeps": self.sleeps, "errors": self.errors, "first_error": self.first_error}
 
 
-def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, seed=1):
+def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, seed=1,
+              uint64_t buffers=1):
     """The host-native ceiling: ``size``-byte pread/pwrite at random ``size``-aligned offsets
-    below ``span * size`` of ``fd``, one at a time on this thread, for ``seconds``."""
-    cdef uint8_t *buf = <uint8_t *>malloc(size)
+    below ``span * size`` of ``fd``, one at a time on this thread, for ``seconds``, into (or
+    out of) ``buffers`` buffers of ``size`` bytes in turn (as many as a queue has requests in
+    flight: the memory the data goes to is then as large as the backend's, not one buffer
+    kept in the CPU's cache)."""
+    if buffers < 1:
+        raise ValueError("buffers must be at least 1")
+    cdef uint8_t *mem = <uint8_t *>malloc(size * buffers)
+    cdef uint8_t *buf
     cdef uint64_t rng = (<uint64_t>seed) * 0x9E3779B97F4A7C15ULL | 1, done = 0
     cdef double t0, t_end, now, cpu0
     cdef ssize_t n = 0
-    if buf == NULL:
+    if mem == NULL:
         raise MemoryError()
     cdef uint64_t i
-    for i in range(size):
-        buf[i] = <uint8_t>(i * 131)
+    for i in range(size * buffers):
+        mem[i] = <uint8_t>(i * 131)
     with nogil:
         cpu0 = _clock(CLOCK_THREAD_CPUTIME_ID)
         t0 = _clock(CLOCK_MONOTONIC)
@@ -281,6 +288,7 @@ def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, 
             rng ^= rng << 13
             rng ^= rng >> 7
             rng ^= rng << 17
+            buf = mem + (done % buffers) * size
             if write:
                 n = pwrite(fd, buf, size, <long>((rng % span) * size))
             else:
@@ -292,7 +300,7 @@ def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, 
                 now = _clock(CLOCK_MONOTONIC)
         now = _clock(CLOCK_MONOTONIC)
         cpu0 = _clock(CLOCK_THREAD_CPUTIME_ID) - cpu0
-    free(buf)
+    free(mem)
     if n < 0:
         raise OSError(errno, "host-native I/O failed")
     return {"requests": done, "wall_s": now - t0, "cpu_s": cpu0}

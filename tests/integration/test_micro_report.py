@@ -48,16 +48,22 @@ def test_micro_reports_floor_and_ceiling(tmp_path, capsys, driver):
             assert fig["slices"] == 2 and fig["req_per_s"] > 0
             assert fig["req_per_s"] == pytest.approx(fig["requests"] / fig["wall_s"], rel=0.01)
         # The floor is measured next to the backends at depth 1 only; the host-native
-        # ceiling only for transfers.
+        # ceiling next to them at every depth, only for transfers.
         assert ("floor" in row) == key.endswith("@1")
-        assert ("native" in row) == (key == "read4k@1")
+        assert ("native" in row) == key.startswith("read4k@")
     assert rows["getattr@1"]["floor"]["req_per_s"] > 0
+    for depth in (1, 4):
+        native = rows[f"read4k@{depth}"]["native"]
+        assert native["slices"] == 2 and native["req_per_s"] > 0
     table = report.with_suffix(".md").read_text()
     assert "wake-up floor" in table
     line = next(l for l in table.splitlines() if l.startswith("| getattr | 1 |"))
     assert line.rstrip("|").split("|")[-1].strip().endswith("%)")
     line = next(l for l in table.splitlines() if l.startswith("| getattr | 4 |"))
     assert line.rstrip(" |").endswith("-")
+    # fastvfs's share of the ceiling at the same depth.
+    line = next(l for l in table.splitlines() if l.startswith("| read4k | 4 |"))
+    assert "; fastvfs " in line.split("|")[-3] and line.split("|")[-3].strip().endswith("%)")
 
 
 def test_micro_against_a_baseline_build(tmp_path):
