@@ -18,8 +18,12 @@ request queue, closed loop.  Workloads whose steps depend on each other (CREATE 
 UNLINK and FORGET) run as cycles, ``depth`` of them at once, reported per cycle.  The Python
 driver costs tens of microseconds per request: its own CPU share is reported beside each figure,
 and where it is near 100 % the requests/s figure measures the driver, not the backend (CPU per
-request stays a backend figure).  For the few workloads it supports, the lean C driver
-(``fastvfs_testing.lean``, the one ``bench.micro`` uses) is run as a second driver.
+request stays a backend figure).  Every workload of one request that can be sent again as it
+is (all but the cycles) is also run by the C driver of ``bench.micro``
+(``fastvfs_testing.lean``), fast enough to keep a backend busy at depth 32, twice: "lean",
+publishing the requests once per round of completions reaped, and "c-guest", publishing each
+request on its own with the kick decided for each, as the Linux driver does (``bench.micro
+--driver guest``).
 
 Backend CPU is the run time of every thread of the started process and its descendants (both
 daemons serve from a child they fork into their sandbox), exited threads included (io_uring's
@@ -404,6 +408,15 @@ def w_fsync(ctx, slot, seq):
     yield Req(Opcode.FSYNC, node, abi.fsync_in.pack(fh, 0, 0))
 
 
+def w_write_fsync(ctx, slot, seq):
+    """A program saving its file: a WRITE of 4 KiB, then the FSYNC that takes it to the disk
+    (a sync with data to write, the kind a guest's fsync(2) sends after its writeback)."""
+    node, fh = ctx.sync_file[slot]
+    yield Req(Opcode.WRITE, node, abi.write_in.pack(fh, 0, 4096, 0, 0, 0, 0),
+              {"data": ctx.payload[:4096], "reply_len": abi.write_out.size})
+    yield Req(Opcode.FSYNC, node, abi.fsync_in.pack(fh, 0, 0))
+
+
 def w_fsyncdir(ctx, slot, seq):
     # Each slot syncs a directory of its own (fs/fuse/dir.c fuse_dir_fsync holds the lock too).
     node, fh = ctx.sync_dir[slot]
@@ -472,24 +485,28 @@ def _io(op, size):
     return workload
 
 
+RAW = ("RAW", 0)
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
     run: object
     cycle: str = ""     # the requests of one cycle, when reported per cycle
-    lean: tuple = ()    # (op, size) for the lean C driver, where it has this workload
+    lean: tuple = ()    # (op, size) for the C driver: its own request, or ("RAW", 0): the
+                        # workload's (one request per cycle, sent again unchanged)
     hold_lock: bool = False     # a POSIX lock on "plain" is held through the run
 
 
 WORKLOADS = [
     Workload("lookup_hit", w_lookup_hit, lean=("LOOKUP", 0)),
-    Workload("lookup_miss", w_lookup_miss),
+    Workload("lookup_miss", w_lookup_miss, lean=RAW),
     Workload("lookup_new", w_lookup_new, "LOOKUP+FORGET"),
     Workload("getattr", w_getattr, lean=("GETATTR", 0)),
-    Workload("setattr_mode", w_setattr_mode),
-    Workload("setattr_owner", w_setattr_owner),
-    Workload("setattr_size", w_setattr_size),
-    Workload("setattr_times", w_setattr_times),
+    Workload("setattr_mode", w_setattr_mode, lean=RAW),
+    Workload("setattr_owner", w_setattr_owner, lean=RAW),
+    Workload("setattr_size", w_setattr_size, lean=RAW),
+    Workload("setattr_times", w_setattr_times, lean=RAW),
     Workload("open_release", w_open_release, "OPEN+RELEASE"),
     Workload("close_lock_held", w_close_lock_held, "OPEN+FLUSH+RELEASE", hold_lock=True),
     Workload("create", w_create, "CREATE+RELEASE+UNLINK+FORGET"),
@@ -499,28 +516,29 @@ WORKLOADS = [
     Workload("link", w_link, "LINK+UNLINK+FORGET"),
     Workload("rename", w_rename),
     Workload("rename2", w_rename2),
-    Workload("readlink", w_readlink),
-    Workload("statfs", w_statfs),
+    Workload("readlink", w_readlink, lean=RAW),
+    Workload("statfs", w_statfs, lean=RAW),
     Workload("opendir_releasedir", w_opendir, "OPENDIR+RELEASEDIR"),
-    Workload("readdir", w_readdir),
-    Workload("readdirplus", w_readdirplus),
+    Workload("readdir", w_readdir, lean=RAW),
+    Workload("readdirplus", w_readdirplus, lean=RAW),
     Workload("list", w_list, "OPENDIR+READDIRPLUS+READDIRPLUS+RELEASEDIR"),
     Workload("list_new", w_list_new,
              "OPENDIR+READDIRPLUS+READDIRPLUS+RELEASEDIR+BATCH_FORGET of 32 new inodes"),
-    Workload("getxattr_hit", w_getxattr_hit),
-    Workload("getxattr_miss", w_getxattr_miss),
-    Workload("listxattr_hit", w_listxattr_hit),
-    Workload("listxattr_empty", w_listxattr_empty),
+    Workload("getxattr_hit", w_getxattr_hit, lean=RAW),
+    Workload("getxattr_miss", w_getxattr_miss, lean=RAW),
+    Workload("listxattr_hit", w_listxattr_hit, lean=RAW),
+    Workload("listxattr_empty", w_listxattr_empty, lean=RAW),
     Workload("setxattr_removexattr", w_setxattr, "SETXATTR+REMOVEXATTR"),
-    Workload("flush", w_flush),
-    Workload("fsync", w_fsync),
-    Workload("fsyncdir", w_fsyncdir),
-    Workload("syncfs", w_syncfs),
-    Workload("fallocate", w_fallocate),
-    Workload("lseek", w_lseek),
-    Workload("copy_file_range", w_copy_file_range),
-    Workload("ioctl", w_ioctl),
-    Workload("getlk", w_getlk),
+    Workload("flush", w_flush, lean=RAW),
+    Workload("fsync", w_fsync, lean=RAW),
+    Workload("write_fsync", w_write_fsync, "WRITE+FSYNC"),
+    Workload("fsyncdir", w_fsyncdir, lean=RAW),
+    Workload("syncfs", w_syncfs, lean=RAW),
+    Workload("fallocate", w_fallocate, lean=RAW),
+    Workload("lseek", w_lseek, lean=RAW),
+    Workload("copy_file_range", w_copy_file_range, lean=RAW),
+    Workload("ioctl", w_ioctl, lean=RAW),
+    Workload("getlk", w_getlk, lean=RAW),
     Workload("setlk", w_setlk, "SETLK(lock)+SETLK(unlock)"),
     Workload("lock_close", w_lock_close, "OPEN+SETLK(lock)+SETLK(unlock)+FLUSH+RELEASE"),
     Workload("read4k", _io(Opcode.READ, 4096), lean=("READ", 4096)),
@@ -531,6 +549,24 @@ WORKLOADS = [
     Workload("write1m", _io(Opcode.WRITE, 1 << 20), lean=("WRITE", 1 << 20)),
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+def raw_requests(workload, ctx, depth):
+    """The C driver's requests of a RAW workload, one per slot (the request of each slot's
+    cycle number ``slot``), and the error it expects (a negative errno, or 0)."""
+    requests, oks = [], set()
+    for slot in range(depth):
+        gen = workload.run(ctx, slot, slot)
+        req = next(gen)
+        gen.close()
+        if req.kw.keys() - {"reply_len", "data_len"} or len(req.ok) != 1:
+            raise ValueError(f"{workload.name} has no form for the C driver")
+        requests.append((req.opcode, req.nodeid, req.body, req.kw.get("reply_len", 0),
+                         req.kw.get("data_len", 0)))
+        oks.add(-req.ok[0])
+    if len(oks) != 1:
+        raise ValueError(f"{workload.name} expects different errors in different slots")
+    return requests, oks.pop()
 
 
 class NotImplementedByBackend(Exception):
@@ -649,14 +685,25 @@ class Session:
                 self._held_lock(False)
         return r
 
-    def run_lean(self, workload, depth, seconds):
+    def run_lean(self, workload, depth, seconds, publish_each=False):
         op, size = workload.lean
-        load = LeanLoad(self.frontend, 1, op, depth,
-                        nodeid=ROOT if op == "LOOKUP" else self.node["data"],
-                        fh=self.fh["data"], name=b"data", size=size, file_size=DATA_SIZE)
+        if op == "RAW":
+            requests, ok_error = raw_requests(workload, self, depth)
+            load = LeanLoad(self.frontend, 1, op, depth, requests=requests, ok_error=ok_error,
+                            publish_each=publish_each)
+        else:
+            load = LeanLoad(self.frontend, 1, op, depth,
+                            nodeid=ROOT if op == "LOOKUP" else self.node["data"],
+                            fh=self.fh["data"], name=b"data", size=size, file_size=DATA_SIZE,
+                            publish_each=publish_each)
         try:
             cpu0 = micro.cpu_seconds(self.proc.pid)
-            r = load.run(seconds)
+            try:
+                r = load.run(seconds)
+            except OSError as exc:
+                if exc.errno in NOT_IMPLEMENTED:
+                    raise NotImplementedByBackend(os.strerror(exc.errno)) from None
+                raise
             backend = micro.cpu_seconds(self.proc.pid) - cpu0
         finally:
             load.close()
@@ -819,6 +866,10 @@ def _threads(pid):
     return len(list(micro.threads(pid)))
 
 
+# The C driver's two ways of publishing: whether each request is published on its own.
+C_DRIVERS = {"lean": False, "c-guest": True}
+
+
 def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=(), extra=()):
     """({key: row} for ``names`` at ``depths``, {backend: threads after start-up}); both
     backends are started fresh for the call, fastvfs under the command ``prefix`` if given and
@@ -837,7 +888,7 @@ def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=
             for name in names:
                 w = BY_NAME[name]
                 for depth in depths:
-                    drivers = ["python"] + (["lean"] if lean and w.lean else [])
+                    drivers = ["python"] + (list(C_DRIVERS) if lean and w.lean else [])
                     for drv in drivers:
                         key = f"{name}@{depth}/{drv}"
                         row = results[key] = {"workload": name, "depth": depth, "driver": drv,
@@ -849,8 +900,9 @@ def measure(names, depths, seconds, rounds, cache, lean=True, log=print, prefix=
                                     continue
                                 s = sessions[b]
                                 try:
-                                    taken[b].append(s.run_lean(w, depth, seconds) if drv == "lean"
-                                                    else s.run(w, depth, seconds))
+                                    taken[b].append(
+                                        s.run_lean(w, depth, seconds, C_DRIVERS[drv])
+                                        if drv in C_DRIVERS else s.run(w, depth, seconds))
                                 except NotImplementedByBackend as exc:
                                     row[b] = {"not_implemented": str(exc)}
                         for b in backends:
@@ -889,7 +941,8 @@ def main(argv=None):
                                   + ",".join(BY_NAME))
     p.add_argument("--cache", choices=list(CACHE), default="auto",
                    help="both daemons' cache mode (default auto, a guest's usual one)")
-    p.add_argument("--no-lean", action="store_true", help="skip the lean C driver's rows")
+    p.add_argument("--no-lean", action="store_true", help="skip the C driver's rows (lean and "
+                                                           "c-guest)")
     p.add_argument("--fastvfs-arg", action="append", default=[], metavar="ARG",
                    help="an option added to fastvfs's command line (repeatable), e.g. "
                         "--fastvfs-arg=--inode-file-handles=prefer, Kata's default")
@@ -923,9 +976,11 @@ def main(argv=None):
                f"vhost-user frontend, one request queue, queue size {QUEUE_SIZE}, requests in "
                f"indirect tables, READ/WRITE/READDIR data in page-sized descriptors, EVENT_IDX "
                f"both ways, each request published on its own and a kick whenever the device's "
-               f"avail_event asks for one, single thread; lean: the C closed-loop driver of "
-               f"bench.micro (LOOKUP, GETATTR, READ, WRITE only), same ring features and "
-               f"layout, chains built once.")
+               f"avail_event asks for one, single thread; lean and c-guest: the C closed-loop "
+               f"driver of bench.micro, same ring features and layout, chains built once, for "
+               f"every workload of one request sent again unchanged (all but the cycles), "
+               f"lean publishing once per round of completions reaped, c-guest each request "
+               f"on its own with a kick whenever avail_event asks for one.")
     output.write(args.out, config, results, markdown(results, config))
     return 0
 

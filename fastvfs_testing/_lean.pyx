@@ -18,7 +18,8 @@ length of a run and does what the guest's virtio driver does, without the GIL:
 * completions are reaped until the used ring is empty; only then is ``used_event`` armed and the
   thread put to sleep on the call eventfd (Linux's ``virtqueue_enable_cb`` before sleeping).
 
-Every reply's ``fuse_out_header`` is checked (length = used length, unique, error).  The run
+Every reply's ``fuse_out_header`` is checked (length = used length, unique, error: 0, or the
+run's ``ok_error`` where the workload expects one, such as ENOENT for a missing name).  The run
 reports the requests done, the wall time and the driver thread's own CPU time, so a figure bound
 by the driver shows as such.
 """
@@ -72,6 +73,7 @@ cdef class LeanQueue:
     cdef uint64_t rng
     cdef readonly uint64_t kicks, sleeps, errors, publishes
     cdef readonly int first_error
+    cdef int ok_error
 
     def __cinit__(self):
         self.by_head = NULL
@@ -84,7 +86,10 @@ cdef class LeanQueue:
     def __init__(self, uint64_t avail, uint64_t used, uint16_t num, bint event_idx, int kick_fd,
                  int call_fd, uint16_t avail_idx, uint16_t last_used_idx, slots,
                  uint64_t span=1, uint64_t block=0, uint64_t first_unique=1 << 40, seed=1,
-                 bint publish_each=False):
+                 bint publish_each=False, int ok_error=0):
+        if ok_error > 0 or ok_error == -1:
+            raise ValueError("ok_error is a negative errno other than -1 (a malformed reply)")
+        self.ok_error = ok_error
         self.avail = <uint8_t *>avail
         self.publish_each = publish_each
         self.used = <uint8_t *>used
@@ -224,7 +229,7 @@ cdef class LeanQueue:
                         break
                     head = <uint16_t>id32
                     rc = self._check(head, length)
-                    if rc != 0:
+                    if rc != 0 and rc != self.ok_error:
                         self.errors += 1
                         if self.first_error == 0:
                             self.first_error = rc

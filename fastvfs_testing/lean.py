@@ -52,7 +52,12 @@ class LeanLoad:
     """``depth`` copies of one request kept in flight on ``frontend.queues[queue]``.
 
     ``op``: "GETATTR", "LOOKUP" (``name`` in ``nodeid``), "READ" or "WRITE" (``size`` bytes at
-    random ``size``-aligned offsets below ``file_size`` of handle ``fh``).  ``publish_each``:
+    random ``size``-aligned offsets below ``file_size`` of handle ``fh``), or "RAW": the
+    requests given, ``requests`` being ``(opcode, nodeid, in-arguments, reply_len, data_len)``
+    (the fixed out-arguments' size and the data area's, as ``FuseClient.submit`` takes them),
+    chain ``i`` repeating ``requests[i % len(requests)]`` unchanged; its replies may be of any
+    length up to that room, and ``ok_error`` (a negative errno) counts as an answer as 0 does.
+    ``publish_each``:
     publish every request on its own and decide the kick for each, as the Linux guest does,
     instead of once per round of completions reaped.  ``pages``: where the data pages of READ
     and WRITE lie in guest memory: "contiguous" (one after the other, as a driver that
@@ -60,8 +65,9 @@ class LeanLoad:
     neighbour in memory, as a guest's page cache has them).
     """
 
-    def __init__(self, frontend, queue, op, depth, *, nodeid, fh=0, size=0, file_size=0,
-                 name=b"data", seed=1, uid=0, gid=0, publish_each=False, pages="contiguous"):
+    def __init__(self, frontend, queue, op, depth, *, nodeid=0, fh=0, size=0, file_size=0,
+                 name=b"data", seed=1, uid=0, gid=0, publish_each=False, pages="contiguous",
+                 requests=(), ok_error=0):
         if pages not in ("contiguous", "scattered"):
             raise ValueError(f"pages must be contiguous or scattered, not {pages!r}")
         self.scatter = random.Random(seed) if pages == "scattered" else None
@@ -74,11 +80,17 @@ class LeanLoad:
         self.owned = []
         self.desc_slots = []
         slots = []
-        opcode = getattr(Opcode, op)
+        if (op == "RAW") != bool(requests):
+            raise ValueError("requests are given with op RAW, and only then")
         payload = os.urandom(size) if op == "WRITE" else b""
         try:
-            for _ in range(depth):
-                slots.append(self._build(opcode, op, nodeid, fh, size, name, payload, uid, gid))
+            for i in range(depth):
+                if op == "RAW":
+                    opcode, node, body, reply_len, data_len = requests[i % len(requests)]
+                    form = (opcode, node, body, b"", reply_len, data_len, 0)
+                else:
+                    form = self._form(op, nodeid, fh, size, name, payload)
+                slots.append(self._build(op, form, uid, gid))
         except BaseException:
             self.close()
             raise
@@ -87,7 +99,7 @@ class LeanLoad:
             _host_address(self.memory, vq.avail_addr, virtq.avail_ring_size(vq.size)),
             _host_address(self.memory, vq.used_addr, virtq.used_ring_size(vq.size)),
             vq.size, vq.event_idx, vq.kick_fd, vq.call_fd, vq.avail_idx, vq.last_used_idx,
-            slots, span, size, FIRST_UNIQUE + queue, seed, publish_each)
+            slots, span, size, FIRST_UNIQUE + queue, seed, publish_each, ok_error)
 
     def _alloc(self, data_or_len, align=8):
         length = data_or_len if isinstance(data_or_len, int) else len(data_or_len)
@@ -113,30 +125,38 @@ class LeanLoad:
             out.append((gpa, n))
         return out
 
-    def _build(self, opcode, op, nodeid, fh, size, name, payload, uid, gid):
+    @staticmethod
+    def _form(op, nodeid, fh, size, name, payload):
+        """``(opcode, nodeid, in-arguments, data out, reply_len, data_len, expected reply
+        length or 0)`` of one of the named requests."""
         if op == "GETATTR":
-            body, reply_len, expect = abi.getattr_in.pack(0, 0, 0), abi.ATTR_OUT_SIZE, None
-        elif op == "LOOKUP":
-            body, reply_len, expect = name + b"\0", abi.ENTRY_OUT_SIZE, None
-        elif op == "READ":
-            body, reply_len, expect = abi.read_in.pack(fh, 0, size, 0, 0, 0, 0), 0, size
-        elif op == "WRITE":
-            body, reply_len, expect = abi.write_in.pack(fh, 0, size, 0, 0, 0, 0), \
-                abi.write_out.size, None
-        else:
-            raise ValueError(f"no lean form of {op}")
+            return Opcode.GETATTR, nodeid, abi.getattr_in.pack(0, 0, 0), b"", \
+                abi.ATTR_OUT_SIZE, 0, abi.OUT_HEADER_SIZE + abi.ATTR_OUT_SIZE
+        if op == "LOOKUP":
+            return Opcode.LOOKUP, nodeid, name + b"\0", b"", abi.ENTRY_OUT_SIZE, 0, \
+                abi.OUT_HEADER_SIZE + abi.ENTRY_OUT_SIZE
+        if op == "READ":
+            return Opcode.READ, nodeid, abi.read_in.pack(fh, 0, size, 0, 0, 0, 0), b"", 0, \
+                size, abi.OUT_HEADER_SIZE + size
+        if op == "WRITE":
+            return Opcode.WRITE, nodeid, abi.write_in.pack(fh, 0, size, 0, 0, 0, 0), payload, \
+                abi.write_out.size, 0, abi.OUT_HEADER_SIZE + abi.write_out.size
+        raise ValueError(f"no lean form of {op}")
+
+    def _build(self, op, form, uid, gid):
+        opcode, nodeid, body, payload, reply_len, data_len, total = form
         header = abi.in_header.pack(abi.IN_HEADER_SIZE + len(body) + len(payload), opcode, 0,
                                     nodeid, uid, gid, 0, 0, 0)
         req = self._alloc(header)
-        readable = [(req, len(header)), (self._alloc(body), len(body))]
+        readable = [(req, len(header))] + ([(self._alloc(body), len(body))] if body else [])
         if payload:
             readable += self._data(payload)
         out = self._alloc(abi.OUT_HEADER_SIZE)
         writable = [(out, abi.OUT_HEADER_SIZE)]
         if reply_len:
             writable.append((self._alloc(reply_len), reply_len))
-        if expect:
-            writable += self._data(expect)
+        if data_len:
+            writable += self._data(data_len)
         entries = [(a, n, 0) for a, n in readable] + \
                   [(a, n, virtq.VRING_DESC_F_WRITE) for a, n in writable]
         vq = self.vq
@@ -161,7 +181,6 @@ class LeanLoad:
         if op in ("READ", "WRITE"):
             body_gpa = readable[1][0]
             offset_addr = _host_address(self.memory, body_gpa + 8, 8)
-        total = abi.OUT_HEADER_SIZE + (reply_len or expect or 0)
         return (head, _host_address(self.memory, req, len(header)), offset_addr,
                 _host_address(self.memory, out, abi.OUT_HEADER_SIZE), total)
 

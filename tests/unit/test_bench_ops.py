@@ -3,6 +3,7 @@ relies on, the closed-loop cycle driver, combining rounds, ratios and the table.
 
 import errno
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -166,6 +167,59 @@ def test_syncs_in_flight_together_are_of_different_inodes(name):
     r = ops.drive(client, ops.BY_NAME[name], Ctx(), ops.SLOTS, 0.02)
     assert client.max_in_flight == ops.SLOTS and r["requests"] > ops.SLOTS
     assert client.most_per_node == 1
+
+
+class FullCtx:
+    """Every node and handle a workload names."""
+    node = {n: 10 + i for i, n in enumerate(("data", "copy", "small", "plain", "trunc", "sym",
+                                             "dir", "w", "n"))}
+    fh = {"data": 1, "copy": 2, "plain": 3, "dir": 4}
+    sync_file = Ctx.sync_file
+    sync_dir = Ctx.sync_dir
+    setxattr_ext = False
+    payload = bytes(1 << 20)
+
+
+def _requests_per_cycle(workload):
+    """How many requests one cycle of ``workload`` sends, every reply a success."""
+    gen, n = workload.run(FullCtx(), 0, 0), 0
+    reply = None
+    while True:
+        try:
+            req = gen.send(reply)
+        except StopIteration:
+            return n
+        n += 1
+        # A success of the size asked for (an empty listing: no entries).
+        reply = Reply(0, 0, bytes(req.kw.get("reply_len", 0)))
+
+
+def test_the_c_driver_runs_every_single_request_workload():
+    """Every workload of one request per cycle that needs no data of its own (not READ and
+    WRITE, which the C driver forms itself) has the C driver's RAW form; no cycle has."""
+    for w in ops.WORKLOADS:
+        single = _requests_per_cycle(w) == 1 and not re.fullmatch(r"(read|write)\d+[km]", w.name)
+        assert (w.lean == ops.RAW) == (single and w.name not in ("lookup_hit", "getattr")), w.name
+
+
+@pytest.mark.parametrize("w", [w for w in ops.WORKLOADS if w.lean == ops.RAW],
+                         ids=lambda w: w.name)
+def test_raw_requests_are_each_slots_request(w):
+    requests, ok_error = ops.raw_requests(w, FullCtx(), ops.SLOTS)
+    assert len(requests) == ops.SLOTS
+    for slot, (opcode, nodeid, body, reply_len, data_len) in enumerate(requests):
+        req = next(w.run(FullCtx(), slot, slot))
+        assert (opcode, nodeid, body) == (req.opcode, req.nodeid, req.body)
+        assert (reply_len, data_len) == (req.kw.get("reply_len", 0), req.kw.get("data_len", 0))
+        assert ok_error == -req.ok[0]
+    expected = {"lookup_miss": -errno.ENOENT, "getxattr_miss": -errno.ENODATA,
+                "ioctl": -errno.ENOSYS}
+    assert ok_error == expected.get(w.name, 0)
+
+
+def test_raw_requests_refuse_a_cycle():
+    with pytest.raises(ValueError):
+        ops.raw_requests(ops.BY_NAME["write4k"], FullCtx(), 1)
 
 
 def test_drive_expects_the_miss_and_reports_not_implemented():
