@@ -46,7 +46,7 @@ DEPTHS = (1, 32)
 # Fastvfs with two request queues against one: workload, depth per queue.
 MULTIQUEUE = [("getattr", 32), ("read4k", 32), ("write4k", 32)]
 
-# name -> (opcode, request size in bytes of data, host-native equivalent)
+# name -> (the lean driver's op, request size in bytes of data)
 WORKLOADS = {
     "getattr": ("GETATTR", 0),
     "lookup": ("LOOKUP", 0),
@@ -456,8 +456,9 @@ def markdown(results, config, multiqueue=None):
               "near 100 % would mean the figure is bound by the driver rather than the backend. "
               "Host-native: the same transfer done with pread/pwrite on the host file by one "
               "thread, into (out of) as many buffers in turn as the depth has requests in "
-              "flight, measured interleaved with the backends: the ceiling for one queue, "
-              "fastvfs's requests/s as a share of it in brackets. Wake-up floor: two threads "
+              "flight, measured interleaved with the backends: the ceiling of one thread "
+              "copying, fastvfs's requests/s as a share of it in brackets (above 100 % where "
+              "io_uring's batched submission costs less than a system call per request). Wake-up floor: two threads "
               "answering each other over two eventfds, each sleeping in poll and reading its "
               "eventfd as the driver and a queue worker do, with no work in between, measured "
               "interleaved with the backends; a request at depth 1 costs at least this round "

@@ -19,7 +19,7 @@ UNLINK and FORGET) run as cycles, ``depth`` of them at once, reported per cycle.
 driver costs tens of microseconds per request: its own CPU share is reported beside each figure,
 and where it is near 100 % the requests/s figure measures the driver, not the backend (CPU per
 request stays a backend figure).  Every workload of one request that can be sent again as it
-is (all but the cycles) is also run by the C driver of ``bench.micro``
+is (all but the cycles and SETATTR of the size) is also run by the C driver of ``bench.micro``
 (``fastvfs_testing.lean``), fast enough to keep a backend busy at depth 32, twice: "lean",
 publishing the requests once per round of completions reaped, and "c-guest", publishing each
 request on its own with the kick decided for each, as the Linux driver does (``bench.micro
@@ -87,17 +87,19 @@ def backend_argv(name, sock, shared, cache, extra=()):
 def make_tree(root):
     """The tree every backend serves (its own copy): data files, a symlink, a directory to
     list, files with and without an extended attribute, one file per slot to rename, a
-    directory of names no other workload looks up, and a file and a directory per slot to
-    sync."""
+    directory of names no other workload looks up, and per slot a file to sync and allocate
+    in, a directory to sync, a file to change the attributes of and a file to copy into: a
+    Linux guest holds an inode's lock through a SETATTR, FSYNC, FSYNCDIR, FALLOCATE or the
+    destination of a COPY_FILE_RANGE (notify_change's callers, fuse_fsync, fuse_dir_fsync,
+    fuse_file_fallocate, fuse_copy_file_range), so it never has two of these in flight for one
+    inode."""
     root.mkdir()
-    for name in ("data", "copy"):
-        with open(root / name, "wb") as f:
-            f.truncate(DATA_SIZE)
-            f.write(os.urandom(1 << 20))
+    with open(root / "data", "wb") as f:
+        f.truncate(DATA_SIZE)
+        f.write(os.urandom(1 << 20))
     (root / "small").write_bytes(b"x" * 100)
     os.setxattr(root / "small", XATTR, XATTR_VALUE)
     (root / "plain").write_bytes(b"y" * 100)
-    (root / "trunc").write_bytes(b"")
     os.symlink("data", root / "sym")
     (root / "dir").mkdir()
     for i in range(DIR_ENTRIES):
@@ -113,6 +115,8 @@ def make_tree(root):
     for i in range(SLOTS):
         (root / "y" / f"f{i:02}").write_bytes(b"z" * 100)
         (root / "y" / f"d{i:02}").mkdir()
+        (root / "y" / f"t{i:02}").write_bytes(b"")
+        (root / "y" / f"c{i:02}").write_bytes(b"")
 
 
 @dataclass
@@ -160,20 +164,23 @@ def _setattr(node, valid, *, size=0, atime=0, mtime=0, mode=0, uid=0, gid=0):
     return Req(Opcode.SETATTR, node, body, {"reply_len": abi.ATTR_OUT_SIZE})
 
 
+# Each slot changes a file of its own (see make_tree).
+
 def w_setattr_mode(ctx, slot, seq):
-    yield _setattr(ctx.node["trunc"], abi.FATTR_MODE, mode=0o100640 if seq % 2 else 0o100644)
+    yield _setattr(ctx.slot_attr[slot], abi.FATTR_MODE,
+                   mode=0o100640 if seq % 2 else 0o100644)
 
 
 def w_setattr_owner(ctx, slot, seq):
-    yield _setattr(ctx.node["trunc"], abi.FATTR_UID | abi.FATTR_GID)
+    yield _setattr(ctx.slot_attr[slot], abi.FATTR_UID | abi.FATTR_GID)
 
 
 def w_setattr_size(ctx, slot, seq):
-    yield _setattr(ctx.node["trunc"], abi.FATTR_SIZE, size=4096 * (seq % 2))
+    yield _setattr(ctx.slot_attr[slot], abi.FATTR_SIZE, size=4096 * (seq % 2))
 
 
 def w_setattr_times(ctx, slot, seq):
-    yield _setattr(ctx.node["trunc"], abi.FATTR_ATIME | abi.FATTR_MTIME,
+    yield _setattr(ctx.slot_attr[slot], abi.FATTR_ATIME | abi.FATTR_MTIME,
                    atime=1_600_000_000 + seq, mtime=1_600_000_000 + seq)
 
 
@@ -404,14 +411,14 @@ def w_flush(ctx, slot, seq):
 def w_fsync(ctx, slot, seq):
     # Each slot syncs a file of its own: a Linux guest holds the inode's lock for the whole
     # FSYNC (fs/fuse/file.c fuse_fsync), so it never has two in flight for one inode.
-    node, fh = ctx.sync_file[slot]
+    node, fh = ctx.slot_file[slot]
     yield Req(Opcode.FSYNC, node, abi.fsync_in.pack(fh, 0, 0))
 
 
 def w_write_fsync(ctx, slot, seq):
     """A program saving its file: a WRITE of 4 KiB, then the FSYNC that takes it to the disk
     (a sync with data to write, the kind a guest's fsync(2) sends after its writeback)."""
-    node, fh = ctx.sync_file[slot]
+    node, fh = ctx.slot_file[slot]
     yield Req(Opcode.WRITE, node, abi.write_in.pack(fh, 0, 4096, 0, 0, 0, 0),
               {"data": ctx.payload[:4096], "reply_len": abi.write_out.size})
     yield Req(Opcode.FSYNC, node, abi.fsync_in.pack(fh, 0, 0))
@@ -419,7 +426,7 @@ def w_write_fsync(ctx, slot, seq):
 
 def w_fsyncdir(ctx, slot, seq):
     # Each slot syncs a directory of its own (fs/fuse/dir.c fuse_dir_fsync holds the lock too).
-    node, fh = ctx.sync_dir[slot]
+    node, fh = ctx.slot_dir[slot]
     yield Req(Opcode.FSYNCDIR, node, abi.fsync_in.pack(fh, 0, 0))
 
 
@@ -429,9 +436,9 @@ def w_syncfs(ctx, slot, seq):
 
 
 def w_fallocate(ctx, slot, seq):
-    # Space already allocated (the first MiB was written): the allocation itself is a no-op.
-    yield Req(Opcode.FALLOCATE, ctx.node["data"],
-              abi.fallocate_in.pack(ctx.fh["data"], (slot % 64) * 4096, 4096, 0, 0))
+    # The slot's file, its first 4 KiB: allocated by the first request, a no-op afterwards.
+    node, fh = ctx.slot_file[slot]
+    yield Req(Opcode.FALLOCATE, node, abi.fallocate_in.pack(fh, 0, 4096, 0, 0))
 
 
 def w_lseek(ctx, slot, seq):
@@ -441,9 +448,10 @@ def w_lseek(ctx, slot, seq):
 
 
 def w_copy_file_range(ctx, slot, seq):
+    # 64 KiB of "data" (each slot its own range) into the start of the slot's own file.
+    node, fh = ctx.slot_copy[slot]
     yield Req(Opcode.COPY_FILE_RANGE, ctx.node["data"],
-              COPY_FILE_RANGE_IN.pack(ctx.fh["data"], slot * 65536, ctx.node["copy"],
-                                      ctx.fh["copy"], slot * 65536, 65536, 0),
+              COPY_FILE_RANGE_IN.pack(ctx.fh["data"], slot * 65536, node, fh, 0, 65536, 0),
               {"reply_len": abi.write_out.size})
 
 
@@ -505,7 +513,7 @@ WORKLOADS = [
     Workload("getattr", w_getattr, lean=("GETATTR", 0)),
     Workload("setattr_mode", w_setattr_mode, lean=RAW),
     Workload("setattr_owner", w_setattr_owner, lean=RAW),
-    Workload("setattr_size", w_setattr_size, lean=RAW),
+    Workload("setattr_size", w_setattr_size),
     Workload("setattr_times", w_setattr_times, lean=RAW),
     Workload("open_release", w_open_release, "OPEN+RELEASE"),
     Workload("close_lock_held", w_close_lock_held, "OPEN+FLUSH+RELEASE", hold_lock=True),
@@ -543,9 +551,9 @@ WORKLOADS = [
     Workload("lock_close", w_lock_close, "OPEN+SETLK(lock)+SETLK(unlock)+FLUSH+RELEASE"),
     Workload("read4k", _io(Opcode.READ, 4096), lean=("READ", 4096)),
     Workload("read128k", _io(Opcode.READ, 128 << 10), lean=("READ", 128 << 10)),
-    Workload("read1m", _io(Opcode.READ, 1 << 20)),
+    Workload("read1m", _io(Opcode.READ, 1 << 20), lean=("READ", 1 << 20)),
     Workload("write4k", _io(Opcode.WRITE, 4096), lean=("WRITE", 4096)),
-    Workload("write128k", _io(Opcode.WRITE, 128 << 10)),
+    Workload("write128k", _io(Opcode.WRITE, 128 << 10), lean=("WRITE", 128 << 10)),
     Workload("write1m", _io(Opcode.WRITE, 1 << 20), lean=("WRITE", 1 << 20)),
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
@@ -554,6 +562,8 @@ BY_NAME = {w.name: w for w in WORKLOADS}
 def raw_requests(workload, ctx, depth):
     """The C driver's requests of a RAW workload, one per slot (the request of each slot's
     cycle number ``slot``), and the error it expects (a negative errno, or 0)."""
+    if workload.lean != RAW:
+        raise ValueError(f"{workload.name} has no form for the C driver")
     requests, oks = [], set()
     for slot in range(depth):
         gen = workload.run(ctx, slot, slot)
@@ -647,21 +657,24 @@ class Session:
         init = self.client.init()
         self.setxattr_ext = bool(init.all_flags & abi.FUSE_SETXATTR_EXT)
         self.node = {n: self.client.lookup(ROOT, n).nodeid
-                     for n in ("data", "copy", "small", "plain", "trunc", "sym", "dir", "w",
+                     for n in ("data", "small", "plain", "sym", "dir", "w",
                                "n")}
         self.fh = {n: self.client.open(self.node[n], os.O_RDWR).fh
-                   for n in ("data", "copy", "plain")}
+                   for n in ("data", "plain")}
         # A guest renames only what it has looked up (the reference answers EIO otherwise).
         for i in range(SLOTS):
             self.client.lookup(self.node["w"], f"r{i}")
         self.fh["dir"] = self.client.opendir(self.node["dir"]).fh
         y = self.client.lookup(ROOT, "y").nodeid
-        self.sync_file, self.sync_dir = [], []
+        self.slot_file, self.slot_dir, self.slot_attr, self.slot_copy = [], [], [], []
         for i in range(SLOTS):
             node = self.client.lookup(y, f"f{i:02}").nodeid
-            self.sync_file.append((node, self.client.open(node, os.O_RDWR).fh))
+            self.slot_file.append((node, self.client.open(node, os.O_RDWR).fh))
             node = self.client.lookup(y, f"d{i:02}").nodeid
-            self.sync_dir.append((node, self.client.opendir(node).fh))
+            self.slot_dir.append((node, self.client.opendir(node).fh))
+            self.slot_attr.append(self.client.lookup(y, f"t{i:02}").nodeid)
+            node = self.client.lookup(y, f"c{i:02}").nodeid
+            self.slot_copy.append((node, self.client.open(node, os.O_RDWR).fh))
         self.payload = os.urandom(1 << 20)
 
     def _held_lock(self, take):
@@ -709,7 +722,7 @@ class Session:
             load.close()
         return {"requests": r["requests"], "cycles": r["requests"], "wall_s": r["wall_s"],
                 "driver_cpu_s": r["driver_cpu_s"], "kicks": r["kicks"],
-                "backend_cpu_s": backend}
+                "publishes": r["publishes"], "backend_cpu_s": backend}
 
     def close(self):
         micro.stop_daemon(self.proc, self.frontend, self.sock)
@@ -955,6 +968,8 @@ def main(argv=None):
         if n not in BY_NAME:
             p.error(f"unknown workload {n}")
     depths = [int(d) for d in args.depths.split(",")]
+    if max(depths) > SLOTS or min(depths) < 1:
+        p.error(f"depths run from 1 to {SLOTS} (the slots' own files and names)")
     commit = _git_commit()   # the commit measured, taken before a run a commit may outlast
     results, threads = measure(names, depths, args.seconds, args.rounds, args.cache,
                                lean=not args.no_lean, extra=args.fastvfs_arg)
@@ -978,7 +993,8 @@ def main(argv=None):
                f"both ways, each request published on its own and a kick whenever the device's "
                f"avail_event asks for one, single thread; lean and c-guest: the C closed-loop "
                f"driver of bench.micro, same ring features and layout, chains built once, for "
-               f"every workload of one request sent again unchanged (all but the cycles), "
+               f"every workload of one request sent again unchanged (all but the cycles and "
+               f"SETATTR of the size), "
                f"lean publishing once per round of completions reaped, c-guest each request "
                f"on its own with a kick whenever avail_event asks for one.")
     output.write(args.out, config, results, markdown(results, config))

@@ -18,13 +18,14 @@ length of a run and does what the guest's virtio driver does, without the GIL:
 * completions are reaped until the used ring is empty; only then is ``used_event`` armed and the
   thread put to sleep on the call eventfd (Linux's ``virtqueue_enable_cb`` before sleeping).
 
-Every reply's ``fuse_out_header`` is checked (length = used length, unique, error: 0, or the
-run's ``ok_error`` where the workload expects one, such as ENOENT for a missing name).  The run
+Every reply's ``fuse_out_header`` is checked (length = used length, unique, error: 0, or
+exactly the run's ``ok_error`` where the workload expects one, such as ENOENT for a missing
+name).  The run
 reports the requests done, the wall time and the driver thread's own CPU time, so a figure bound
 by the driver shows as such.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport INT32_MIN, UINT64_MAX, uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 from libc.errno cimport errno, EINTR
@@ -43,6 +44,10 @@ cdef inline double _clock(int clk) noexcept nogil:
     cdef timespec ts
     clock_gettime(clk, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# ``_check``'s answer for a reply that breaks the protocol (length, unique): no errno.
+MALFORMED = INT32_MIN
 
 
 cdef struct Slot:
@@ -87,8 +92,8 @@ cdef class LeanQueue:
                  int call_fd, uint16_t avail_idx, uint16_t last_used_idx, slots,
                  uint64_t span=1, uint64_t block=0, uint64_t first_unique=1 << 40, seed=1,
                  bint publish_each=False, int ok_error=0):
-        if ok_error > 0 or ok_error == -1:
-            raise ValueError("ok_error is a negative errno other than -1 (a malformed reply)")
+        if ok_error > 0 or ok_error == INT32_MIN:
+            raise ValueError("ok_error is 0 or a negative errno")
         self.ok_error = ok_error
         self.avail = <uint8_t *>avail
         self.publish_each = publish_each
@@ -164,7 +169,7 @@ cdef class LeanQueue:
         memcpy(&unique, s.out + 8, 8)
         if olen != length or unique != s.unique or (s.expect_len and length != s.expect_len
                                                     and error == 0):
-            return -1
+            return INT32_MIN
         return error
 
     def run(self, double seconds, uint64_t max_requests=0):
@@ -229,9 +234,9 @@ cdef class LeanQueue:
                         break
                     head = <uint16_t>id32
                     rc = self._check(head, length)
-                    if rc != 0 and rc != self.ok_error:
+                    if rc != self.ok_error:
                         self.errors += 1
-                        if self.first_error == 0:
+                        if self.errors == 1:
                             self.first_error = rc
                     done += 1
                     if running:
@@ -272,8 +277,8 @@ def native_io(int fd, uint64_t size, uint64_t span, double seconds, bint write, 
     out of) ``buffers`` buffers of ``size`` bytes in turn (as many as a queue has requests in
     flight: the memory the data goes to is then as large as the backend's, not one buffer
     kept in the CPU's cache)."""
-    if buffers < 1:
-        raise ValueError("buffers must be at least 1")
+    if size == 0 or buffers < 1 or buffers > UINT64_MAX // size:
+        raise ValueError("size and buffers must be positive, their product a size")
     cdef uint8_t *mem = <uint8_t *>malloc(size * buffers)
     cdef uint8_t *buf
     cdef uint64_t rng = (<uint64_t>seed) * 0x9E3779B97F4A7C15ULL | 1, done = 0

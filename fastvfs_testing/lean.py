@@ -13,13 +13,14 @@ carries on from the indices the run left.
 """
 
 import ctypes
+import errno
 import os
 import random
 
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
 from fastvfs_testing import virtq
-from fastvfs_testing._lean import LeanQueue
+from fastvfs_testing._lean import MALFORMED, LeanQueue
 
 PAGE_SIZE = 4096
 FIRST_UNIQUE = 1 << 40
@@ -49,7 +50,8 @@ def _scattered_order(count, rng):
 
 
 class LeanLoad:
-    """``depth`` copies of one request kept in flight on ``frontend.queues[queue]``.
+    """``depth`` requests kept in flight on ``frontend.queues[queue]``: copies of one request,
+    or the given ones (RAW).
 
     ``op``: "GETATTR", "LOOKUP" (``name`` in ``nodeid``), "READ" or "WRITE" (``size`` bytes at
     random ``size``-aligned offsets below ``file_size`` of handle ``fh``), or "RAW": the
@@ -68,6 +70,8 @@ class LeanLoad:
     def __init__(self, frontend, queue, op, depth, *, nodeid=0, fh=0, size=0, file_size=0,
                  name=b"data", seed=1, uid=0, gid=0, publish_each=False, pages="contiguous",
                  requests=(), ok_error=0):
+        if ok_error > 0 or ok_error == MALFORMED:
+            raise ValueError("ok_error is 0 or a negative errno")
         if pages not in ("contiguous", "scattered"):
             raise ValueError(f"pages must be contiguous or scattered, not {pages!r}")
         self.scatter = random.Random(seed) if pages == "scattered" else None
@@ -91,15 +95,15 @@ class LeanLoad:
                 else:
                     form = self._form(op, nodeid, fh, size, name, payload)
                 slots.append(self._build(op, form, uid, gid))
+            span = max(1, file_size // size) if size else 1
+            self.lean = LeanQueue(
+                _host_address(self.memory, vq.avail_addr, virtq.avail_ring_size(vq.size)),
+                _host_address(self.memory, vq.used_addr, virtq.used_ring_size(vq.size)),
+                vq.size, vq.event_idx, vq.kick_fd, vq.call_fd, vq.avail_idx, vq.last_used_idx,
+                slots, span, size, FIRST_UNIQUE + queue, seed, publish_each, ok_error)
         except BaseException:
             self.close()
             raise
-        span = max(1, file_size // size) if size else 1
-        self.lean = LeanQueue(
-            _host_address(self.memory, vq.avail_addr, virtq.avail_ring_size(vq.size)),
-            _host_address(self.memory, vq.used_addr, virtq.used_ring_size(vq.size)),
-            vq.size, vq.event_idx, vq.kick_fd, vq.call_fd, vq.avail_idx, vq.last_used_idx,
-            slots, span, size, FIRST_UNIQUE + queue, seed, publish_each, ok_error)
 
     def _alloc(self, data_or_len, align=8):
         length = data_or_len if isinstance(data_or_len, int) else len(data_or_len)
@@ -193,8 +197,13 @@ class LeanLoad:
             vq.avail_idx = vq.published_idx = self.lean.avail_idx
             vq.last_used_idx = self.lean.last_used_idx
         if result["errors"]:
-            raise OSError(-result["first_error"] if result["first_error"] < -1 else 0,
-                          f"{result['errors']} requests failed (first: {result['first_error']})")
+            first = result["first_error"]
+            if first == MALFORMED or first == 0:
+                what = "a malformed reply" if first else "success where an error was expected"
+                raise OSError(errno.EPROTO, f"{result['errors']} requests failed (the first: "
+                                            f"{what})")
+            raise OSError(-first, f"{result['errors']} requests failed (first: "
+                                  f"{os.strerror(-first)})")
         return result
 
     def close(self):

@@ -32,11 +32,27 @@ def test_the_c_driver_serves_single_request_workloads_on_both_daemons():
     assert any(line.startswith("| statfs | 4 | c-guest | request |") for line in rows)
 
 
-def test_the_c_driver_counts_an_unexpected_error(tmp_path):
-    """A RAW request answered with an error other than the one it expects fails the run."""
+def test_the_c_driver_counts_an_unexpected_answer_and_publishes_as_told(tmp_path):
+    """A RAW request answered otherwise than it expects (another error, or success where it
+    expects an error) fails the run; c-guest publishes each request on its own, lean once per
+    round of completions."""
     session = ops.Session("fastvfs", tmp_path, "auto")
     try:
+        statfs = ops.BY_NAME["statfs"]
+        guest = session.run_lean(statfs, 32, 0.1, ops.C_DRIVERS["c-guest"])
+        lean = session.run_lean(statfs, 32, 0.1, ops.C_DRIVERS["lean"])
+        assert guest["publishes"] >= guest["requests"] > 0
+        assert 0 < lean["publishes"] < lean["requests"] / 2
         missing = (Opcode.LOOKUP, abi.FUSE_ROOT_ID, b"absent\0", abi.ENTRY_OUT_SIZE, 0)
+        present = (Opcode.LOOKUP, abi.FUSE_ROOT_ID, b"data\0", abi.ENTRY_OUT_SIZE, 0)
+        load = LeanLoad(session.frontend, 1, "RAW", 4, requests=[present],
+                        ok_error=-errno.ENOENT)
+        try:
+            with pytest.raises(OSError) as exc:
+                load.run(0.05)
+            assert exc.value.errno == errno.EPROTO and "success" in str(exc.value)
+        finally:
+            load.close()
         for ok_error, fails in ((-errno.ENOENT, False), (0, True), (-errno.ENODATA, True)):
             load = LeanLoad(session.frontend, 1, "RAW", 4, requests=[missing],
                             ok_error=ok_error)

@@ -122,8 +122,11 @@ class FakeClient:
 class Ctx:
     node = {"w": 5, "plain": 6, "data": 7, "copy": 8}
     fh = {"data": 1, "copy": 2}
-    sync_file = [(100 + i, 300 + i) for i in range(ops.SLOTS)]
-    sync_dir = [(200 + i, 400 + i) for i in range(ops.SLOTS)]
+    slot_file = [(100 + i, 300 + i) for i in range(ops.SLOTS)]
+    slot_dir = [(200 + i, 400 + i) for i in range(ops.SLOTS)]
+    slot_attr = [500 + i for i in range(ops.SLOTS)]
+    slot_copy = [(600 + i, 700 + i) for i in range(ops.SLOTS)]
+    payload = bytes(4096)
 
 
 def test_drive_runs_whole_cycles_at_the_depth_and_counts_kicks():
@@ -158,11 +161,13 @@ class NodeClient(FakeClient):
         return done
 
 
-@pytest.mark.parametrize("name", ["fsync", "fsyncdir"])
-def test_syncs_in_flight_together_are_of_different_inodes(name):
-    """A Linux guest holds the inode's lock through its FSYNC or FSYNCDIR (fs/fuse/file.c
-    fuse_fsync, fs/fuse/dir.c fuse_dir_fsync): the guest-like driver never has two in flight
-    for one inode, whatever the depth."""
+@pytest.mark.parametrize("name", ["fsync", "fsyncdir", "write_fsync", "fallocate",
+                                  "setattr_mode", "setattr_owner", "setattr_size",
+                                  "setattr_times"])
+def test_locked_requests_in_flight_together_are_of_different_inodes(name):
+    """A Linux guest holds the inode's lock through its FSYNC, FSYNCDIR, FALLOCATE and SETATTR
+    (fuse_fsync, fuse_dir_fsync, fuse_file_fallocate, notify_change's callers): the driver
+    never has two of these in flight for one inode, whatever the depth."""
     client = NodeClient()
     r = ops.drive(client, ops.BY_NAME[name], Ctx(), ops.SLOTS, 0.02)
     assert client.max_in_flight == ops.SLOTS and r["requests"] > ops.SLOTS
@@ -171,11 +176,10 @@ def test_syncs_in_flight_together_are_of_different_inodes(name):
 
 class FullCtx:
     """Every node and handle a workload names."""
-    node = {n: 10 + i for i, n in enumerate(("data", "copy", "small", "plain", "trunc", "sym",
-                                             "dir", "w", "n"))}
-    fh = {"data": 1, "copy": 2, "plain": 3, "dir": 4}
-    sync_file = Ctx.sync_file
-    sync_dir = Ctx.sync_dir
+    node = {n: 10 + i for i, n in enumerate(("data", "small", "plain", "sym", "dir", "w", "n"))}
+    fh = {"data": 1, "plain": 3, "dir": 4}
+    slot_file, slot_dir, slot_attr, slot_copy = (Ctx.slot_file, Ctx.slot_dir, Ctx.slot_attr,
+                                                 Ctx.slot_copy)
     setxattr_ext = False
     payload = bytes(1 << 20)
 
@@ -195,11 +199,19 @@ def _requests_per_cycle(workload):
 
 
 def test_the_c_driver_runs_every_single_request_workload():
-    """Every workload of one request per cycle that needs no data of its own (not READ and
-    WRITE, which the C driver forms itself) has the C driver's RAW form; no cycle has."""
+    """Every workload of one request per cycle has a form for the C driver, its own (LOOKUP,
+    GETATTR, READ, WRITE at random offsets) or RAW, but SETATTR of the size, which sent again
+    unchanged would truncate to the size the file already has; no cycle has one."""
+    own = {"lookup_hit", "getattr"} | {w.name for w in ops.WORKLOADS
+                                       if re.fullmatch(r"(read|write)\d+[km]", w.name)}
     for w in ops.WORKLOADS:
-        single = _requests_per_cycle(w) == 1 and not re.fullmatch(r"(read|write)\d+[km]", w.name)
-        assert (w.lean == ops.RAW) == (single and w.name not in ("lookup_hit", "getattr")), w.name
+        single = _requests_per_cycle(w) == 1
+        if not single or w.name == "setattr_size":
+            assert not w.lean, w.name
+        elif w.name in own:
+            assert w.lean and w.lean[0] in ("LOOKUP", "GETATTR", "READ", "WRITE"), w.name
+        else:
+            assert w.lean == ops.RAW, w.name
 
 
 @pytest.mark.parametrize("w", [w for w in ops.WORKLOADS if w.lean == ops.RAW],
@@ -217,9 +229,10 @@ def test_raw_requests_are_each_slots_request(w):
     assert ok_error == expected.get(w.name, 0)
 
 
-def test_raw_requests_refuse_a_cycle():
+@pytest.mark.parametrize("name", ["create", "open_release", "setattr_size", "write4k"])
+def test_raw_requests_refuse_what_has_no_raw_form(name):
     with pytest.raises(ValueError):
-        ops.raw_requests(ops.BY_NAME["write4k"], FullCtx(), 1)
+        ops.raw_requests(ops.BY_NAME[name], FullCtx(), 1)
 
 
 def test_drive_expects_the_miss_and_reports_not_implemented():
