@@ -458,9 +458,10 @@ def markdown(results, config, multiqueue=None):
               "thread, into (out of) as many buffers in turn as the depth has requests in "
               "flight, measured interleaved with the backends: the ceiling of one thread "
               "copying, fastvfs's requests/s as a share of it in brackets (above 100 % where "
-              "io_uring's batched submission costs less than a system call per request). Wake-up floor: two threads "
-              "answering each other over two eventfds, each sleeping in poll and reading its "
-              "eventfd as the driver and a queue worker do, with no work in between, measured "
+              "io_uring's batched submission costs less than a system call per request). "
+              "Wake-up floor: two threads answering each other over two eventfds, each "
+              "sleeping in poll and reading its eventfd as the driver and a queue worker do, "
+              "with no work in between, measured "
               "interleaved with the backends; a request at depth 1 costs at least this round "
               "trip, so near 100 % the figure is the machine's cross-CPU wake-up, not the "
               "backend."]
@@ -573,6 +574,7 @@ def main(argv=None):
                                             cpus=backend_cpus, publish_each=each,
                                             pages=args.pages)
         try:
+            native_file = sessions["fastvfs"].shared / "data"
             for name in names:
                 opcode, size = WORKLOADS[name]
                 for depth in depths:
@@ -581,10 +583,9 @@ def main(argv=None):
                     kinds = backends + (["floor"] if depth == 1 else []) + \
                         (["native"] if size else [])
                     span = args.seconds / args.slices
-                    data = sessions["fastvfs"].shared / "data"
                     runs = interleaved(kinds, args.reps, args.slices, lambda b: (
                         floor_run(span, echo_cpu) if b == "floor" else
-                        host_native(data, size, span, opcode == "WRITE", depth)
+                        host_native(native_file, size, span, opcode == "WRITE", depth)
                         if b == "native" else sessions[b].run(opcode, size, depth, span)))
                     for b in backends:
                         row[b] = median_run(runs[b])

@@ -409,9 +409,7 @@ def w_flush(ctx, slot, seq):
 
 
 def w_fsync(ctx, slot, seq):
-    # Each slot syncs a file of its own: a Linux guest holds the inode's lock for the whole
-    # FSYNC (fs/fuse/file.c fuse_fsync), so it never has two in flight for one inode.
-    node, fh = ctx.slot_file[slot]
+    node, fh = ctx.slot_file[slot]     # each slot its own file (see make_tree)
     yield Req(Opcode.FSYNC, node, abi.fsync_in.pack(fh, 0, 0))
 
 
@@ -425,8 +423,7 @@ def w_write_fsync(ctx, slot, seq):
 
 
 def w_fsyncdir(ctx, slot, seq):
-    # Each slot syncs a directory of its own (fs/fuse/dir.c fuse_dir_fsync holds the lock too).
-    node, fh = ctx.slot_dir[slot]
+    node, fh = ctx.slot_dir[slot]      # each slot its own directory (see make_tree)
     yield Req(Opcode.FSYNCDIR, node, abi.fsync_in.pack(fh, 0, 0))
 
 

@@ -70,8 +70,6 @@ class LeanLoad:
     def __init__(self, frontend, queue, op, depth, *, nodeid=0, fh=0, size=0, file_size=0,
                  name=b"data", seed=1, uid=0, gid=0, publish_each=False, pages="contiguous",
                  requests=(), ok_error=0):
-        if ok_error > 0 or ok_error == MALFORMED:
-            raise ValueError("ok_error is 0 or a negative errno")
         if pages not in ("contiguous", "scattered"):
             raise ValueError(f"pages must be contiguous or scattered, not {pages!r}")
         self.scatter = random.Random(seed) if pages == "scattered" else None

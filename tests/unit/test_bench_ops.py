@@ -174,12 +174,10 @@ def test_locked_requests_in_flight_together_are_of_different_inodes(name):
     assert client.most_per_node == 1
 
 
-class FullCtx:
+class FullCtx(Ctx):
     """Every node and handle a workload names."""
     node = {n: 10 + i for i, n in enumerate(("data", "small", "plain", "sym", "dir", "w", "n"))}
     fh = {"data": 1, "plain": 3, "dir": 4}
-    slot_file, slot_dir, slot_attr, slot_copy = (Ctx.slot_file, Ctx.slot_dir, Ctx.slot_attr,
-                                                 Ctx.slot_copy)
     setxattr_ext = False
     payload = bytes(1 << 20)
 
