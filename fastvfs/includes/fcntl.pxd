@@ -1,4 +1,5 @@
-# C declarations of <fcntl.h> (glibc 2.36): fallocate, fcntl (with OFD locks), openat,
+# C declarations of <fcntl.h> (glibc 2.36): fallocate (with the FALLOC_FL_* modes of
+# <linux/falloc.h>, which it includes under _GNU_SOURCE), fcntl (with OFD locks), openat,
 # renameat2 (its RENAME_* flags from <stdio.h>, as glibc declares them under _GNU_SOURCE) and
 # the file-handle calls, with struct file_handle sized for the largest handle
 # (linux/exportfs.h MAX_HANDLE_SZ).
@@ -8,6 +9,7 @@ from libc.stdint cimport int64_t
 
 cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
+    enum: FALLOC_FL_KEEP_SIZE
     int fcntl(int fd, int cmd, ...)
     enum: F_GETFL, O_DIRECT
     # Open file description locks (fcntl(2), F_OFD_*) and their struct flock (off_t and pid_t

@@ -71,8 +71,8 @@ from fastvfs.includes.atomics cimport (fastvfs_acquire, fastvfs_add64, fastvfs_c
                                        fastvfs_store16)
 from fastvfs.includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLET, EPOLLIN,
                                      epoll_create1, epoll_ctl, epoll_event, epoll_wait)
-from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, F_RDLCK, O_ACCMODE, O_CREAT, O_EXCL,
-                                     O_RDONLY, O_TRUNC, fallocate)
+from fastvfs.includes.fcntl cimport (AT_REMOVEDIR, F_RDLCK, FALLOC_FL_KEEP_SIZE, O_ACCMODE,
+                                     O_CREAT, O_EXCL, O_RDONLY, O_TRUNC, fallocate)
 from fastvfs.includes.fuse_kernel cimport (FASTVFS_FUSE_UNIQUE_END, FUSE_BATCH_FORGET,
                                            FUSE_COPY_FILE_RANGE, FUSE_FALLOCATE, FUSE_FLUSH,
                                            FUSE_FORGET, FUSE_RELEASE_FLOCK_UNLOCK,

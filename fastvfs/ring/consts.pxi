@@ -36,5 +36,11 @@ cdef enum:
     # COPY_FILE_RANGE copies up to this much on the queue's thread; a larger one (up to 2 GiB
     # in one request) is the engine's, which runs it on the thread pool when there is one.
     COPY_FAST_MAX = 1 << 20
+    # FALLOCATE that only allocates (mode 0 or FALLOC_FL_KEEP_SIZE) up to this much runs on
+    # the queue's thread when the engine has no pool: the file system maps the range in a few
+    # extents without writing data, a cost near a GETATTR's, less than handing it to io-wq.
+    # A larger one, or one that punches, zeroes or shifts (which may write back the page
+    # cache first), goes through the ring unless it is alone (``sync_here``).
+    FALLOCATE_FAST_MAX = 1 << 20
     # Avail ring faults are logged at most this often.
     REPORT_INTERVAL_S = 10

@@ -247,11 +247,22 @@ cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
     return do_fsync(vq)
 
 
+cdef inline bint fallocate_here(Virtqueue vq, const fuse_fallocate_in *arg) noexcept nogil:
+    """FALLOCATE may run on the queue's thread: the engine has no pool, and the request is
+    alone (``sync_here``) or only allocates a range of at most FALLOCATE_FAST_MAX (consts.pxi:
+    no data written, nothing written back, a cost below the hand-over to io-wq)."""
+    if vq.cfg.engine_pool:
+        return False
+    return sync_here(vq) or ((arg.mode & ~(<uint32_t>FALLOC_FL_KEEP_SIZE)) == 0
+                             and arg.length <= FALLOCATE_FAST_MAX)
+
+
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
-    """FALLOCATE: through the ring, beside what is in flight (``io_nodata``), so the queue
-    goes on serving while the file system allocates; fallocate(2) here where ``sync_here``
-    allows (alone, and no thread pool), or when the queue has no ring or no room in it and the
-    engine has no pool (with one: the engine's)."""
+    """FALLOCATE: fallocate(2) here where ``fallocate_here`` allows (no thread pool, and alone
+    or a small allocation), or when the queue has no ring or no room in it and the engine has
+    no pool; else through the ring, beside what is in flight (``io_nodata``), so the queue goes
+    on serving while the file system allocates (with a pool and no ring or no room in it: the
+    engine's)."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
@@ -270,7 +281,7 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
             vq.handles.release(arg.fh)
             vq._reply(rc, NULL, 0)
             return 1
-    sqe = io_nodata_sqe(vq, fd, arg.fh) if not sync_here(vq) else NULL
+    sqe = io_nodata_sqe(vq, fd, arg.fh) if not fallocate_here(vq, arg) else NULL
     if sqe != NULL:
         io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
                                 <int64_t>arg.length)

@@ -831,6 +831,25 @@ class TestFastPath:
         h.handles.remove(fh)
         assert h.handles.count == 0          # every reference given back
 
+    def test_small_fallocate_on_the_queue_thread(self, file_harness):
+        """With io_uring and no thread pool, a FALLOCATE that only allocates (mode 0 or
+        KEEP_SIZE) at most FALLOCATE_FAST_MAX is served on the queue's thread even with other
+        requests published; a larger one, and one that punches, go through the ring."""
+        h, fh, path = file_harness
+        if h.engine == "sync":
+            pytest.skip("a synchronous queue has no ring: every FALLOCATE is served in place")
+        modes = [(0, 4096, 0), (1 << 20, 1 << 20, 1),                     # allocations
+                 (4 << 20, 2 << 20, 0), (4096, 4096, 3)]                  # larger, PUNCH_HOLE
+        replies = h.roundtrip_many([([request(abi.Opcode.FALLOCATE, abi.fallocate_in.pack(
+            fh, offset, length, mode, 0), unique=30 + i)], [16])
+            for i, (offset, length, mode) in enumerate(modes)])
+        assert [out_header(r) for r in replies] == [(16, 0, 30 + i) for i in range(4)]
+        # The two small allocations here; the last may find the others done and be alone.
+        assert h.vq.inline_syncs in (2, 3)
+        assert path.stat().st_size == 6 << 20
+        assert path.read_bytes()[4096:8192] == bytes(4096)
+        assert h.seen == []
+
     def test_read_only_share_leaves_modifications_to_the_engine(self, harness, tmp_path):
         """On a read-only share WRITE and FALLOCATE go to the engine (which refuses them with
         EROFS); READ is still served in C."""
