@@ -16,6 +16,15 @@ cdef inline bint sync_here(Virtqueue vq) noexcept nogil:
     return not vq.cfg.engine_pool and io_alone(vq)
 
 
+cdef inline void settle(Virtqueue vq) noexcept nogil:
+    """Before the queue's thread blocks in a call that may take long (a sync, a large
+    allocation): the I/O in flight is answered and every reply published, so that none waits
+    behind the call, as before the engine is asked (``_drain_fast``)."""
+    if vq.io.nflight:
+        io_flush(vq)
+    used_flush(vq)
+
+
 cdef inline bint _lone(Virtqueue vq) noexcept nogil:
     """``io_alone``, and no recent lone READ that would have blocked."""
     if vq.io.lone_skip:

@@ -231,6 +231,7 @@ cdef int do_fsync(Virtqueue vq) noexcept nogil:
         io_nodata(vq, sqe)
         return 1
     vq.io.inline_syncs += 1
+    settle(vq)
     if (fdatasync(fd) if datasync else fsync(fd)) < 0:
         rc = -errno
     vq.handles.release(fh)
@@ -247,14 +248,18 @@ cdef int do_fsyncdir(Virtqueue vq) noexcept nogil:
     return do_fsync(vq)
 
 
+cdef inline bint fallocate_small(const fuse_fallocate_in *arg) noexcept nogil:
+    """The FALLOCATE only allocates (mode 0 or FALLOC_FL_KEEP_SIZE) at most FALLOCATE_FAST_MAX
+    (consts.pxi): no data written, nothing written back, a cost below the hand-over to
+    io-wq."""
+    return (arg.mode & ~(<uint32_t>FALLOC_FL_KEEP_SIZE)) == 0 and \
+        arg.length <= FALLOCATE_FAST_MAX
+
+
 cdef inline bint fallocate_here(Virtqueue vq, const fuse_fallocate_in *arg) noexcept nogil:
     """FALLOCATE may run on the queue's thread: the engine has no pool, and the request is
-    alone (``sync_here``) or only allocates a range of at most FALLOCATE_FAST_MAX (consts.pxi:
-    no data written, nothing written back, a cost below the hand-over to io-wq)."""
-    if vq.cfg.engine_pool:
-        return False
-    return sync_here(vq) or ((arg.mode & ~(<uint32_t>FALLOC_FL_KEEP_SIZE)) == 0
-                             and arg.length <= FALLOCATE_FAST_MAX)
+    alone (``sync_here``) or small (``fallocate_small``)."""
+    return not vq.cfg.engine_pool and (sync_here(vq) or fallocate_small(arg))
 
 
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
@@ -293,6 +298,8 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
         return 0
     if vq.io.uring != NULL:
         vq.io.inline_syncs += 1
+    if not fallocate_small(arg):
+        settle(vq)
     if fallocate(fd, <int>arg.mode, <int64_t>arg.offset, <int64_t>arg.length) < 0:
         rc = -errno
     vq.handles.release(arg.fh)

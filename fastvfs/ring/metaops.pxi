@@ -44,14 +44,15 @@ cdef int do_syncfs(Virtqueue vq) noexcept nogil:
     """SYNCFS as the engine's (PassthroughFs.syncfs): the host file system of the node when
     it is a directory (with announced submounts a submount's root is a superblock of its own
     in the guest), else of the share's root, synced by ``sync_dir_fs``.  A sync may hold the
-    queue's thread for long, so it is served here only where ``sync_here`` allows (alone,
-    and no thread pool: the engine would hold the thread as well); else it is the engine's.
+    queue's thread for long: with a thread pool it is the engine's (its pool runs it); without
+    one the engine would hold this thread as well, so it is served here, after what is in
+    flight is answered and every reply published (``settle``), as before the engine is asked.
     Left to the engine too: a directory held by file handle that no longer opens."""
     cdef uint64_t nodeid = vq.req.hdr.h.nodeid
     cdef int rc
     cdef int fd
     cdef bint directory
-    if not sync_here(vq):
+    if vq.cfg.engine_pool:
         return 0
     # The node's type first (a reference, no reopen of a node held by file handle).
     if not vq.inodes._ref(nodeid):
@@ -67,6 +68,7 @@ cdef int do_syncfs(Virtqueue vq) noexcept nogil:
     if fd < 0:
         vq._reply(-ENOENT, NULL, 0)  # forgotten meanwhile
         return 1
+    settle(vq)
     rc = sync_dir_fs(fd)
     vq.inodes.release(nodeid)
     vq._reply(rc, NULL, 0)
