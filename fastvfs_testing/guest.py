@@ -52,9 +52,8 @@ BUSYBOX = "/bin/busybox"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 
 # What the guest needs for a virtio-fs device, the 9p shares and its overlay root; modules.dep
-# adds the rest.
-GUEST_MODULES = ("virtio_pci", "virtiofs", "fuse", "9p", "9pnet_virtio", "netfs", "fscache",
-                 "overlay")
+# adds the rest (netfs, and before Linux 6.8 fscache, which then became part of netfs).
+GUEST_MODULES = ("virtio_pci", "virtiofs", "fuse", "9p", "9pnet_virtio", "overlay")
 
 GUEST_MNT = "/fastvfs/mnt"
 GUEST_RESULTS = "/fastvfs/results"
@@ -266,9 +265,11 @@ def _run(argv: Sequence[str], **kwargs) -> str:
 
 
 def _resolve_kernel_package(package: str) -> str:
-    """Map a meta package (linux-image-amd64) to the versioned image it depends on; a versioned
-    name maps to itself. Refreshes the package lists once if the lookup finds nothing."""
-    versioned = re.compile(r"linux-image-[0-9]\S*")
+    """Map a meta package (linux-image-amd64, linux-image-6.12-amd64) to the versioned image it
+    depends on (linux-image-6.1.0-41-amd64, linux-image-6.12.118+deb12-amd64: three version
+    numbers); a versioned name maps to itself. Refreshes the package lists once if the lookup
+    finds nothing."""
+    versioned = re.compile(r"linux-image-[0-9]+\.[0-9]+\.[0-9]\S*")
     for refresh in (False, True):
         if refresh:
             _run(["apt-get", "update"])
@@ -277,7 +278,8 @@ def _resolve_kernel_package(package: str) -> str:
             continue
         if versioned.fullmatch(package):
             return package
-        match = re.search(r"^\s*Depends:\s*(linux-image-[0-9]\S*)\s*$", proc.stdout, re.M)
+        match = re.search(r"^\s*Depends:\s*(linux-image-[0-9]+\.[0-9]+\.[0-9]\S*)\s*$",
+                          proc.stdout, re.M)
         if match:
             return match.group(1)
     raise GuestError(f"apt cannot find a kernel image for {package}")
@@ -709,6 +711,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", help="keep the results share here")
     parser.add_argument("--cache-dir", help="kernel/initramfs cache (default $FASTVFS_CACHE or "
                                             "~/.cache/fastvfs)")
+    parser.add_argument("--kernel-package", default=KERNEL_META_PACKAGE,
+                        help="the Debian package of the guest kernel, a meta package such as "
+                             "linux-image-6.12-amd64 (bookworm-security) or a versioned one "
+                             f"(default {KERNEL_META_PACKAGE})")
     parser.add_argument("--console", action="store_true", help="print the serial console log")
     parser.add_argument("--prepare", action="store_true",
                         help="only fetch the kernel and build the initramfs, print their paths")
@@ -717,7 +723,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    kernel = ensure_kernel(args.cache_dir)
+    kernel = ensure_kernel(args.cache_dir, args.kernel_package)
     initramfs = build_initramfs(kernel, cache_dir=args.cache_dir)
     if args.prepare:
         print(f"kernel {kernel.version}: {kernel.vmlinuz}\ninitramfs: {initramfs}")
