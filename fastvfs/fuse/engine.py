@@ -83,9 +83,15 @@ class CachePolicy:
     always: long timeouts and kept caches: for a single writer.
     """
 
-    MODES = {"never": (0.0, abi.FOPEN_DIRECT_IO, 0),
+    # Direct I/O comes with FOPEN_PARALLEL_DIRECT_WRITES: every WRITE is a pwrite at its own
+    # offset (no file position, no per-handle state), so a Linux 6.2+ guest may send several
+    # direct writes to one file at once, under its inode's shared lock (fs/fuse/file.c,
+    # fuse_dio_wr_exclusive_lock: appending and growing writes still take it exclusively).
+    # Older guests ignore the flag.
+    DIRECT = abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES
+    MODES = {"never": (0.0, DIRECT, 0),
              "auto": (1.0, 0, 0),
-             "metadata": (86400.0, abi.FOPEN_DIRECT_IO, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR),
+             "metadata": (86400.0, DIRECT, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR),
              "always": (86400.0, abi.FOPEN_KEEP_CACHE, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR)}
     ALIASES = {"none": "never"}
 

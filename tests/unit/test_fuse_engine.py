@@ -468,10 +468,15 @@ def test_extensions_not_negotiated_are_refused(s):
     assert s.engine.handle(req, 4096)[0] == -errno.EINVAL
 
 
+# The open flags of --cache never and metadata: direct I/O, and several direct writes to one
+# file at once.
+DIRECT = abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES
+
+
 def test_cache_policy_timeouts_and_open_flags(tmp_path):
     (tmp_path / "f").write_text("x")
-    for mode, timeout, flags in (("never", 0, abi.FOPEN_DIRECT_IO), ("auto", 1, 0),
-                                 ("metadata", 86400, abi.FOPEN_DIRECT_IO),
+    for mode, timeout, flags in (("never", 0, DIRECT), ("auto", 1, 0),
+                                 ("metadata", 86400, DIRECT),
                                  ("always", 86400, abi.FOPEN_KEEP_CACHE)):
         sess = Session(tmp_path, mode)
         sess.init()
