@@ -268,12 +268,8 @@ def main(argv=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = {n: {k: statistics.median(v) for k, v in taken[n].items()} for n in names}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    except OSError:
-        commit = "?"
-    config = output.base_config(rounds=args.rounds, inodes=args.inodes, commit=commit,
+    config = output.base_config(rounds=args.rounds, inodes=args.inodes,
+                                commit=output.git_commit(),
                                 fastvfs_cmd=" ".join(argv_of("fastvfs", args.fastvfs, "SOCK",
                                                              "DIR", extra["fastvfs"])),
                                 reference_cmd=" ".join(argv_of("reference", None, "SOCK", "DIR")))

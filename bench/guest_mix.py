@@ -131,9 +131,7 @@ def main(argv=None):
         print(text[-3000:], file=sys.stderr)
         print(f"the guest's script failed ({status})", file=sys.stderr)
         return 1
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO).stdout.strip() or "?"
-    config = output.base_config(commit=commit, fastvfs_cmd=" ".join(
+    config = output.base_config(commit=output.git_commit(), fastvfs_cmd=" ".join(
         [args.fastvfs, "--socket-path", "SOCK", "--shared-dir", "DIR", *args.fastvfs_arg]))
     output.write(args.out, config, doc, markdown(config, doc))
     print(markdown(config, doc))

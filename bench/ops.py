@@ -38,7 +38,6 @@ import fcntl
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -853,14 +852,6 @@ def markdown(results, config):
     return "\n".join(lines) + "\n"
 
 
-def _git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def _fs_type(path):
     best = ("", "?")
     with open("/proc/mounts") as f:
@@ -967,7 +958,7 @@ def main(argv=None):
     depths = [int(d) for d in args.depths.split(",")]
     if max(depths) > SLOTS or min(depths) < 1:
         p.error(f"depths run from 1 to {SLOTS} (the slots' own files and names)")
-    commit = _git_commit()   # the commit measured, taken before a run a commit may outlast
+    commit = output.git_commit()   # the commit measured, taken before a run a commit may outlast
     results, threads = measure(names, depths, args.seconds, args.rounds, args.cache,
                                lean=not args.no_lean, extra=args.fastvfs_arg)
     config = output.base_config(

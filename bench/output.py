@@ -5,7 +5,25 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit():
+    """The commit measured: HEAD's short hash, with ``+dirty`` when tracked files differ from
+    it (figures taken on an uncommitted change say so), or ``unknown`` outside a checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=REPO).stdout.strip()
+        if not head:
+            return "unknown"
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=REPO,
+                               capture_output=True).returncode == 1
+    except OSError:
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def base_config(**fields):

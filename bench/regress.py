@@ -20,12 +20,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import micro, ops
+from bench import micro, ops, output
 
 OPS_SECONDS = 0.5
 WORKLOADS = [("getattr", 1), ("getattr", 32), ("lookup", 1), ("read4k", 1), ("read4k", 32),
@@ -86,14 +85,6 @@ def format_rows(rows, threshold):
     return "\n".join(out)
 
 
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.regress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,7 +114,7 @@ def main(argv=None):
     rows, ok = compare(results, baseline.get("ratios", {}), args.threshold)
     print(format_rows(rows, args.threshold))
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    record = {"date": stamp, "commit": commit(), "seconds": args.seconds,
+    record = {"date": stamp, "commit": output.git_commit(), "seconds": args.seconds,
               "ratios": {k: r["ratio"] for k, r in results.items()}, "results": results,
               "ops": ops_results,
               "prefix": args.fastvfs_prefix}
