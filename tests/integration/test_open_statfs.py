@@ -30,13 +30,8 @@ def _descriptors(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-# The open flags of --cache never and metadata: direct I/O, and several direct writes to one
-# file at once.
-DIRECT = abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES
-
-
 @pytest.mark.parametrize("sandbox", ["namespace", "chroot"])
-@pytest.mark.parametrize("cache,open_flags", [("never", DIRECT),
+@pytest.mark.parametrize("cache,open_flags", [("never", abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES),
                                               ("always", abi.FOPEN_KEEP_CACHE)])
 def test_open_and_statfs(custom, sandbox, cache, open_flags):
     frontend, client, shared = custom("--sandbox", sandbox, "--cache", cache)

@@ -368,9 +368,8 @@ def test_fsyncdir(pair):
 def test_syncfs(pair):
     """SYNCFS of the root, a directory, a file and a symlink (the root's file system), of a
     node forgotten and of ids never given out (ENOENT): the same replies in C as from the
-    engine.  Without a thread pool it is served in C with other requests waiting too, after
-    the I/O in flight is answered (its reply comes first); with a pool it is the engine's (a
-    sync may take long)."""
+    engine.  Without a thread pool it is served in C with other requests waiting too; with a
+    pool it is the engine's (a sync may take long)."""
     nodes = [abi.FUSE_ROOT_ID, pair.lookup(b"d"), pair.lookup(b"f"), pair.lookup(b"link")]
     gone = pair.lookup(b"entry-000", parent=nodes[1])
     pair.in_python(request(abi.Opcode.FORGET, abi.forget_in.pack(1), nodeid=gone), 0)
@@ -855,14 +854,9 @@ def test_open_and_create_remember_o_direct(tmp_path, io_engine, allow_direct_io)
         pair.close()
 
 
-# The open flags of --cache never and metadata: direct I/O, and several direct writes to one
-# file at once.
-DIRECT = abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES
-
-
 def test_open_answers_cache_mode_flags(tmp_path, io_engine):
-    for cache, flags in (("never", DIRECT), ("always", abi.FOPEN_KEEP_CACHE),
-                         ("auto", 0)):
+    for cache, flags in (("never", abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES),
+                         ("always", abi.FOPEN_KEEP_CACHE), ("auto", 0)):
         pair = _make_pair(tmp_path / cache, io_engine, cache=cache)
         try:
             reply = pair.in_c(_open(pair.lookup(b"f"), os.O_RDONLY), [32])
