@@ -278,8 +278,7 @@ def _resolve_kernel_package(package: str) -> str:
             continue
         if versioned.fullmatch(package):
             return package
-        match = re.search(r"^\s*Depends:\s*(linux-image-[0-9]+\.[0-9]+\.[0-9]\S*)\s*$",
-                          proc.stdout, re.M)
+        match = re.search(rf"^\s*Depends:\s*({versioned.pattern})\s*$", proc.stdout, re.M)
         if match:
             return match.group(1)
     raise GuestError(f"apt cannot find a kernel image for {package}")

@@ -18,8 +18,8 @@ cdef inline bint sync_here(Virtqueue vq) noexcept nogil:
 
 cdef inline void settle(Virtqueue vq) noexcept nogil:
     """Before the queue's thread blocks in a call that may take long (a sync, a large
-    allocation): the I/O in flight is answered and every reply published, so that none waits
-    behind the call, as before the engine is asked (``_drain_fast``)."""
+    allocation) or hands a request to the engine (``_drain_fast``): the I/O in flight is
+    answered and every reply published, so that none waits behind it."""
     if vq.io.nflight:
         io_flush(vq)
     used_flush(vq)

@@ -256,10 +256,10 @@ cdef inline bint fallocate_small(const fuse_fallocate_in *arg) noexcept nogil:
         arg.length <= FALLOCATE_FAST_MAX
 
 
-cdef inline bint fallocate_here(Virtqueue vq, const fuse_fallocate_in *arg) noexcept nogil:
+cdef inline bint fallocate_here(Virtqueue vq, bint small) noexcept nogil:
     """FALLOCATE may run on the queue's thread: the engine has no pool, and the request is
-    alone (``sync_here``) or small (``fallocate_small``)."""
-    return not vq.cfg.engine_pool and (sync_here(vq) or fallocate_small(arg))
+    alone (``sync_here``) or ``small`` (``fallocate_small``)."""
+    return not vq.cfg.engine_pool and (small or sync_here(vq))
 
 
 cdef int do_fallocate(Virtqueue vq) noexcept nogil:
@@ -269,6 +269,7 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
     on serving while the file system allocates (with a pool and no ring or no room in it: the
     engine's)."""
     cdef const fuse_fallocate_in *arg = &vq.req.hdr.arg.fallocate
+    cdef bint small = fallocate_small(arg)
     cdef io_uring_sqe *sqe
     cdef int fd, rc = 0
     if vq.cfg.engine_pool and vq.io.uring == NULL:
@@ -286,7 +287,7 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
             vq.handles.release(arg.fh)
             vq._reply(rc, NULL, 0)
             return 1
-    sqe = io_nodata_sqe(vq, fd, arg.fh) if not fallocate_here(vq, arg) else NULL
+    sqe = io_nodata_sqe(vq, fd, arg.fh) if not fallocate_here(vq, small) else NULL
     if sqe != NULL:
         io_uring_prep_fallocate(sqe, fd, <int>arg.mode, <int64_t>arg.offset,
                                 <int64_t>arg.length)
@@ -298,7 +299,7 @@ cdef int do_fallocate(Virtqueue vq) noexcept nogil:
         return 0
     if vq.io.uring != NULL:
         vq.io.inline_syncs += 1
-    if not fallocate_small(arg):
+    if not small:
         settle(vq)
     if fallocate(fd, <int>arg.mode, <int64_t>arg.offset, <int64_t>arg.length) < 0:
         rc = -errno

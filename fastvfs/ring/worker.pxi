@@ -270,9 +270,7 @@ cdef class Virtqueue:
             if not self._pop():
                 break
             if not serve_fast(self):
-                if self.io.nflight:
-                    io_flush(self)
-                used_flush(self)
+                settle(self)
                 return 1
         if self.io.uring != NULL:
             io_submit(self)
