@@ -18,12 +18,14 @@ request queue, closed loop.  Workloads whose steps depend on each other (CREATE 
 UNLINK and FORGET) run as cycles, ``depth`` of them at once, reported per cycle.  The Python
 driver costs tens of microseconds per request: its own CPU share is reported beside each figure,
 and where it is near 100 % the requests/s figure measures the driver, not the backend (CPU per
-request stays a backend figure).  Every workload of one request that can be sent again as it
-is (all but the cycles and SETATTR of the size) is also run by the C driver of ``bench.micro``
-(``fastvfs_testing.lean``), fast enough to keep a backend busy at depth 32, twice: "lean",
-publishing the requests once per round of completions reaped, and "c-guest", publishing each
-request on its own with the kick decided for each, as the Linux driver does (``bench.micro
---driver guest``).
+request stays a backend figure).  Every workload with a form for it is also run by the C
+driver of ``bench.micro`` (``fastvfs_testing.lean``), fast enough to keep a backend busy at
+depth 32, twice: "lean", publishing the requests once per round of completions reaped, and
+"c-guest", publishing each request on its own with the kick decided for each, as the Linux
+driver does (``bench.micro --driver guest``).  A workload of one request that can be sent
+again as it is runs as such (RAW); a cycle runs as a program (``cycle_program``), each step
+sent once the one before it is answered, with the node ids and handles earlier replies gave
+copied in.  SETATTR of the size and the two listings have no C form.
 
 Backend CPU is the run time of every thread of the started process and its descendants (both
 daemons serve from a child they fork into their sandbox), exited threads included (io_uring's
@@ -47,7 +49,7 @@ from pathlib import Path
 from bench import micro, output
 from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
-from fastvfs_testing.fuse_client import PAGE_SIZE, READLINK_SIZE, FuseClient
+from fastvfs_testing.fuse_client import PAGE_SIZE, READLINK_SIZE, FuseClient, Reply
 from fastvfs_testing.lean import LeanLoad
 
 REFERENCE = micro.REFERENCE
@@ -490,6 +492,7 @@ def _io(op, size):
 
 
 RAW = ("RAW", 0)
+CYCLE = ("CYCLE", 0)
 
 
 @dataclass(frozen=True)
@@ -498,31 +501,33 @@ class Workload:
     run: object
     cycle: str = ""     # the requests of one cycle, when reported per cycle
     lean: tuple = ()    # (op, size) for the C driver: its own request, or ("RAW", 0): the
-                        # workload's (one request per cycle, sent again unchanged)
+                        # workload's (one request per cycle, sent again unchanged), or
+                        # ("CYCLE", 0): its cycle (see cycle_program)
     hold_lock: bool = False     # a POSIX lock on "plain" is held through the run
 
 
 WORKLOADS = [
     Workload("lookup_hit", w_lookup_hit, lean=("LOOKUP", 0)),
     Workload("lookup_miss", w_lookup_miss, lean=RAW),
-    Workload("lookup_new", w_lookup_new, "LOOKUP+FORGET"),
+    Workload("lookup_new", w_lookup_new, "LOOKUP+FORGET", lean=CYCLE),
     Workload("getattr", w_getattr, lean=("GETATTR", 0)),
     Workload("setattr_mode", w_setattr_mode, lean=RAW),
     Workload("setattr_owner", w_setattr_owner, lean=RAW),
     Workload("setattr_size", w_setattr_size),
     Workload("setattr_times", w_setattr_times, lean=RAW),
-    Workload("open_release", w_open_release, "OPEN+RELEASE"),
-    Workload("close_lock_held", w_close_lock_held, "OPEN+FLUSH+RELEASE", hold_lock=True),
-    Workload("create", w_create, "CREATE+RELEASE+UNLINK+FORGET"),
-    Workload("mknod", w_mknod, "MKNOD+UNLINK+FORGET"),
-    Workload("mkdir", w_mkdir, "MKDIR+RMDIR+FORGET"),
-    Workload("symlink", w_symlink, "SYMLINK+UNLINK+FORGET"),
-    Workload("link", w_link, "LINK+UNLINK+FORGET"),
-    Workload("rename", w_rename),
-    Workload("rename2", w_rename2),
+    Workload("open_release", w_open_release, "OPEN+RELEASE", lean=CYCLE),
+    Workload("close_lock_held", w_close_lock_held, "OPEN+FLUSH+RELEASE", lean=CYCLE,
+             hold_lock=True),
+    Workload("create", w_create, "CREATE+RELEASE+UNLINK+FORGET", lean=CYCLE),
+    Workload("mknod", w_mknod, "MKNOD+UNLINK+FORGET", lean=CYCLE),
+    Workload("mkdir", w_mkdir, "MKDIR+RMDIR+FORGET", lean=CYCLE),
+    Workload("symlink", w_symlink, "SYMLINK+UNLINK+FORGET", lean=CYCLE),
+    Workload("link", w_link, "LINK+UNLINK+FORGET", lean=CYCLE),
+    Workload("rename", w_rename, lean=CYCLE),
+    Workload("rename2", w_rename2, lean=CYCLE),
     Workload("readlink", w_readlink, lean=RAW),
     Workload("statfs", w_statfs, lean=RAW),
-    Workload("opendir_releasedir", w_opendir, "OPENDIR+RELEASEDIR"),
+    Workload("opendir_releasedir", w_opendir, "OPENDIR+RELEASEDIR", lean=CYCLE),
     Workload("readdir", w_readdir, lean=RAW),
     Workload("readdirplus", w_readdirplus, lean=RAW),
     Workload("list", w_list, "OPENDIR+READDIRPLUS+READDIRPLUS+RELEASEDIR"),
@@ -532,10 +537,10 @@ WORKLOADS = [
     Workload("getxattr_miss", w_getxattr_miss, lean=RAW),
     Workload("listxattr_hit", w_listxattr_hit, lean=RAW),
     Workload("listxattr_empty", w_listxattr_empty, lean=RAW),
-    Workload("setxattr_removexattr", w_setxattr, "SETXATTR+REMOVEXATTR"),
+    Workload("setxattr_removexattr", w_setxattr, "SETXATTR+REMOVEXATTR", lean=CYCLE),
     Workload("flush", w_flush, lean=RAW),
     Workload("fsync", w_fsync, lean=RAW),
-    Workload("write_fsync", w_write_fsync, "WRITE+FSYNC"),
+    Workload("write_fsync", w_write_fsync, "WRITE+FSYNC", lean=CYCLE),
     Workload("fsyncdir", w_fsyncdir, lean=RAW),
     Workload("syncfs", w_syncfs, lean=RAW),
     Workload("fallocate", w_fallocate, lean=RAW),
@@ -543,8 +548,9 @@ WORKLOADS = [
     Workload("copy_file_range", w_copy_file_range, lean=RAW),
     Workload("ioctl", w_ioctl, lean=RAW),
     Workload("getlk", w_getlk, lean=RAW),
-    Workload("setlk", w_setlk, "SETLK(lock)+SETLK(unlock)"),
-    Workload("lock_close", w_lock_close, "OPEN+SETLK(lock)+SETLK(unlock)+FLUSH+RELEASE"),
+    Workload("setlk", w_setlk, "SETLK(lock)+SETLK(unlock)", lean=CYCLE),
+    Workload("lock_close", w_lock_close, "OPEN+SETLK(lock)+SETLK(unlock)+FLUSH+RELEASE",
+             lean=CYCLE),
     Workload("read4k", _io(Opcode.READ, 4096), lean=("READ", 4096)),
     Workload("read128k", _io(Opcode.READ, 128 << 10), lean=("READ", 128 << 10)),
     Workload("read1m", _io(Opcode.READ, 1 << 20), lean=("READ", 1 << 20)),
@@ -573,6 +579,76 @@ def raw_requests(workload, ctx, depth):
     if len(oks) != 1:
         raise ValueError(f"{workload.name} expects different errors in different slots")
     return requests, oks.pop()
+
+
+# A value no reply holds: the top 16 bits of each 8 bytes of the made-up replies
+# ``cycle_program`` feeds a workload, the rest naming the step and the offset they stand at.
+_MARK = 0x5EED
+
+
+def _marked(step, length):
+    words = b"".join(struct.pack("<Q", _MARK << 48 | step << 24 | off)
+                     for off in range(0, length, 8))
+    return words[:length]
+
+
+def _cycle_steps(workload, ctx, slot, seq, data_fill):
+    """The requests of one cycle of ``workload``, every reply a success whose fixed
+    out-arguments are marked (``_marked``) and whose data area is ``data_fill``."""
+    gen, steps, reply = workload.run(ctx, slot, seq), [], None
+    while True:
+        try:
+            req = gen.send(reply)
+        except StopIteration:
+            return steps
+        except (struct.error, ValueError, IndexError) as exc:
+            raise ValueError(f"{workload.name}: its cycle reads what its replies hold: "
+                             f"{exc}") from None
+        kw = req.kw
+        if kw.keys() - {"reply_len", "data_len", "data", "noreply"} or req.ok != (0,):
+            raise ValueError(f"{workload.name} has no form for the C driver")
+        reply = Reply(0, 0, _marked(len(steps), kw.get("reply_len", 0)),
+                      bytes([data_fill]) * kw.get("data_len", 0))
+        steps.append(req)
+        if len(steps) > 16:
+            raise ValueError(f"{workload.name}: a cycle of more than 16 requests")
+
+
+def cycle_program(workload, ctx, slot):
+    """The C driver's form of ``workload``'s cycle in ``slot``, as ``LeanLoad`` takes it with
+    op CYCLE: its steps ``(opcode, nodeid, in-arguments, data, reply_len, data_len, noreply,
+    patches)``.  Found by running the workload's generator on made-up replies: where a later
+    request carries 8 bytes of an earlier marked reply (a node id, a handle), the C driver
+    copies them from that step's real reply (a patch).  A workload whose requests depend on
+    anything else (a listing's contents, the cycle's number in its slot) has no such form:
+    ValueError."""
+    if workload.lean != CYCLE:
+        raise ValueError(f"{workload.name} has no cycle for the C driver")
+    runs = [_cycle_steps(workload, ctx, slot, seq, fill)
+            for seq, fill in ((0, 0), (1, 0), (2, 0), (0, 0xFF))]
+    if any([(r.opcode, r.nodeid, r.body, r.kw) for r in run] !=
+           [(r.opcode, r.nodeid, r.body, r.kw) for r in runs[0]] for run in runs[1:]):
+        raise ValueError(f"{workload.name}: its requests change from cycle to cycle")
+    program = []
+    for i, req in enumerate(runs[0]):
+        request = bytearray(abi.in_header.pack(0, req.opcode, 0, req.nodeid, 0, 0, 0, 0, 0)
+                            + req.body)
+        patches = []
+        for pos in [16] + list(range(abi.IN_HEADER_SIZE, len(request) - 7)):
+            value = struct.unpack_from("<Q", request, pos)[0]
+            if value >> 48 != _MARK:
+                continue
+            src, offset = value >> 24 & 0xFFFFFF, value & 0xFFFFFF
+            if src >= i:
+                raise ValueError(f"{workload.name}: step {i} carries a value of no earlier reply")
+            patches.append((src, offset, pos))
+            struct.pack_into("<Q", request, pos, 0)
+        kw = req.kw
+        program.append((req.opcode, struct.unpack_from("<Q", request, 16)[0],
+                        bytes(request[abi.IN_HEADER_SIZE:]), kw.get("data", b""),
+                        kw.get("reply_len", 0), kw.get("data_len", 0), bool(kw.get("noreply")),
+                        patches))
+    return program
 
 
 class NotImplementedByBackend(Exception):
@@ -695,8 +771,23 @@ class Session:
         return r
 
     def run_lean(self, workload, depth, seconds, publish_each=False):
+        # The held lock is taken and dropped by the Python driver, on the same queue: while
+        # the C driver owns the queue, outside its run.
+        if workload.hold_lock:
+            self._held_lock(True)
+        try:
+            return self._run_lean(workload, depth, seconds, publish_each)
+        finally:
+            if workload.hold_lock:
+                self._held_lock(False)
+
+    def _run_lean(self, workload, depth, seconds, publish_each):
         op, size = workload.lean
-        if op == "RAW":
+        if op == "CYCLE":
+            load = LeanLoad(self.frontend, 1, op, depth,
+                            programs=[cycle_program(workload, self, slot)
+                                      for slot in range(depth)], publish_each=publish_each)
+        elif op == "RAW":
             requests, ok_error = raw_requests(workload, self, depth)
             load = LeanLoad(self.frontend, 1, op, depth, requests=requests, ok_error=ok_error,
                             publish_each=publish_each)
@@ -716,7 +807,7 @@ class Session:
             backend = micro.cpu_seconds(self.proc.pid) - cpu0
         finally:
             load.close()
-        return {"requests": r["requests"], "cycles": r["requests"], "wall_s": r["wall_s"],
+        return {"requests": r["requests"], "cycles": r["cycles"], "wall_s": r["wall_s"],
                 "driver_cpu_s": r["driver_cpu_s"], "kicks": r["kicks"],
                 "publishes": r["publishes"], "backend_cpu_s": backend}
 
@@ -980,9 +1071,10 @@ def main(argv=None):
                f"indirect tables, READ/WRITE/READDIR data in page-sized descriptors, EVENT_IDX "
                f"both ways, each request published on its own and a kick whenever the device's "
                f"avail_event asks for one, single thread; lean and c-guest: the C closed-loop "
-               f"driver of bench.micro, same ring features and layout, chains built once, for "
-               f"every workload of one request sent again unchanged (all but the cycles and "
-               f"SETATTR of the size), "
+               f"driver of bench.micro, same ring features and layout, chains built once, "
+               f"every workload of one request sent again unchanged, every cycle run step by "
+               f"step with the node ids and handles its replies gave copied in (all workloads "
+               f"but SETATTR of the size and the two listings), "
                f"lean publishing once per round of completions reaped, c-guest each request "
                f"on its own with a kick whenever avail_event asks for one.")
     output.write(args.out, config, results, markdown(results, config))

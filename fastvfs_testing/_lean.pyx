@@ -9,6 +9,11 @@ length of a run and does what the guest's virtio driver does, without the GIL:
 * ``depth`` chains are built once, in guest memory, by the caller (indirect tables when
   VIRTIO_RING_F_INDIRECT_DESC is negotiated, as Linux does); a completed chain is re-published
   with a fresh ``unique`` and, for READ/WRITE, a fresh random offset;
+* or ``depth`` cycles of dependent requests (CREATE, RELEASE of the handle it returned, UNLINK,
+  FORGET of its node), each step a chain of its own: a completed step publishes the next step
+  of its cycle, after copying into it the values it takes from earlier replies (a handle, a
+  node id), and the last step starts the cycle again; a step with no reply (FORGET) has no
+  writable part and completes with a used length of 0;
 * the avail index is published once per reaping round and the device is kicked only when
   ``avail_event`` asks for it (VIRTIO_RING_F_EVENT_IDX, virtio 1.2 section 2.7.10); with
   ``publish_each`` every request is published on its own and the kick decided for each, as
@@ -50,18 +55,37 @@ cdef inline double _clock(int clk) noexcept nogil:
 MALFORMED = INT32_MIN
 
 
+# The most values one step of a cycle takes from earlier replies.
+cdef enum:
+    MAX_PATCHES = 4
+
+
+cdef struct Patch:
+    uint8_t *src            # 8 bytes of an earlier step's reply (a node id, a handle)
+    uint8_t *dst            # where they go in this step's request
+
+
 cdef struct Slot:
     uint8_t *req            # fuse_in_header (unique at +8)
     uint8_t *offset_field   # read_in/write_in offset, or NULL
-    uint8_t *out            # fuse_out_header
+    uint8_t *out            # fuse_out_header, or NULL: no reply (FORGET), used length 0
     uint64_t unique
     uint32_t expect_len     # 0: any length (READ may be short at EOF)
+    uint16_t next_head      # the chain published when this one completes (itself: one request)
+    bint last               # this chain's completion ends a cycle
+    int npatches
+    Patch patches[MAX_PATCHES]   # copied before this chain is published
 
 
 cdef class LeanQueue:
     """One queue's closed loop.  ``avail``/``used``: host addresses of the rings; indices as the
-    Python driver left them; ``slots``: ``[(head, req_addr, offset_addr or 0, out_addr,
-    expected reply length or 0)]`` with the chains already written."""
+    Python driver left them; ``slots``: ``[(head, req_addr, offset_addr or 0, out_addr or 0,
+    expected reply length or 0)]`` with the chains already written, each published again as it
+    completes; or, for cycles, ``[(head, req_addr, offset_addr or 0, out_addr or 0, expected
+    length or 0, next_head, first, last, [(src_addr, dst_addr)])]``: the chain ``next_head`` is
+    published when this one completes, the 8 bytes at each ``src_addr`` copied to its
+    ``dst_addr`` first; the ``first`` chains are published at the start, one per cycle in
+    flight; a ``last`` chain's completion counts a cycle."""
     cdef uint8_t *avail
     cdef uint8_t *used
     cdef uint16_t num
@@ -92,6 +116,7 @@ cdef class LeanQueue:
                  int call_fd, uint16_t avail_idx, uint16_t last_used_idx, slots,
                  uint64_t span=1, uint64_t block=0, uint64_t first_unique=1 << 40, seed=1,
                  bint publish_each=False, int ok_error=0):
+        cdef Slot *s
         if ok_error > 0 or ok_error == INT32_MIN:
             raise ValueError("ok_error is 0 or a negative errno")
         self.ok_error = ok_error
@@ -109,15 +134,31 @@ cdef class LeanQueue:
         if self.by_head == NULL or self.heads == NULL:
             raise MemoryError()
         self.nslots = 0
-        for head, req, offset, out, expect in slots:
-            if head >= num or self.nslots >= num:
+        seen = set()
+        for slot in slots:
+            head, req, offset, out, expect = slot[:5]
+            next_head, first, last, patches = slot[5:] if len(slot) > 5 else (head, True, True,
+                                                                               ())
+            if head >= num or next_head >= num or head in seen or len(patches) > MAX_PATCHES:
                 raise ValueError("bad slot")
-            self.by_head[head].req = <uint8_t *><uint64_t>req
-            self.by_head[head].offset_field = <uint8_t *><uint64_t>offset
-            self.by_head[head].out = <uint8_t *><uint64_t>out
-            self.by_head[head].expect_len = expect
-            self.heads[self.nslots] = head
-            self.nslots += 1
+            seen.add(head)
+            s = &self.by_head[head]
+            s.req = <uint8_t *><uint64_t>req
+            s.offset_field = <uint8_t *><uint64_t>offset
+            s.out = <uint8_t *><uint64_t>out
+            s.expect_len = expect
+            s.next_head = next_head
+            s.last = last
+            s.npatches = 0
+            for src, dst in patches:
+                s.patches[s.npatches].src = <uint8_t *><uint64_t>src
+                s.patches[s.npatches].dst = <uint8_t *><uint64_t>dst
+                s.npatches += 1
+            if first:
+                self.heads[self.nslots] = head
+                self.nslots += 1
+        if not self.nslots:
+            raise ValueError("no chain to start with")
         self.next_unique = first_unique
         self.span = span if span else 1
         self.block = block
@@ -126,6 +167,9 @@ cdef class LeanQueue:
     cdef inline void _prepare(self, uint16_t head) noexcept nogil:
         cdef Slot *s = &self.by_head[head]
         cdef uint64_t off
+        cdef int i
+        for i in range(s.npatches):
+            memcpy(s.patches[i].dst, s.patches[i].src, 8)
         self.next_unique += 2
         s.unique = self.next_unique
         memcpy(s.req + 8, &s.unique, 8)
@@ -164,6 +208,8 @@ cdef class LeanQueue:
         cdef uint32_t olen
         cdef int32_t error
         cdef uint64_t unique
+        if s.out == NULL:
+            return 0 if length == 0 else INT32_MIN
         memcpy(&olen, s.out, 4)
         memcpy(&error, s.out + 4, 4)
         memcpy(&unique, s.out + 8, 8)
@@ -178,7 +224,9 @@ cdef class LeanQueue:
         cdef int i, rc, idle_polls = 0
         cdef uint16_t used_idx, head, old
         cdef uint32_t length, id32
-        cdef uint64_t done = 0, counted = 0, counter, inflight = 0
+        cdef uint64_t done = 0, counted = 0, cycles = 0, counted_cycles = 0, counter
+        cdef uint64_t inflight = 0
+        cdef Slot *s
         cdef bint running = True, stalled = False, bad = False
         cdef double t0, t_end, cpu0, wall = 0, cpu_used = 0
         cdef pollfd pfd
@@ -239,7 +287,13 @@ cdef class LeanQueue:
                         if self.errors == 1:
                             self.first_error = rc
                     done += 1
-                    if running:
+                    s = &self.by_head[head]
+                    if s.last:
+                        cycles += 1
+                    if running or not s.last:
+                        # The next step of the cycle (the same request again, for one), or,
+                        # once the run is over, the rest of a cycle already started.
+                        head = s.next_head
                         self._prepare(head)
                         self._queue(head)
                         if self.publish_each:
@@ -255,17 +309,20 @@ cdef class LeanQueue:
                     running = False
                     wall = _clock(CLOCK_MONOTONIC) - t0
                     counted = done
+                    counted_cycles = cycles
                     cpu_used = _clock(CLOCK_THREAD_CPUTIME_ID) - cpu0
                 self._publish(old)
             if running:
                 wall = _clock(CLOCK_MONOTONIC) - t0
                 counted = done
+                counted_cycles = cycles
                 cpu_used = _clock(CLOCK_THREAD_CPUTIME_ID) - cpu0
         if stalled:
             raise TimeoutError(f"{inflight} requests got no answer for 10 s")
         if bad:
             raise RuntimeError("the device broke the used ring contract")
-        return {"requests": counted, "wall_s": wall, "driver_cpu_s": cpu_used, "kicks": self.kicks,
+        return {"requests": counted, "cycles": counted_cycles, "wall_s": wall,
+                "driver_cpu_s": cpu_used, "kicks": self.kicks,
                 "publishes": self.publishes,
                 "sleeps": self.sleeps, "errors": self.errors, "first_error": self.first_error}
 

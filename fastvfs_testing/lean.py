@@ -59,6 +59,14 @@ class LeanLoad:
     (the fixed out-arguments' size and the data area's, as ``FuseClient.submit`` takes them),
     chain ``i`` repeating ``requests[i % len(requests)]`` unchanged; its replies may be of any
     length up to that room, and ``ok_error`` (a negative errno) counts as an answer as 0 does.
+    Or "CYCLE": ``depth`` cycles of dependent requests, cycle ``i`` running
+    ``programs[i % len(programs)]``, a list of steps ``(opcode, nodeid, in-arguments, data,
+    reply_len, data_len, noreply, patches)``, each step a chain of its own sent when the one
+    before it is answered (the first after the last); ``patches``: ``(step, reply_offset,
+    request_offset)``, the 8 bytes at ``reply_offset`` of the fixed out-arguments of the
+    cycle's latest answer to ``step`` (an earlier one) copied to ``request_offset`` of this
+    step's request (its in header, then its in-arguments) before it is sent; a ``noreply``
+    step (FORGET) has no writable part.  Every step must succeed.
     ``publish_each``:
     publish every request on its own and decide the kick for each, as the Linux guest does,
     instead of once per round of completions reaped.  ``pages``: where the data pages of READ
@@ -69,7 +77,7 @@ class LeanLoad:
 
     def __init__(self, frontend, queue, op, depth, *, nodeid=0, fh=0, size=0, file_size=0,
                  name=b"data", seed=1, uid=0, gid=0, publish_each=False, pages="contiguous",
-                 requests=(), ok_error=0):
+                 requests=(), ok_error=0, programs=()):
         if pages not in ("contiguous", "scattered"):
             raise ValueError(f"pages must be contiguous or scattered, not {pages!r}")
         self.scatter = random.Random(seed) if pages == "scattered" else None
@@ -77,22 +85,28 @@ class LeanLoad:
         self.vq = vq = frontend.queues[queue]
         if vq.in_flight or vq.published_idx != vq.avail_idx:
             raise RuntimeError("the queue must be idle before a lean run")
-        if depth > vq.size:
-            raise ValueError(f"depth {depth} exceeds the queue size {vq.size}")
+        chains = depth * max(len(programs[i % len(programs)]) for i in range(depth)) \
+            if programs else depth
+        if chains > vq.size:
+            raise ValueError(f"{chains} chains exceed the queue size {vq.size}")
         self.owned = []
         self.desc_slots = []
         slots = []
         if (op == "RAW") != bool(requests):
             raise ValueError("requests are given with op RAW, and only then")
+        if (op == "CYCLE") != bool(programs):
+            raise ValueError("programs are given with op CYCLE, and only then")
         payload = os.urandom(size) if op == "WRITE" else b""
         try:
-            for i in range(depth):
+            for i in range(depth if op != "CYCLE" else 0):
                 if op == "RAW":
                     opcode, node, body, reply_len, data_len = requests[i % len(requests)]
                     form = (opcode, node, body, b"", reply_len, data_len, 0)
                 else:
                     form = self._form(op, nodeid, fh, size, name, payload)
-                slots.append(self._build(op, form, uid, gid))
+                slots.append(self._build(op, form, uid, gid)[:5])
+            for i in range(depth if op == "CYCLE" else 0):
+                slots += self._cycle(programs[i % len(programs)], uid, gid)
             span = max(1, file_size // size) if size else 1
             self.lean = LeanQueue(
                 _host_address(self.memory, vq.avail_addr, virtq.avail_ring_size(vq.size)),
@@ -145,7 +159,34 @@ class LeanLoad:
                 abi.write_out.size, 0, abi.OUT_HEADER_SIZE + abi.write_out.size
         raise ValueError(f"no lean form of {op}")
 
-    def _build(self, op, form, uid, gid):
+    def _cycle(self, program, uid, gid):
+        """The chains of one cycle, as ``LeanQueue`` takes them."""
+        built = []
+        for opcode, nodeid, body, data, reply_len, data_len, noreply, _ in program:
+            if noreply and (reply_len or data_len):
+                raise ValueError("a step with no reply has no room for one")
+            form = (opcode, nodeid, body, data, reply_len, data_len, 0)
+            built.append(self._build("CYCLE", form, uid, gid, noreply))
+        slots = []
+        for i, (step, chain) in enumerate(zip(program, built)):
+            patches = []
+            for src, reply_offset, request_offset in step[7]:
+                if not 0 <= src < i or reply_offset + 8 > program[src][4]:
+                    raise ValueError(f"step {i} takes from no earlier reply: {src}")
+                if request_offset + 8 > abi.IN_HEADER_SIZE + len(step[2]) or \
+                        abi.IN_HEADER_SIZE - 8 < request_offset < abi.IN_HEADER_SIZE:
+                    raise ValueError(f"step {i}: no 8 bytes at offset {request_offset}")
+                header, args = chain[5], chain[6]
+                dst = (header + request_offset if request_offset < abi.IN_HEADER_SIZE
+                       else args + request_offset - abi.IN_HEADER_SIZE)
+                patches.append((built[src][7] + reply_offset, dst))
+            nxt = built[(i + 1) % len(built)][0]
+            slots.append((*chain[:5], nxt, i == 0, i == len(built) - 1, patches))
+        return slots
+
+    def _build(self, op, form, uid, gid, noreply=False):
+        """``(head, request, offset field, out header, expected length, request, in-arguments,
+        fixed out-arguments)``: host addresses, 0 where absent."""
         opcode, nodeid, body, payload, reply_len, data_len, total = form
         header = abi.in_header.pack(abi.IN_HEADER_SIZE + len(body) + len(payload), opcode, 0,
                                     nodeid, uid, gid, 0, 0, 0)
@@ -153,10 +194,14 @@ class LeanLoad:
         readable = [(req, len(header))] + ([(self._alloc(body), len(body))] if body else [])
         if payload:
             readable += self._data(payload)
-        out = self._alloc(abi.OUT_HEADER_SIZE)
-        writable = [(out, abi.OUT_HEADER_SIZE)]
+        out = args = 0
+        writable = []
+        if not noreply:
+            out = self._alloc(abi.OUT_HEADER_SIZE)
+            writable = [(out, abi.OUT_HEADER_SIZE)]
         if reply_len:
-            writable.append((self._alloc(reply_len), reply_len))
+            args = self._alloc(reply_len)
+            writable.append((args, reply_len))
         if data_len:
             writable += self._data(data_len)
         entries = [(a, n, 0) for a, n in readable] + \
@@ -183,8 +228,11 @@ class LeanLoad:
         if op in ("READ", "WRITE"):
             body_gpa = readable[1][0]
             offset_addr = _host_address(self.memory, body_gpa + 8, 8)
-        return (head, _host_address(self.memory, req, len(header)), offset_addr,
-                _host_address(self.memory, out, abi.OUT_HEADER_SIZE), total)
+        host = _host_address(self.memory, req, len(header))
+        return (head, host, offset_addr,
+                _host_address(self.memory, out, abi.OUT_HEADER_SIZE) if out else 0, total,
+                host, _host_address(self.memory, readable[1][0], len(body)) if body else 0,
+                _host_address(self.memory, args, reply_len) if args else 0)
 
     def run(self, seconds, max_requests=0):
         """Keep the requests in flight for ``seconds`` (or ``max_requests`` answers)."""

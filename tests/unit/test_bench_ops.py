@@ -1,6 +1,7 @@
 """The pure parts of the every-opcode benchmark (bench/ops.py): the backend CPU accounting it
 relies on, the closed-loop cycle driver, combining rounds, ratios and the table."""
 
+import dataclasses
 import errno
 import os
 import re
@@ -11,6 +12,7 @@ import textwrap
 import pytest
 
 from bench import micro, ops
+from fastvfs.fuse import abi
 from fastvfs.fuse.abi import Opcode
 from fastvfs_testing.fuse_client import Reply
 
@@ -196,16 +198,26 @@ def _requests_per_cycle(workload):
         reply = Reply(0, 0, bytes(req.kw.get("reply_len", 0)))
 
 
-def test_the_c_driver_runs_every_single_request_workload():
+# The workloads the C driver cannot run: what each sends depends on more than the node ids
+# and handles earlier replies gave (the size alternates; the listing's contents decide the
+# next offset and what is forgotten).
+NO_C_FORM = {"setattr_size", "list", "list_new"}
+
+
+def test_the_c_driver_runs_every_workload_it_can():
     """Every workload of one request per cycle has a form for the C driver, its own (LOOKUP,
-    GETATTR, READ, WRITE at random offsets) or RAW, but SETATTR of the size, which sent again
-    unchanged would truncate to the size the file already has; no cycle has one."""
+    GETATTR, READ, WRITE at random offsets) or RAW, and every cycle of several its CYCLE form,
+    but those of ``NO_C_FORM``, which refuse it."""
     own = {"lookup_hit", "getattr"} | {w.name for w in ops.WORKLOADS
                                        if re.fullmatch(r"(read|write)\d+[km]", w.name)}
     for w in ops.WORKLOADS:
         single = _requests_per_cycle(w) == 1
-        if not single or w.name == "setattr_size":
+        if w.name in NO_C_FORM:
             assert not w.lean, w.name
+            with pytest.raises(ValueError):
+                ops.cycle_program(dataclasses.replace(w, lean=ops.CYCLE), FullCtx(), 0)
+        elif not single:
+            assert w.lean == ops.CYCLE, w.name
         elif w.name in own:
             assert w.lean and w.lean[0] in ("LOOKUP", "GETATTR", "READ", "WRITE"), w.name
         else:
@@ -225,6 +237,45 @@ def test_raw_requests_are_each_slots_request(w):
     expected = {"lookup_miss": -errno.ENOENT, "getxattr_miss": -errno.ENODATA,
                 "ioctl": -errno.ENOSYS}
     assert ok_error == expected.get(w.name, 0)
+
+
+@pytest.mark.parametrize("w", [w for w in ops.WORKLOADS if w.lean == ops.CYCLE],
+                         ids=lambda w: w.name)
+@pytest.mark.parametrize("slot", [0, 5])
+def test_cycle_programs_send_what_the_workload_sends(w, slot):
+    """Run as the C driver runs it (each step's patches filled in from the replies before
+    it), a cycle's program sends byte for byte what the workload's generator sends given the
+    same replies: random ones, so every node id and handle taken from a reply is checked."""
+    import random
+    rng = random.Random(slot)
+    program = ops.cycle_program(w, FullCtx(), slot)
+    gen, reply, replies = w.run(FullCtx(), slot, 7), None, []
+    for step, (opcode, nodeid, body, data, reply_len, data_len, noreply, patches) in \
+            enumerate(program):
+        req = gen.send(reply)
+        sent = bytearray(abi.in_header.pack(0, opcode, 0, nodeid, 0, 0, 0, 0, 0) + body)
+        for src, offset, pos in patches:
+            sent[pos:pos + 8] = replies[src][offset:offset + 8]
+        assert (req.opcode, req.nodeid, req.body) == \
+            (opcode, abi.in_header.unpack_from(sent)[3], bytes(sent[abi.IN_HEADER_SIZE:]))
+        assert (req.kw.get("data", b""), req.kw.get("reply_len", 0), req.kw.get("data_len", 0),
+                bool(req.kw.get("noreply"))) == (data, reply_len, data_len, noreply)
+        replies.append(rng.randbytes(reply_len))
+        reply = Reply(0, 0, replies[-1], bytes(data_len))
+    with pytest.raises(StopIteration):
+        gen.send(reply)
+
+
+def test_a_cycle_program_takes_the_node_and_handle_a_create_gave():
+    program = ops.cycle_program(ops.BY_NAME["create"], FullCtx(), 3)
+    assert [step[0] for step in program] == [Opcode.CREATE, Opcode.RELEASE, Opcode.UNLINK,
+                                             Opcode.FORGET]
+    nodeid_at, fh_at = 16, abi.IN_HEADER_SIZE
+    assert [step[7] for step in program] == [
+        [], [(0, 0, nodeid_at), (0, abi.ENTRY_OUT_SIZE, fh_at)], [], [(0, 0, nodeid_at)]]
+    assert [step[6] for step in program] == [False, False, False, True]
+    with pytest.raises(ValueError):
+        ops.cycle_program(ops.BY_NAME["statfs"], FullCtx(), 0)
 
 
 @pytest.mark.parametrize("name", ["create", "open_release", "setattr_size", "write4k"])

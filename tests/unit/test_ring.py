@@ -1076,6 +1076,68 @@ def test_lean_driver_publishes_per_round_or_per_request(harness, tmp_path, publi
     assert result["kicks"] <= result["publishes"]
 
 
+@pytest.mark.parametrize("publish_each", [False, True])
+def test_lean_driver_runs_cycles_with_what_replies_gave(harness, publish_each):
+    """CYCLE: each step of a cycle is sent once the one before it is answered, with the node
+    id and the handle an earlier reply gave copied in, and the first step again after the
+    last; a step without a reply (FORGET) completes with nothing written.  Every cycle started
+    runs to its end."""
+    import itertools
+    from types import SimpleNamespace
+    from fastvfs_testing.lean import LeanLoad
+    handles, opened, forgotten, wrong = itertools.count(1000), {}, [], []
+    lock = threading.Lock()
+
+    def reply(req, out_size):
+        opcode, _, nodeid = abi.in_header.unpack_from(req)[1:4]
+        with lock:
+            if opcode == abi.Opcode.CREATE:
+                fh = next(handles)
+                opened[fh] = node = fh + (7 << 32)
+                return 0, abi.entry_out_head.pack(node, 0, 0, 0, 0, 0).ljust(
+                    abi.ENTRY_OUT_SIZE, b"\0") + abi.open_out.pack(fh, 0, 0)
+            if opcode == abi.Opcode.RELEASE:
+                fh = struct.unpack_from("<Q", req, abi.IN_HEADER_SIZE)[0]
+                if opened.pop(fh, None) != nodeid:
+                    wrong.append((fh, nodeid))
+                    return -errno.EBADF, b""
+                return 0, b""
+            if opcode == abi.Opcode.FORGET:
+                forgotten.append(nodeid)
+                return None
+            wrong.append(opcode)
+            return -errno.ENOSYS, b""
+
+    h = harness(size=64, reply=reply)
+    program = [
+        (abi.Opcode.CREATE, 1, abi.create_in.pack(os.O_RDWR, 0o100644, 0, 0) + b"f\0", b"",
+         abi.ENTRY_OUT_SIZE + abi.open_out.size, 0, False, []),
+        (abi.Opcode.RELEASE, 0, abi.release_in.pack(0, os.O_RDWR, 0, 0), b"", 0, 0, False,
+         [(0, 0, 16), (0, abi.ENTRY_OUT_SIZE, abi.IN_HEADER_SIZE)]),
+        (abi.Opcode.FORGET, 0, abi.forget_in.pack(1), b"", 0, 0, True, [(0, 0, 16)]),
+    ]
+    load = LeanLoad(SimpleNamespace(memory=h.mem, queues={1: h.dq}), 1, "CYCLE", 4,
+                    programs=[program], publish_each=publish_each)
+    try:
+        result = load.run(60, max_requests=1500)
+    finally:
+        load.close()
+    assert result["errors"] == 0 and not wrong
+    cycles = next(handles) - 1000
+    assert not opened
+    assert sorted(forgotten) == [fh + (7 << 32) for fh in range(1000, 1000 + cycles)]
+    assert 3 * result["cycles"] <= result["requests"] < 3 * (result["cycles"] + 4)
+    assert result["requests"] >= 1500 and cycles >= result["cycles"]
+    for bad in ([(1, 0, 16)], [(0, abi.ENTRY_OUT_SIZE + abi.open_out.size, 16)],
+                [(0, 0, abi.IN_HEADER_SIZE - 4)]):
+        with pytest.raises(ValueError):
+            LeanLoad(SimpleNamespace(memory=h.mem, queues={1: h.dq}), 1, "CYCLE", 1,
+                     programs=[[program[0], program[1][:7] + (bad,)]])
+    with pytest.raises(ValueError):
+        LeanLoad(SimpleNamespace(memory=h.mem, queues={1: h.dq}), 1, "CYCLE", 1,
+                 programs=[[program[2][:4] + (8, 0, True, [])]])
+
+
 @pytest.mark.parametrize("pages", ["contiguous", "scattered"])
 def test_lean_driver_lays_data_pages_out_as_asked(harness, tmp_path, pages):
     """The lean driver's READ and WRITE data pages lie one after the other in guest memory, or
