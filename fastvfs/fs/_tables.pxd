@@ -198,6 +198,12 @@ cdef class HandleTable(SlotTable):
 # fit (ext4, xfs, tmpfs: 8 to 16) or else in ``heap`` (malloc'd, up to MAX_HANDLE_SZ), and the
 # index of its mount's descriptor in ``NodeTable.mount_fds``.
 cdef enum:
+    # LOOKUP of a plain name (``lookup_entry``) asks about the name with a statx first, so a
+    # known inode needs no descriptor; after this many lookups in a row found new inodes it
+    # opens the name first instead (the statx of a new inode's descriptor is needed anyway),
+    # until one finds a known inode.  Not with file handles, whose nodes may have no
+    # descriptor to trust a key match by.
+    LOOKUP_OPEN_FIRST = 4
     NODE_HANDLE_INLINE = 24
     # Host mounts whose inodes may be held by file handle, each with a descriptor to open
     # handles on; inodes of mounts beyond are held by descriptor ("prefer") or refused
@@ -256,6 +262,9 @@ cdef class NodeTable(SlotTable):
     cdef int mount_ids[HANDLE_MOUNTS_MAX]
     cdef int mount_fds[HANDLE_MOUNTS_MAX]
     cdef uint32_t nmounts
+    # How many plain-name lookups in a row found a new inode, up to LOOKUP_OPEN_FIRST (read
+    # and written with atomic loads and stores, by every thread that looks up: a hint).
+    cdef public int new_lookups
 
     # Mutex held.
     cdef void _grow_index(self) noexcept nogil

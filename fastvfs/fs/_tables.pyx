@@ -45,7 +45,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 from fastvfs.fs._sys cimport Statx
-from fastvfs.includes.atomics cimport fastvfs_cpu_relax
+from fastvfs.includes.atomics cimport fastvfs_cpu_relax, fastvfs_load_int, fastvfs_store_int
 from fastvfs.includes.fcntl cimport (F_GETFL, MAX_HANDLE_SZ, O_CLOEXEC, O_DIRECT, O_NOFOLLOW,
                                      O_PATH, fastvfs_file_handle, fcntl, name_to_handle_at,
                                      open_by_handle_at)

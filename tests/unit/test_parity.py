@@ -235,6 +235,69 @@ def test_lookup_of_a_new_inode_of_every_kind(pair):
         sock.close()
 
 
+# LOOKUP_OPEN_FIRST (fs/_tables.pxd): lookups of new inodes in a row before C opens a name first.
+OPEN_FIRST = 4
+
+
+@pytest.mark.parametrize("pair", BOTH_MODES, indirect=True)
+def test_lookup_opens_the_name_first_after_new_inodes(pair):
+    """After OPEN_FIRST lookups in a row that found new inodes, C opens the name before it
+    asks about it, and answers as the engine does all the same: a new inode of every kind
+    (never an open of the object), a known inode (counted once more, no descriptor kept,
+    and lookups ask first again), another name of it, a missing name, and a mount point
+    (the engine's).  With file handles a key match is not enough (a node may have no
+    descriptor): lookups always ask first there."""
+    handles = bool(pair.inodes.fds_max)
+    for i in range(OPEN_FIRST + 2):
+        (pair.root / f"n{i}").write_bytes(b"")
+    os.mkfifo(pair.root / "fifo")
+    os.mknod(pair.root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.symlink("/etc/passwd", pair.root / "abs")
+    (pair.root / "sub").mkdir()
+    f = pair.lookup(b"f")
+    os.link(pair.root / "f", pair.root / "hard")
+    pair.inodes.new_lookups = 0
+    for i in range(OPEN_FIRST + 2):
+        c = pair.in_c(_lookup(f"n{i}\0".encode()), [16, 128])
+        assert out_header(c)[1] == 0
+        assert pair.inodes.new_lookups == (0 if handles else min(i + 1, OPEN_FIRST))
+    for name in (b"fifo", b"null", b"abs", b"sub"):
+        count = pair.fs.inodes.table.count
+        req = _lookup(name + b"\0")
+        c = pair.in_c(req, [16, 128])
+        node = abi.entry_out_head.unpack_from(c, 16)[0]
+        assert node and pair.fs.inodes.table.count == count + 1, name
+        assert pair.inodes.new_lookups == (0 if handles else OPEN_FIRST)
+        assert pair.fs.inodes.nlookup(node) == 1 and by_handle(pair, node) == handles, name
+        assert c == pair.in_python(req, 144), name
+    for name in (b"f", b"hard"):
+        pair.inodes.new_lookups = 0 if handles else OPEN_FIRST
+        count, held, before = pair.fs.inodes.table.count, pair.fs.fds_held(), \
+            pair.fs.inodes.nlookup(f)
+        req = _lookup(name + b"\0")
+        c = pair.in_c(req, [16, 128])
+        assert abi.entry_out_head.unpack_from(c, 16)[0] == f
+        assert (pair.fs.inodes.table.count, pair.fs.fds_held()) == (count, held)
+        assert pair.fs.inodes.nlookup(f) == before + 1 and pair.inodes.new_lookups == 0
+        assert c == pair.in_python(req, 144)
+    pair.inodes.new_lookups = 0 if handles else OPEN_FIRST
+    req = _lookup(b"missing\0")
+    count = pair.fs.inodes.table.count
+    c = pair.in_c(req, [16, 128])
+    assert out_header(c)[:2] == (16, -errno.ENOENT) and c == pair.in_python(req, 144)
+    assert pair.fs.inodes.table.count == count
+    (pair.root / "mnt").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(pair.root / "mnt")]).returncode:
+        return
+    try:
+        pair.inodes.new_lookups = 0 if handles else OPEN_FIRST
+        count = pair.fs.inodes.table.count
+        via_engine(pair, _lookup(b"mnt\0"), [16, 128])
+        assert pair.fs.inodes.table.count == count + 1   # the engine's entry only
+    finally:
+        subprocess.run(["umount", "-l", str(pair.root / "mnt")])
+
+
 def test_readdirplus_records_match_lookup(pair):
     """The node table packs READDIRPLUS's records (fuse_direntplus) for the inodes it knows;
     each one's fuse_entry_out is what a LOOKUP of the same name answers."""

@@ -108,32 +108,43 @@ def link_name_of(HandleTable handles, int fd, int newdirfd, bytes newname not No
     _check(rc)
 
 
-cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
-                        uint64_t dir_mount, statx *st) noexcept nogil:
-    """PassthroughFs._entry_at: the descriptor budget (EMFILE), an O_PATH descriptor of
-    ``name`` in ``dirfd``, its statx in ``st``, one lookup counted in the table
-    (``enter_inode``: by file handle where the table allows it).  The node id or -errno; 0,
-    nothing counted, for a directory on a mount other than ``dir_mount`` (unless 0: what the
-    caller created is on its parent's mount), whose entry is the engine's (a submount)."""
+cdef int _open_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
+                     uint64_t dir_mount, statx *st, int *fd) noexcept nogil:
+    """PassthroughFs._entry_at up to the entry: the descriptor budget (EMFILE), an O_PATH
+    descriptor of ``name`` in ``dirfd`` in ``fd``, its statx in ``st``: 1.  0, nothing kept
+    open, for a directory on a mount other than ``dir_mount`` (unless 0: what the caller
+    created is on its parent's mount), whose entry is the engine's (a submount); or -errno."""
     cdef uint64_t mnt
-    cdef int rc, fd
+    cdef int rc
     if not within_budget(handles, inodes):
         return -EMFILE
-    fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
-    while fd < 0 and errno == EINTR:
-        fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
-    if fd < 0:
+    fd[0] = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    while fd[0] < 0 and errno == EINTR:
+        fd[0] = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    if fd[0] < 0:
         return -errno
-    if c_statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_STATX_MASK, st) < 0:
+    if c_statx(fd[0], "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, FASTVFS_STATX_MASK, st) < 0:
         rc = -errno
-        c_close(fd)
+        c_close(fd[0])
         return rc
     mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
     if dir_mount and (st.stx_mode & 0o170000) == 0o040000 and mnt != dir_mount:
-        c_close(fd)
+        c_close(fd[0])
         return 0
+    return 1
+
+
+cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
+                        uint64_t dir_mount, statx *st) noexcept nogil:
+    """``_open_entry``, then one lookup counted in the table (``enter_inode``: by file handle
+    where the table allows it).  The node id, 0 or -errno as ``_open_entry`` answers."""
+    cdef int fd
+    cdef int rc = _open_entry(handles, inodes, dirfd, name, dir_mount, st, &fd)
+    if rc <= 0:
+        return rc
     return enter_inode(handles, inodes, fd, makedev(st.stx_dev_major, st.stx_dev_minor),
-                       st.stx_ino, mnt, st.stx_mode, False)
+                       st.stx_ino, st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0,
+                       st.stx_mode, False)
 
 
 cdef int _mount_fd(HandleTable handles, int fd, uint32_t mode) noexcept nogil:

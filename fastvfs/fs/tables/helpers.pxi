@@ -39,13 +39,44 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
     cdef uint64_t mnt
     cdef int64_t nodeid
     cdef statx st
-    cdef int pfd, rc, err
+    cdef int pfd, rc, err, fd, streak = 0
+    # Plain LOOKUPs keep the streak of new inodes, where a key match is always trusted (no
+    # file handles: every node holds its descriptor).
+    cdef bint streaks = not listed_ino and inodes.fhs == NULL
     if not _plain_name(name, length):
         return 0
     pfd = inodes.acquire(parent)
     if pfd < 0:
         return 0
     nodeid = 0
+    if streaks:
+        streak = fastvfs_load_int(&inodes.new_lookups)
+    if streak >= LOOKUP_OPEN_FIRST:
+        # The last lookups all found new inodes: open the name first, as a new inode's entry
+        # needs (``_open_entry``), and count a known one once more by the descriptor's key.
+        rc = _open_entry(handles, inodes, pfd, name, 0, &st, &fd)
+        if rc < 0:
+            inodes.release(parent)
+            return -ENOENT if rc == -ENOENT else 0
+        mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+        if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
+            c_close(fd)
+            inodes.release(parent)
+            return 0
+        nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino,
+                                   mnt)
+        if nodeid > 0:
+            c_close(fd)
+            fastvfs_store_int(&inodes.new_lookups, 0)
+        else:
+            nodeid = enter_inode(handles, inodes, fd, makedev(st.stx_dev_major,
+                                                              st.stx_dev_minor),
+                                 st.stx_ino, mnt, st.stx_mode, False)
+        inodes.release(parent)
+        if nodeid <= 0:
+            return nodeid
+        pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
+        return nodeid
     if not listed_ino or inodes.may_hold(parent, listed_ino):
         # One statx of the name, as an O_PATH open of it would see it (the link itself, no
         # automount, mounts crossed), without the open and close: a known inode needs no fd.
@@ -61,6 +92,9 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
             return 0
         nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino,
                                    mnt)
+        if streaks:
+            fastvfs_store_int(&inodes.new_lookups,
+                              0 if nodeid > 0 else min(streak + 1, <int>LOOKUP_OPEN_FIRST))
     if nodeid <= 0:
         nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
     inodes.release(parent)
