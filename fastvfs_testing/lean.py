@@ -176,17 +176,18 @@ class LeanLoad:
                 if request_offset + 8 > abi.IN_HEADER_SIZE + len(step[2]) or \
                         abi.IN_HEADER_SIZE - 8 < request_offset < abi.IN_HEADER_SIZE:
                     raise ValueError(f"step {i}: no 8 bytes at offset {request_offset}")
-                header, args = chain[5], chain[6]
+                header, args = chain[1], chain[5]
                 dst = (header + request_offset if request_offset < abi.IN_HEADER_SIZE
                        else args + request_offset - abi.IN_HEADER_SIZE)
-                patches.append((built[src][7] + reply_offset, dst))
+                patches.append((built[src][6] + reply_offset, dst))
             nxt = built[(i + 1) % len(built)][0]
             slots.append((*chain[:5], nxt, i == 0, i == len(built) - 1, patches))
         return slots
 
     def _build(self, op, form, uid, gid, noreply=False):
-        """``(head, request, offset field, out header, expected length, request, in-arguments,
-        fixed out-arguments)``: host addresses, 0 where absent."""
+        """``(head, request, offset field, out header, expected length, in-arguments, fixed
+        out-arguments)``: host addresses, 0 where absent (the first five as ``LeanQueue``
+        takes a chain)."""
         opcode, nodeid, body, payload, reply_len, data_len, total = form
         header = abi.in_header.pack(abi.IN_HEADER_SIZE + len(body) + len(payload), opcode, 0,
                                     nodeid, uid, gid, 0, 0, 0)
@@ -228,10 +229,9 @@ class LeanLoad:
         if op in ("READ", "WRITE"):
             body_gpa = readable[1][0]
             offset_addr = _host_address(self.memory, body_gpa + 8, 8)
-        host = _host_address(self.memory, req, len(header))
-        return (head, host, offset_addr,
+        return (head, _host_address(self.memory, req, len(header)), offset_addr,
                 _host_address(self.memory, out, abi.OUT_HEADER_SIZE) if out else 0, total,
-                host, _host_address(self.memory, readable[1][0], len(body)) if body else 0,
+                _host_address(self.memory, readable[1][0], len(body)) if body else 0,
                 _host_address(self.memory, args, reply_len) if args else 0)
 
     def run(self, seconds, max_requests=0):

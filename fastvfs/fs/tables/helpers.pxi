@@ -21,6 +21,22 @@ cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
     return not _dot_name(name, length)
 
 
+# ``_known``'s answer for what the table is not asked about: a directory on another mount (a
+# submount, whose entry is the engine's), or a name it could not ask about.
+cdef enum:
+    KNOWN_ELSEWHERE = -(1 << 30)
+
+
+cdef int64_t _known(NodeTable inodes, uint64_t parent, const statx *st) noexcept nogil:
+    """The node id of the inode ``st`` describes (a name's, in directory ``parent``), counted
+    once more, where the table holds it; 0 where it does not; KNOWN_ELSEWHERE for a directory
+    on a mount other than the parent's."""
+    cdef uint64_t mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
+        return KNOWN_ELSEWHERE
+    return inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
+
+
 cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent,
                           const char *name, size_t length, uint64_t listed_ino, uint64_t valid,
                           uint32_t valid_nsec, fuse_entry_out *out) noexcept nogil:
@@ -36,10 +52,9 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
     holds no inode of that number on the parent's device and mount, the name is entered
     straight away (its own statx taken on the new descriptor) without asking about it
     first; the number only chooses the way, the entry is always the name's own inode."""
-    cdef uint64_t mnt
-    cdef int64_t nodeid
+    cdef int64_t nodeid = 0
     cdef statx st
-    cdef int pfd, rc, err, fd, streak = 0
+    cdef int pfd, rc, fd, streak = 0
     # Plain LOOKUPs keep the streak of new inodes, where a key match is always trusted (no
     # file handles: every node holds its descriptor).
     cdef bint streaks = not listed_ino and inodes.fhs == NULL
@@ -48,7 +63,6 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
     pfd = inodes.acquire(parent)
     if pfd < 0:
         return 0
-    nodeid = 0
     if streaks:
         streak = fastvfs_load_int(&inodes.new_lookups)
     if streak >= LOOKUP_OPEN_FIRST:
@@ -56,48 +70,36 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
         # needs (``_open_entry``), and count a known one once more by the descriptor's key.
         rc = _open_entry(handles, inodes, pfd, name, 0, &st, &fd)
         if rc < 0:
-            inodes.release(parent)
-            return -ENOENT if rc == -ENOENT else 0
-        mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
-        if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
-            c_close(fd)
-            inodes.release(parent)
-            return 0
-        nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino,
-                                   mnt)
-        if nodeid > 0:
-            c_close(fd)
-            fastvfs_store_int(&inodes.new_lookups, 0)
+            nodeid = -ENOENT if rc == -ENOENT else 0
         else:
-            nodeid = enter_inode(handles, inodes, fd, makedev(st.stx_dev_major,
-                                                              st.stx_dev_minor),
-                                 st.stx_ino, mnt, st.stx_mode, False)
-        inodes.release(parent)
-        if nodeid <= 0:
-            return nodeid
-        pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
-        return nodeid
-    if not listed_ino or inodes.may_hold(parent, listed_ino):
+            nodeid = _known(inodes, parent, &st)
+            if nodeid != 0:
+                c_close(fd)
+                if nodeid > 0:
+                    fastvfs_store_int(&inodes.new_lookups, 0)
+            else:
+                nodeid = enter_inode(handles, inodes, fd, makedev(st.stx_dev_major,
+                                                                  st.stx_dev_minor),
+                                     st.stx_ino, st.stx_mnt_id if st.stx_mask & STATX_MNT_ID
+                                     else 0, st.stx_mode, False)
+    elif not listed_ino or inodes.may_hold(parent, listed_ino):
         # One statx of the name, as an O_PATH open of it would see it (the link itself, no
         # automount, mounts crossed), without the open and close: a known inode needs no fd.
-        rc = c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK,
-                     &st)
-        if rc < 0:
-            err = errno
-            inodes.release(parent)
-            return -ENOENT if err == ENOENT else 0
-        mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
-        if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
-            inodes.release(parent)
-            return 0
-        nodeid = inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino,
-                                   mnt)
-        if streaks:
-            fastvfs_store_int(&inodes.new_lookups,
-                              0 if nodeid > 0 else min(streak + 1, <int>LOOKUP_OPEN_FIRST))
-    if nodeid <= 0:
+        if c_statx(pfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, FASTVFS_STATX_MASK,
+                   &st) < 0:
+            nodeid = -ENOENT if errno == ENOENT else KNOWN_ELSEWHERE
+        else:
+            nodeid = _known(inodes, parent, &st)
+            if streaks and nodeid != KNOWN_ELSEWHERE:
+                fastvfs_store_int(&inodes.new_lookups,
+                                  0 if nodeid > 0 else min(streak + 1, <int>LOOKUP_OPEN_FIRST))
+        if nodeid == 0:
+            nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
+    else:
         nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
     inodes.release(parent)
+    if nodeid == KNOWN_ELSEWHERE:
+        return 0
     if nodeid <= 0:
         return nodeid
     pack_entry(<uint64_t>nodeid, &st, valid, valid_nsec, out)
