@@ -35,6 +35,7 @@ where none can be made the live threads' /proc/PID/task/TID/schedstat.
 """
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import os
@@ -758,28 +759,28 @@ class Session:
         if not take:
             self.client.flush(self.node["plain"], self.fh["plain"], lock_owner=HOLDER)
 
-    def run(self, workload, depth, seconds):
+    @contextlib.contextmanager
+    def _beside(self, workload):
+        """The lock a ``hold_lock`` workload runs beside, held meanwhile.  Taken and dropped
+        by the Python driver, on the workload's queue: for the C driver, outside its run."""
         if workload.hold_lock:
             self._held_lock(True)
         try:
+            yield
+        finally:
+            if workload.hold_lock:
+                self._held_lock(False)
+
+    def run(self, workload, depth, seconds):
+        with self._beside(workload):
             cpu0 = micro.cpu_seconds(self.proc.pid)
             r = drive(self.client, workload, self, depth, seconds)
             r["backend_cpu_s"] = micro.cpu_seconds(self.proc.pid) - cpu0
-        finally:
-            if workload.hold_lock:
-                self._held_lock(False)
         return r
 
     def run_lean(self, workload, depth, seconds, publish_each=False):
-        # The held lock is taken and dropped by the Python driver, on the same queue: while
-        # the C driver owns the queue, outside its run.
-        if workload.hold_lock:
-            self._held_lock(True)
-        try:
+        with self._beside(workload):
             return self._run_lean(workload, depth, seconds, publish_each)
-        finally:
-            if workload.hold_lock:
-                self._held_lock(False)
 
     def _run_lean(self, workload, depth, seconds, publish_each):
         op, size = workload.lean

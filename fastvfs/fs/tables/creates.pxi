@@ -127,24 +127,30 @@ cdef int _open_entry(HandleTable handles, NodeTable inodes, int dirfd, const cha
         rc = -errno
         c_close(fd[0])
         return rc
-    mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    mnt = _mount_id(st)
     if dir_mount and (st.stx_mode & 0o170000) == 0o040000 and mnt != dir_mount:
         c_close(fd[0])
         return 0
     return 1
 
 
+cdef int64_t _enter_opened(HandleTable handles, NodeTable inodes, int fd,
+                           const statx *st) noexcept nogil:
+    """One lookup counted in the table of the inode ``_open_entry`` opened as ``fd`` (taken)
+    with its statx ``st`` (``enter_inode``: by file handle where the table allows it)."""
+    return enter_inode(handles, inodes, fd, makedev(st.stx_dev_major, st.stx_dev_minor),
+                       st.stx_ino, _mount_id(st), st.stx_mode, False)
+
+
 cdef int64_t _new_entry(HandleTable handles, NodeTable inodes, int dirfd, const char *name,
                         uint64_t dir_mount, statx *st) noexcept nogil:
-    """``_open_entry``, then one lookup counted in the table (``enter_inode``: by file handle
-    where the table allows it).  The node id, 0 or -errno as ``_open_entry`` answers."""
+    """``_open_entry``, then ``_enter_opened``.  The node id, 0 or -errno as
+    ``_open_entry`` answers."""
     cdef int fd
     cdef int rc = _open_entry(handles, inodes, dirfd, name, dir_mount, st, &fd)
     if rc <= 0:
         return rc
-    return enter_inode(handles, inodes, fd, makedev(st.stx_dev_major, st.stx_dev_minor),
-                       st.stx_ino, st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0,
-                       st.stx_mode, False)
+    return _enter_opened(handles, inodes, fd, st)
 
 
 cdef int _mount_fd(HandleTable handles, int fd, uint32_t mode) noexcept nogil:

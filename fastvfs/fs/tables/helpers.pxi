@@ -21,6 +21,11 @@ cdef inline bint _plain_name(const char *name, size_t length) noexcept nogil:
     return not _dot_name(name, length)
 
 
+cdef inline uint64_t _mount_id(const statx *st) noexcept nogil:
+    """The mount id statx gave, or 0 where the kernel gave none (the node table's key part)."""
+    return st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+
+
 # ``_known``'s answer for what the table is not asked about: a directory on another mount (a
 # submount, whose entry is the engine's), or a name it could not ask about.
 cdef enum:
@@ -31,7 +36,7 @@ cdef int64_t _known(NodeTable inodes, uint64_t parent, const statx *st) noexcept
     """The node id of the inode ``st`` describes (a name's, in directory ``parent``), counted
     once more, where the table holds it; 0 where it does not; KNOWN_ELSEWHERE for a directory
     on a mount other than the parent's."""
-    cdef uint64_t mnt = st.stx_mnt_id if st.stx_mask & STATX_MNT_ID else 0
+    cdef uint64_t mnt = _mount_id(st)
     if (st.stx_mode & 0o170000) == 0o040000 and mnt != inodes.mount_of(parent):
         return KNOWN_ELSEWHERE
     return inodes.lookup_key(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino, mnt)
@@ -54,7 +59,7 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
     first; the number only chooses the way, the entry is always the name's own inode."""
     cdef int64_t nodeid = 0
     cdef statx st
-    cdef int pfd, rc, fd, streak = 0
+    cdef int pfd, rc, fd, streak = 0, after
     # Plain LOOKUPs keep the streak of new inodes, where a key match is always trusted (no
     # file handles: every node holds its descriptor).
     cdef bint streaks = not listed_ino and inodes.fhs == NULL
@@ -78,10 +83,7 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
                 if nodeid > 0:
                     fastvfs_store_int(&inodes.new_lookups, 0)
             else:
-                nodeid = enter_inode(handles, inodes, fd, makedev(st.stx_dev_major,
-                                                                  st.stx_dev_minor),
-                                     st.stx_ino, st.stx_mnt_id if st.stx_mask & STATX_MNT_ID
-                                     else 0, st.stx_mode, False)
+                nodeid = _enter_opened(handles, inodes, fd, &st)
     elif not listed_ino or inodes.may_hold(parent, listed_ino):
         # One statx of the name, as an O_PATH open of it would see it (the link itself, no
         # automount, mounts crossed), without the open and close: a known inode needs no fd.
@@ -91,8 +93,10 @@ cdef int64_t lookup_entry(HandleTable handles, NodeTable inodes, uint64_t parent
         else:
             nodeid = _known(inodes, parent, &st)
             if streaks and nodeid != KNOWN_ELSEWHERE:
-                fastvfs_store_int(&inodes.new_lookups,
-                                  0 if nodeid > 0 else min(streak + 1, <int>LOOKUP_OPEN_FIRST))
+                # Written only when it changes: every queue's lookups read the same line.
+                after = 0 if nodeid > 0 else streak + 1   # at most LOOKUP_OPEN_FIRST here
+                if after != streak:
+                    fastvfs_store_int(&inodes.new_lookups, after)
         if nodeid == 0:
             nodeid = _new_entry(handles, inodes, pfd, name, inodes.mount_of(parent), &st)
     else:
